@@ -1,0 +1,135 @@
+"""A checkpoint is one self-describing folder, written atomically and read by one function.
+
+Layout of ``<save_root>/<name>/``::
+
+    model.safetensors   weights (safetensors: no pickle, memory-mappable)
+    config.json         the whole Config (model, train, sample, data)
+    tokenizer.json      the vocabulary the weights were trained with
+    state.json          training state: step, epoch, best validation, data position, metrics
+    optimizer.pt        optimizer / scheduler / RNG tensors (torch.save; read weights_only=True)
+
+The folder is built under a temporary name and renamed into place, so a run killed while saving
+leaves the previous checkpoint intact and never a half-written one that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt_study.config import Config, load_config, save_config, write_json_atomic
+from gpt_study.errors import UserError
+from gpt_study.model import GPT
+
+WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "state.json",
+    "optimizer.pt",
+)
+
+
+@dataclass
+class Checkpoint:
+    model: GPT
+    config: Config
+    tokenizer: Any  # gpt_study.data.tokenizer.Tokenizer
+    state: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    path: Path | None = None
+
+
+def unwrap(model: torch.nn.Module) -> GPT:
+    """The plain GPT inside DDP / torch.compile wrappers, so saved keys never carry prefixes."""
+    while True:
+        if hasattr(model, "module"):  # DistributedDataParallel
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model  # type: ignore[return-value]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    config: Config,
+    tokenizer_file: str | os.PathLike,
+    state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder at ``path`` atomically (build beside it, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_file(weights, str(tmp / WEIGHTS))
+    save_config(tmp / CONFIG, config)
+    shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
+    write_json_atomic(tmp / STATE, state or {})
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+    # Swap into place: the old folder survives until the new one is complete.
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _resolve(path: Path) -> Path:
+    """``path``, or the previous copy kept while a save was interrupted between two renames."""
+    if (path / WEIGHTS).exists():
+        return path
+    old = path.with_name(f".{path.name}.old")
+    if (old / WEIGHTS).exists():
+        return old
+    if not path.exists():
+        raise UserError(
+            f"no checkpoint at {path}: train one with `gpt-study train`, or check the path"
+        )
+    raise UserError(
+        f"{path} is not a complete checkpoint (no {WEIGHTS}): point at a folder that train wrote"
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", optimizer: bool = False
+) -> Checkpoint:
+    """The one function that reads a checkpoint; checks weights, config and tokenizer agree."""
+    from gpt_study.data.tokenizer import load_tokenizer
+
+    path = _resolve(Path(path))
+    config = load_config(path / CONFIG)
+    tokenizer = load_tokenizer(path / TOKENIZER)
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise UserError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{config.model.vocab_size}: the folder mixes files from different runs"
+        )
+    model = GPT(config.model)
+    weights = load_file(str(path / WEIGHTS), device=str(device))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not match config.json (missing {list(missing)[:3]}, "
+            f"unexpected {list(unexpected)[:3]}): the folder mixes files from different runs"
+        )
+    model.to(device)
+    state = json.loads((path / STATE).read_text()) if (path / STATE).exists() else {}
+    opt = None
+    if optimizer and (path / OPTIMIZER).exists():
+        opt = torch.load(path / OPTIMIZER, map_location=device, weights_only=True)
+    return Checkpoint(model, config, tokenizer, state, opt, path)

@@ -1,0 +1,67 @@
+"""``gpt-study <command>``: a thin layer over the library.
+
+Each command lives in a module that offers ``configure(parser)`` (its flags) and
+``run(args) -> int`` (a call into typed library functions). Only the chosen command's module is
+imported, so ``gpt-study prepare`` does not pay for importing torch.
+Problems the user can fix (:class:`~gpt_study.errors.UserError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gpt_study import __version__
+from gpt_study.errors import UserError
+
+# command -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("gpt_study.data.prepare", "turn a corpus into token-id arrays and a vocabulary"),
+    "train": ("gpt_study.train", "train the GPT on a prepared folder (resumable)"),
+    "evaluate": ("gpt_study.evaluate", "NLL, perplexity, bits per byte and story metrics"),
+    "generate": ("gpt_study.generate", "write stories from a checkpoint"),
+    "plot": ("gpt_study.plot", "draw the loss curves of a run as PNG"),
+    "demo": ("gpt_study.demo", "prepare, train, plot, evaluate and generate on the shared sample"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog="gpt-study",
+        description="Study small GPT language models end to end.",
+        epilog=f"commands:\n{lines}\n\n`gpt-study <command> --help` lists a command's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"gpt-study {__version__}")
+    p.add_argument("command", choices=list(COMMANDS), metavar="command")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0].startswith("-"):
+        top.parse_args(argv or ["--help"])
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        top.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
+    module_name, desc = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"gpt-study {name}", description=desc)
+    try:
+        module = importlib.import_module(module_name)
+        module.configure(parser)
+        args = parser.parse_args(argv[1:])
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"gpt-study {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpt-study {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

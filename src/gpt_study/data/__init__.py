@@ -1,0 +1,1 @@
+"""Data stage: corpus sources, the study's cleaning, tokenizers, preparation and datasets."""

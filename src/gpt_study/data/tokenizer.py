@@ -1,0 +1,55 @@
+"""Tokenizers: one interface, two kinds (``word``: the study's spaCy vocabulary; ``bpe``).
+
+Both are saved as one JSON file and read back by :func:`load_tokenizer`.
+Ids 0, 1, 2 are always ``<unk>``, ``<sot>``, ``<eot>``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from gpt_study.config import EOT_ID, SOT_ID, UNK_ID
+
+
+class Tokenizer(ABC):
+    """What every stage after ``prepare`` may rely on.
+
+    ``encode`` takes text that already went through :func:`gpt_study.data.clean.clean_text`.
+    """
+
+    kind: str  # "word" or "bpe"
+    lowercase: bool  # whether prepare lowercased the corpus (prompts must be cleaned the same way)
+    unk_id: int = UNK_ID
+    sot_id: int = SOT_ID
+    eot_id: int = EOT_ID
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
+        """Token ids of ``text``, optionally wrapped as ``<sot> ... <eot>``."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int], skip_specials: bool = True) -> str:
+        """Readable text (for ``word``: ``could n't`` -> ``couldn't``, no space before ``.``)."""
+
+    @abstractmethod
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary entry of id ``i`` (for ``--raw`` output)."""
+
+    @abstractmethod
+    def unknown_words(self, text: str) -> list[str]:
+        """Pieces of ``text`` that would become ``<unk>`` (always empty for bpe)."""
+
+    @abstractmethod
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer as JSON, atomically."""
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Read a tokenizer JSON written by ``Tokenizer.save`` (either kind)."""
+    raise NotImplementedError("implemented with issue 3")

@@ -1,0 +1,68 @@
+"""The GPT: the study's parameter count, fused attention against a plain oracle, the KV cache."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gpt_study.model import GPT, GPTConfig, KVCache
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=50, max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def reference_attention(q, k, v):
+    """Oracle: softmax(q k^T / sqrt(d)) with a causal mask, written out by hand."""
+    T, S = q.size(-2), k.size(-2)
+    att = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+    mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+    att = att.masked_fill(~mask, float("-inf"))
+    return F.softmax(att, dim=-1) @ v
+
+
+def test_study_parameter_count():
+    assert GPT(GPTConfig(vocab_size=30000)).num_params() == 19_672_880
+
+
+def test_init_std():
+    m = GPT(tiny_config(vocab_size=5000, d_model=64))
+    assert abs(m.tok_emb.weight.std().item() - 0.02) < 0.002
+    assert m.head.bias.abs().max().item() == 0
+
+
+def test_sdpa_matches_reference_attention():
+    torch.manual_seed(0)
+    m = GPT(tiny_config()).eval()
+    x = torch.randint(0, 50, (2, 10))
+    attn = m.blocks[0].attn
+    h = m.blocks[0].ln1(m.tok_emb(x) + m.pos_emb(torch.arange(10)))
+    q, k, v = attn.qkv(h).split(32, dim=2)
+    q, k, v = (t.view(2, 10, 4, 8).transpose(1, 2) for t in (q, k, v))
+    want = attn.proj(reference_attention(q, k, v).transpose(1, 2).reshape(2, 10, 32))
+    torch.testing.assert_close(attn(h), want, rtol=1e-5, atol=1e-6)
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(0)
+    m = GPT(tiny_config()).eval()
+    x = torch.randint(0, 50, (3, 20))
+    full = m(x)
+    cache = KVCache(m, batch_size=3)
+    parts = [m(x[:, :7], cache), m(x[:, 7:12], cache)] + [
+        m(x[:, i : i + 1], cache) for i in range(12, 20)
+    ]
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_causality():
+    torch.manual_seed(0)
+    m = GPT(tiny_config()).eval()
+    x = torch.randint(0, 50, (1, 12))
+    y = x.clone()
+    y[0, 8] = (y[0, 8] + 1) % 50
+    torch.testing.assert_close(m(x)[:, :8], m(y)[:, :8])
+    assert not torch.allclose(m(x)[:, 8:], m(y)[:, 8:])
