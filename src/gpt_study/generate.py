@@ -1,0 +1,625 @@
+"""Writing stories: sampling as small pure functions, KV-cached decoding with a sliding window.
+
+Pieces, from the inside out:
+
+* ``apply_repetition_penalty``, ``filter_top_k``, ``filter_top_p``, ``next_token``: one step of
+  decoding on a (B, V) block of logits. Pure functions, easy to test on their own.
+* ``generate_ids``: the decoding loop on token ids. A :class:`~gpt_study.model.KVCache` holds the
+  keys and values of the positions already seen, so each new token costs one position of work
+  instead of the whole sequence again (the study re-ran everything for every token).
+* ``generate``: text in, text out: cleans and encodes prompts exactly as ``prepare`` did, warns
+  about out-of-vocabulary words, streams readable text as it is produced.
+* ``reference_generate``: the study's way (re-run the sequence for every token), kept as the test
+  oracle and the benchmark baseline.
+
+**The window.** The model learned positions ``0 .. context_size - 1`` only (the study trained on
+128-token rows but generated up to 256, through positions training never saw). Learned absolute
+positions mean a full cache cannot just drop its oldest entry: every kept key was computed at a
+position that would change. So when the window is full, generation *slides*: it keeps the most
+recent ``keep`` tokens (three quarters of the window by default), re-encodes them from position 0
+in one batched forward pass, and carries on. Prompts longer than the window keep their most
+recent tokens. ``keep = context_size`` gives an exact sliding window at the price of one full
+forward pass per token.
+
+**Batches.** Prompts of different lengths share one cache without padding: all rows are
+left-aligned at position 0 and advance one position per step; a row still inside its prompt is
+fed its next prompt token instead of a sample. Each row therefore sees exactly the tokens (and
+positions) it would see alone. Rows that have finished are dropped at the next slide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gpt_study.config import SampleConfig, add_dataclass_args, dataclass_overrides
+from gpt_study.errors import UserError
+from gpt_study.model import KVCache
+
+__all__ = [
+    "GenerationResult",
+    "apply_repetition_penalty",
+    "encode_prompt",
+    "filter_top_k",
+    "filter_top_p",
+    "generate",
+    "generate_ids",
+    "next_token",
+    "reference_generate",
+]
+
+SLIDE_KEEP = 0.75
+"""Share of the window kept (and re-encoded) when generation slides past its end."""
+
+# ------------------------------------------------------------------------ sampling, one step
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Make tokens already in the row less likely (Keskar et al. 2019, CTRL, sec. 4.1).
+
+    ``logits`` (B, V), ``seen`` (B, V) bool. A seen token's logit is divided by ``penalty`` when
+    positive and multiplied by it when negative, so it always moves down for ``penalty > 1``.
+    """
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of each row (B, V); the rest become -inf. ``k <= 0``: off."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (Holtzman et al. 2020): keep the smallest set of likeliest tokens whose
+    probability reaches ``p``; the rest become -inf. ``p >= 1``: off.
+
+    The likeliest token is always kept, so the set is never empty.
+    """
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Mass strictly before each token: a token stays while the ones above it hold < p.
+    before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(
+    logits: torch.Tensor,
+    sample: SampleConfig,
+    seen: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from ``logits`` (B, V): greedy or sampled, per ``sample``.
+
+    Order: repetition penalty, then (unless greedy) temperature, top-k, top-p, and a draw.
+    Greedy ignores temperature / top-k / top-p but honours the repetition penalty (default off).
+    """
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, sample.repetition_penalty)
+    if sample.greedy:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits / sample.temperature
+    logits = filter_top_k(logits, sample.top_k)
+    logits = filter_top_p(logits, sample.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+# ------------------------------------------------------------------------ the decoding loop
+
+
+def _last_logits(model: torch.nn.Module, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    """Logits (B, V) of the last position only: the output layer is skipped for the others."""
+    hidden = getattr(model, "hidden", None)
+    if hidden is not None and hasattr(model, "head"):
+        return model.head(hidden(idx, cache)[:, -1])  # (B, d) -> (B, V)
+    return model(idx, cache)[:, -1]
+
+
+def _window(model: torch.nn.Module, context_size: int | None) -> int:
+    max_len = model.config.max_len
+    w = max_len if context_size is None else context_size
+    if not 1 <= w <= max_len:
+        raise UserError(f"context_size {w} must be in 1..{max_len} (the model's max_len)")
+    return w
+
+
+def _keep(window: int, keep: int | None) -> int:
+    k = max(1, int(window * SLIDE_KEEP)) if keep is None else keep
+    if not 1 <= k <= window:
+        raise UserError(f"keep {k} must be in 1..{window} (the window)")
+    return k
+
+
+@dataclass
+class _Ids:
+    """What :func:`generate_ids` returns: per row, the new ids and whether ``<eot>`` ended it."""
+
+    new_ids: list[list[int]]
+    finished: list[bool]
+    logits: list[list[torch.Tensor]] | None = None  # per row, the (V,) logits of each new token
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    sample: SampleConfig | None = None,
+    context_size: int | None = None,
+    eot_id: int = 2,
+    on_token: Callable[[int, int], None] | None = None,
+    keep: int | None = None,
+    return_logits: bool = False,
+) -> _Ids:
+    """Continue each prompt (a list of ids, at least one) until ``<eot>`` or ``max_new_tokens``.
+
+    ``context_size`` is the window the model was trained on (default: its max_len); prompts
+    longer than it keep their last ``context_size`` tokens. ``on_token(row, id)`` is called for
+    every new token as soon as it is chosen. The model is put in eval mode and restored after.
+    """
+    sample = sample or SampleConfig()
+    window = _window(model, context_size)
+    keep = _keep(window, keep)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token (an empty prompt is <sot>)")
+    seqs = [list(p)[-window:] for p in prompts]  # (B, L_i), L_i <= window
+    B = len(seqs)
+    device = next(model.parameters()).device
+    generator = None
+    if sample.seed is not None and not sample.greedy:
+        generator = torch.Generator(device=device).manual_seed(sample.seed)
+    V = model.config.vocab_size
+    seen = None
+    if sample.repetition_penalty != 1.0:
+        seen = torch.zeros(B, V, dtype=torch.bool, device=device)
+        for i, s in enumerate(seqs):
+            seen[i, torch.tensor(s, device=device)] = True
+
+    was_training = model.training
+    model.eval()
+    try:
+        new: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        finished = [False] * B
+        kept_logits: list[list[torch.Tensor]] | None = (
+            [[] for _ in range(B)] if return_logits else None
+        )
+        active = list(range(B))  # rows held in the cache, in cache order
+        start = 0  # absolute index of the token at cache position 0 (shared by all rows)
+        pos = min(len(s) for s in seqs)  # tokens fed so far
+        cache = KVCache(model, B, max_len=window)
+        idx = torch.tensor([s[:pos] for s in seqs], device=device)  # (B, pos)
+        logits = _last_logits(model, idx, cache)  # (B, V)
+        while True:
+            # Choose the token at absolute index ``pos`` for every row in the cache.
+            free = [r for r, i in enumerate(active) if not done[i] and len(seqs[i]) == pos]
+            if free:
+                sub = logits[free]
+                picked = next_token(
+                    sub,
+                    sample,
+                    None if seen is None else seen[[active[r] for r in free]],
+                    generator,
+                ).tolist()
+                for j, (r, tok) in enumerate(zip(free, picked, strict=True)):
+                    i = active[r]
+                    seqs[i].append(tok)
+                    new[i].append(tok)
+                    if kept_logits is not None:
+                        kept_logits[i].append(sub[j].float().cpu())
+                    if seen is not None:
+                        seen[i, tok] = True
+                    if on_token is not None:
+                        on_token(i, tok)
+                    if tok == eot_id:
+                        done[i] = finished[i] = True
+                    elif len(new[i]) >= sample.max_new_tokens:
+                        done[i] = True
+            if all(done):
+                break
+            if pos - start == window:
+                # Window full: keep the most recent ``keep`` tokens (the new one included),
+                # re-encode them from position 0, and drop finished rows while at it.
+                active = [i for i in active if not done[i]]
+                start = pos + 1 - keep
+                cache = KVCache(model, len(active), max_len=window)
+                idx = torch.tensor([seqs[i][start : pos + 1] for i in active], device=device)
+                logits = _last_logits(model, idx, cache)  # (B_active, V)
+            else:
+                # Finished rows are fed <eot> as filler until the next slide drops them.
+                step = [seqs[i][pos] if not done[i] else eot_id for i in active]
+                idx = torch.tensor(step, device=device).view(-1, 1)  # (B_active, 1)
+                logits = _last_logits(model, idx, cache)
+            pos += 1
+        return _Ids(new, finished, kept_logits)
+    finally:
+        model.train(was_training)
+
+
+def segment_start(n: int, window: int, keep: int) -> int:
+    """Absolute index of the first token the cached loop attends to after ``n`` tokens were fed.
+
+    This is the sliding schedule of :func:`generate_ids`, written out so that the uncached
+    reference can follow it exactly.
+    """
+    s = 0
+    for m in range(1, n + 1):
+        if m - s > window:
+            s = m - keep
+    return s
+
+
+@torch.inference_mode()
+def reference_generate(
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    context_size: int | None = None,
+    keep: int | None = None,
+    eot_id: int | None = 2,
+) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy decoding the study's way: run the whole sequence again for every new token.
+
+    With ``context_size`` the sequence is cut to the sliding schedule of :func:`generate_ids`
+    (the oracle its cached output must equal); without it the whole sequence is run up to the
+    model's max_len, as the study did. Returns the new ids and the (V,) logits of each.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        window = None if context_size is None else _window(model, context_size)
+        seq = list(prompt) if window is None else list(prompt)[-window:]
+        kp = None if window is None else _keep(window, keep)
+        new: list[int] = []
+        logits_out: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            s = 0 if window is None else segment_start(len(seq), window, kp)  # type: ignore[arg-type]
+            if window is None:
+                s = max(0, len(seq) - model.config.max_len)
+            idx = torch.tensor([seq[s:]], device=device)  # (1, T)
+            logits = model(idx)[0, -1].float()  # all positions computed, the last one used
+            tok = int(logits.argmax())
+            seq.append(tok)
+            new.append(tok)
+            logits_out.append(logits.cpu())
+            if tok == eot_id:
+                break
+        return new, logits_out
+    finally:
+        model.train(was_training)
+
+
+# ------------------------------------------------------------------------ text in, text out
+
+
+@dataclass
+class GenerationResult:
+    """Stories for a batch of prompts.
+
+    ``prompt_ids`` is what the model was fed (cleaned, encoded, starting with ``<sot>`` unless a
+    long prompt was cut to the window); ``new_ids`` what it wrote (ending with ``<eot>`` when it
+    finished the story); ``texts`` the readable story, prompt included.
+    """
+
+    texts: list[str]
+    prompt_ids: list[list[int]]
+    new_ids: list[list[int]]
+    finished: list[bool]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The first (or only) story."""
+        return self.texts[0]
+
+    @property
+    def ids(self) -> list[int]:
+        """Prompt and new ids of the first (or only) story."""
+        return self.prompt_ids[0] + self.new_ids[0]
+
+
+def encode_prompt(tokenizer, prompt: str, window: int | None = None) -> tuple[list[int], list[str]]:
+    """Ids of ``prompt`` as training saw text (cleaned, ``<sot>`` first) and any warnings.
+
+    Out-of-vocabulary words become ``<unk>`` and are named in a warning; an empty prompt is just
+    ``<sot>``; a prompt longer than ``window`` keeps its most recent tokens.
+    """
+    from gpt_study.data.clean import clean_text
+
+    notes: list[str] = []
+    text = clean_text(prompt, tokenizer.lowercase).strip() if prompt.strip() else ""
+    ids = tokenizer.encode(text, sot=True) if text else [tokenizer.sot_id]
+    unknown = tokenizer.unknown_words(text) if text else []
+    if unknown:
+        words = ", ".join(dict.fromkeys(unknown))
+        notes.append(f"not in the vocabulary, read as <unk>: {words}")
+    if window is not None and len(ids) > window:
+        notes.append(f"prompt has {len(ids)} tokens; keeping the last {window} (the window)")
+        ids = ids[-window:]
+    return ids, notes
+
+
+class _TextStream:
+    """Turns a row's growing token list into readable text deltas.
+
+    Decoding joins tokens (``could`` + ``n't`` -> ``couldn't``; BPE bytes -> characters), so a
+    new token can change the end of the text. The last word is held back until the next space,
+    and only text that can no longer change is passed on.
+    """
+
+    def __init__(self, tokenizer, prefix: list[int], emit: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.ids = list(prefix)
+        self.emit = emit
+        self.shown = ""
+
+    def push(self, tok: int) -> None:
+        self.ids.append(tok)
+        text = self.tokenizer.decode(self.ids)
+        cut = max(text.rfind(" "), text.rfind("\n"))
+        stable = text[: cut + 1] if cut >= 0 else ""
+        if stable.startswith(self.shown) and len(stable) > len(self.shown):
+            self.emit(stable[len(self.shown) :])
+            self.shown = stable
+
+    def close(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        # Normally the text extends what was shown; if decoding changed it, show from the change.
+        same = 0
+        while same < min(len(text), len(self.shown)) and text[same] == self.shown[same]:
+            same += 1
+        if text[same:]:
+            self.emit(text[same:])
+        self.shown = text
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str | Sequence[str] = "",
+    sample: SampleConfig | None = None,
+    context_size: int | None = None,
+    stream: Callable[[int, str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    keep: int | None = None,
+) -> GenerationResult:
+    """Write one story per prompt (a string, or a list of strings generated as one batch).
+
+    ``sample`` holds the decoding settings (default: ``SampleConfig()``); pass the checkpoint's
+    ``config.sample``. ``context_size`` is the window the model was trained on: pass
+    ``config.train.context_size`` (default: the model's max_len). ``stream(row, text)`` receives
+    readable text as it is written, prompt first. ``warn`` receives warnings (default:
+    :func:`warnings.warn`).
+    """
+    sample = sample or SampleConfig()
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise UserError("no prompts given: pass at least one (an empty string starts a story)")
+    window = _window(model, context_size)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{model.config.vocab_size}: use the tokenizer saved with the checkpoint"
+        )
+    encoded, notes = [], []
+    for n, p in enumerate(prompts):
+        ids, msgs = encode_prompt(tokenizer, p, window)
+        encoded.append(ids)
+        prefix = f"prompt {n + 1}: " if len(prompts) > 1 else "prompt: "
+        notes += [prefix + m for m in msgs]
+    say = warn or (lambda m: warnings.warn(m, stacklevel=3))
+    for m in notes:
+        say(m)
+
+    on_token = None
+    streams: list[_TextStream] = []
+    if stream is not None:
+        streams = [
+            _TextStream(tokenizer, ids, lambda s, r=r: stream(r, s))
+            for r, ids in enumerate(encoded)
+        ]
+
+        def on_token(row: int, tok: int) -> None:
+            streams[row].push(tok)
+
+    out = generate_ids(
+        model,
+        encoded,
+        sample,
+        context_size=window,
+        eot_id=tokenizer.eot_id,
+        on_token=on_token,
+        keep=keep,
+    )
+    for s in streams:
+        s.close()
+    texts = [tokenizer.decode(p + n) for p, n in zip(encoded, out.new_ids, strict=True)]
+    return GenerationResult(texts, encoded, out.new_ids, out.finished, notes)
+
+
+def raw_tokens(tokenizer, ids: Sequence[int]) -> str:
+    """The study's raw output: vocabulary entries joined by spaces, specials included."""
+    return " ".join(tokenizer.id_to_token(int(i)) for i in ids)
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA, else MPS, else CPU. Other names are checked, with a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return dev
+
+
+def load_for_inference(checkpoint: str, device: str = "auto", dtype: str = "auto"):
+    """Load a checkpoint for generation or evaluation: eval mode, on ``device``, in ``dtype``.
+
+    ``auto`` dtype: bfloat16 on a GPU that supports it, float32 elsewhere (on a CPU, float32 is
+    both the faster and the exact choice for a model this small).
+    """
+    from gpt_study.checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, device=dev)
+    if dtype == "auto":
+        use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bfloat16" if use_bf16 else "float32"
+    ckpt.model.to(dtype=getattr(torch, dtype)).eval()
+    return ckpt
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder written by train (e.g. runs/gpt/best)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 on a GPU, float32 on a CPU",
+    )
+    parser.add_argument(
+        "--context_size",
+        type=int,
+        default=None,
+        help="window in tokens (default: the context_size the model was trained on)",
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="story opening; repeat for several (generated as a batch); empty: start from <sot>",
+    )
+    parser.add_argument("--prompt_file", default=None, help="a file with one prompt per line")
+    parser.add_argument(
+        "--batch_size", type=int, default=16, help="prompts generated together (default: 16)"
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="print tokens as the study did (specials included)"
+    )
+    parser.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print text as it is written (default: on for a single prompt)",
+    )
+    add_dataclass_args(parser, SampleConfig)
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompts += [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            raise UserError(
+                f"cannot read --prompt_file {args.prompt_file} ({e.strerror}): check the path"
+            ) from None
+        if not prompts:
+            raise UserError(f"--prompt_file {args.prompt_file} has no prompts: one per line")
+    return prompts or [""]
+
+
+def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfig:
+    """The checkpoint's sampling settings with the flags the user gave on top."""
+    from dataclasses import asdict
+
+    return SampleConfig(**{**asdict(base), **dataclass_overrides(args, SampleConfig)})
+
+
+def describe(sample: SampleConfig, context_size: int) -> str:
+    """One line with the decoding settings, printed beside every result."""
+    if sample.greedy:
+        how = "greedy"
+    else:
+        how = f"temperature {sample.temperature}, top_k {sample.top_k}, top_p {sample.top_p}"
+    return (
+        f"{how}, repetition_penalty {sample.repetition_penalty}, max_new_tokens "
+        f"{sample.max_new_tokens}, window {context_size}, seed {sample.seed}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError("--batch_size must be at least 1")
+    prompts = _prompts(args)
+    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype)
+    sample = sample_settings(ckpt.config.sample, args)
+    window = args.context_size or ckpt.config.train.context_size
+    tok = ckpt.tokenizer
+    out = sys.stdout
+    # Streaming shows the first story of each batch as it is written; the rest follow at the end.
+    streaming = not args.raw and (args.stream if args.stream is not None else len(prompts) == 1)
+    print(f"# {describe(sample, window)}", file=sys.stderr)
+
+    def warn(msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr)
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    def header(n: int) -> None:
+        if len(prompts) > 1:
+            write(("\n" if n else "") + f"### story {n + 1}\n")
+
+    for b in range(0, len(prompts), args.batch_size):
+        batch = prompts[b : b + args.batch_size]
+        if streaming:
+            header(b)
+        res = generate(
+            ckpt.model,
+            tok,
+            batch,
+            sample,
+            context_size=window,
+            stream=(lambda row, text: write(text) if row == 0 else None) if streaming else None,
+            warn=warn,
+        )
+        for r in range(len(batch)):
+            ending = "" if res.finished[r] else " ..."
+            if streaming and r == 0:
+                write(ending + "\n")
+                continue
+            header(b + r)
+            if args.raw:
+                write(raw_tokens(tok, res.prompt_ids[r] + res.new_ids[r]) + "\n")
+            else:
+                write(res.texts[r] + ending + "\n")
+    return 0
