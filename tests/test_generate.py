@@ -1,0 +1,254 @@
+"""Generation: cached equals uncached, the window slides, sampling obeys its filters and seed."""
+
+import pytest
+import torch
+
+from gpt_study.cli import main
+from gpt_study.config import EOT_ID, SOT_ID, SampleConfig, preset_config
+from gpt_study.data.tokenizer import WordTokenizer
+from gpt_study.errors import UserError
+from gpt_study.generate import (
+    apply_repetition_penalty,
+    filter_top_k,
+    filter_top_p,
+    generate,
+    generate_ids,
+    next_token,
+    reference_generate,
+    segment_start,
+)
+from gpt_study.model import GPT, GPTConfig
+
+V = 60
+WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()
+VOCAB = ["<unk>", "<sot>", "<eot>"] + WORDS + [f"w{i}" for i in range(V - 3 - len(WORDS))]
+GREEDY = SampleConfig(greedy=True, max_new_tokens=40)
+
+
+def tiny_model(seed=0, max_len=32, **kw):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=V, max_len=max_len, d_model=32, d_ff=64, n_layers=2, n_heads=4, **kw)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # larger logits than the 0.02 init, so greedy choices are not near-ties
+        model.head.weight.mul_(20)
+        model.head.bias[EOT_ID] = -1e4  # never end, unless a test wants it
+    return model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WordTokenizer(VOCAB, lowercase=True)
+
+
+def test_cached_equals_uncached_tokens_and_logits():
+    model = tiny_model()
+    prompt = [SOT_ID, 5, 9, 17, 4]
+    got = generate_ids(model, [prompt], GREEDY, context_size=32, return_logits=True)
+    want, want_logits = reference_generate(model, prompt, 27)  # fills the 32 positions exactly
+    assert got.new_ids[0][:27] == want
+    torch.testing.assert_close(
+        torch.stack(got.logits[0][:27]), torch.stack(want_logits), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("window,keep", [(16, 12), (16, 8), (16, 16), (8, 1), (32, 24)])
+def test_window_slides_like_the_uncached_oracle(window, keep):
+    # 40 new tokens after a 5-token prompt run far past the window (and past max_len 32).
+    model = tiny_model(1)
+    prompt = [SOT_ID, 5, 9, 17, 4]
+    got = generate_ids(model, [prompt], GREEDY, context_size=window, keep=keep, return_logits=True)
+    want, want_logits = reference_generate(model, prompt, 40, context_size=window, keep=keep)
+    assert len(got.new_ids[0]) == 40
+    assert got.new_ids[0] == want
+    torch.testing.assert_close(
+        torch.stack(got.logits[0]), torch.stack(want_logits), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_keep_equal_to_window_is_a_plain_sliding_window():
+    model = tiny_model(2)
+    got = generate_ids(model, [[SOT_ID, 7]], GREEDY, context_size=10, keep=10, return_logits=True)
+    seq = [SOT_ID, 7]
+    for step in range(40):  # oracle: always the last 10 tokens, at positions 0..9
+        logits = model(torch.tensor([seq[-10:]]))[0, -1]
+        torch.testing.assert_close(got.logits[0][step], logits, rtol=1e-4, atol=1e-4)
+        seq.append(int(logits.argmax()))
+    assert got.new_ids[0] == seq[2:]
+
+
+def test_segment_schedule():
+    assert [segment_start(n, 4, 3) for n in range(1, 10)] == [0, 0, 0, 0, 2, 2, 4, 4, 6]
+
+
+def test_long_prompt_keeps_its_most_recent_tokens():
+    model = tiny_model(3)
+    prompt = [SOT_ID] + [3 + i % 50 for i in range(40)]  # 41 tokens, window 16
+    got = generate_ids(model, [prompt], GREEDY, context_size=16)
+    assert got.new_ids == generate_ids(model, [prompt[-16:]], GREEDY, context_size=16).new_ids
+
+
+def test_batch_of_uneven_prompts_equals_one_at_a_time():
+    model = tiny_model(4)
+    prompts = [[SOT_ID], [SOT_ID, 5, 6, 7, 8, 9, 10, 11, 12], [SOT_ID, 20, 21, 22]]
+    for sample in (GREEDY, SampleConfig(greedy=True, max_new_tokens=30, repetition_penalty=1.3)):
+        batch = generate_ids(model, prompts, sample, context_size=12).new_ids
+        alone = [generate_ids(model, [p], sample, context_size=12).new_ids[0] for p in prompts]
+        assert batch == alone
+
+
+def test_stops_at_eot_and_at_max_new_tokens():
+    model = tiny_model(5)
+    prompts = [[SOT_ID, 5], [SOT_ID, 9, 10]]
+    with torch.no_grad():
+        model.head.bias[EOT_ID] = 1e4  # <eot> always wins: stop after one token
+    res = generate_ids(model, prompts, GREEDY, context_size=32)
+    assert res.new_ids == [[EOT_ID], [EOT_ID]] and res.finished == [True, True]
+    with torch.no_grad():
+        model.head.bias[EOT_ID] = -1e4  # never: stop at max_new_tokens
+    res = generate_ids(model, prompts, SampleConfig(max_new_tokens=7, seed=0), context_size=8)
+    assert [len(r) for r in res.new_ids] == [7, 7] and res.finished == [False, False]
+
+
+def test_rows_stop_independently():
+    # Row 0's prompt makes <eot> certain at once; row 1 goes on to max_new_tokens, and a slide
+    # after row 0 finished drops it from the cache without changing row 1.
+    model = tiny_model(6)
+    with torch.no_grad():
+        model.head.weight[EOT_ID] = 0
+        model.head.bias[EOT_ID] = 0
+    logits = model(torch.tensor([[SOT_ID, 5]]))[0, -1]
+    top = int(logits.argmax())
+    with torch.no_grad():
+        model.head.bias[EOT_ID] = logits[top] + 1  # <eot> wins after [sot, 5] ...
+    res = generate_ids(model, [[SOT_ID, 5], [SOT_ID, 9, 10]], GREEDY, context_size=8)
+    alone = generate_ids(model, [[SOT_ID, 9, 10]], GREEDY, context_size=8)
+    assert res.new_ids[0] == [EOT_ID] and res.finished[0]
+    assert res.new_ids[1] == alone.new_ids[0]
+
+
+def test_seeded_sampling_is_reproducible():
+    model = tiny_model(7)
+    sample = SampleConfig(temperature=1.5, top_p=1.0, seed=42, max_new_tokens=30)
+    a = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, context_size=16).new_ids
+    b = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, context_size=16).new_ids
+    sample.seed = 43
+    c = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, context_size=16).new_ids
+    assert a == b and a != c
+
+
+def test_top_k_never_picks_outside_the_k_likeliest():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 100)
+    allowed = torch.topk(logits, 5, dim=-1).indices
+    sample = SampleConfig(top_k=5, top_p=1.0, temperature=3.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        picked = next_token(logits, sample, generator=g)
+        assert (allowed == picked[:, None]).any(dim=1).all()
+    assert (filter_top_k(logits, 5) > float("-inf")).sum(dim=1).tolist() == [5, 5, 5, 5]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]]))
+    kept = filter_top_p(logits, 0.8) > float("-inf")
+    # 0.5 + 0.3 reaches 0.8: the 0.15 and 0.05 tokens are out (in either order of the vocabulary).
+    assert kept.tolist() == [[True, True, False, False], [False, False, True, True]]
+    assert (filter_top_p(logits, 0.01) > float("-inf")).sum(dim=1).tolist() == [1, 1]
+    g = torch.Generator().manual_seed(0)
+    sample = SampleConfig(top_p=0.8, temperature=1.0)
+    for _ in range(300):
+        picked = next_token(logits, sample, generator=g)
+        assert kept[torch.arange(2), picked].all()
+
+
+def test_repetition_penalty_lowers_seen_tokens_only():
+    logits = torch.tensor([[2.0, -1.0, 3.0]])
+    seen = torch.tensor([[True, True, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 3.0]]
+
+
+def test_text_api_oov_empty_and_streaming(tok):
+    model = tiny_model(8)
+    notes, pieces = [], {0: [], 1: [], 2: []}
+    res = generate(
+        model,
+        tok,
+        ["Once upon a time, a zebra", "", "Lily liked the giraffe"],
+        SampleConfig(seed=3, max_new_tokens=12),
+        context_size=16,
+        stream=lambda row, text: pieces[row].append(text),
+        warn=notes.append,
+    )
+    assert res.prompt_ids[0] == [SOT_ID] + [
+        VOCAB.index(w) for w in "once upon a time , a".split()
+    ] + [0]
+    assert res.prompt_ids[1] == [SOT_ID]  # an empty prompt starts from <sot>
+    assert len(notes) == 2 and "zebra" in notes[0] and "giraffe" in notes[1]
+    assert notes[0].startswith("prompt 1:") and notes[1].startswith("prompt 3:")
+    for row in range(3):
+        assert "".join(pieces[row]) == res.texts[row]  # the stream shows the final text
+        assert len(res.new_ids[row]) == 12
+    assert res.texts[0].startswith("once upon a time,")
+
+
+def test_vocab_mismatch_is_one_clear_error(tok):
+    model = tiny_model(9)
+    small = WordTokenizer(VOCAB[:40])
+    with pytest.raises(UserError, match="tokenizer has 40 tokens but the model expects 60"):
+        generate(model, small, "once", context_size=16)
+
+
+def test_bad_window_is_rejected():
+    with pytest.raises(UserError, match="context_size"):
+        generate_ids(tiny_model(), [[SOT_ID]], GREEDY, context_size=64)
+
+
+def _write_checkpoint(tmp_path, tok):
+    from gpt_study.checkpoint import save_checkpoint
+
+    cfg = preset_config(
+        "tiny",
+        model={"vocab_size": V, "max_len": 32, "d_model": 32, "d_ff": 64, "n_layers": 2},
+        train={"context_size": 16},
+    )
+    tok.save(tmp_path / "tok.json")
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "ckpt", GPT(cfg.model), cfg, tmp_path / "tok.json")
+
+
+def test_cli_generates_batches_and_raw_tokens(tmp_path, tok, capsys):
+    ckpt = _write_checkpoint(tmp_path, tok)
+    (tmp_path / "prompts.txt").write_text("once upon a time\n\nlily liked\n")
+    args = ["generate", "--checkpoint", str(ckpt), "--max_new_tokens", "5", "--seed", "1"]
+    assert main(args + ["--prompt_file", str(tmp_path / "prompts.txt"), "--batch_size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "### story 1" in out and "### story 2" in out and "once upon a time" in out
+    assert main(args + ["--prompt", "the girl", "--raw", "--greedy"]) == 0
+    raw = capsys.readouterr().out.split()
+    assert raw[:3] == ["<sot>", "the", "girl"] and len(raw) <= 8
+    assert main(args + ["--prompt", "the girl"]) == 0  # streamed
+    assert capsys.readouterr().out.startswith("the girl")
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--checkpoint", "nowhere"], "no checkpoint at nowhere"),
+        (["--temperature", "0"], "--temperature must be positive"),
+        (["--prompt_file", "missing.txt"], "cannot read --prompt_file"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, tok, capsys, extra, message):
+    ckpt = _write_checkpoint(tmp_path, tok)
+    assert main(["generate", "--checkpoint", str(ckpt), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_tokenizer_that_does_not_match_the_checkpoint(tmp_path, tok, capsys):
+    ckpt = _write_checkpoint(tmp_path, tok)
+    WordTokenizer(VOCAB[:40]).save(ckpt / "tokenizer.json")
+    assert main(["generate", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer has 40 tokens" in err[0]
