@@ -74,8 +74,24 @@ class DataConfig:
     )
     force: bool = field(default=False, metadata=doc("redo a finished output folder"))
     workers: int = field(default=0, metadata=doc("processes for tokenization (0: all cores)"))
+    valid_fraction: float = field(
+        default=0.01,
+        metadata=doc(
+            "share of train stories held out as the valid split when no valid file is given"
+        ),
+    )
+    bpe_train_chars: int = field(
+        default=50_000_000,
+        metadata=doc(
+            "bpe: train it on at most this many characters from the start of the train split"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if not 0 < self.valid_fraction <= 0.5:
+            raise UserError("--valid_fraction must be in (0, 0.5]")
+        if self.bpe_train_chars < 1 or self.workers < 0:
+            raise UserError("--bpe_train_chars must be positive and --workers at least 0")
         if self.tokenizer not in ("word", "bpe"):
             raise UserError(f"unknown tokenizer {self.tokenizer!r}: use --tokenizer word or bpe")
         if self.vocab_size is None:
