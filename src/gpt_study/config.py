@@ -192,6 +192,10 @@ class TrainConfig:
     )
     max_time: float = field(default=0.0, metadata=doc("stop after this many minutes (0: no cap)"))
     print_interval: int = field(default=100, metadata=doc("steps between console log lines"))
+    sample_tokens: int = field(
+        default=256,
+        metadata=doc("most tokens of the greedy sample story written each epoch (0: none)"),
+    )
     device: str = field(default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps"))
     dtype: str = field(
         default="auto",

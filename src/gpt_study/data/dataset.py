@@ -9,12 +9,24 @@ A prepared folder (written by ``gpt-study prepare``) holds::
 
 Nothing is read into memory here: training draws rows straight from the memory map, so a corpus
 larger than RAM still works.
+
+Training rows (:class:`RowSampler`): each optimizer step draws ``batch_size x world_size x
+grad_accum`` windows of ``context_size + 1`` tokens at uniformly random offsets of the stream (the
+study drew random rows of its N x 128 array; any offset gives more variety from the same text).
+The offsets of step ``s`` come from a generator seeded by ``(seed, s)`` alone, so the data position
+is just the step number: a resumed run draws exactly the rows it would have drawn, and the rows do
+not depend on how the global batch is split. Rank ``r`` takes its own slice of the step's rows, so
+ranks never see the same rows.
+
+Validation rows (:func:`eval_windows`): the split cut into consecutive windows that overlap by
+one token, so every token after the first is predicted exactly once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,3 +85,89 @@ def open_prepared(folder: str | os.PathLike) -> PreparedData:
                 f"{folder}/{split}.bin holds {have} tokens, meta.json says {want}: {hint} with --force"
             )
     return data
+
+
+class RowSampler:
+    """Random training windows from a token stream; deterministic in ``(seed, step)``."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        context_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        grad_accum: int = 1,
+    ) -> None:
+        if len(tokens) < context_size + 2:
+            raise UserError(
+                f"the training split holds {len(tokens)} tokens, fewer than one row of "
+                f"--context_size {context_size} + 1: prepare more text or lower --context_size"
+            )
+        self.tokens = tokens
+        self.context_size = context_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.grad_accum = grad_accum
+
+    @property
+    def global_rows(self) -> int:
+        """Rows per optimizer step over all ranks and micro-steps: the global batch."""
+        return self.batch_size * self.world_size * self.grad_accum
+
+    def offsets(self, step: int) -> np.ndarray:
+        """Start offsets of all ``global_rows`` windows of optimizer step ``step``."""
+        rng = np.random.default_rng([self.seed, step])
+        high = len(self.tokens) - self.context_size  # last start that leaves context + 1 tokens
+        return rng.integers(0, high, size=self.global_rows)
+
+    def batch(self, step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets (batch_size, context_size) of this rank's micro-step ``micro``.
+
+        Micro-step m of rank r takes slice ``m * world_size + r`` of the step's rows, so one
+        process with ``grad_accum = k`` sees the same rows as k processes without accumulation.
+        """
+        part = micro * self.world_size + self.rank
+        starts = self.offsets(step)[part * self.batch_size : (part + 1) * self.batch_size]
+        idx = starts[:, None] + np.arange(self.context_size + 1)  # (B, T+1)
+        rows = self.tokens[idx].astype(np.int64)  # (B, T+1)
+        return rows[:, :-1], rows[:, 1:]
+
+
+def eval_windows(n_tokens: int, context_size: int, max_rows: int = 0) -> list[tuple[int, int]]:
+    """(start, length) windows covering a split for validation; length counts input + target.
+
+    Consecutive windows of ``context_size + 1`` tokens overlap by one, so every token but the
+    first is a target exactly once; a shorter last window takes the remainder. With
+    ``max_rows`` > 0 and fewer rows than the split holds, that many full windows evenly spread
+    over the split are used instead (no remainder), so a capped validation still sees the whole
+    split's variety.
+    """
+    full = (n_tokens - 1) // context_size
+    windows = [(i * context_size, context_size + 1) for i in range(full)]
+    rest = (n_tokens - 1) - full * context_size
+    if max_rows and max_rows < full:
+        keep = np.linspace(0, full - 1, max_rows).round().astype(int)
+        return [windows[i] for i in sorted(set(keep.tolist()))]
+    if rest > 0:
+        windows.append((full * context_size, rest + 1))
+    return windows
+
+
+def iter_eval_batches(
+    tokens: np.ndarray, windows: list[tuple[int, int]], batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Inputs and targets of ``windows`` in batches; windows of another length get their own."""
+    i = 0
+    while i < len(windows):
+        length = windows[i][1]
+        group = []
+        while i < len(windows) and len(group) < batch_size and windows[i][1] == length:
+            group.append(windows[i][0])
+            i += 1
+        idx = np.asarray(group)[:, None] + np.arange(length)  # (B, T+1)
+        rows = tokens[idx].astype(np.int64)
+        yield rows[:, :-1], rows[:, 1:]

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny prepared folder written with the real word tokenizer."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+NAMES = ["lily", "tom", "sam", "mia", "ben", "sue"]
+ANIMALS = ["cat", "dog", "bird", "fish", "frog", "bunny"]
+THINGS = ["ball", "kite", "cake", "hat", "box", "toy"]
+PLACES = ["park", "garden", "house", "forest", "beach", "school"]
+
+
+def synthetic_story(rng: random.Random) -> str:
+    """A short, very regular story (already split into word pieces, as prepare would)."""
+    name, animal, thing, place = (rng.choice(x) for x in (NAMES, ANIMALS, THINGS, PLACES))
+    return (
+        f"once upon a time , there was a {animal} named {name} . {name} liked to play in the "
+        f"{place} . one day , {name} found a {thing} . the {thing} was very pretty . "
+        f"{name} was happy and played with the {thing} all day ."
+    )
+
+
+def write_prepared(
+    folder: Path, n_train: int = 60, n_valid: int = 12, seed: int = 0, vocab_size: int = 1000
+) -> Path:
+    """A prepared folder in the documented layout (see gpt_study/data/dataset.py)."""
+    from gpt_study.data.tokenizer import WordTokenizer, build_word_vocab
+
+    rng = random.Random(seed)
+    splits = {"train": [synthetic_story(rng) for _ in range(n_train)]}
+    splits["valid"] = [synthetic_story(rng) for _ in range(n_valid)]
+    counts = Counter(w for s in splits["train"] for w in s.split())
+    vocab, freq = build_word_vocab(counts, vocab_size=vocab_size, min_freq=1)
+    tok = WordTokenizer(vocab, lowercase=True, counts=freq)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(folder / "tokenizer.json")
+    index = {w: i for i, w in enumerate(vocab)}
+    meta = {"settings": {"tokenizer": "word", "min_freq": 1}, "splits": {}}
+    for split, stories in splits.items():
+        ids: list[int] = []
+        for s in stories:
+            ids += [1] + [index.get(w, 0) for w in s.split()] + [2]  # <sot> ... <eot>
+        np.asarray(ids, dtype=np.uint16).tofile(folder / f"{split}.bin")
+        text = "\n".join(tok.decode(index.get(w, 0) for w in s.split()) for s in stories)
+        meta["splits"][split] = {
+            "stories": len(stories),
+            "tokens": len(ids),
+            "chars": len(text),
+            "bytes": len(text.encode()),
+            "unk": ids.count(0),
+        }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared folder of synthetic stories (vocabulary of ~40 words, a few thousand tokens)."""
+    return write_prepared(tmp_path_factory.mktemp("prepared") / "word-tiny")

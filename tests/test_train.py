@@ -1,0 +1,327 @@
+"""Training: schedule, row sampling, validation against closed forms, learning, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt_study import train as train_mod
+from gpt_study.cli import main
+from gpt_study.config import TrainConfig
+from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
+from gpt_study.errors import UserError
+from gpt_study.model import GPT, GPTConfig
+from gpt_study.train import fit, lr_at, validate
+
+MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other work shares the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_train(data, save_root, **kw):
+    t = dict(
+        data=str(data),
+        save_root=str(save_root),
+        context_size=16,
+        batch_size=4,
+        epoch=2,
+        iters_per_epoch=6,
+        dtype="float32",
+        sample_tokens=8,
+        print_interval=3,
+        lr=3e-3,
+        warmup_steps=0,
+        lr_schedule="constant",
+    )
+    t.update(kw)
+    return t
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+
+def test_lr_schedules():
+    const = TrainConfig(lr=1e-3)
+    assert lr_at(0, const) == lr_at(5000, const) == 1e-3
+    cos = TrainConfig(
+        lr=1e-3, min_lr=1e-4, lr_schedule="cosine", warmup_steps=10, epoch=2, iters_per_epoch=55
+    )
+    assert lr_at(0, cos) == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
+    assert lr_at(9, cos) == pytest.approx(1e-3)
+    assert lr_at(10, cos) == pytest.approx(1e-3)
+    assert lr_at(60, cos) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way: the cosine's middle
+    assert lr_at(110, cos) == pytest.approx(1e-4)
+    warm_const = TrainConfig(lr=1e-3, warmup_steps=4)
+    assert [lr_at(i, warm_const) for i in range(5)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]
+    )
+
+
+def test_row_sampler_is_deterministic_and_world_size_invariant():
+    tokens = np.arange(1000, dtype=np.uint16)
+    one = RowSampler(tokens, 16, batch_size=4, seed=7, grad_accum=2)
+    x, y = one.batch(3, 0)
+    assert x.shape == y.shape == (4, 16)
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:])  # targets are inputs shifted by one
+    np.testing.assert_array_equal(x, one.batch(3, 0)[0])  # same step, same rows
+    assert not np.array_equal(x, one.batch(4, 0)[0])
+    # Two ranks without accumulation see exactly the rows of one process with grad_accum 2,
+    # and never each other's rows.
+    ranks = [RowSampler(tokens, 16, 4, seed=7, rank=r, world_size=2) for r in (0, 1)]
+    np.testing.assert_array_equal(ranks[0].batch(3)[0], x)
+    np.testing.assert_array_equal(ranks[1].batch(3)[0], one.batch(3, 1)[0])
+    assert not np.array_equal(ranks[0].batch(3)[0], ranks[1].batch(3)[0])
+    # Every window fits in the stream, and the last position can be drawn.
+    starts = np.concatenate([one.offsets(s) for s in range(2000)])
+    assert starts.min() == 0 and starts.max() == 1000 - 17
+
+
+def test_row_sampler_rejects_a_stream_shorter_than_a_row():
+    with pytest.raises(UserError, match="context_size"):
+        RowSampler(np.zeros(10, dtype=np.uint16), 16, 4, seed=0)
+
+
+@pytest.mark.parametrize("n", [17, 100, 161])
+def test_eval_windows_score_every_target_once(n):
+    tokens = np.arange(n)
+    targets = []
+    for _, y in iter_eval_batches(tokens, eval_windows(n, 16), batch_size=3):
+        targets += y.ravel().tolist()
+    assert sorted(targets) == list(range(1, n))
+
+
+def test_eval_windows_capped_spread_over_the_split():
+    w = eval_windows(16 * 100 + 1, 16, max_rows=5)
+    assert [s for s, _ in w] == [0, 16 * 25, 16 * 50, 16 * 74, 16 * 99]
+    assert all(length == 17 for _, length in w)
+
+
+def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
+    """Zero output weights give uniform predictions: NLL = ln V whatever the smoothing/weights."""
+    data = open_prepared(tiny_prepared)
+    V = 51
+    model = GPT(GPTConfig(vocab_size=V, **MODEL))
+    torch.nn.init.zeros_(model.head.weight)
+    v = validate(model, data, 16, 4, label_smoothing=0.1, sp_weight=3.0)
+    n_valid = data.split_meta("valid")["tokens"]
+    assert v.tokens == n_valid - 1 and v.fraction == 1.0
+    assert v.nll == pytest.approx(math.log(V), rel=1e-6)
+    assert v.loss == pytest.approx(math.log(V), rel=1e-6)
+    assert v.ppl == pytest.approx(V, rel=1e-5)
+    bytes_ = data.split_meta("valid")["bytes"]
+    assert v.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
+    # A capped validation scales the byte count with the share of targets it scored.
+    capped = validate(model, data, 16, 4, 0.1, 3.0, eval_iters=2)
+    assert capped.tokens == 2 * 4 * 16
+    assert capped.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
+
+
+def test_validation_nll_matches_a_direct_computation(tiny_prepared):
+    data = open_prepared(tiny_prepared)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()
+    tokens = torch.from_numpy(data.tokens("valid").astype(np.int64))
+    want, n = 0.0, 0
+    for start in range(0, len(tokens) - 1, 16):
+        row = tokens[start : start + 17]
+        logp = torch.log_softmax(model(row[None, :-1])[0], dim=-1)  # (T, V)
+        want -= logp.gather(1, row[1:, None]).sum().item()
+        n += len(row) - 1
+    v = validate(model, data, 16, 4, label_smoothing=0.0, sp_weight=1.0)
+    assert v.tokens == n
+    assert v.nll == pytest.approx(want / n, rel=1e-5)
+    assert v.loss == pytest.approx(want / n, rel=1e-5)  # no smoothing, no weights: the same
+
+
+# ---------------------------------------------------------------------------- whole runs
+
+
+def test_a_few_steps_lower_the_loss_and_write_everything(tiny_prepared, tmp_path):
+    root = tmp_path / "run"
+    res = fit("tiny", train=tiny_train(tiny_prepared, root, epoch=3), model=MODEL)
+    assert res.stopped == "done" and res.step == 18 and res.epoch == 3
+    records = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [6, 12, 18]
+    assert valid[0]["valid_nll"] < math.log(51)  # already better than uniform
+    assert valid[-1]["valid_nll"] < valid[0]["valid_nll"] - 0.3
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [3, 6, 9, 12, 15, 18]
+    assert train[-1]["train_loss"] < train[0]["train_loss"]
+    assert (root / "metrics.csv").read_text().count("\n") == len(records) + 1
+    assert (root / "loss.png").stat().st_size > 1000
+    log_text = (root / "info.log").read_text()
+    assert "valid @ step 18" in log_text and "sample:" in log_text and "global batch" in log_text
+    for name in ("last", "best"):
+        assert (root / name / "model.safetensors").exists()
+    state = json.loads((root / "last" / "state.json").read_text())
+    assert state["step"] == 18 and state["sampler"]["position"] == 18
+    assert state["best_valid_nll"] == pytest.approx(valid[-1]["valid_nll"])
+    assert not (root / "best" / "optimizer.pt").exists()  # best is for use, last for resuming
+
+
+def _interrupt_with_sigint_at(step_to_stop, monkeypatch):
+    real = train_mod._train_step
+
+    def step(r, s):
+        out = real(r, s)
+        if s + 1 == step_to_stop:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of the run
+        return out
+
+    monkeypatch.setattr(train_mod, "_train_step", step)
+
+
+@pytest.mark.parametrize("how", ["max_steps", "sigint"])
+def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkeypatch, how):
+    """Dropout on and grad accumulation: RNG, optimizer, schedule and data position all count."""
+    kw = dict(grad_accum=2, lr_schedule="cosine", warmup_steps=3)
+    model = dict(MODEL, **DROPOUT)
+    whole = fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "a", **kw), model=model)
+    assert whole.step == 12
+
+    if how == "max_steps":
+        first = fit(
+            "tiny", train=tiny_train(tiny_prepared, tmp_path / "b", max_steps=8, **kw), model=model
+        )
+        assert first.stopped == "max_steps" and first.step == 8
+    else:
+        with monkeypatch.context() as m:
+            _interrupt_with_sigint_at(8, m)
+            first = fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "b", **kw), model=model)
+        assert first.stopped == "SIGINT" and first.step == 8 and first.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    second = fit(train={"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0})
+    assert second.step == 12 and second.stopped == "done"
+
+    a, b = weights(tmp_path / "a" / "last"), weights(tmp_path / "b" / "last")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    opt_a = torch.load(tmp_path / "a" / "last" / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(tmp_path / "b" / "last" / "optimizer.pt", weights_only=True)
+    for i, st in opt_a["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg_sq"], opt_b["optimizer"]["state"][i]["exp_avg_sq"])
+    assert second.last_valid["valid_nll"] == whole.last_valid["valid_nll"]
+    # The resumed run's metrics continue the stopped one's without duplicates.
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    assert steps == [3, 6, 9, 12]
+
+
+def test_resume_continues_with_a_larger_epoch_budget(tiny_prepared, tmp_path):
+    fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "r", epoch=1), model=MODEL)
+    res = fit(train={"save_root": str(tmp_path / "r"), "resume": True, "epoch": 2})
+    assert res.step == 12 and res.epoch == 2
+    done = fit(train={"save_root": str(tmp_path / "r"), "resume": True})
+    assert done.step == 12 and done.stopped == "done"  # nothing left to do
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
+    tiny_prepared, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    real = train_mod.lm_loss
+
+    def poisoned(logits, targets, *a, **kw):
+        calls["n"] += torch.is_grad_enabled()  # count training steps, not validation
+        loss = real(logits, targets, *a, **kw)
+        return loss * float("nan") if calls["n"] > 8 else loss
+
+    monkeypatch.setattr(train_mod, "lm_loss", poisoned)  # training steps 1-8 fine, then NaN
+    root = tmp_path / "nan"
+    with pytest.raises(UserError, match=r"loss became nan at step 9.*last good checkpoint"):
+        fit("tiny", train=tiny_train(tiny_prepared, root), model=MODEL)
+    state = json.loads((root / "last" / "state.json").read_text())
+    assert state["step"] == 6  # the epoch-1 checkpoint, untouched
+    assert all(torch.isfinite(w).all() for w in weights(root / "last").values())
+
+
+def test_cli_train_then_plot(tiny_prepared, tmp_path, capsys):
+    root = tmp_path / "cli"
+    argv = ["train", "--preset", "tiny", "--data", str(tiny_prepared), "--save_root", str(root)]
+    argv += ["--context_size", "16", "--batch_size", "4", "--epoch", "1", "--iters_per_epoch"]
+    argv += ["4", "--d_model", "32", "--n_heads", "4", "--n_layers", "1", "--max_len", "32"]
+    argv += ["--dtype", "float32", "--sample_tokens", "0", "--lr_betas", "0.9", "0.95"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "valid @ step 4" in out and "NLL" in out and "bits/byte" in out
+    cfg = json.loads((root / "last" / "config.json").read_text())
+    assert cfg["train"]["lr_betas"] == [0.9, 0.95] and cfg["model"]["d_model"] == 32
+    assert cfg["model"]["vocab_size"] == 51 and cfg["preset"] == "tiny"
+    (root / "loss.png").unlink()
+    assert main(["plot", "--save_root", str(root)]) == 0
+    assert (root / "loss.png").exists()
+
+
+def test_default_data_folder_comes_from_dataset_root(tiny_prepared, tmp_path, monkeypatch):
+    """Without --data, the study's --dataset_root/--vocab_size name the prepared folder."""
+    import shutil
+
+    shutil.copytree(tiny_prepared, tmp_path / "data" / "word-51")
+    monkeypatch.chdir(tmp_path)
+    t = tiny_train(tiny_prepared, tmp_path / "run", epoch=1, iters_per_epoch=2)
+    del t["data"]
+    res = fit("tiny", train=t, model=MODEL, data={"dataset_root": "data", "vocab_size": 51})
+    assert res.step == 2
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["data"] == os.path.join("data", "word-51")
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _err(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_inputs_get_one_line(tiny_prepared, tmp_path, capsys):
+    base = ["train", "--preset", "tiny", "--save_root", str(tmp_path / "r")]
+    data = ["--data", str(tiny_prepared)]
+    assert "no prepared data folder" in _err(base + ["--data", str(tmp_path / "nope")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "no meta.json" in _err(base + ["--data", str(tmp_path / "empty")], capsys)
+    assert "above --max_len" in _err(base + data + ["--context_size", "200"], capsys)
+    assert "does not divide" in _err(base + data + ["--n_heads", "5"], capsys)
+    assert "no checkpoint" in _err(base + data + ["--resume"], capsys)
+    assert "--min_freq 3 but" in _err(base + data + ["--min_freq", "3"], capsys)
+    assert "pip install wandb" in _err(base + data + ["--wb_flag", "--epoch", "1"], capsys)
+
+
+def test_existing_run_and_resume_mismatches(tiny_prepared, tmp_path, capsys):
+    from conftest import write_prepared
+
+    root = tmp_path / "r"
+    fit("tiny", train=tiny_train(tiny_prepared, root, epoch=1, iters_per_epoch=2), model=MODEL)
+    again = ["train", "--preset", "tiny", "--data", str(tiny_prepared), "--save_root", str(root)]
+    assert "already holds a run" in _err(again, capsys)
+    resume = ["train", "--save_root", str(root), "--resume"]
+    assert "architecture cannot change" in _err(resume + ["--d_model", "64"], capsys)
+    assert "used preset tiny" in _err(resume + ["--preset", "seed"], capsys)
+    other = write_prepared(tmp_path / "other", vocab_size=40)
+    assert "vocabulary of 40" in _err(resume + ["--data", str(other)], capsys)
