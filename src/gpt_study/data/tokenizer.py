@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
@@ -68,11 +69,30 @@ class Tokenizer(ABC):
 # ---------------------------------------------------------------------------- word (spaCy)
 
 
+def _import_spacy() -> Any:
+    """``import spacy``, without letting thinc (under spaCy) import torch when torch is not loaded.
+
+    thinc imports torch only to offer torch-backed layers; the tokenizer needs none of them, and
+    torch would add ~2 s to every ``gpt-study prepare`` and every worker start. A later
+    ``import torch`` works as usual.
+    """
+    if "spacy" in sys.modules or "torch" in sys.modules:
+        import spacy
+
+        return spacy
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail fast
+    try:
+        import spacy
+    finally:
+        del sys.modules["torch"]
+    return spacy
+
+
 @lru_cache(maxsize=1)
 def spacy_tokenizer() -> Any:
     """spaCy's English rule-based tokenizer, with the specials kept whole (``<eot>``, not
     ``<``, ``eot``, ``>``)."""
-    import spacy
+    spacy = _import_spacy()
     from spacy.symbols import ORTH
 
     tok = spacy.blank("en").tokenizer

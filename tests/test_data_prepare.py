@@ -1,0 +1,299 @@
+"""``gpt-study prepare`` end to end on tiny corpora: against a straightforward oracle, the folder
+layout and meta.json, idempotence, a killed run, and every bad input."""
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt_study.cli import main as cli_main
+from gpt_study.config import DataConfig
+from gpt_study.data import prepare as prep
+from gpt_study.data.clean import clean_text
+from gpt_study.data.dataset import open_prepared
+from gpt_study.data.tokenizer import build_word_vocab, load_tokenizer, spacy_tokenizer
+from gpt_study.errors import UserError
+
+WORDS = (
+    "lily ben cat dog ball tree sun park mom dad happy sad big little red blue ran jumped saw "
+    "found played said could n't was were is the a and to in on with her his they she he it"
+).split()
+
+
+def _story(rng: random.Random, n: int) -> str:
+    words = [rng.choice(WORDS) for _ in range(n)]
+    sentences = [
+        " ".join(words[i : i + 7]).capitalize() + rng.choice([".", "!", "?"])
+        for i in range(0, n, 7)
+    ]
+    text = " ".join(sentences)
+    text = text.replace(" could n't", " couldn't").replace(" said ", ' said, "Wow!" ')
+    if rng.random() < 0.3:
+        text = text.replace(". ", ".\n", 1)  # a paragraph break: must become a space
+    if rng.random() < 0.3:
+        text += f" Zed{rng.randrange(10**6)} waved."  # a name seen once: <unk> at min_freq 2
+    if rng.random() < 0.2:
+        text += " Caf\u00e9 \u2019quoted\u2019 \u00c3\u00a9t\u00c3\u00a9"  # non-ASCII and mojibake
+    return text
+
+
+def _write_corpus(
+    folder: Path, n_train: int = 80, n_valid: int = 12, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    train = [_story(rng, rng.randint(3, 40)) for _ in range(n_train)]
+    valid = [_story(rng, rng.randint(3, 40)) for _ in range(n_valid)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text(
+        "".join(f"{s}\n<|endoftext|>\n" for s in train), encoding="utf-8"
+    )
+    (folder / "valid.txt").write_text(
+        "".join(f"{s}\n<|endoftext|>\n" for s in valid), encoding="utf-8"
+    )
+    return train, valid
+
+
+@pytest.fixture
+def data_corpus(tmp_path):
+    train, valid = _write_corpus(tmp_path / "corpus")
+    return tmp_path / "corpus", train, valid
+
+
+def _cfg(folder, out, **kw):
+    kw.setdefault("min_chars", 60)
+    kw.setdefault("workers", 1)
+    return DataConfig(data=[str(folder)], out=str(out), **kw)
+
+
+def _oracle_word(train, valid, min_chars, vocab_size=30000, min_freq=2):
+    """The study's procedure, straightforwardly: clean, spaCy each story, count, encode again."""
+    tok = spacy_tokenizer()
+    clean = {
+        k: [c for c in (clean_text(s, True) for s in v) if len(c) >= min_chars]
+        for k, v in (("train", train), ("valid", valid))
+    }
+    counts = Counter(t.text for s in clean["train"] for t in tok(s))
+    vocab, _ = build_word_vocab(counts, vocab_size, min_freq)
+    index = {w: i for i, w in enumerate(vocab)}
+    streams = {}
+    for split, stories in clean.items():
+        ids = []
+        for s in stories:
+            ids += [1] + [index.get(t.text, 0) for t in tok(s)] + [2]
+        streams[split] = np.array(ids, dtype=np.uint16)
+    return vocab, streams, clean
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_word_equals_the_straightforward_procedure(data_corpus, tmp_path, workers):
+    folder, train, valid = data_corpus
+    out = prep.prepare(
+        _cfg(folder, tmp_path / "out", workers=workers), progress=False, log=lambda m: None
+    )
+    vocab, streams, clean = _oracle_word(train, valid, 60)
+    assert load_tokenizer(out / "tokenizer.json").vocab == vocab
+    data = open_prepared(out)
+    for split in ("train", "valid"):
+        np.testing.assert_array_equal(data.tokens(split), streams[split])
+        m = data.split_meta(split)
+        assert m["stories"] == len(clean[split]) > 0
+        assert m["tokens"] == len(streams[split])
+        assert m["chars"] == sum(len(s) for s in clean[split])
+        assert m["bytes"] == sum(len(s.encode("utf-8")) for s in clean[split])
+        assert m["unk"] == int((streams[split] == 0).sum())
+    assert data.split_meta("valid")["unk"] > 0  # min_freq 2 leaves some words out
+
+
+def test_meta_json_describes_the_run(data_corpus, tmp_path):
+    folder, train, valid = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "meta.json",
+        "tokenizer.json",
+        "train.bin",
+        "valid.bin",
+    ]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"] == "word" and meta["version"] and meta["elapsed_s"] > 0
+    assert meta["vocab_size"] == load_tokenizer(out / "tokenizer.json").vocab_size
+    assert meta["settings"]["min_chars"] == 60 and meta["settings"]["lowercase"] is True
+    src = {s["split"]: s for s in meta["sources"]}
+    assert src["train"]["sha256"] == prep.sha256_file(folder / "train.txt")
+    assert src["train"]["stories_read"] == len(train)
+    short = sum(len(clean_text(s, True)) < 60 for s in train + valid)
+    assert meta["dropped_short"] == short > 0
+    assert meta["valid_from"] == "valid files"
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_bpe_is_lossless_on_every_story(data_corpus, tmp_path):
+    folder, train, valid = data_corpus
+    out = prep.prepare(
+        _cfg(folder, tmp_path / "out", tokenizer="bpe", vocab_size=300),
+        progress=False,
+        log=lambda m: None,
+    )
+    tok = load_tokenizer(out)
+    assert tok.kind == "bpe" and not tok.lowercase and tok.vocab_size <= 300
+    data = open_prepared(out)
+    for split, raw in (("valid", valid), ("train", train)):
+        ids = data.tokens(split)
+        starts = np.flatnonzero(ids == 1)
+        assert len(starts) == data.split_meta(split)["stories"]
+        stories = [
+            tok.decode(ids[a:b].tolist())
+            for a, b in zip(starts, list(starts[1:]) + [len(ids)], strict=True)
+        ]
+        assert all(ids[b - 1] == 2 for b in list(starts[1:]) + [len(ids)])
+        assert stories == [c for c in (clean_text(s, False) for s in raw) if len(c) >= 60]
+        assert data.split_meta(split)["unk"] == 0
+
+
+def test_one_file_holds_out_a_deterministic_valid_split(tmp_path):
+    _, _ = _write_corpus(tmp_path / "c", n_train=50)
+    one = tmp_path / "c" / "train.txt"
+    cfg = DataConfig(
+        data=[str(one)], out=str(tmp_path / "o"), min_chars=1, workers=1, valid_fraction=0.1
+    )
+    out = prep.prepare(cfg, progress=False, log=lambda m: None)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["splits"]["valid"]["stories"] == 5  # stories 0, 10, 20, 30, 40
+    assert meta["splits"]["train"]["stories"] == 45
+    assert "every 10th" in meta["valid_from"]
+    cfg2 = DataConfig(
+        data=[str(one)], out=str(tmp_path / "o2"), min_chars=1, workers=2, valid_fraction=0.1
+    )
+    out2 = prep.prepare(cfg2, progress=False, log=lambda m: None)
+    for name in ("train.bin", "valid.bin", "tokenizer.json"):
+        assert (out / name).read_bytes() == (out2 / name).read_bytes()
+
+
+def test_finished_folder_is_reused_and_force_redoes_it(data_corpus, tmp_path):
+    folder, _, _ = data_corpus
+    msgs = []
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=msgs.append)
+    stamp = (out / "train.bin").stat().st_mtime_ns
+    meta = (out / "meta.json").read_text()
+    prep.prepare(_cfg(folder, tmp_path / "out", workers=2), progress=False, log=msgs.append)
+    assert "up to date" in msgs[-1]
+    assert (out / "train.bin").stat().st_mtime_ns == stamp and (
+        out / "meta.json"
+    ).read_text() == meta
+    with pytest.raises(UserError, match="other inputs or settings: pass --force"):
+        prep.prepare(_cfg(folder, tmp_path / "out", min_freq=1), progress=False, log=msgs.append)
+    prep.prepare(
+        _cfg(folder, tmp_path / "out", min_freq=1, force=True), progress=False, log=msgs.append
+    )
+    assert json.loads((out / "meta.json").read_text())["settings"]["min_freq"] == 1
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_a_killed_run_leaves_nothing_that_looks_finished(data_corpus, tmp_path, monkeypatch):
+    folder, _, _ = data_corpus
+    calls = []
+
+    def dying_write(self, ids, chars, nbytes):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(prep._SplitWriter, "write", dying_write)
+        with pytest.raises(KeyboardInterrupt):
+            prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+    # A SIGKILL leaves a temp folder behind: it is hidden, never opened, and cleaned next time.
+    dead = tmp_path / ".out.tmp-999999999"
+    dead.mkdir()
+    (dead / "train.bin").write_bytes(b"\0\0")
+    with pytest.raises(UserError):
+        open_prepared(tmp_path / "out")
+    prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    assert not dead.exists()
+    assert open_prepared(tmp_path / "out").split_meta("train")["stories"] > 0
+
+
+def test_default_out_is_dataset_root_tokenizer_vocab(data_corpus, tmp_path):
+    folder, _, _ = data_corpus
+    cfg = DataConfig(
+        data=[str(folder)], dataset_root=str(tmp_path / "data"), min_chars=60, workers=1
+    )
+    out = prep.prepare(cfg, progress=False, log=lambda m: None)
+    assert out == tmp_path / "data" / "word-30000"
+    cfg = DataConfig(
+        data=[str(folder)],
+        dataset_root=str(tmp_path / "data"),
+        tokenizer="bpe",
+        min_chars=60,
+        workers=1,
+        vocab_size=280,
+    )
+    assert prep.prepare(cfg, progress=False, log=lambda m: None) == tmp_path / "data" / "bpe-280"
+
+
+def _cli(*args):
+    return cli_main(["prepare", "--no_progress", "--workers", "1", *map(str, args)])
+
+
+def test_cli_writes_a_folder(data_corpus, tmp_path, capsys):
+    folder, _, _ = data_corpus
+    assert (
+        _cli(
+            "--data",
+            folder / "train.txt",
+            folder / "valid.txt",
+            "--out",
+            tmp_path / "o",
+            "--min_chars",
+            60,
+        )
+        == 0
+    )
+    assert "word vocab" in capsys.readouterr().out
+    assert open_prepared(tmp_path / "o").meta["tokenizer"] == "word"
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (None, ["--data", "{d}/missing.txt"], "no such file or folder"),
+        ("empty", ["--data", "{d}/empty.txt"], "is empty"),
+        ("short", ["--data", "{d}/short.txt"], "no train story of at least --min_chars 300"),
+        ("latin1", ["--data", "{d}/latin1.txt"], "is not UTF-8 text"),
+        ("csv", ["--data", "{d}/stories.csv"], "unknown format"),
+        ("short", ["--data", "{d}/short.txt", "--vocab_size", "70000"], "does not fit uint16"),
+        (
+            "short",
+            ["--data", "{d}/short.txt", "--tokenizer", "bpe", "--vocab_size", "65536"],
+            "does not fit uint16",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, setup, args, message):
+    d = tmp_path
+    if setup == "empty":
+        (d / "empty.txt").write_text("")
+    elif setup == "short":
+        (d / "short.txt").write_text("a short story.\n<|endoftext|>\n")
+    elif setup == "latin1":
+        (d / "latin1.txt").write_bytes(("caf\u00e9 " * 100 + "\n<|endoftext|>\n").encode("latin-1"))
+    elif setup == "csv":
+        (d / "stories.csv").write_text("text\nhello\n")
+    code = _cli(*[a.format(d=d) for a in args], "--out", d / "out")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert not (d / "out").exists() and not list(d.glob(".out.tmp-*"))
+
+
+def test_existing_unrelated_folder_is_not_overwritten(data_corpus, tmp_path):
+    folder, _, _ = data_corpus
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a prepared folder"):
+        prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
