@@ -9,6 +9,7 @@ from gpt_study.data.tokenizer import WordTokenizer
 from gpt_study.errors import UserError
 from gpt_study.generate import (
     apply_repetition_penalty,
+    candidates,
     filter_top_k,
     filter_top_p,
     generate,
@@ -159,6 +160,17 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     for _ in range(300):
         picked = next_token(logits, sample, generator=g)
         assert kept[torch.arange(2), picked].all()
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.999), (7, 1.0), (7, 0.5), (0, 0.3)])
+@pytest.mark.parametrize("scale", [0.5, 8.0])  # flat (nucleus wider than 256) and peaked
+def test_candidates_are_exactly_the_filtered_sets(top_k, top_p, scale):
+    torch.manual_seed(1)
+    logits = torch.randn(3, 3000) * scale
+    want = filter_top_p(filter_top_k(logits, top_k), top_p) > float("-inf")
+    weights, ids = candidates(logits, top_k, top_p)
+    got = torch.zeros_like(want).scatter(-1, ids, weights > 0)
+    assert torch.equal(got, want)
 
 
 def test_repetition_penalty_lowers_seen_tokens_only():

@@ -44,6 +44,7 @@ from gpt_study.model import KVCache
 __all__ = [
     "GenerationResult",
     "apply_repetition_penalty",
+    "candidates",
     "encode_prompt",
     "filter_top_k",
     "filter_top_p",
@@ -98,6 +99,36 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def candidates(
+    logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The tokens that top-k and then top-p allow: (weights (B, K), ids (B, K)), likeliest first.
+
+    The same sets as :func:`filter_top_k` followed by :func:`filter_top_p`, without sorting the
+    whole vocabulary: with top-p alone, the nucleus almost always lies among the few hundred
+    likeliest tokens, so only those are ranked (the set grows until it holds mass ``p``; the
+    result is exact). Weights are probabilities, zero outside the set, not renormalised.
+    ``None`` when neither filter is on.
+    """
+    V = logits.size(-1)
+    if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
+        return None
+    k = min(top_k, V) if top_k > 0 else min(V, 256)
+    while True:
+        vals, ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
+        if top_k > 0:
+            probs = torch.softmax(vals, dim=-1)  # top-p then works on the renormalised top-k
+        else:
+            probs = torch.exp(vals - torch.logsumexp(logits, dim=-1, keepdim=True))
+            if top_p < 1.0 and k < V and bool((probs.sum(-1) < top_p).any()):
+                k = min(V, 8 * k)  # the nucleus is wider than k: rank more tokens
+                continue
+        if top_p < 1.0:
+            before = torch.cumsum(probs, dim=-1) - probs
+            probs = probs.masked_fill(before >= top_p, 0.0)
+        return probs, ids
+
+
 def next_token(
     logits: torch.Tensor,
     sample: SampleConfig,
@@ -115,10 +146,13 @@ def next_token(
     if sample.greedy:
         return logits.argmax(dim=-1)  # (B,)
     logits = logits / sample.temperature
-    logits = filter_top_k(logits, sample.top_k)
-    logits = filter_top_p(logits, sample.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    allowed = candidates(logits, sample.top_k, sample.top_p)
+    if allowed is None:
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    weights, ids = allowed  # (B, K) each
+    pick = torch.multinomial(weights, 1, generator=generator)  # (B, 1), index into K
+    return ids.gather(-1, pick).squeeze(-1)  # (B,)
 
 
 # ------------------------------------------------------------------------ the decoding loop
