@@ -1,0 +1,153 @@
+"""Evaluation: NLL against a hand computation, story metrics on known sequences, the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_study.checkpoint import save_checkpoint
+from gpt_study.cli import main
+from gpt_study.config import preset_config
+from gpt_study.data.tokenizer import WordTokenizer
+from gpt_study.evaluate import evaluate_split, evaluate_tokens, split_metrics, story_metrics
+from gpt_study.model import GPT, GPTConfig
+
+WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()
+VOCAB = ["<unk>", "<sot>", "<eot>"] + WORDS
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=len(VOCAB), max_len=16, d_model=16, d_ff=32, n_layers=2, n_heads=2)
+    return GPT(cfg).eval()
+
+
+def stream(n=61, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, len(VOCAB), size=n).astype(np.uint16)
+
+
+@pytest.mark.parametrize("n,context,batch", [(61, 8, 3), (50, 8, 16), (9, 8, 1), (40, 16, 2)])
+def test_nll_equals_a_hand_computation(n, context, batch):
+    model = tiny_model()
+    tokens = stream(n)
+    sums = evaluate_tokens(model, tokens, context, batch_size=batch)
+    # By hand: target j is predicted from the start of its window (every `context` tokens),
+    # one position at a time, with the softmax written out in float64.
+    nll = correct = unk = 0.0
+    with torch.no_grad():
+        for j in range(1, n):
+            start = (j - 1) // context * context
+            x = torch.tensor(tokens[start:j].astype(np.int64))[None]
+            z = model(x)[0, -1].double()
+            logp = z - torch.log(torch.exp(z - z.max()).sum()) - z.max()
+            nll -= logp[int(tokens[j])].item()
+            correct += int(z.argmax()) == int(tokens[j])
+            unk += int(tokens[j]) == 0
+    assert sums["targets"] == n - 1
+    assert sums["nll"] == pytest.approx(nll, rel=1e-5)
+    assert sums["correct"] == correct and sums["unk"] == unk
+    m = split_metrics(sums, n_bytes=123.0)
+    assert m["nll"] == pytest.approx(nll / (n - 1), rel=1e-5)
+    assert m["perplexity"] == pytest.approx(math.exp(nll / (n - 1)), rel=1e-5)
+    assert m["bits_per_byte"] == pytest.approx(nll / math.log(2) / 123.0, rel=1e-5)
+    assert m["unk_rate"] == pytest.approx(unk / (n - 1))
+
+
+def test_story_metrics_on_known_sequences():
+    loop = [5, 6, 7, 8] * 5  # 17 four-grams, 4 distinct: 13 repeats
+    fresh = list(range(10, 20)) + [2]  # ends with <eot>: 7 four-grams, none repeated
+    m = story_metrics([loop, fresh], [False, True])
+    assert m["eot_share"] == 0.5
+    assert m["mean_length"] == (20 + 10) / 2
+    assert m["distinct_1"] == pytest.approx(14 / 30)
+    assert m["distinct_2"] == pytest.approx((4 + 9) / (19 + 9))
+    assert m["repeated_4gram"] == pytest.approx(13 / (17 + 7))
+    assert story_metrics([fresh], [True])["repeated_4gram"] == 0.0
+
+
+def write_prepared(folder, tok, n=200, seed=0):
+    """A prepared folder in the documented layout, from random ids (the model need not learn)."""
+    folder.mkdir(parents=True)
+    tok.save(folder / "tokenizer.json")
+    meta = {"splits": {}}
+    for split in ("train", "valid"):
+        ids = stream(n, seed)
+        ids.tofile(folder / f"{split}.bin")
+        meta["splits"][split] = {"tokens": n, "bytes": 4 * n, "unk": int((ids == 0).sum())}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_evaluate_split_reads_a_prepared_folder(tmp_path):
+    tok = WordTokenizer(VOCAB)
+    data = write_prepared(tmp_path / "data", tok)
+    model = tiny_model()
+    full = evaluate_split(model, data, context_size=8, tokenizer=tok)
+    sums = evaluate_tokens(model, np.fromfile(data / "valid.bin", dtype=np.uint16), 8)
+    assert full["tokens"] == 199 and full["nll"] == pytest.approx(sums["nll"] / 199)
+    assert full["bits_per_byte"] == pytest.approx(sums["nll"] / math.log(2) / 800)
+    assert not full["bytes_estimated"]
+    part = evaluate_split(model, data, context_size=8, max_rows=5, tokenizer=tok)
+    assert part["tokens"] == 40 and part["bytes_estimated"]
+    assert part["bytes"] == pytest.approx(800 * 40 / 199)
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    tok = WordTokenizer(VOCAB)
+    data = write_prepared(tmp_path / "data", tok)
+    cfg = preset_config(
+        "tiny",
+        model={"vocab_size": len(VOCAB), "max_len": 16, "d_model": 16, "d_ff": 32, "n_layers": 1},
+        train={"context_size": 8, "data": str(data)},
+    )
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", GPT(cfg.model), cfg, data / "tokenizer.json")
+    return tmp_path, ckpt, data
+
+
+def test_cli_prints_a_table_and_writes_json(run_folder, capsys):
+    tmp_path, ckpt, _ = run_folder
+    out_json = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--json", str(out_json), "--samples", "1"]
+    assert main(args + ["--max_new_tokens", "12", "--seed", "5"]) == 0
+    table = capsys.readouterr().out
+    for label in ("perplexity", "bits per byte", "<unk> rate", "repeated 4-grams", "settings"):
+        assert label in table
+    assert "note: <unk> stands for every rare word" in table
+    result = json.loads(out_json.read_text())
+    assert result["valid"]["tokens"] == 199 and result["stories"]["stories"] == 16
+    assert result["stories"]["settings"]["seed"] == 5
+    assert result["stories"]["mean_length"] <= 12
+
+
+def test_cli_rejects_data_with_another_vocabulary(run_folder, capsys):
+    tmp_path, ckpt, _ = run_folder
+    other = write_prepared(tmp_path / "other", WordTokenizer(VOCAB[:-1] + ["zebra"]))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different vocabulary" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--data", "nowhere"], "no prepared data folder at nowhere"),
+        (["--json", "no/such/dir/x.json"], "its folder does not exist"),
+        (["--no_valid", "--no_stories"], "nothing to do"),
+    ],
+)
+def test_cli_bad_input_is_one_line(run_folder, capsys, extra, message):
+    _, ckpt, _ = run_folder
+    assert main(["evaluate", "--checkpoint", str(ckpt), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_missing_checkpoint_is_one_line(capsys, tmp_path):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint at" in err[0]
