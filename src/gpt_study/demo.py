@@ -1,0 +1,78 @@
+"""``gpt-study demo``: the whole study in one command, on the shared TinyStories sample.
+
+It runs the same commands a user would type, printing each one first, so the demo doubles as a
+tour: prepare -> train (the ``tiny`` preset, time-boxed) -> plot -> evaluate -> generate.
+Without the shared sample it falls back to the Hugging Face Hub dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+SAMPLE = Path("shared") / "data" / "tinystories"
+PROMPTS = (
+    "once upon a time, there was a little girl named lily",
+    "tom and his dog went to the park",
+)
+
+
+def find_sample() -> Path | None:
+    """``../shared/data/tinystories`` beside the checkout (from the cwd or from this package)."""
+    here = Path(__file__).resolve()
+    for root in (Path.cwd(), *here.parents):
+        candidate = root.parent / SAMPLE
+        if (candidate / "train.txt").exists():
+            return candidate
+    return None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", nargs="+", help="corpus to use (default: the shared sample, else the Hub)"
+    )
+    parser.add_argument(
+        "--out", default="runs/demo", help="folder for the prepared data and the run"
+    )
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    parser.add_argument("--preset", default="tiny", help="model / training preset")
+    parser.add_argument("--max_steps", type=int, default=0, help="cap on training steps (0: none)")
+    parser.add_argument("--resume", action="store_true", help="continue the demo's run")
+
+
+def _step(argv: list[str]) -> None:
+    from gpt_study.cli import main
+
+    print(f"\n$ gpt-study {shlex.join(argv)}", flush=True)
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    data = args.data
+    if not data:
+        sample = find_sample()
+        data = [str(sample)] if sample else None
+        print(
+            f"demo: using {'the shared sample at ' + str(sample) if sample else 'the Hugging Face Hub'}"
+        )
+    prepared = out / "data"
+    run_dir = out / "run"
+    _step(["prepare", *(["--data", *data] if data else []), "--out", str(prepared)])
+    train = ["train", "--data", str(prepared), "--preset", args.preset, "--save_root", str(run_dir)]
+    train += ["--max_time", str(args.minutes)]
+    if args.max_steps:
+        train += ["--max_steps", str(args.max_steps)]
+    if args.resume:
+        train.append("--resume")
+    _step(train)
+    _step(["plot", "--save_root", str(run_dir)])
+    best = run_dir / "best"
+    _step(["evaluate", "--checkpoint", str(best), "--data", str(prepared)])
+    prompts = [x for p in PROMPTS for x in ("--prompt", p)]
+    _step(["generate", "--checkpoint", str(best), *prompts, "--seed", "0"])
+    print(f"\ndemo: done. Loss curves: {run_dir / 'loss.png'}; checkpoints: {run_dir}")
+    return 0
