@@ -71,7 +71,10 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    if not path.exists() and (old / WEIGHTS).exists():
+        os.replace(old, path)  # a save died between its two renames: finish the swap back
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS))
@@ -80,6 +83,7 @@ def save_checkpoint(
     write_json_atomic(tmp / STATE, state or {})
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
+    _fsync_files(tmp)
     # Swap into place: the old folder survives until the new one is complete.
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -87,6 +91,17 @@ def save_checkpoint(
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _fsync_files(folder: Path) -> None:
+    """Flush every file to disk before the rename publishes them (a power cut cannot leave a
+    complete-looking folder of empty files)."""
+    for f in folder.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _resolve(path: Path) -> Path:
@@ -121,6 +136,14 @@ def load_checkpoint(
         )
     model = GPT(config.model)
     weights = load_file(str(path / WEIGHTS), device=str(device))
+    own = model.state_dict()
+    wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise UserError(
+            f"{path}: weight {wrong[0]} has shape {tuple(weights[wrong[0]].shape)} but "
+            f"config.json implies {tuple(own[wrong[0]].shape)}: the folder mixes files from "
+            "different runs"
+        )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise UserError(
