@@ -152,6 +152,29 @@ def test_bpe_is_lossless_on_every_story(data_corpus, tmp_path):
         assert data.split_meta(split)["unk"] == 0
 
 
+def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path):
+    # A 1,500-character training sample: most batches are encoded by the workers after training.
+    folder, train, valid = data_corpus
+    outs = []
+    for workers in (1, 2):
+        cfg = _cfg(
+            folder,
+            tmp_path / f"o{workers}",
+            tokenizer="bpe",
+            vocab_size=280,
+            workers=workers,
+            bpe_train_chars=1500,
+        )
+        outs.append(prep.prepare(cfg, progress=False, log=lambda m: None))
+    for name in ("train.bin", "valid.bin", "tokenizer.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+    tok = load_tokenizer(outs[0])
+    ids = open_prepared(outs[0]).tokens("train").tolist()
+    text = tok.decode(ids, skip_specials=False)
+    want = [c for c in (clean_text(s, False) for s in train) if len(c) >= 60]
+    assert text == "".join(f"<sot>{s}<eot>" for s in want)
+
+
 def test_one_file_holds_out_a_deterministic_valid_split(tmp_path):
     _, _ = _write_corpus(tmp_path / "c", n_train=50)
     one = tmp_path / "c" / "train.txt"

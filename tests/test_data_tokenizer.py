@@ -148,6 +148,15 @@ def test_bpe_on_the_sample_round_trips():
     assert sum(len(tok.encode(s)) for s in stories) < 0.4 * sum(len(s) for s in stories)
 
 
+def test_bpe_chunk_cached_encoding_equals_plain_encoding():
+    stories = _sample_stories(n=300)
+    odd = ["Zoë's café — 3½ 🙂 日本 x<sot>y <eot>z 123abc", "", "a"]
+    texts = [clean_text(s, False) for s in stories + odd]
+    tok = train_bpe(texts[:100], vocab_size=400, lowercase=False)
+    assert tok.encode_cleaned(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_cleaned(texts) == [tok.encode(t) for t in texts]  # from the cache
+
+
 def test_bpe_save_load_round_trip(tmp_path, data_bpe_tok):
     path = tmp_path / "tok.json"
     data_bpe_tok.save(path)

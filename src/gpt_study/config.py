@@ -81,7 +81,7 @@ class DataConfig:
         ),
     )
     bpe_train_chars: int = field(
-        default=50_000_000,
+        default=10_000_000,
         metadata=doc(
             "bpe: train it on at most this many characters from the start of the train split"
         ),
@@ -205,6 +205,13 @@ class TrainConfig:
         ),
     )
     compile: bool = field(default=False, metadata=doc("torch.compile the model"))
+    threads: int = field(
+        default=0,
+        metadata=doc(
+            "CPU threads for torch (0: torch's default, one per core); 1 is faster when other "
+            "work shares the cores"
+        ),
+    )
     seed: int = field(default=1234, metadata=doc("seed for weights, dropout and data order"))
     wb_flag: bool = field(
         default=False, metadata=doc("log to Weights & Biases (needs pip install wandb)")

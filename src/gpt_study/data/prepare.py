@@ -43,6 +43,7 @@ import numpy as np
 
 from gpt_study import __version__
 from gpt_study.config import (
+    EOT_ID,
     SOT_ID,
     SPECIALS,
     DataConfig,
@@ -64,6 +65,7 @@ from gpt_study.data.tokenizer import (
     BPETokenizer,
     Tokenizer,
     WordTokenizer,
+    load_tokenizer,
     spacy_tokenizer,
     split_chunks,
     train_bpe,
@@ -106,8 +108,12 @@ def _init_worker(kind: str, lowercase: bool, min_chars: int) -> None:
         spacy_tokenizer()  # a no-op when inherited from the parent
 
 
-def _work(texts: list[str]) -> dict[str, Any]:
-    """Clean, filter and (for ``word``) encode one batch of raw stories."""
+def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
+    """Clean, filter and encode one batch of raw stories.
+
+    ``bpe`` batches that arrive before the BPE is trained (``bpe_path`` None) come back as
+    cleaned text for the main process to keep until it is.
+    """
     lowercase, min_chars = _W["lowercase"], _W["min_chars"]
     kept = []
     for raw in texts:
@@ -124,7 +130,12 @@ def _work(texts: list[str]) -> dict[str, Any]:
         ),
     }
     if _W["kind"] == "bpe":
-        out["texts"] = kept
+        if bpe_path is None:
+            out["texts"] = kept
+        else:
+            if _W.get("bpe_path") != bpe_path:
+                _W["bpe"], _W["bpe_path"] = load_tokenizer(bpe_path), bpe_path
+            out["ids"], out["lengths"] = _wrap(_W["bpe"].encode_cleaned(kept), np.uint16)
         return out
     ids: dict[str, int] = _W["ids"]
     cache: dict[str, tuple[int, ...]] = _W["cache"]
@@ -143,19 +154,25 @@ def _work(texts: list[str]) -> dict[str, Any]:
                 new.append(p)
             lids.append(i)
         cache[chunk] = tuple(lids)
-    flat: list[int] = []
-    lengths = np.empty(len(kept), dtype=np.int64)
     get = cache.__getitem__
-    for n, chunks in enumerate(story_chunks):
+    out["new"] = new
+    out["ids"], out["lengths"] = _wrap(
+        (chain.from_iterable(map(get, chunks)) for chunks in story_chunks), np.uint32
+    )
+    return out
+
+
+def _wrap(stories: Iterable[Iterable[int]], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Every story's ids as ``<sot> ... <eot>``, concatenated, and each story's length."""
+    flat: list[int] = []
+    lengths = []
+    for ids in stories:
         start = len(flat)
         flat.append(SOT_ID)
-        flat.extend(chain.from_iterable(map(get, chunks)))
-        flat.append(SOT_ID + 1)  # <eot>
-        lengths[n] = len(flat) - start
-    out["new"] = new
-    out["ids"] = np.array(flat, dtype=np.uint32)
-    out["lengths"] = lengths
-    return out
+        flat.extend(ids)
+        flat.append(EOT_ID)
+        lengths.append(len(flat) - start)
+    return np.array(flat, dtype=dtype), np.array(lengths, dtype=np.int64)
 
 
 class _Workers:
@@ -174,14 +191,15 @@ class _Workers:
         else:
             _init_worker(*initargs)
 
-    def map(self, items: Iterable[tuple[Any, list[str]]]) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def map(self, items: Iterable[tuple[Any, tuple]]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Results of ``_work(*args)`` for ``(tag, args)`` items, in order, with their tags."""
         if self.pool is None:
-            for tag, texts in items:
-                yield tag, _work(texts)
+            for tag, args in items:
+                yield tag, _work(*args)
             return
         pending: deque = deque()
-        for tag, texts in items:
-            pending.append((tag, self.pool.apply_async(_work, (texts,))))
+        for tag, args in items:
+            pending.append((tag, self.pool.apply_async(_work, args)))
             if len(pending) > 2 * self.workers:  # stay only a few batches ahead of the writer
                 tag0, res = pending.popleft()
                 yield tag0, res.get()
@@ -325,22 +343,19 @@ def _run_word(
 ) -> tuple[Tokenizer, dict[str, _SplitWriter]]:
     ids = _Ids()
     writers = {s: _SplitWriter(tmp / f"{s}.ids32", np.uint32) for s in SPLITS}
-    for (split, i), res in workers.map(_tagged_batches(sources, hub)):
+    tasks = ((tag, (batch,)) for tag, batch in _tagged_batches(sources, hub))
+    for (split, i), res in workers.map(tasks):
         gids = ids.to_global(res["key"], res["new"], res["ids"])
         lengths, chars, nbytes = res["lengths"], res["chars"], res["bytes"]
         per_source[i]["read"] += res["read"]
         per_source[i]["short"] += res["short"]
         mask = holdout.valid_mask(len(lengths)) if split == "train" else None
-        if mask is None:
-            writers[split].write(gids, chars, nbytes)
-            if split == "train":
-                ids.count(gids)
-        else:
-            tok_mask = np.repeat(mask, lengths)
-            train = gids[~tok_mask]
-            ids.count(train)
-            writers["train"].write(train, chars[~mask], nbytes[~mask])
-            writers["valid"].write(gids[tok_mask], chars[mask], nbytes[mask])
+        for part, part_ids, part_chars, part_bytes in _route(
+            split, mask, gids, lengths, chars, nbytes
+        ):
+            if part == "train":
+                ids.count(part_ids)  # the vocabulary comes from the train split only
+            writers[part].write(part_ids, part_chars, part_bytes)
         bar.update(res["read"])
         bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
     for w in writers.values():
@@ -398,63 +413,63 @@ def _run_bpe(
     for w in writers.values():
         w.unk = 0  # type: ignore[attr-defined]
     tok: BPETokenizer | None = None
-    buffered: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []  # until the BPE is trained
+    trained: list[str | None] = [None]  # the saved BPE, once trained: later tasks encode too
+    buffered: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []  # until it is trained
     buffered_chars = 0
+
+    def write(split: str, ids: np.ndarray, chars: np.ndarray, nbytes: np.ndarray) -> None:
+        writers[split].unk += int(np.count_nonzero(ids == 0))  # type: ignore[attr-defined]
+        writers[split].write(ids, chars, nbytes)
 
     def emit(split: str, texts: list[str], chars: np.ndarray, nbytes: np.ndarray) -> None:
         assert tok is not None
-        flat: list[int] = []
-        for ids in tok.encode_batch(texts):
-            flat.append(SOT_ID)
-            flat.extend(ids)
-            flat.append(SOT_ID + 1)
-        arr = np.array(flat, dtype=np.uint16)
-        writers[split].unk += int(np.count_nonzero(arr == 0))  # type: ignore[attr-defined]
-        writers[split].write(arr, chars, nbytes)
+        write(split, _wrap(tok.encode_cleaned(texts), np.uint16)[0], chars, nbytes)
 
     def train_now() -> None:
         nonlocal tok, buffered
-        sample = (t for split, texts, _, _ in buffered if split == "train" for t in texts)
         if not any(split == "train" and texts for split, texts, _, _ in buffered):
             return  # nothing to train on: _check_nonempty reports it
+        sample = (t for split, texts, _, _ in buffered if split == "train" for t in texts)
         tok = train_bpe(sample, cfg.vocab_size, bool(cfg.lowercase), cfg.min_freq)  # type: ignore[arg-type]
-        for args in buffered:
-            emit(*args)
+        tok.save(tmp / "tokenizer.json")
+        trained[0] = str(tmp / "tokenizer.json")
+        for part in buffered:
+            emit(*part)
         buffered = []
 
-    for (split, i), res in workers.map(_tagged_batches(sources, hub)):
+    tasks = ((tag, (batch, trained[0])) for tag, batch in _tagged_batches(sources, hub))
+    for (split, i), res in workers.map(tasks):
         per_source[i]["read"] += res["read"]
         per_source[i]["short"] += res["short"]
-        texts, chars, nbytes = res["texts"], res["chars"], res["bytes"]
-        mask = holdout.valid_mask(len(texts)) if split == "train" else None
-        if mask is None:
-            parts = [(split, texts, chars, nbytes)]
+        chars, nbytes = res["chars"], res["bytes"]
+        mask = holdout.valid_mask(len(chars)) if split == "train" else None
+        if "ids" in res:  # encoded by the worker
+            for part in _route(split, mask, res["ids"], res["lengths"], chars, nbytes):
+                write(*part)
         else:
-            parts = [
-                (
-                    "train",
-                    [t for t, m in zip(texts, mask, strict=True) if not m],
-                    chars[~mask],
-                    nbytes[~mask],
-                ),
-                (
-                    "valid",
-                    [t for t, m in zip(texts, mask, strict=True) if m],
-                    chars[mask],
-                    nbytes[mask],
-                ),
-            ]
-        if tok is None and split != "train":
-            train_now()
-        for part in parts:
-            if tok is None:
+            texts = res["texts"]
+            if mask is None:
+                parts = [(split, texts, chars, nbytes)]
+            else:
+                parts = [
+                    ("train", [t for t, m in zip(texts, mask, strict=True) if not m]),
+                    ("valid", [t for t, m in zip(texts, mask, strict=True) if m]),
+                ]
+                parts = [
+                    (*parts[0], chars[~mask], nbytes[~mask]),
+                    (*parts[1], chars[mask], nbytes[mask]),
+                ]
+            if tok is None and split != "train":
+                train_now()
+            for part in parts:
+                if tok is not None:
+                    emit(*part)
+                    continue
                 buffered.append(part)
                 if part[0] == "train":
                     buffered_chars += int(part[2].sum())
-            else:
-                emit(*part)
-        if tok is None and buffered_chars >= cfg.bpe_train_chars:
-            train_now()
+            if tok is None and buffered_chars >= cfg.bpe_train_chars:
+                train_now()
         bar.update(res["read"])
         bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
     if tok is None:
@@ -464,6 +479,24 @@ def _run_bpe(
     _check_nonempty(cfg, writers, holdout)
     assert tok is not None
     return tok, writers
+
+
+def _route(
+    split: str,
+    mask: np.ndarray | None,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    chars: np.ndarray,
+    nbytes: np.ndarray,
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(split, ids, chars, bytes) parts of one batch: held-out stories (``mask``) to valid."""
+    if mask is None:
+        return [(split, ids, chars, nbytes)]
+    tok_mask = np.repeat(mask, lengths)
+    return [
+        ("train", ids[~tok_mask], chars[~mask], nbytes[~mask]),
+        ("valid", ids[tok_mask], chars[mask], nbytes[mask]),
+    ]
 
 
 def _check_nonempty(cfg: DataConfig, writers: dict[str, _SplitWriter], holdout: _Holdout) -> None:
