@@ -35,6 +35,8 @@ def _story(rng: random.Random, n: int) -> str:
         text = text.replace(". ", ".\n", 1)  # a paragraph break: must become a space
     if rng.random() < 0.3:
         text += f" Zed{rng.randrange(10**6)} waved."  # a name seen once: <unk> at min_freq 2
+    if rng.random() < 0.1:
+        text += " A <sot> sign and an <eot> sign."  # literal specials must not cut stories
     if rng.random() < 0.2:
         text += " Caf\u00e9 \u2019quoted\u2019 \u00c3\u00a9t\u00c3\u00a9"  # non-ASCII and mojibake
     return text

@@ -130,9 +130,15 @@ def test_bpe_is_lossless_and_has_the_specials(data_bpe_tok):
     tok = data_bpe_tok
     assert [tok.id_to_token(i) for i in range(3)] == ["<unk>", "<sot>", "<eot>"]
     assert tok.vocab_size <= 300
-    for text in ["Once upon a time, Lily met Ben.", "Zoë's café — 3½ 🙂 日本", "a  b\tc", ""]:
+    for text in [
+        "Once upon a time, Lily met Ben.",
+        "Zoë's café — 3½ 🙂 日本",
+        "a  b\tc",
+        "",
+        "<sot>",
+    ]:
         ids = tok.encode(text, sot=True, eot=True)
-        assert ids[0] == 1 and ids[-1] == 2 and 0 not in ids
+        assert ids[0] == 1 and ids[-1] == 2 and 0 not in ids and 1 not in ids[1:-1]
         assert max(ids) < tok.vocab_size
         assert tok.decode(ids) == text
     assert tok.unknown_words("anything at all") == []

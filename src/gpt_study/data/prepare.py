@@ -92,6 +92,11 @@ BLOCK = 1 << 24  # tokens per block when rewriting provisional ids
 # ----------------------------------------------------------------------------- workers
 
 _W: dict[str, Any] = {}  # per-process worker state, set by _init_worker
+# A worker marks story starts and ends with chunks that clean_text never leaves in a text (ftfy
+# removes control characters), so one str.split cuts a whole batch, and gives them provisional ids
+# of their own so that a literal "<sot>" inside a story cannot be mistaken for a story start.
+_START, _END = "\x01", "\x02"
+_START_ID, _END_ID = len(SPECIALS), len(SPECIALS) + 1
 
 
 def _init_worker(kind: str, lowercase: bool, min_chars: int) -> None:
@@ -101,8 +106,9 @@ def _init_worker(kind: str, lowercase: bool, min_chars: int) -> None:
         lowercase=lowercase,
         min_chars=min_chars,
         key=os.getpid(),
-        ids={s: i for i, s in enumerate(SPECIALS)},  # piece -> provisional id of this worker
-        cache={},  # chunk -> provisional ids of its pieces
+        # piece -> provisional id of this worker
+        ids={s: i for i, s in enumerate((*SPECIALS, _START, _END))},
+        cache={_START: (_START_ID,), _END: (_END_ID,)},  # chunk -> provisional ids of its pieces
     )
     if kind == "word":
         spacy_tokenizer()  # a no-op when inherited from the parent
@@ -139,13 +145,18 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
         return out
     ids: dict[str, int] = _W["ids"]
     cache: dict[str, tuple[int, ...]] = _W["cache"]
-    story_chunks = [t.split(" ") for t in kept]
-    misses = list(dict.fromkeys(c for chunks in story_chunks for c in chunks if c not in cache))
+    if not kept:
+        out["new"], out["ids"], out["lengths"] = [], np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return out
+    chunks = f"{_START} {f' {_END} {_START} '.join(kept)} {_END}".split(" ")
+    misses = set(chunks).difference(cache)
     if len(cache) + len(misses) > CHUNK_CACHE:
         cache.clear()
-        misses = list(dict.fromkeys(chain.from_iterable(story_chunks)))
+        cache.update({_START: (_START_ID,), _END: (_END_ID,)})
+        misses = set(chunks).difference(cache)
     new: list[str] = []
-    for chunk, pieces in zip(misses, split_chunks(misses), strict=True):
+    misses_sorted = sorted(misses)
+    for chunk, pieces in zip(misses_sorted, split_chunks(misses_sorted), strict=True):
         lids = []
         for p in pieces:
             i = ids.get(p)
@@ -154,11 +165,11 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
                 new.append(p)
             lids.append(i)
         cache[chunk] = tuple(lids)
-    get = cache.__getitem__
+    local = np.fromiter(chain.from_iterable(map(cache.__getitem__, chunks)), dtype=np.uint32)
+    starts = np.flatnonzero(local == _START_ID)
     out["new"] = new
-    out["ids"], out["lengths"] = _wrap(
-        (chain.from_iterable(map(get, chunks)) for chunks in story_chunks), np.uint32
-    )
+    out["ids"] = local
+    out["lengths"] = np.diff(np.append(starts, len(local)))
     return out
 
 
@@ -245,8 +256,9 @@ class _Ids:
     def to_global(self, key: int, new: list[str], lids: np.ndarray) -> np.ndarray:
         table = self.local.get(key)
         if table is None:
-            table = self.local[key] = np.arange(len(SPECIALS), dtype=np.uint32)
-            self.local_n[key] = len(SPECIALS)
+            # a worker's provisional ids start with the specials and its story start / end marks
+            table = self.local[key] = np.array([*range(len(SPECIALS)), SOT_ID, EOT_ID], np.uint32)
+            self.local_n[key] = len(table)
         n = self.local_n[key]
         if n + len(new) > len(table):
             table = self.local[key] = np.resize(table, max(2 * len(table), n + len(new)))

@@ -146,22 +146,18 @@ def _open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
 
 
-def _txt_stories(path: Path) -> Iterator[str]:
-    lines: list[str] = []
+def _txt_stories(path: Path, block: int = 1 << 20) -> Iterator[str]:
+    """Stories between ``<|endoftext|>`` marks, read a block at a time (no per-line work)."""
+    tail = ""
     with _open_text(path) as f:
-        for line in f:
-            if END_OF_TEXT in line:
-                *before, after = line.split(END_OF_TEXT)
-                for part in before:
-                    lines.append(part)
-                    story = "".join(lines)
-                    if story.strip():
-                        yield story
-                    lines = []
-                line = after
-            lines.append(line)
-    if "".join(lines).strip():
-        yield "".join(lines)
+        while True:
+            data = f.read(block)
+            if not data:
+                break
+            *stories, tail = (tail + data).split(END_OF_TEXT)
+            yield from (s for s in stories if s.strip())
+    if tail.strip():
+        yield tail
 
 
 def _field(obj: Any, path: Path, where: str) -> str:

@@ -277,12 +277,18 @@ def build_word_vocab(
 
 
 class BPETokenizer(Tokenizer):
-    """Byte-level BPE (the ``tokenizers`` library): ``decode(encode(text)) == text`` always."""
+    """Byte-level BPE (the ``tokenizers`` library): ``decode(encode(text)) == text`` always.
+
+    Unlike ``word``, a special's name inside a text is encoded as ordinary bytes.
+    """
 
     kind = "bpe"
 
     def __init__(self, tok: Any, lowercase: bool = False) -> None:
         self.tok = tok
+        # "<sot>" typed in a text is just text: ids 1 and 2 only ever come from sot=/eot=, and
+        # decode(encode(text)) == text holds for every text.
+        tok.encode_special_tokens = True
         self.lowercase = lowercase
         self._chunk_cache: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
         for i, s in enumerate(SPECIALS):
