@@ -12,7 +12,8 @@ clock starts for both contenders, so import time counts for neither.
   per story, spaCy-tokenize every story to count, build the vocabulary, tokenize every story again
   to encode into Python lists, write uint16 arrays. Its arrays must equal ours (checked).
 - ``word`` / ``bpe``: :func:`gpt_study.data.prepare.prepare` with all cores (``bpe`` includes
-  training the BPE).
+  training the BPE); ``word --workers 1`` shows what the single pass and the chunk cache give
+  without a second core.
 
 Stories/s counts stories read (train + valid). Peak RSS is the main process plus the largest
 worker (an upper bound on what they held at once).
@@ -93,8 +94,13 @@ def child(kind: str, folder: Path, out: Path, workers: int) -> dict:
     if kind == "reference":
         read = reference_word(folder, out)
     else:
+        tokenizer, _, one = kind.partition("-")  # "word-1": one process
         cfg = DataConfig(
-            data=[str(folder)], tokenizer=kind, out=str(out), force=True, workers=workers
+            data=[str(folder)],
+            tokenizer=tokenizer,
+            out=str(out),
+            force=True,
+            workers=1 if one else workers,
         )
         prepare(cfg, progress=False, log=lambda m: None)
         meta = json.loads((out / "meta.json").read_text())
@@ -142,7 +148,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         for scale in args.scales:
             folder = make_corpus(tmp, scale)
-            results: dict[str, list[dict]] = {"reference": [], "word": [], "bpe": []}
+            results: dict[str, list[dict]] = {"reference": [], "word": [], "word-1": [], "bpe": []}
             for _ in range(args.repeats):  # interleaved, so background load hits all alike
                 for kind in results:
                     out = tmp / f"out-{kind}-{scale}"
@@ -150,8 +156,9 @@ def main() -> None:
             ref = tmp / f"out-reference-{scale}"
             for split in ("train", "valid"):  # same ids as the straightforward procedure
                 a = np.fromfile(ref / f"{split}.bin", dtype=np.uint16)
-                b = np.fromfile(tmp / f"out-word-{scale}" / f"{split}.bin", dtype=np.uint16)
-                assert np.array_equal(a, b), f"word output differs from the reference ({split})"
+                for kind in ("word", "word-1"):
+                    b = np.fromfile(tmp / f"out-{kind}-{scale}" / f"{split}.bin", dtype=np.uint16)
+                    assert np.array_equal(a, b), f"{kind} output differs from the reference"
             ref_s = statistics.median(r["seconds"] for r in results["reference"])
             for kind, rs in results.items():
                 sec = statistics.median(r["seconds"] for r in rs)
@@ -176,6 +183,7 @@ def main() -> None:
     names = {
         "reference": "straightforward (word)",
         "word": "prepare --tokenizer word",
+        "word-1": "prepare --tokenizer word --workers 1",
         "bpe": "prepare --tokenizer bpe",
     }
     for r in rows:

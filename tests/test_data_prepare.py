@@ -322,3 +322,25 @@ def test_existing_unrelated_folder_is_not_overwritten(data_corpus, tmp_path):
     with pytest.raises(UserError, match="not a prepared folder"):
         prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_hub_dataset_flow_with_a_local_stand_in(tmp_path, monkeypatch):
+    # The Hub is not reachable in tests: stand in an in-memory datasets.Dataset for each split.
+    datasets = pytest.importorskip("datasets")
+    rng = random.Random(1)
+    rows = {
+        "train": [_story(rng, 30) for _ in range(40)],
+        "validation": [_story(rng, 30) for _ in range(6)],
+    }
+    monkeypatch.setattr(
+        prep, "load_hub_split", lambda split: datasets.Dataset.from_dict({"text": rows[split]})
+    )
+    cfg = DataConfig(dataset_root=str(tmp_path), min_chars=60, workers=1)
+    out = prep.prepare(cfg, progress=False, log=lambda m: None)
+    meta = json.loads((out / "meta.json").read_text())
+    assert [(s["split"], s["hub"], s["hub_split"], s["rows"]) for s in meta["sources"]] == [
+        ("train", "roneneldan/TinyStories", "train", 40),
+        ("valid", "roneneldan/TinyStories", "validation", 6),
+    ]
+    want = sum(len(clean_text(s, True)) >= 60 for s in rows["validation"])
+    assert meta["splits"]["valid"]["stories"] == want
