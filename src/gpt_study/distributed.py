@@ -5,7 +5,7 @@
 variables nothing here touches ``torch.distributed``: a single process runs exactly as before.
 
 The training loop calls these helpers so it reads the same alone or under ``torchrun``:
-``rank()``/``world_size()`` are 0/1 alone, ``barrier()`` and ``all_reduce_max()`` are no-ops.
+``rank()``/``world_size()`` are 0/1 alone, ``barrier()`` and ``all_reduce_sum()`` are no-ops.
 """
 
 from __future__ import annotations
@@ -87,17 +87,9 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_max(values: list[float]) -> list[float]:
-    """Element-wise maximum over ranks (used to agree on stop flags: any rank stops, all stop)."""
-    if not is_distributed():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
 def all_reduce_sum(values: list[float]) -> list[float]:
-    """Element-wise sum over ranks (sharded validation adds its partial sums)."""
+    """Element-wise sum over ranks: sharded validation adds its partial sums, the loop its loss
+    and stop flags (a flag summed above 0: some rank wants to stop, so all stop)."""
     if not is_distributed():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device())

@@ -94,6 +94,7 @@ RESUME_FREE = {
     "print_interval",
     "device",
     "compile",
+    "threads",
     "wb_flag",
     "wb_project",
     "wb_name",
@@ -644,6 +645,8 @@ def _fit(
     cfg.train.resume = False  # a property of one invocation, not of the run
     tc = cfg.train
     dtype = resolve_dtype(tc.dtype, device)
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
 
     # -- model, optimizer and where we start from
     _seed_everything(tc.seed)
@@ -685,7 +688,7 @@ def _fit(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.device(device).index] if device.startswith("cuda") else None
-        stepper = DDP(compiled, device_ids=ids, broadcast_buffers=False)
+        stepper = DDP(compiled, device_ids=ids)
 
     sampler = RowSampler(
         data.tokens("train"), tc.context_size, tc.batch_size, tc.seed, rank, world, tc.grad_accum
@@ -840,7 +843,11 @@ def _loop(r: _Run, step: int) -> TrainResult:
         log.info("the run is complete (%d steps): raise --epoch to train longer", step)
         return result("done")
     if tc.max_steps and step >= tc.max_steps:
-        log.info("already at step %d >= --max_steps %d: nothing to do", step, tc.max_steps)
+        log.info(
+            "already at step %d >= --max_steps %d: pass a larger --max_steps (0: no cap)",
+            step,
+            tc.max_steps,
+        )
         return result("max_steps")
 
     r.stepper.train()
@@ -862,10 +869,12 @@ def _loop(r: _Run, step: int) -> TrainResult:
         now = time.perf_counter()
         time_up = bool(tc.max_time) and (now - started) > tc.max_time * 60
         received = r.stop.received if r.stop else None
-        # Every rank must take the same branch below, or one would wait forever for the others.
-        bad, time_up, sigint, sigterm = dist.all_reduce_max(
-            [not finite, time_up, received == "SIGINT", received == "SIGTERM"]
+        # One small all-reduce: the mean loss over ranks (the global batch's), and flags that
+        # make every rank take the same branch below (else one would wait forever for the others).
+        loss_val, bad, time_up, sigint, sigterm = dist.all_reduce_sum(
+            [loss_val, not finite, time_up, received == "SIGINT", received == "SIGTERM"]
         )
+        loss_val /= dist.world_size()
         if bad:
             bar.close()
             good = r.save_root / LAST

@@ -1,0 +1,186 @@
+"""Training under torchrun: 2 CPU processes with gloo, against a single process.
+
+Each test launches ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m
+gpt_study train ...`` in a subprocess, as a user would, on a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt_study.train import fit
+
+MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+TRAIN = dict(
+    context_size=16,
+    epoch=1,
+    iters_per_epoch=4,
+    dtype="float32",
+    device="cpu",
+    sample_tokens=8,
+    print_interval=1,
+    lr=3e-3,
+    warmup_steps=0,
+    lr_schedule="constant",
+)
+
+
+def flags(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += [f"--{k}", str(v)]
+    return out
+
+
+def torchrun(args: list[str], timeout: float = 120, script: str | None = None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    target = [script] if script else ["-m", "gpt_study"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        cmd + target + args, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ddp_train(data, root, **kw) -> list[str]:
+    return ["train", "--preset", "tiny", "--data", str(data), "--save_root", str(root)] + flags(
+        {**TRAIN, **MODEL, "batch_size": 4, **kw}
+    )
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def single_process(data, root, **kw):
+    t = dict(TRAIN, data=str(data), save_root=str(root), batch_size=8, **kw)
+    return fit("tiny", train=t, model=MODEL)
+
+
+def assert_same_weights(a_dir, b_dir):
+    a, b = weights(a_dir), weights(b_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        # Summation order differs; Adam turns a tiny gradient difference into at most a small
+        # share of one step (lr 3e-3) on near-zero gradients.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=3e-4)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_prepared, tmp_path):
+    """2 ranks x 4 rows give the weights of 1 process x 8 rows; only rank 0 writes."""
+    root = tmp_path / "ddp"
+    run = torchrun(ddp_train(tiny_prepared, root))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "global batch = 4 rows x 2 process(es) x 1 accumulation = 8 rows" in run.stdout
+    assert run.stdout.count("valid @ step 4") == 1  # rank 0 alone logs
+    log_lines = (root / "info.log").read_text().splitlines()
+    assert sum("valid @ step 4" in line for line in log_lines) == 1
+    assert sorted(p.name for p in root.iterdir()) == [
+        "best",
+        "config.json",
+        "info.log",
+        "last",
+        "loss.png",
+        "metrics.csv",
+        "metrics.jsonl",
+    ]  # one checkpoint of each, no debris of a second writer
+    state = json.loads((root / "last" / "state.json").read_text())
+    assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["rng"][0]["torch"] != state["rng"][1]["torch"]  # each rank its own dropout RNG
+
+    single = single_process(tiny_prepared, tmp_path / "one")
+    assert_same_weights(root / "last", tmp_path / "one" / "last")
+    train_losses = [
+        json.loads(line)["train_loss"]
+        for line in (root / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    one_losses = [
+        json.loads(line)["train_loss"]
+        for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    assert train_losses == pytest.approx(one_losses, rel=1e-5)
+    valid = state["last_valid"]
+    assert valid["valid_nll"] == pytest.approx(single.last_valid["valid_nll"], rel=1e-5)
+    assert valid["valid_tokens"] == single.last_valid["valid_tokens"]  # sharded, all scored
+
+
+@pytest.mark.slow
+def test_resume_under_torchrun_continues_the_step_count(tiny_prepared, tmp_path):
+    root = tmp_path / "ddp"
+    first = torchrun(ddp_train(tiny_prepared, root, max_steps=2))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads((root / "last" / "state.json").read_text())["step"] == 2
+    resume = ["train", "--save_root", str(root), "--resume", "--max_steps", "0"]
+    second = torchrun(resume + ["--device", "cpu"])
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming run" in second.stdout and "step 4/4" in second.stdout
+    steps = [json.loads(line)["step"] for line in (root / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2, 3, 4, 4]  # train 1, 2, valid 2, train 3, 4, valid 4: no repeats
+    single_process(tiny_prepared, tmp_path / "one")
+    assert_same_weights(root / "last", tmp_path / "one" / "last")
+
+
+@pytest.mark.slow
+def test_grad_accumulation_under_ddp_matches_one_process(tiny_prepared, tmp_path):
+    """2 ranks x 2 rows x 2 micro-steps (no all-reduce on the first) = 1 process x 8 rows."""
+    root = tmp_path / "acc"
+    run = torchrun(ddp_train(tiny_prepared, root, batch_size=2, grad_accum=2, sample_tokens=0))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "= 2 rows x 2 process(es) x 2 accumulation = 8 rows" in run.stdout
+    fit(
+        "tiny",
+        train=dict(TRAIN, data=str(tiny_prepared), save_root=str(tmp_path / "one"), batch_size=8),
+        model=MODEL,
+    )
+    a, b = weights(root / "last"), weights(tmp_path / "one" / "last")
+    for k in a:
+        # Summation order differs; Adam turns a tiny gradient difference into at most a small
+        # share of one step (lr 3e-3) on near-zero gradients.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=3e-4)
+
+
+FAILING_WORKER = """
+    import os, sys
+    from gpt_study import train
+
+    real = train._train_step
+
+    def step(r, s):
+        if os.environ["RANK"] == "1" and s == 2:
+            raise RuntimeError("rank 1 broke on purpose")
+        return real(r, s)
+
+    train._train_step = step
+    from gpt_study.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_failing_rank_brings_the_job_down(tiny_prepared, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(FAILING_WORKER))
+    run = torchrun(
+        ddp_train(tiny_prepared, tmp_path / "fail", iters_per_epoch=50),
+        timeout=90,
+        script=str(script),
+    )
+    assert run.returncode != 0
+    assert "rank 1 broke on purpose" in run.stdout + run.stderr
