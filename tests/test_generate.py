@@ -201,7 +201,7 @@ def test_text_api_oov_empty_and_streaming(tok):
     for row in range(3):
         assert "".join(pieces[row]) == res.texts[row]  # the stream shows the final text
         assert len(res.new_ids[row]) == 12
-    assert res.texts[0].startswith("once upon a time,")
+    assert res.texts[0].startswith("once upon a time, a <unk>")
 
 
 def test_vocab_mismatch_is_one_clear_error(tok):

@@ -390,6 +390,13 @@ def encode_prompt(tokenizer, prompt: str, window: int | None = None) -> tuple[li
     return ids, notes
 
 
+def readable(tokenizer, ids: Sequence[int]) -> str:
+    """Text of ``ids`` without ``<sot>``/``<eot>`` but with ``<unk>`` shown where it stands, so
+    a story never silently loses a word (plain ``decode`` drops every special)."""
+    drop = (tokenizer.sot_id, tokenizer.eot_id)
+    return tokenizer.decode([i for i in ids if i not in drop], skip_specials=False)
+
+
 class _TextStream:
     """Turns a row's growing token list into readable text deltas.
 
@@ -406,7 +413,7 @@ class _TextStream:
 
     def push(self, tok: int) -> None:
         self.ids.append(tok)
-        text = self.tokenizer.decode(self.ids)
+        text = readable(self.tokenizer, self.ids)
         cut = max(text.rfind(" "), text.rfind("\n"))
         stable = text[: cut + 1] if cut >= 0 else ""
         if stable.startswith(self.shown) and len(stable) > len(self.shown):
@@ -414,7 +421,7 @@ class _TextStream:
             self.shown = stable
 
     def close(self) -> None:
-        text = self.tokenizer.decode(self.ids)
+        text = readable(self.tokenizer, self.ids)
         # Normally the text extends what was shown; if decoding changed it, show from the change.
         same = 0
         while same < min(len(text), len(self.shown)) and text[same] == self.shown[same]:
@@ -484,7 +491,7 @@ def generate(
     )
     for s in streams:
         s.close()
-    texts = [tokenizer.decode(p + n) for p, n in zip(encoded, out.new_ids, strict=True)]
+    texts = [readable(tokenizer, p + n) for p, n in zip(encoded, out.new_ids, strict=True)]
     return GenerationResult(texts, encoded, out.new_ids, out.finished, notes)
 
 
