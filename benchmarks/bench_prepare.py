@@ -81,6 +81,13 @@ def _peak_rss_mb() -> tuple[float, float]:
     return me, kids
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (workers), user + system."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(kind: str, folder: Path, out: Path, workers: int) -> dict:
     """One measurement (run in its own process)."""
     from gpt_study.config import DataConfig
@@ -90,6 +97,7 @@ def child(kind: str, folder: Path, out: Path, workers: int) -> dict:
     spacy_tokenizer()  # imports paid before the clock, for both contenders
     import tokenizers  # noqa: F401
 
+    cpu0 = _cpu_seconds()
     t = time.perf_counter()
     if kind == "reference":
         read = reference_word(folder, out)
@@ -107,7 +115,13 @@ def child(kind: str, folder: Path, out: Path, workers: int) -> dict:
         read = sum(s["stories_read"] for s in meta["sources"])
     seconds = time.perf_counter() - t
     me, kids = _peak_rss_mb()
-    return {"seconds": seconds, "stories": read, "rss_main_mb": me, "rss_worker_mb": kids}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": _cpu_seconds() - cpu0,
+        "stories": read,
+        "rss_main_mb": me,
+        "rss_worker_mb": kids,
+    }
 
 
 def make_corpus(tmp: Path, scale: int) -> Path:
@@ -143,6 +157,7 @@ def main() -> None:
     if not SAMPLE.is_dir():
         sys.exit(f"no sample at {SAMPLE}")
     print(f"machine: {os.cpu_count()} CPUs ({os.uname().machine}), python {sys.version.split()[0]}")
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp_name:
         tmp = Path(tmp_name)
@@ -167,6 +182,7 @@ def main() -> None:
                         "scale": scale,
                         "kind": kind,
                         "seconds": sec,
+                        "cpu": statistics.median(r["cpu_seconds"] for r in rs),
                         "stories_per_s": rs[0]["stories"] / sec,
                         "speedup": ref_s / sec,
                         "rss_mb": max(r["rss_main_mb"] + r["rss_worker_mb"] for r in rs),
@@ -175,11 +191,13 @@ def main() -> None:
             for kind in results:
                 shutil.rmtree(tmp / f"out-{kind}-{scale}", ignore_errors=True)
             shutil.rmtree(folder)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(
-        f"\n{args.repeats} repeats, median time; peak RSS = main + largest worker (max of runs)\n"
+        f"\n{args.repeats} repeats, median time; CPU s = user + system of all processes; "
+        "peak RSS = main + largest worker (max of runs)\n"
     )
-    print("| corpus | procedure | seconds | stories/s | vs reference | peak RSS (MB) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| corpus | procedure | seconds | stories/s | vs reference | CPU s | peak RSS (MB) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     names = {
         "reference": "straightforward (word)",
         "word": "prepare --tokenizer word",
@@ -189,7 +207,7 @@ def main() -> None:
     for r in rows:
         print(
             f"| {r['scale']}x | {names[r['kind']]} | {r['seconds']:.2f} | "
-            f"{r['stories_per_s']:,.0f} | {r['speedup']:.2f}x | {r['rss_mb']:.0f} |"
+            f"{r['stories_per_s']:,.0f} | {r['speedup']:.2f}x | {r['cpu']:.2f} | {r['rss_mb']:.0f} |"
         )
     if 1 in args.scales and 4 in args.scales:
         for kind in ("word", "bpe"):

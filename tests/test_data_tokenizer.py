@@ -4,6 +4,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpt_study.data.clean import clean_text
@@ -159,8 +160,11 @@ def test_bpe_chunk_cached_encoding_equals_plain_encoding():
     odd = ["Zoë's café — 3½ 🙂 日本 x<sot>y <eot>z 123abc", "", "a"]
     texts = [clean_text(s, False) for s in stories + odd]
     tok = train_bpe(texts[:100], vocab_size=400, lowercase=False)
-    assert tok.encode_cleaned(texts) == [tok.encode(t) for t in texts]
-    assert tok.encode_cleaned(texts) == [tok.encode(t) for t in texts]  # from the cache
+    want = [i for t in texts for i in tok.encode(t, sot=True, eot=True)]
+    for _ in range(2):  # the second time from the cache
+        ids, lengths = tok.encode_stories(texts)
+        assert ids.dtype == np.uint16 and ids.tolist() == want
+        assert lengths.tolist() == [len(tok.encode(t)) + 2 for t in texts]
 
 
 def test_bpe_save_load_round_trip(tmp_path, data_bpe_tok):

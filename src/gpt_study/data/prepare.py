@@ -141,7 +141,7 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
         else:
             if _W.get("bpe_path") != bpe_path:
                 _W["bpe"], _W["bpe_path"] = load_tokenizer(bpe_path), bpe_path
-            out["ids"], out["lengths"] = _wrap(_W["bpe"].encode_cleaned(kept), np.uint16)
+            out["ids"], out["lengths"] = _W["bpe"].encode_stories(kept)
         return out
     ids: dict[str, int] = _W["ids"]
     cache: dict[str, tuple[int, ...]] = _W["cache"]
@@ -171,19 +171,6 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     out["ids"] = local
     out["lengths"] = np.diff(np.append(starts, len(local)))
     return out
-
-
-def _wrap(stories: Iterable[Iterable[int]], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """Every story's ids as ``<sot> ... <eot>``, concatenated, and each story's length."""
-    flat: list[int] = []
-    lengths = []
-    for ids in stories:
-        start = len(flat)
-        flat.append(SOT_ID)
-        flat.extend(ids)
-        flat.append(EOT_ID)
-        lengths.append(len(flat) - start)
-    return np.array(flat, dtype=dtype), np.array(lengths, dtype=np.int64)
 
 
 class _Workers:
@@ -277,7 +264,7 @@ class _Ids:
             self.counts = np.concatenate(
                 [self.counts, np.zeros(len(self.words) + len(self.counts), dtype=np.int64)]
             )
-        self.counts[: len(self.words)] += np.bincount(gids, minlength=len(self.words))
+        np.add.at(self.counts, gids, 1)  # unlike bincount, no vocabulary-sized temporary
 
 
 class _SplitWriter:
@@ -435,7 +422,7 @@ def _run_bpe(
 
     def emit(split: str, texts: list[str], chars: np.ndarray, nbytes: np.ndarray) -> None:
         assert tok is not None
-        write(split, _wrap(tok.encode_cleaned(texts), np.uint16)[0], chars, nbytes)
+        write(split, tok.encode_stories(texts)[0], chars, nbytes)
 
     def train_now() -> None:
         nonlocal tok, buffered
