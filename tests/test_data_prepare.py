@@ -89,8 +89,17 @@ def _oracle_word(train, valid, min_chars, vocab_size=30000, min_freq=2):
     return vocab, streams, clean
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_word_equals_the_straightforward_procedure(data_corpus, tmp_path, workers):
+@pytest.mark.parametrize(
+    "workers, warmup",
+    [(1, 0), (2, 0), (2, 2500)],
+    ids=["one-process", "pool", "pool-after-warmup"],
+)
+def test_word_equals_the_straightforward_procedure(
+    data_corpus, tmp_path, monkeypatch, workers, warmup
+):
+    # Small batches, so that the pool (and the warm-up before it) see many of them.
+    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep, "WARMUP_CHARS", warmup)
     folder, train, valid = data_corpus
     out = prep.prepare(
         _cfg(folder, tmp_path / "out", workers=workers), progress=False, log=lambda m: None
@@ -154,8 +163,9 @@ def test_bpe_is_lossless_on_every_story(data_corpus, tmp_path):
         assert data.split_meta(split)["unk"] == 0
 
 
-def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path):
+def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path, monkeypatch):
     # A 1,500-character training sample: most batches are encoded by the workers after training.
+    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
     folder, train, valid = data_corpus
     outs = []
     for workers in (1, 2):
@@ -177,7 +187,9 @@ def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path
     assert text == "".join(f"<sot>{s}<eot>" for s in want)
 
 
-def test_one_file_holds_out_a_deterministic_valid_split(tmp_path):
+def test_one_file_holds_out_a_deterministic_valid_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep, "WARMUP_CHARS", 1000)
     _, _ = _write_corpus(tmp_path / "c", n_train=50)
     one = tmp_path / "c" / "train.txt"
     cfg = DataConfig(

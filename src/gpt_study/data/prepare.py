@@ -86,6 +86,10 @@ SETTINGS_KEYS = (
 BATCH_STORIES = 256  # stories per worker task
 BATCH_CHARS = 1 << 20  # ... or this many characters, whichever comes first
 CHUNK_CACHE = 2_000_000  # chunks a worker remembers before it starts over (bounds its memory)
+# word: the main process tokenizes this many characters itself before it forks the workers, which
+# inherit its chunk cache. Frequent chunks are then tokenized once, not once per worker, and a
+# small corpus never pays for a pool at all.
+WARMUP_CHARS = 2_000_000
 BLOCK = 1 << 24  # tokens per block when rewriting provisional ids
 
 
@@ -97,6 +101,11 @@ _W: dict[str, Any] = {}  # per-process worker state, set by _init_worker
 # of their own so that a literal "<sot>" inside a story cannot be mistaken for a story start.
 _START, _END = "\x01", "\x02"
 _START_ID, _END_ID = len(SPECIALS), len(SPECIALS) + 1
+
+
+def _adopt_worker() -> None:
+    """Pool initializer after a fork: keep the parent's warm state, under this process's key."""
+    _W["key"] = os.getpid()
 
 
 def _init_worker(kind: str, lowercase: bool, min_chars: int) -> None:
@@ -174,29 +183,44 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
 
 
 class _Workers:
-    """Ordered, bounded map of :func:`_work` over batches: a process pool, or inline for 1."""
+    """Ordered, bounded map of :func:`_work` over batches.
 
-    def __init__(self, workers: int, initargs: tuple[Any, ...]) -> None:
+    The first ``warmup_chars`` characters are done in this process; then a pool of ``workers``
+    processes takes over (with ``workers`` 1, everything is done here). Forked workers inherit
+    this process's worker state, so :class:`_Ids` must give their keys the parent's id table
+    (``inherits``).
+    """
+
+    def __init__(self, workers: int, initargs: tuple[Any, ...], warmup_chars: int = 0) -> None:
         self.workers = workers
-        self.pool = None
+        self.initargs = initargs
+        self.warmup_chars = warmup_chars
+        self.pool: Any = None
+        self.method = "fork" if sys.platform == "linux" else "spawn"
+        self.inherits = False
         if initargs[0] == "word":
             spacy_tokenizer()  # load once here; forked workers inherit it
-        if workers > 1:
-            method = "fork" if sys.platform == "linux" else "spawn"
-            self.pool = mp.get_context(method).Pool(
-                workers, initializer=_init_worker, initargs=initargs
-            )
+        _init_worker(*initargs)
+
+    def _start_pool(self) -> None:
+        ctx = mp.get_context(self.method)
+        if self.method == "fork":
+            self.inherits = True
+            self.pool = ctx.Pool(self.workers, initializer=_adopt_worker)
         else:
-            _init_worker(*initargs)
+            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=self.initargs)
 
     def map(self, items: Iterable[tuple[Any, tuple]]) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Results of ``_work(*args)`` for ``(tag, args)`` items, in order, with their tags."""
-        if self.pool is None:
-            for tag, args in items:
-                yield tag, _work(*args)
-            return
+        done = 0
         pending: deque = deque()
         for tag, args in items:
+            if self.pool is None and (self.workers <= 1 or done < self.warmup_chars):
+                yield tag, _work(*args)
+                done += sum(map(len, args[0]))
+                continue
+            if self.pool is None:
+                self._start_pool()
             pending.append((tag, self.pool.apply_async(_work, args)))
             if len(pending) > 2 * self.workers:  # stay only a few batches ahead of the writer
                 tag0, res = pending.popleft()
@@ -233,7 +257,9 @@ def _batches(stories: Iterable[str]) -> Iterator[list[str]]:
 class _Ids:
     """Provisional ids of every worker mapped to one corpus-wide id space, with counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: _Workers) -> None:
+        self.workers = workers
+        self.parent = os.getpid()  # the key of batches done in this process
         self.words: list[str] = list(SPECIALS)
         self.index: dict[str, int] = {s: i for i, s in enumerate(SPECIALS)}
         self.local: dict[int, np.ndarray] = {}  # worker -> its local id -> global id
@@ -242,8 +268,12 @@ class _Ids:
 
     def to_global(self, key: int, new: list[str], lids: np.ndarray) -> np.ndarray:
         table = self.local.get(key)
-        if table is None:
-            # a worker's provisional ids start with the specials and its story start / end marks
+        if table is None and self.workers.inherits and self.parent in self.local:
+            # a forked worker: its provisional ids start as this process's were at the fork
+            table = self.local[key] = self.local[self.parent].copy()
+            self.local_n[key] = self.local_n[self.parent]
+        elif table is None:
+            # a fresh worker's provisional ids: the specials and its story start / end marks
             table = self.local[key] = np.array([*range(len(SPECIALS)), SOT_ID, EOT_ID], np.uint32)
             self.local_n[key] = len(table)
         n = self.local_n[key]
@@ -340,7 +370,7 @@ def _run_word(
     bar: Any,
     per_source: list[dict[str, int]],
 ) -> tuple[Tokenizer, dict[str, _SplitWriter]]:
-    ids = _Ids()
+    ids = _Ids(workers)
     writers = {s: _SplitWriter(tmp / f"{s}.ids32", np.uint32) for s in SPLITS}
     tasks = ((tag, (batch,)) for tag, batch in _tagged_batches(sources, hub))
     for (split, i), res in workers.map(tasks):
@@ -629,7 +659,10 @@ def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
     ok = False
     workers = None
     try:
-        workers = _Workers(n_workers, (cfg.tokenizer, bool(cfg.lowercase), cfg.min_chars))
+        warmup = WARMUP_CHARS if cfg.tokenizer == "word" else 0  # bpe: fork before any training
+        workers = _Workers(
+            n_workers, (cfg.tokenizer, bool(cfg.lowercase), cfg.min_chars), warmup_chars=warmup
+        )
         with _progress(progress) as bar:
             run = _run_word if cfg.tokenizer == "word" else _run_bpe
             tok, writers = run(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
