@@ -356,3 +356,11 @@ def test_hub_dataset_flow_with_a_local_stand_in(tmp_path, monkeypatch):
     ]
     want = sum(len(clean_text(s, True)) >= 60 for s in rows["validation"])
     assert meta["splits"]["valid"]["stories"] == want
+
+
+def test_unwritable_out_is_one_line(data_corpus, tmp_path, capsys):
+    folder, _, _ = data_corpus
+    (tmp_path / "a_file").write_text("x")
+    code = _cli("--data", folder, "--out", tmp_path / "a_file" / "out", "--min_chars", 60)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write to" in err, err

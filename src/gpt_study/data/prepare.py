@@ -648,11 +648,16 @@ def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
             )
 
     n_workers = cfg.workers or _cores()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(
+            f"cannot write to {out.parent} ({e.strerror}): pick another --out"
+        ) from None
     has_valid = any(s.split == "valid" for s in sources)
     holdout = _Holdout(None if has_valid else cfg.valid_fraction)
     per_source = [{"read": 0, "short": 0} for _ in sources]
@@ -710,11 +715,19 @@ def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
         write_json_atomic(tmp / "meta.json", meta)
         if out.exists():  # --force: swap the old folder out, then delete it
             old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old) if out.is_dir() else out.unlink()
+            if out.is_dir():
+                os.replace(out, old)
+            else:
+                out.unlink()
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # disk full, permissions: the sources' own errors are UserErrors
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"writing {out} failed ({e.strerror or e}): free disk space or pick another --out"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
