@@ -51,7 +51,7 @@ from gpt_study.config import (
     dataclass_overrides,
     write_json_atomic,
 )
-from gpt_study.data.clean import clean_text
+from gpt_study.data.clean import fix_text
 from gpt_study.data.sources import (
     HUB_DATASET,
     Source,
@@ -129,22 +129,35 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     ``bpe`` batches that arrive before the BPE is trained (``bpe_path`` None) come back as
     cleaned text for the main process to keep until it is.
     """
-    lowercase, min_chars = _W["lowercase"], _W["min_chars"]
-    kept = []
+    lowercase, min_chars, bpe = _W["lowercase"], _W["min_chars"], _W["kind"] == "bpe"
+    # clean_text, cut open: its whitespace split also gives the word tokenizer its chunks, so
+    # no story is joined and split again (tests compare with clean_text on every story).
+    chunks = [_START]  # word: all chunks of the batch, every story between _START and _END
+    kept: list[str] = []  # bpe: the cleaned texts
+    chars, nbytes = [], []
     for raw in texts:
-        t = clean_text(raw, lowercase)
-        if len(t) >= min_chars:
-            kept.append(t)
+        fixed = fix_text(raw)
+        words = (fixed.lower() if lowercase else fixed).split()
+        n = sum(map(len, words)) + len(words) - 1 if words else 0
+        if n < min_chars:
+            continue
+        chars.append(n)
+        nbytes.append(n if fixed.isascii() else len(" ".join(words).encode("utf-8")))
+        if bpe:
+            kept.append(" ".join(words))
+        else:
+            chunks.extend(words)
+            chunks.append(_END)
+            chunks.append(_START)
+    chunks.pop()
     out: dict[str, Any] = {
         "key": _W["key"],
         "read": len(texts),
-        "short": len(texts) - len(kept),
-        "chars": np.array([len(t) for t in kept], dtype=np.int64),
-        "bytes": np.array(
-            [len(t) if t.isascii() else len(t.encode("utf-8")) for t in kept], dtype=np.int64
-        ),
+        "short": len(texts) - len(chars),
+        "chars": np.array(chars, dtype=np.int64),
+        "bytes": np.array(nbytes, dtype=np.int64),
     }
-    if _W["kind"] == "bpe":
+    if bpe:
         if bpe_path is None:
             out["texts"] = kept
         else:
@@ -154,10 +167,6 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
         return out
     ids: dict[str, int] = _W["ids"]
     cache: dict[str, tuple[int, ...]] = _W["cache"]
-    if not kept:
-        out["new"], out["ids"], out["lengths"] = [], np.zeros(0, np.uint32), np.zeros(0, np.int64)
-        return out
-    chunks = f"{_START} {f' {_END} {_START} '.join(kept)} {_END}".split(" ")
     misses = set(chunks).difference(cache)
     if len(cache) + len(misses) > CHUNK_CACHE:
         cache.clear()
