@@ -1,0 +1,68 @@
+"""head_loss, the chunked output layer + loss, against the plain head(hidden) + lm_loss oracle."""
+
+import pytest
+import torch
+
+from gpt_study.loss import head_loss, lm_loss
+
+
+def make(bias=True, V=97, C=24, seed=0):
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(C, V, bias=bias)
+    h = torch.randn(3, 11, C, requires_grad=True)
+    y = torch.randint(0, V, (3, 11))
+    y[0, :4] = 1  # some <sot>
+    y[1, :3] = 2  # and <eot> targets, for sp_weight
+    return head, h, y
+
+
+def grads(loss, head, h):
+    params = [h, head.weight] + ([head.bias] if head.bias is not None else [])
+    return torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("eps,sp_weight", [(0.0, 1.0), (0.1, 1.0), (0.1, 3.0), (0.3, 0.5)])
+@pytest.mark.parametrize("chunk", [None, 1, 8, 33])
+@pytest.mark.parametrize("bias", [True, False])
+def test_head_loss_equals_lm_loss_in_fp32(eps, sp_weight, chunk, bias):
+    head, h, y = make(bias)
+    want = lm_loss(head(h), y, eps, sp_weight)
+    got = head_loss(head, h, y, eps, sp_weight, chunk_size=chunk)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(grads(got, head, h), grads(want, head, h), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_head_loss_under_bf16_autocast_is_as_close_as_bf16_allows():
+    head, h, y = make(V=500, C=64)
+    with torch.autocast("cpu", torch.bfloat16):
+        want = lm_loss(head(h), y, 0.1, 2.0)
+        got = head_loss(head, h, y, 0.1, 2.0, chunk_size=16)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - want.item()) < 2e-3
+    for g, w in zip(grads(got, head, h), grads(want, head, h), strict=True):
+        assert g.dtype == torch.float32
+        assert (g - w).abs().max() < 2e-2 * w.abs().max()
+
+
+def test_head_loss_scales_with_the_upstream_gradient_and_skips_grads_when_not_needed():
+    head, h, y = make()
+    g1 = grads(head_loss(head, h, y, 0.1), head, h)
+    g3 = grads(3.0 * head_loss(head, h, y, 0.1), head, h)
+    for a, b in zip(g1, g3, strict=True):
+        torch.testing.assert_close(3.0 * a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(head_loss(head, h, y, 0.1), lm_loss(head(h), y, 0.1))
+
+
+def test_head_loss_survives_a_target_probability_that_underflows():
+    head, h, y = make(V=10, C=4)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[0] = 200.0  # every other token has probability exp(-200): 0 in fp32
+    y[:] = 5
+    want = lm_loss(head(h), y, 0.1)
+    got = head_loss(head, h, y, 0.1)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, want)
