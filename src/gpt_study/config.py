@@ -81,7 +81,7 @@ class DataConfig:
         ),
     )
     bpe_train_chars: int = field(
-        default=10_000_000,
+        default=5_000_000,
         metadata=doc(
             "bpe: train it on at most this many characters from the start of the train split"
         ),
