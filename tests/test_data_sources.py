@@ -143,7 +143,8 @@ def test_json_without_text_field(tmp_path):
 
 def test_hub_unreachable_fails_fast_with_one_line(tmp_path):
     # Port 9 (discard) on localhost refuses connections: what an offline laptop sees.
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    drop = {"HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
     t = time.perf_counter()
     cmd = [sys.executable, "-m", "gpt_study", "prepare", "--out", str(tmp_path / "out")]

@@ -267,7 +267,9 @@ def load_hub_split(hub_split: str) -> Any:
     Offline it fails fast with one line: a cached copy is used if ``HF_HUB_OFFLINE=1`` is set.
     """
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not offline and not _reachable(_hub_host()):  # fail in seconds, not after 5 retries
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
+    # Fail in seconds, not after the Hub client's retries (a proxy may reach what we cannot).
+    if not offline and not proxied and not _reachable(_hub_host()):
         raise UserError(f"the Hugging Face Hub ({_hub_host()}) is not reachable: {LOCAL_HINT}")
     try:
         import datasets
