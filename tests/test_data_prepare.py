@@ -90,16 +90,17 @@ def _oracle_word(train, valid, min_chars, vocab_size=30000, min_freq=2):
 
 
 @pytest.mark.parametrize(
-    "workers, warmup",
-    [(1, 0), (2, 0), (2, 2500)],
-    ids=["one-process", "pool", "pool-after-warmup"],
+    "workers, warmup, cache",
+    [(1, 0, 10**6), (2, 0, 10**6), (2, 2500, 10**6), (2, 2500, 60)],
+    ids=["one-process", "pool", "pool-after-warmup", "cache-overflows"],
 )
 def test_word_equals_the_straightforward_procedure(
-    data_corpus, tmp_path, monkeypatch, workers, warmup
+    data_corpus, tmp_path, monkeypatch, workers, warmup, cache
 ):
     # Small batches, so that the pool (and the warm-up before it) see many of them.
     monkeypatch.setattr(prep, "BATCH_STORIES", 7)
     monkeypatch.setattr(prep, "WARMUP_CHARS", warmup)
+    monkeypatch.setattr(prep, "CHUNK_CACHE", cache)
     folder, train, valid = data_corpus
     out = prep.prepare(
         _cfg(folder, tmp_path / "out", workers=workers), progress=False, log=lambda m: None

@@ -117,7 +117,7 @@ def _init_worker(kind: str, lowercase: bool, min_chars: int) -> None:
         key=os.getpid(),
         # piece -> provisional id of this worker
         ids={s: i for i, s in enumerate((*SPECIALS, _START, _END))},
-        cache={_START: (_START_ID,), _END: (_END_ID,)},  # chunk -> provisional ids of its pieces
+        chunks=_ChunkTable(),  # chunk -> provisional ids of its pieces
     )
     if kind == "word":
         spacy_tokenizer()  # a no-op when inherited from the parent
@@ -166,15 +166,15 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
             out["ids"], out["lengths"] = _W["bpe"].encode_stories(kept)
         return out
     ids: dict[str, int] = _W["ids"]
-    cache: dict[str, tuple[int, ...]] = _W["cache"]
-    misses = set(chunks).difference(cache)
-    if len(cache) + len(misses) > CHUNK_CACHE:
-        cache.clear()
-        cache.update({_START: (_START_ID,), _END: (_END_ID,)})
-        misses = set(chunks).difference(cache)
+    table: _ChunkTable = _W["chunks"]
+    misses = set(chunks).difference(table.index)
+    if len(table.index) + len(misses) > CHUNK_CACHE:
+        table.__init__()  # start over (bounds memory); provisional ids stay valid
+        misses = set(chunks).difference(table.index)
     new: list[str] = []
     misses_sorted = sorted(misses)
-    for chunk, pieces in zip(misses_sorted, split_chunks(misses_sorted), strict=True):
+    pieces_ids = []
+    for pieces in split_chunks(misses_sorted):
         lids = []
         for p in pieces:
             i = ids.get(p)
@@ -182,13 +182,62 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
                 i = ids[p] = len(ids)
                 new.append(p)
             lids.append(i)
-        cache[chunk] = tuple(lids)
-    local = np.fromiter(chain.from_iterable(map(cache.__getitem__, chunks)), dtype=np.uint32)
+        pieces_ids.append(lids)
+    table.add(misses_sorted, pieces_ids)
+    local = table.gather(chunks)
     starts = np.flatnonzero(local == _START_ID)
     out["new"] = new
     out["ids"] = local
     out["lengths"] = np.diff(np.append(starts, len(local)))
     return out
+
+
+class _ChunkTable:
+    """Chunk -> provisional ids of its spaCy pieces, as flat numpy arrays.
+
+    A batch becomes one dict lookup per chunk (to a chunk number) and a few numpy operations
+    that expand the chunk numbers into piece ids, instead of a Python step per piece. The arrays
+    grow by doubling, so adding chunks costs amortized constant time.
+    """
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {_START: 0, _END: 1}  # chunk -> chunk number
+        self.start = np.zeros(1024, dtype=np.int64)  # chunk number -> first slot in pieces
+        self.count = np.zeros(1024, dtype=np.int64)  # chunk number -> how many pieces
+        self.pieces = np.zeros(4096, dtype=np.uint32)
+        self.start[:2], self.count[:2], self.pieces[:2] = (0, 1), (1, 1), (_START_ID, _END_ID)
+        self.used = 2  # slots of pieces in use
+
+    @staticmethod
+    def _fit(a: np.ndarray, size: int) -> np.ndarray:
+        return a if size <= len(a) else np.resize(a, max(size, 2 * len(a)))
+
+    def add(self, chunks: list[str], pieces: list[list[int]]) -> None:
+        if not chunks:
+            return
+        n, k = len(self.index), len(chunks)
+        counts = np.array([len(p) for p in pieces], dtype=np.int64)
+        total = int(counts.sum())
+        self.start, self.count = self._fit(self.start, n + k), self._fit(self.count, n + k)
+        self.pieces = self._fit(self.pieces, self.used + total)
+        self.start[n : n + k] = self.used + np.cumsum(counts) - counts
+        self.count[n : n + k] = counts
+        self.pieces[self.used : self.used + total] = np.fromiter(
+            chain.from_iterable(pieces), dtype=np.uint32, count=total
+        )
+        self.used += total
+        self.index.update(zip(chunks, range(n, n + k), strict=True))
+
+    def gather(self, chunks: list[str]) -> np.ndarray:
+        """The piece ids of ``chunks`` (all in the table), concatenated."""
+        if not chunks:
+            return np.zeros(0, dtype=np.uint32)
+        nums = np.fromiter(map(self.index.__getitem__, chunks), dtype=np.int64, count=len(chunks))
+        counts = self.count[nums]
+        ends = np.cumsum(counts)
+        # slot of output position j: its chunk's first slot + (j - where that chunk's output starts)
+        offset = np.repeat(self.start[nums] - (ends - counts), counts)
+        return self.pieces[np.arange(int(ends[-1])) + offset]
 
 
 class _Workers:
