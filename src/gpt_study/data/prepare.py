@@ -35,7 +35,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from gpt_study.data.sources import (
 )
 from gpt_study.data.tokenizer import (
     BPETokenizer,
+    ChunkTable,
     Tokenizer,
     WordTokenizer,
     load_tokenizer,
@@ -117,7 +117,8 @@ def _init_worker(kind: str, lowercase: bool, min_chars: int) -> None:
         key=os.getpid(),
         # piece -> provisional id of this worker
         ids={s: i for i, s in enumerate((*SPECIALS, _START, _END))},
-        chunks=_ChunkTable(),  # chunk -> provisional ids of its pieces
+        # chunk -> provisional ids of its pieces
+        chunks=ChunkTable({_START: [_START_ID], _END: [_END_ID]}),
     )
     if kind == "word":
         spacy_tokenizer()  # a no-op when inherited from the parent
@@ -133,7 +134,7 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     # clean_text, cut open: its whitespace split also gives the word tokenizer its chunks, so
     # no story is joined and split again (tests compare with clean_text on every story).
     chunks = [_START]  # word: all chunks of the batch, every story between _START and _END
-    kept: list[str] = []  # bpe: the cleaned texts
+    kept: list[list[str]] = []  # bpe: the words of each cleaned text
     chars, nbytes = [], []
     for raw in texts:
         fixed = fix_text(raw)
@@ -144,7 +145,7 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
         chars.append(n)
         nbytes.append(n if fixed.isascii() else len(" ".join(words).encode("utf-8")))
         if bpe:
-            kept.append(" ".join(words))
+            kept.append(words)
         else:
             chunks.extend(words)
             chunks.append(_END)
@@ -159,17 +160,17 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     }
     if bpe:
         if bpe_path is None:
-            out["texts"] = kept
+            out["texts"] = [" ".join(words) for words in kept]
         else:
             if _W.get("bpe_path") != bpe_path:
                 _W["bpe"], _W["bpe_path"] = load_tokenizer(bpe_path), bpe_path
-            out["ids"], out["lengths"] = _W["bpe"].encode_stories(kept)
+            out["ids"], out["lengths"] = _W["bpe"].encode_words(kept)
         return out
     ids: dict[str, int] = _W["ids"]
-    table: _ChunkTable = _W["chunks"]
+    table: ChunkTable = _W["chunks"]
     misses = set(chunks).difference(table.index)
     if len(table.index) + len(misses) > CHUNK_CACHE:
-        table.__init__()  # start over (bounds memory); provisional ids stay valid
+        table.clear()  # start over (bounds memory); provisional ids stay valid
         misses = set(chunks).difference(table.index)
     new: list[str] = []
     misses_sorted = sorted(misses)
@@ -190,54 +191,6 @@ def _work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     out["ids"] = local
     out["lengths"] = np.diff(np.append(starts, len(local)))
     return out
-
-
-class _ChunkTable:
-    """Chunk -> provisional ids of its spaCy pieces, as flat numpy arrays.
-
-    A batch becomes one dict lookup per chunk (to a chunk number) and a few numpy operations
-    that expand the chunk numbers into piece ids, instead of a Python step per piece. The arrays
-    grow by doubling, so adding chunks costs amortized constant time.
-    """
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {_START: 0, _END: 1}  # chunk -> chunk number
-        self.start = np.zeros(1024, dtype=np.int64)  # chunk number -> first slot in pieces
-        self.count = np.zeros(1024, dtype=np.int64)  # chunk number -> how many pieces
-        self.pieces = np.zeros(4096, dtype=np.uint32)
-        self.start[:2], self.count[:2], self.pieces[:2] = (0, 1), (1, 1), (_START_ID, _END_ID)
-        self.used = 2  # slots of pieces in use
-
-    @staticmethod
-    def _fit(a: np.ndarray, size: int) -> np.ndarray:
-        return a if size <= len(a) else np.resize(a, max(size, 2 * len(a)))
-
-    def add(self, chunks: list[str], pieces: list[list[int]]) -> None:
-        if not chunks:
-            return
-        n, k = len(self.index), len(chunks)
-        counts = np.array([len(p) for p in pieces], dtype=np.int64)
-        total = int(counts.sum())
-        self.start, self.count = self._fit(self.start, n + k), self._fit(self.count, n + k)
-        self.pieces = self._fit(self.pieces, self.used + total)
-        self.start[n : n + k] = self.used + np.cumsum(counts) - counts
-        self.count[n : n + k] = counts
-        self.pieces[self.used : self.used + total] = np.fromiter(
-            chain.from_iterable(pieces), dtype=np.uint32, count=total
-        )
-        self.used += total
-        self.index.update(zip(chunks, range(n, n + k), strict=True))
-
-    def gather(self, chunks: list[str]) -> np.ndarray:
-        """The piece ids of ``chunks`` (all in the table), concatenated."""
-        if not chunks:
-            return np.zeros(0, dtype=np.uint32)
-        nums = np.fromiter(map(self.index.__getitem__, chunks), dtype=np.int64, count=len(chunks))
-        counts = self.count[nums]
-        ends = np.cumsum(counts)
-        # slot of output position j: its chunk's first slot + (j - where that chunk's output starts)
-        offset = np.repeat(self.start[nums] - (ends - counts), counts)
-        return self.pieces[np.arange(int(ends[-1])) + offset]
 
 
 class _Workers:

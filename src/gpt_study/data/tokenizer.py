@@ -20,7 +20,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,59 @@ def split_chunks(chunks: list[str]) -> list[list[str]]:
     if len(out) != len(chunks):  # a chunk holding whitespace: fall back to one call per chunk
         return [[t.text for t in spacy_tokenizer()(c)] for c in chunks]
     return out
+
+
+class ChunkTable:
+    """Space-free chunk -> its token ids, as flat numpy arrays, for encoding in bulk.
+
+    Encoding a batch is then one dict lookup per chunk (to a chunk number) and a few numpy
+    operations that expand chunk numbers into ids, instead of a Python step per token. The arrays
+    grow by doubling, so adding chunks costs amortized constant time.
+    """
+
+    def __init__(self, initial: dict[str, list[int]] | None = None) -> None:
+        self.initial = dict(initial or {})
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every chunk except the initial ones (bounds memory on huge corpora)."""
+        self.index: dict[str, int] = {}  # chunk -> chunk number
+        self.start = np.zeros(1024, dtype=np.int64)  # chunk number -> first slot in ids
+        self.count = np.zeros(1024, dtype=np.int64)  # chunk number -> how many ids
+        self.ids = np.zeros(4096, dtype=np.uint32)
+        self.used = 0  # slots of ids in use
+        self.add(list(self.initial), list(self.initial.values()))
+
+    @staticmethod
+    def _fit(a: np.ndarray, size: int) -> np.ndarray:
+        return a if size <= len(a) else np.resize(a, max(size, 2 * len(a)))
+
+    def add(self, chunks: list[str], ids: list[list[int]]) -> None:
+        if not chunks:
+            return
+        n, k = len(self.index), len(chunks)
+        counts = np.array([len(p) for p in ids], dtype=np.int64)
+        total = int(counts.sum())
+        self.start, self.count = self._fit(self.start, n + k), self._fit(self.count, n + k)
+        self.ids = self._fit(self.ids, self.used + total)
+        self.start[n : n + k] = self.used + np.cumsum(counts) - counts
+        self.count[n : n + k] = counts
+        self.ids[self.used : self.used + total] = np.fromiter(
+            chain.from_iterable(ids), dtype=np.uint32, count=total
+        )
+        self.used += total
+        self.index.update(zip(chunks, range(n, n + k), strict=True))
+
+    def gather(self, chunks: list[str]) -> np.ndarray:
+        """The ids of ``chunks`` (all in the table), concatenated (uint32)."""
+        if not chunks:
+            return np.zeros(0, dtype=np.uint32)
+        nums = np.fromiter(map(self.index.__getitem__, chunks), dtype=np.int64, count=len(chunks))
+        counts = self.count[nums]
+        ends = np.cumsum(counts)
+        # slot of output position j: its chunk's first slot + (j - where that chunk's output starts)
+        offset = np.repeat(self.start[nums] - (ends - counts), counts)
+        return self.ids[np.arange(int(ends[-1])) + offset]
 
 
 class ChunkSplitter:
@@ -292,7 +345,7 @@ class BPETokenizer(Tokenizer):
         # decode(encode(text)) == text holds for every text.
         tok.encode_special_tokens = True
         self.lowercase = lowercase
-        self._chunk_cache: dict[str, list[int]] = {}
+        self._chunks = ChunkTable({"\x02": [EOT_ID]})  # see encode_words
         for i, s in enumerate(SPECIALS):
             if tok.token_to_id(s) != i:
                 raise UserError(f"BPE tokenizer lacks {s} as id {i}: rebuild it with prepare")
@@ -312,31 +365,40 @@ class BPETokenizer(Tokenizer):
     def encode_stories(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts from :func:`~gpt_study.data.clean.clean_text`, each encoded as
         ``<sot> ... <eot>``, concatenated (uint16), and each story's length: ``prepare``'s hot
-        loop, many times faster than calling ``encode`` per text.
+        loop, many times faster than calling ``encode`` per text."""
+        return self.encode_words([t.split(" ") if t else [] for t in texts])
+
+    def encode_words(self, stories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode_stories` of texts given as their space-separated words.
 
         Byte-level BPE (GPT-2's split rule) cuts text before every space, so in cleaned text
-        (single spaces, none at the ends) each space-free chunk encodes on its own: " said,"
-        always gives the same ids. We cache them per chunk, as ``word`` does with spaCy; the
-        library's per-call overhead, not the merging, dominates its encoding time. A story's
-        first chunk has no space before it: it is looked up with the story mark glued on.
+        (single spaces, none at the ends) each word encodes on its own: " said," always gives
+        the same ids. We keep them per word in a :class:`ChunkTable`, as ``word`` does with
+        spaCy's pieces; the library's per-call overhead, not the merging, dominates its encoding
+        time. A story's first word has no space before it: it is looked up with a mark glued on.
         """
-        cache = self._chunk_cache
-        if len(cache) > 2_000_000:  # bound memory on huge corpora
-            cache.clear()
-        cache.setdefault("\x02", [EOT_ID])  # the mark after each story
-        if not texts:
-            return np.zeros(0, np.uint16), np.zeros(0, np.int64)
+        table = self._chunks
+        if len(table.index) > 2_000_000:  # bound memory on huge corpora
+            table.clear()
         # "\x01" and "\x02" never survive clean_text (ftfy drops control characters).
-        chunks = ("\x01" + " \x02 \x01".join(texts) + " \x02").split(" ")
-        misses = sorted(set(chunks).difference(cache))
+        chunks: list[str] = []
+        for words in stories:
+            chunks.append("\x01" + words[0] if words else "\x01")
+            chunks.extend(islice(words, 1, None))
+            chunks.append("\x02")
+        misses = sorted(set(chunks).difference(table.index))
         if misses:
-            # "\x01Once" -> "Once" (a story's first chunk), "upon" -> " upon"
+            # "\x01Once" -> "Once" (a story's first word), "upon" -> " upon"
             plain = [m[1:] if m[:1] == "\x01" else " " + m for m in misses]
-            for m, e in zip(
-                misses, self.tok.encode_batch(plain, add_special_tokens=False), strict=True
-            ):
-                cache[m] = [SOT_ID, *e.ids] if m[:1] == "\x01" else e.ids
-        ids = np.fromiter(chain.from_iterable(map(cache.__getitem__, chunks)), dtype=np.uint16)
+            enc = self.tok.encode_batch(plain, add_special_tokens=False)
+            table.add(
+                misses,
+                [
+                    [SOT_ID, *e.ids] if m[:1] == "\x01" else e.ids
+                    for m, e in zip(misses, enc, strict=True)
+                ],
+            )
+        ids = table.gather(chunks).astype(np.uint16)
         starts = np.flatnonzero(ids == SOT_ID)  # only story starts: encode_special_tokens is on
         return ids, np.diff(np.append(starts, len(ids)))
 
