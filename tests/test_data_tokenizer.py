@@ -11,6 +11,7 @@ from gpt_study.data.clean import clean_text
 from gpt_study.data.tokenizer import (
     BPETokenizer,
     ChunkSplitter,
+    ChunkTable,
     WordTokenizer,
     build_word_vocab,
     detokenize,
@@ -190,3 +191,21 @@ def test_load_tokenizer_bad_inputs_give_one_line(tmp_path):
     bad.write_text(json.dumps({"kind": "word", "vocab": ["a", "b", "c"]}))
     with pytest.raises(UserError, match="must start with"):
         load_tokenizer(bad)
+
+
+def test_chunk_table_gathers_ids_across_growth_and_clear():
+    rng = np.random.default_rng(0)
+    table = ChunkTable({"<m>": [7]})
+    want: dict[str, list[int]] = {"<m>": [7]}
+    for step in range(5):  # adds 5 x 900 chunks: the arrays grow past their first capacity
+        chunks = [f"c{step}-{i}" for i in range(900)]
+        ids = [rng.integers(0, 60000, size=rng.integers(0, 4)).tolist() for _ in chunks]
+        table.add(chunks, ids)
+        want.update(zip(chunks, ids, strict=True))
+    query = [str(c) for c in rng.choice(list(want), size=3000)]
+    got = table.gather(query)
+    assert got.dtype == np.uint32
+    assert got.tolist() == [i for c in query for i in want[c]]
+    assert table.gather([]).tolist() == []
+    table.clear()
+    assert list(table.index) == ["<m>"] and table.gather(["<m>", "<m>"]).tolist() == [7, 7]
