@@ -152,6 +152,26 @@ def test_validation_nll_matches_a_direct_computation(tiny_prepared):
     assert v.loss == pytest.approx(want / n, rel=1e-5)  # no smoothing, no weights: the same
 
 
+def test_training_loss_is_the_study_loss_of_the_model():
+    """The step's fused output layer + loss equals lm_loss(model(x)), in value and gradient."""
+    from gpt_study.loss import lm_loss
+    from gpt_study.train import TrainingLoss
+
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()  # no dropout: two passes must agree
+    x, y = torch.randint(0, 51, (3, 16)), torch.randint(0, 51, (3, 16))
+    y[0, :4] = 2  # some <eot> targets, so sp_weight matters
+    fused = TrainingLoss(net, 0.1, 3.0)(x, y)
+    fused.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    plain = lm_loss(net(x), y, 0.1, 3.0)
+    plain.backward()
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    for g, p in zip(grads, net.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- whole runs
 
 
@@ -243,14 +263,14 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     tiny_prepared, tmp_path, monkeypatch
 ):
     calls = {"n": 0}
-    real = train_mod.lm_loss
+    real = train_mod.head_loss
 
-    def poisoned(logits, targets, *a, **kw):
-        calls["n"] += torch.is_grad_enabled()  # count training steps, not validation
-        loss = real(logits, targets, *a, **kw)
+    def poisoned(*a, **kw):
+        calls["n"] += 1
+        loss = real(*a, **kw)
         return loss * float("nan") if calls["n"] > 8 else loss
 
-    monkeypatch.setattr(train_mod, "lm_loss", poisoned)  # training steps 1-8 fine, then NaN
+    monkeypatch.setattr(train_mod, "head_loss", poisoned)  # training steps 1-8 fine, then NaN
     root = tmp_path / "nan"
     with pytest.raises(UserError, match=r"loss became nan at step 9.*last good checkpoint"):
         fit("tiny", train=tiny_train(tiny_prepared, root), model=MODEL)
