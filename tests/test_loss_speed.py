@@ -66,3 +66,22 @@ def test_head_loss_survives_a_target_probability_that_underflows():
     got = head_loss(head, h, y, 0.1)
     assert torch.isfinite(got)
     torch.testing.assert_close(got, want)
+
+
+def test_lm_loss_module_equals_model_then_lm_loss():
+    from gpt_study.loss import LMLoss
+    from gpt_study.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, max_len=16, d_model=32, d_ff=64, n_layers=2, n_heads=4))
+    model.eval()
+    x, y = torch.randint(0, 50, (2, 2, 16))
+    want = lm_loss(model(x), y, 0.1, 2.0)
+    want.backward()
+    want_g = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got = LMLoss(model, 0.1, 2.0)(x, y)
+    got.backward()
+    torch.testing.assert_close(got, want)
+    for p, g in zip(model.parameters(), want_g, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)

@@ -47,6 +47,7 @@ def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction="sum")
 
 
+@torch.compiler.disable  # a Python loop over chunks; it runs eagerly inside compiled code
 def head_loss(
     head: torch.nn.Linear,
     hidden: torch.Tensor,
@@ -176,3 +177,24 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         del ctx.grads
         out = [None if t is None else t * g for t in (gh, gw, gb)]
         return out[0], out[1], out[2], None, None, None, None, None
+
+
+class LMLoss(torch.nn.Module):
+    """``model`` and :func:`head_loss` as one module: ``LMLoss(model, ...)(idx, targets) -> loss``.
+
+    For wrappers that only call ``forward`` (DistributedDataParallel, torch.compile): the
+    model's hidden states and the chunked output layer + loss run inside one forward, so
+    gradient hooks and the output layer's weights behave as with ``lm_loss(model(idx), y)``.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, label_smoothing: float = 0.0, sp_weight: float = 1.0
+    ):
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+        self.sp_weight = sp_weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.hidden(idx)  # (B, T, C)
+        return head_loss(self.model.head, hidden, targets, self.label_smoothing, self.sp_weight)

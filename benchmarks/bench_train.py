@@ -1,0 +1,274 @@
+"""Time a training step of the study's model: gpt-study's fast step against the study's own.
+
+    python benchmarks/bench_train.py                       # seed config, batch 64 x 128, CPU
+    python benchmarks/bench_train.py --ablation            # also each speed-up on its own
+    python benchmarks/bench_train.py --device cuda         # on a GPU: MFU against its peak
+
+The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/v projections,
+attention as an explicit masked softmax, cross-entropy with label smoothing on the full fp32
+logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-study train``
+runs: bf16 autocast, the model's fused attention (``scaled_dot_product_attention``), the chunked
+output layer + loss (``gpt_study.loss.head_loss``), fused AdamW and bf16 attention math
+(``gpt_study.speed``). Both start from the same weights; the script first checks that they
+compute the same loss, then times them in alternation in this one process, so that other work
+on the machine slows both alike, and reports medians.
+
+FLOP/s count the model's training FLOPs (``gpt_study.model.flops_per_token``: 6 per weight per
+token, plus attention), divided by the measured time. MFU divides them by a matmul peak that
+the script measures on this machine, in fp32 and in bf16: "MFU" uses the peak of the dtype the
+step computes in (fp32 for the reference, bf16 for the fast step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpt_study.config import GPTConfig  # noqa: E402
+from gpt_study.loss import head_loss, lm_loss  # noqa: E402
+from gpt_study.model import GPT, flops_per_token  # noqa: E402
+from gpt_study.speed import allow_bf16_attention_math  # noqa: E402
+from reference import ReferenceGPT, copy_from, reference_loss  # noqa: E402
+
+# The study's optimizer settings.
+ADAMW = dict(lr=2.5e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=5e-4)
+LABEL_SMOOTHING = 0.1
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Best FLOP/s of an n x n matmul: what this machine's matrix units deliver at best."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def reference_step(model, opt, x, y) -> Callable[[], torch.Tensor]:
+    def step() -> torch.Tensor:
+        loss = reference_loss(model(x), y, LABEL_SMOOTHING)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def fast_step(model, opt, x, y, device, bf16=True, chunked=True, hidden=None):
+    """The training step of gpt-study; ``bf16``/``chunked`` off give the ablation rows."""
+    hidden = hidden or model.hidden
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if chunked:
+                loss = head_loss(model.head, hidden(x), y, LABEL_SMOOTHING)
+            else:
+                loss = lm_loss(model.head(hidden(x)), y, LABEL_SMOOTHING)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def adamw(params, fused: bool):
+    if fused:
+        return torch.optim.AdamW(params, fused=True, **ADAMW)
+    return torch.optim.AdamW(params, foreach=False, fused=False, **ADAMW)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--context_size", type=int, default=128)
+    ap.add_argument("--vocab_size", type=int, default=30000)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time bf16 alone, then + fused AdamW, then + bf16 attention math",
+    )
+    ap.add_argument(
+        "--compile", action="store_true", help="also time the fast step with torch.compile"
+    )
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device here: run with --device cpu", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=args.vocab_size)
+    B, T = args.batch_size, args.context_size
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+    y = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+
+    # Machine and peaks.
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        n, reps = 8192, 20
+    else:
+        name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+                    break
+        except OSError:
+            pass
+        n, reps = 2048, 10
+    peak = {
+        "fp32": matmul_peak(device, torch.float32, n, reps),
+        "bf16": matmul_peak(device, torch.bfloat16, n, reps),
+    }
+    print(f"machine: {name}; torch {torch.__version__}")
+    print(
+        f"measured matmul peak ({n}x{n}): fp32 {peak['fp32'] / 1e12:.2f} TFLOP/s, "
+        f"bf16 {peak['bf16'] / 1e12:.2f} TFLOP/s"
+    )
+
+    # Models: the same weights in both.
+    gpt = GPT(cfg).to(device)
+    ref = ReferenceGPT(cfg).to(device)
+    copy_from(ref, gpt)
+    assert ref_params(ref) == gpt.num_params(), "reference and model differ in size"
+    print(
+        f"model: seed config, {gpt.num_params():,} parameters, batch {B} x context {T}, "
+        f"vocab {cfg.vocab_size}"
+    )
+
+    allow_bf16_attention_math(True)
+    gpt.eval(), ref.eval()
+    with torch.no_grad():
+        want = reference_loss(ref(x), y, LABEL_SMOOTHING).item()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            got = head_loss(gpt.head, gpt.hidden(x), y, LABEL_SMOOTHING).item()
+    print(f"same loss at the same weights (no dropout): reference {want:.4f}, fast {got:.4f}")
+    if abs(want - got) > 2e-2:
+        print("the fast step computes a different loss: not timing it", file=sys.stderr)
+        return 1
+    gpt.train(), ref.train()
+
+    steps: dict[str, Callable[[], torch.Tensor]] = {
+        "reference (fp32, study)": reference_step(ref, adamw(ref.parameters(), False), x, y),
+    }
+    dtype_of = {"reference (fp32, study)": "fp32"}
+    extra_models = []
+    if args.ablation:
+        m1 = GPT(cfg).to(device)
+        m1.load_state_dict(gpt.state_dict())
+        m2 = GPT(cfg).to(device)
+        m2.load_state_dict(gpt.state_dict())
+        m3 = GPT(cfg).to(device)
+        m3.load_state_dict(gpt.state_dict())
+        extra_models += [m1, m2, m3]
+        steps["bf16 autocast only"] = fast_step(
+            m1, adamw(m1.parameters(), False), x, y, device, chunked=False
+        )
+        steps["bf16 + fused AdamW"] = fast_step(
+            m2, adamw(m2.parameters(), True), x, y, device, chunked=False
+        )
+        steps["+ bf16 attention math"] = fast_step(
+            m3, adamw(m3.parameters(), True), x, y, device, chunked=False
+        )
+        for name in ("bf16 autocast only", "bf16 + fused AdamW", "+ bf16 attention math"):
+            dtype_of[name] = "bf16"
+    steps["gpt-study fast step"] = fast_step(gpt, adamw(gpt.parameters(), True), x, y, device)
+    dtype_of["gpt-study fast step"] = "bf16"
+    if args.compile:
+        mc = GPT(cfg).to(device)
+        mc.load_state_dict(gpt.state_dict())
+        extra_models.append(mc)
+        t = time.perf_counter()
+        step = fast_step(
+            mc, adamw(mc.parameters(), True), x, y, device, hidden=torch.compile(mc.hidden)
+        )
+        step()
+        sync(device)
+        print(f"torch.compile: first step (compiling) took {time.perf_counter() - t:.0f} s")
+        steps["fast step + torch.compile"] = step
+        dtype_of["fast step + torch.compile"] = "bf16"
+
+    # Without bf16 math reductions for the ablation rows before the fast step.
+    plain_math = {"bf16 autocast only", "bf16 + fused AdamW"}
+
+    def run(name: str) -> float:
+        allow_bf16_attention_math(name not in plain_math)
+        sync(device)
+        t = time.perf_counter()
+        loss = steps[name]()
+        sync(device)
+        elapsed = time.perf_counter() - t
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{name}: loss is {loss.item()}")
+        return elapsed
+
+    for name in steps:
+        for _ in range(args.warmup):
+            run(name)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.steps):  # in alternation: load from other work hits every kind alike
+        for name in steps:
+            times[name].append(run(name))
+
+    fpt = flops_per_token(cfg, T)
+    tokens = B * T
+    ref_name = "reference (fp32, study)"
+    ref_t = statistics.median(times[ref_name])
+    print(f"training FLOPs per token: {fpt / 1e6:.1f} M; {args.steps} timed steps each, medians")
+    print()
+    header = (
+        "| step | ms/step | tokens/s | vs reference | TFLOP/s | % of fp32 peak "
+        "| % of bf16 peak | MFU |"
+    )
+    print(header)
+    print("|" + "---|" * 8)
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        flops = fpt * tokens / t
+        mfu = flops / peak[dtype_of[name]]
+        print(
+            f"| {name} | {t * 1e3:.0f} | {tokens / t:,.0f} | {ref_t / t:.2f}x | "
+            f"{flops / 1e12:.3f} | {100 * flops / peak['fp32']:.0f}% | "
+            f"{100 * flops / peak['bf16']:.1f}% | {100 * mfu:.1f}% ({dtype_of[name]}) |"
+        )
+    print()
+    for name, ts in times.items():
+        print(f"{name}: " + " ".join(f"{t * 1e3:.0f}" for t in ts) + " ms")
+    return 0
+
+
+def ref_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
