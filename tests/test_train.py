@@ -154,14 +154,13 @@ def test_validation_nll_matches_a_direct_computation(tiny_prepared):
 
 def test_training_loss_is_the_study_loss_of_the_model():
     """The step's fused output layer + loss equals lm_loss(model(x)), in value and gradient."""
-    from gpt_study.loss import lm_loss
-    from gpt_study.train import TrainingLoss
+    from gpt_study.loss import LMLoss, lm_loss
 
     torch.manual_seed(0)
     net = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()  # no dropout: two passes must agree
     x, y = torch.randint(0, 51, (3, 16)), torch.randint(0, 51, (3, 16))
     y[0, :4] = 2  # some <eot> targets, so sp_weight matters
-    fused = TrainingLoss(net, 0.1, 3.0)(x, y)
+    fused = LMLoss(net, 0.1, 3.0)(x, y)
     fused.backward()
     grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
@@ -262,15 +261,17 @@ def test_resume_continues_with_a_larger_epoch_budget(tiny_prepared, tmp_path):
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     tiny_prepared, tmp_path, monkeypatch
 ):
+    import gpt_study.loss as loss_mod
+
     calls = {"n": 0}
-    real = train_mod.head_loss
+    real = loss_mod.head_loss
 
     def poisoned(*a, **kw):
         calls["n"] += 1
         loss = real(*a, **kw)
         return loss * float("nan") if calls["n"] > 8 else loss
 
-    monkeypatch.setattr(train_mod, "head_loss", poisoned)  # training steps 1-8 fine, then NaN
+    monkeypatch.setattr(loss_mod, "head_loss", poisoned)  # training steps 1-8 fine, then NaN
     root = tmp_path / "nan"
     with pytest.raises(UserError, match=r"loss became nan at step 9.*last good checkpoint"):
         fit("tiny", train=tiny_train(tiny_prepared, root), model=MODEL)

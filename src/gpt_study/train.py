@@ -73,7 +73,7 @@ from gpt_study.data.dataset import (
     open_prepared,
 )
 from gpt_study.errors import UserError
-from gpt_study.loss import head_loss, lm_loss, nll_sum
+from gpt_study.loss import LMLoss, lm_loss, nll_sum
 from gpt_study.model import GPT
 
 log = logging.getLogger("gpt_study.train")
@@ -683,7 +683,10 @@ def _fit(
         torch.manual_seed(tc.seed + 1 + rank)
 
     compiled: torch.nn.Module = torch.compile(net) if tc.compile else net
-    stepper: torch.nn.Module = TrainingLoss(net, tc.label_smoothing, tc.sp_weight)
+    # The model and the loss as one module, so DDP and torch.compile wrap both. LMLoss runs the
+    # output layer and the loss chunk by chunk without the (B, T, V) logits (loss.head_loss): the
+    # output layer is most of a step, and a whole tiny-preset step got about 1.75x faster here.
+    stepper: torch.nn.Module = LMLoss(net, tc.label_smoothing, tc.sp_weight)
     if tc.compile:
         stepper = torch.compile(stepper)
     if dist.is_distributed():
@@ -762,25 +765,6 @@ def _wandb(cfg: Config, state: dict[str, Any]) -> Any:
     )
 
 
-class TrainingLoss(torch.nn.Module):
-    """The model and the study's loss as one module, so DDP and torch.compile wrap both.
-
-    :func:`~gpt_study.loss.head_loss` is ``lm_loss(model(idx), targets, ...)`` computed chunk by
-    chunk without the (B, T, V) logits; the output layer is most of a step's work, and this made
-    a whole step about 1.75x faster on the tiny preset (1.5x at the study's size) on this CPU.
-    """
-
-    def __init__(self, net: GPT, label_smoothing: float, sp_weight: float) -> None:
-        super().__init__()
-        self.net = net
-        self.label_smoothing = label_smoothing
-        self.sp_weight = sp_weight
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        hidden = self.net.hidden(idx)  # (B, T, C)
-        return head_loss(self.net.head, hidden, targets, self.label_smoothing, self.sp_weight)
-
-
 @dataclass
 class _Run:
     """Everything one training run holds, passed around the loop's parts."""
@@ -788,7 +772,7 @@ class _Run:
     cfg: Config
     net: GPT  # the plain model: weights, checkpoints, the sample story
     compiled: torch.nn.Module  # net, or torch.compile(net): validation
-    stepper: torch.nn.Module  # TrainingLoss(net), compiled, in DDP under torchrun: steps
+    stepper: torch.nn.Module  # LMLoss(net), compiled, in DDP under torchrun: training steps
     optimizer: torch.optim.Optimizer
     sampler: RowSampler
     data: PreparedData
