@@ -198,19 +198,19 @@ def test_a_few_steps_lower_the_loss_and_write_everything(tiny_prepared, tmp_path
     assert not (root / "best" / "optimizer.pt").exists()  # best is for use, last for resuming
 
 
-def _interrupt_with_sigint_at(step_to_stop, monkeypatch):
+def _interrupt_at(step_to_stop, signum, monkeypatch):
     real = train_mod._train_step
 
     def step(r, s):
         out = real(r, s)
         if s + 1 == step_to_stop:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of the run
+            os.kill(os.getpid(), signum)  # as Ctrl-C or a scheduler would, mid-run
         return out
 
     monkeypatch.setattr(train_mod, "_train_step", step)
 
 
-@pytest.mark.parametrize("how", ["max_steps", "sigint"])
+@pytest.mark.parametrize("how", ["max_steps", "SIGINT", "SIGTERM"])
 def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkeypatch, how):
     """Dropout on and grad accumulation: RNG, optimizer, schedule and data position all count."""
     kw = dict(grad_accum=2, lr_schedule="cosine", warmup_steps=3)
@@ -224,11 +224,14 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkey
         )
         assert first.stopped == "max_steps" and first.step == 8
     else:
+        signum = getattr(signal, how)
         with monkeypatch.context() as m:
-            _interrupt_with_sigint_at(8, m)
+            _interrupt_at(8, signum, m)
             first = fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "b", **kw), model=model)
-        assert first.stopped == "SIGINT" and first.step == 8 and first.exit_code == 130
+        assert first.stopped == how and first.step == 8 and first.exit_code == 128 + signum
+        assert json.loads((tmp_path / "b" / "last" / "state.json").read_text())["step"] == 8
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     second = fit(train={"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0})
     assert second.step == 12 and second.stopped == "done"
 

@@ -647,6 +647,8 @@ def _fit(
     dtype = resolve_dtype(tc.dtype, device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside bf16
 
     # -- model, optimizer and where we start from
     _seed_everything(tc.seed)
