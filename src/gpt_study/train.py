@@ -15,7 +15,7 @@ states of every process. Training rows are a pure function of ``(seed, step)``
 so the data position and the schedule need no state of their own. Validation and the sample story
 run inside :func:`torch.random.fork_rng`, so they never move the generator that drives dropout.
 A run stopped and resumed therefore reaches bit-identical weights to one that never stopped (on
-the same device, dtype and thread count; ``tests/test_train_resume.py`` checks it).
+the same device, dtype and thread count; ``tests/test_train.py`` checks it).
 
 Many processes. Under ``torchrun`` each process takes its slice of every step's rows, the model
 is wrapped in DistributedDataParallel (gradients are averaged only on the micro-step that steps
