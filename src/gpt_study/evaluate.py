@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--no_valid and --no_stories leave nothing to do: drop one of them")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: its folder does not exist; create it first")
-    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype)
+    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype, args.threads)
     window = args.context_size or ckpt.config.train.context_size
     result: dict[str, Any] = {"checkpoint": str(ckpt.path), "context_size": window}
     if not args.no_valid:

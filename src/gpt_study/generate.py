@@ -520,7 +520,9 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def load_for_inference(checkpoint: str, device: str = "auto", dtype: str = "auto"):
+def load_for_inference(
+    checkpoint: str, device: str = "auto", dtype: str = "auto", threads: int = 0
+):
     """Load a checkpoint for generation or evaluation: eval mode, on ``device``, in ``dtype``.
 
     ``auto`` dtype: bfloat16 on a GPU that supports it, float32 elsewhere (on a CPU, float32 is
@@ -528,6 +530,10 @@ def load_for_inference(checkpoint: str, device: str = "auto", dtype: str = "auto
     """
     from gpt_study.checkpoint import load_checkpoint
 
+    if threads < 0:
+        raise UserError("--threads must be 0 (torch's default) or more")
+    if threads:
+        torch.set_num_threads(threads)
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, device=dev)
     if dtype == "auto":
@@ -555,6 +561,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="window in tokens (default: the context_size the model was trained on)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); 1 is much faster when other work "
+        "shares the cores (decoding runs many small operations)",
     )
 
 
@@ -620,7 +633,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     prompts = _prompts(args)
-    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype)
+    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype, args.threads)
     sample = sample_settings(ckpt.config.sample, args)
     window = args.context_size or ckpt.config.train.context_size
     tok = ckpt.tokenizer
