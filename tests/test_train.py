@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -334,7 +335,9 @@ def test_bad_inputs_get_one_line(tiny_prepared, tmp_path, capsys):
     assert "does not divide" in _err(base + data + ["--n_heads", "5"], capsys)
     assert "no checkpoint" in _err(base + data + ["--resume"], capsys)
     assert "--min_freq 3 but" in _err(base + data + ["--min_freq", "3"], capsys)
-    assert "pip install wandb" in _err(base + data + ["--wb_flag", "--epoch", "1"], capsys)
+    if importlib.util.find_spec("wandb") is None:  # where wandb is installed it would log in
+        assert "pip install wandb" in _err(base + data + ["--wb_flag", "--epoch", "1"], capsys)
+    assert "no metrics.jsonl" in _err(["plot", "--save_root", str(tmp_path / "none")], capsys)
 
 
 def test_existing_run_and_resume_mismatches(tiny_prepared, tmp_path, capsys):
