@@ -338,6 +338,10 @@ def test_bad_inputs_get_one_line(tiny_prepared, tmp_path, capsys):
     if importlib.util.find_spec("wandb") is None:  # where wandb is installed it would log in
         assert "pip install wandb" in _err(base + data + ["--wb_flag", "--epoch", "1"], capsys)
     assert "no metrics.jsonl" in _err(["plot", "--save_root", str(tmp_path / "none")], capsys)
+    from conftest import write_prepared
+
+    no_valid = write_prepared(tmp_path / "no-valid", n_valid=0)
+    assert "no text to validate on" in _err(base + ["--data", str(no_valid)], capsys)
 
 
 def test_existing_run_and_resume_mismatches(tiny_prepared, tmp_path, capsys):

@@ -623,6 +623,11 @@ def _fit(
     folder = _data_folder(train_ov, data_ov)
     data = open_prepared(folder)
     _check_meta(data, data_ov)
+    if len(data.tokens("valid")) < 2:
+        raise UserError(
+            f"{folder}/valid.bin holds no text to validate on: prepare the folder again with "
+            "valid stories (a valid file or --valid_fraction)"
+        )
     tokenizer = load_tokenizer(data.tokenizer_path)
     if cfg is None:
         train_ov["data"] = str(folder)
