@@ -52,6 +52,8 @@ class PreparedData:
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         path = self.folder / f"{split}.bin"
+        if path.stat().st_size == 0:  # an empty split cannot be memory-mapped
+            return np.zeros(0, dtype=np.uint16)
         return np.memmap(path, dtype=np.uint16, mode="r")
 
     def split_meta(self, split: str) -> dict[str, Any]:
