@@ -124,8 +124,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 hx, wx = hc, wc
             # The kernels want both operands row-major: transposed views cost a copy per call.
             wxt = wx.t().contiguous()  # (C', V)
-            w_mean = wc.float().mean(0)  # (C,)
-            z_mean = hx.float() @ wx.float().mean(0)  # (N,) row means of the logits
+            w_mean = wc.mean(0, dtype=torch.float32)  # (C,)
+            z_mean = hx.float() @ wx.mean(0, dtype=torch.float32)  # (N,) row means of the logits
             zy = torch.empty(N, device=dev)  # (N,) logit of the target
             py = torch.empty(N, device=dev)  # (N,) its probability
             gh = torch.empty(N, C, dtype=cdt, device=dev) if need_h else None  # (N, C) p W
