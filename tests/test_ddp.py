@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -184,3 +186,34 @@ def test_a_failing_rank_brings_the_job_down(tiny_prepared, tmp_path):
     )
     assert run.returncode != 0
     assert "rank 1 broke on purpose" in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_and_the_job_resumes(tiny_prepared, tmp_path):
+    """A cluster's preemption: torchrun forwards SIGTERM, the ranks agree, rank 0 saves."""
+    root = tmp_path / "pre"
+    args = ddp_train(tiny_prepared, root, iters_per_epoch=100_000, sample_tokens=0)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    job = subprocess.Popen(
+        cmd + ["-m", "gpt_study"] + args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = root / "metrics.jsonl"
+    deadline = time.time() + 90
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.time() < deadline and job.poll() is None, "training did not start"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=90)
+    assert out.count("SIGTERM: stopping at step") == 1, out
+    assert "checkpoint saved in" in out
+    step = json.loads((root / "last" / "state.json").read_text())["step"]
+    assert step >= 3
+    resume = ["train", "--save_root", str(root), "--resume", "--max_steps", str(step + 2)]
+    again = torchrun(resume + ["--device", "cpu"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((root / "last" / "state.json").read_text())["step"] == step + 2

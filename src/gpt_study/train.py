@@ -943,7 +943,8 @@ def _loop(r: _Run, step: int) -> TrainResult:
             state["elapsed_s"] = elapsed_before + time.perf_counter() - started
             state["step"] = step
             if signalled:
-                log.warning("%s: stopping at step %d and saving a checkpoint", signalled, step)
+                if dist.is_main():  # every rank got the signal; one line says so
+                    log.warning("%s: stopping at step %d and saving a checkpoint", signalled, step)
                 _save(r, is_best=False)
                 log.info("checkpoint saved in %s: continue with --resume", r.save_root / LAST)
                 return result(signalled, rate)
