@@ -140,6 +140,23 @@ def test_resume_under_torchrun_continues_the_step_count(tiny_prepared, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_two_process_run_resumes_in_one_process_with_the_same_global_batch(
+    tiny_prepared, tmp_path, caplog
+):
+    """Rows depend on the global batch only, so the run may move to another process count."""
+    root = tmp_path / "ddp"
+    first = torchrun(ddp_train(tiny_prepared, root, max_steps=2))
+    assert first.returncode == 0, first.stdout + first.stderr
+    with caplog.at_level("WARNING", logger="gpt_study.train"):
+        res = fit(train={"save_root": str(root), "resume": True, "max_steps": 0, "batch_size": 8})
+    assert res.step == 4
+    assert "written by 2 process(es), this run has 1" in caplog.text
+    assert "global batch was" not in caplog.text  # 4 rows x 2 processes = 8 rows x 1
+    single_process(tiny_prepared, tmp_path / "one")
+    assert_same_weights(root / "last", tmp_path / "one" / "last")
+
+
+@pytest.mark.slow
 def test_grad_accumulation_under_ddp_matches_one_process(tiny_prepared, tmp_path):
     """2 ranks x 2 rows x 2 micro-steps (no all-reduce on the first) = 1 process x 8 rows."""
     root = tmp_path / "acc"

@@ -94,6 +94,8 @@ RESUME_FREE = {
     "print_interval",
     "device",
     "compile",
+    "batch_size",  # checked below as the global batch, which may be split differently
+    "grad_accum",
     "threads",
     "wb_flag",
     "wb_project",
@@ -705,6 +707,15 @@ def _fit(
     sampler = RowSampler(
         data.tokens("train"), tc.context_size, tc.batch_size, tc.seed, rank, world, tc.grad_accum
     )
+    old_rows = state.get("sampler", {}).get("global_rows")
+    if resume and old_rows is not None and old_rows != sampler.global_rows:
+        log.warning(
+            "the global batch was %d rows and is now %d: the resumed run draws other rows than "
+            "the stopped one would have (keep batch_size x processes x grad_accum to continue "
+            "exactly)",
+            old_rows,
+            sampler.global_rows,
+        )
     if dist.is_main():
         save_root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -1026,7 +1037,12 @@ def _save(r: _Run, is_best: bool) -> None:
         st = dict(r.state, rng=rngs, world_size=dist.world_size(), torch=torch.__version__)
         st["epoch"] = st["step"] // tc.iters_per_epoch
         st["tokens"] = st["step"] * r.tokens_per_step
-        st["sampler"] = {"kind": "random-windows", "seed": tc.seed, "position": st["step"]}
+        st["sampler"] = {
+            "kind": "random-windows",
+            "seed": tc.seed,
+            "position": st["step"],
+            "global_rows": r.sampler.global_rows,
+        }
         extra = {"optimizer": r.optimizer.state_dict()}
         tok = r.data.tokenizer_path
         save_checkpoint(r.save_root / LAST, r.net, r.cfg, tok, st, extra)
