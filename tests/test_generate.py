@@ -91,7 +91,8 @@ def test_long_prompt_keeps_its_most_recent_tokens():
 def test_batch_of_uneven_prompts_equals_one_at_a_time():
     model = tiny_model(4)
     prompts = [[SOT_ID], [SOT_ID, 5, 6, 7, 8, 9, 10, 11, 12], [SOT_ID, 20, 21, 22]]
-    for sample in (GREEDY, SampleConfig(greedy=True, max_new_tokens=30, repetition_penalty=1.3)):
+    penalised_argmax = SampleConfig(top_k=1, max_new_tokens=30, repetition_penalty=1.3)
+    for sample in (GREEDY, penalised_argmax):
         batch = generate_ids(model, prompts, sample, context_size=12).new_ids
         alone = [generate_ids(model, [p], sample, context_size=12).new_ids[0] for p in prompts]
         assert batch == alone
@@ -171,6 +172,15 @@ def test_candidates_are_exactly_the_filtered_sets(top_k, top_p, scale):
     weights, ids = candidates(logits, top_k, top_p)
     got = torch.zeros_like(want).scatter(-1, ids, weights > 0)
     assert torch.equal(got, want)
+
+
+def test_greedy_is_the_studys_plain_argmax():
+    model = tiny_model(10)
+    plain = generate_ids(model, [[SOT_ID, 5]], GREEDY, context_size=16).new_ids
+    penalised = SampleConfig(greedy=True, max_new_tokens=40, repetition_penalty=1.5)
+    assert generate_ids(model, [[SOT_ID, 5]], penalised, context_size=16).new_ids == plain
+    argmax_with_penalty = SampleConfig(top_k=1, max_new_tokens=40, repetition_penalty=1.5)
+    assert generate_ids(model, [[SOT_ID, 5]], argmax_with_penalty, context_size=16).new_ids != plain
 
 
 def test_repetition_penalty_lowers_seen_tokens_only():

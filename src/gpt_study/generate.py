@@ -137,14 +137,15 @@ def next_token(
 ) -> torch.Tensor:
     """Pick one token per row from ``logits`` (B, V): greedy or sampled, per ``sample``.
 
-    Order: repetition penalty, then (unless greedy) temperature, top-k, top-p, and a draw.
-    Greedy ignores temperature / top-k / top-p but honours the repetition penalty (default off).
+    Greedy is the study's plain argmax and ignores every sampling setting, the repetition
+    penalty included (``top_k=1`` gives an argmax that honours the penalty). Otherwise: repetition
+    penalty, temperature, top-k, top-p, and a draw.
     """
     logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, sample.repetition_penalty)
     if sample.greedy:
         return logits.argmax(dim=-1)  # (B,)
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, sample.repetition_penalty)
     logits = logits / sample.temperature
     allowed = candidates(logits, sample.top_k, sample.top_p)
     if allowed is None:
@@ -220,7 +221,7 @@ def generate_ids(
         generator = torch.Generator(device=device).manual_seed(sample.seed)
     V = model.config.vocab_size
     seen = None
-    if sample.repetition_penalty != 1.0:
+    if sample.repetition_penalty != 1.0 and not sample.greedy:
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
         for i, s in enumerate(seqs):
             seen[i, torch.tensor(s, device=device)] = True
