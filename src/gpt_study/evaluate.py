@@ -259,7 +259,7 @@ def _quiet(_: str) -> None:
 
 UNK_NOTE = (
     "<unk> stands for every rare word, so a word model's perplexity and bits per byte are "
-    "flattered by the <unk> rate; nll_known is the NLL of the other targets"
+    "flattered by the <unk> rate; the NLL without <unk> targets is shown beside them"
 )
 
 
@@ -352,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
         result["stories"] = evaluate_stories(
             ckpt.model, ckpt.tokenizer, sample, window, samples_per_opening=args.samples
         )
-    print(format_table(result))
+    print(format_table(result), flush=True)
     if args.json:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}", file=sys.stderr)
