@@ -621,13 +621,13 @@ def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfi
 def describe(sample: SampleConfig, context_size: int) -> str:
     """One line with the decoding settings, printed beside every result."""
     if sample.greedy:
-        how = "greedy"
+        how = "greedy (the study's argmax)"
     else:
-        how = f"temperature {sample.temperature}, top_k {sample.top_k}, top_p {sample.top_p}"
-    return (
-        f"{how}, repetition_penalty {sample.repetition_penalty}, max_new_tokens "
-        f"{sample.max_new_tokens}, window {context_size}, seed {sample.seed}"
-    )
+        how = (
+            f"temperature {sample.temperature}, top_k {sample.top_k}, top_p {sample.top_p}, "
+            f"repetition_penalty {sample.repetition_penalty}, seed {sample.seed}"
+        )
+    return f"{how}, max_new_tokens {sample.max_new_tokens}, window {context_size}"
 
 
 def run(args: argparse.Namespace) -> int:
