@@ -116,6 +116,12 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument(
+        "--peak_size",
+        type=int,
+        default=0,
+        help="n of the n x n peak matmul (0: 2048 CPU, 8192 GPU)",
+    )
+    ap.add_argument(
         "--ablation",
         action="store_true",
         help="also time bf16 alone, then + fused AdamW, then + bf16 attention math",
@@ -158,6 +164,8 @@ def main() -> int:
         except OSError:
             pass
         n, reps = 2048, 10
+    if args.peak_size:
+        n, reps = args.peak_size, 3
     peak = {
         "fp32": matmul_peak(device, torch.float32, n, reps),
         "bf16": matmul_peak(device, torch.bfloat16, n, reps),
@@ -279,6 +287,12 @@ def main() -> int:
     print()
     for name, ts in times.items():
         print(f"{name}: " + " ".join(f"{t * 1e3:.0f}" for t in ts) + " ms")
+    # Fastest steps: the least disturbed by other work on a shared machine.
+    best_ref = min(times[ref_name])
+    print(
+        "fastest step of each, against the reference's fastest: "
+        + ", ".join(f"{name} {best_ref / min(ts):.2f}x" for name, ts in times.items())
+    )
     return 0
 
 

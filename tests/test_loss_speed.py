@@ -85,3 +85,22 @@ def test_lm_loss_module_equals_model_then_lm_loss():
     torch.testing.assert_close(got, want)
     for p, g in zip(model.parameters(), want_g, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_train_runs_and_reports_both_steps():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    tiny = "--vocab_size 300 --batch_size 2 --context_size 16 --steps 1 --warmup 0 --peak_size 64"
+    out = subprocess.run(
+        [sys.executable, str(script), *tiny.split(), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| reference (fp32, study) |" in out.stdout
+    assert "| gpt-study fast step |" in out.stdout
+    assert "same loss at the same weights" in out.stdout
