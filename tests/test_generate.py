@@ -8,6 +8,7 @@ from gpt_study.config import EOT_ID, SOT_ID, SampleConfig, preset_config
 from gpt_study.data.tokenizer import WordTokenizer
 from gpt_study.errors import UserError
 from gpt_study.generate import (
+    _draw,
     apply_repetition_penalty,
     candidates,
     filter_top_k,
@@ -181,6 +182,23 @@ def test_candidates_are_exactly_the_filtered_sets(top_k, top_p, scale):
     weights, ids = candidates(logits, top_k, top_p)
     got = torch.zeros_like(want).scatter(-1, ids, weights > 0)
     assert torch.equal(got, want)
+
+
+def test_candidates_with_wide_and_narrow_rows_in_one_batch():
+    torch.manual_seed(2)
+    logits = torch.randn(4, 3000) * torch.tensor([[0.3], [9.0], [0.3], [9.0]])
+    want = filter_top_p(logits, 0.9) > float("-inf")
+    weights, ids = candidates(logits, 0, 0.9)
+    got = torch.zeros_like(want).scatter(-1, ids, weights > 0)
+    assert torch.equal(got, want)
+    assert want[0].sum() > 128 and want[1].sum() < 128  # both paths were taken
+
+
+def test_draw_follows_the_weights():
+    g = torch.Generator().manual_seed(0)
+    weights = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    counts = torch.bincount(_draw(weights, g).flatten(), minlength=4) / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015, rtol=0)
 
 
 def test_greedy_is_the_studys_plain_argmax():

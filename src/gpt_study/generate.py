@@ -105,28 +105,46 @@ def candidates(
     """The tokens that top-k and then top-p allow: (weights (B, K), ids (B, K)), likeliest first.
 
     The same sets as :func:`filter_top_k` followed by :func:`filter_top_p`, without sorting the
-    whole vocabulary: with top-p alone, the nucleus almost always lies among the few hundred
-    likeliest tokens, so only those are ranked (the set grows until it holds mass ``p``; the
-    result is exact). Weights are probabilities, zero outside the set, not renormalised.
-    ``None`` when neither filter is on.
+    whole vocabulary: with top-p alone, the nucleus almost always lies among the 128 likeliest
+    tokens, so only those are ranked; a row whose 128 likeliest hold less than ``p`` is sorted
+    in full (the result is exact). Weights are probabilities, zero outside the set, and the set
+    is a prefix of each row. ``None`` when neither filter is on.
     """
     V = logits.size(-1)
     if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
         return None
-    k = min(top_k, V) if top_k > 0 else min(V, 256)
-    while True:
-        vals, ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
-        if top_k > 0:
-            probs = torch.softmax(vals, dim=-1)  # top-p then works on the renormalised top-k
-        else:
-            probs = torch.exp(vals - torch.logsumexp(logits, dim=-1, keepdim=True))
-            if top_p < 1.0 and k < V and bool((probs.sum(-1) < top_p).any()):
-                k = min(V, 8 * k)  # the nucleus is wider than k: rank more tokens
-                continue
-        if top_p < 1.0:
-            before = torch.cumsum(probs, dim=-1) - probs
-            probs = probs.masked_fill(before >= top_p, 0.0)
-        return probs, ids
+    if top_k > 0:
+        vals, ids = torch.topk(logits, min(top_k, V), dim=-1)  # (B, k), descending
+        probs = torch.softmax(vals, dim=-1)  # top-p then works on the renormalised top-k
+    else:
+        vals, ids = torch.topk(logits, min(V, 128), dim=-1)  # (B, 128), descending
+        log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
+        probs = torch.exp(vals - log_z)
+        wide = probs.sum(-1) < top_p  # (B,) rows whose nucleus is wider than 128 tokens
+        if bool(wide.any()):
+            full_vals, full_ids = torch.sort(logits[wide], dim=-1, descending=True)  # (W, V)
+            pad = V - vals.size(1)
+            ids = torch.nn.functional.pad(ids, (0, pad))  # (B, V); padding has weight 0
+            probs = torch.nn.functional.pad(probs, (0, pad))
+            ids[wide] = full_ids
+            probs[wide] = torch.exp(full_vals - log_z[wide])
+    if top_p < 1.0:
+        before = torch.cumsum(probs, dim=-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    return probs, ids
+
+
+def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``weights`` (B, K), drawn in proportion to them (inverse CDF).
+
+    The non-zero weights must form a prefix of each row, as :func:`candidates` returns them;
+    cheaper than ``torch.multinomial`` for a handful of tokens per row.
+    """
+    cdf = torch.cumsum(weights, dim=-1)  # (B, K)
+    u = torch.rand(weights.size(0), 1, generator=generator, device=weights.device)  # (B, 1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first cdf > u * total
+    last = (weights > 0).sum(-1, keepdim=True) - 1  # rounding can never pick past the set
+    return torch.minimum(idx, last)  # (B, 1)
 
 
 def next_token(
@@ -152,7 +170,7 @@ def next_token(
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
     weights, ids = allowed  # (B, K) each
-    pick = torch.multinomial(weights, 1, generator=generator)  # (B, 1), index into K
+    pick = _draw(weights, generator)  # (B, 1), index into K
     return ids.gather(-1, pick).squeeze(-1)  # (B,)
 
 
