@@ -190,7 +190,12 @@ class TrainConfig:
     max_steps: int = field(
         default=0, metadata=doc("stop after this many optimizer steps (0: no cap)")
     )
-    max_time: float = field(default=0.0, metadata=doc("stop after this many minutes (0: no cap)"))
+    max_time: float = field(
+        default=0.0,
+        metadata=doc(
+            "stop after this many minutes of this invocation (0: no cap); a resumed run gets a fresh budget"
+        ),
+    )
     print_interval: int = field(default=100, metadata=doc("steps between console log lines"))
     sample_tokens: int = field(
         default=256,
