@@ -2,6 +2,7 @@
 layout and meta.json, idempotence, a killed run, and every bad input."""
 
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -365,3 +366,26 @@ def test_unwritable_out_is_one_line(data_corpus, tmp_path, capsys):
     code = _cli("--data", folder, "--out", tmp_path / "a_file" / "out", "--min_chars", 60)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "cannot write to" in err, err
+
+
+def _die_in_worker(*args):
+    if os.getpid() != _PARENT[0]:
+        os._exit(1)  # a worker killed mid-batch (e.g. by the OOM killer)
+    return _REAL_WORK[0](*args)
+
+
+_PARENT: list[int] = []
+_REAL_WORK: list = []
+
+
+def test_a_dead_worker_ends_in_one_line_not_a_hang(data_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep, "WARMUP_CHARS", 0)
+    _PARENT[:] = [os.getpid()]
+    _REAL_WORK[:] = [prep._work]
+    monkeypatch.setattr(prep, "_work", _die_in_worker)
+    folder, _, _ = data_corpus
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="worker died"):
+        prep.prepare(_cfg(folder, out, workers=2), progress=False, log=lambda m: None)
+    assert not out.exists()

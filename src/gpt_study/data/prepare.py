@@ -34,6 +34,8 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -214,12 +216,17 @@ class _Workers:
         _init_worker(*initargs)
 
     def _start_pool(self) -> None:
+        # ProcessPoolExecutor, not multiprocessing.Pool: when a worker dies (killed, out of
+        # memory) the executor breaks and says so, where a Pool silently loses the batch and hangs.
         ctx = mp.get_context(self.method)
         if self.method == "fork":
             self.inherits = True
-            self.pool = ctx.Pool(self.workers, initializer=_adopt_worker)
+            init, args = _adopt_worker, ()
         else:
-            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=self.initargs)
+            init, args = _init_worker, self.initargs
+        self.pool = ProcessPoolExecutor(
+            self.workers, mp_context=ctx, initializer=init, initargs=args
+        )
 
     def map(self, items: Iterable[tuple[Any, tuple]]) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Results of ``_work(*args)`` for ``(tag, args)`` items, in order, with their tags."""
@@ -232,21 +239,30 @@ class _Workers:
                 continue
             if self.pool is None:
                 self._start_pool()
-            pending.append((tag, self.pool.apply_async(_work, args)))
+            pending.append((tag, self.pool.submit(_work, *args)))
             if len(pending) > 2 * self.workers:  # stay only a few batches ahead of the writer
                 tag0, res = pending.popleft()
-                yield tag0, res.get()
+                yield tag0, _result(res)
         while pending:
             tag0, res = pending.popleft()
-            yield tag0, res.get()
+            yield tag0, _result(res)
 
     def close(self, ok: bool) -> None:
         if self.pool is not None:
-            if ok:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
+            if not ok:  # stop the workers now rather than after the queued batches
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=not ok)
+
+
+def _result(future: Any) -> dict[str, Any]:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise UserError(
+            "a tokenization worker died (killed, or out of memory): "
+            "run again, with --workers 1 to stay in one process"
+        ) from None
 
 
 def _batches(stories: Iterable[str]) -> Iterator[list[str]]:
