@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny prepared folder written with the real word tokenizer."""
+"""Shared fixtures: one torch thread, and a tiny prepared folder written with the real word
+tokenizer."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 NAMES = ["lily", "tom", "sam", "mia", "ben", "sue"]
 ANIMALS = ["cat", "dog", "bird", "fish", "frog", "bunny"]
 THINGS = ["ball", "kite", "cake", "hat", "box", "toy"]
 PLACES = ["park", "garden", "house", "forest", "beach", "school"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run as many small operations: one thread is faster, far more so when other
+    work shares the CPU (two threads then mostly wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def synthetic_story(rng: random.Random) -> str:

@@ -61,14 +61,6 @@ def weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def single_process(data, root, **kw):
     t = dict(TRAIN, data=str(data), save_root=str(root), batch_size=8, **kw)
     return fit("tiny", train=t, model=MODEL)

@@ -18,15 +18,6 @@ WORDS = "once upon a time there was little girl named lily . she liked to play ,
 VOCAB = ["<unk>", "<sot>", "<eot>"] + WORDS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode as many small operations: one thread avoids waiting on busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=len(VOCAB), max_len=16, d_model=16, d_ff=32, n_layers=2, n_heads=2)

@@ -27,15 +27,6 @@ VOCAB = ["<unk>", "<sot>", "<eot>"] + WORDS + [f"w{i}" for i in range(V - 3 - le
 GREEDY = SampleConfig(greedy=True, max_new_tokens=40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode as many small operations: one thread avoids waiting on busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed=0, max_len=32, **kw):
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=V, max_len=max_len, d_model=32, d_ff=64, n_layers=2, n_heads=4, **kw)

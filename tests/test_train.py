@@ -25,15 +25,6 @@ MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other work shares the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_train(data, save_root, **kw):
     t = dict(
         data=str(data),
