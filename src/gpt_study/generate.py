@@ -523,20 +523,10 @@ def raw_tokens(tokenizer, ids: Sequence[int]) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA, else MPS, else CPU. Other names are checked, with a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
-    return dev
+    """``auto``: CUDA, else MPS, else CPU; the same rules and errors as training."""
+    from gpt_study.train import resolve_device as resolve
+
+    return torch.device(resolve(name))
 
 
 def load_for_inference(
