@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt_study.config import GPTConfig
+from gpt_study.ops import Dropout, causal_attention
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]
 
@@ -66,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.attention_drop = cfg.attention_drop
-        self.residual_drop = nn.Dropout(cfg.residual_drop)
+        self.residual_drop = Dropout(cfg.residual_drop)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -84,7 +85,7 @@ class CausalSelfAttention(nn.Module):
         drop = self.attention_drop if self.training else 0.0
         if past == 0:
             # Plain causal attention over the T new positions.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            y = causal_attention(q, k, v, dropout_p=drop)
         elif T == 1:
             # One new token may attend to every stored position: no mask needed.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
@@ -104,7 +105,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.residual_drop = nn.Dropout(cfg.residual_drop)
+        self.residual_drop = Dropout(cfg.residual_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.residual_drop(self.proj(F.gelu(self.fc(x))))
@@ -133,7 +134,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.drop = nn.Dropout(cfg.embedding_drop)
+        self.drop = Dropout(cfg.embedding_drop)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)

@@ -1,0 +1,196 @@
+"""Attention and dropout as the model calls them: PyTorch's kernels, plus a faster CPU dropout.
+
+The model calls :func:`causal_attention` and :class:`Dropout`; everywhere except one case they
+are ``F.scaled_dot_product_attention`` and ``nn.Dropout``. The case is training with dropout on
+a CPU, which is what this project's 2-core laptop does all day:
+
+- PyTorch's CPU dropout draws its mask with a serial, one-element-at-a-time Bernoulli sampler
+  (about 6 ns per element here). The study's attention dropout needs a 64 x 16 x 128 x 128 mask
+  per layer per step, so the masks alone were 35% of a training step.
+- No fused CPU attention kernel takes dropout, so ``scaled_dot_product_attention`` falls back to
+  its unfused "math" path, which copies the 16.8M-element weight matrix several times and adds
+  checks for fully masked rows that a causal mask never has.
+
+So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform numbers from each
+64-bit word of PyTorch's own generator (so seeding, ``get_rng_state`` and exact resume work as
+before), a position dropped when its number falls below ``p * 65536``, which rounds ``p`` to a
+multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise AND, in place. Attention then runs as one autograd function that
+computes softmax, dropout and the product with the values in place where it can, and writes its
+own backward. ``tests/test_ops.py`` checks both against PyTorch's formulas and a hand-written
+oracle, values and gradients (``torch.autograd.gradcheck`` in float64).
+
+On every other device, and whenever dropout is off (evaluation, generation, ``--attention_drop
+0``), the fused kernels run unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Dropout",
+    "apply_keep",
+    "causal_attention",
+    "dropout",
+    "keep_mask",
+    "use_cpu_path",
+    "uses_cpu_dropout",
+]
+
+
+_cpu_path = True
+
+
+def use_cpu_path(enabled: bool = True) -> None:
+    """Switch this module's CPU dropout path on (the default) or off, for the whole process.
+
+    Off, the model runs PyTorch's ``F.dropout`` and ``scaled_dot_product_attention`` everywhere:
+    what ``benchmarks/bench_train.py`` compares against, and a way to rule this module out.
+    """
+    global _cpu_path
+    _cpu_path = enabled
+
+
+def uses_cpu_dropout(x: torch.Tensor, p: float) -> bool:
+    """Whether ``x`` takes this module's dropout path: on, a CPU tensor, and 0 < p < 1."""
+    return _cpu_path and x.device.type == "cpu" and 0.0 < p < 1.0
+
+
+_INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def keep_mask(
+    shape: tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Which positions of a ``dtype`` tensor of ``shape`` dropout keeps, as an integer bit mask.
+
+    The mask has the integer type of ``dtype``'s width: all bits set (-1) where a position is
+    kept, 0 where it is dropped, with probability ``p`` rounded to a multiple of 1/65536. A
+    bitwise AND of the tensor's bits with it (:func:`apply_keep`) zeroes the dropped positions
+    in place, which is several times cheaper on a CPU than ``masked_fill`` or a multiply.
+
+    It draws ``ceil(n / 4)`` 64-bit words from PyTorch's default generator of ``device`` and
+    reads them as ``n`` 16-bit integers, uniform on [-32768, 32767]: about 5x cheaper than
+    ``bernoulli_`` here, from the same generator state that a seed or a checkpoint restores.
+    """
+    if dtype.itemsize not in _INT_OF_WIDTH:
+        raise TypeError(f"no integer type as wide as {dtype}")
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
+    halves = words.view(torch.int16)[:n]  # (4 * ceil(n / 4),) -> (n,)
+    threshold = round(p * 65536) - 32768  # P(half < threshold) = round(p * 65536) / 65536
+    keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
+    torch.ge(halves, threshold, out=keep).neg_()  # 1 -> -1: all bits set where kept
+    return keep.view(shape)  # (n,) -> shape
+
+
+def apply_keep(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Zero, in place, the positions of ``x`` that ``keep`` (from :func:`keep_mask`) drops."""
+    x.view(keep.dtype).bitwise_and_(keep)
+    return x
+
+
+class _Dropout(torch.autograd.Function):
+    """Zero the dropped positions and scale the rest by 1 / (1 - p); the same in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep = keep_mask(tuple(x.shape), p, x.dtype, x.device)
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return apply_keep(x * ctx.scale, keep)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return apply_keep(grad * ctx.scale, keep), None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout``, with the cheaper mask of :func:`keep_mask` on a CPU."""
+    if not training or p == 0.0:
+        return x
+    if uses_cpu_dropout(x, p):
+        return _Dropout.apply(x, p)
+    return F.dropout(x, p, training=True)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, repr and state) that calls :func:`dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+_causal_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _future(t: int, device: torch.device) -> torch.Tensor:
+    """(t, t) bool, True above the diagonal: the positions a query may not see. Cached."""
+    key = (t, device)
+    if key not in _causal_masks:
+        _causal_masks[key] = torch.ones(t, t, dtype=torch.bool, device=device).triu(1)
+    return _causal_masks[key]
+
+
+class _CausalAttentionDropout(torch.autograd.Function):
+    """softmax(q k^T / sqrt(hs) + causal mask), dropout, times v: forward and backward by hand.
+
+    Autograd over the same ops would keep a copy per out-of-place step; here the scores are
+    masked and the gradients formed in place, and the weights before and after dropout are
+    the only (B*nh, T, T) tensors kept for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+        B, nh, T, hs = q.shape
+        scale = 1.0 / math.sqrt(hs)
+        keep_scale = 1.0 / (1.0 - p)
+        q3 = q.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
+        k3 = k.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
+        v3 = v.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
+        scores = torch.bmm(q3 * scale, k3.transpose(1, 2))  # (B*nh, T, T)
+        scores.masked_fill_(_future(T, q.device), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # (B*nh, T, T)
+        del scores
+        keep = keep_mask(tuple(weights.shape), p, weights.dtype, q.device)  # (B*nh, T, T)
+        kept = apply_keep(weights.clone(), keep)  # (B*nh, T, T), not yet scaled
+        y = torch.bmm(kept, v3).mul_(keep_scale)  # (B*nh, T, hs)
+        ctx.save_for_backward(q3, k3, v3, weights, kept, keep)
+        ctx.scale, ctx.keep_scale = scale, keep_scale
+        return y.view(B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        q3, k3, v3, weights, kept, keep = ctx.saved_tensors
+        B, nh, T, hs = grad_y.shape
+        gy = grad_y.reshape(B * nh, T, hs) * ctx.keep_scale  # (B*nh, T, hs)
+        grad_v = torch.bmm(kept.transpose(1, 2), gy)  # (B*nh, T, hs)
+        # Gradient of the weights after dropout, then through the mask: (B*nh, T, T).
+        g = torch.bmm(gy, v3.transpose(1, 2))
+        apply_keep(g, keep)
+        # Softmax backward, in place: w * (g - sum(w * g)) = w*g - w * sum(w*g).
+        g.mul_(weights)
+        g.addcmul_(weights, g.sum(dim=-1, keepdim=True), value=-1.0)
+        grad_q = torch.bmm(g, k3).mul_(ctx.scale)  # (B*nh, T, hs)
+        grad_k = torch.bmm(g.transpose(1, 2), q3).mul_(ctx.scale)  # (B*nh, T, hs)
+        shape = (B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs) for each
+        return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Causal self-attention of q, k, v (B, nh, T, hs), dropout on the weights: (B, nh, T, hs).
+
+    ``F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)``, except on a
+    CPU with dropout on, where :class:`_CausalAttentionDropout` computes the same thing faster.
+    """
+    if uses_cpu_dropout(q, dropout_p):
+        return _CausalAttentionDropout.apply(q, k, v, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
