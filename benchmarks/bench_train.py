@@ -8,9 +8,10 @@
 The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/v projections,
 attention as an explicit masked softmax, cross-entropy with label smoothing on the full fp32
 logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-study train``
-runs: bf16 autocast, the model's fused attention (``scaled_dot_product_attention``), the chunked
-output layer + loss (``gpt_study.loss.head_loss``), fused AdamW and bf16 attention math
-(``gpt_study.speed``). Both start from the same weights; the script first checks that they
+runs: bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
+dropout the cheaper masks and hand-written attention of ``gpt_study.ops``), the chunked output
+layer + loss (``gpt_study.loss.head_loss``), fused AdamW, bf16 attention math and memory that
+stays mapped between steps (``gpt_study.speed``). Both start from the same weights; the script first checks that they
 compute the same loss, then times them in alternation in this one process, so that other work
 on the machine slows both alike, and reports medians.
 
@@ -42,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt_study.config import GPTConfig  # noqa: E402
 from gpt_study.loss import head_loss, lm_loss  # noqa: E402
 from gpt_study.model import GPT, flops_per_token  # noqa: E402
-from gpt_study.speed import allow_bf16_attention_math  # noqa: E402
+from gpt_study.ops import use_cpu_path  # noqa: E402
+from gpt_study.speed import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
 from reference import ReferenceGPT, copy_from, reference_loss  # noqa: E402
 
 # The study's optimizer settings.
@@ -124,7 +126,7 @@ def main() -> int:
     ap.add_argument(
         "--ablation",
         action="store_true",
-        help="also time bf16 alone, then + fused AdamW, then + bf16 attention math",
+        help="also time each speed-up added in turn, and the reference with reused memory",
     )
     ap.add_argument(
         "--compile", action="store_true", help="also time the fast step with torch.compile"
@@ -194,51 +196,61 @@ def main() -> int:
         return 1
     gpt.train(), ref.train()
 
+    # Each kind of step with the process-wide settings it runs under: (bf16 attention math,
+    # gpt_study.ops' CPU dropout path, reuse_freed_memory). They are switched before each step.
+    REF, FAST = "reference (fp32, study)", "gpt-study fast step"
     steps: dict[str, Callable[[], torch.Tensor]] = {
-        "reference (fp32, study)": reference_step(ref, adamw(ref.parameters(), False), x, y),
+        REF: reference_step(ref, adamw(ref.parameters(), False), x, y),
     }
-    dtype_of = {"reference (fp32, study)": "fp32"}
+    settings: dict[str, tuple[bool, bool, bool]] = {REF: (False, False, False)}
+    dtype_of = {REF: "fp32"}
     extra_models = []
+
+    def copy_of_gpt() -> GPT:
+        m = GPT(cfg).to(device)
+        m.load_state_dict(gpt.state_dict())
+        extra_models.append(m)
+        return m
+
     if args.ablation:
-        m1 = GPT(cfg).to(device)
-        m1.load_state_dict(gpt.state_dict())
-        m2 = GPT(cfg).to(device)
-        m2.load_state_dict(gpt.state_dict())
-        m3 = GPT(cfg).to(device)
-        m3.load_state_dict(gpt.state_dict())
-        extra_models += [m1, m2, m3]
-        steps["bf16 autocast only"] = fast_step(
-            m1, adamw(m1.parameters(), False), x, y, device, chunked=False
-        )
-        steps["bf16 + fused AdamW"] = fast_step(
-            m2, adamw(m2.parameters(), True), x, y, device, chunked=False
-        )
-        steps["+ bf16 attention math"] = fast_step(
-            m3, adamw(m3.parameters(), True), x, y, device, chunked=False
-        )
-        for name in ("bf16 autocast only", "bf16 + fused AdamW", "+ bf16 attention math"):
-            dtype_of[name] = "bf16"
-    steps["gpt-study fast step"] = fast_step(gpt, adamw(gpt.parameters(), True), x, y, device)
-    dtype_of["gpt-study fast step"] = "bf16"
+        ref2 = ReferenceGPT(cfg).to(device)
+        copy_from(ref2, gpt)
+        extra_models.append(ref2)
+        name = "reference + reuse freed memory"
+        steps[name] = reference_step(ref2, adamw(ref2.parameters(), False), x, y)
+        settings[name], dtype_of[name] = (False, False, True), "fp32"
+        rows = [  # name, fused AdamW, chunked head, settings
+            ("bf16 autocast only", False, False, (False, False, False)),
+            ("+ fused AdamW", True, False, (False, False, False)),
+            ("+ bf16 attention math", True, False, (True, False, False)),
+            ("+ chunked output layer and loss", True, True, (True, False, False)),
+            ("+ CPU dropout path (gpt_study.ops)", True, True, (True, True, False)),
+        ]
+        for name, fused, chunked, setting in rows:
+            m = copy_of_gpt()
+            steps[name] = fast_step(m, adamw(m.parameters(), fused), x, y, device, chunked=chunked)
+            settings[name], dtype_of[name] = setting, "bf16"
+    steps[FAST] = fast_step(gpt, adamw(gpt.parameters(), True), x, y, device)
+    settings[FAST], dtype_of[FAST] = (True, True, True), "bf16"
     if args.compile:
-        mc = GPT(cfg).to(device)
-        mc.load_state_dict(gpt.state_dict())
-        extra_models.append(mc)
+        mc = copy_of_gpt()
         t = time.perf_counter()
+        use_cpu_path(True)
         step = fast_step(
             mc, adamw(mc.parameters(), True), x, y, device, hidden=torch.compile(mc.hidden)
         )
         step()
         sync(device)
         print(f"torch.compile: first step (compiling) took {time.perf_counter() - t:.0f} s")
-        steps["fast step + torch.compile"] = step
-        dtype_of["fast step + torch.compile"] = "bf16"
-
-    # Without bf16 math reductions for the ablation rows before the fast step.
-    plain_math = {"bf16 autocast only", "bf16 + fused AdamW"}
+        name = "fast step + torch.compile"
+        steps[name] = step
+        settings[name], dtype_of[name] = (True, True, True), "bf16"
 
     def run(name: str) -> float:
-        allow_bf16_attention_math(name not in plain_math)
+        bf16_math, cpu_path, reuse = settings[name]
+        allow_bf16_attention_math(bf16_math)
+        use_cpu_path(cpu_path)
+        reuse_freed_memory(reuse)
         sync(device)
         t = time.perf_counter()
         loss = steps[name]()
@@ -265,7 +277,7 @@ def main() -> int:
     )
     fpt = flops_per_token(cfg, T)
     tokens = B * T
-    ref_name = "reference (fp32, study)"
+    ref_name = REF
     ref_t = statistics.median(times[ref_name])
     print(f"training FLOPs per token: {fpt / 1e6:.1f} M; {args.steps} timed steps each, medians")
     print()

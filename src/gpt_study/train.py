@@ -75,7 +75,7 @@ from gpt_study.data.dataset import (
 from gpt_study.errors import UserError
 from gpt_study.loss import LMLoss, lm_loss, nll_sum
 from gpt_study.model import GPT
-from gpt_study.speed import allow_bf16_attention_math
+from gpt_study.speed import allow_bf16_attention_math, reuse_freed_memory
 
 log = logging.getLogger("gpt_study.train")
 
@@ -657,9 +657,12 @@ def _fit(
         torch.set_num_threads(tc.threads)
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside bf16
-    # With attention dropout on a CPU, SDPA takes its math path; let it compute in bf16 under
-    # bf16 autocast instead of copying to fp32 (measured ~1.2x per step in bench_train.py).
+    # Where SDPA takes its unfused math path, let it compute in bf16 under bf16 autocast
+    # instead of copying to fp32. (CPU attention with dropout runs gpt_study.ops instead.)
     allow_bf16_attention_math(dtype == torch.bfloat16)
+    # Keep freed memory for the next step: a CPU step's 32 MiB blocks otherwise come back as
+    # fresh zero-filled pages every time (about 1.2x per step in bench_train.py).
+    reuse_freed_memory(True)
 
     # -- model, optimizer and where we start from
     _seed_everything(tc.seed)
