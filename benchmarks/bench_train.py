@@ -126,7 +126,7 @@ def main() -> int:
     ap.add_argument(
         "--ablation",
         action="store_true",
-        help="also time each speed-up added in turn, and the reference with reused memory",
+        help="also time each speed-up added in turn",
     )
     ap.add_argument(
         "--compile", action="store_true", help="also time the fast step with torch.compile"
@@ -137,6 +137,15 @@ def main() -> int:
         help="dropout 0 in both models (the seed config has 0.1: on a CPU it keeps attention "
         "on PyTorch's math path, as no fused kernel takes dropout there)",
     )
+    ap.add_argument(
+        "--reuse_memory",
+        choices=("on", "off"),
+        default="on",
+        help="gpt_study.speed.reuse_freed_memory for the whole process, so for every kind of "
+        "step, the reference included (default: on, as gpt-study train does); run once with "
+        "each to see what it is worth. Switching it between steps would let one kind's heap "
+        "slow the next.",
+    )
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -145,6 +154,7 @@ def main() -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    reused = args.reuse_memory == "on" and reuse_freed_memory(True)  # off: glibc untouched
     torch.manual_seed(0)
     drop = dict(attention_drop=0.0, residual_drop=0.0, embedding_drop=0.0)
     cfg = GPTConfig(vocab_size=args.vocab_size, **(drop if args.no_dropout else {}))
@@ -173,6 +183,7 @@ def main() -> int:
         "bf16": matmul_peak(device, torch.bfloat16, n, reps),
     }
     print(f"machine: {name}; torch {torch.__version__}; {load()}")
+    print(f"freed memory kept for reuse (glibc mallopt): {'yes' if reused else 'no'}")
 
     # Models: the same weights in both.
     gpt = GPT(cfg).to(device)
@@ -197,12 +208,12 @@ def main() -> int:
     gpt.train(), ref.train()
 
     # Each kind of step with the process-wide settings it runs under: (bf16 attention math,
-    # gpt_study.ops' CPU dropout path, reuse_freed_memory). They are switched before each step.
+    # gpt_study.ops' CPU dropout path). They are switched before each step.
     REF, FAST = "reference (fp32, study)", "gpt-study fast step"
     steps: dict[str, Callable[[], torch.Tensor]] = {
         REF: reference_step(ref, adamw(ref.parameters(), False), x, y),
     }
-    settings: dict[str, tuple[bool, bool, bool]] = {REF: (False, False, False)}
+    settings: dict[str, tuple[bool, bool]] = {REF: (False, False)}
     dtype_of = {REF: "fp32"}
     extra_models = []
 
@@ -213,25 +224,19 @@ def main() -> int:
         return m
 
     if args.ablation:
-        ref2 = ReferenceGPT(cfg).to(device)
-        copy_from(ref2, gpt)
-        extra_models.append(ref2)
-        name = "reference + reuse freed memory"
-        steps[name] = reference_step(ref2, adamw(ref2.parameters(), False), x, y)
-        settings[name], dtype_of[name] = (False, False, True), "fp32"
         rows = [  # name, fused AdamW, chunked head, settings
-            ("bf16 autocast only", False, False, (False, False, False)),
-            ("+ fused AdamW", True, False, (False, False, False)),
-            ("+ bf16 attention math", True, False, (True, False, False)),
-            ("+ chunked output layer and loss", True, True, (True, False, False)),
-            ("+ CPU dropout path (gpt_study.ops)", True, True, (True, True, False)),
+            ("bf16 autocast only", False, False, (False, False)),
+            ("+ fused AdamW", True, False, (False, False)),
+            ("+ bf16 attention math", True, False, (True, False)),
+            ("+ chunked output layer and loss", True, True, (True, False)),
+            ("+ CPU dropout path (gpt_study.ops)", True, True, (True, True)),
         ]
         for name, fused, chunked, setting in rows:
             m = copy_of_gpt()
             steps[name] = fast_step(m, adamw(m.parameters(), fused), x, y, device, chunked=chunked)
             settings[name], dtype_of[name] = setting, "bf16"
     steps[FAST] = fast_step(gpt, adamw(gpt.parameters(), True), x, y, device)
-    settings[FAST], dtype_of[FAST] = (True, True, True), "bf16"
+    settings[FAST], dtype_of[FAST] = (True, True), "bf16"
     if args.compile:
         mc = copy_of_gpt()
         t = time.perf_counter()
@@ -244,13 +249,12 @@ def main() -> int:
         print(f"torch.compile: first step (compiling) took {time.perf_counter() - t:.0f} s")
         name = "fast step + torch.compile"
         steps[name] = step
-        settings[name], dtype_of[name] = (True, True, True), "bf16"
+        settings[name], dtype_of[name] = (True, True), "bf16"
 
     def run(name: str) -> float:
-        bf16_math, cpu_path, reuse = settings[name]
+        bf16_math, cpu_path = settings[name]
         allow_bf16_attention_math(bf16_math)
         use_cpu_path(cpu_path)
-        reuse_freed_memory(reuse)
         sync(device)
         t = time.perf_counter()
         loss = steps[name]()

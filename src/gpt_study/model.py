@@ -8,6 +8,10 @@ the pre-LN placement of Xiong et al. 2020): token + learned position embeddings,
 blocks of ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``, a final LayerNorm and an output Linear
 with bias (no weight tying, as in the study). With the study's defaults and a 30,000-word
 vocabulary that is exactly 19,672,880 parameters.
+
+Attention and dropout come from :mod:`gpt_study.ops`: PyTorch's fused
+``scaled_dot_product_attention`` and ``nn.Dropout``, except for training with dropout on a CPU,
+where ops draws cheaper masks (the same computation, tested against a plain oracle).
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class CausalSelfAttention(nn.Module):
 
         drop = self.attention_drop if self.training else 0.0
         if past == 0:
-            # Plain causal attention over the T new positions.
+            # Plain causal attention over the T new positions (training and prompts).
             y = causal_attention(q, k, v, dropout_p=drop)
         elif T == 1:
             # One new token may attend to every stored position: no mask needed.
