@@ -42,13 +42,12 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     glibc serves every block of 32 MiB or more with a fresh ``mmap`` and unmaps it on free;
     the kernel then zero-fills each 4 KiB page on first touch. One layer's attention weights
     at the seed config (64 x 16 x 128 x 128 in bf16) are exactly 32 MiB, and a CPU step
-    allocates dozens of them: the page faults were about a fifth of a step on this project's
-    2-core machine (``benchmarks/bench_train.py`` measures it). With ``mmap`` off and a high
+    allocates dozens of them: the page faults were up to a sixth of a step on this project's
+    2-core machine (``benchmarks/bench_train.py --reuse_memory on|off`` measures it). With ``mmap`` off and a high
     trim threshold the heap keeps its pages, and the process holds on to its peak memory
     (what a training process does anyway) until it exits. Returns whether it applied: only
     glibc (Linux) has these knobs; elsewhere it does nothing. ``enabled=False`` goes back to
-    where glibc's own adaptive thresholds settle in a long-running process (the benchmark
-    switches between the two).
+    where glibc's own adaptive thresholds settle in a long-running process.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
