@@ -11,9 +11,9 @@ logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-
 runs: bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
 dropout the cheaper masks and hand-written attention of ``gpt_study.ops``), the chunked output
 layer + loss (``gpt_study.loss.head_loss``), fused AdamW, bf16 attention math and memory that
-stays mapped between steps (``gpt_study.speed``). Both start from the same weights; the script first checks that they
-compute the same loss, then times them in alternation in this one process, so that other work
-on the machine slows both alike, and reports medians.
+stays mapped between steps (``gpt_study.speed``). Both start from the same weights; the script
+first checks that they compute the same loss, then times them in alternation in this one
+process, so that other work on the machine slows both alike, and reports medians.
 
 FLOP/s count the model's training FLOPs (``gpt_study.model.flops_per_token``: 6 per weight per
 token, plus attention), divided by the measured time. MFU divides them by a matmul peak that
@@ -215,12 +215,10 @@ def main() -> int:
     }
     settings: dict[str, tuple[bool, bool]] = {REF: (False, False)}
     dtype_of = {REF: "fp32"}
-    extra_models = []
 
     def copy_of_gpt() -> GPT:
         m = GPT(cfg).to(device)
         m.load_state_dict(gpt.state_dict())
-        extra_models.append(m)
         return m
 
     if args.ablation:
@@ -281,8 +279,7 @@ def main() -> int:
     )
     fpt = flops_per_token(cfg, T)
     tokens = B * T
-    ref_name = REF
-    ref_t = statistics.median(times[ref_name])
+    ref_t = statistics.median(times[REF])
     print(f"training FLOPs per token: {fpt / 1e6:.1f} M; {args.steps} timed steps each, medians")
     print()
     header = (
@@ -304,7 +301,7 @@ def main() -> int:
     for name, ts in times.items():
         print(f"{name}: " + " ".join(f"{t * 1e3:.0f}" for t in ts) + " ms")
     # Fastest steps: the least disturbed by other work on a shared machine.
-    best_ref = min(times[ref_name])
+    best_ref = min(times[REF])
     print(
         "fastest step of each, against the reference's fastest: "
         + ", ".join(f"{name} {best_ref / min(ts):.2f}x" for name, ts in times.items())
