@@ -11,7 +11,7 @@ logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-
 runs: bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
 dropout the cheaper masks and hand-written attention of ``gpt_study.ops``), the chunked output
 layer + loss (``gpt_study.loss.head_loss``), fused AdamW, bf16 attention math and memory that
-stays mapped between steps (``gpt_study.speed``). Both start from the same weights; the script
+stays mapped between steps (``gpt_study.runtime``). Both start from the same weights; the script
 first checks that they compute the same loss, then times them in alternation in this one
 process, so that other work on the machine slows both alike, and reports medians.
 
@@ -44,7 +44,7 @@ from gpt_study.config import GPTConfig  # noqa: E402
 from gpt_study.loss import head_loss, lm_loss  # noqa: E402
 from gpt_study.model import GPT, flops_per_token  # noqa: E402
 from gpt_study.ops import use_cpu_path  # noqa: E402
-from gpt_study.speed import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
+from gpt_study.runtime import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
 from reference import ReferenceGPT, copy_from, reference_loss  # noqa: E402
 
 # The study's optimizer settings.
@@ -141,7 +141,7 @@ def main() -> int:
         "--reuse_memory",
         choices=("on", "off"),
         default="on",
-        help="gpt_study.speed.reuse_freed_memory for the whole process, so for every kind of "
+        help="gpt_study.runtime.reuse_freed_memory for the whole process, so for every kind of "
         "step, the reference included (default: on, as gpt-study train does); run once with "
         "each to see what it is worth. Switching it between steps would let one kind's heap "
         "slow the next.",

@@ -4,12 +4,11 @@ import argparse
 
 import pytest
 
+from gpt_study.cli.flags import add_dataclass_args, dataclass_overrides
 from gpt_study.config import (
     Config,
     GPTConfig,
     TrainConfig,
-    add_dataclass_args,
-    dataclass_overrides,
     load_config,
     preset_config,
     save_config,

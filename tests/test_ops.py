@@ -189,7 +189,7 @@ def test_reuse_freed_memory_switches_mmap_off_and_back():
     import ctypes.util
     import platform
 
-    from gpt_study.speed import reuse_freed_memory
+    from gpt_study.runtime import reuse_freed_memory
 
     if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
         assert reuse_freed_memory(True) is False

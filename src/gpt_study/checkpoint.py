@@ -24,8 +24,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_study.config import Config, load_config, save_config, write_json_atomic
+from gpt_study import runtime
+from gpt_study.config import Config, load_config, save_config
+from gpt_study.data.tokenizer import load_tokenizer
 from gpt_study.errors import UserError
+from gpt_study.io import write_json_atomic
 from gpt_study.model import GPT
 
 WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
@@ -124,8 +127,6 @@ def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu", optimizer: bool = False
 ) -> Checkpoint:
     """The one function that reads a checkpoint; checks weights, config and tokenizer agree."""
-    from gpt_study.data.tokenizer import load_tokenizer
-
     path = _resolve(Path(path))
     config = load_config(path / CONFIG)
     tokenizer = load_tokenizer(path / TOKENIZER)
@@ -156,3 +157,12 @@ def load_checkpoint(
     if optimizer and (path / OPTIMIZER).exists():
         opt = torch.load(path / OPTIMIZER, map_location=device, weights_only=True)
     return Checkpoint(model, config, tokenizer, state, opt, path)
+
+
+def load_for_inference(checkpoint: str, device: str = "auto", dtype: str = "auto") -> Checkpoint:
+    """A checkpoint ready for generation or evaluation: eval mode, on ``device``, in ``dtype``
+    (``auto``: :func:`gpt_study.runtime.inference_dtype`)."""
+    dev = torch.device(runtime.resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, device=dev)
+    ckpt.model.to(dtype=runtime.inference_dtype(dtype, dev)).eval()
+    return ckpt

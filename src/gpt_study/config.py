@@ -10,16 +10,14 @@ This module imports no torch, so ``gpt-study prepare`` and ``--help`` start quic
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
-import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from gpt_study.errors import UserError
+from gpt_study.io import write_json_atomic
 
 SPECIALS = ("<unk>", "<sot>", "<eot>")
 """The study's special tokens, with ids 0, 1, 2 in every vocabulary."""
@@ -355,18 +353,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temp file beside ``path`` and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_config(path: str | os.PathLike, cfg: Config) -> None:
     write_json_atomic(path, config_to_dict(cfg))
 
@@ -394,58 +380,3 @@ def preset_config(name: str, **overrides: dict[str, Any]) -> Config:
         d.setdefault(section, {}).update(values)
     d["preset"] = name  # type: ignore[assignment]
     return config_from_dict(d, f"preset {name}")
-
-
-# ---------------------------------------------------------------- argparse from dataclasses
-
-
-def _argparse_type(hint: Any) -> tuple[Any, bool]:
-    """(element type, is_bool) for a field's type hint, unwrapping Optional / list / tuple."""
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        return _argparse_type(args[0])
-    if origin in (list, tuple) and args:
-        return _argparse_type(args[0])
-    return hint, hint is bool
-
-
-def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
-) -> None:
-    """Add one ``--<field>`` flag per field of ``cls``.
-
-    Defaults are suppressed so that only flags the user gave override the preset / dataclass.
-    """
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
-    for f in fields(cls):
-        meta = dict(f.metadata)
-        if f.name in skip or meta.pop("cli", True) is False:
-            continue
-        text = meta.pop("doc", "")
-        typ, is_bool = _argparse_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{text} (default: {default})" if default not in (None, [], ()) else text
-        if is_bool:
-            group.add_argument(
-                f"--{f.name}",
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            group.add_argument(
-                f"--{f.name}", type=typ, default=argparse.SUPPRESS, help=help_text, **meta
-            )
-
-
-def dataclass_overrides(
-    ns: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """The fields of ``cls`` that the user set on the command line."""
-    return {
-        f.name: getattr(ns, f.name)
-        for f in fields(cls)
-        if f.name not in skip and hasattr(ns, f.name)
-    }

@@ -19,9 +19,7 @@ cheap ``<unk>`` prediction instead of its letters, so the ``<unk>`` rate is prin
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,15 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gpt_study.config import EOT_ID, UNK_ID, SampleConfig, add_dataclass_args, write_json_atomic
+from gpt_study.config import EOT_ID, UNK_ID, SampleConfig
 from gpt_study.errors import UserError
-from gpt_study.generate import (
-    add_common_args,
-    describe,
-    generate,
-    load_for_inference,
-    sample_settings,
-)
+from gpt_study.generate import describe, generate
 
 OPENINGS = (
     "Once upon a time, there was a little girl named Lily.",
@@ -293,67 +285,3 @@ def format_table(result: dict[str, Any]) -> str:
     if "valid" in result and result["valid"]["unk_rate"] > 0:
         lines.append(f"note: {UNK_NOTE}")
     return "\n".join(lines)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_args(parser)
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="prepared folder (default: the one the checkpoint was trained on)",
-    )
-    parser.add_argument("--split", default="valid", choices=["valid", "train"])
-    parser.add_argument("--batch_size", type=int, default=16, help="rows per forward pass")
-    parser.add_argument(
-        "--max_rows",
-        type=int,
-        default=0,
-        help="read at most this many windows (0: the whole split)",
-    )
-    parser.add_argument("--samples", type=int, default=2, help="stories per opening (default: 2)")
-    parser.add_argument("--no_valid", action="store_true", help="skip the held-out text")
-    parser.add_argument("--no_stories", action="store_true", help="skip the story metrics")
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    add_dataclass_args(parser, SampleConfig)
-
-
-def _data_folder(args: argparse.Namespace, config: Any) -> str:
-    if args.data:
-        return args.data
-    if config.train.data:
-        return config.train.data
-    return str(config.data.output_dir())
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.samples < 1 or args.max_rows < 0:
-        raise UserError("--batch_size and --samples must be at least 1, --max_rows at least 0")
-    if args.no_valid and args.no_stories:
-        raise UserError("--no_valid and --no_stories leave nothing to do: drop one of them")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UserError(f"--json {args.json}: its folder does not exist; create it first")
-    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype, args.threads)
-    window = args.context_size or ckpt.config.train.context_size
-    result: dict[str, Any] = {"checkpoint": str(ckpt.path), "context_size": window}
-    if not args.no_valid:
-        result["valid"] = evaluate_split(
-            ckpt.model,
-            _data_folder(args, ckpt.config),
-            window,
-            args.split,
-            args.batch_size,
-            args.max_rows,
-            tokenizer=ckpt.tokenizer,
-            progress=sys.stderr.isatty(),
-        )
-        result["valid"]["note"] = UNK_NOTE
-    if not args.no_stories:
-        sample = sample_settings(ckpt.config.sample, args)
-        result["stories"] = evaluate_stories(
-            ckpt.model, ckpt.tokenizer, sample, window, samples_per_opening=args.samples
-        )
-    print(format_table(result), flush=True)
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0

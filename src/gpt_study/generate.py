@@ -29,15 +29,14 @@ positions) it would see alone. Rows that have finished are dropped at the next s
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from gpt_study.config import SampleConfig, add_dataclass_args, dataclass_overrides
+from gpt_study.config import SampleConfig
+from gpt_study.data.clean import clean_text
 from gpt_study.errors import UserError
 from gpt_study.model import KVCache
 
@@ -394,8 +393,6 @@ def encode_prompt(tokenizer, prompt: str, window: int | None = None) -> tuple[li
     Out-of-vocabulary words become ``<unk>`` and are named in a warning; an empty prompt is just
     ``<sot>``; a prompt longer than ``window`` keeps its most recent tokens.
     """
-    from gpt_study.data.clean import clean_text
-
     notes: list[str] = []
     text = clean_text(prompt, tokenizer.lowercase).strip() if prompt.strip() else ""
     ids = tokenizer.encode(text, sot=True) if text else [tokenizer.sot_id]
@@ -519,113 +516,6 @@ def raw_tokens(tokenizer, ids: Sequence[int]) -> str:
     return " ".join(tokenizer.id_to_token(int(i)) for i in ids)
 
 
-# ------------------------------------------------------------------------ CLI
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA, else MPS, else CPU; the same rules and errors as training."""
-    from gpt_study.train import resolve_device as resolve
-
-    return torch.device(resolve(name))
-
-
-def load_for_inference(
-    checkpoint: str, device: str = "auto", dtype: str = "auto", threads: int = 0
-):
-    """Load a checkpoint for generation or evaluation: eval mode, on ``device``, in ``dtype``.
-
-    ``auto`` dtype: bfloat16 on a GPU that supports it, float32 elsewhere (on a CPU, float32 is
-    both the faster and the exact choice for a model this small).
-    """
-    from gpt_study.checkpoint import load_checkpoint
-
-    if threads < 0:
-        raise UserError("--threads must be 0 (torch's default) or more")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint, device=dev)
-    if dtype == "auto":
-        use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = "bfloat16" if use_bf16 else "float32"
-    ckpt.model.to(dtype=getattr(torch, dtype)).eval()
-    return ckpt
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="checkpoint folder written by train (e.g. runs/gpt/best)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16"],
-        help="auto: bfloat16 on a GPU, float32 on a CPU",
-    )
-    parser.add_argument(
-        "--context_size",
-        type=int,
-        default=None,
-        help="window in tokens (default: the context_size the model was trained on)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0: torch's default); 1 is much faster when other work "
-        "shares the cores (decoding runs many small operations)",
-    )
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_args(parser)
-    parser.add_argument(
-        "--prompt",
-        action="append",
-        default=None,
-        help="story opening; repeat for several (generated as a batch); empty: start from <sot>",
-    )
-    parser.add_argument("--prompt_file", default=None, help="a file with one prompt per line")
-    parser.add_argument(
-        "--batch_size", type=int, default=16, help="prompts generated together (default: 16)"
-    )
-    parser.add_argument(
-        "--raw", action="store_true", help="print tokens as the study did (specials included)"
-    )
-    parser.add_argument(
-        "--stream",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="print text as it is written (default: on for a single prompt)",
-    )
-    add_dataclass_args(parser, SampleConfig)
-
-
-def _prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompts += [line.rstrip("\n") for line in f if line.strip()]
-        except OSError as e:
-            raise UserError(
-                f"cannot read --prompt_file {args.prompt_file} ({e.strerror}): check the path"
-            ) from None
-        if not prompts:
-            raise UserError(f"--prompt_file {args.prompt_file} has no prompts: one per line")
-    return prompts or [""]
-
-
-def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfig:
-    """The checkpoint's sampling settings with the flags the user gave on top."""
-    from dataclasses import asdict
-
-    return SampleConfig(**{**asdict(base), **dataclass_overrides(args, SampleConfig)})
-
-
 def describe(sample: SampleConfig, context_size: int) -> str:
     """One line with the decoding settings, printed beside every result."""
     if sample.greedy:
@@ -636,53 +526,3 @@ def describe(sample: SampleConfig, context_size: int) -> str:
             f"repetition_penalty {sample.repetition_penalty}, seed {sample.seed}"
         )
     return f"{how}, max_new_tokens {sample.max_new_tokens}, window {context_size}"
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise UserError("--batch_size must be at least 1")
-    prompts = _prompts(args)
-    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype, args.threads)
-    sample = sample_settings(ckpt.config.sample, args)
-    window = args.context_size or ckpt.config.train.context_size
-    tok = ckpt.tokenizer
-    out = sys.stdout
-    # Streaming shows the first story of each batch as it is written; the rest follow at the end.
-    streaming = not args.raw and (args.stream if args.stream is not None else len(prompts) == 1)
-    print(f"# {describe(sample, window)}", file=sys.stderr)
-
-    def warn(msg: str) -> None:
-        print(f"warning: {msg}", file=sys.stderr)
-
-    def write(text: str) -> None:
-        out.write(text)
-        out.flush()
-
-    def header(n: int) -> None:
-        if len(prompts) > 1:
-            write(("\n" if n else "") + f"### story {n + 1}\n")
-
-    for b in range(0, len(prompts), args.batch_size):
-        batch = prompts[b : b + args.batch_size]
-        if streaming:
-            header(b)
-        res = generate(
-            ckpt.model,
-            tok,
-            batch,
-            sample,
-            context_size=window,
-            stream=(lambda row, text: write(text) if row == 0 else None) if streaming else None,
-            warn=warn,
-        )
-        for r in range(len(batch)):
-            ending = "" if res.finished[r] else " ..."
-            if streaming and r == 0:
-                write(ending + "\n")
-                continue
-            header(b + r)
-            if args.raw:
-                write(raw_tokens(tok, res.prompt_ids[r] + res.new_ids[r]) + "\n")
-            else:
-                write(res.texts[r] + ending + "\n")
-    return 0

@@ -8,7 +8,6 @@ command redraws it later, or for a run that was stopped.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -85,16 +84,3 @@ def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None)
     plt.close(fig)
     os.replace(tmp, out)  # a viewer never sees half a PNG
     return out
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--save_root", default="runs/gpt", help="the run's folder (default: runs/gpt)"
-    )
-    parser.add_argument("--out", default=None, help="PNG to write (default: <save_root>/loss.png)")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = plot_run(args.save_root, args.out)
-    print(out)
-    return 0

@@ -26,7 +26,6 @@ to stop (a signal, the time budget or a non-finite loss on any rank), so none is
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -56,12 +55,9 @@ from gpt_study.config import (
     SOT_ID,
     Config,
     DataConfig,
-    GPTConfig,
     TrainConfig,
-    add_dataclass_args,
     config_from_dict,
     config_to_dict,
-    dataclass_overrides,
     load_config,
     save_config,
 )
@@ -75,7 +71,14 @@ from gpt_study.data.dataset import (
 from gpt_study.errors import UserError
 from gpt_study.loss import LMLoss, lm_loss, nll_sum
 from gpt_study.model import GPT
-from gpt_study.speed import allow_bf16_attention_math, reuse_freed_memory
+from gpt_study.runtime import (
+    allow_bf16_attention_math,
+    autocast,
+    resolve_device,
+    resolve_dtype,
+    reuse_freed_memory,
+    to_device,
+)
 
 log = logging.getLogger("gpt_study.train")
 
@@ -143,55 +146,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     span = max(1, total - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def resolve_device(name: str) -> str:
-    """``auto``: CUDA, else Apple MPS, else CPU; other names are checked with a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    kind = name.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}, but no CUDA GPU is visible: use --device cpu or auto")
-    if kind == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise UserError(f"--device {name}, but MPS is not available: use --device cpu or auto")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    return name
-
-
-def _cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls run natively (AMX or AVX512-BF16); elsewhere they are emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """Autocast dtype: ``auto`` picks bfloat16 where the device computes it natively."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    kind = device.split(":")[0]
-    if kind == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if kind == "cpu" and _cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for forward passes: matmuls in bf16, weights and optimizer in fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.split(":")[0], dtype=dtype)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.AdamW:
@@ -277,7 +231,7 @@ def validate(
     model.eval()
     try:
         for x, y in iter_eval_batches(tokens, mine, batch_size):
-            xb, yb = _to_device(x, device), _to_device(y, device)
+            xb, yb = to_device(x, device), to_device(y, device)
             with autocast(device, dtype):
                 logits = model(xb)
             special = ((yb == SOT_ID) | (yb == EOT_ID)).sum().item()
@@ -303,13 +257,6 @@ def validate(
         tokens=int(count),
         fraction=count / targets,
     )
-
-
-def _to_device(a: np.ndarray, device: str) -> torch.Tensor:
-    t = torch.from_numpy(a)
-    if device.startswith("cuda"):
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 # ---------------------------------------------------------------------------- the sample story
@@ -838,7 +785,7 @@ def _train_step(r: _Run, step: int) -> tuple[float, bool]:
     loss_sum = torch.zeros((), device=r.device)
     for micro in range(tc.grad_accum):
         x, y = r.sampler.batch(step, micro)
-        xb, yb = _to_device(x, r.device), _to_device(y, r.device)  # (B, T) each
+        xb, yb = to_device(x, r.device), to_device(y, r.device)  # (B, T) each
         last = micro == tc.grad_accum - 1
         with contextlib.nullcontext() if last or not ddp else r.stepper.no_sync():
             with autocast(r.device, r.dtype):
@@ -1074,40 +1021,12 @@ def _hms(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        default=None,
-        help="starting config: seed (the study's, the default) or tiny (CPU-friendly); "
-        "any flag overrides it",
-    )
-    add_dataclass_args(parser, TrainConfig)
-    add_dataclass_args(parser, GPTConfig)
-    add_dataclass_args(parser, DataConfig, skip=DATA_SKIP)
-
-
-def run(args: argparse.Namespace) -> int:
-    result = fit(
-        preset=args.preset,
-        train=dataclass_overrides(args, TrainConfig),
-        model=dataclass_overrides(args, GPTConfig),
-        data=dataclass_overrides(args, DataConfig, skip=DATA_SKIP),
-    )
-    return result.exit_code
-
-
 __all__ = [
     "TrainResult",
     "Validation",
     "fit",
     "lr_at",
     "make_optimizer",
-    "resolve_device",
-    "resolve_dtype",
     "sample_story",
     "validate",
 ]

@@ -24,7 +24,6 @@ reused (``--force`` redoes it).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing as mp
@@ -48,9 +47,6 @@ from gpt_study.config import (
     SOT_ID,
     SPECIALS,
     DataConfig,
-    add_dataclass_args,
-    dataclass_overrides,
-    write_json_atomic,
 )
 from gpt_study.data.clean import fix_text
 from gpt_study.data.sources import (
@@ -73,6 +69,7 @@ from gpt_study.data.tokenizer import (
     train_bpe,
 )
 from gpt_study.errors import UserError
+from gpt_study.io import write_json_atomic
 
 SPLITS = ("train", "valid")
 # Settings that change the output; the rest (--out, --workers, --force) do not.
@@ -769,19 +766,3 @@ def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
         f"short; {elapsed:.1f} s"
     )
     return out
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, DataConfig)
-    parser.add_argument(
-        "--no_progress", action="store_true", help="no progress bar (for logs and scripts)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = DataConfig(**dataclass_overrides(args, DataConfig))
-    prepare(cfg, progress=not args.no_progress)
-    return 0

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from gpt_study.config import EOT_ID, SOT_ID, SPECIALS, UNK_ID, write_json_atomic
+from gpt_study.config import EOT_ID, SOT_ID, SPECIALS, UNK_ID
 from gpt_study.errors import UserError
+from gpt_study.io import write_json_atomic
 
 FORMAT_VERSION = 1
 

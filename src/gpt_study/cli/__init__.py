@@ -1,8 +1,9 @@
 """``gpt-study <command>``: a thin layer over the library.
 
-Each command lives in a module that offers ``configure(parser)`` (its flags) and
-``run(args) -> int`` (a call into typed library functions). Only the chosen command's module is
-imported, so ``gpt-study prepare`` does not pay for importing torch.
+This package is the only place that parses flags. Each command is a module here that offers
+``configure(parser)`` (its flags) and ``run(args) -> int`` (flags -> typed config -> a call into the
+library). Only the chosen command's module is imported, so ``gpt-study --help`` and
+``gpt-study prepare`` do not pay for importing torch.
 Problems the user can fix (:class:`~gpt_study.errors.UserError`) print one line and exit 2.
 """
 
@@ -17,12 +18,15 @@ from gpt_study.errors import UserError
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("gpt_study.data.prepare", "turn a corpus into token-id arrays and a vocabulary"),
-    "train": ("gpt_study.train", "train the GPT on a prepared folder (resumable)"),
-    "evaluate": ("gpt_study.evaluate", "NLL, perplexity, bits per byte and story metrics"),
-    "generate": ("gpt_study.generate", "write stories from a checkpoint"),
-    "plot": ("gpt_study.plot", "draw the loss curves of a run as PNG"),
-    "demo": ("gpt_study.demo", "prepare, train, plot, evaluate and generate on the shared sample"),
+    "prepare": ("gpt_study.cli.prepare", "turn a corpus into token-id arrays and a vocabulary"),
+    "train": ("gpt_study.cli.train", "train the GPT on a prepared folder (resumable)"),
+    "evaluate": ("gpt_study.cli.evaluate", "NLL, perplexity, bits per byte and story metrics"),
+    "generate": ("gpt_study.cli.generate", "write stories from a checkpoint"),
+    "plot": ("gpt_study.cli.plot", "draw the loss curves of a run as PNG"),
+    "demo": (
+        "gpt_study.cli.demo",
+        "prepare, train, plot, evaluate and generate on the shared sample",
+    ),
 }
 
 

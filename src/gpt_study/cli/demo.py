@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _step(argv: list[str]) -> None:
-    from gpt_study.cli import main
+    from gpt_study.cli import main  # the dispatcher imports this module: import it when used
 
     print(f"\n$ gpt-study {shlex.join(argv)}", flush=True)
     code = main(argv)

@@ -1,0 +1,50 @@
+"""Flags shared by the commands that read a checkpoint (``generate``, ``evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from gpt_study import runtime
+from gpt_study.checkpoint import Checkpoint, load_for_inference
+from gpt_study.cli.flags import dataclass_overrides
+from gpt_study.config import SampleConfig
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder written by train (e.g. runs/gpt/best)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 on a GPU, float32 on a CPU",
+    )
+    parser.add_argument(
+        "--context_size",
+        type=int,
+        default=None,
+        help="window in tokens (default: the context_size the model was trained on)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); 1 is much faster when other work "
+        "shares the cores (decoding runs many small operations)",
+    )
+
+
+def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
+    """Apply ``--threads`` (for the rest of the command) and load ``--checkpoint`` for inference."""
+    runtime.set_threads(args.threads)
+    return load_for_inference(args.checkpoint, args.device, args.dtype)
+
+
+def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfig:
+    """The checkpoint's sampling settings with the flags the user gave on top."""
+    return SampleConfig(**{**asdict(base), **dataclass_overrides(args, SampleConfig)})

@@ -1,0 +1,66 @@
+"""Flags from the config dataclasses: one ``--<field>`` per field, its help the field's ``doc``.
+
+The study's flag names stay flat (``--lr``, ``--n_layers``, ...): every flag is a field of exactly
+one config section, so :func:`section_overrides` can hand each section the values the user typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+
+def _argparse_type(hint: Any) -> tuple[Any, bool]:
+    """(element type, is_bool) for a field's type hint, unwrapping Optional / list / tuple."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, getattr(types, "UnionType", None)) and args:
+        return _argparse_type(args[0])
+    if origin in (list, tuple) and args:
+        return _argparse_type(args[0])
+    return hint, hint is bool
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
+) -> None:
+    """Add one ``--<field>`` flag per field of ``cls``.
+
+    Defaults are suppressed so that only flags the user gave override the preset / dataclass.
+    """
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
+    for f in fields(cls):
+        meta = dict(f.metadata)
+        if f.name in skip or meta.pop("cli", True) is False:
+            continue
+        text = meta.pop("doc", "")
+        typ, is_bool = _argparse_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{text} (default: {default})" if default not in (None, [], ()) else text
+        if is_bool:
+            group.add_argument(
+                f"--{f.name}",
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                f"--{f.name}", type=typ, default=argparse.SUPPRESS, help=help_text, **meta
+            )
+
+
+def dataclass_overrides(
+    ns: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The fields of ``cls`` that the user set on the command line."""
+    return {
+        f.name: getattr(ns, f.name)
+        for f in fields(cls)
+        if f.name not in skip and f.metadata.get("cli", True) and hasattr(ns, f.name)
+    }

@@ -1,0 +1,82 @@
+"""Atomic writes: a reader (or a run killed half-way) never sees half a file.
+
+Every file the project writes goes to a hidden temp name beside its target and is renamed over it
+once complete (``os.replace`` is atomic on one file system). Temp names carry the writer's pid, so
+two processes never share one, and a killed writer leaves only a ``.<name>.tmp-<pid>`` file that
+is recognisably ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_MARK = ".tmp-"
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """The hidden temp path beside ``path`` that this process writes before renaming."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def is_temp_of(candidate: Path, target: Path) -> bool:
+    """Whether ``candidate`` is a temp name that some process made for ``target``."""
+    prefix = f".{target.name}{TMP_MARK}"
+    return candidate.name.startswith(prefix) and candidate.name[len(prefix) :].isdigit()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path to write (by libraries that take a file name); rename it when done.
+
+    On an error the temp file is removed and the target is left as it was.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would have made it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` that appears at ``path`` only once the block ends without error."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kw) as f:
+        yield f
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON (indented, UTF-8, final newline) atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: os.umask can only be read by setting it

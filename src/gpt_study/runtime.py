@@ -1,0 +1,191 @@
+"""Where a run executes: device, dtype, autocast, threads and the process-wide speed settings.
+
+This is the one module that decides these. Model, loss and training code receive a device name
+and a dtype and never look at the machine themselves. The process-wide settings (thread count,
+TF32 matmuls, bf16 attention math, glibc's memory reuse) are applied by the command layer through
+:func:`process_settings`, a context manager that restores them, so calling ``fit`` from a notebook
+changes nothing outside the call.
+
+``benchmarks/bench_train.py`` measures each piece of the fast step against the study's plain
+fp32 step with the same functions, so the benchmark measures what users run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt_study.errors import UserError
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: CUDA, else Apple MPS, else CPU; other names are checked with a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    kind = name.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}, but no CUDA GPU is visible: use --device cpu or auto")
+    if kind == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise UserError(f"--device {name}, but MPS is not available: use --device cpu or auto")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls run natively (AMX or AVX512-BF16); elsewhere they are emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """Training's autocast dtype: ``auto`` picks bfloat16 where the device computes it natively."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    kind = device.split(":")[0]
+    if kind == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if kind == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Weights' dtype for generation and evaluation.
+
+    ``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (on a CPU, float32 is both the
+    faster and the exact choice for a model this small: bf16 decoding measured slower).
+    """
+    if name == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        name = "bfloat16" if use_bf16 else "float32"
+    return getattr(torch, name)
+
+
+def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes: matmuls in bf16, weights and optimizer in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=dtype)
+
+
+def to_device(a: np.ndarray, device: str) -> torch.Tensor:
+    """A numpy batch on ``device`` (pinned and non-blocking on CUDA)."""
+    t = torch.from_numpy(a)
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+# ---------------------------------------------------------------- process-wide settings
+
+
+def allow_bf16_attention_math(enabled: bool = True) -> None:
+    """Let the math path of ``scaled_dot_product_attention`` compute in bf16 under autocast.
+
+    It is the path taken with attention dropout on a CPU (the fused kernels refuse dropout
+    there). By default it copies bf16 q, k, v to fp32 and the result back; allowing bf16
+    reductions makes attention about 1.4x faster, at the precision of the rest of the bf16 step
+    (the softmax still sums in fp32). A process-wide flag: set it where autocast is chosen.
+    """
+    setter = getattr(torch.backends.cuda, "allow_fp16_bf16_reduction_math_sdp", None)
+    if setter is not None:  # despite its namespace, the math path reads it on every device
+        setter(enabled)
+
+
+def _bf16_attention_math() -> bool:
+    getter = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", None)
+    return bool(getter()) if getter is not None else False
+
+
+# glibc's mallopt parameters (malloc.h). "Restored" means the values its dynamic thresholds
+# settle at once a process has freed large blocks: mmap from 32 MiB, trim above 64 MiB.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_SETTLED_MMAP_THRESHOLD, _SETTLED_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 32 << 20, 64 << 20, 65536
+
+
+def reuse_freed_memory(enabled: bool = True) -> bool:
+    """Keep the memory a training step frees for the next step, instead of handing it back.
+
+    glibc serves every block of 32 MiB or more with a fresh ``mmap`` and unmaps it on free;
+    the kernel then zero-fills each 4 KiB page on first touch. One layer's attention weights
+    at the seed config (64 x 16 x 128 x 128 in bf16) are exactly 32 MiB, and a CPU step
+    allocates dozens of them: the page faults were up to a sixth of a step on this project's
+    2-core machine (``benchmarks/bench_train.py --reuse_memory on|off`` measures it). With ``mmap`` off and a high
+    trim threshold the heap keeps its pages, and the process holds on to its peak memory
+    (what a training process does anyway) until it exits. Returns whether it applied: only
+    glibc (Linux) has these knobs; elsewhere it does nothing. ``enabled=False`` goes back to
+    where glibc's own adaptive thresholds settle in a long-running process.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if enabled:
+            settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+        else:
+            settings = (
+                (_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
+                (_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD),
+                (_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD),
+            )
+        return all(libc.mallopt(param, value) == 1 for param, value in settings)
+    except (OSError, AttributeError):
+        return False
+
+
+def set_threads(threads: int) -> None:
+    """``threads`` CPU threads for torch (0: leave torch's default, one per core)."""
+    if threads < 0:
+        raise UserError(f"--threads {threads}: use 0 (torch's default) or more")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def process_settings(
+    threads: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32, training: bool = True
+) -> Iterator[None]:
+    """Apply the process-wide settings of a run for the duration of the block, then restore them.
+
+    * ``threads`` (0: torch's default);
+    * on CUDA, TF32 for any fp32 matmul left outside bf16;
+    * where SDPA takes its unfused math path, let it compute in bf16 under bf16 autocast instead
+      of copying to fp32 (CPU attention with dropout runs :mod:`gpt_study.ops` instead);
+    * when ``training``, keep freed memory for the next step: a CPU step's 32 MiB blocks
+      otherwise come back as fresh zero-filled pages every time (about 1.2x per step in
+      ``bench_train.py``).
+    """
+    old_threads = torch.get_num_threads()
+    old_precision = torch.get_float32_matmul_precision()
+    old_math = _bf16_attention_math()
+    set_threads(threads)
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")
+    allow_bf16_attention_math(dtype == torch.bfloat16)
+    reused = training and reuse_freed_memory(True)
+    try:
+        yield
+    finally:
+        if reused:
+            reuse_freed_memory(False)
+        allow_bf16_attention_math(old_math)
+        torch.set_float32_matmul_precision(old_precision)
+        torch.set_num_threads(old_threads)
