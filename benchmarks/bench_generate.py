@@ -35,9 +35,10 @@ import time
 
 import torch
 
-from gpt_study.config import SampleConfig, preset_config
+from gpt_study.config import SampleConfig
 from gpt_study.generate import generate_ids, reference_generate
 from gpt_study.model import GPT
+from gpt_study.presets import preset_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import ReferenceGPT, copy_from  # noqa: E402

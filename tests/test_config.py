@@ -10,10 +10,10 @@ from gpt_study.config import (
     GPTConfig,
     TrainConfig,
     load_config,
-    preset_config,
     save_config,
 )
 from gpt_study.errors import UserError
+from gpt_study.presets import preset_config
 
 
 def test_study_defaults():

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt_study.train import fit
+from gpt_study.train import build_config, fit
 
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 TRAIN = dict(
@@ -63,7 +63,7 @@ def weights(path):
 
 def single_process(data, root, **kw):
     t = dict(TRAIN, data=str(data), save_root=str(root), batch_size=8, **kw)
-    return fit("tiny", train=t, model=MODEL)
+    return fit(build_config("tiny", train=t, model=MODEL))
 
 
 def assert_same_weights(a_dir, b_dir):
@@ -140,7 +140,11 @@ def test_a_two_process_run_resumes_in_one_process_with_the_same_global_batch(
     first = torchrun(ddp_train(tiny_prepared, root, max_steps=2))
     assert first.returncode == 0, first.stdout + first.stderr
     with caplog.at_level("WARNING", logger="gpt_study.train"):
-        res = fit(train={"save_root": str(root), "resume": True, "max_steps": 0, "batch_size": 8})
+        res = fit(
+            build_config(
+                train={"save_root": str(root), "resume": True, "max_steps": 0, "batch_size": 8}
+            )
+        )
     assert res.step == 4
     assert "written by 2 process(es), this run has 1" in caplog.text
     assert "global batch was" not in caplog.text  # 4 rows x 2 processes = 8 rows x 1
@@ -156,9 +160,13 @@ def test_grad_accumulation_under_ddp_matches_one_process(tiny_prepared, tmp_path
     assert run.returncode == 0, run.stdout + run.stderr
     assert "= 2 rows x 2 process(es) x 2 accumulation = 8 rows" in run.stdout
     fit(
-        "tiny",
-        train=dict(TRAIN, data=str(tiny_prepared), save_root=str(tmp_path / "one"), batch_size=8),
-        model=MODEL,
+        build_config(
+            "tiny",
+            train=dict(
+                TRAIN, data=str(tiny_prepared), save_root=str(tmp_path / "one"), batch_size=8
+            ),
+            model=MODEL,
+        )
     )
     a, b = weights(root / "last"), weights(tmp_path / "one" / "last")
     for k in a:
@@ -169,16 +177,16 @@ def test_grad_accumulation_under_ddp_matches_one_process(tiny_prepared, tmp_path
 
 FAILING_WORKER = """
     import os, sys
-    from gpt_study import train
+    from gpt_study.train import loop
 
-    real = train._train_step
+    real = loop.train_step
 
     def step(r, s):
         if os.environ["RANK"] == "1" and s == 2:
             raise RuntimeError("rank 1 broke on purpose")
         return real(r, s)
 
-    train._train_step = step
+    loop.train_step = step
     from gpt_study.cli import main
     sys.exit(main(sys.argv[1:]))
 """

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt_study.cli import main
-from gpt_study.config import EOT_ID, SOT_ID, SampleConfig, preset_config
+from gpt_study.config import EOT_ID, SOT_ID, SampleConfig
 from gpt_study.data.tokenizer import WordTokenizer
 from gpt_study.errors import UserError
 from gpt_study.generate import (
@@ -20,6 +20,7 @@ from gpt_study.generate import (
     segment_start,
 )
 from gpt_study.model import GPT, GPTConfig
+from gpt_study.presets import preset_config
 
 V = 60
 WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()

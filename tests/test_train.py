@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt_study import train as train_mod
 from gpt_study.cli import main
 from gpt_study.config import TrainConfig
 from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
 from gpt_study.errors import UserError
 from gpt_study.model import GPT, GPTConfig
-from gpt_study.train import fit, lr_at, validate
+from gpt_study.train import build_config, fit, lr_at, validate
+from gpt_study.train import loop as train_loop
 
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
@@ -113,7 +113,9 @@ def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
     V = 51
     model = GPT(GPTConfig(vocab_size=V, **MODEL))
     torch.nn.init.zeros_(model.head.weight)
-    v = validate(model, data, 16, 4, label_smoothing=0.1, sp_weight=3.0)
+    v = validate(
+        model, data, TrainConfig(context_size=16, batch_size=4, label_smoothing=0.1, sp_weight=3.0)
+    )
     n_valid = data.split_meta("valid")["tokens"]
     assert v.tokens == n_valid - 1 and v.fraction == 1.0
     assert v.nll == pytest.approx(math.log(V), rel=1e-6)
@@ -122,7 +124,13 @@ def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
     bytes_ = data.split_meta("valid")["bytes"]
     assert v.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
     # A capped validation scales the byte count with the share of targets it scored.
-    capped = validate(model, data, 16, 4, 0.1, 3.0, eval_iters=2)
+    capped = validate(
+        model,
+        data,
+        TrainConfig(
+            context_size=16, batch_size=4, label_smoothing=0.1, sp_weight=3.0, eval_iters=2
+        ),
+    )
     assert capped.tokens == 2 * 4 * 16
     assert capped.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
 
@@ -138,7 +146,9 @@ def test_validation_nll_matches_a_direct_computation(tiny_prepared):
         logp = torch.log_softmax(model(row[None, :-1])[0], dim=-1)  # (T, V)
         want -= logp.gather(1, row[1:, None]).sum().item()
         n += len(row) - 1
-    v = validate(model, data, 16, 4, label_smoothing=0.0, sp_weight=1.0)
+    v = validate(
+        model, data, TrainConfig(context_size=16, batch_size=4, label_smoothing=0.0, sp_weight=1.0)
+    )
     assert v.tokens == n
     assert v.nll == pytest.approx(want / n, rel=1e-5)
     assert v.loss == pytest.approx(want / n, rel=1e-5)  # no smoothing, no weights: the same
@@ -168,7 +178,7 @@ def test_training_loss_is_the_study_loss_of_the_model():
 
 def test_a_few_steps_lower_the_loss_and_write_everything(tiny_prepared, tmp_path):
     root = tmp_path / "run"
-    res = fit("tiny", train=tiny_train(tiny_prepared, root, epoch=3), model=MODEL)
+    res = fit(build_config("tiny", train=tiny_train(tiny_prepared, root, epoch=3), model=MODEL))
     assert res.stopped == "done" and res.step == 18 and res.epoch == 3
     records = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["kind"] == "valid"]
@@ -191,7 +201,7 @@ def test_a_few_steps_lower_the_loss_and_write_everything(tiny_prepared, tmp_path
 
 
 def _interrupt_at(step_to_stop, signum, monkeypatch):
-    real = train_mod._train_step
+    real = train_loop.train_step
 
     def step(r, s):
         out = real(r, s)
@@ -199,7 +209,7 @@ def _interrupt_at(step_to_stop, signum, monkeypatch):
             os.kill(os.getpid(), signum)  # as Ctrl-C or a scheduler would, mid-run
         return out
 
-    monkeypatch.setattr(train_mod, "_train_step", step)
+    monkeypatch.setattr(train_loop, "train_step", step)
 
 
 @pytest.mark.parametrize("how", ["max_steps", "SIGINT", "SIGTERM"])
@@ -207,24 +217,36 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkey
     """Dropout on and grad accumulation: RNG, optimizer, schedule and data position all count."""
     kw = dict(grad_accum=2, lr_schedule="cosine", warmup_steps=3)
     model = dict(MODEL, **DROPOUT)
-    whole = fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "a", **kw), model=model)
+    whole = fit(
+        build_config("tiny", train=tiny_train(tiny_prepared, tmp_path / "a", **kw), model=model)
+    )
     assert whole.step == 12
 
     if how == "max_steps":
         first = fit(
-            "tiny", train=tiny_train(tiny_prepared, tmp_path / "b", max_steps=8, **kw), model=model
+            build_config(
+                "tiny",
+                train=tiny_train(tiny_prepared, tmp_path / "b", max_steps=8, **kw),
+                model=model,
+            )
         )
         assert first.stopped == "max_steps" and first.step == 8
     else:
         signum = getattr(signal, how)
         with monkeypatch.context() as m:
             _interrupt_at(8, signum, m)
-            first = fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "b", **kw), model=model)
+            first = fit(
+                build_config(
+                    "tiny", train=tiny_train(tiny_prepared, tmp_path / "b", **kw), model=model
+                )
+            )
         assert first.stopped == how and first.step == 8 and first.exit_code == 128 + signum
         assert json.loads((tmp_path / "b" / "last" / "state.json").read_text())["step"] == 8
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    second = fit(train={"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0})
+    second = fit(
+        build_config(train={"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0})
+    )
     assert second.step == 12 and second.stopped == "done"
 
     a, b = weights(tmp_path / "a" / "last"), weights(tmp_path / "b" / "last")
@@ -246,10 +268,10 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkey
 
 
 def test_resume_continues_with_a_larger_epoch_budget(tiny_prepared, tmp_path):
-    fit("tiny", train=tiny_train(tiny_prepared, tmp_path / "r", epoch=1), model=MODEL)
-    res = fit(train={"save_root": str(tmp_path / "r"), "resume": True, "epoch": 2})
+    fit(build_config("tiny", train=tiny_train(tiny_prepared, tmp_path / "r", epoch=1), model=MODEL))
+    res = fit(build_config(train={"save_root": str(tmp_path / "r"), "resume": True, "epoch": 2}))
     assert res.step == 12 and res.epoch == 2
-    done = fit(train={"save_root": str(tmp_path / "r"), "resume": True})
+    done = fit(build_config(train={"save_root": str(tmp_path / "r"), "resume": True}))
     assert done.step == 12 and done.stopped == "done"  # nothing left to do
 
 
@@ -269,7 +291,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(loss_mod, "head_loss", poisoned)  # training steps 1-8 fine, then NaN
     root = tmp_path / "nan"
     with pytest.raises(UserError, match=r"loss became nan at step 9.*last good checkpoint"):
-        fit("tiny", train=tiny_train(tiny_prepared, root), model=MODEL)
+        fit(build_config("tiny", train=tiny_train(tiny_prepared, root), model=MODEL))
     state = json.loads((root / "last" / "state.json").read_text())
     assert state["step"] == 6  # the epoch-1 checkpoint, untouched
     assert all(torch.isfinite(w).all() for w in weights(root / "last").values())
@@ -300,7 +322,9 @@ def test_default_data_folder_comes_from_dataset_root(tiny_prepared, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     t = tiny_train(tiny_prepared, tmp_path / "run", epoch=1, iters_per_epoch=2)
     del t["data"]
-    res = fit("tiny", train=t, model=MODEL, data={"dataset_root": "data", "vocab_size": 51})
+    res = fit(
+        build_config("tiny", train=t, model=MODEL, data={"dataset_root": "data", "vocab_size": 51})
+    )
     assert res.step == 2
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["data"] == os.path.join("data", "word-51")
@@ -339,7 +363,11 @@ def test_existing_run_and_resume_mismatches(tiny_prepared, tmp_path, capsys):
     from conftest import write_prepared
 
     root = tmp_path / "r"
-    fit("tiny", train=tiny_train(tiny_prepared, root, epoch=1, iters_per_epoch=2), model=MODEL)
+    fit(
+        build_config(
+            "tiny", train=tiny_train(tiny_prepared, root, epoch=1, iters_per_epoch=2), model=MODEL
+        )
+    )
     again = ["train", "--preset", "tiny", "--data", str(tiny_prepared), "--save_root", str(root)]
     assert "already holds a run" in _err(again, capsys)
     resume = ["train", "--save_root", str(root), "--resume"]

@@ -290,44 +290,6 @@ class Config:
             )
 
 
-# Presets: overrides of the dataclass defaults (which are the study's). Any flag overrides a preset.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # The study's model and recipe, exactly.
-    "seed": {},
-    # Small enough to learn recognisable stories in ~10 minutes on a 2-core CPU (see README):
-    # 2.2M parameters at the sample's 5,229 words; 2,000 steps of 16 x 128 tokens. On the shared
-    # sample, batch 16 reached valid NLL 3.74 after 0.82M tokens where batch 32 had 3.83 after
-    # 1.05M (two runs, not a controlled comparison), so the schedule takes more, smaller steps.
-    "tiny": {
-        "model": {
-            "max_len": 128,
-            "d_model": 128,
-            "d_ff": 512,
-            "n_layers": 4,
-            "n_heads": 4,
-            "attention_drop": 0.0,
-            "residual_drop": 0.0,
-            "embedding_drop": 0.0,
-        },
-        "train": {
-            "context_size": 128,
-            "batch_size": 16,
-            "lr": 2e-3,
-            "lr_schedule": "cosine",
-            "warmup_steps": 100,
-            "min_lr": 2e-4,
-            "weight_decay": 0.1,
-            "epoch": 10,
-            "iters_per_epoch": 200,
-            "eval_iters": 20,
-            "print_interval": 50,
-            "sample_tokens": 200,
-            "sp_weight": 1.0,
-        },
-    },
-}
-
-
 def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``values``, rejecting unknown keys with a clear message."""
     known = {f.name for f in fields(cls)}
@@ -369,14 +331,3 @@ def load_config(path: str | os.PathLike) -> Config:
             f"{path} is not valid JSON ({e.msg}, line {e.lineno}): the file is damaged"
         ) from None
     return config_from_dict(d, str(path))
-
-
-def preset_config(name: str, **overrides: dict[str, Any]) -> Config:
-    """A preset's config, with ``overrides`` per section, e.g. ``train={"lr": 1e-3}``."""
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    d: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[name].items()}
-    for section, values in overrides.items():
-        d.setdefault(section, {}).update(values)
-    d["preset"] = name  # type: ignore[assignment]
-    return config_from_dict(d, f"preset {name}")

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from gpt_study.config import EOT_ID, UNK_ID, SampleConfig
+from gpt_study.config import EOT_ID, SampleConfig
+from gpt_study.data.dataset import open_prepared
+from gpt_study.data.tokenizer import load_tokenizer
 from gpt_study.errors import UserError
 from gpt_study.generate import describe, generate
+from gpt_study.heldout import bits_per_byte, score_tokens, scored_bytes
 
 OPENINGS = (
     "Once upon a time, there was a little girl named Lily.",
@@ -56,7 +58,6 @@ OPENINGS = (
 # ------------------------------------------------------------------------ held-out text
 
 
-@torch.inference_mode()
 def evaluate_tokens(
     model: torch.nn.Module,
     tokens: Any,
@@ -68,41 +69,16 @@ def evaluate_tokens(
     """Sums over a token stream (1-D array of ids): NLL in nats, correct guesses, ``<unk>`` targets.
 
     Returns ``targets``, ``nll`` (sum), ``correct``, ``unk`` and ``nll_known`` (the NLL of the
-    targets that are not ``<unk>``). Windows of ``context_size`` inputs overlap by one token, so
-    each token after the first is a target once; ``max_rows`` > 0 spreads that many windows evenly
-    over the stream instead.
+    targets that are not ``<unk>``), from the held-out scorer training validates with
+    (:func:`gpt_study.heldout.score_tokens`). Windows of ``context_size`` inputs overlap by one
+    token, so each token after the first is a target once; ``max_rows`` > 0 spreads that many
+    windows evenly over the stream instead.
     """
-    from gpt_study.data.dataset import eval_windows, iter_eval_batches
-
-    if len(tokens) < 2:
-        raise UserError("the split holds fewer than 2 tokens: prepare more text")
-    device = next(model.parameters()).device
-    windows = eval_windows(len(tokens), context_size, max_rows)
-    batches = iter_eval_batches(tokens, windows, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(
-            batches, total=math.ceil(len(windows) / batch_size), desc="evaluate", unit="batch"
-        )
-    was_training = model.training
-    model.eval()
-    sums = dict.fromkeys(("targets", "nll", "correct", "unk", "nll_known"), 0.0)
-    try:
-        for x, y in batches:
-            x = torch.from_numpy(x).to(device)  # (B, T)
-            y = torch.from_numpy(y).to(device)  # (B, T)
-            logits = model(x).float()  # (B, T, V)
-            nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")  # (B*T,)
-            known = y.flatten() != UNK_ID
-            sums["targets"] += y.numel()
-            sums["nll"] += nll.sum().item()
-            sums["nll_known"] += nll[known].sum().item()
-            sums["unk"] += (~known).sum().item()
-            sums["correct"] += (logits.argmax(-1) == y).sum().item()
-    finally:
-        model.train(was_training)
-    return sums
+    dtype = next(model.parameters()).dtype
+    sums = score_tokens(
+        model, tokens, context_size, batch_size, max_rows, dtype=dtype, progress=progress
+    )
+    return sums.as_dict()
 
 
 def split_metrics(sums: dict[str, float], n_bytes: float) -> dict[str, float]:
@@ -110,11 +86,12 @@ def split_metrics(sums: dict[str, float], n_bytes: float) -> dict[str, float]:
     n = sums["targets"]
     known = n - sums["unk"]
     nll = sums["nll"] / n
+    bpb = bits_per_byte(sums["nll"], n_bytes)
     return {
         "tokens": int(n),
         "nll": nll,
         "perplexity": math.exp(nll),
-        "bits_per_byte": sums["nll"] / math.log(2) / n_bytes if n_bytes else float("nan"),
+        "bits_per_byte": float("nan") if bpb is None else bpb,
         "bytes": n_bytes,
         "accuracy": sums["correct"] / n,
         "unk_rate": sums["unk"] / n,
@@ -138,8 +115,6 @@ def evaluate_split(
     uses the split's byte count from ``meta.json``; when only some windows are read
     (``max_rows``) it is scaled to the targets read, and marked as estimated.
     """
-    from gpt_study.data.dataset import open_prepared
-
     data = open_prepared(data_folder)
     if tokenizer is not None:
         _check_same_vocabulary(tokenizer, data.tokenizer_path, data.folder)
@@ -147,7 +122,7 @@ def evaluate_split(
     sums = evaluate_tokens(model, tokens, context_size, batch_size, max_rows, progress)
     meta = data.split_meta(split)
     total_targets = max(len(tokens) - 1, 1)
-    n_bytes = meta.get("bytes", 0) * sums["targets"] / total_targets
+    n_bytes = scored_bytes(meta.get("bytes", 0), sums["targets"], total_targets)
     out = split_metrics(sums, n_bytes)
     out["split"] = split
     out["data"] = str(data.folder)
@@ -156,8 +131,6 @@ def evaluate_split(
 
 
 def _check_same_vocabulary(tokenizer: Any, path: Path, folder: Path) -> None:
-    from gpt_study.data.tokenizer import load_tokenizer
-
     other = load_tokenizer(path)
 
     def key(t: Any) -> Any:

@@ -14,6 +14,35 @@ import torch.nn.functional as F
 from gpt_study.config import EOT_ID, SOT_ID
 
 
+def special_weights(
+    targets: torch.Tensor, sp_weight: float, special_ids: tuple[int, ...] = (SOT_ID, EOT_ID)
+) -> torch.Tensor:
+    """Per-target weights: ``sp_weight`` where the target is ``<sot>``/``<eot>``, else 1."""
+    special = torch.zeros_like(targets, dtype=torch.bool)
+    for i in special_ids:
+        special |= targets == i
+    return torch.where(special, sp_weight, 1.0)
+
+
+def lm_loss_terms(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    sp_weight: float = 1.0,
+    special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of weighted smoothed cross-entropy, sum of weights) over ``logits`` (N, V) and
+    ``targets`` (N,): the two sums whose ratio is :func:`lm_loss`, so that held-out scoring can
+    add them up over batches and ranks."""
+    per_token = F.cross_entropy(
+        logits.float(), targets, label_smoothing=label_smoothing, reduction="none"
+    )  # (N,)
+    if sp_weight == 1.0:
+        return per_token.sum(), torch.tensor(float(targets.numel()))
+    w = special_weights(targets, sp_weight, special_ids).to(per_token.dtype)
+    return (per_token * w).sum(), w.sum()
+
+
 def lm_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -31,14 +60,10 @@ def lm_loss(
     flat_targets = targets.reshape(-1)  # (B*T,)
     if sp_weight == 1.0:
         return F.cross_entropy(flat_logits, flat_targets, label_smoothing=label_smoothing)
-    per_token = F.cross_entropy(
-        flat_logits, flat_targets, label_smoothing=label_smoothing, reduction="none"
+    total, weight = lm_loss_terms(
+        flat_logits, flat_targets, label_smoothing, sp_weight, special_ids
     )
-    special = torch.zeros_like(flat_targets, dtype=torch.bool)
-    for i in special_ids:
-        special |= flat_targets == i
-    w = torch.where(special, sp_weight, 1.0).to(per_token.dtype)
-    return (per_token * w).sum() / w.sum()
+    return total / weight
 
 
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -78,10 +103,7 @@ def head_loss(
     if sp_weight == 1.0:
         w = torch.full(y.shape, 1.0 / y.numel(), device=y.device)  # (N,)
     else:
-        special = torch.zeros_like(y, dtype=torch.bool)
-        for i in special_ids:
-            special |= y == i
-        w = torch.where(special, sp_weight, 1.0)
+        w = special_weights(y, sp_weight, special_ids)
         w = w / w.sum()  # (N,) sums to 1: a weighted mean, as lm_loss
     dev = hidden.device.type
     cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gpt_study.plot import plot_run
+from gpt_study.train.plot import plot_run
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

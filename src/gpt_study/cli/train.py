@@ -1,12 +1,18 @@
-"""``gpt-study train``: flags -> config overrides -> :func:`gpt_study.train.fit`."""
+"""``gpt-study train``: flags -> one Config -> :func:`gpt_study.train.fit`, under the run's
+process settings (threads, speed settings), restored when it returns."""
 
 from __future__ import annotations
 
 import argparse
 
+from gpt_study import runtime
 from gpt_study.cli.flags import add_dataclass_args, dataclass_overrides
-from gpt_study.config import PRESETS, DataConfig, GPTConfig, TrainConfig
-from gpt_study.train import DATA_SKIP, fit
+from gpt_study.config import Config, DataConfig, GPTConfig, TrainConfig
+from gpt_study.presets import PRESETS
+from gpt_study.train import build_config, fit
+from gpt_study.train.setup import DATA_FLAGS
+
+DATA_SKIP = tuple(f for f in DataConfig.__dataclass_fields__ if f not in DATA_FLAGS)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +28,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, DataConfig, skip=DATA_SKIP)
 
 
-def run(args: argparse.Namespace) -> int:
-    result = fit(
+def config_from_flags(args: argparse.Namespace) -> Config:
+    """The one place train's flags become a Config: each flag is one field of one section."""
+    return build_config(
         preset=args.preset,
         train=dataclass_overrides(args, TrainConfig),
         model=dataclass_overrides(args, GPTConfig),
         data=dataclass_overrides(args, DataConfig, skip=DATA_SKIP),
     )
-    return result.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_flags(args)
+    device = runtime.resolve_device(cfg.train.device)
+    dtype = runtime.resolve_dtype(cfg.train.dtype, device)
+    with runtime.process_settings(cfg.train.threads, device, dtype, training=True):
+        return fit(cfg).exit_code

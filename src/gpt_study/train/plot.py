@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 from gpt_study.errors import UserError
+from gpt_study.io import atomic_path
+from gpt_study.train.metrics import METRICS_JSONL, read_metrics
+
+PLOT = "loss.png"
 
 
 def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -20,8 +24,6 @@ def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None)
 
     matplotlib.use("Agg")  # files only: no display needed (servers, CI)
     import matplotlib.pyplot as plt
-
-    from gpt_study.train import METRICS_JSONL, PLOT, read_metrics
 
     save_root = Path(save_root)
     path = save_root / METRICS_JSONL
@@ -79,8 +81,7 @@ def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None)
     fig.tight_layout()
 
     out = Path(out) if out else save_root / PLOT
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:  # a viewer never sees half a PNG
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, out)  # a viewer never sees half a PNG
     return out

@@ -1,0 +1,117 @@
+"""One scorer of held-out text, used by training's validation and by ``gpt-study evaluate``.
+
+Both cut a token stream into windows of ``context_size + 1`` tokens that overlap by one
+(:func:`~gpt_study.data.dataset.eval_windows`), so each target is scored once with between 1 and
+``context_size`` tokens of context, and add up the same sums: plain NLL (no smoothing, no
+weights), correct next-token guesses, ``<unk>`` targets, and the study's training loss (label
+smoothing, ``sp_weight``) with its weights. Bits per byte divides the NLL in bits by the UTF-8
+bytes of the text the scored targets encode (:func:`bits_per_byte`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gpt_study.config import UNK_ID
+from gpt_study.data.dataset import eval_windows, iter_eval_batches
+from gpt_study.errors import UserError
+from gpt_study.loss import lm_loss_terms
+from gpt_study.runtime import autocast, to_device
+
+
+@dataclass
+class Sums:
+    """Sums over the scored targets (floats, so that ranks can all-reduce them)."""
+
+    targets: float = 0.0
+    nll: float = 0.0  # nats
+    correct: float = 0.0
+    unk: float = 0.0
+    nll_known: float = 0.0  # nats over the targets that are not <unk>
+    loss: float = 0.0  # the study's loss, summed with its weights
+    weight: float = 0.0  # the sum of those weights
+
+    def as_list(self) -> list[float]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> Sums:
+        return cls(*values)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def score_tokens(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    context_size: int,
+    batch_size: int = 16,
+    max_rows: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    label_smoothing: float = 0.0,
+    sp_weight: float = 1.0,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = False,
+) -> Sums:
+    """Score a 1-D token stream; ``shard = (rank, world)`` scores every world-th window only.
+
+    ``max_rows`` > 0 spreads that many windows evenly over the stream instead of all of them.
+    The model runs in eval mode under ``dtype`` autocast on the device of its weights; the logits
+    are scored in float32.
+    """
+    if len(tokens) < 2:
+        raise UserError("the split holds fewer than 2 tokens: prepare more text")
+    device = str(next(model.parameters()).device)
+    rank, world = shard
+    windows = eval_windows(len(tokens), context_size, max_rows)[rank::world]
+    batches: Any = iter_eval_batches(tokens, windows, batch_size)
+    if progress:
+        total = math.ceil(len(windows) / batch_size)
+        batches = tqdm(batches, total=total, desc="evaluate", unit="batch")
+    sums = Sums()
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            xb, yb = to_device(x, device), to_device(y, device)  # (B, T) each
+            with autocast(device, dtype):
+                logits = model(xb)  # (B, T, V)
+            _add(sums, logits.float(), yb, label_smoothing, sp_weight)
+    finally:
+        model.train(was_training)
+    return sums
+
+
+def _add(sums: Sums, logits: torch.Tensor, y: torch.Tensor, smoothing: float, sp: float) -> None:
+    flat = logits.flatten(0, 1)  # (B*T, V)
+    targets = y.flatten()  # (B*T,)
+    nll = F.cross_entropy(flat, targets, reduction="none")  # (B*T,)
+    known = targets != UNK_ID
+    loss, weight = lm_loss_terms(flat, targets, smoothing, sp)
+    sums.targets += targets.numel()
+    sums.nll += nll.sum().item()
+    sums.nll_known += nll[known].sum().item()
+    sums.unk += (~known).sum().item()
+    sums.correct += (flat.argmax(-1) == targets).sum().item()
+    sums.loss += loss.item()
+    sums.weight += weight.item()
+
+
+def scored_bytes(split_bytes: float, scored: float, total_targets: int) -> float:
+    """Bytes of text the scored targets stand for: all of the split's, or the same share."""
+    return split_bytes * scored / max(total_targets, 1)
+
+
+def bits_per_byte(nll: float, n_bytes: float) -> float | None:
+    """Total NLL in nats -> bits per UTF-8 byte (None without a byte count)."""
+    return nll / math.log(2) / n_bytes if n_bytes else None

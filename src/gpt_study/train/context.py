@@ -1,0 +1,76 @@
+"""What one training run holds while it runs (:class:`Run`), and what it ends with."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt_study.config import Config
+from gpt_study.data.dataset import PreparedData, RowSampler
+from gpt_study.model import GPT
+from gpt_study.train.observe import Observer
+from gpt_study.train.signals import StopSignals, exit_code
+from gpt_study.train.state import TrainState
+
+LAST, BEST = "last", "best"
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`~gpt_study.train.run.fit` ended with."""
+
+    save_root: Path
+    step: int
+    epoch: int
+    stopped: str  # "done", "max_steps", "max_time", "SIGINT", "SIGTERM"
+    best_valid_nll: float | None = None
+    last_valid: dict[str, Any] = field(default_factory=dict)
+    tokens_per_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.stopped)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, passed to the loop's parts."""
+
+    cfg: Config
+    net: GPT  # the plain model: weights, checkpoints, the sample story
+    compiled: torch.nn.Module  # net, or torch.compile(net): validation
+    stepper: torch.nn.Module  # LMLoss(net), compiled, in DDP under torchrun: training steps
+    optimizer: torch.optim.Optimizer
+    sampler: RowSampler
+    data: PreparedData
+    tokenizer: Any
+    device: str
+    dtype: torch.dtype
+    state: TrainState
+    observer: Observer | None = None  # set once logging is up
+    stop: StopSignals | None = None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sampler.global_rows * self.cfg.train.context_size
+
+    @property
+    def save_root(self) -> Path:
+        return Path(self.cfg.train.save_root)
+
+    @property
+    def saved_config(self) -> Config:
+        """The config as checkpoints record it: ``resume`` is a property of one invocation."""
+        return dataclasses.replace(
+            self.cfg, train=dataclasses.replace(self.cfg.train, resume=False)
+        )
+
+    def result(self, stopped: str, rate: float = 0.0) -> TrainResult:
+        st, ipe = self.state, self.cfg.train.iters_per_epoch
+        return TrainResult(
+            self.save_root, st.step, st.step // ipe, stopped, st.best_valid_nll, st.last_valid, rate
+        )

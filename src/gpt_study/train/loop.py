@@ -1,0 +1,296 @@
+"""The training loop: optimizer steps, with validation, a sample story and checkpoints at the end
+of every epoch (``--iters_per_epoch`` steps, as in the study).
+
+:func:`train_loop` reads top down as the outline of a run; each part is a named function below
+it. Ranks agree every step on the mean loss and on whether to stop (a signal, the time budget or
+a non-finite loss on any rank), so none is left waiting at a collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from gpt_study import distributed as dist
+from gpt_study.checkpoint import save_checkpoint
+from gpt_study.errors import UserError
+from gpt_study.runtime import autocast, to_device
+from gpt_study.train.context import BEST, LAST, Run, TrainResult
+from gpt_study.train.observe import hms, progress_bar
+from gpt_study.train.optim import lr_at
+from gpt_study.train.state import rng_state
+from gpt_study.train.validate import sample_story, validate
+
+log = logging.getLogger("gpt_study.train")
+SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def train_loop(r: Run) -> TrainResult:
+    """Steps until the epochs are done, a budget is spent, a signal arrives or the loss breaks."""
+    tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+    step = r.state.step
+    if finished := _nothing_to_do(r, step):
+        return finished
+    clock = _Clock(elapsed_before=r.state.elapsed_s)
+    r.stepper.train()
+    bar = None
+    while True:
+        bar = bar or progress_bar(step, ipe, tc.epoch)
+        loss, finite = train_step(r, step)
+        step += 1
+        agreed = _agree(r, loss, finite, clock)
+        if agreed.bad:
+            bar.close()
+            _stop_on_bad_loss(r, step, agreed.loss)
+        bar.update(1)
+        clock.add(agreed.loss)
+        if step % tc.print_interval == 0 or step % ipe == 0:
+            _log_train(r, step, clock, bar)
+        stop = _stop_reason(r, step, agreed)
+        if step % ipe == 0 or stop:
+            bar.close()
+            bar = None
+            r.state.elapsed_s, r.state.step = clock.elapsed(), step
+            if stop in SIGNALS:
+                return _save_on_signal(r, stop, clock.rate)
+            save(r, is_best=end_of_epoch(r, step))
+            r.observer.redraw()
+            if stop:
+                return _finish(r, stop, clock.rate)
+            r.stepper.train()
+            clock.window_t = time.perf_counter()  # throughput counts training time only
+
+
+def train_step(r: Run, step: int) -> tuple[float, bool]:
+    """One optimizer step of ``grad_accum`` micro-steps; (mean loss, whether it was finite).
+
+    Under DDP the gradients are averaged over ranks only in the last micro-step's backward
+    (``no_sync`` on the others), so accumulation costs no extra communication.
+    """
+    tc = r.cfg.train
+    lr = lr_at(step, tc)
+    for g in r.optimizer.param_groups:
+        g["lr"] = lr
+    ddp = isinstance(r.stepper, torch.nn.parallel.DistributedDataParallel)
+    loss_sum = torch.zeros((), device=r.device)
+    for micro in range(tc.grad_accum):
+        x, y = r.sampler.batch(step, micro)
+        xb, yb = to_device(x, r.device), to_device(y, r.device)  # (B, T) each
+        last = micro == tc.grad_accum - 1
+        with contextlib.nullcontext() if last or not ddp else r.stepper.no_sync():
+            with autocast(r.device, r.dtype):
+                loss = r.stepper(xb, yb)
+            (loss / tc.grad_accum).backward()
+        loss_sum += loss.detach()
+    finite = True
+    if tc.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(r.net.parameters(), tc.grad_clip)
+        finite = math.isfinite(norm.item())
+    r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    loss_val = loss_sum.item() / tc.grad_accum
+    return loss_val, finite and math.isfinite(loss_val)
+
+
+def end_of_epoch(r: Run, step: int) -> bool:
+    """Validate (all ranks), log, write the sample story (rank 0); True if this is the best."""
+    tc, state = r.cfg.train, r.state
+    v = validate(r.compiled, r.data, tc, r.dtype)
+    is_best = state.best_valid_nll is None or v.nll < state.best_valid_nll
+    if is_best:
+        state.best_valid_nll, state.best_step = v.nll, step
+    state.last_valid = {"step": step, **v.as_dict()}
+    bpb = f"{v.bpb:.4f}" if v.bpb is not None else "n/a"
+    share = "" if v.fraction > 0.999 else f" ({v.fraction:.0%} of the split)"
+    log.info(
+        "valid @ step %d: loss %.4f (smoothed, weighted) | NLL %.4f nats/token | ppl %.2f | "
+        "%s bits/byte%s%s",
+        step,
+        v.loss,
+        v.nll,
+        v.ppl,
+        bpb,
+        share,
+        " | best" if is_best else "",
+    )
+    r.observer.record(
+        {
+            "kind": "valid",
+            "step": step,
+            "epoch": (step - 1) // tc.iters_per_epoch + 1,
+            "tokens": step * r.tokens_per_step,
+            **v.as_dict(),
+            "elapsed_s": state.elapsed_s,
+        }
+    )
+    if dist.is_main() and tc.sample_tokens > 0:
+        try:
+            log.info("sample: %s", sample_story(r.net, r.tokenizer, r.cfg, r.device, r.dtype))
+        except Exception as e:  # a sample is a nicety; never lose a run to it
+            log.warning("could not write the sample story: %s", e)
+    return is_best
+
+
+def save(r: Run, is_best: bool) -> None:
+    """Checkpoint ``last`` (and ``best``) on rank 0; every rank sends its RNG state first."""
+    rngs = dist.gather_json(rng_state(r.device))
+    if dist.is_main():
+        tc, st = r.cfg.train, r.state
+        st.rng, st.world_size, st.torch = list(rngs or []), dist.world_size(), torch.__version__
+        st.epoch = st.step // tc.iters_per_epoch
+        st.tokens = st.step * r.tokens_per_step
+        st.sampler = {
+            "kind": "random-windows",
+            "seed": tc.seed,
+            "position": st.step,
+            "global_rows": r.sampler.global_rows,
+        }
+        extra = {"optimizer": r.optimizer.state_dict()}
+        tok = r.data.tokenizer_path
+        save_checkpoint(r.save_root / LAST, r.net, r.saved_config, tok, st.to_dict(), extra)
+        if is_best:
+            best = st.to_dict(with_rng=False)
+            save_checkpoint(r.save_root / BEST, r.net, r.saved_config, tok, best)
+    dist.barrier()
+
+
+# ---------------------------------------------------------------- the loop's small parts
+
+
+@dataclass
+class _Clock:
+    """Time spent (this invocation and before it) and the loss/throughput of the log window."""
+
+    elapsed_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    window_t: float = field(default_factory=time.perf_counter)
+    window_loss: float = 0.0
+    window_steps: int = 0
+    rate: float = 0.0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def add(self, loss: float) -> None:
+        self.window_loss += loss
+        self.window_steps += 1
+
+
+@dataclass
+class _Agreed:
+    """What every rank agrees on after a step: the mean loss and the stop flags."""
+
+    loss: float
+    bad: bool
+    time_up: bool
+    signal: str | None
+
+
+def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
+    """One small all-reduce: the mean loss over ranks (the global batch's), and flags that make
+    every rank take the same branch (else one would wait forever for the others)."""
+    tc = r.cfg.train
+    time_up = bool(tc.max_time) and (time.perf_counter() - clock.started) > tc.max_time * 60
+    received = r.stop.received
+    loss, bad, time_up, sigint, sigterm = dist.all_reduce_sum(
+        [loss, not finite, time_up, received == "SIGINT", received == "SIGTERM"]
+    )
+    signalled = "SIGINT" if sigint else "SIGTERM" if sigterm else None
+    return _Agreed(loss / dist.world_size(), bool(bad), bool(time_up), signalled)
+
+
+def _nothing_to_do(r: Run, step: int) -> TrainResult | None:
+    tc = r.cfg.train
+    if step >= tc.epoch * tc.iters_per_epoch:
+        log.info("the run is complete (%d steps): raise --epoch to train longer", step)
+        return r.result("done")
+    if tc.max_steps and step >= tc.max_steps:
+        log.info(
+            "already at step %d >= --max_steps %d: pass a larger --max_steps (0: no cap)",
+            step,
+            tc.max_steps,
+        )
+        return r.result("max_steps")
+    return None
+
+
+def _stop_on_bad_loss(r: Run, step: int, loss: float) -> None:
+    good = r.save_root / LAST
+    where = f"the last good checkpoint is {good}" if good.exists() else "no checkpoint yet"
+    msg = (
+        f"the loss became {loss} at step {step}: training stopped ({where}); "
+        "lower --lr, set --grad_clip 1.0 or use --dtype float32"
+    )
+    if dist.is_main():
+        raise UserError(msg)
+    raise SystemExit(2)
+
+
+def _log_train(r: Run, step: int, clock: _Clock, bar: object) -> None:
+    tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+    now = time.perf_counter()
+    clock.rate = clock.window_steps * r.tokens_per_step / max(now - clock.window_t, 1e-9)
+    train_loss = clock.window_loss / clock.window_steps
+    elapsed = clock.elapsed()
+    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{clock.rate:,.0f}")  # type: ignore[attr-defined]
+    log.info(
+        "step %d/%d | epoch %d | loss %.4f | lr %.2e | %s tok/s | %s",
+        step,
+        tc.epoch * ipe,
+        (step - 1) // ipe + 1,
+        train_loss,
+        lr_at(step - 1, tc),
+        f"{clock.rate:,.0f}",
+        hms(elapsed),
+    )
+    r.observer.record(
+        {
+            "kind": "train",
+            "step": step,
+            "epoch": (step - 1) // ipe + 1,
+            "tokens": step * r.tokens_per_step,
+            "train_loss": train_loss,
+            "lr": lr_at(step - 1, tc),
+            "tokens_per_s": clock.rate,
+            "elapsed_s": elapsed,
+        }
+    )
+    clock.window_loss, clock.window_steps, clock.window_t = 0.0, 0, time.perf_counter()
+
+
+def _stop_reason(r: Run, step: int, agreed: _Agreed) -> str | None:
+    tc = r.cfg.train
+    if agreed.signal:
+        return agreed.signal
+    if tc.max_steps and step >= tc.max_steps:
+        return "max_steps"
+    if agreed.time_up:
+        return "max_time"
+    return "done" if step >= tc.epoch * tc.iters_per_epoch else None
+
+
+def _save_on_signal(r: Run, signalled: str, rate: float) -> TrainResult:
+    if dist.is_main():  # every rank got the signal; one line says so
+        log.warning("%s: stopping at step %d and saving a checkpoint", signalled, r.state.step)
+    save(r, is_best=False)
+    log.info("checkpoint saved in %s: continue with --resume", r.save_root / LAST)
+    return r.result(signalled, rate)
+
+
+def _finish(r: Run, stopped: str, rate: float) -> TrainResult:
+    st = r.state
+    log.info(
+        "finished (%s) at step %d, epoch %d; best valid NLL %.4f at step %s; checkpoints in %s",
+        stopped,
+        st.step,
+        st.step // r.cfg.train.iters_per_epoch,
+        st.best_valid_nll,
+        st.best_step,
+        r.save_root,
+    )
+    return r.result(stopped, rate)

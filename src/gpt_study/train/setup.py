@@ -1,0 +1,158 @@
+"""From overrides to the run's :class:`~gpt_study.config.Config`, for a new run or a resumed one.
+
+This is the library form of ``gpt-study train``'s flags: :func:`build_config` takes a preset and
+per-section overrides (``train``, ``model``, ``data``: field names of TrainConfig, GPTConfig and
+DataConfig) and returns one validated Config, which :func:`~gpt_study.train.run.fit` trains. The
+data section only names the default prepared folder and must agree with what ``prepare``
+recorded; the model's vocabulary size always comes from the folder's tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from gpt_study.config import (
+    Config,
+    DataConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
+from gpt_study.data.dataset import PreparedData, open_prepared
+from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
+from gpt_study.errors import UserError
+from gpt_study.presets import preset_config
+
+log = logging.getLogger("gpt_study.train")
+LAST = "last"
+
+# DataConfig fields that train accepts: the study's, to find the default prepared folder.
+DATA_FLAGS = ("dataset_root", "min_freq", "vocab_size", "tokenizer")
+
+# Train settings that may change on --resume without changing what the run computes.
+RESUME_FREE = {
+    "data",
+    "save_root",
+    "resume",
+    "epoch",
+    "max_steps",
+    "max_time",
+    "eval_iters",
+    "print_interval",
+    "device",
+    "compile",
+    "batch_size",  # checked as the global batch, which may be split differently
+    "grad_accum",
+    "threads",
+    "wb_flag",
+    "wb_project",
+    "wb_name",
+    "wb_notes",
+    "wb_tags",
+}
+
+
+def build_config(
+    preset: str | None = None,
+    train: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Config:
+    """The Config of a run: ``preset`` (default ``seed``, the study) plus overrides, or, with
+    ``train={"resume": True, "save_root": ...}``, the saved run's config plus the overrides that
+    may change on resume."""
+    train, model, data = dict(train or {}), dict(model or {}), dict(data or {})
+    if "vocab_size" in model:
+        raise UserError("the model's vocab_size comes from the tokenizer: drop it")
+    unknown = sorted(set(data) - set(DATA_FLAGS))
+    if unknown:
+        raise UserError(f"train takes only {', '.join(DATA_FLAGS)} of the data settings")
+    save_root = Path(train.get("save_root", TrainConfig.save_root))
+    if train.get("resume"):
+        return _resumed_config(save_root, preset, train, model)
+    prepared = open_prepared(data_folder(train.get("data"), data))
+    _check_meta(prepared, data)
+    tokenizer = load_tokenizer(prepared.tokenizer_path)
+    train["data"] = str(prepared.folder)
+    model["vocab_size"] = tokenizer.vocab_size
+    recorded = dataclasses.asdict(_data_config(prepared, data, tokenizer))
+    return preset_config(preset or "seed", train=train, model=model, data=recorded)
+
+
+def data_folder(data: str | None, data_settings: dict[str, Any]) -> Path:
+    """``--data``, else ``<dataset_root>/<tokenizer>-<vocab_size>`` as ``prepare`` names it."""
+    if data:
+        return Path(data)
+    return DataConfig(**data_settings).output_dir()
+
+
+def has_run(save_root: Path) -> bool:
+    """Whether ``save_root`` holds a run's checkpoint (or the copy kept by an interrupted save)."""
+    return (save_root / LAST).exists() or (save_root / f".{LAST}.old").exists()
+
+
+def _check_meta(data: PreparedData, data_ov: dict[str, Any]) -> None:
+    """Flags that describe the corpus must agree with what ``prepare`` recorded."""
+    settings = data.meta.get("settings", data.meta)
+    for name in ("min_freq", "tokenizer"):
+        if name in data_ov and name in settings and settings[name] != data_ov[name]:
+            raise UserError(
+                f"--{name} {data_ov[name]} but {data.folder} was prepared with {settings[name]}: "
+                f"drop the flag or prepare a folder with it"
+            )
+
+
+def _data_config(data: PreparedData, data_ov: dict[str, Any], tokenizer: Tokenizer) -> DataConfig:
+    """The DataConfig recorded in the checkpoint: what ``prepare`` used, as meta.json says."""
+    settings = data.meta.get("settings", {})
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    values = {k: v for k, v in settings.items() if k in known}
+    values.update(data_ov)
+    values.setdefault("tokenizer", getattr(tokenizer, "kind", "word"))
+    values["vocab_size"] = tokenizer.vocab_size
+    values["out"] = str(data.folder)
+    try:
+        return DataConfig(**values)
+    except (TypeError, UserError) as e:
+        raise UserError(
+            f"{data.folder / 'meta.json'} records settings gpt-study cannot read ({e}): "
+            "prepare the folder again with gpt-study prepare --force"
+        ) from None
+
+
+def _resumed_config(
+    save_root: Path, preset: str | None, train_ov: dict[str, Any], model_ov: dict[str, Any]
+) -> Config:
+    """The config of the run in ``save_root``, with the flags that may change applied."""
+    last = save_root / LAST
+    if not (last / "config.json").exists() and not (save_root / f".{LAST}.old").exists():
+        raise UserError(
+            f"--resume, but {save_root} holds no checkpoint '{LAST}': "
+            "drop --resume to start a run, or point --save_root at an existing run"
+        )
+    if not (last / "config.json").exists():
+        last = save_root / f".{LAST}.old"
+    cfg = load_config(last / "config.json")
+    if preset is not None and preset != cfg.preset:
+        raise UserError(
+            f"--preset {preset}, but the run in {save_root} used preset {cfg.preset}: "
+            "drop --preset when resuming"
+        )
+    for k, v in model_ov.items():
+        if getattr(cfg.model, k) != v:
+            raise UserError(
+                f"--{k} {v} differs from the checkpoint's {getattr(cfg.model, k)}: the "
+                "architecture cannot change on --resume; drop the flag or start a new run"
+            )
+    d = config_to_dict(cfg)
+    for k, v in train_ov.items():
+        old = d["train"][k]
+        if k not in RESUME_FREE and old != (tuple(v) if isinstance(old, tuple) else v):
+            log.warning("--%s %s replaces %s: the resumed run is no longer the same run", k, v, old)
+        d["train"][k] = v
+    d["train"]["save_root"] = str(save_root)
+    return config_from_dict(d, "resumed config")
