@@ -1,0 +1,195 @@
+"""Text in, text out: prompts cleaned and encoded as training saw them, readable streamed stories.
+
+:func:`generate` wraps the id loop of :mod:`gpt_study.generate.decode`: it cleans and encodes
+prompts exactly as ``prepare`` did, warns about out-of-vocabulary words and streams readable
+text as it is produced. Also the small formatters the commands print with.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gpt_study.config import SampleConfig
+from gpt_study.data.clean import clean_text
+from gpt_study.errors import UserError
+from gpt_study.generate.decode import _window, generate_ids
+
+__all__ = [
+    "GenerationResult",
+    "describe",
+    "encode_prompt",
+    "generate",
+    "raw_tokens",
+    "readable",
+]
+
+
+@dataclass
+class GenerationResult:
+    """Stories for a batch of prompts.
+
+    ``prompt_ids`` is what the model was fed (cleaned, encoded, starting with ``<sot>`` unless a
+    long prompt was cut to the window); ``new_ids`` what it wrote (ending with ``<eot>`` when it
+    finished the story); ``texts`` the readable story, prompt included.
+    """
+
+    texts: list[str]
+    prompt_ids: list[list[int]]
+    new_ids: list[list[int]]
+    finished: list[bool]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The first (or only) story."""
+        return self.texts[0]
+
+    @property
+    def ids(self) -> list[int]:
+        """Prompt and new ids of the first (or only) story."""
+        return self.prompt_ids[0] + self.new_ids[0]
+
+
+def encode_prompt(tokenizer, prompt: str, window: int | None = None) -> tuple[list[int], list[str]]:
+    """Ids of ``prompt`` as training saw text (cleaned, ``<sot>`` first) and any warnings.
+
+    Out-of-vocabulary words become ``<unk>`` and are named in a warning; an empty prompt is just
+    ``<sot>``; a prompt longer than ``window`` keeps its most recent tokens.
+    """
+    notes: list[str] = []
+    text = clean_text(prompt, tokenizer.lowercase).strip() if prompt.strip() else ""
+    ids = tokenizer.encode(text, sot=True) if text else [tokenizer.sot_id]
+    unknown = tokenizer.unknown_words(text) if text else []
+    if unknown:
+        words = ", ".join(dict.fromkeys(unknown))
+        notes.append(f"not in the vocabulary, read as <unk>: {words}")
+    if window is not None and len(ids) > window:
+        notes.append(f"prompt has {len(ids)} tokens; keeping the last {window} (the window)")
+        ids = ids[-window:]
+    return ids, notes
+
+
+def readable(tokenizer, ids: Sequence[int]) -> str:
+    """Text of ``ids`` without ``<sot>``/``<eot>`` but with ``<unk>`` shown where it stands, so
+    a story never silently loses a word (plain ``decode`` drops every special)."""
+    drop = (tokenizer.sot_id, tokenizer.eot_id)
+    return tokenizer.decode([i for i in ids if i not in drop], skip_specials=False)
+
+
+class _TextStream:
+    """Turns a row's growing token list into readable text deltas.
+
+    Decoding joins tokens (``could`` + ``n't`` -> ``couldn't``; BPE bytes -> characters), so a
+    new token can change the end of the text. The last word is held back until the next space,
+    and only text that can no longer change is passed on.
+    """
+
+    def __init__(self, tokenizer, prefix: list[int], emit: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.ids = list(prefix)
+        self.emit = emit
+        self.shown = ""
+
+    def push(self, tok: int) -> None:
+        self.ids.append(tok)
+        text = readable(self.tokenizer, self.ids)
+        cut = max(text.rfind(" "), text.rfind("\n"))
+        stable = text[: cut + 1] if cut >= 0 else ""
+        if stable.startswith(self.shown) and len(stable) > len(self.shown):
+            self.emit(stable[len(self.shown) :])
+            self.shown = stable
+
+    def close(self) -> None:
+        text = readable(self.tokenizer, self.ids)
+        # Normally the text extends what was shown; if decoding changed it, show from the change.
+        same = 0
+        while same < min(len(text), len(self.shown)) and text[same] == self.shown[same]:
+            same += 1
+        if text[same:]:
+            self.emit(text[same:])
+        self.shown = text
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str | Sequence[str] = "",
+    sample: SampleConfig | None = None,
+    context_size: int | None = None,
+    stream: Callable[[int, str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    keep: int | None = None,
+) -> GenerationResult:
+    """Write one story per prompt (a string, or a list of strings generated as one batch).
+
+    ``sample`` holds the decoding settings (default: ``SampleConfig()``); pass the checkpoint's
+    ``config.sample``. ``context_size`` is the window the model was trained on: pass
+    ``config.train.context_size`` (default: the model's max_len). ``stream(row, text)`` receives
+    readable text as it is written, prompt first. ``warn`` receives warnings (default:
+    :func:`warnings.warn`).
+    """
+    sample = sample or SampleConfig()
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise UserError("no prompts given: pass at least one (an empty string starts a story)")
+    window = _window(model, context_size)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{model.config.vocab_size}: use the tokenizer saved with the checkpoint"
+        )
+    encoded, notes = [], []
+    for n, p in enumerate(prompts):
+        ids, msgs = encode_prompt(tokenizer, p, window)
+        encoded.append(ids)
+        prefix = f"prompt {n + 1}: " if len(prompts) > 1 else "prompt: "
+        notes += [prefix + m for m in msgs]
+    say = warn or (lambda m: warnings.warn(m, stacklevel=3))
+    for m in notes:
+        say(m)
+
+    on_token = None
+    streams: list[_TextStream] = []
+    if stream is not None:
+        streams = [
+            _TextStream(tokenizer, ids, lambda s, r=r: stream(r, s))
+            for r, ids in enumerate(encoded)
+        ]
+
+        def on_token(row: int, tok: int) -> None:
+            streams[row].push(tok)
+
+    out = generate_ids(
+        model,
+        encoded,
+        sample,
+        context_size=window,
+        eot_id=tokenizer.eot_id,
+        on_token=on_token,
+        keep=keep,
+    )
+    for s in streams:
+        s.close()
+    texts = [readable(tokenizer, p + n) for p, n in zip(encoded, out.new_ids, strict=True)]
+    return GenerationResult(texts, encoded, out.new_ids, out.finished, notes)
+
+
+def raw_tokens(tokenizer, ids: Sequence[int]) -> str:
+    """The study's raw output: vocabulary entries joined by spaces, specials included."""
+    return " ".join(tokenizer.id_to_token(int(i)) for i in ids)
+
+
+def describe(sample: SampleConfig, context_size: int) -> str:
+    """One line with the decoding settings, printed beside every result."""
+    if sample.greedy:
+        how = "greedy (the study's argmax)"
+    else:
+        how = (
+            f"temperature {sample.temperature}, top_k {sample.top_k}, top_p {sample.top_p}, "
+            f"repetition_penalty {sample.repetition_penalty}, seed {sample.seed}"
+        )
+    return f"{how}, max_new_tokens {sample.max_new_tokens}, window {context_size}"
