@@ -15,6 +15,7 @@ from gpt_study.config import DataConfig
 from gpt_study.data import prepare as prep
 from gpt_study.data.clean import clean_text
 from gpt_study.data.dataset import open_prepared
+from gpt_study.data.folder import SPLITS, Meta
 from gpt_study.data.prepare import folder as prep_folder
 from gpt_study.data.prepare import ids as prep_ids
 from gpt_study.data.prepare import workers as prep_workers
@@ -257,6 +258,56 @@ def test_a_killed_run_leaves_nothing_that_looks_finished(data_corpus, tmp_path, 
     prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
     assert not dead.exists()
     assert open_prepared(tmp_path / "out").split_meta("train")["stories"] > 0
+
+
+def test_meta_json_reads_back_as_typed_meta(data_corpus, tmp_path):
+    folder, _, _ = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    data = open_prepared(out)
+    assert data.info == Meta.from_dict(data.meta, out / "meta.json")
+    assert data.info.to_dict() == data.meta
+    for split in SPLITS:
+        typed = data.info.splits[split]
+        assert typed.tokens == len(data.tokens(split)) and typed.to_dict() == data.split_meta(split)
+    assert data.info.settings["min_chars"] == 60
+    assert [s["split"] for s in data.info.sources] == ["train", "valid"]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda m: m.pop("splits"), 'no "splits"'),
+        (lambda m: m["splits"].pop("valid"), '"splits" lacks "valid"'),
+        (lambda m: m["splits"]["train"].pop("tokens"), '"splits"."train" lacks "tokens"'),
+        (lambda m: m["splits"]["train"].update(tokens="12"), '"tokens" is not a count'),
+        (lambda m: m.update(settings=[1]), '"settings" is not an object'),
+    ],
+    ids=["no-splits", "no-valid", "no-tokens", "tokens-text", "settings-list"],
+)
+def test_damaged_meta_json_is_one_line_naming_the_file(data_corpus, tmp_path, damage, message):
+    folder, _, _ = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    meta = json.loads((out / "meta.json").read_text())
+    damage(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError) as e:
+        open_prepared(out)
+    text = str(e.value)
+    assert "\n" not in text and message in text, text
+    assert str(out / "meta.json") in text and "prepare" in text and "--force" in text
+
+
+@pytest.mark.parametrize("cut", [2, 1], ids=["a-token-short", "a-stray-byte"])
+def test_split_file_of_the_wrong_size_is_one_line_naming_it(data_corpus, tmp_path, cut):
+    folder, _, _ = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    path = out / "valid.bin"
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(UserError) as e:
+        open_prepared(out)
+    text = str(e.value)
+    assert "\n" not in text and str(path) in text, text
+    assert "meta.json says" in text and "prepare" in text and "--force" in text
 
 
 def test_default_out_is_dataset_root_tokenizer_vocab(data_corpus, tmp_path):
