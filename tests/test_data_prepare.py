@@ -15,6 +15,10 @@ from gpt_study.config import DataConfig
 from gpt_study.data import prepare as prep
 from gpt_study.data.clean import clean_text
 from gpt_study.data.dataset import open_prepared
+from gpt_study.data.folder import SPLITS, Meta
+from gpt_study.data.prepare import folder as prep_folder
+from gpt_study.data.prepare import ids as prep_ids
+from gpt_study.data.prepare import workers as prep_workers
 from gpt_study.data.tokenizer import build_word_vocab, load_tokenizer, spacy_tokenizer
 from gpt_study.errors import UserError
 
@@ -99,9 +103,9 @@ def test_word_equals_the_straightforward_procedure(
     data_corpus, tmp_path, monkeypatch, workers, warmup, cache
 ):
     # Small batches, so that the pool (and the warm-up before it) see many of them.
-    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
-    monkeypatch.setattr(prep, "WARMUP_CHARS", warmup)
-    monkeypatch.setattr(prep, "CHUNK_CACHE", cache)
+    monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep_workers, "WARMUP_CHARS", warmup)
+    monkeypatch.setattr(prep_workers, "CHUNK_CACHE", cache)
     folder, train, valid = data_corpus
     out = prep.prepare(
         _cfg(folder, tmp_path / "out", workers=workers), progress=False, log=lambda m: None
@@ -134,7 +138,7 @@ def test_meta_json_describes_the_run(data_corpus, tmp_path):
     assert meta["vocab_size"] == load_tokenizer(out / "tokenizer.json").vocab_size
     assert meta["settings"]["min_chars"] == 60 and meta["settings"]["lowercase"] is True
     src = {s["split"]: s for s in meta["sources"]}
-    assert src["train"]["sha256"] == prep.sha256_file(folder / "train.txt")
+    assert src["train"]["sha256"] == prep_folder.sha256_file(folder / "train.txt")
     assert src["train"]["stories_read"] == len(train)
     short = sum(len(clean_text(s, True)) < 60 for s in train + valid)
     assert meta["dropped_short"] == short > 0
@@ -167,7 +171,7 @@ def test_bpe_is_lossless_on_every_story(data_corpus, tmp_path):
 
 def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path, monkeypatch):
     # A 1,500-character training sample: most batches are encoded by the workers after training.
-    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)
     folder, train, valid = data_corpus
     outs = []
     for workers in (1, 2):
@@ -190,8 +194,8 @@ def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path
 
 
 def test_one_file_holds_out_a_deterministic_valid_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
-    monkeypatch.setattr(prep, "WARMUP_CHARS", 1000)
+    monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep_workers, "WARMUP_CHARS", 1000)
     _, _ = _write_corpus(tmp_path / "c", n_train=50)
     one = tmp_path / "c" / "train.txt"
     cfg = DataConfig(
@@ -240,7 +244,7 @@ def test_a_killed_run_leaves_nothing_that_looks_finished(data_corpus, tmp_path, 
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(prep._SplitWriter, "write", dying_write)
+        m.setattr(prep_ids.SplitWriter, "write", dying_write)
         with pytest.raises(KeyboardInterrupt):
             prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
     assert not (tmp_path / "out").exists()
@@ -254,6 +258,56 @@ def test_a_killed_run_leaves_nothing_that_looks_finished(data_corpus, tmp_path, 
     prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
     assert not dead.exists()
     assert open_prepared(tmp_path / "out").split_meta("train")["stories"] > 0
+
+
+def test_meta_json_reads_back_as_typed_meta(data_corpus, tmp_path):
+    folder, _, _ = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    data = open_prepared(out)
+    assert data.info == Meta.from_dict(data.meta, out / "meta.json")
+    assert data.info.to_dict() == data.meta
+    for split in SPLITS:
+        typed = data.info.splits[split]
+        assert typed.tokens == len(data.tokens(split)) and typed.to_dict() == data.split_meta(split)
+    assert data.info.settings["min_chars"] == 60
+    assert [s["split"] for s in data.info.sources] == ["train", "valid"]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda m: m.pop("splits"), 'no "splits"'),
+        (lambda m: m["splits"].pop("valid"), '"splits" lacks "valid"'),
+        (lambda m: m["splits"]["train"].pop("tokens"), '"splits"."train" lacks "tokens"'),
+        (lambda m: m["splits"]["train"].update(tokens="12"), '"tokens" is not a count'),
+        (lambda m: m.update(settings=[1]), '"settings" is not an object'),
+    ],
+    ids=["no-splits", "no-valid", "no-tokens", "tokens-text", "settings-list"],
+)
+def test_damaged_meta_json_is_one_line_naming_the_file(data_corpus, tmp_path, damage, message):
+    folder, _, _ = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    meta = json.loads((out / "meta.json").read_text())
+    damage(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError) as e:
+        open_prepared(out)
+    text = str(e.value)
+    assert "\n" not in text and message in text, text
+    assert str(out / "meta.json") in text and "prepare" in text and "--force" in text
+
+
+@pytest.mark.parametrize("cut", [2, 1], ids=["a-token-short", "a-stray-byte"])
+def test_split_file_of_the_wrong_size_is_one_line_naming_it(data_corpus, tmp_path, cut):
+    folder, _, _ = data_corpus
+    out = prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
+    path = out / "valid.bin"
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(UserError) as e:
+        open_prepared(out)
+    text = str(e.value)
+    assert "\n" not in text and str(path) in text, text
+    assert "meta.json says" in text and "prepare" in text and "--force" in text
 
 
 def test_default_out_is_dataset_root_tokenizer_vocab(data_corpus, tmp_path):
@@ -347,7 +401,9 @@ def test_hub_dataset_flow_with_a_local_stand_in(tmp_path, monkeypatch):
         "validation": [_story(rng, 30) for _ in range(6)],
     }
     monkeypatch.setattr(
-        prep, "load_hub_split", lambda split: datasets.Dataset.from_dict({"text": rows[split]})
+        prep_folder,
+        "load_hub_split",
+        lambda split: datasets.Dataset.from_dict({"text": rows[split]}),
     )
     cfg = DataConfig(dataset_root=str(tmp_path), min_chars=60, workers=1)
     out = prep.prepare(cfg, progress=False, log=lambda m: None)
@@ -379,11 +435,11 @@ _REAL_WORK: list = []
 
 
 def test_a_dead_worker_ends_in_one_line_not_a_hang(data_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "BATCH_STORIES", 7)
-    monkeypatch.setattr(prep, "WARMUP_CHARS", 0)
+    monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)
+    monkeypatch.setattr(prep_workers, "WARMUP_CHARS", 0)
     _PARENT[:] = [os.getpid()]
-    _REAL_WORK[:] = [prep._work]
-    monkeypatch.setattr(prep, "_work", _die_in_worker)
+    _REAL_WORK[:] = [prep_workers.work]
+    monkeypatch.setattr(prep_workers, "work", _die_in_worker)
     folder, _, _ = data_corpus
     out = tmp_path / "out"
     with pytest.raises(UserError, match="worker died"):

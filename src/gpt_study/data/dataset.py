@@ -6,6 +6,7 @@ A prepared folder (written by ``gpt-study prepare``) holds::
     tokenizer.json         the vocabulary (gpt_study.data.tokenizer.load_tokenizer)
     meta.json              settings, sources and counts; meta["splits"][split] has
                            "stories", "tokens", "chars", "bytes", "unk" (count of <unk> tokens)
+                           (typed and checked by gpt_study.data.folder.Meta)
 
 Nothing is read into memory here: training draws rows straight from the memory map, so a corpus
 larger than RAM still works.
@@ -33,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from gpt_study.data.folder import SPLITS, Meta
 from gpt_study.errors import UserError
-
-SPLITS = ("train", "valid")
 
 
 @dataclass
 class PreparedData:
     folder: Path
-    meta: dict[str, Any]
+    meta: dict[str, Any]  # meta.json as read
+    info: Meta  # the same, typed and checked
 
     @property
     def tokenizer_path(self) -> Path:
@@ -78,15 +79,18 @@ def open_prepared(folder: str | os.PathLike) -> PreparedData:
     for name in ("train.bin", "valid.bin", "tokenizer.json"):
         if not (folder / name).exists():
             raise UserError(f"{folder} lacks {name}: {hint} with --force")
-    data = PreparedData(folder, meta)
+    info = Meta.from_dict(meta, meta_path)
     for split in SPLITS:
-        want = data.split_meta(split)["tokens"]
-        have = (folder / f"{split}.bin").stat().st_size // 2
-        if want != have:
+        want = info.splits[split].tokens
+        path = folder / f"{split}.bin"
+        size = path.stat().st_size
+        if size != 2 * want:  # uint16: two bytes a token
+            have = f"{size // 2} tokens" + (" and a stray byte" if size % 2 else "")
             raise UserError(
-                f"{folder}/{split}.bin holds {have} tokens, meta.json says {want}: {hint} with --force"
+                f"{path} holds {have}, meta.json says {want}: "
+                f"re-run `gpt-study prepare --out {folder} --force`"
             )
-    return data
+    return PreparedData(folder, meta, info)
 
 
 class RowSampler:

@@ -1,0 +1,314 @@
+"""The output folder of ``prepare``: whether an existing one can be reused, the hidden temporary
+folder everything is written into, its meta.json, and the rename into place; and :func:`prepare`
+itself, which runs a pass (:mod:`gpt_study.data.prepare.passes`) between those steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gpt_study import __version__
+from gpt_study.config import SPECIALS, DataConfig
+from gpt_study.data.folder import SPLITS
+from gpt_study.data.prepare.ids import Holdout, SplitWriter
+from gpt_study.data.prepare.passes import progress_bar, run_bpe, run_word
+from gpt_study.data.prepare.workers import Workers, start_workers
+from gpt_study.data.sources import (
+    HUB_DATASET,
+    Source,
+    hub_fingerprint,
+    load_hub_split,
+    resolve_sources,
+    sha256_file,
+)
+from gpt_study.data.tokenizer import Tokenizer
+from gpt_study.errors import UserError
+from gpt_study.io import write_json_atomic
+
+# Settings that change the output; the rest (--out, --workers, --force) do not.
+SETTINGS_KEYS = (
+    "tokenizer",
+    "vocab_size",
+    "min_freq",
+    "min_chars",
+    "lowercase",
+    "valid_fraction",
+    "bpe_train_chars",
+)
+
+
+def _describe_inputs(sources: list[Source], hub: dict[Source, Any]) -> list[dict[str, Any]]:
+    out = []
+    for src in sources:
+        if src.path is not None:
+            out.append(
+                {
+                    "split": src.split,
+                    "path": str(src.path.resolve()),
+                    "format": src.format,
+                    "bytes": src.path.stat().st_size,
+                    "sha256": sha256_file(src.path),
+                }
+            )
+        else:
+            ds = hub[src]
+            out.append(
+                {
+                    "split": src.split,
+                    "hub": HUB_DATASET,
+                    "hub_split": src.hub_split,
+                    "rows": len(ds),
+                    "fingerprint": hub_fingerprint(ds),
+                }
+            )
+    return out
+
+
+def _fingerprint(inputs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """What makes two prepared folders the same: input contents (not paths) and settings."""
+    key = {
+        "inputs": [
+            [i["split"], i.get("sha256") or i.get("fingerprint"), i.get("hub")] for i in inputs
+        ],
+        "settings": settings,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _existing_meta(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _complete(out: Path, meta: dict[str, Any]) -> bool:
+    try:
+        for split in SPLITS:
+            if (out / f"{split}.bin").stat().st_size != 2 * meta["splits"][split]["tokens"]:
+                return False
+        return (out / "tokenizer.json").is_file()
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete temp folders of earlier runs that were killed (their process is gone)."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # still running: leave it alone
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _check_existing(cfg: DataConfig, out: Path, fingerprint: str, log: Any) -> bool:
+    """True when ``out`` is a finished folder of the same inputs and settings (reuse it); raises
+    when it holds anything else and ``cfg.force`` is off."""
+    if out.exists():
+        meta = _existing_meta(out)
+        if meta is not None and not cfg.force:
+            if meta.get("fingerprint") == fingerprint and _complete(out, meta):
+                log(f"prepare: {out} is up to date (same inputs and settings); --force redoes it")
+                return True
+            raise UserError(
+                f"{out} already holds data prepared from other inputs or settings: "
+                "pass --force to replace it, or --out to write elsewhere"
+            )
+        if meta is None and not cfg.force and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(
+                f"{out} exists and is not a prepared folder: pass --out with a new folder, "
+                "or --force to replace it"
+            )
+    return False
+
+
+def _make_temp(out: Path) -> Path:
+    """A fresh hidden temporary folder next to ``out``, named after this process."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(
+            f"cannot write to {out.parent} ({e.strerror}): pick another --out"
+        ) from None
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` into place as ``out``."""
+    if out.exists():  # --force: swap the old folder out, then delete it
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.is_dir():
+            os.replace(out, old)
+        else:
+            out.unlink()
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _split_stats(writers: dict[str, SplitWriter]) -> dict[str, dict[str, Any]]:
+    """meta.json's ``splits``: each split's counts and its rate of ``<unk>``."""
+    splits = {}
+    for split, w in writers.items():
+        words = w.tokens - 2 * w.stories  # tokens without <sot>/<eot>
+        splits[split] = {
+            **w.stats(),
+            "unk": w.unk,  # type: ignore[attr-defined]
+            "unk_rate": w.unk / words if words else 0.0,  # type: ignore[attr-defined]
+        }
+    return splits
+
+
+def _meta(
+    cfg: DataConfig,
+    tok: Tokenizer,
+    *,
+    fingerprint: str,
+    inputs: list[dict[str, Any]],
+    valid_from: str,
+    dropped_short: int,
+    splits: dict[str, dict[str, Any]],
+    workers: int,
+    elapsed: float,
+) -> dict[str, Any]:
+    """meta.json's contents."""
+    return {
+        "format": 1,
+        "fingerprint": fingerprint,
+        "package": "gpt-study",
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "lowercase": tok.lowercase,
+        "dtype": "uint16",
+        "specials": {s: i for i, s in enumerate(SPECIALS)},
+        "sources": inputs,
+        "valid_from": valid_from,
+        "dropped_short": dropped_short,
+        "splits": splits,
+        "settings": {k: v for k, v in vars(cfg).items()},
+        "workers": workers,
+        "elapsed_s": round(elapsed, 3),
+    }
+
+
+def _run_pass(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    tmp: Path,
+    holdout: Holdout,
+    per_source: list[dict[str, int]],
+    n_workers: int,
+    progress: bool,
+) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    """The tokenization pass of ``cfg.tokenizer`` into ``tmp``, its workers closed afterwards."""
+    ok = False
+    workers: Workers | None = None
+    try:
+        workers = start_workers(n_workers, cfg.tokenizer, bool(cfg.lowercase), cfg.min_chars)
+        with progress_bar(progress) as bar:
+            run = run_word if cfg.tokenizer == "word" else run_bpe
+            tok, writers = run(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
+        ok = True
+    finally:
+        if workers is not None:
+            workers.close(ok)
+    return tok, writers
+
+
+def _log_done(log: Any, out: Path, tok: Tokenizer, meta: dict[str, Any], elapsed: float) -> None:
+    tr, va = meta["splits"]["train"], meta["splits"]["valid"]
+    log(
+        f"prepare: {out}: {tok.kind} vocab {tok.vocab_size:,}; train {tr['stories']:,} stories "
+        f"{tr['tokens']:,} tokens, valid {va['stories']:,} stories {va['tokens']:,} tokens; "
+        f"<unk> {tr['unk_rate']:.3%} / {va['unk_rate']:.3%}; dropped {meta['dropped_short']:,} "
+        f"short; {elapsed:.1f} s"
+    )
+
+
+def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
+    """Run the data stage for ``cfg`` and return the prepared folder.
+
+    A finished folder made from the same input contents and settings is reused unless
+    ``cfg.force``; a folder holding anything else is never overwritten without ``--force``.
+    """
+    t0 = time.perf_counter()
+    sources = resolve_sources(cfg.data)
+    hub = {s: load_hub_split(str(s.hub_split)) for s in sources if s.path is None}
+    out = cfg.output_dir()
+    inputs = _describe_inputs(sources, hub)
+    settings = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
+    fingerprint = _fingerprint(inputs, settings)
+    if _check_existing(cfg, out, fingerprint, log):
+        return out
+
+    n_workers = cfg.workers or _cores()
+    tmp = _make_temp(out)
+    has_valid = any(s.split == "valid" for s in sources)
+    holdout = Holdout(None if has_valid else cfg.valid_fraction)
+    per_source = [{"read": 0, "short": 0} for _ in sources]
+    try:
+        tok, writers = _run_pass(cfg, sources, hub, tmp, holdout, per_source, n_workers, progress)
+        if tok.vocab_size > 65536:
+            raise UserError(
+                f"vocabulary of {tok.vocab_size} does not fit uint16: lower --vocab_size"
+            )
+        tok.save(tmp / "tokenizer.json")
+        splits = _split_stats(writers)
+        for info, counts in zip(inputs, per_source, strict=True):
+            info["stories_read"] = counts["read"]
+            info["dropped_short"] = counts["short"]
+        elapsed = time.perf_counter() - t0
+        meta = _meta(
+            cfg,
+            tok,
+            fingerprint=fingerprint,
+            inputs=inputs,
+            valid_from=(
+                "valid files"
+                if has_valid
+                else f"every {holdout.every}th kept train story, the first included"
+            ),
+            dropped_short=sum(c["short"] for c in per_source),
+            splits=splits,
+            workers=n_workers,
+            elapsed=elapsed,
+        )
+        write_json_atomic(tmp / "meta.json", meta)
+        _publish(tmp, out)
+    except OSError as e:  # disk full, permissions: the sources' own errors are UserErrors
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"writing {out} failed ({e.strerror or e}): free disk space or pick another --out"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log_done(log, out, tok, meta, elapsed)
+    return out

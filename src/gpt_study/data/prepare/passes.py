@@ -1,0 +1,217 @@
+"""The tokenization passes of ``prepare``: one streaming pass over every source, for ``word``
+(:func:`run_word`) or ``bpe`` (:func:`run_bpe`), each returning the tokenizer and the written
+splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt_study.config import SPECIALS, DataConfig
+from gpt_study.data.folder import SPLITS
+from gpt_study.data.prepare.ids import Holdout, Ids, SplitWriter
+from gpt_study.data.prepare.workers import Workers, batches
+from gpt_study.data.sources import Source, iter_stories
+from gpt_study.data.tokenizer import BPETokenizer, Tokenizer, WordTokenizer, train_bpe
+from gpt_study.errors import UserError
+
+BLOCK = 1 << 24  # tokens per block when rewriting provisional ids
+
+
+def progress_bar(enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(disable=not enabled, unit=" stories", desc="prepare", smoothing=0.1, leave=True)
+
+
+def _tagged_batches(
+    sources: list[Source], hub: dict[Source, Any]
+) -> Iterator[tuple[tuple[str, int], list[str]]]:
+    """(source split, source index) and a batch of raw stories; train sources first."""
+    order = sorted(range(len(sources)), key=lambda i: sources[i].split != "train")
+    for i in order:
+        src = sources[i]
+        for batch in batches(iter_stories(src, hub.get(src))):
+            yield (src.split, i), batch
+
+
+def run_word(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    tmp: Path,
+    workers: Workers,
+    holdout: Holdout,
+    bar: Any,
+    per_source: list[dict[str, int]],
+) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    ids = Ids(workers)
+    writers = {s: SplitWriter(tmp / f"{s}.ids32", np.uint32) for s in SPLITS}
+    tasks = ((tag, (batch,)) for tag, batch in _tagged_batches(sources, hub))
+    for (split, i), res in workers.map(tasks):
+        gids = ids.to_global(res["key"], res["new"], res["ids"])
+        lengths, chars, nbytes = res["lengths"], res["chars"], res["bytes"]
+        per_source[i]["read"] += res["read"]
+        per_source[i]["short"] += res["short"]
+        mask = holdout.valid_mask(len(lengths)) if split == "train" else None
+        for part, part_ids, part_chars, part_bytes in _route(
+            split, mask, gids, lengths, chars, nbytes
+        ):
+            if part == "train":
+                ids.count(part_ids)  # the vocabulary comes from the train split only
+            writers[part].write(part_ids, part_chars, part_bytes)
+        bar.update(res["read"])
+        bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
+    for w in writers.values():
+        w.close()
+    _check_nonempty(cfg, writers, holdout)
+
+    # The vocabulary: specials, then the most frequent train pieces (ties in code-point order).
+    counts = ids.counts[: len(ids.words)]
+    cand = [g for g in np.flatnonzero(counts >= cfg.min_freq).tolist() if g >= len(SPECIALS)]
+    cand.sort(key=lambda g: (-counts[g], ids.words[g]))
+    top = cand[: cfg.vocab_size - len(SPECIALS)]  # type: ignore[operator]
+    remap = np.zeros(len(ids.words), dtype=np.uint16)  # everything else is <unk> = 0
+    remap[: len(SPECIALS)] = np.arange(len(SPECIALS))
+    remap[np.array(top, dtype=np.int64)] = np.arange(len(SPECIALS), len(SPECIALS) + len(top))
+    tok = WordTokenizer(
+        list(SPECIALS) + [ids.words[g] for g in top],
+        lowercase=bool(cfg.lowercase),
+        counts=[int(counts[g]) for g in range(len(SPECIALS))] + [int(counts[g]) for g in top],
+    )
+
+    finals = {}
+    for split, w in writers.items():
+        final = SplitWriter(tmp / f"{split}.bin", np.uint16)
+        unk = 0
+        src = np.memmap(w.path, dtype=np.uint32, mode="r") if w.tokens else np.zeros(0, np.uint32)
+        for start in range(0, len(src), BLOCK):
+            block = remap[src[start : start + BLOCK]]
+            unk += int(np.count_nonzero(block == 0))
+            block.tofile(final.f)
+        del src
+        final.close()
+        w.path.unlink()
+        final.stories, final.tokens, final.chars, final.bytes = (
+            w.stories,
+            w.tokens,
+            w.chars,
+            w.bytes,
+        )
+        final.unk = unk  # type: ignore[attr-defined]
+        finals[split] = final
+    return tok, finals
+
+
+def run_bpe(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    tmp: Path,
+    workers: Workers,
+    holdout: Holdout,
+    bar: Any,
+    per_source: list[dict[str, int]],
+) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    writers = {s: SplitWriter(tmp / f"{s}.bin", np.uint16) for s in SPLITS}
+    for w in writers.values():
+        w.unk = 0  # type: ignore[attr-defined]
+    tok: BPETokenizer | None = None
+    trained: list[str | None] = [None]  # the saved BPE, once trained: later tasks encode too
+    buffered: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []  # until it is trained
+    buffered_chars = 0
+
+    def write(split: str, ids: np.ndarray, chars: np.ndarray, nbytes: np.ndarray) -> None:
+        writers[split].unk += int(np.count_nonzero(ids == 0))  # type: ignore[attr-defined]
+        writers[split].write(ids, chars, nbytes)
+
+    def emit(split: str, texts: list[str], chars: np.ndarray, nbytes: np.ndarray) -> None:
+        assert tok is not None
+        write(split, tok.encode_stories(texts)[0], chars, nbytes)
+
+    def train_now() -> None:
+        nonlocal tok, buffered
+        if not any(split == "train" and texts for split, texts, _, _ in buffered):
+            return  # nothing to train on: _check_nonempty reports it
+        sample = (t for split, texts, _, _ in buffered if split == "train" for t in texts)
+        tok = train_bpe(sample, cfg.vocab_size, bool(cfg.lowercase), cfg.min_freq)  # type: ignore[arg-type]
+        tok.save(tmp / "tokenizer.json")
+        trained[0] = str(tmp / "tokenizer.json")
+        for part in buffered:
+            emit(*part)
+        buffered = []
+
+    tasks = ((tag, (batch, trained[0])) for tag, batch in _tagged_batches(sources, hub))
+    for (split, i), res in workers.map(tasks):
+        per_source[i]["read"] += res["read"]
+        per_source[i]["short"] += res["short"]
+        chars, nbytes = res["chars"], res["bytes"]
+        mask = holdout.valid_mask(len(chars)) if split == "train" else None
+        if "ids" in res:  # encoded by the worker
+            for part in _route(split, mask, res["ids"], res["lengths"], chars, nbytes):
+                write(*part)
+        else:
+            texts = res["texts"]
+            if mask is None:
+                parts = [(split, texts, chars, nbytes)]
+            else:
+                parts = [
+                    ("train", [t for t, m in zip(texts, mask, strict=True) if not m]),
+                    ("valid", [t for t, m in zip(texts, mask, strict=True) if m]),
+                ]
+                parts = [
+                    (*parts[0], chars[~mask], nbytes[~mask]),
+                    (*parts[1], chars[mask], nbytes[mask]),
+                ]
+            if tok is None and split != "train":
+                train_now()
+            for part in parts:
+                if tok is not None:
+                    emit(*part)
+                    continue
+                buffered.append(part)
+                if part[0] == "train":
+                    buffered_chars += int(part[2].sum())
+            if tok is None and buffered_chars >= cfg.bpe_train_chars:
+                train_now()
+        bar.update(res["read"])
+        bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
+    if tok is None:
+        train_now()
+    for w in writers.values():
+        w.close()
+    _check_nonempty(cfg, writers, holdout)
+    assert tok is not None
+    return tok, writers
+
+
+def _route(
+    split: str,
+    mask: np.ndarray | None,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    chars: np.ndarray,
+    nbytes: np.ndarray,
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(split, ids, chars, bytes) parts of one batch: held-out stories (``mask``) to valid."""
+    if mask is None:
+        return [(split, ids, chars, nbytes)]
+    tok_mask = np.repeat(mask, lengths)
+    return [
+        ("train", ids[~tok_mask], chars[~mask], nbytes[~mask]),
+        ("valid", ids[tok_mask], chars[mask], nbytes[mask]),
+    ]
+
+
+def _check_nonempty(cfg: DataConfig, writers: dict[str, SplitWriter], holdout: Holdout) -> None:
+    for split in SPLITS:
+        if writers[split].stories == 0:
+            where = "the train files" if split == "train" or holdout.every else "the valid files"
+            raise UserError(
+                f"no {split} story of at least --min_chars {cfg.min_chars} characters in {where}: "
+                "lower --min_chars or pass more text"
+            )

@@ -1,0 +1,48 @@
+"""Tokenizers: one interface, two kinds (``word``: the study's spaCy vocabulary; ``bpe``).
+
+Both are saved as one JSON file and read back by :func:`load_tokenizer`.
+Ids 0, 1, 2 are always ``<unk>``, ``<sot>``, ``<eot>``.
+
+``word`` splits text with spaCy's rule-based English tokenizer (``spacy.blank("en")``, no model
+download), as the study did, and maps each piece to its id in a frequency-ranked vocabulary.
+spaCy splits text at spaces first and then tokenizes each space-free chunk on its own, so we
+cache the pieces of every chunk: running text repeats its chunks ("the", "said,") so often that
+most of spaCy's work is skipped (tests check the result equals spaCy on whole stories).
+
+``bpe`` is a byte-level BPE from the ``tokenizers`` library: lossless and never ``<unk>``.
+
+The modules, in import order (each imports only those before it):
+
+- :mod:`.base`: the :class:`Tokenizer` interface every later stage relies on, and the format
+  version of the saved JSON.
+- :mod:`.chunks`: spaCy access and the per-chunk caches (:class:`ChunkSplitter` for pieces,
+  :class:`ChunkTable` for ids in bulk), shared by both kinds.
+- :mod:`.word`: the ``word`` kind (:class:`WordTokenizer`, :func:`build_word_vocab`) and
+  :func:`detokenize`, which turns its pieces back into readable text.
+- :mod:`.bpe`: the ``bpe`` kind (:class:`BPETokenizer`, :func:`train_bpe`).
+- :mod:`.load`: reading a saved tokenizer of either kind back (:func:`load_tokenizer`).
+
+``from gpt_study.data.tokenizer import X`` works for every public name.
+"""
+
+from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
+from gpt_study.data.tokenizer.bpe import BPETokenizer, train_bpe
+from gpt_study.data.tokenizer.chunks import ChunkSplitter, ChunkTable, spacy_tokenizer, split_chunks
+from gpt_study.data.tokenizer.load import load_tokenizer, tokenizer_from_dict
+from gpt_study.data.tokenizer.word import WordTokenizer, build_word_vocab, detokenize
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BPETokenizer",
+    "ChunkSplitter",
+    "ChunkTable",
+    "Tokenizer",
+    "WordTokenizer",
+    "build_word_vocab",
+    "detokenize",
+    "load_tokenizer",
+    "spacy_tokenizer",
+    "split_chunks",
+    "tokenizer_from_dict",
+    "train_bpe",
+]

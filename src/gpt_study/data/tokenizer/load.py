@@ -1,0 +1,51 @@
+"""Reading a saved tokenizer back, whichever kind it is.
+
+Apart from :mod:`.base` so that the kinds can import the interface without importing each other
+(or this loader, which needs both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
+from gpt_study.data.tokenizer.bpe import BPETokenizer
+from gpt_study.data.tokenizer.word import WordTokenizer
+from gpt_study.errors import UserError
+
+
+def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenizer:
+    kind = d.get("kind")
+    if d.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise UserError(f"{where} was written by a newer gpt-study: upgrade gpt-study")
+    if kind == "word":
+        return WordTokenizer(
+            d["vocab"], lowercase=bool(d.get("lowercase", True)), counts=d.get("counts")
+        )
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tok = HFTokenizer.from_str(json.dumps(d["tokenizer"]))
+        return BPETokenizer(tok, lowercase=bool(d.get("lowercase", False)))
+    raise UserError(
+        f"{where} has unknown tokenizer kind {kind!r}: rebuild it with gpt-study prepare"
+    )
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Read a tokenizer JSON written by ``Tokenizer.save`` (either kind)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no tokenizer at {path}: run `gpt-study prepare` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is damaged (not JSON): redo `gpt-study prepare --force`") from None
+    if not isinstance(d, dict) or "kind" not in d:
+        raise UserError(f"{path} is not a gpt-study tokenizer: redo `gpt-study prepare --force`")
+    return tokenizer_from_dict(d, str(path))
