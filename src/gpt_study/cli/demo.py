@@ -11,6 +11,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from gpt_study.cli import main
+
 SAMPLE = Path("shared") / "data" / "tinystories"
 PROMPTS = (
     "once upon a time, there was a little girl named lily",
@@ -42,8 +44,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _step(argv: list[str]) -> None:
-    from gpt_study.cli import main  # the dispatcher imports this module: import it when used
-
     print(f"\n$ gpt-study {shlex.join(argv)}", flush=True)
     code = main(argv)
     if code:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from gpt_study.config import SPECIALS, DataConfig
 from gpt_study.data.folder import SPLITS
@@ -23,8 +24,6 @@ BLOCK = 1 << 24  # tokens per block when rewriting provisional ids
 
 
 def progress_bar(enabled: bool) -> Any:
-    from tqdm import tqdm
-
     return tqdm(disable=not enabled, unit=" stories", desc="prepare", smoothing=0.1, leave=True)
 
 

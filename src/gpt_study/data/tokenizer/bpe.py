@@ -1,7 +1,4 @@
-"""The ``bpe`` tokenizer: a byte-level BPE from the ``tokenizers`` library, lossless, never ``<unk>``.
-
-``tokenizers`` is imported only when a BPE is trained (a loaded one arrives ready-made).
-"""
+"""The ``bpe`` tokenizer: a byte-level BPE from the ``tokenizers`` library, lossless, never ``<unk>``."""
 
 from __future__ import annotations
 
@@ -12,6 +9,8 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
@@ -117,9 +116,6 @@ def train_bpe(
     texts: Iterable[str] | Iterator[str], vocab_size: int, lowercase: bool, min_freq: int = 2
 ) -> BPETokenizer:
     """Train a byte-level BPE of ``vocab_size`` entries (specials included) on cleaned texts."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer as HFTokenizer
+
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.bpe import BPETokenizer
 from gpt_study.data.tokenizer.word import WordTokenizer
@@ -26,8 +28,6 @@ def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenize
             d["vocab"], lowercase=bool(d.get("lowercase", True)), counts=d.get("counts")
         )
     if kind == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
-
         tok = HFTokenizer.from_str(json.dumps(d["tokenizer"]))
         return BPETokenizer(tok, lowercase=bool(d.get("lowercase", False)))
     raise UserError(
