@@ -276,7 +276,7 @@ def test_cli_generates_batches_and_raw_tokens(tmp_path, tok, capsys):
     "extra,message",
     [
         (["--checkpoint", "nowhere"], "no checkpoint at nowhere"),
-        (["--temperature", "0"], "--temperature must be positive"),
+        (["--temperature", "0"], "--temperature 0.0 is out of range: use a value > 0"),
         (["--prompt_file", "missing.txt"], "cannot read --prompt_file"),
     ],
 )

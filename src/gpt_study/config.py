@@ -11,13 +11,22 @@ This module imports no torch, so ``gpt-study prepare`` and ``--help`` start quic
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from gpt_study.errors import UserError
 from gpt_study.io import write_json_atomic
+from gpt_study.ranges import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    check_ranges,
+)
 
 SPECIALS = ("<unk>", "<sot>", "<eot>")
 """The study's special tokens, with ids 0, 1, 2 in every vocabulary."""
@@ -85,23 +94,23 @@ class DataConfig:
         ),
     )
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
+        "min_freq": AT_LEAST_1,
+        "min_chars": NON_NEGATIVE,
+        "workers": NON_NEGATIVE,
+        "valid_fraction": Range(0, 0.5, lo_open=True),
+        "bpe_train_chars": AT_LEAST_1,
+    }
+
     def __post_init__(self) -> None:
-        if not 0 < self.valid_fraction <= 0.5:
-            raise UserError("--valid_fraction must be in (0, 0.5]")
-        if self.bpe_train_chars < 1 or self.workers < 0:
-            raise UserError("--bpe_train_chars must be positive and --workers at least 0")
+        check_ranges(self, self.RANGES)
         if self.tokenizer not in ("word", "bpe"):
             raise UserError(f"unknown tokenizer {self.tokenizer!r}: use --tokenizer word or bpe")
         if self.vocab_size is None:
             self.vocab_size = 30000 if self.tokenizer == "word" else 4096
         if self.lowercase is None:
             self.lowercase = self.tokenizer == "word"
-        if not 3 < self.vocab_size <= 65535:
-            raise UserError(
-                f"--vocab_size {self.vocab_size} does not fit uint16 token ids: use 4..65535"
-            )
-        if self.min_freq < 1:
-            raise UserError("--min_freq must be at least 1")
 
     def output_dir(self) -> Path:
         """The prepared folder: ``--out``, else ``<dataset_root>/<tokenizer>-<vocab_size>``."""
@@ -126,15 +135,19 @@ class GPTConfig:
     residual_drop: float = field(default=0.1, metadata=doc("dropout on each residual branch"))
     embedding_drop: float = field(default=0.1, metadata=doc("dropout after the embeddings"))
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
+        **dict.fromkeys(("max_len", "d_model", "d_ff", "n_layers", "n_heads"), AT_LEAST_1),
+        **dict.fromkeys(("attention_drop", "residual_drop", "embedding_drop"), PROBABILITY),
+    }
+
     def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
         if self.d_model % self.n_heads:
             raise UserError(
                 f"--n_heads {self.n_heads} does not divide --d_model {self.d_model}: "
                 "pick a head count that divides the width"
             )
-        for name in ("vocab_size", "max_len", "d_model", "d_ff", "n_layers", "n_heads"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be positive")
 
 
 @dataclass
@@ -224,23 +237,30 @@ class TrainConfig:
     wb_notes: str | None = field(default=None, metadata=doc("wandb notes"))
     wb_tags: list[str] = field(default_factory=list, metadata=doc("wandb tags", nargs="*"))
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "label_smoothing": PROBABILITY,
+        "sp_weight": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "lr": POSITIVE,
+        "lr_betas": PROBABILITY,
+        "eps": POSITIVE,
+        "warmup_steps": NON_NEGATIVE,
+        "min_lr": NON_NEGATIVE,
+        **dict.fromkeys(
+            ("context_size", "batch_size", "grad_accum", "epoch", "iters_per_epoch"), AT_LEAST_1
+        ),
+        "print_interval": AT_LEAST_1,
+        **dict.fromkeys(("grad_clip", "eval_iters", "max_steps", "max_time"), NON_NEGATIVE),
+        **dict.fromkeys(("sample_tokens", "threads", "seed"), NON_NEGATIVE),
+    }
+
     def __post_init__(self) -> None:
         self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
-        positive = (
-            "context_size",
-            "batch_size",
-            "grad_accum",
-            "epoch",
-            "iters_per_epoch",
-            "print_interval",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError("--label_smoothing must be in [0, 1)")
-        if self.sp_weight <= 0:
-            raise UserError("--sp_weight must be positive")
+        check_ranges(self, self.RANGES)
+        if len(self.lr_betas) != 2:
+            raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
+        if self.lr_schedule == "cosine" and self.min_lr > self.lr:
+            raise UserError(f"--min_lr {self.min_lr} is above --lr {self.lr}: lower it")
 
 
 @dataclass
@@ -263,13 +283,23 @@ class SampleConfig:
     )
     seed: int | None = field(default=None, metadata=doc("seed for reproducible sampling"))
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_new_tokens": AT_LEAST_1,
+        "top_k": NON_NEGATIVE,
+        "top_p": Range(0, 1, lo_open=True),
+        "repetition_penalty": POSITIVE,
+        "seed": NON_NEGATIVE,
+    }
+
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise UserError("--temperature must be positive (use --greedy for argmax decoding)")
-        if not 0 < self.top_p <= 1:
-            raise UserError("--top_p must be in (0, 1]")
-        if self.top_k < 0 or self.max_new_tokens < 1 or self.repetition_penalty <= 0:
-            raise UserError("--top_k must be >= 0, --max_new_tokens >= 1, --repetition_penalty > 0")
+        check_ranges(self, self.RANGES)
+        if self.greedy:
+            return  # greedy decoding reads none of the sampling settings
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise UserError(
+                f"--temperature {self.temperature} is out of range: use a value > 0 "
+                "(or --greedy for the study's argmax decoding)"
+            )
 
 
 @dataclass

@@ -9,6 +9,7 @@ from gpt_study import runtime
 from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.cli.flags import dataclass_overrides
 from gpt_study.config import SampleConfig
+from gpt_study.errors import UserError
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,21 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     """Apply ``--threads`` (for the rest of the command) and load ``--checkpoint`` for inference."""
     runtime.set_threads(args.threads)
     return load_for_inference(args.checkpoint, args.device, args.dtype)
+
+
+def window(args: argparse.Namespace, ckpt: Checkpoint) -> int:
+    """``--context_size``, else the window the checkpoint was trained with; checked against the
+    model's position table."""
+    trained = ckpt.config.train.context_size
+    if args.context_size is None:
+        return trained
+    max_len = ckpt.config.model.max_len
+    if not 1 <= args.context_size <= max_len:
+        raise UserError(
+            f"--context_size {args.context_size} is out of range: use a value in [1, {max_len}] "
+            f"(the model's positions; it was trained on {trained})"
+        )
+    return args.context_size
 
 
 def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfig:

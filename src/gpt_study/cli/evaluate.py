@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_study.cli.common import add_checkpoint_args, open_checkpoint, sample_settings
+from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: its folder does not exist; create it first")
     ckpt = open_checkpoint(args)
-    window = args.context_size or ckpt.config.train.context_size
+    window = window_of(args, ckpt)
     result: dict[str, Any] = {"checkpoint": str(ckpt.path), "context_size": window}
     if not args.no_valid:
         result["valid"] = evaluate_split(

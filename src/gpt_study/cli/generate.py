@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from gpt_study.cli.common import add_checkpoint_args, open_checkpoint, sample_settings
+from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = _prompts(args)
     ckpt = open_checkpoint(args)
     sample = sample_settings(ckpt.config.sample, args)
-    window = args.context_size or ckpt.config.train.context_size
+    window = window_of(args, ckpt)
     tok = ckpt.tokenizer
     out = sys.stdout
     # Streaming shows the first story of each batch as it is written; the rest follow at the end.

@@ -1,0 +1,70 @@
+"""The meaningful range of every numeric setting, checked when a config is built.
+
+A value outside its range (NaN and infinities included) is refused with one line that names the
+flag, the value and the range, before anything is written. Each config dataclass lists its
+ranges in a ``RANGES`` table beside its fields and calls :func:`check_ranges` first thing in
+``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gpt_study.errors import UserError
+
+
+@dataclass(frozen=True)
+class Range:
+    """``lo`` and ``hi`` bounds (None: unbounded); ``*_open`` excludes the bound itself."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""  # said in the message, e.g. why a bound exists
+
+    def __contains__(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        return not (self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)))
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return "that is a finite number"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+POSITIVE = Range(0, None, lo_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+PROBABILITY = Range(0, 1, hi_open=True)  # dropout, smoothing, betas: 1 would be degenerate
+
+
+def check_ranges(obj: Any, table: dict[str, Range]) -> None:
+    """Refuse the first field of ``obj`` whose value (or any element of a tuple/list value) is
+    outside its range in ``table``; ``None`` means "not set" and passes."""
+    for name, allowed in table.items():
+        value = getattr(obj, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError(f"--{name} {v!r} is not a number: use a value {allowed}")
+            if v not in allowed:
+                shown = " ".join(str(x) for x in values)
+                why = f" ({allowed.why})" if allowed.why else ""
+                raise UserError(f"--{name} {shown} is out of range{why}: use a value {allowed}")
