@@ -387,7 +387,7 @@ def test_existing_unrelated_folder_is_not_overwritten(data_corpus, tmp_path):
     folder, _, _ = data_corpus
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not a prepared folder"):
+    with pytest.raises(UserError, match="holds files gpt-study did not write"):
         prep.prepare(_cfg(folder, tmp_path / "out"), progress=False, log=lambda m: None)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 

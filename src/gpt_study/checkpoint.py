@@ -28,7 +28,7 @@ from gpt_study import runtime
 from gpt_study.config import Config, load_config, save_config
 from gpt_study.data.tokenizer import load_tokenizer
 from gpt_study.errors import UserError
-from gpt_study.io import write_json_atomic
+from gpt_study.io import UMASK, check_replaceable, is_temp_of, temp_name, write_json_atomic
 from gpt_study.model import GPT
 
 WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
@@ -38,6 +38,7 @@ WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "state.json",
     "optimizer.pt",
 )
+FILES = (WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER)
 
 
 @dataclass
@@ -72,15 +73,18 @@ def save_checkpoint(
     """Write a checkpoint folder at ``path`` atomically (build beside it, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     old = path.with_name(f".{path.name}.old")
-    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a killed save
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in path.parent.iterdir():  # left by a killed save (only our own temp names)
+        if is_temp_of(stale, path):
+            shutil.rmtree(stale, ignore_errors=True)
     if not path.exists() and (old / WEIGHTS).exists():
         os.replace(old, path)  # a save died between its two renames: finish the swap back
+    check_replaceable(path, FILES, "checkpoint")
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS))
+    os.chmod(tmp / WEIGHTS, 0o666 & ~UMASK)  # as the other files: safetensors writes it 0600
     save_config(tmp / CONFIG, config)
     shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
     write_json_atomic(tmp / STATE, state or {})

@@ -278,7 +278,7 @@ class SampleConfig:
         default=1.1,
         metadata=doc(
             "lower the logits of tokens already in the story (CTRL-style; 1: off); 1.1 with "
-            "temperature 0.8 and top_p 0.95 was measured to stop loops (README)"
+            "temperature 0.8 and top_p 0.95 was measured to stop loops (docs/generate.md)"
         ),
     )
     seed: int | None = field(default=None, metadata=doc("seed for reproducible sampling"))

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from gpt_study.errors import UserError
 
 TMP_MARK = ".tmp-"
 
@@ -49,7 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would have made it
+        os.chmod(tmp, 0o666 & ~UMASK)  # as a plain open() would have made it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -79,4 +81,53 @@ def _umask() -> int:
     return mask
 
 
-_UMASK = _umask()  # read once: os.umask can only be read by setting it
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
+# ---------------------------------------------------------------- replacing what we wrote
+
+
+def foreign_entries(folder: Path, own: Iterable[str]) -> list[str]:
+    """Entries of ``folder`` that gpt-study did not write: neither one of ``own`` nor a temp or
+    kept-old copy of one (``.<name>.tmp-<pid>``, ``.<name>.old``)."""
+    names = set(own)
+    kept = {f".{n}.old" for n in names}
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name in names or p.name in kept or any(is_temp_of(p, folder / n) for n in names):
+            continue
+        out.append(p.name)
+    return out
+
+
+def check_replaceable(
+    folder: str | os.PathLike, own: Iterable[str], flag: str, inputs: Iterable[Path] = ()
+) -> None:
+    """Refuse (one line, nothing changed) to replace or delete ``folder`` unless gpt-study can
+    tell it wrote everything in it: not the working directory or a folder above it, not an input
+    or a folder holding one, and no entry but ``own`` (and their temp names)."""
+    folder = Path(folder)
+    where = folder.resolve()
+    cwd = Path.cwd().resolve()
+    if where == cwd or where in cwd.parents:
+        raise UserError(
+            f"{flag} {folder} is the working directory or holds it: gpt-study never replaces "
+            "it; pass a new folder"
+        )
+    for p in inputs:
+        src = Path(p).resolve()
+        if src == where or where in src.parents:
+            raise UserError(
+                f"{flag} {folder} holds the input {p}: gpt-study never replaces its inputs; "
+                "pass a folder apart from them"
+            )
+    if folder.is_dir():
+        foreign = foreign_entries(folder, own)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise UserError(
+                f"{folder} holds files gpt-study did not write ({shown}): it never replaces "
+                f"them; pass a new {flag}"
+            )
+    elif folder.exists():
+        raise UserError(f"{flag} {folder} is a file, not a folder: pass a new {flag}")

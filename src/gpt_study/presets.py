@@ -16,7 +16,7 @@ from gpt_study.errors import UserError
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The study's model and recipe, exactly.
     "seed": {},
-    # Small enough to learn recognisable stories in ~10 minutes on a 2-core CPU (see README):
+    # Small enough to learn recognisable stories in ~10 minutes on a 2-core CPU (see docs/train.md):
     # 2.2M parameters at the sample's 5,229 words; 2,000 steps of 16 x 128 tokens. On the shared
     # sample, batch 16 reached valid NLL 3.74 after 0.82M tokens where batch 32 had 3.83 after
     # 1.05M (two runs, not a controlled comparison), so the schedule takes more, smaller steps.

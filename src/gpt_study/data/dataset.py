@@ -64,13 +64,14 @@ class PreparedData:
 def open_prepared(folder: str | os.PathLike) -> PreparedData:
     """Open and sanity-check a prepared folder; a clear error says how to make one."""
     folder = Path(folder)
-    hint = f"run `gpt-study prepare --out {folder}` first"
+    hint = f"run `gpt-study prepare --data <your corpus> --out {folder}` first"
     if not folder.is_dir():
         raise UserError(f"no prepared data folder at {folder}: {hint}")
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         raise UserError(
-            f"{folder} has no meta.json, so it is not a finished prepared folder: {hint}"
+            f"{folder} has no meta.json, so it is not a prepared folder: if it holds a corpus, "
+            f"run `gpt-study prepare --data {folder} --out <a new folder>` and pass that"
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -31,10 +31,11 @@ from gpt_study.config import Config, TrainConfig, save_config
 from gpt_study.data.dataset import PreparedData, RowSampler, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
 from gpt_study.errors import UserError
+from gpt_study.io import check_replaceable
 from gpt_study.loss import LMLoss
 from gpt_study.model import GPT
 from gpt_study.runtime import resolve_device, resolve_dtype
-from gpt_study.train.context import LAST, Run, TrainResult
+from gpt_study.train.context import LAST, RUN_FILES, Run, TrainResult
 from gpt_study.train.loop import train_loop
 from gpt_study.train.observe import Observer, console_and_log
 from gpt_study.train.optim import load_optimizer_state, make_optimizer
@@ -82,6 +83,8 @@ def _open_data(cfg: Config) -> tuple[PreparedData, Tokenizer]:
         )
     if not tc.data:
         raise UserError("no prepared folder in the config: build it with build_config")
+    if not tc.resume:
+        check_replaceable(save_root, RUN_FILES, "--save_root", [Path(tc.data)])
     data = open_prepared(tc.data)
     if len(data.tokens("valid")) < 2:
         raise UserError(

@@ -30,7 +30,10 @@ from gpt_study.data.sources import (
 )
 from gpt_study.data.tokenizer import Tokenizer
 from gpt_study.errors import UserError
-from gpt_study.io import write_json_atomic
+from gpt_study.io import check_replaceable, write_json_atomic
+
+# Everything a prepared folder holds: prepare replaces a folder only if it holds nothing else.
+PREPARED_FILES = ("train.bin", "valid.bin", "tokenizer.json", "meta.json")
 
 # Settings that change the output; the rest (--out, --workers, --force) do not.
 SETTINGS_KEYS = (
@@ -120,25 +123,33 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _check_existing(cfg: DataConfig, out: Path, fingerprint: str, log: Any) -> bool:
-    """True when ``out`` is a finished folder of the same inputs and settings (reuse it); raises
-    when it holds anything else and ``cfg.force`` is off."""
-    if out.exists():
-        meta = _existing_meta(out)
-        if meta is not None and not cfg.force:
-            if meta.get("fingerprint") == fingerprint and _complete(out, meta):
-                log(f"prepare: {out} is up to date (same inputs and settings); --force redoes it")
-                return True
-            raise UserError(
-                f"{out} already holds data prepared from other inputs or settings: "
-                "pass --force to replace it, or --out to write elsewhere"
-            )
-        if meta is None and not cfg.force and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(
-                f"{out} exists and is not a prepared folder: pass --out with a new folder, "
-                "or --force to replace it"
-            )
-    return False
+def _check_existing(
+    cfg: DataConfig, out: Path, fingerprint: str, log: Any, inputs: list[Path]
+) -> bool:
+    """True when ``out`` is a finished folder of the same inputs and settings (reuse it).
+
+    Raises, changing nothing, when ``out`` holds anything prepare did not write, is an input or
+    the working directory (even with ``--force``), or is a prepared folder of other inputs or
+    settings and ``--force`` is off.
+    """
+    check_replaceable(out, PREPARED_FILES, "--out", inputs)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    meta = _existing_meta(out)
+    if meta is None or "fingerprint" not in meta:
+        raise UserError(
+            f"{out} exists and is not a folder prepare finished (no readable meta.json): "
+            "pass --out with a new folder"
+        )
+    if cfg.force:
+        return False
+    if meta.get("fingerprint") == fingerprint and _complete(out, meta):
+        log(f"prepare: {out} is up to date (same inputs and settings); --force redoes it")
+        return True
+    raise UserError(
+        f"{out} already holds data prepared from other inputs or settings: "
+        "pass --force to replace it, or --out to write elsewhere"
+    )
 
 
 def _make_temp(out: Path) -> Path:
@@ -156,14 +167,13 @@ def _make_temp(out: Path) -> Path:
     return tmp
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` into place as ``out``."""
-    if out.exists():  # --force: swap the old folder out, then delete it
+def _publish(tmp: Path, out: Path, inputs: list[Path]) -> None:
+    """Rename the finished ``tmp`` into place as ``out``; an old ``out`` (checked again: only
+    prepare's own files) is swapped out first, then deleted."""
+    if out.exists():
+        check_replaceable(out, PREPARED_FILES, "--out", inputs)
         old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.is_dir():
-            os.replace(out, old)
-        else:
-            out.unlink()
+        os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -265,7 +275,8 @@ def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
     inputs = _describe_inputs(sources, hub)
     settings = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     fingerprint = _fingerprint(inputs, settings)
-    if _check_existing(cfg, out, fingerprint, log):
+    paths = [src.path for src in sources if src.path is not None]
+    if _check_existing(cfg, out, fingerprint, log, paths):
         return out
 
     n_workers = cfg.workers or _cores()
@@ -301,7 +312,7 @@ def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
             elapsed=elapsed,
         )
         write_json_atomic(tmp / "meta.json", meta)
-        _publish(tmp, out)
+        _publish(tmp, out, paths)
     except OSError as e:  # disk full, permissions: the sources' own errors are UserErrors
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
