@@ -327,7 +327,7 @@ def test_default_data_folder_comes_from_dataset_root(tiny_prepared, tmp_path, mo
     )
     assert res.step == 2
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["train"]["data"] == os.path.join("data", "word-51")
+    assert saved["train"]["data"] == str(tmp_path / "data" / "word-51")  # absolute: usable anywhere
 
 
 # ---------------------------------------------------------------------------- bad input

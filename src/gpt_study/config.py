@@ -157,7 +157,7 @@ class TrainConfig:
     data: str | None = field(
         default=None,
         metadata=doc(
-            "prepared folder (default: <dataset_root>/word-<vocab_size>, as prepare writes it)"
+            "prepared folder (default: <dataset_root>/<tokenizer>-<vocab_size>, as prepare names it)"
         ),
     )
     save_root: str = field(
@@ -208,6 +208,9 @@ class TrainConfig:
         ),
     )
     print_interval: int = field(default=100, metadata=doc("steps between console log lines"))
+    progress: bool | None = field(
+        default=None, metadata=doc("progress bar (default: only when stderr is a terminal)")
+    )
     sample_tokens: int = field(
         default=256,
         metadata=doc("most tokens of the greedy sample story written each epoch (0: none)"),

@@ -64,7 +64,7 @@ def evaluate_tokens(
     context_size: int,
     batch_size: int = 16,
     max_rows: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, float]:
     """Sums over a token stream (1-D array of ids): NLL in nats, correct guesses, ``<unk>`` targets.
 
@@ -107,7 +107,7 @@ def evaluate_split(
     batch_size: int = 16,
     max_rows: int = 0,
     tokenizer: Any = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on a prepared split (see :func:`split_metrics`).
 

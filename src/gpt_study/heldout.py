@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from gpt_study.config import UNK_ID
 from gpt_study.data.dataset import eval_windows, iter_eval_batches
 from gpt_study.errors import UserError
 from gpt_study.loss import lm_loss_terms
+from gpt_study.progress import progress_bar
 from gpt_study.runtime import autocast, to_device
 
 
@@ -61,7 +61,7 @@ def score_tokens(
     label_smoothing: float = 0.0,
     sp_weight: float = 1.0,
     shard: tuple[int, int] = (0, 1),
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> Sums:
     """Score a 1-D token stream; ``shard = (rank, world)`` scores every world-th window only.
 
@@ -75,9 +75,11 @@ def score_tokens(
     rank, world = shard
     windows = eval_windows(len(tokens), context_size, max_rows)[rank::world]
     batches: Any = iter_eval_batches(tokens, windows, batch_size)
-    if progress:
+    if progress is not False:
         total = math.ceil(len(windows) / batch_size)
-        batches = tqdm(batches, total=total, desc="evaluate", unit="batch")
+        batches = progress_bar(
+            progress, iterable=batches, total=total, desc="evaluate", unit="batch"
+        )
     sums = Sums()
     was_training = model.training
     model.eval()

@@ -40,6 +40,15 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: only when stderr is a terminal)",
+    )
+
+
 def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     """Apply ``--threads`` (for the rest of the command) and load ``--checkpoint`` for inference."""
     runtime.set_threads(args.threads)

@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpt_study.cli.common import add_checkpoint_args, open_checkpoint, sample_settings
+from gpt_study.cli.common import (
+    add_checkpoint_args,
+    add_progress_arg,
+    open_checkpoint,
+    sample_settings,
+)
 from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
@@ -18,6 +23,7 @@ from gpt_study.io import write_json_atomic
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
+    add_progress_arg(parser)
     parser.add_argument(
         "--data",
         default=None,
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             args.max_rows,
             tokenizer=ckpt.tokenizer,
-            progress=sys.stderr.isatty(),
+            progress=args.progress,
         )
         result["valid"]["note"] = UNK_NOTE
     if not args.no_stories:

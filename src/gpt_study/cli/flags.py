@@ -26,7 +26,10 @@ def _argparse_type(hint: Any) -> tuple[Any, bool]:
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    presets: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Add one ``--<field>`` flag per field of ``cls``.
 
@@ -41,7 +44,9 @@ def add_dataclass_args(
         text = meta.pop("doc", "")
         typ, is_bool = _argparse_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{text} (default: {default})" if default not in (None, [], ()) else text
+        shown = [f"default: {default}"] if default not in (None, [], ()) else []
+        shown += [f"{name}: {v[f.name]}" for name, v in (presets or {}).items() if f.name in v]
+        help_text = f"{text} ({'; '.join(shown)})" if shown else text
         if is_bool:
             group.add_argument(
                 f"--{f.name}",

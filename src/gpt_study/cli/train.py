@@ -23,9 +23,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="starting config: seed (the study's, the default) or tiny (CPU-friendly); "
         "any flag overrides it",
     )
-    add_dataclass_args(parser, TrainConfig)
-    add_dataclass_args(parser, GPTConfig)
+    add_dataclass_args(parser, TrainConfig, presets=_preset_values("train"))
+    add_dataclass_args(parser, GPTConfig, presets=_preset_values("model"))
     add_dataclass_args(parser, DataConfig, skip=DATA_SKIP)
+
+
+def _preset_values(section: str) -> dict[str, dict[str, object]]:
+    """What each preset sets in ``section``, for --help beside the study's defaults."""
+    return {name: p[section] for name, p in PRESETS.items() if p.get(section)}
 
 
 def config_from_flags(args: argparse.Namespace) -> Config:

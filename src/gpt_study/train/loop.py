@@ -21,7 +21,7 @@ from gpt_study.checkpoint import save_checkpoint
 from gpt_study.errors import UserError
 from gpt_study.runtime import autocast, to_device
 from gpt_study.train.context import BEST, LAST, Run, TrainResult
-from gpt_study.train.observe import hms, progress_bar
+from gpt_study.train.observe import epoch_bar, hms
 from gpt_study.train.optim import lr_at
 from gpt_study.train.state import rng_state
 from gpt_study.train.validate import sample_story, validate
@@ -40,7 +40,7 @@ def train_loop(r: Run) -> TrainResult:
     r.stepper.train()
     bar = None
     while True:
-        bar = bar or progress_bar(step, ipe, tc.epoch)
+        bar = bar or epoch_bar(step, tc)
         loss, finite = train_step(r, step)
         step += 1
         agreed = _agree(r, loss, finite, clock)
@@ -288,7 +288,7 @@ def _finish(r: Run, stopped: str, rate: float) -> TrainResult:
         "finished (%s) at step %d, epoch %d; best valid NLL %.4f at step %s; checkpoints in %s",
         stopped,
         st.step,
-        st.step // r.cfg.train.iters_per_epoch,
+        (st.step - 1) // r.cfg.train.iters_per_epoch + 1,  # the epoch the step lines named
         st.best_valid_nll,
         st.best_step,
         r.save_root,

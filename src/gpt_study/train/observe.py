@@ -17,8 +17,9 @@ from typing import Any
 from tqdm import tqdm
 
 from gpt_study import distributed as dist
-from gpt_study.config import Config, config_to_dict
+from gpt_study.config import Config, TrainConfig, config_to_dict
 from gpt_study.errors import UserError
+from gpt_study.progress import progress_bar
 from gpt_study.train.metrics import MetricsWriter
 from gpt_study.train.plot import PLOT, plot_run
 from gpt_study.train.state import TrainState
@@ -109,16 +110,15 @@ class Observer:
             self.wb.finish()
 
 
-def progress_bar(step: int, ipe: int, epochs: int) -> tqdm:
-    """The bar of the epoch ``step`` is in (rank 0, on a terminal)."""
-    return tqdm(
+def epoch_bar(step: int, cfg: TrainConfig) -> tqdm:
+    """The bar of the epoch ``step`` is in (rank 0 only; ``--progress``: on a terminal)."""
+    ipe = cfg.iters_per_epoch
+    return progress_bar(
+        cfg.progress if dist.is_main() else False,
         total=ipe,
         initial=step % ipe,
-        desc=f"epoch {step // ipe + 1}/{epochs}",
+        desc=f"epoch {step // ipe + 1}/{cfg.epoch}",
         unit="step",
-        dynamic_ncols=True,
-        leave=False,
-        disable=None if dist.is_main() else True,
     )
 
 

@@ -43,6 +43,7 @@ RESUME_FREE = {
     "max_time",
     "eval_iters",
     "print_interval",
+    "progress",
     "device",
     "compile",
     "batch_size",  # checked as the global batch, which may be split differently
@@ -77,7 +78,7 @@ def build_config(
     prepared = open_prepared(data_folder(train.get("data"), data))
     _check_meta(prepared, data)
     tokenizer = load_tokenizer(prepared.tokenizer_path)
-    train["data"] = str(prepared.folder)
+    train["data"] = str(prepared.folder.resolve())  # a checkpoint works from any directory
     model["vocab_size"] = tokenizer.vocab_size
     recorded = dataclasses.asdict(_data_config(prepared, data, tokenizer))
     return preset_config(preset or "seed", train=train, model=model, data=recorded)
@@ -114,7 +115,7 @@ def _data_config(data: PreparedData, data_ov: dict[str, Any], tokenizer: Tokeniz
     values.update(data_ov)
     values.setdefault("tokenizer", getattr(tokenizer, "kind", "word"))
     values["vocab_size"] = tokenizer.vocab_size
-    values["out"] = str(data.folder)
+    values["out"] = str(data.folder.resolve())
     try:
         return DataConfig(**values)
     except (TypeError, UserError) as e:
@@ -155,4 +156,5 @@ def _resumed_config(
             log.warning("--%s %s replaces %s: the resumed run is no longer the same run", k, v, old)
         d["train"][k] = v
     d["train"]["save_root"] = str(save_root)
+    d["train"]["data"] = str(Path(d["train"]["data"]).resolve())
     return config_from_dict(d, "resumed config")

@@ -18,7 +18,7 @@ from gpt_study import __version__
 from gpt_study.config import SPECIALS, DataConfig
 from gpt_study.data.folder import SPLITS
 from gpt_study.data.prepare.ids import Holdout, SplitWriter
-from gpt_study.data.prepare.passes import progress_bar, run_bpe, run_word
+from gpt_study.data.prepare.passes import run_bpe, run_word, stories_bar
 from gpt_study.data.prepare.workers import Workers, start_workers
 from gpt_study.data.sources import (
     HUB_DATASET,
@@ -235,14 +235,14 @@ def _run_pass(
     holdout: Holdout,
     per_source: list[dict[str, int]],
     n_workers: int,
-    progress: bool,
+    progress: bool | None,
 ) -> tuple[Tokenizer, dict[str, SplitWriter]]:
     """The tokenization pass of ``cfg.tokenizer`` into ``tmp``, its workers closed afterwards."""
     ok = False
     workers: Workers | None = None
     try:
         workers = start_workers(n_workers, cfg.tokenizer, bool(cfg.lowercase), cfg.min_chars)
-        with progress_bar(progress) as bar:
+        with stories_bar(progress) as bar:
             run = run_word if cfg.tokenizer == "word" else run_bpe
             tok, writers = run(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
         ok = True
@@ -262,7 +262,7 @@ def _log_done(log: Any, out: Path, tok: Tokenizer, meta: dict[str, Any], elapsed
     )
 
 
-def prepare(cfg: DataConfig, progress: bool = True, log: Any = print) -> Path:
+def prepare(cfg: DataConfig, progress: bool | None = None, log: Any = print) -> Path:
     """Run the data stage for ``cfg`` and return the prepared folder.
 
     A finished folder made from the same input contents and settings is reused unless

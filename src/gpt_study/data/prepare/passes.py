@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from gpt_study.config import SPECIALS, DataConfig
 from gpt_study.data.folder import SPLITS
@@ -19,12 +18,13 @@ from gpt_study.data.prepare.workers import Workers, batches
 from gpt_study.data.sources import Source, iter_stories
 from gpt_study.data.tokenizer import BPETokenizer, Tokenizer, WordTokenizer, train_bpe
 from gpt_study.errors import UserError
+from gpt_study.progress import progress_bar
 
 BLOCK = 1 << 24  # tokens per block when rewriting provisional ids
 
 
-def progress_bar(enabled: bool) -> Any:
-    return tqdm(disable=not enabled, unit=" stories", desc="prepare", smoothing=0.1, leave=True)
+def stories_bar(enabled: bool | None) -> Any:
+    return progress_bar(enabled, unit=" stories", desc="prepare", smoothing=0.1)
 
 
 def _tagged_batches(
