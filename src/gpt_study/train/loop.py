@@ -31,39 +31,43 @@ SIGNALS = ("SIGINT", "SIGTERM")
 
 
 def train_loop(r: Run) -> TrainResult:
-    """Steps until the epochs are done, a budget is spent, a signal arrives or the loss breaks."""
-    tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+    """Epochs until they are done, a budget is spent, a signal arrives or the loss breaks."""
     step = r.state.step
     if finished := _nothing_to_do(r, step):
         return finished
     clock = _Clock(elapsed_before=r.state.elapsed_s)
-    r.stepper.train()
-    bar = None
     while True:
-        bar = bar or epoch_bar(step, tc)
-        loss, finite = train_step(r, step)
-        step += 1
-        agreed = _agree(r, loss, finite, clock)
-        if agreed.bad:
-            bar.close()
-            _stop_on_bad_loss(r, step, agreed.loss)
-        bar.update(1)
-        clock.add(agreed.loss)
-        if step % tc.print_interval == 0 or step % ipe == 0:
-            _log_train(r, step, clock, bar)
-        stop = _stop_reason(r, step, agreed)
-        if step % ipe == 0 or stop:
-            bar.close()
-            bar = None
-            r.state.elapsed_s, r.state.step = clock.elapsed(), step
-            if stop in SIGNALS:
-                return _save_on_signal(r, stop, clock.rate)
-            save(r, is_best=end_of_epoch(r, step))
-            r.observer.redraw()
-            if stop:
-                return _finish(r, stop, clock.rate)
-            r.stepper.train()
-            clock.window_t = time.perf_counter()  # throughput counts training time only
+        r.stepper.train()
+        step, stop = train_epoch(r, step, clock)
+        r.state.elapsed_s, r.state.step = clock.elapsed(), step
+        if stop in SIGNALS:
+            return _save_on_signal(r, stop, clock.rate)
+        save(r, is_best=end_of_epoch(r, step))
+        r.observer.redraw()
+        if stop:
+            return _finish(r, stop, clock.rate)
+        clock.window_t = time.perf_counter()  # throughput counts training time only
+
+
+def train_epoch(r: Run, step: int, clock: _Clock) -> tuple[int, str | None]:
+    """Steps from ``step`` to the end of its epoch, or to a stop; (the step reached, why it
+    stopped early or None). The progress bar is gone when it returns or raises."""
+    tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+    with epoch_bar(step, tc) as bar:
+        while True:
+            loss, finite = train_step(r, step)
+            step += 1
+            agreed = _agree(r, loss, finite, clock)
+            if agreed.bad:
+                bar.close()
+                _stop_on_bad_loss(r, step, agreed.loss)
+            bar.update(1)
+            clock.add(agreed.loss)
+            if step % tc.print_interval == 0 or step % ipe == 0:
+                _log_train(r, step, clock, bar)
+            stop = _stop_reason(r, step, agreed)
+            if step % ipe == 0 or stop:
+                return step, stop
 
 
 def train_step(r: Run, step: int) -> tuple[float, bool]:
