@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
     except UserError as e:
-        print(f"gpt-study {name}: error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).split())  # a quoted library message may hold newlines
+        print(f"gpt-study {name}: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpt-study {name}: interrupted", file=sys.stderr)

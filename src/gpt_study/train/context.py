@@ -15,10 +15,10 @@ from gpt_study.model import GPT
 from gpt_study.train.metrics import METRICS_CSV, METRICS_JSONL
 from gpt_study.train.observe import INFO_LOG, Observer
 from gpt_study.train.plot import PLOT
+from gpt_study.train.setup import BEST, LAST
 from gpt_study.train.signals import StopSignals, exit_code
 from gpt_study.train.state import TrainState
 
-LAST, BEST = "last", "best"
 # Everything a run writes into --save_root: a new run starts only in a folder holding nothing else.
 RUN_FILES = ("config.json", INFO_LOG, METRICS_JSONL, METRICS_CSV, PLOT, LAST, BEST)
 

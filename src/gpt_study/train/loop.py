@@ -20,9 +20,10 @@ from gpt_study import distributed as dist
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.errors import UserError
 from gpt_study.runtime import autocast, to_device
-from gpt_study.train.context import BEST, LAST, Run, TrainResult
+from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.observe import epoch_bar, hms
 from gpt_study.train.optim import lr_at
+from gpt_study.train.setup import BEST, LAST
 from gpt_study.train.state import rng_state
 from gpt_study.train.validate import sample_story, validate
 

@@ -35,11 +35,11 @@ from gpt_study.io import check_replaceable
 from gpt_study.loss import LMLoss
 from gpt_study.model import GPT
 from gpt_study.runtime import resolve_device, resolve_dtype
-from gpt_study.train.context import LAST, RUN_FILES, Run, TrainResult
+from gpt_study.train.context import RUN_FILES, Run, TrainResult
 from gpt_study.train.loop import train_loop
 from gpt_study.train.observe import Observer, console_and_log
 from gpt_study.train.optim import load_optimizer_state, make_optimizer
-from gpt_study.train.setup import has_run
+from gpt_study.train.setup import LAST, damaged_last, has_run
 from gpt_study.train.signals import StopSignals
 from gpt_study.train.state import TrainState, seed_everything, set_rng_state
 
@@ -120,9 +120,12 @@ def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str) -
 
 def _resume(net: GPT, optimizer: torch.optim.Optimizer, tc: TrainConfig, device: str) -> TrainState:
     """Load ``last`` into the model and optimizer; each process gets back its RNG state."""
-    ckpt = load_checkpoint(Path(tc.save_root) / LAST, device, optimizer=True)
+    try:
+        ckpt = load_checkpoint(Path(tc.save_root) / LAST, device, optimizer=True)
+        state = TrainState.from_dict(ckpt.state, ckpt.path / "state.json")
+    except UserError as e:
+        raise damaged_last(Path(tc.save_root), e) from None
     net.load_state_dict(ckpt.model.state_dict())
-    state = TrainState.from_dict(ckpt.state, ckpt.path / "state.json")
     extra = ckpt.optimizer_state or {}
     if "optimizer" not in extra:
         raise UserError(

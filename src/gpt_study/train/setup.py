@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gpt_study.checkpoint import load_checkpoint
 from gpt_study.config import (
     Config,
     DataConfig,
@@ -28,7 +29,7 @@ from gpt_study.errors import UserError
 from gpt_study.presets import preset_config
 
 log = logging.getLogger("gpt_study.train")
-LAST = "last"
+LAST, BEST = "last", "best"
 
 # DataConfig fields that train accepts: the study's, to find the default prepared folder.
 DATA_FLAGS = ("dataset_root", "min_freq", "vocab_size", "tokenizer")
@@ -96,6 +97,19 @@ def has_run(save_root: Path) -> bool:
     return (save_root / LAST).exists() or (save_root / f".{LAST}.old").exists()
 
 
+def damaged_last(save_root: Path, error: UserError) -> UserError:
+    """The error of a damaged ``last/``, saying whether ``best/`` can be used instead."""
+    try:
+        best = load_checkpoint(save_root / BEST)
+    except UserError:
+        return UserError(f"{error}; {save_root / BEST} cannot be used either: start a new run")
+    return UserError(
+        f"{error}; {best.path} (step {best.state.get('step')}) is intact but holds no optimizer "
+        "state, so the run cannot continue exactly: use it with generate or evaluate, or start "
+        "a new run"
+    )
+
+
 def _check_meta(data: PreparedData, data_ov: dict[str, Any]) -> None:
     """Flags that describe the corpus must agree with what ``prepare`` recorded."""
     settings = data.meta.get("settings", data.meta)
@@ -137,7 +151,10 @@ def _resumed_config(
         )
     if not (last / "config.json").exists():
         last = save_root / f".{LAST}.old"
-    cfg = load_config(last / "config.json")
+    try:
+        cfg = load_config(last / "config.json")
+    except UserError as e:
+        raise damaged_last(save_root, e) from None
     if preset is not None and preset != cfg.preset:
         raise UserError(
             f"--preset {preset}, but the run in {save_root} used preset {cfg.preset}: "

@@ -48,4 +48,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise UserError(f"{path} is damaged (not JSON): redo `gpt-study prepare --force`") from None
     if not isinstance(d, dict) or "kind" not in d:
         raise UserError(f"{path} is not a gpt-study tokenizer: redo `gpt-study prepare --force`")
-    return tokenizer_from_dict(d, str(path))
+    try:
+        return tokenizer_from_dict(d, str(path))
+    except UserError:
+        raise
+    except Exception as e:  # a missing key, a mistyped entry, a BPE that `tokenizers` rejects
+        raise UserError(
+            f"{path} is damaged ({type(e).__name__}: {e}): redo `gpt-study prepare --force`, "
+            "or take tokenizer.json from the run's other checkpoint"
+        ) from None
