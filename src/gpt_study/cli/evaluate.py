@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
 from gpt_study.evaluate import UNK_NOTE, evaluate_split, evaluate_stories, format_table
 from gpt_study.io import write_json_atomic
+from gpt_study.train.setup import data_folder
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,14 +46,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, SampleConfig)
 
 
-def _data_folder(args: argparse.Namespace, config: Any) -> str:
-    if args.data:
-        return args.data
-    if config.train.data:
-        return config.train.data
-    return str(config.data.output_dir())
-
-
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.samples < 1 or args.max_rows < 0:
         raise UserError("--batch_size and --samples must be at least 1, --max_rows at least 0")
@@ -65,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_valid:
         result["valid"] = evaluate_split(
             ckpt.model,
-            _data_folder(args, ckpt.config),
+            args.data or data_folder(ckpt.config.train.data, asdict(ckpt.config.data)),
             window,
             args.split,
             args.batch_size,

@@ -112,7 +112,7 @@ def damaged_last(save_root: Path, error: UserError) -> UserError:
 
 def _check_meta(data: PreparedData, data_ov: dict[str, Any]) -> None:
     """Flags that describe the corpus must agree with what ``prepare`` recorded."""
-    settings = data.meta.get("settings", data.meta)
+    settings = data.info.settings
     for name in ("min_freq", "tokenizer"):
         if name in data_ov and name in settings and settings[name] != data_ov[name]:
             raise UserError(
@@ -123,7 +123,7 @@ def _check_meta(data: PreparedData, data_ov: dict[str, Any]) -> None:
 
 def _data_config(data: PreparedData, data_ov: dict[str, Any], tokenizer: Tokenizer) -> DataConfig:
     """The DataConfig recorded in the checkpoint: what ``prepare`` used, as meta.json says."""
-    settings = data.meta.get("settings", {})
+    settings = data.info.settings
     known = {f.name for f in dataclasses.fields(DataConfig)}
     values = {k: v for k, v in settings.items() if k in known}
     values.update(data_ov)
