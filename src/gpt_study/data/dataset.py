@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt_study.data.folder import SPLITS, Meta
+from gpt_study.data.folder import SPLITS, Meta, redo_hint
 from gpt_study.errors import UserError
 
 
@@ -76,10 +76,10 @@ def open_prepared(folder: str | os.PathLike) -> PreparedData:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
-        raise UserError(f"{meta_path} is damaged (not JSON): {hint} with --force") from None
+        raise UserError(f"{meta_path} is damaged (not JSON): {redo_hint(folder)}") from None
     for name in ("train.bin", "valid.bin", "tokenizer.json"):
         if not (folder / name).exists():
-            raise UserError(f"{folder} lacks {name}: {hint} with --force")
+            raise UserError(f"{folder} lacks {name}: {redo_hint(folder)}")
     info = Meta.from_dict(meta, meta_path)
     for split in SPLITS:
         want = info.splits[split].tokens
@@ -87,10 +87,7 @@ def open_prepared(folder: str | os.PathLike) -> PreparedData:
         size = path.stat().st_size
         if size != 2 * want:  # uint16: two bytes a token
             have = f"{size // 2} tokens" + (" and a stray byte" if size % 2 else "")
-            raise UserError(
-                f"{path} holds {have}, meta.json says {want}: "
-                f"re-run `gpt-study prepare --out {folder} --force`"
-            )
+            raise UserError(f"{path} holds {have}, meta.json says {want}: {redo_hint(folder)}")
     return PreparedData(folder, meta, info)
 
 

@@ -22,11 +22,13 @@ _SPLIT_INTS = ("stories", "tokens", "chars", "bytes", "unk")
 _SPLIT_REQUIRED = ("tokens",)
 
 
+def redo_hint(folder: str | Path) -> str:
+    """How to rebuild a damaged prepared folder (prepare replaces it: it holds only its files)."""
+    return f"re-run `gpt-study prepare --data <your corpus> --out {folder} --force`"
+
+
 def _damaged(path: str | Path, what: str) -> UserError:
-    folder = Path(path).parent
-    return UserError(
-        f"{path} is damaged ({what}): re-run `gpt-study prepare --out {folder} --force`"
-    )
+    return UserError(f"{path} is damaged ({what}): {redo_hint(Path(path).parent)}")
 
 
 def _is_int(v: Any) -> bool:

@@ -35,6 +35,12 @@ def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenize
     )
 
 
+_TOKENIZER_FIX = (
+    "in a prepared folder, re-run `gpt-study prepare --data <your corpus> --out <folder> "
+    "--force`; in a checkpoint, copy tokenizer.json from the run's other checkpoint"
+)
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Read a tokenizer JSON written by ``Tokenizer.save`` (either kind)."""
     path = Path(path)
@@ -45,15 +51,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except FileNotFoundError:
         raise UserError(f"no tokenizer at {path}: run `gpt-study prepare` first") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is damaged (not JSON): redo `gpt-study prepare --force`") from None
+        raise UserError(f"{path} is damaged (not JSON): {_TOKENIZER_FIX}") from None
     if not isinstance(d, dict) or "kind" not in d:
-        raise UserError(f"{path} is not a gpt-study tokenizer: redo `gpt-study prepare --force`")
+        raise UserError(f"{path} is not a gpt-study tokenizer: {_TOKENIZER_FIX}")
     try:
         return tokenizer_from_dict(d, str(path))
     except UserError:
         raise
     except Exception as e:  # a missing key, a mistyped entry, a BPE that `tokenizers` rejects
-        raise UserError(
-            f"{path} is damaged ({type(e).__name__}: {e}): redo `gpt-study prepare --force`, "
-            "or take tokenizer.json from the run's other checkpoint"
-        ) from None
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}): {_TOKENIZER_FIX}") from None
