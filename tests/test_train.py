@@ -108,7 +108,9 @@ def test_eval_windows_capped_spread_over_the_split():
 
 
 def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
-    """Zero output weights give uniform predictions: NLL = ln V whatever the smoothing/weights."""
+    """Zero output weights give uniform predictions: NLL = ln V, and the study's smoothed,
+    weighted loss ln V * sum_n sum_c w_c q_nc / sum_n w_(y_n) (its class weights also weigh the
+    smoothing mass of every target)."""
     data = open_prepared(tiny_prepared)
     V = 51
     model = GPT(GPTConfig(vocab_size=V, **MODEL))
@@ -119,7 +121,10 @@ def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
     n_valid = data.split_meta("valid")["tokens"]
     assert v.tokens == n_valid - 1 and v.fraction == 1.0
     assert v.nll == pytest.approx(math.log(V), rel=1e-6)
-    assert v.loss == pytest.approx(math.log(V), rel=1e-6)
+    targets = data.tokens("valid")[1:].astype(np.int64)  # every target scored once
+    w_y = np.where((targets == 1) | (targets == 2), 3.0, 1.0)  # sp_weight on <sot>, <eot>
+    mass = 0.9 * w_y + 0.1 * (V + 2 * (3.0 - 1)) / V  # sum_c w_c q_nc
+    assert v.loss == pytest.approx(math.log(V) * mass.sum() / w_y.sum(), rel=1e-6)
     assert v.ppl == pytest.approx(V, rel=1e-5)
     bytes_ = data.split_meta("valid")["bytes"]
     assert v.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
