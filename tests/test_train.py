@@ -178,6 +178,53 @@ def test_training_loss_is_the_study_loss_of_the_model():
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
+def _decays(optimizer):
+    """Each parameter's weight decay, by its dimension: {dim: set of decays}."""
+    out = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            out.setdefault(min(p.dim(), 2), set()).add(g["weight_decay"])
+    return out
+
+
+def test_seed_decays_every_parameter_and_tiny_only_the_matrices():
+    """The study's AdamW decays biases and LayerNorms too; tiny keeps them undecayed."""
+    from gpt_study.presets import preset_config
+    from gpt_study.train.optim import make_optimizer
+
+    net = GPT(GPTConfig(vocab_size=51, **MODEL))
+    seed = preset_config("seed").train
+    assert seed.decay_all is True and seed.weight_decay == 5e-4
+    opt = make_optimizer(net, seed, "cpu")
+    assert _decays(opt) == {1: {5e-4}, 2: {5e-4}}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    tiny = preset_config("tiny").train
+    assert tiny.decay_all is False
+    assert _decays(make_optimizer(net, tiny, "cpu")) == {1: {0.0}, 2: {tiny.weight_decay}}
+
+
+@pytest.mark.parametrize("saved_all,now_all", [(False, True), (True, False), (True, True)])
+def test_resumed_optimizer_decays_as_the_config_says(saved_all, now_all):
+    from gpt_study.train.optim import load_optimizer_state, make_optimizer
+
+    net = GPT(GPTConfig(vocab_size=51, **MODEL))
+    saved = make_optimizer(net, TrainConfig(decay_all=saved_all), "cpu").state_dict()
+    now = TrainConfig(decay_all=now_all, weight_decay=1e-3)
+    opt = make_optimizer(net, now, "cpu")
+    load_optimizer_state(opt, saved, now)
+    assert _decays(opt) == {1: {1e-3 if now_all else 0.0}, 2: {1e-3}}
+
+
+def test_a_config_saved_before_decay_all_keeps_its_grouping(tmp_path):
+    from gpt_study.config import Config, config_to_dict, load_config
+
+    d = config_to_dict(Config())
+    del d["train"]["decay_all"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert load_config(tmp_path / "config.json").train.decay_all is False
+    assert Config().train.decay_all is True
+
+
 # ---------------------------------------------------------------------------- whole runs
 
 

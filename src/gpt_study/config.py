@@ -223,6 +223,13 @@ class TrainConfig:
     wb_name: str | None = field(default=None, metadata=doc("wandb run name"))
     wb_notes: str | None = field(default=None, metadata=doc("wandb notes"))
     wb_tags: list[str] = field(default_factory=list, metadata=doc("wandb tags", nargs="*"))
+    decay_all: bool = field(
+        default=True,
+        metadata=doc(
+            "AdamW weight decay on every parameter, biases and LayerNorms included (the study); "
+            "--no-decay_all decays only weight matrices and embeddings"
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
@@ -330,4 +337,8 @@ def load_config(path: str | os.PathLike) -> Config:
         raise UserError(
             f"{path} is not valid JSON ({e.msg}, line {e.lineno}): the file is damaged"
         ) from None
+    train = d.get("train") if isinstance(d, dict) else None
+    if isinstance(train, dict):
+        # Configs saved before decay_all existed decayed only the weight matrices: they keep that.
+        train.setdefault("decay_all", False)
     return config_from_dict(d, str(path))
