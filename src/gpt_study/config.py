@@ -61,7 +61,8 @@ class DataConfig:
         default=2, metadata=doc("a word needs this many occurrences to enter the vocabulary")
     )
     min_chars: int = field(
-        default=300, metadata=doc("drop stories shorter than this many characters")
+        default=300,
+        metadata=doc("drop stories whose raw text (before cleaning, as the study) is shorter"),
     )
     lowercase: bool | None = field(
         default=None, metadata=doc("lowercase the text (default: on for word, off for bpe)")
