@@ -87,6 +87,40 @@ def test_row_sampler_is_deterministic_and_world_size_invariant():
     assert starts.min() == 0 and starts.max() == 1000 - 17
 
 
+def test_study_rows_are_the_split_cut_into_context_size_rows():
+    """The study: N = len // 128 rows of 128 tokens (tail dropped), drawn with replacement,
+    inputs row[:-1] (127 tokens), targets row[1:]."""
+    tokens = np.arange(1000, dtype=np.uint16)  # 62 rows of 16, a tail of 8 dropped
+    rows = RowSampler(tokens, 16, batch_size=64, seed=7, aligned=True)
+    assert rows.inputs == 15
+    x, y = rows.batch(0)
+    assert x.shape == y.shape == (64, 15)
+    assert (x[:, 0] % 16 == 0).all()  # every row starts on a row boundary of the N x 16 array
+    np.testing.assert_array_equal(x, x[:, :1] + np.arange(15))  # row[:-1]
+    np.testing.assert_array_equal(y, x + 1)  # row[1:]
+    starts = np.concatenate([rows.offsets(s) for s in range(200)])
+    assert set(starts.tolist()) == set(range(0, 62 * 16, 16))  # all 62 rows, none in the tail
+    assert len(set(rows.offsets(0).tolist())) < 64  # with replacement: 64 draws of 62 rows
+    with pytest.raises(UserError, match="context_size"):
+        RowSampler(np.zeros(10, dtype=np.uint16), 16, 4, seed=0, aligned=True)
+
+
+def test_seed_trains_on_study_rows_and_tiny_on_windows(tiny_prepared):
+    from gpt_study.train.run import _sampler
+    from gpt_study.train.state import TrainState
+
+    seed = build_config("seed", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
+    assert seed.train.study_rows and seed.train.window == 15
+    sampler = _sampler(open_prepared(tiny_prepared), seed.train, TrainState())
+    assert sampler.aligned and sampler.batch(0)[0].shape == (64, 15)
+    tiny = build_config("tiny", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
+    assert not tiny.train.study_rows and tiny.train.window == 16
+    assert _sampler(open_prepared(tiny_prepared), tiny.train, TrainState()).batch(0)[0].shape == (
+        16,
+        16,
+    )
+
+
 def test_row_sampler_rejects_a_stream_shorter_than_a_row():
     with pytest.raises(UserError, match="context_size"):
         RowSampler(np.zeros(10, dtype=np.uint16), 16, 4, seed=0)
@@ -136,24 +170,27 @@ def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
             context_size=16, batch_size=4, label_smoothing=0.1, sp_weight=3.0, eval_iters=2
         ),
     )
-    assert capped.tokens == 2 * 4 * 16
+    assert capped.tokens == 2 * 4 * 15  # windows of context_size - 1 inputs, as the study's rows
     assert capped.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
 
 
-def test_validation_nll_matches_a_direct_computation(tiny_prepared):
+@pytest.mark.parametrize("study_rows,window", [(True, 15), (False, 16)])
+def test_validation_nll_matches_a_direct_computation(tiny_prepared, study_rows, window):
+    """Windows of the trained width: context_size - 1 inputs with the study's rows."""
     data = open_prepared(tiny_prepared)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()
     tokens = torch.from_numpy(data.tokens("valid").astype(np.int64))
     want, n = 0.0, 0
-    for start in range(0, len(tokens) - 1, 16):
-        row = tokens[start : start + 17]
+    for start in range(0, len(tokens) - 1, window):
+        row = tokens[start : start + window + 1]
         logp = torch.log_softmax(model(row[None, :-1])[0], dim=-1)  # (T, V)
         want -= logp.gather(1, row[1:, None]).sum().item()
         n += len(row) - 1
-    v = validate(
-        model, data, TrainConfig(context_size=16, batch_size=4, label_smoothing=0.0, sp_weight=1.0)
+    cfg = TrainConfig(
+        context_size=16, batch_size=4, label_smoothing=0.0, sp_weight=1.0, study_rows=study_rows
     )
+    v = validate(model, data, cfg)
     assert v.tokens == n
     assert v.nll == pytest.approx(want / n, rel=1e-5)
     assert v.loss == pytest.approx(want / n, rel=1e-5)  # no smoothing, no weights: the same
@@ -215,14 +252,15 @@ def test_resumed_optimizer_decays_as_the_config_says(saved_all, now_all):
     assert _decays(opt) == {1: {1e-3 if now_all else 0.0}, 2: {1e-3}}
 
 
-def test_a_config_saved_before_decay_all_keeps_its_grouping(tmp_path):
+def test_a_config_saved_before_decay_all_and_study_rows_keeps_what_it_computed(tmp_path):
     from gpt_study.config import Config, config_to_dict, load_config
 
     d = config_to_dict(Config())
-    del d["train"]["decay_all"]
+    del d["train"]["decay_all"], d["train"]["study_rows"]
     (tmp_path / "config.json").write_text(json.dumps(d))
-    assert load_config(tmp_path / "config.json").train.decay_all is False
-    assert Config().train.decay_all is True
+    old = load_config(tmp_path / "config.json").train
+    assert old.decay_all is False and old.study_rows is False and old.window == 128
+    assert Config().train.decay_all is True and Config().train.study_rows is True
 
 
 # ---------------------------------------------------------------------------- whole runs

@@ -176,7 +176,8 @@ class TrainConfig:
     )
     min_lr: float = field(default=0.0, metadata=doc("final learning rate of the cosine schedule"))
     context_size: int = field(
-        default=128, metadata=doc("tokens per training row (must be <= max_len)")
+        default=128,
+        metadata=doc("tokens per training row (must be <= max_len); see --study_rows"),
     )
     batch_size: int = field(default=64, metadata=doc("rows per step on each process"))
     grad_accum: int = field(default=1, metadata=doc("micro-batches per optimizer step"))
@@ -231,6 +232,14 @@ class TrainConfig:
             "--no-decay_all decays only weight matrices and embeddings"
         ),
     )
+    study_rows: bool = field(
+        default=True,
+        metadata=doc(
+            "training rows as the study drew them: the split cut into rows of --context_size "
+            "tokens, inputs the first context_size - 1; --no-study_rows: windows of "
+            "context_size + 1 tokens at any offset, context_size inputs"
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
@@ -249,6 +258,15 @@ class TrainConfig:
             raise UserError("--label_smoothing must be in [0, 1)")
         if self.sp_weight <= 0:
             raise UserError("--sp_weight must be positive")
+        if self.study_rows and self.context_size < 2:
+            raise UserError("--context_size must be at least 2 with --study_rows")
+
+    @property
+    def window(self) -> int:
+        """Input positions of a training row, the window the model learns: ``context_size - 1``
+        with ``study_rows`` (the study's 128-token rows gave 127 inputs), else ``context_size``.
+        Validation and generation keep to it."""
+        return self.context_size - 1 if self.study_rows else self.context_size
 
 
 @dataclass
@@ -340,6 +358,8 @@ def load_config(path: str | os.PathLike) -> Config:
         ) from None
     train = d.get("train") if isinstance(d, dict) else None
     if isinstance(train, dict):
-        # Configs saved before decay_all existed decayed only the weight matrices: they keep that.
+        # Configs saved before these settings existed decayed only the weight matrices and drew
+        # windows at any offset: they keep that.
         train.setdefault("decay_all", False)
+        train.setdefault("study_rows", False)
     return config_from_dict(d, str(path))

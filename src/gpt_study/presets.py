@@ -42,6 +42,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # Decay on weight matrices and embeddings only, as when the preset was measured: at
             # 0.1, decaying LayerNorm gains toward 0 would only fight the normalisation.
             "decay_all": False,
+            "study_rows": False,  # windows of 128 inputs at any offset, as when it was measured
             "epoch": 10,
             "iters_per_epoch": 200,
             "eval_iters": 20,

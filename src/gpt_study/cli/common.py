@@ -28,7 +28,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "--context_size",
         type=int,
         default=None,
-        help="window in tokens (default: the context_size the model was trained on)",
+        help="window in tokens (default: the window the model was trained on)",
     )
     parser.add_argument(
         "--threads",

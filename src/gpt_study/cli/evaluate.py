@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: its folder does not exist; create it first")
     ckpt = open_checkpoint(args)
-    window = args.context_size or ckpt.config.train.context_size
+    window = args.context_size or ckpt.config.train.window
     result: dict[str, Any] = {"checkpoint": str(ckpt.path), "context_size": window}
     if not args.no_valid:
         result["valid"] = evaluate_split(

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = _prompts(args)
     ckpt = open_checkpoint(args)
     sample = sample_settings(ckpt.config.sample, args)
-    window = args.context_size or ckpt.config.train.context_size
+    window = args.context_size or ckpt.config.train.window
     tok = ckpt.tokenizer
     out = sys.stdout
     # Streaming shows the first story of each batch as it is written; the rest follow at the end.
