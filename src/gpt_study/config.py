@@ -203,9 +203,10 @@ class TrainConfig:
     )
     device: str = field(default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps"))
     dtype: str = field(
-        default="auto",
+        default="float32",
         metadata=doc(
-            "auto (bf16 where supported), float32 or bfloat16",
+            "float32 (the study), auto (bf16 autocast where the hardware computes it natively) "
+            "or bfloat16",
             choices=["auto", "float32", "bfloat16"],
         ),
     )
