@@ -252,14 +252,15 @@ def test_resumed_optimizer_decays_as_the_config_says(saved_all, now_all):
     assert _decays(opt) == {1: {1e-3 if now_all else 0.0}, 2: {1e-3}}
 
 
-def test_a_config_saved_before_decay_all_and_study_rows_keeps_what_it_computed(tmp_path):
+def test_a_config_saved_before_the_study_settings_keeps_what_it_computed(tmp_path):
     from gpt_study.config import Config, config_to_dict, load_config
 
     d = config_to_dict(Config())
-    del d["train"]["decay_all"], d["train"]["study_rows"]
+    del d["train"]["decay_all"], d["train"]["study_rows"], d["train"]["best_by"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     old = load_config(tmp_path / "config.json").train
     assert old.decay_all is False and old.study_rows is False and old.window == 128
+    assert old.best_by == "nll"
     assert Config().train.decay_all is True and Config().train.study_rows is True
 
 
@@ -288,6 +289,31 @@ def test_a_few_steps_lower_the_loss_and_write_everything(tiny_prepared, tmp_path
     assert state["step"] == 18 and state["sampler"]["position"] == 18
     assert state["best_valid_nll"] == pytest.approx(valid[-1]["valid_nll"])
     assert not (root / "best" / "optimizer.pt").exists()  # best is for use, last for resuming
+
+
+@pytest.mark.parametrize("preset,best_step", [("seed", 12), ("tiny", 6)])
+def test_best_is_the_lowest_valid_loss_in_seed_and_the_lowest_nll_in_tiny(
+    tiny_prepared, tmp_path, monkeypatch, preset, best_step
+):
+    """The study kept the checkpoint of lowest valid loss (smoothed, weighted); here the two
+    numbers disagree on purpose: step 6 has the lower NLL, step 12 the lower loss."""
+    from gpt_study.train.validate import Validation
+
+    scripted = iter([(3.0, 2.0), (2.5, 2.2)])  # (loss, nll) at steps 6 and 12
+
+    def fake_validate(*a, **kw):
+        loss, nll = next(scripted)
+        return Validation(loss=loss, nll=nll, ppl=math.exp(nll), bpb=None, tokens=1, fraction=1.0)
+
+    monkeypatch.setattr(train_loop, "validate", fake_validate)
+    root = tmp_path / preset
+    train = tiny_train(tiny_prepared, root, sample_tokens=0, batch_size=2)
+    fit(build_config(preset, train=train, model=MODEL))
+    best = json.loads((root / "best" / "state.json").read_text())
+    assert best["best_step"] == best_step == best["step"]
+    assert (best["best_valid_loss"], best["best_valid_nll"]) == (
+        (3.0, 2.0) if preset == "tiny" else (2.5, 2.2)
+    )
 
 
 def _interrupt_at(step_to_stop, signum, monkeypatch):

@@ -241,6 +241,14 @@ class TrainConfig:
             "context_size + 1 tokens at any offset, context_size inputs"
         ),
     )
+    best_by: str = field(
+        default="loss",
+        metadata=doc(
+            "the validation number that picks the best checkpoint: loss (the study's smoothed, "
+            "weighted valid loss) or nll",
+            choices=["loss", "nll"],
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
@@ -259,6 +267,8 @@ class TrainConfig:
             raise UserError("--label_smoothing must be in [0, 1)")
         if self.sp_weight <= 0:
             raise UserError("--sp_weight must be positive")
+        if self.best_by not in ("loss", "nll"):
+            raise UserError(f"unknown --best_by {self.best_by!r}: use loss or nll")
         if self.study_rows and self.context_size < 2:
             raise UserError("--context_size must be at least 2 with --study_rows")
 
@@ -359,8 +369,9 @@ def load_config(path: str | os.PathLike) -> Config:
         ) from None
     train = d.get("train") if isinstance(d, dict) else None
     if isinstance(train, dict):
-        # Configs saved before these settings existed decayed only the weight matrices and drew
-        # windows at any offset: they keep that.
+        # Configs saved before these settings existed decayed only the weight matrices, drew
+        # windows at any offset and kept the checkpoint of lowest NLL as best: they keep that.
         train.setdefault("decay_all", False)
         train.setdefault("study_rows", False)
+        train.setdefault("best_by", "nll")
     return config_from_dict(d, str(path))

@@ -49,6 +49,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "print_interval": 50,
             "sample_tokens": 200,
             "sp_weight": 1.0,
+            "best_by": "nll",  # the honest number picks best/
             "dtype": "auto",  # bf16 where it is native, as when the preset was measured
         },
     },
