@@ -158,7 +158,11 @@ class TrainConfig:
         default=0.1, metadata=doc("label smoothing of the training loss")
     )
     sp_weight: float = field(
-        default=1.0, metadata=doc("loss weight of <sot>/<eot> targets (1: no extra weight)")
+        default=1.0,
+        metadata=doc(
+            "class weight of <sot>/<eot> in the loss, as CrossEntropyLoss(weight=...): on those "
+            "targets and on their share of every position's smoothing (1: no extra weight)"
+        ),
     )
     weight_decay: float = field(default=5e-4, metadata=doc("AdamW weight decay"))
     lr: float = field(default=2.5e-4, metadata=doc("peak learning rate"))
