@@ -55,11 +55,13 @@ class ReferenceBlock(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.fc_proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.ff_drop = nn.Dropout(cfg.residual_drop)  # the study's dropout inside the ff
         self.residual_drop = nn.Dropout(cfg.residual_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
-        return x + self.residual_drop(self.fc_proj(F.gelu(self.fc(self.ln2(x)))))
+        ff = self.fc_proj(self.ff_drop(F.gelu(self.fc(self.ln2(x)))))  # w2(dropout(gelu(w1(x))))
+        return x + self.residual_drop(ff)
 
 
 class ReferenceGPT(nn.Module):

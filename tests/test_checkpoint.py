@@ -92,6 +92,39 @@ def test_half_written_or_missing_folders_are_refused(tiny_prepared, tmp_path):
         load_checkpoint(tmp_path / "half")
 
 
+@pytest.mark.parametrize(
+    "name,keep",
+    [
+        ("model.safetensors", 0),  # empty
+        ("model.safetensors", 7),  # not even its header length
+        ("model.safetensors", 0.5),  # the header, half the tensors
+        ("optimizer.pt", 0),
+        ("optimizer.pt", 60),
+        ("optimizer.pt", 0.5),
+        ("state.json", 0.5),  # torn JSON
+    ],
+)
+def test_truncated_files_are_one_line_naming_the_file_and_the_way_out(
+    tiny_prepared, tmp_path, name, keep
+):
+    model, cfg = make()
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, V, (2, 8))).sum().backward()
+    opt.step()
+    state = {"step": 7, "best_valid_nll": 2.5, "metrics": list(range(50))}
+    save_checkpoint(
+        tmp_path / "c", model, cfg, tiny_prepared / "tokenizer.json", state, opt.state_dict()
+    )
+    file = tmp_path / "c" / name
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tmp_path / "c", optimizer=True)
+    message = str(e.value)
+    assert message.startswith(f"{file} is damaged (") and "\n" not in message
+    assert message.endswith("use the other checkpoint (best/ or last/) or retrain")
+
+
 def test_mixed_folders_are_refused(tiny_prepared, tmp_path):
     model, cfg = make()
     save_checkpoint(tmp_path / "c", model, cfg, tiny_prepared / "tokenizer.json")

@@ -30,6 +30,16 @@ def test_study_defaults():
     assert (
         cfg.train.batch_size == 64 and cfg.train.iters_per_epoch == 1024 and cfg.train.epoch == 512
     )
+    # The study's recipe: fp32, constant lr without warmup, no clipping, AdamW decaying every
+    # parameter, rows of 128 tokens (127 inputs), the three dropouts at 0.1.
+    t = cfg.train
+    assert t.dtype == "float32" and t.lr_schedule == "constant" and t.warmup_steps == 0
+    assert t.grad_clip == 0.0 and t.decay_all and t.study_rows and t.window == 127
+    assert t.sp_weight == 1.0 and t.grad_accum == 1 and not t.compile
+    assert t.best_by == "loss"  # best_val.pt: the lowest valid loss
+    m = cfg.model
+    assert m.attention_drop == m.residual_drop == m.embedding_drop == 0.1
+    assert preset_config("tiny").train.dtype == "auto"
 
 
 def test_json_round_trip(tmp_path):

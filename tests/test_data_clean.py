@@ -1,4 +1,4 @@
-"""The study's cleaning rules, and our fast path that must equal ftfy.fix_text exactly."""
+"""The study's cleaning rules in its order, and our fast path that must equal ftfy.fix_text exactly."""
 
 from pathlib import Path
 
@@ -31,6 +31,24 @@ def test_ftfy_fixes_mojibake_and_uncurls_quotes():
         clean_text("\u201cHi,\u201d she said. It\u2019s", lowercase=False)
         == '"Hi," she said. It\'s'
     )
+
+
+def test_the_studys_order_lowercase_before_ftfy():
+    # The study lowercased, then ran ftfy: lowercased mojibake is no longer recognised.
+    assert clean_text("CAF\u00c3\u2030", lowercase=True) == "caf\u00e3\u2030"
+    assert clean_text("CAF\u00c3\u2030", lowercase=False) == "CAF\u00c9"
+
+
+def test_the_studys_order_newlines_go_before_ftfy():
+    # ftfy sees the story as one line, so a "<" anywhere stops its HTML unescaping throughout
+    # (ftfy first would unescape the first line, which holds no "<").
+    assert clean_text("&amp; first\n<b> then", lowercase=False) == "&amp; first <b> then"
+    assert clean_text("fish &amp; chips\nend", lowercase=False) == "fish & chips end"
+
+
+def test_whitespace_that_ftfy_makes_still_collapses():
+    # ftfy runs last, and an entity can turn into whitespace: the result keeps single spaces.
+    assert clean_text("a &#10; b&nbsp;&nbsp;c", lowercase=False) == "a b c"
 
 
 @pytest.mark.parametrize(

@@ -76,10 +76,11 @@ def _cfg(folder, out, **kw):
 
 
 def _oracle_word(train, valid, min_chars, vocab_size=30000, min_freq=2):
-    """The study's procedure, straightforwardly: clean, spaCy each story, count, encode again."""
+    """The study's procedure, straightforwardly: drop short raw stories, clean, spaCy each story,
+    count, encode again."""
     tok = spacy_tokenizer()
     clean = {
-        k: [c for c in (clean_text(s, True) for s in v) if len(c) >= min_chars]
+        k: [clean_text(s, True) for s in v if len(s) >= min_chars]
         for k, v in (("train", train), ("valid", valid))
     }
     counts = Counter(t.text for s in clean["train"] for t in tok(s))
@@ -140,7 +141,7 @@ def test_meta_json_describes_the_run(data_corpus, tmp_path):
     src = {s["split"]: s for s in meta["sources"]}
     assert src["train"]["sha256"] == prep_folder.sha256_file(folder / "train.txt")
     assert src["train"]["stories_read"] == len(train)
-    short = sum(len(clean_text(s, True)) < 60 for s in train + valid)
+    short = sum(len(s) < 60 for s in train + valid)
     assert meta["dropped_short"] == short > 0
     assert meta["valid_from"] == "valid files"
     assert not list(tmp_path.glob(".out.tmp-*"))
@@ -165,7 +166,7 @@ def test_bpe_is_lossless_on_every_story(data_corpus, tmp_path):
             for a, b in zip(starts, list(starts[1:]) + [len(ids)], strict=True)
         ]
         assert all(ids[b - 1] == 2 for b in list(starts[1:]) + [len(ids)])
-        assert stories == [c for c in (clean_text(s, False) for s in raw) if len(c) >= 60]
+        assert stories == [clean_text(s, False) for s in raw if len(s) >= 60]
         assert data.split_meta(split)["unk"] == 0
 
 
@@ -189,7 +190,7 @@ def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path
     tok = load_tokenizer(outs[0])
     ids = open_prepared(outs[0]).tokens("train").tolist()
     text = tok.decode(ids, skip_specials=False)
-    want = [c for c in (clean_text(s, False) for s in train) if len(c) >= 60]
+    want = [clean_text(s, False) for s in train if len(s) >= 60]
     assert text == "".join(f"<sot>{s}<eot>" for s in want)
 
 
@@ -392,6 +393,24 @@ def test_existing_unrelated_folder_is_not_overwritten(data_corpus, tmp_path):
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
+def test_short_stories_are_judged_by_their_raw_length(tmp_path):
+    """The study drops a story whose raw text is under --min_chars before cleaning: whitespace
+    that cleaning removes still counts, characters that ftfy adds do not."""
+    padded = "Lily ran.\n\n\n" + " " * 60 + "Ben ran."  # raw 81 chars, cleaned 18
+    ligatures = "\ufb01" * 40  # raw 40 chars; ftfy makes 80 ("fi" x 40)
+    kept = "Lily and Ben ran to the big red tree in the park to play with a ball."
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name in ("train.txt", "valid.txt"):
+        text = "".join(f"{s}\n<|endoftext|>\n" for s in (padded, ligatures, kept, kept))
+        (folder / name).write_text(text, encoding="utf-8")
+    out = prep.prepare(_cfg(folder, tmp_path / "o", min_chars=60), log=lambda m: None)
+    tok = load_tokenizer(out)
+    want = [i for s in (padded, kept, kept) for i in tok.encode(clean_text(s, True), True, True)]
+    assert open_prepared(out).tokens("valid").tolist() == want
+    assert json.loads((out / "meta.json").read_text())["dropped_short"] == 2
+
+
 def test_hub_dataset_flow_with_a_local_stand_in(tmp_path, monkeypatch):
     # The Hub is not reachable in tests: stand in an in-memory datasets.Dataset for each split.
     datasets = pytest.importorskip("datasets")
@@ -412,7 +431,7 @@ def test_hub_dataset_flow_with_a_local_stand_in(tmp_path, monkeypatch):
         ("train", "roneneldan/TinyStories", "train", 40),
         ("valid", "roneneldan/TinyStories", "validation", 6),
     ]
-    want = sum(len(clean_text(s, True)) >= 60 for s in rows["validation"])
+    want = sum(len(s) >= 60 for s in rows["validation"])
     assert meta["splits"]["valid"]["stories"] == want
 
 

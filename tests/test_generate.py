@@ -152,17 +152,35 @@ def test_top_k_never_picks_outside_the_k_likeliest():
     assert (filter_top_k(logits, 5) > float("-inf")).sum(dim=1).tolist() == [5, 5, 5, 5]
 
 
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]]))
-    kept = filter_top_p(logits, 0.8) > float("-inf")
-    # 0.5 + 0.3 reaches 0.8: the 0.15 and 0.05 tokens are out (in either order of the vocabulary).
-    assert kept.tolist() == [[True, True, False, False], [False, False, True, True]]
-    assert (filter_top_p(logits, 0.01) > float("-inf")).sum(dim=1).tolist() == [1, 1]
+# Powers of two: softmax, the cumulative sums and the nucleus boundaries are all exact in float32,
+# so a set that reaches p exactly must stop there (a ">" for ">=" keeps one token more).
+# Only the last two tie, and no tested boundary falls between them.
+EXACT = torch.tensor([2.0**-k for k in range(1, 8)] + [2.0**-7])  # 0.5, 0.25, ..., sums to 1
+
+
+@pytest.mark.parametrize("p,n_kept", [(0.5, 1), (0.75, 2), (0.875, 3), (0.9375, 4), (0.8, 3)])
+def test_top_p_keeps_the_smallest_set_reaching_p_exactly(p, n_kept):
+    logits = torch.log(torch.stack([EXACT, EXACT.flip(0)]))  # (2, 8), likeliest first and last
+    # The premise: both paths see these probabilities exactly.
+    assert torch.equal(torch.softmax(logits, -1)[0], EXACT)
+    assert torch.equal(torch.exp(logits - torch.logsumexp(logits, -1, keepdim=True))[0], EXACT)
+    kept = filter_top_p(logits, p) > float("-inf")
+    want = torch.zeros(2, 8, dtype=torch.bool)
+    want[0, :n_kept] = True
+    want[1] = want[0].flip(0)
+    assert torch.equal(kept, want)
+    weights, ids = candidates(logits, 0, p)
+    assert torch.equal(torch.zeros_like(want).scatter(-1, ids, weights > 0), want)
     g = torch.Generator().manual_seed(0)
-    sample = SampleConfig(top_p=0.8, temperature=1.0)
-    for _ in range(300):
-        picked = next_token(logits, sample, generator=g)
-        assert kept[torch.arange(2), picked].all()
+    sample = SampleConfig(top_p=p, temperature=1.0)
+    picked = torch.stack([next_token(logits, sample, generator=g) for _ in range(300)])  # (300, 2)
+    assert kept[torch.arange(2), picked].all()
+    assert len(picked[:, 0].unique()) == n_kept  # and every kept token does get drawn
+
+
+def test_top_p_below_the_likeliest_keeps_only_it():
+    logits = torch.log(torch.stack([EXACT, EXACT.flip(0)]))
+    assert (filter_top_p(logits, 0.01) > float("-inf")).sum(dim=1).tolist() == [1, 1]
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.999), (7, 1.0), (7, 0.5), (0, 0.3)])

@@ -66,3 +66,26 @@ def test_causality():
     y[0, 8] = (y[0, 8] + 1) % 50
     torch.testing.assert_close(m(x)[:, :8], m(y)[:, :8])
     assert not torch.allclose(m(x)[:, 8:], m(y)[:, 8:])
+
+
+def test_mlp_training_forward_has_the_studys_two_dropouts():
+    """The study's ff, w2(dropout(gelu(w1(x)))), then the residual dropout on its output: the
+    training forward against a hand computation with the same masks, drawn again in the same
+    order from the same seed through gpt_study.ops (the CPU path the model takes)."""
+    from gpt_study import ops
+
+    torch.manual_seed(0)
+    p = 0.25
+    mlp = GPT(tiny_config(residual_drop=p)).blocks[0].mlp.train()
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(7)
+    got = mlp(x)
+    torch.manual_seed(7)
+    inner = ops.keep_mask((2, 5, 64), p, torch.float32) != 0  # on the d_ff activations
+    outer = ops.keep_mask((2, 5, 32), p, torch.float32) != 0  # on the branch's output
+    h = F.gelu(x @ mlp.fc.weight.T + mlp.fc.bias) * inner / (1 - p)  # (B, T, d_ff)
+    want = (h @ mlp.proj.weight.T + mlp.proj.bias) * outer / (1 - p)  # (B, T, C)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not inner.all() and not outer.all()  # both dropouts did drop something
+    mlp.eval()
+    torch.testing.assert_close(mlp(x), mlp.proj(F.gelu(mlp.fc(x))))  # none at evaluation

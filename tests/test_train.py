@@ -87,6 +87,40 @@ def test_row_sampler_is_deterministic_and_world_size_invariant():
     assert starts.min() == 0 and starts.max() == 1000 - 17
 
 
+def test_study_rows_are_the_split_cut_into_context_size_rows():
+    """The study: N = len // 128 rows of 128 tokens (tail dropped), drawn with replacement,
+    inputs row[:-1] (127 tokens), targets row[1:]."""
+    tokens = np.arange(1000, dtype=np.uint16)  # 62 rows of 16, a tail of 8 dropped
+    rows = RowSampler(tokens, 16, batch_size=64, seed=7, aligned=True)
+    assert rows.inputs == 15
+    x, y = rows.batch(0)
+    assert x.shape == y.shape == (64, 15)
+    assert (x[:, 0] % 16 == 0).all()  # every row starts on a row boundary of the N x 16 array
+    np.testing.assert_array_equal(x, x[:, :1] + np.arange(15))  # row[:-1]
+    np.testing.assert_array_equal(y, x + 1)  # row[1:]
+    starts = np.concatenate([rows.offsets(s) for s in range(200)])
+    assert set(starts.tolist()) == set(range(0, 62 * 16, 16))  # all 62 rows, none in the tail
+    assert len(set(rows.offsets(0).tolist())) < 64  # with replacement: 64 draws of 62 rows
+    with pytest.raises(UserError, match="context_size"):
+        RowSampler(np.zeros(10, dtype=np.uint16), 16, 4, seed=0, aligned=True)
+
+
+def test_seed_trains_on_study_rows_and_tiny_on_windows(tiny_prepared):
+    from gpt_study.train.run import _sampler
+    from gpt_study.train.state import TrainState
+
+    seed = build_config("seed", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
+    assert seed.train.study_rows and seed.train.window == 15
+    sampler = _sampler(open_prepared(tiny_prepared), seed.train, TrainState())
+    assert sampler.aligned and sampler.batch(0)[0].shape == (64, 15)
+    tiny = build_config("tiny", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
+    assert not tiny.train.study_rows and tiny.train.window == 16
+    assert _sampler(open_prepared(tiny_prepared), tiny.train, TrainState()).batch(0)[0].shape == (
+        16,
+        16,
+    )
+
+
 def test_row_sampler_rejects_a_stream_shorter_than_a_row():
     with pytest.raises(UserError, match="context_size"):
         RowSampler(np.zeros(10, dtype=np.uint16), 16, 4, seed=0)
@@ -108,7 +142,9 @@ def test_eval_windows_capped_spread_over_the_split():
 
 
 def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
-    """Zero output weights give uniform predictions: NLL = ln V whatever the smoothing/weights."""
+    """Zero output weights give uniform predictions: NLL = ln V, and the study's smoothed,
+    weighted loss ln V * sum_n sum_c w_c q_nc / sum_n w_(y_n) (its class weights also weigh the
+    smoothing mass of every target)."""
     data = open_prepared(tiny_prepared)
     V = 51
     model = GPT(GPTConfig(vocab_size=V, **MODEL))
@@ -119,7 +155,10 @@ def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
     n_valid = data.split_meta("valid")["tokens"]
     assert v.tokens == n_valid - 1 and v.fraction == 1.0
     assert v.nll == pytest.approx(math.log(V), rel=1e-6)
-    assert v.loss == pytest.approx(math.log(V), rel=1e-6)
+    targets = data.tokens("valid")[1:].astype(np.int64)  # every target scored once
+    w_y = np.where((targets == 1) | (targets == 2), 3.0, 1.0)  # sp_weight on <sot>, <eot>
+    mass = 0.9 * w_y + 0.1 * (V + 2 * (3.0 - 1)) / V  # sum_c w_c q_nc
+    assert v.loss == pytest.approx(math.log(V) * mass.sum() / w_y.sum(), rel=1e-6)
     assert v.ppl == pytest.approx(V, rel=1e-5)
     bytes_ = data.split_meta("valid")["bytes"]
     assert v.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
@@ -131,24 +170,27 @@ def test_validation_of_a_uniform_model_has_closed_form_values(tiny_prepared):
             context_size=16, batch_size=4, label_smoothing=0.1, sp_weight=3.0, eval_iters=2
         ),
     )
-    assert capped.tokens == 2 * 4 * 16
+    assert capped.tokens == 2 * 4 * 15  # windows of context_size - 1 inputs, as the study's rows
     assert capped.bpb == pytest.approx(math.log2(V) * (n_valid - 1) / bytes_, rel=1e-6)
 
 
-def test_validation_nll_matches_a_direct_computation(tiny_prepared):
+@pytest.mark.parametrize("study_rows,window", [(True, 15), (False, 16)])
+def test_validation_nll_matches_a_direct_computation(tiny_prepared, study_rows, window):
+    """Windows of the trained width: context_size - 1 inputs with the study's rows."""
     data = open_prepared(tiny_prepared)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()
     tokens = torch.from_numpy(data.tokens("valid").astype(np.int64))
     want, n = 0.0, 0
-    for start in range(0, len(tokens) - 1, 16):
-        row = tokens[start : start + 17]
+    for start in range(0, len(tokens) - 1, window):
+        row = tokens[start : start + window + 1]
         logp = torch.log_softmax(model(row[None, :-1])[0], dim=-1)  # (T, V)
         want -= logp.gather(1, row[1:, None]).sum().item()
         n += len(row) - 1
-    v = validate(
-        model, data, TrainConfig(context_size=16, batch_size=4, label_smoothing=0.0, sp_weight=1.0)
+    cfg = TrainConfig(
+        context_size=16, batch_size=4, label_smoothing=0.0, sp_weight=1.0, study_rows=study_rows
     )
+    v = validate(model, data, cfg)
     assert v.tokens == n
     assert v.nll == pytest.approx(want / n, rel=1e-5)
     assert v.loss == pytest.approx(want / n, rel=1e-5)  # no smoothing, no weights: the same
@@ -171,6 +213,55 @@ def test_training_loss_is_the_study_loss_of_the_model():
     assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
     for g, p in zip(grads, net.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def _decays(optimizer):
+    """Each parameter's weight decay, by its dimension: {dim: set of decays}."""
+    out = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            out.setdefault(min(p.dim(), 2), set()).add(g["weight_decay"])
+    return out
+
+
+def test_seed_decays_every_parameter_and_tiny_only_the_matrices():
+    """The study's AdamW decays biases and LayerNorms too; tiny keeps them undecayed."""
+    from gpt_study.presets import preset_config
+    from gpt_study.train.optim import make_optimizer
+
+    net = GPT(GPTConfig(vocab_size=51, **MODEL))
+    seed = preset_config("seed").train
+    assert seed.decay_all is True and seed.weight_decay == 5e-4
+    opt = make_optimizer(net, seed, "cpu")
+    assert _decays(opt) == {1: {5e-4}, 2: {5e-4}}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    tiny = preset_config("tiny").train
+    assert tiny.decay_all is False
+    assert _decays(make_optimizer(net, tiny, "cpu")) == {1: {0.0}, 2: {tiny.weight_decay}}
+
+
+@pytest.mark.parametrize("saved_all,now_all", [(False, True), (True, False), (True, True)])
+def test_resumed_optimizer_decays_as_the_config_says(saved_all, now_all):
+    from gpt_study.train.optim import load_optimizer_state, make_optimizer
+
+    net = GPT(GPTConfig(vocab_size=51, **MODEL))
+    saved = make_optimizer(net, TrainConfig(decay_all=saved_all), "cpu").state_dict()
+    now = TrainConfig(decay_all=now_all, weight_decay=1e-3)
+    opt = make_optimizer(net, now, "cpu")
+    load_optimizer_state(opt, saved, now)
+    assert _decays(opt) == {1: {1e-3 if now_all else 0.0}, 2: {1e-3}}
+
+
+def test_a_config_saved_before_the_study_settings_keeps_what_it_computed(tmp_path):
+    from gpt_study.config import Config, config_to_dict, load_config
+
+    d = config_to_dict(Config())
+    del d["train"]["decay_all"], d["train"]["study_rows"], d["train"]["best_by"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    old = load_config(tmp_path / "config.json").train
+    assert old.decay_all is False and old.study_rows is False and old.window == 128
+    assert old.best_by == "nll"
+    assert Config().train.decay_all is True and Config().train.study_rows is True
 
 
 # ---------------------------------------------------------------------------- whole runs
@@ -198,6 +289,31 @@ def test_a_few_steps_lower_the_loss_and_write_everything(tiny_prepared, tmp_path
     assert state["step"] == 18 and state["sampler"]["position"] == 18
     assert state["best_valid_nll"] == pytest.approx(valid[-1]["valid_nll"])
     assert not (root / "best" / "optimizer.pt").exists()  # best is for use, last for resuming
+
+
+@pytest.mark.parametrize("preset,best_step", [("seed", 12), ("tiny", 6)])
+def test_best_is_the_lowest_valid_loss_in_seed_and_the_lowest_nll_in_tiny(
+    tiny_prepared, tmp_path, monkeypatch, preset, best_step
+):
+    """The study kept the checkpoint of lowest valid loss (smoothed, weighted); here the two
+    numbers disagree on purpose: step 6 has the lower NLL, step 12 the lower loss."""
+    from gpt_study.train.validate import Validation
+
+    scripted = iter([(3.0, 2.0), (2.5, 2.2)])  # (loss, nll) at steps 6 and 12
+
+    def fake_validate(*a, **kw):
+        loss, nll = next(scripted)
+        return Validation(loss=loss, nll=nll, ppl=math.exp(nll), bpb=None, tokens=1, fraction=1.0)
+
+    monkeypatch.setattr(train_loop, "validate", fake_validate)
+    root = tmp_path / preset
+    train = tiny_train(tiny_prepared, root, sample_tokens=0, batch_size=2)
+    fit(build_config(preset, train=train, model=MODEL))
+    best = json.loads((root / "best" / "state.json").read_text())
+    assert best["best_step"] == best_step == best["step"]
+    assert (best["best_valid_loss"], best["best_valid_nll"]) == (
+        (3.0, 2.0) if preset == "tiny" else (2.5, 2.2)
+    )
 
 
 def _interrupt_at(step_to_stop, signum, monkeypatch):

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt_study import runtime
@@ -127,6 +129,41 @@ def _resolve(path: Path) -> Path:
     )
 
 
+def _damaged(file: Path, error: BaseException) -> UserError:
+    """A one-line error for a checkpoint file that exists but cannot be read (a save torn by a
+    crash outside the atomic rename, a full disk, a bad copy): which file, why, the way out."""
+    lines = str(error).strip().splitlines()
+    why = lines[0] if lines else type(error).__name__
+    return UserError(
+        f"{file} is damaged ({why}): use the other checkpoint (best/ or last/) or retrain"
+    )
+
+
+def _read_weights(file: Path, device: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file), device=device)
+    except SafetensorError as e:  # truncated, empty or not safetensors at all
+        raise _damaged(file, e) from None
+
+
+def _read_state(file: Path) -> dict[str, Any]:
+    if not file.exists():
+        return {}
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:  # torn JSON, or bytes that are not UTF-8 text
+        raise _damaged(file, e) from None
+
+
+def _read_optimizer(file: Path, device: str | torch.device) -> dict[str, Any]:
+    try:
+        return torch.load(file, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        # torch.load of a truncated file: EOFError (empty), RuntimeError (no zip directory),
+        # OSError (a cut-off record); UnpicklingError for anything but plain tensors.
+        raise _damaged(file, e) from None
+
+
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu", optimizer: bool = False
 ) -> Checkpoint:
@@ -140,7 +177,7 @@ def load_checkpoint(
             f"{config.model.vocab_size}: the folder mixes files from different runs"
         )
     model = GPT(config.model)
-    weights = load_file(str(path / WEIGHTS), device=str(device))
+    weights = _read_weights(path / WEIGHTS, str(device))
     own = model.state_dict()
     wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if wrong:
@@ -156,10 +193,10 @@ def load_checkpoint(
             f"unexpected {list(unexpected)[:3]}): the folder mixes files from different runs"
         )
     model.to(device)
-    state = json.loads((path / STATE).read_text()) if (path / STATE).exists() else {}
+    state = _read_state(path / STATE)
     opt = None
     if optimizer and (path / OPTIMIZER).exists():
-        opt = torch.load(path / OPTIMIZER, map_location=device, weights_only=True)
+        opt = _read_optimizer(path / OPTIMIZER, device)
     return Checkpoint(model, config, tokenizer, state, opt, path)
 
 

@@ -18,25 +18,38 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from gpt_study.errors import UserError
-from gpt_study.io import write_json_atomic
-from gpt_study.ranges import (
+from gpt_study.fields import (
     AT_LEAST_1,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
     Range,
     check_ranges,
+    doc,
 )
+from gpt_study.io import write_json_atomic
+from gpt_study.train_config import TrainConfig
+
+__all__ = [
+    "EOT_ID",
+    "SOT_ID",
+    "SPECIALS",
+    "UNK_ID",
+    "Config",
+    "DataConfig",
+    "GPTConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
 
 SPECIALS = ("<unk>", "<sot>", "<eot>")
 """The study's special tokens, with ids 0, 1, 2 in every vocabulary."""
 
 UNK_ID, SOT_ID, EOT_ID = 0, 1, 2
-
-
-def doc(text: str, **kw: Any) -> dict[str, Any]:
-    """Field metadata: ``text`` becomes the flag's ``--help``; ``kw`` are extra argparse options."""
-    return {"doc": text, **kw}
 
 
 @dataclass
@@ -70,7 +83,8 @@ class DataConfig:
         default=2, metadata=doc("a word needs this many occurrences to enter the vocabulary")
     )
     min_chars: int = field(
-        default=300, metadata=doc("drop stories shorter than this many characters")
+        default=300,
+        metadata=doc("drop stories whose raw text (before cleaning, as the study) is shorter"),
     )
     lowercase: bool | None = field(
         default=None, metadata=doc("lowercase the text (default: on for word, off for bpe)")
@@ -148,122 +162,6 @@ class GPTConfig:
                 f"--n_heads {self.n_heads} does not divide --d_model {self.d_model}: "
                 "pick a head count that divides the width"
             )
-
-
-@dataclass
-class TrainConfig:
-    """The training run (``gpt-study train``): the study's recipe plus what makes it trustworthy."""
-
-    data: str | None = field(
-        default=None,
-        metadata=doc(
-            "prepared folder (default: <dataset_root>/<tokenizer>-<vocab_size>, as prepare names it)"
-        ),
-    )
-    save_root: str = field(
-        default="runs/gpt", metadata=doc("folder for checkpoints, logs and plots")
-    )
-    resume: bool = field(
-        default=False, metadata=doc("continue the run in --save_root from its last checkpoint")
-    )
-    label_smoothing: float = field(
-        default=0.1, metadata=doc("label smoothing of the training loss")
-    )
-    sp_weight: float = field(
-        default=1.0, metadata=doc("loss weight of <sot>/<eot> targets (1: no extra weight)")
-    )
-    weight_decay: float = field(default=5e-4, metadata=doc("AdamW weight decay"))
-    lr: float = field(default=2.5e-4, metadata=doc("peak learning rate"))
-    lr_betas: tuple[float, float] = field(default=(0.9, 0.98), metadata=doc("AdamW betas", nargs=2))
-    eps: float = field(default=1e-9, metadata=doc("AdamW epsilon"))
-    lr_schedule: str = field(
-        default="constant",
-        metadata=doc(
-            "constant (the study) or cosine (linear warmup, cosine decay)",
-            choices=["constant", "cosine"],
-        ),
-    )
-    warmup_steps: int = field(
-        default=0, metadata=doc("linear warmup steps for --lr_schedule cosine")
-    )
-    min_lr: float = field(default=0.0, metadata=doc("final learning rate of the cosine schedule"))
-    context_size: int = field(
-        default=128, metadata=doc("tokens per training row (must be <= max_len)")
-    )
-    batch_size: int = field(default=64, metadata=doc("rows per step on each process"))
-    grad_accum: int = field(default=1, metadata=doc("micro-batches per optimizer step"))
-    grad_clip: float = field(default=0.0, metadata=doc("clip the gradient norm to this (0: off)"))
-    epoch: int = field(default=512, metadata=doc("epochs to train (the study's flag)"))
-    iters_per_epoch: int = field(default=1024, metadata=doc("optimizer steps per epoch"))
-    eval_iters: int = field(
-        default=0, metadata=doc("cap on validation batches (0: the whole valid split)")
-    )
-    max_steps: int = field(
-        default=0, metadata=doc("stop after this many optimizer steps (0: no cap)")
-    )
-    max_time: float = field(
-        default=0.0,
-        metadata=doc(
-            "stop after this many minutes of this invocation (0: no cap); a resumed run gets a fresh budget"
-        ),
-    )
-    print_interval: int = field(default=100, metadata=doc("steps between console log lines"))
-    progress: bool | None = field(
-        default=None, metadata=doc("progress bar (default: only when stderr is a terminal)")
-    )
-    sample_tokens: int = field(
-        default=256,
-        metadata=doc("most tokens of the greedy sample story written each epoch (0: none)"),
-    )
-    device: str = field(default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps"))
-    dtype: str = field(
-        default="auto",
-        metadata=doc(
-            "auto (bf16 where supported), float32 or bfloat16",
-            choices=["auto", "float32", "bfloat16"],
-        ),
-    )
-    compile: bool = field(default=False, metadata=doc("torch.compile the model"))
-    threads: int = field(
-        default=0,
-        metadata=doc(
-            "CPU threads for torch (0: torch's default, one per core); 1 is faster when other "
-            "work shares the cores"
-        ),
-    )
-    seed: int = field(default=1234, metadata=doc("seed for weights, dropout and data order"))
-    wb_flag: bool = field(
-        default=False, metadata=doc("log to Weights & Biases (needs pip install wandb)")
-    )
-    wb_project: str = field(default="gpt_study", metadata=doc("wandb project"))
-    wb_name: str | None = field(default=None, metadata=doc("wandb run name"))
-    wb_notes: str | None = field(default=None, metadata=doc("wandb notes"))
-    wb_tags: list[str] = field(default_factory=list, metadata=doc("wandb tags", nargs="*"))
-
-    RANGES: ClassVar[dict[str, Range]] = {
-        "label_smoothing": PROBABILITY,
-        "sp_weight": POSITIVE,
-        "weight_decay": NON_NEGATIVE,
-        "lr": POSITIVE,
-        "lr_betas": PROBABILITY,
-        "eps": POSITIVE,
-        "warmup_steps": NON_NEGATIVE,
-        "min_lr": NON_NEGATIVE,
-        **dict.fromkeys(
-            ("context_size", "batch_size", "grad_accum", "epoch", "iters_per_epoch"), AT_LEAST_1
-        ),
-        "print_interval": AT_LEAST_1,
-        **dict.fromkeys(("grad_clip", "eval_iters", "max_steps", "max_time"), NON_NEGATIVE),
-        **dict.fromkeys(("sample_tokens", "threads", "seed"), NON_NEGATIVE),
-    }
-
-    def __post_init__(self) -> None:
-        self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
-        check_ranges(self, self.RANGES)
-        if len(self.lr_betas) != 2:
-            raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
-        if self.lr_schedule == "cosine" and self.min_lr > self.lr:
-            raise UserError(f"--min_lr {self.min_lr} is above --lr {self.lr}: lower it")
 
 
 @dataclass
@@ -363,4 +261,11 @@ def load_config(path: str | os.PathLike) -> Config:
         raise UserError(
             f"{path} is not valid JSON ({e.msg}, line {e.lineno}): the file is damaged"
         ) from None
+    train = d.get("train") if isinstance(d, dict) else None
+    if isinstance(train, dict):
+        # Configs saved before these settings existed decayed only the weight matrices, drew
+        # windows at any offset and kept the checkpoint of lowest NLL as best: they keep that.
+        train.setdefault("decay_all", False)
+        train.setdefault("study_rows", False)
+        train.setdefault("best_by", "nll")
     return config_from_dict(d, str(path))

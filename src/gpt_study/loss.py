@@ -1,9 +1,16 @@
 """The study's training loss and the honest metric beside it.
 
-``lm_loss`` is what the study optimised: cross-entropy with label smoothing, with an extra weight
-``sp_weight`` on targets that are ``<sot>``/``<eot>`` (it taught the model to end stories).
-``nll_sum`` is plain negative log-likelihood: no smoothing, no weights. Only the latter gives
-perplexity and bits per byte; the study reported the former as "valid loss".
+``lm_loss`` is what the study optimised: ``torch.nn.CrossEntropyLoss(weight=w,
+label_smoothing=eps)`` with class weights ``w`` of 1, except ``sp_weight`` on ``<sot>``/``<eot>``
+(it taught the model to end stories). PyTorch's definition, per target position n with target y:
+
+    loss_n = -sum_c w_c q_nc log p_nc,   q_n = (1 - eps) onehot(y) + eps / V,
+    mean   = sum_n loss_n / sum_n w_(y_n)
+
+so the class weights also weight the smoothing term of every position: ``<sot>`` and ``<eot>``
+get extra smoothing mass everywhere, not only where they are the target. ``nll_sum`` is plain
+negative log-likelihood: no smoothing, no weights. Only the latter gives perplexity and bits per
+byte; the study reported the former as "valid loss".
 """
 
 from __future__ import annotations
@@ -17,11 +24,25 @@ from gpt_study.config import EOT_ID, SOT_ID
 def special_weights(
     targets: torch.Tensor, sp_weight: float, special_ids: tuple[int, ...] = (SOT_ID, EOT_ID)
 ) -> torch.Tensor:
-    """Per-target weights: ``sp_weight`` where the target is ``<sot>``/``<eot>``, else 1."""
+    """Per-target weights ``w_(y_n)``: ``sp_weight`` where the target is ``<sot>``/``<eot>``, else
+    1. Their sum is the denominator of the study's mean (see :func:`class_weights`)."""
     special = torch.zeros_like(targets, dtype=torch.bool)
     for i in special_ids:
         special |= targets == i
     return torch.where(special, sp_weight, 1.0)
+
+
+def class_weights(
+    vocab_size: int,
+    sp_weight: float,
+    special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The study's ``weight`` vector (V,) for ``CrossEntropyLoss``: 1, ``sp_weight`` at the
+    special ids. It weights both each target's term and every position's smoothing term."""
+    w = torch.ones(vocab_size, device=device)
+    w[list(special_ids)] = sp_weight
+    return w
 
 
 def lm_loss_terms(
@@ -31,16 +52,19 @@ def lm_loss_terms(
     sp_weight: float = 1.0,
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of weighted smoothed cross-entropy, sum of weights) over ``logits`` (N, V) and
-    ``targets`` (N,): the two sums whose ratio is :func:`lm_loss`, so that held-out scoring can
-    add them up over batches and ranks."""
-    per_token = F.cross_entropy(
-        logits.float(), targets, label_smoothing=label_smoothing, reduction="none"
-    )  # (N,)
+    """(sum_n loss_n, sum_n w_(y_n)) over ``logits`` (N, V) and ``targets`` (N,): the two sums
+    whose ratio is :func:`lm_loss`, so that held-out scoring can add them up over batches and
+    ranks (``CrossEntropyLoss``'s weighted mean is exactly this ratio)."""
     if sp_weight == 1.0:
-        return per_token.sum(), torch.tensor(float(targets.numel()))
-    w = special_weights(targets, sp_weight, special_ids).to(per_token.dtype)
-    return (per_token * w).sum(), w.sum()
+        total = F.cross_entropy(
+            logits.float(), targets, label_smoothing=label_smoothing, reduction="sum"
+        )
+        return total, torch.tensor(float(targets.numel()))
+    w = class_weights(logits.size(-1), sp_weight, special_ids, logits.device)  # (V,)
+    total = F.cross_entropy(
+        logits.float(), targets, weight=w, label_smoothing=label_smoothing, reduction="sum"
+    )
+    return total, special_weights(targets, sp_weight, special_ids).sum()
 
 
 def lm_loss(
@@ -50,20 +74,19 @@ def lm_loss(
     sp_weight: float = 1.0,
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
 ) -> torch.Tensor:
-    """Mean (weighted) smoothed cross-entropy of ``logits`` (B, T, V) against ``targets`` (B, T).
+    """The study's criterion on ``logits`` (B, T, V) against ``targets`` (B, T), in fp32:
+    ``CrossEntropyLoss(weight=class_weights(...), label_smoothing=...)``, see the module text.
 
-    With weights, the mean is over the weights (sum(w * loss) / sum(w)), so sp_weight changes the
-    balance between tokens, not the scale of the loss.
+    The mean is over the target weights (sum_n loss_n / sum_n w_(y_n)), so ``sp_weight`` changes
+    the balance between tokens more than the scale of the loss.
     """
     V = logits.size(-1)
     flat_logits = logits.reshape(-1, V).float()  # (B*T, V)
     flat_targets = targets.reshape(-1)  # (B*T,)
     if sp_weight == 1.0:
         return F.cross_entropy(flat_logits, flat_targets, label_smoothing=label_smoothing)
-    total, weight = lm_loss_terms(
-        flat_logits, flat_targets, label_smoothing, sp_weight, special_ids
-    )
-    return total / weight
+    w = class_weights(V, sp_weight, special_ids, logits.device)  # (V,)
+    return F.cross_entropy(flat_logits, flat_targets, weight=w, label_smoothing=label_smoothing)
 
 
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -89,7 +112,7 @@ def head_loss(
     softmax, the gradient and its casts (about 1 GB each). Here the logits are made ``chunk_size``
     rows at a time, turned into softmax probabilities in place of the logits, and the gradients
     of ``hidden``, ``head.weight`` and ``head.bias`` are computed right away from that chunk;
-    backward only scales them. Same maths as :func:`lm_loss` (the smoothing and ``sp_weight``
+    backward only scales them. Same maths as :func:`lm_loss` (the smoothing and class-weight
     terms are added exactly, on small matrices), one pass over each chunk instead of about ten.
 
     Under ``torch.autocast`` the matmuls run in the autocast dtype, like ``head(hidden)`` would;
@@ -100,11 +123,7 @@ def head_loss(
     C = hidden.size(-1)
     h = hidden.reshape(-1, C)  # (N, C)
     y = targets.reshape(-1)  # (N,)
-    if sp_weight == 1.0:
-        w = torch.full(y.shape, 1.0 / y.numel(), device=y.device)  # (N,)
-    else:
-        w = special_weights(y, sp_weight, special_ids)
-        w = w / w.sum()  # (N,) sums to 1: a weighted mean, as lm_loss
+    ids = () if sp_weight == 1.0 else tuple(sorted(set(special_ids)))  # classes whose w_c != 1
     dev = hidden.device.type
     cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     N = y.numel()
@@ -112,22 +131,27 @@ def head_loss(
         n_chunks = -(-N * head.out_features // (1 << 26))
         chunk_size = -(-N // max(1, n_chunks))
     chunk = max(1, chunk_size)
-    return _ChunkedHeadLoss.apply(h, head.weight, head.bias, y, w, label_smoothing, cdt, chunk)
+    return _ChunkedHeadLoss.apply(
+        h, head.weight, head.bias, y, sp_weight, ids, label_smoothing, cdt, chunk
+    )
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """Loss and all three gradients in one chunked pass (see :func:`head_loss`).
 
-    With z = h W^T + b, p = softmax(z), s_i the token weights (summing to 1) and e the smoothing:
-      loss = sum_i s_i * (-log p_iy + e * (z_iy - mean_j z_ij))
-      dz_i = s_i * (p_i - e / V - (1 - e) * onehot(y_i))
+    With z = h W^T + b, p = softmax(z), e the smoothing, w_c the class weights (1, except
+    ``sp`` at ``ids``), S = sum_c w_c, D = sum_i w_(y_i) and a_i = (1 - e) w_(y_i) + e S / V
+    (the weighted mass sum_c w_c q_ic of the smoothed target q_i):
+      loss = sum_i (a_i * -log p_iy + (e / V) * (S z_iy - sum_c w_c z_ic)) / D
+      dz_i = (a_i p_i - (1 - e) w_(y_i) onehot(y_i) - (e / V) w) / D
     The constant and one-hot parts of dz are applied to the small products (dh = dz W is
-    s * (p W - e * mean(W) - (1 - e) W_y), and likewise for dW and db), so each chunk needs only
-    its softmax. mean_j z_ij = h_i . mean(W) + mean(b) is exact and needs no pass over z.
+    (a p W - (1 - e) w_y W_y - (e / V) w W) / D, and likewise for dW and db), so each chunk
+    needs only its softmax. sum_c w_c z_ic = [h_i, 1] . (sum_c w_c [W_c, b_c]) is exact and
+    needs no pass over z; w W is the column sum of W plus (sp - 1) times the few rows at ``ids``.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, y, w, eps, cdt, chunk):  # noqa: D102
+    def forward(ctx, h, weight, bias, y, sp, ids, eps, cdt, chunk):  # noqa: D102
         N, C = h.shape
         V = weight.size(0)
         dev = h.device
@@ -146,14 +170,22 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 hx, wx = hc, wc
             # The kernels want both operands row-major: transposed views cost a copy per call.
             wxt = wx.t().contiguous()  # (C', V)
-            w_mean = wc.mean(0, dtype=torch.float32)  # (C,)
-            z_mean = hx.float() @ wx.mean(0, dtype=torch.float32)  # (N,) row means of the logits
+            cw = torch.ones(V, device=dev)  # (V,) class weights w_c
+            cw[list(ids)] = sp
+            wsum = wx.sum(0, dtype=torch.float32)  # (C',) sum_c w_c [W_c, b_c], ...
+            if ids:  # ... plus (sp - 1) times the rows of the weighted classes
+                wsum += (sp - 1.0) * wx[list(ids)].float().sum(0)
+            wy = cw[y]  # (N,) weight of each target
+            D = wy.sum()  # the mean's denominator, sum_i w_(y_i)
+            a = (1.0 - eps) * wy + (eps / V) * cw.sum()  # (N,) the scale of p in dz, times D
+            zc = hx.float() @ wsum  # (N,) sum_c w_c z_ic
             zy = torch.empty(N, device=dev)  # (N,) logit of the target
             py = torch.empty(N, device=dev)  # (N,) its probability
             gh = torch.empty(N, C, dtype=cdt, device=dev) if need_h else None  # (N, C) p W
-            # [s*h, s] (s: the token weights), so that [s*h, s]^T p gives the dW and db parts.
-            sh = (hx.float() * w[:, None]).to(cdt) if need_w or need_b else None  # (N, C')
-            acc = None  # (C', V) fp32: [s*h, s]^T p summed over chunks
+            # [r*h, r] (r = a / D), so that [r*h, r]^T p gives the dW and db parts of a p / D.
+            r = a / D  # (N,)
+            sh = (hx.float() * r[:, None]).to(cdt) if need_w or need_b else None  # (N, C')
+            acc = None  # (C', V) fp32: [r*h, r]^T p summed over chunks
             # The softmax overwrites the logits in place on CPU (it works row by row); elsewhere
             # it goes to a second buffer.
             zbuf = torch.empty(min(chunk, N), V, dtype=cdt, device=dev)  # (n, V)
@@ -174,21 +206,24 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             bad = py == 0  # underflow in the probability: take those rows the long way
             if bool(bad.any()):
                 nll[bad] = torch.logsumexp((hx[bad] @ wxt).float(), dim=-1) - zy[bad]
-            loss = ((nll + eps * (zy - z_mean)) * w).sum()
+            smooth = (eps / V) * (cw.sum() * zy - zc)  # (N,)
+            loss = (a * nll + smooth).sum() / D
+            o = (1.0 - eps) * wy / D  # (N,) weight of the one-hot part of dz
+            k = (eps / V) * cw / D  # (V,) the constant part of dz, the same on every row
             gw = gb = None
             if need_h:
-                # dh = s * (p W - e * mean(W) - (1 - e) * W_y)
-                gh = gh.float().sub_(wc[y].float(), alpha=1.0 - eps).sub_(eps * w_mean)
-                gh = gh.mul_(w[:, None]).to(h.dtype)
+                # dh = r p W - o W_y - k W
+                gh = gh.float().mul_(r[:, None]).sub_(wc[y].float().mul_(o[:, None]))
+                gh = gh.sub_((eps / V) * wsum[:C] / D).to(h.dtype)
             if need_w:
-                # dW = p^T (s h) - (e / V) * sum_i s_i h_i on every row - (1 - e) * s_i h_i on row y_i
-                shf = sh[:, :C].float()  # (N, C)
+                # dW = p^T (r h) - k_c * sum_i h_i on row c - o_i h_i on row y_i
+                hf = hx[:, :C].float()  # (N, C)
                 gw = acc[:C].t().contiguous()  # (V, C)
-                gw.sub_(eps / V * shf.sum(0)).index_add_(0, y, shf, alpha=-(1.0 - eps))
+                gw.sub_(torch.outer(k, hf.sum(0))).index_add_(0, y, hf * o[:, None], alpha=-1.0)
                 gw = gw.to(weight.dtype)
             if need_b:
-                gb = acc[C].sub_(eps / V * w.sum())  # (V,)
-                gb.index_add_(0, y, w, alpha=-(1.0 - eps))
+                gb = acc[C].sub_(N * k)  # (V,)
+                gb.index_add_(0, y, o, alpha=-1.0)
                 gb = gb.to(bias.dtype)
         ctx.grads = (gh, gw, gb)
         return loss
@@ -198,7 +233,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         gh, gw, gb = ctx.grads
         del ctx.grads
         out = [None if t is None else t * g for t in (gh, gw, gb)]
-        return out[0], out[1], out[2], None, None, None, None, None
+        return out[0], out[1], out[2], None, None, None, None, None, None
 
 
 class LMLoss(torch.nn.Module):

@@ -5,8 +5,8 @@ logging; those are applied from outside (train.py, generate.py).
 
 Architecture (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners", with
 the pre-LN placement of Xiong et al. 2020): token + learned position embeddings, ``n_layers``
-blocks of ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``, a final LayerNorm and an output Linear
-with bias (no weight tying, as in the study). With the study's defaults and a 30,000-word
+blocks of ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (the MLP with a dropout inside, as the
+study's), a final LayerNorm and an output Linear with bias (no weight tying, as in the study). With the study's defaults and a 30,000-word
 vocabulary that is exactly 19,672,880 parameters.
 
 Attention and dropout come from :mod:`gpt_study.ops`: PyTorch's fused
@@ -103,16 +103,23 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear, GELU, Linear."""
+    """Position-wise feed-forward as the study wrote it: Linear, exact GELU, dropout, Linear.
+
+    The study's feed-forward drops its ``d_ff`` activations with ``residual_drop`` (``w2(dropout(
+    gelu(w1(x))))``) and the block then drops the branch's output again, so there are two dropouts
+    here: ``inner_drop`` before the second Linear and ``residual_drop`` after it. Neither has
+    parameters, so checkpoints and the parameter count are unchanged.
+    """
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.inner_drop = Dropout(cfg.residual_drop)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
         self.residual_drop = Dropout(cfg.residual_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual_drop(self.proj(F.gelu(self.fc(x))))
+        return self.residual_drop(self.proj(self.inner_drop(F.gelu(self.fc(x)))))
 
 
 class Block(nn.Module):

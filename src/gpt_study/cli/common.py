@@ -29,7 +29,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "--context_size",
         type=int,
         default=None,
-        help="window in tokens (default: the context_size the model was trained on)",
+        help="window in tokens (default: the window the model was trained on)",
     )
     parser.add_argument(
         "--threads",
@@ -58,7 +58,7 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
 def window(args: argparse.Namespace, ckpt: Checkpoint) -> int:
     """``--context_size``, else the window the checkpoint was trained with; checked against the
     model's position table."""
-    trained = ckpt.config.train.context_size
+    trained = ckpt.config.train.window
     if args.context_size is None:
         return trained
     max_len = ckpt.config.model.max_len

@@ -1,9 +1,12 @@
-"""The study's cleaning rules, with its newline bug fixed.
+"""The study's cleaning rules, in the study's order, with its newline bug fixed.
 
-The study ran ``ftfy.fix_text`` on every story, lowercased it for the word vocabulary and deleted
-newlines, which glued "shirt.\\nLily" into "shirt.lily". Here a newline (any whitespace run)
-becomes one space instead. Generation runs prompts through :func:`clean_text` too, so a prompt
-is tokenized exactly like the training text.
+The study dropped stories whose raw text is shorter than 300 characters, then deleted newlines,
+which glued "shirt.\\nLily" into "shirt.lily", lowercased the text for the word vocabulary and
+ran ``ftfy.fix_text`` last. Here a newline (any whitespace run) becomes one space instead; the
+order stays the study's, which matters: ftfy then sees one line (so a ``<`` anywhere stops its
+HTML unescaping for the whole story) and lowercased mojibake ("CAFÃ‰" -> "cafã‰", which ftfy
+no longer recognises). Generation runs prompts through :func:`clean_text` too, so a prompt is
+tokenized exactly like the training text.
 """
 
 from __future__ import annotations
@@ -41,11 +44,25 @@ def fix_text(text: str) -> str:
     return "".join(out)
 
 
+def clean_words(text: str, lowercase: bool) -> list[str]:
+    """The words of :func:`clean_text` (its text split on single spaces), without joining them.
+
+    Whitespace runs to one space, lowercase, then ``ftfy.fix_text``, which can make whitespace
+    again (``&nbsp;``, ``&#10;``), so its result is split once more. Lowercasing commutes with
+    the whitespace split, so text that ftfy would leave alone is split just once.
+    """
+    if lowercase:
+        text = text.lower()
+    if _NEEDS_FTFY.search(text):
+        return fix_text(" ".join(text.split())).split()
+    return text.split()
+
+
 def clean_text(text: str, lowercase: bool) -> str:
-    """``ftfy.fix_text``, every whitespace run (newlines included) to one space, then lowercase.
+    """The study's cleaning: every whitespace run (newlines included) to one space, lowercase,
+    then ``ftfy.fix_text``.
 
     The result has no leading or trailing space and no two spaces in a row, which the word
     tokenizer relies on (it splits on single spaces).
     """
-    text = " ".join(fix_text(text).split())
-    return text.lower() if lowercase else text
+    return " ".join(clean_words(text, lowercase))

@@ -12,9 +12,10 @@ Nothing is read into memory here: training draws rows straight from the memory m
 larger than RAM still works.
 
 Training rows (:class:`RowSampler`): each optimizer step draws ``batch_size x world_size x
-grad_accum`` windows of ``context_size + 1`` tokens at uniformly random offsets of the stream (the
-study drew random rows of its N x 128 array; any offset gives more variety from the same text).
-The offsets of step ``s`` come from a generator seeded by ``(seed, s)`` alone, so the data position
+grad_accum`` rows uniformly at random, with replacement. ``aligned`` (the study's, ``--study_rows``):
+the stream cut into ``N = len // context_size`` rows of ``context_size`` tokens (the tail dropped),
+inputs ``row[:-1]``, targets ``row[1:]``; otherwise windows of ``context_size + 1`` tokens at any
+offset (more variety from the same text), ``context_size`` inputs. The offsets of step ``s`` come from a generator seeded by ``(seed, s)`` alone, so the data position
 is just the step number: a resumed run draws exactly the rows it would have drawn, and the rows do
 not depend on how the global batch is split. Rank ``r`` takes its own slice of the step's rows, so
 ranks never see the same rows.
@@ -103,8 +104,14 @@ class RowSampler:
         rank: int = 0,
         world_size: int = 1,
         grad_accum: int = 1,
+        aligned: bool = False,
     ) -> None:
-        if len(tokens) < context_size + 2:
+        if aligned and (context_size < 2 or len(tokens) < context_size):
+            raise UserError(
+                f"the training split holds {len(tokens)} tokens, fewer than one row of "
+                f"--context_size {context_size}: prepare more text or lower --context_size"
+            )
+        if not aligned and len(tokens) < context_size + 2:
             raise UserError(
                 f"the training split holds {len(tokens)} tokens, fewer than one row of "
                 f"--context_size {context_size} + 1: prepare more text or lower --context_size"
@@ -116,6 +123,12 @@ class RowSampler:
         self.rank = rank
         self.world_size = world_size
         self.grad_accum = grad_accum
+        self.aligned = aligned
+
+    @property
+    def inputs(self) -> int:
+        """Input tokens per row: ``context_size - 1`` for aligned rows, else ``context_size``."""
+        return self.context_size - 1 if self.aligned else self.context_size
 
     @property
     def global_rows(self) -> int:
@@ -125,20 +138,23 @@ class RowSampler:
     def offsets(self, step: int) -> np.ndarray:
         """Start offsets of all ``global_rows`` windows of optimizer step ``step``."""
         rng = np.random.default_rng([self.seed, step])
+        if self.aligned:  # row i of the N x context_size array starts at i * context_size
+            n_rows = len(self.tokens) // self.context_size
+            return rng.integers(0, n_rows, size=self.global_rows) * self.context_size
         high = len(self.tokens) - self.context_size  # last start that leaves context + 1 tokens
         return rng.integers(0, high, size=self.global_rows)
 
     def batch(self, step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and targets (batch_size, context_size) of this rank's micro-step ``micro``.
+        """Inputs and targets (batch_size, inputs) of this rank's micro-step ``micro``.
 
         Micro-step m of rank r takes slice ``m * world_size + r`` of the step's rows, so one
         process with ``grad_accum = k`` sees the same rows as k processes without accumulation.
         """
         part = micro * self.world_size + self.rank
         starts = self.offsets(step)[part * self.batch_size : (part + 1) * self.batch_size]
-        idx = starts[:, None] + np.arange(self.context_size + 1)  # (B, T+1)
+        idx = starts[:, None] + np.arange(self.inputs + 1)  # (B, T+1), T = self.inputs
         rows = self.tokens[idx].astype(np.int64)  # (B, T+1)
-        return rows[:, :-1], rows[:, 1:]
+        return rows[:, :-1], rows[:, 1:]  # (B, T) each
 
 
 def eval_windows(n_tokens: int, context_size: int, max_rows: int = 0) -> list[tuple[int, int]]:

@@ -146,6 +146,12 @@ def _open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
 
 
+def _unmark(story: str) -> str:
+    """A story without the line breaks of the marker lines around it, so that its raw length
+    (which the ``--min_chars`` filter reads) is that of the story, as in the Hub's ``text``."""
+    return story.removeprefix("\n").removesuffix("\n")
+
+
 def _txt_stories(path: Path, block: int = 1 << 20) -> Iterator[str]:
     """Stories between ``<|endoftext|>`` marks, read a block at a time (no per-line work)."""
     tail = ""
@@ -155,9 +161,9 @@ def _txt_stories(path: Path, block: int = 1 << 20) -> Iterator[str]:
             if not data:
                 break
             *stories, tail = (tail + data).split(END_OF_TEXT)
-            yield from (s for s in stories if s.strip())
+            yield from (_unmark(s) for s in stories if s.strip())
     if tail.strip():
-        yield tail
+        yield _unmark(tail)
 
 
 def _field(obj: Any, path: Path, where: str) -> str:

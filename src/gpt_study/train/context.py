@@ -60,7 +60,7 @@ class Run:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.sampler.global_rows * self.cfg.train.context_size
+        return self.sampler.global_rows * self.sampler.inputs
 
     @property
     def save_root(self) -> Path:

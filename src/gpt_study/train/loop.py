@@ -106,9 +106,13 @@ def end_of_epoch(r: Run, step: int) -> bool:
     """Validate (all ranks), log, write the sample story (rank 0); True if this is the best."""
     tc, state = r.cfg.train, r.state
     v = validate(r.compiled, r.data, tc, r.dtype)
-    is_best = state.best_valid_nll is None or v.nll < state.best_valid_nll
+    # The study kept the checkpoint of lowest valid loss (smoothed, weighted): --best_by loss.
+    now, best = (
+        (v.loss, state.best_valid_loss) if tc.best_by == "loss" else (v.nll, state.best_valid_nll)
+    )
+    is_best = best is None or now < best
     if is_best:
-        state.best_valid_nll, state.best_step = v.nll, step
+        state.best_valid_nll, state.best_valid_loss, state.best_step = v.nll, v.loss, step
     state.last_valid = {"step": step, **v.as_dict()}
     bpb = f"{v.bpb:.4f}" if v.bpb is not None else "n/a"
     share = "" if v.fraction > 0.999 else f" ({v.fraction:.0%} of the split)"

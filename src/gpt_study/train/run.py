@@ -173,6 +173,7 @@ def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampl
         dist.rank(),
         dist.world_size(),
         tc.grad_accum,
+        aligned=tc.study_rows,
     )
     old_rows = state.sampler.get("global_rows")
     if tc.resume and old_rows is not None and old_rows != sampler.global_rows:

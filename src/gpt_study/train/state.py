@@ -27,8 +27,11 @@ class TrainState:
     epoch: int = 0
     tokens: int = 0
     elapsed_s: float = 0.0
-    best_valid_nll: float | None = None
+    best_valid_nll: float | None = None  # NLL of the best checkpoint
     best_step: int | None = None
+    best_valid_loss: float | None = (
+        None  # its smoothed, weighted loss (picks it with --best_by loss)
+    )
     last_valid: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=dict)
     wandb_id: str | None = None

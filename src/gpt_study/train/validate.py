@@ -57,9 +57,9 @@ def validate(
 
     What is computed, exactly:
 
-    * the split is cut into windows of ``context_size + 1`` tokens overlapping by one, so each
-      target token is scored once, with between 1 and ``context_size`` tokens of context (as in
-      training); ``--eval_iters N`` keeps ``N x batch_size`` windows spread evenly over the split;
+    * the split is cut into windows of ``window + 1`` tokens overlapping by one, so each target
+      token is scored once, with between 1 and ``window`` tokens of context (``cfg.window``, as
+      in training: ``context_size - 1`` with the study's rows); ``--eval_iters N`` keeps ``N x batch_size`` windows spread evenly over the split;
     * ``loss``: the study's training loss (label smoothing, ``sp_weight``) averaged over targets
       with their weights - what the study called "valid loss";
     * ``nll``: plain cross-entropy, nats per token, every target counted once (``<eot>`` and
@@ -73,7 +73,7 @@ def validate(
     mine = score_tokens(
         model,
         tokens,
-        cfg.context_size,
+        cfg.window,
         cfg.batch_size,
         cfg.eval_iters * cfg.batch_size,
         dtype=dtype,
@@ -101,6 +101,6 @@ def sample_story(model: GPT, tokenizer: Any, cfg: Config, device: str, dtype: to
     devices = [torch.device(device)] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices), autocast(device, dtype):
         result = generate(
-            model, tokenizer, "", sample, context_size=cfg.train.context_size, warn=log.warning
+            model, tokenizer, "", sample, context_size=cfg.train.window, warn=log.warning
         )
     return result.text

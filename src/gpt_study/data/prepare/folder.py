@@ -46,6 +46,11 @@ SETTINGS_KEYS = (
     "bpe_train_chars",
 )
 
+# The cleaning rules' version, part of the fingerprint so that a folder prepared under other
+# rules is not reused as if it were the same. 2: the study's order (raw-length filter, then
+# whitespace, lowercase, ftfy); folders from before had no such key.
+CLEANING = 2
+
 
 def _describe_inputs(sources: list[Source], hub: dict[Source, Any]) -> list[dict[str, Any]]:
     out = []
@@ -81,6 +86,7 @@ def _fingerprint(inputs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             [i["split"], i.get("sha256") or i.get("fingerprint"), i.get("hub")] for i in inputs
         ],
         "settings": settings,
+        "cleaning": CLEANING,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

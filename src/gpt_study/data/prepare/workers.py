@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpt_study.config import SPECIALS
-from gpt_study.data.clean import fix_text
+from gpt_study.data.clean import clean_words
 from gpt_study.data.tokenizer import ChunkTable, load_tokenizer, spacy_tokenizer, split_chunks
 from gpt_study.errors import UserError
 
@@ -68,19 +68,19 @@ def work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     cleaned text for the main process to keep until it is.
     """
     lowercase, min_chars, bpe = _W["lowercase"], _W["min_chars"], _W["kind"] == "bpe"
-    # clean_text, cut open: its whitespace split also gives the word tokenizer its chunks, so
-    # no story is joined and split again (tests compare with clean_text on every story).
+    # clean_text, cut open: its words are also the word tokenizer's chunks, so no story is
+    # joined and split again (tests compare with clean_text on every story).
     chunks = [_START]  # word: all chunks of the batch, every story between _START and _END
     kept: list[list[str]] = []  # bpe: the words of each cleaned text
     chars, nbytes = [], []
     for raw in texts:
-        fixed = fix_text(raw)
-        words = (fixed.lower() if lowercase else fixed).split()
-        n = sum(map(len, words)) + len(words) - 1 if words else 0
-        if n < min_chars:
+        if len(raw) < min_chars:  # the study's filter: on the raw text, before cleaning
             continue
+        words = clean_words(raw, lowercase)
+        n = sum(map(len, words)) + len(words) - 1 if words else 0
         chars.append(n)
-        nbytes.append(n if fixed.isascii() else len(" ".join(words).encode("utf-8")))
+        ascii_ = raw.isascii() and "&" not in raw  # then so is ftfy's output (no entities)
+        nbytes.append(n if ascii_ else len(" ".join(words).encode("utf-8")))
         if bpe:
             kept.append(words)
         else:

@@ -1,4 +1,5 @@
-"""The meaningful range of every numeric setting, checked when a config is built.
+"""Metadata of config fields: the help text of each flag, and the meaningful range of every
+numeric setting, checked when a config is built.
 
 A value outside its range (NaN and infinities included) is refused with one line that names the
 flag, the value and the range, before anything is written. Each config dataclass lists its
@@ -13,6 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpt_study.errors import UserError
+
+
+def doc(text: str, **kw: Any) -> dict[str, Any]:
+    """Field metadata: ``text`` becomes the flag's ``--help``; ``kw`` are extra argparse options."""
+    return {"doc": text, **kw}
 
 
 @dataclass(frozen=True)
