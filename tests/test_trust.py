@@ -197,3 +197,35 @@ def test_model_weights_are_as_readable_as_the_other_files(run):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "last").iterdir()}
     assert len(set(modes.values())) == 1, modes
     assert os.access(run / "last" / "model.safetensors", os.R_OK)
+
+
+# ---------------------------------------------------------------- 2. damaged files
+
+
+def test_evaluate_a_run_folder_names_its_checkpoints(run, capsys):
+    err = refused(["evaluate", "--checkpoint", str(run)], capsys, run)
+    assert "is a run folder" in err and str(run / "best") in err
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "state.json"])
+def test_a_damaged_last_says_whether_best_can_be_used(run, tmp_path, capsys, name):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    f = copy / "last" / name
+    f.write_bytes(f.read_bytes()[:10])
+    err = refused(["train", "--save_root", str(copy), "--resume"], capsys, copy)
+    assert f"{f} is damaged" in err and "best (step 2) is intact" in err
+
+
+def test_a_damaged_prepared_folder_names_the_file_and_the_fix(tmp_path, capsys):
+    import json
+
+    folder = write_prepared(tmp_path / "data")
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["splits"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    argv = ["train", "--data", str(folder), "--save_root", str(tmp_path / "r"), *SHORT, *MODEL]
+    err = refused(argv, capsys, tmp_path)
+    assert "meta.json is damaged" in err and f"--out {folder} --force" in err

@@ -124,6 +124,12 @@ def _resolve(path: Path) -> Path:
         raise UserError(
             f"no checkpoint at {path}: train one with `gpt-study train`, or check the path"
         )
+    inside = [p.name for p in (path / "best", path / "last") if (p / WEIGHTS).exists()]
+    if inside:
+        raise UserError(
+            f"{path} is a run folder, not a checkpoint: pass {path / inside[0]} "
+            "(best: lowest validation loss; last: the newest)"
+        )
     raise UserError(
         f"{path} is not a complete checkpoint (no {WEIGHTS}): point at a folder that train wrote"
     )
@@ -133,7 +139,7 @@ def _damaged(file: Path, error: BaseException) -> UserError:
     """A one-line error for a checkpoint file that exists but cannot be read (a save torn by a
     crash outside the atomic rename, a full disk, a bad copy): which file, why, the way out."""
     lines = str(error).strip().splitlines()
-    why = lines[0] if lines else type(error).__name__
+    why = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
     return UserError(
         f"{file} is damaged ({why}): use the other checkpoint (best/ or last/) or retrain"
     )
