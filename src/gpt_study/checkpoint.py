@@ -64,6 +64,19 @@ def unwrap(model: torch.nn.Module) -> GPT:
             return model  # type: ignore[return-value]
 
 
+_TIED = ("head.weight",)  # with tie_embeddings, the token embedding's matrix read backwards
+
+
+def _own_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor once: a tied output layer is stored as the embedding
+    (safetensors refuses two names for one tensor; loading ties them again)."""
+    weights = model.state_dict()
+    if model.config.tie_embeddings:
+        for k in _TIED:
+            weights.pop(k, None)
+    return weights
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -84,7 +97,7 @@ def save_checkpoint(
         os.replace(old, path)  # a save died between its two renames: finish the swap back
     check_replaceable(path, FILES, "checkpoint")
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in _own_weights(unwrap(model)).items()}
     save_file(weights, str(tmp / WEIGHTS))
     os.chmod(tmp / WEIGHTS, 0o666 & ~UMASK)  # as the other files: safetensors writes it 0600
     save_config(tmp / CONFIG, config)
@@ -193,6 +206,7 @@ def load_checkpoint(
             "different runs"
         )
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in _TIED or not config.model.tie_embeddings]
     if missing or unexpected:
         raise UserError(
             f"{path}: weights do not match config.json (missing {list(missing)[:3]}, "

@@ -22,12 +22,12 @@ from gpt_study.fields import (
     AT_LEAST_1,
     NON_NEGATIVE,
     POSITIVE,
-    PROBABILITY,
     Range,
     check_ranges,
     doc,
 )
 from gpt_study.io import write_json_atomic
+from gpt_study.model_config import GPTConfig
 from gpt_study.train_config import TrainConfig
 
 __all__ = [
@@ -131,37 +131,6 @@ class DataConfig:
         if self.out:
             return Path(self.out)
         return Path(self.dataset_root) / f"{self.tokenizer}-{self.vocab_size}"
-
-
-@dataclass
-class GPTConfig:
-    """Architecture of the decoder (the study's defaults: 19,672,880 parameters at 30,000 words)."""
-
-    vocab_size: int = field(
-        default=30000, metadata=doc("set from the tokenizer when training", cli=False)
-    )
-    max_len: int = field(default=256, metadata=doc("rows of the learned position table"))
-    d_model: int = field(default=256, metadata=doc("width of the residual stream"))
-    d_ff: int = field(default=512, metadata=doc("hidden width of the feed-forward layer"))
-    n_layers: int = field(default=8, metadata=doc("decoder blocks"))
-    n_heads: int = field(default=16, metadata=doc("attention heads (must divide d_model)"))
-    attention_drop: float = field(default=0.1, metadata=doc("dropout on attention weights"))
-    residual_drop: float = field(default=0.1, metadata=doc("dropout on each residual branch"))
-    embedding_drop: float = field(default=0.1, metadata=doc("dropout after the embeddings"))
-
-    RANGES: ClassVar[dict[str, Range]] = {
-        "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
-        **dict.fromkeys(("max_len", "d_model", "d_ff", "n_layers", "n_heads"), AT_LEAST_1),
-        **dict.fromkeys(("attention_drop", "residual_drop", "embedding_drop"), PROBABILITY),
-    }
-
-    def __post_init__(self) -> None:
-        check_ranges(self, self.RANGES)
-        if self.d_model % self.n_heads:
-            raise UserError(
-                f"--n_heads {self.n_heads} does not divide --d_model {self.d_model}: "
-                "pick a head count that divides the width"
-            )
 
 
 @dataclass

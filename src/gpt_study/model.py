@@ -1,13 +1,19 @@
 """The study's GPT: a pre-LayerNorm decoder-only transformer, read top to bottom.
 
 Token ids in, logits out. This file knows nothing of devices, precision, distributed training or
-logging; those are applied from outside (train.py, generate.py).
+logging; those are applied from outside (``train/``, ``generate/``).
 
 Architecture (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners", with
 the pre-LN placement of Xiong et al. 2020): token + learned position embeddings, ``n_layers``
 blocks of ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (the MLP with a dropout inside, as the
-study's), a final LayerNorm and an output Linear with bias (no weight tying, as in the study). With the study's defaults and a 30,000-word
-vocabulary that is exactly 19,672,880 parameters.
+study's), a final LayerNorm and an output Linear with bias (no weight tying, as in the study).
+With the study's defaults and a 30,000-word vocabulary that is exactly 19,672,880 parameters.
+
+Options to study (:class:`~gpt_study.model_config.GPTConfig`, each defaulting to the study's
+choice): rotary positions instead of the learned table (Su et al. 2021), RMSNorm (Zhang and
+Sennrich 2019), SwiGLU (Shazeer 2020) or squared-ReLU (So et al. 2021) feed-forwards, tied
+embeddings (Press and Wolf 2017), biases off, and RMS-normalised queries and keys (Henry et al.
+2020; Dehghani et al. 2023).
 
 Attention and dropout come from :mod:`gpt_study.ops`: PyTorch's fused
 ``scaled_dot_product_attention`` and ``nn.Dropout``, except for training with dropout on a CPU,
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_study.config import GPTConfig
+from gpt_study.model_config import GPTConfig
 from gpt_study.ops import Dropout, causal_attention
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]
@@ -31,18 +37,25 @@ class KVCache:
 
     Generation feeds only the new tokens; attention reads the past from here, so each new token
     costs one position of work instead of re-running the whole sequence. ``length`` is the number
-    of positions stored, which is also the absolute position of the next token.
+    of positions stored; ``start`` is the absolute position of the first one (0 unless
+    :meth:`drop_oldest` slid the window, which only rotary positions allow), so the next token
+    sits at ``start + length``.
     """
 
     def __init__(self, model: GPT, batch_size: int, max_len: int | None = None) -> None:
         cfg = model.config
         self.max_len = max_len or cfg.max_len
-        head_dim = cfg.d_model // cfg.n_heads
         p = next(model.parameters())
-        shape = (batch_size, cfg.n_heads, self.max_len, head_dim)  # (B, nh, T_max, hs)
+        shape = (batch_size, cfg.n_heads, self.max_len, cfg.head_dim)  # (B, nh, T_max, hs)
         self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layers)]
         self.length = 0
+        self.start = 0
+
+    @property
+    def position(self) -> int:
+        """Absolute position of the next token."""
+        return self.start + self.length
 
     def append(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -56,8 +69,44 @@ class KVCache:
         self.v[layer][:, :, self.length : end] = v.to(self.v[layer].dtype)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def drop_oldest(self, n: int, rows: list[int] | None = None) -> None:
+        """Forget the ``n`` oldest positions (and keep only batch ``rows``, if given).
+
+        Exact only for rotary positions: a rotary key depends on its position relative to the
+        query, so the kept keys stay valid; a learned-position key does not.
+        """
+        keep = self.length - n
+        for buffers in (self.k, self.v):
+            for i, buf in enumerate(buffers):
+                part = buf[rows] if rows is not None else buf
+                moved = part[:, :, n : self.length].clone()  # (B', nh, keep, hs)
+                part[:, :, :keep] = moved
+                buffers[i] = part
+        self.length, self.start = keep, self.start + n
+
     def reset(self) -> None:
-        self.length = 0
+        self.length = self.start = 0
+
+
+def make_norm(cfg: GPTConfig, dim: int) -> nn.Module:
+    """LayerNorm (the study's, eps 1e-5) or RMSNorm (no mean, no bias: one reduction fewer)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    return nn.LayerNorm(dim, eps=1e-5, bias=cfg.norm_bias)
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotary position embedding of ``x`` (B, nh, T, hs) at absolute positions ``pos`` (T,).
+
+    Pairs (i, i + hs/2) are rotated by ``pos * base^(-2i/hs)`` (the "rotate half" layout that
+    Hugging Face's Llama uses), so ``q . k`` depends on the positions only through ``q - k``.
+    """
+    hs = x.size(-1)
+    inv = base ** (-torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs)  # (hs/2,)
+    angles = pos.to(torch.float32)[:, None] * inv[None, :]  # (T, hs/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -68,26 +117,53 @@ class CausalSelfAttention(nn.Module):
         self.n_heads = cfg.n_heads
         self.layer = layer
         # q, k and v in one matmul: the same parameters as three d_model x d_model projections.
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.rope_base = cfg.rope_base if cfg.positions == "rope" else None
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.attention_drop = cfg.attention_drop
         self.residual_drop = Dropout(cfg.residual_drop)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values (B, nh, T, hs) of ``x`` (B, T, C) at positions ``pos`` (T,),
+        with qk-norm and rotary positions applied: what attention compares. Shared with the
+        inspection path (``gpt_study.introspect``), which needs the weights themselves."""
         B, T, C = x.shape
         hs = C // self.n_heads
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_base is not None:
+            q, k = rotate(q, pos, self.rope_base), rotate(k, pos, self.rope_base)
+        return q, k, v
 
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``pos`` (T,): absolute positions of ``x``'s rows (default: from the cache, or 0)."""
+        B, T, C = x.shape
+        if pos is None:
+            start = cache.position if cache is not None else 0
+            pos = torch.arange(start, start + T, device=x.device)  # (T,)
+        q, k, v = self.project(x, pos)
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.append(self.layer, k, v)  # (B, nh, past+T, hs)
 
         drop = self.attention_drop if self.training else 0.0
-        if past == 0:
+        if mask is not None:
+            # An explicit (T, past+T) mask: the uncached oracle of a slid rotary cache.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        elif past == 0:
             # Plain causal attention over the T new positions (training and prompts).
             y = causal_attention(q, k, v, dropout_p=drop)
         elif T == 1:
@@ -96,8 +172,8 @@ class CausalSelfAttention(nn.Module):
         else:
             # Several new tokens after a past: query i sits at absolute position past + i.
             # is_causal would align the mask top-left, which is wrong when Tq != Tk.
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=drop)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.residual_drop(self.proj(y))
 
@@ -108,18 +184,29 @@ class MLP(nn.Module):
     The study's feed-forward drops its ``d_ff`` activations with ``residual_drop`` (``w2(dropout(
     gelu(w1(x))))``) and the block then drops the branch's output again, so there are two dropouts
     here: ``inner_drop`` before the second Linear and ``residual_drop`` after it. Neither has
-    parameters, so checkpoints and the parameter count are unchanged.
+    parameters, so checkpoints and the parameter count are unchanged. ``swiglu`` computes the
+    gate and the value in one matmul of width ``2 * d_ff``; ``relu2`` squares a ReLU.
     """
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.kind = cfg.mlp
+        width = 2 * cfg.d_ff if cfg.mlp == "swiglu" else cfg.d_ff
+        self.fc = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.inner_drop = Dropout(cfg.residual_drop)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.residual_drop = Dropout(cfg.residual_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual_drop(self.proj(self.inner_drop(F.gelu(self.fc(x)))))
+        h = self.fc(x)  # (B, T, d_ff), or (B, T, 2 d_ff) for swiglu
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)  # 2 x (B, T, d_ff)
+            h = F.silu(gate) * value
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.residual_drop(self.proj(self.inner_drop(h)))
 
 
 class Block(nn.Module):
@@ -127,13 +214,19 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig, layer: int) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.ln1 = make_norm(cfg, cfg.d_model)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ln2 = make_norm(cfg, cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, pos, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -144,12 +237,16 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.pos_emb = (
+            nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None
+        )
         self.drop = Dropout(cfg.embedding_drop)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.ln_f = make_norm(cfg, cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight  # one matrix, read both ways
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -160,37 +257,53 @@ class GPT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final-LayerNorm states (B, T, d_model) for token ids ``idx`` (B, T).
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm states (B, T, d_model) for token ids ``idx`` (B, T).
 
         With a ``cache``, ``idx`` holds only the new tokens; their positions continue from
-        ``cache.length``, and the cache is advanced past them.
+        ``cache.position``, and the cache is advanced past them. ``mask`` (T, T, True where a
+        query may attend) replaces the causal mask: only the uncached oracle of a slid rotary
+        cache passes one.
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.max_len:
-            raise ValueError(
-                f"positions {start}..{start + T - 1} exceed max_len {self.config.max_len}"
-            )
+        start = cache.position if cache is not None else 0
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            if start + T > self.config.max_len:
+                raise ValueError(
+                    f"positions {start}..{start + T - 1} exceed max_len {self.config.max_len}"
+                )
+            x = x + self.pos_emb(pos)
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, pos, mask)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids ``idx`` (B, T)."""
-        return self.head(self.hidden(idx, cache))
+        return self.head(self.hidden(idx, cache, mask))
 
 
 def flops_per_token(cfg: GPTConfig, context: int) -> float:
     """Training FLOPs per token: 6 per matmul weight plus attention (Kaplan et al. 2020, sec. 2.1)."""
+    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
     n = (
-        cfg.n_layers * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_ff)
+        cfg.n_layers * (4 * cfg.d_model**2 + mlp_matrices * cfg.d_model * cfg.d_ff)
         + cfg.d_model * cfg.vocab_size
     )
     return 6 * n + 6 * cfg.n_layers * context * cfg.d_model

@@ -172,6 +172,24 @@ def _slide(model: torch.nn.Module, st: _Loop, window: int, keep: int) -> torch.T
     return _last_logits(model, idx, st.cache)  # (B_active, V)
 
 
+def _slide_rotary(
+    model: torch.nn.Module, st: _Loop, window: int, keep: int, eot_id: int
+) -> torch.Tensor:
+    """Window full, rotary positions: drop the oldest positions from the cache instead of
+    re-encoding the kept ones (a rotary key depends only on its distance to the query), drop
+    finished rows, and feed the token at ``pos``. Logits (B_active, V)."""
+    rows = [r for r, i in enumerate(st.active) if not st.done[i]]
+    st.active = [st.active[r] for r in rows]
+    st.start = st.pos + 1 - keep
+    assert st.cache is not None
+    st.cache.drop_oldest(window - keep + 1, rows)  # keeps tokens start .. pos - 1
+    return _step(model, st, eot_id)
+
+
+def rotary(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "positions", "learned") == "rope"
+
+
 def _step(model: torch.nn.Module, st: _Loop, eot_id: int) -> torch.Tensor:
     """Feed every row in the cache its token at ``pos``; logits (B_active, V)."""
     # Finished rows are fed <eot> as filler until the next slide drops them.
@@ -210,7 +228,9 @@ def generate_ids(
             _choose(logits, st, sample, eot_id, on_token)
             if all(st.done):
                 break
-            if st.pos - st.start == window:
+            if st.pos - st.start == window and rotary(model):
+                logits = _slide_rotary(model, st, window, keep, eot_id)
+            elif st.pos - st.start == window:
                 logits = _slide(model, st, window, keep)
             else:
                 logits = _step(model, st, eot_id)
@@ -231,6 +251,24 @@ def segment_start(n: int, window: int, keep: int) -> int:
         if m - s > window:
             s = m - keep
     return s
+
+
+def _rotary_oracle(model: torch.nn.Module, seq: list[int], window: int, keep: int) -> torch.Tensor:
+    """Logits (V,) of the last token of ``seq`` as the slid rotary cache computes them: the whole
+    sequence at its absolute positions, token t attending to the tokens the cache held when t
+    was fed (``segment_start(t + 1) .. t``)."""
+    device = next(model.parameters()).device
+    T = len(seq)
+    starts, s = [], 0
+    for m in range(1, T + 1):  # segment_start for every prefix, in one pass
+        if m - s > window:
+            s = m - keep
+        starts.append(s)
+    cols = torch.arange(T, device=device)
+    lo = torch.tensor(starts, device=device)
+    mask = (cols[None, :] >= lo[:, None]) & (cols[None, :] <= cols[:, None])  # (T, T)
+    idx = torch.tensor([seq], device=device)  # (1, T)
+    return model(idx, mask=mask)[0, -1].float()
 
 
 @torch.inference_mode()
@@ -258,11 +296,14 @@ def reference_generate(
         new: list[int] = []
         logits_out: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
-            s = 0 if window is None else segment_start(len(seq), window, kp)  # type: ignore[arg-type]
-            if window is None:
-                s = max(0, len(seq) - model.config.max_len)
-            idx = torch.tensor([seq[s:]], device=device)  # (1, T)
-            logits = model(idx)[0, -1].float()  # all positions computed, the last one used
+            if window is not None and rotary(model):
+                logits = _rotary_oracle(model, seq, window, kp)  # type: ignore[arg-type]
+            else:
+                s = 0 if window is None else segment_start(len(seq), window, kp)  # type: ignore[arg-type]
+                if window is None:
+                    s = max(0, len(seq) - model.config.max_len)
+                idx = torch.tensor([seq[s:]], device=device)  # (1, T)
+                logits = model(idx)[0, -1].float()  # all positions computed, the last one used
             tok = int(logits.argmax())
             seq.append(tok)
             new.append(tok)

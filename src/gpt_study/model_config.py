@@ -1,0 +1,89 @@
+"""The model's architecture settings, one section of :class:`~gpt_study.config.Config`.
+
+Every option defaults to the study's choice, so the ``seed`` preset stays the study's model
+(19,672,880 parameters at 30,000 words, the same outputs for the same weights). The others are
+there to be studied; each names its paper in ``docs/options.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from gpt_study.errors import UserError
+from gpt_study.fields import AT_LEAST_1, POSITIVE, PROBABILITY, Range, check_ranges, doc
+
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of the decoder (the study's defaults: 19,672,880 parameters at 30,000 words)."""
+
+    vocab_size: int = field(
+        default=30000, metadata=doc("set from the tokenizer when training", cli=False)
+    )
+    max_len: int = field(
+        default=256, metadata=doc("longest context: rows of the learned position table")
+    )
+    d_model: int = field(default=256, metadata=doc("width of the residual stream"))
+    d_ff: int = field(default=512, metadata=doc("hidden width of the feed-forward layer"))
+    n_layers: int = field(default=8, metadata=doc("decoder blocks"))
+    n_heads: int = field(default=16, metadata=doc("attention heads (must divide d_model)"))
+    attention_drop: float = field(default=0.1, metadata=doc("dropout on attention weights"))
+    residual_drop: float = field(default=0.1, metadata=doc("dropout on each residual branch"))
+    embedding_drop: float = field(default=0.1, metadata=doc("dropout after the embeddings"))
+    positions: str = field(
+        default="learned",
+        metadata=doc("learned (the study) or rope (rotary, relative)", choices=list(POSITIONS)),
+    )
+    rope_base: float = field(default=10000.0, metadata=doc("rope: base of the rotation periods"))
+    norm: str = field(
+        default="layernorm",
+        metadata=doc("layernorm (the study) or rmsnorm", choices=list(NORMS)),
+    )
+    mlp: str = field(
+        default="gelu",
+        metadata=doc(
+            "gelu (the study), swiglu (gated, 3 matrices) or relu2 (squared ReLU)",
+            choices=list(MLPS),
+        ),
+    )
+    tie_embeddings: bool = field(
+        default=False, metadata=doc("the output layer shares the token embedding's weights")
+    )
+    bias: bool = field(default=True, metadata=doc("biases in the attention and MLP linears"))
+    norm_bias: bool = field(default=True, metadata=doc("biases of the LayerNorms"))
+    head_bias: bool = field(default=True, metadata=doc("a bias on the output layer (the study)"))
+    qk_norm: bool = field(default=False, metadata=doc("RMS-normalise each head's queries and keys"))
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
+        **dict.fromkeys(("max_len", "d_model", "d_ff", "n_layers", "n_heads"), AT_LEAST_1),
+        **dict.fromkeys(("attention_drop", "residual_drop", "embedding_drop"), PROBABILITY),
+        "rope_base": POSITIVE,
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
+        if self.d_model % self.n_heads:
+            raise UserError(
+                f"--n_heads {self.n_heads} does not divide --d_model {self.d_model}: "
+                "pick a head count that divides the width"
+            )
+        for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(
+                    f"unknown --{name} {getattr(self, name)!r}: use {' or '.join(allowed)}"
+                )
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise UserError(
+                f"--positions rope rotates pairs of dimensions, but a head has "
+                f"{self.d_model // self.n_heads}: pick --n_heads so that d_model / n_heads is even"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads

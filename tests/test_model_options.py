@@ -1,0 +1,151 @@
+"""Model options: each one's parameter count by formula, cached equals uncached decoding (the
+rotary cache slides without re-encoding), checkpoints of tied weights, and exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt_study.checkpoint import load_checkpoint, save_checkpoint
+from gpt_study.config import GPTConfig, SampleConfig
+from gpt_study.generate import generate_ids, reference_generate
+from gpt_study.model import GPT, KVCache, rotate
+from gpt_study.presets import preset_config
+from gpt_study.train import build_config, fit
+
+V = 50
+BASE = dict(vocab_size=V, max_len=32, d_model=32, d_ff=48, n_layers=2, n_heads=4)
+OPTIONS = {
+    "study": {},
+    "rope": dict(positions="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "swiglu": dict(mlp="swiglu"),
+    "relu2": dict(mlp="relu2"),
+    "tied": dict(tie_embeddings=True),
+    "no-bias": dict(bias=False, norm_bias=False, head_bias=False),
+    "qk_norm": dict(qk_norm=True),
+    "modern": dict(
+        positions="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        tie_embeddings=True,
+        bias=False,
+        head_bias=False,
+        qk_norm=True,
+    ),
+}
+
+
+def cfg_of(name: str, **kw) -> GPTConfig:
+    return GPTConfig(**{**BASE, **OPTIONS[name], **kw, "attention_drop": 0.0}, residual_drop=0.0)
+
+
+def expected_params(c: GPTConfig) -> int:
+    """The parameter count written out from the architecture, option by option."""
+    d, f, hs = c.d_model, c.d_ff, c.d_model // c.n_heads
+    norm = d if c.norm == "rmsnorm" else d + (d if c.norm_bias else 0)
+    k = 2 if c.mlp == "swiglu" else 1
+    attn = 4 * d * d + (4 * d if c.bias else 0) + (2 * hs if c.qk_norm else 0)
+    mlp = d * k * f + f * d + ((k * f + d) if c.bias else 0)
+    per_layer = attn + mlp + 2 * norm
+    emb = c.vocab_size * d + (c.max_len * d if c.positions == "learned" else 0)
+    head = (0 if c.tie_embeddings else c.vocab_size * d) + (c.vocab_size if c.head_bias else 0)
+    return emb + c.n_layers * per_layer + norm + head
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_parameter_count_by_formula(name):
+    c = cfg_of(name)
+    assert GPT(c).num_params() == expected_params(c)
+
+
+def test_the_study_model_is_unchanged():
+    c = preset_config("seed").model
+    assert GPT(c).num_params() == expected_params(c) == 19_672_880
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_kv_cache_matches_full_forward(name):
+    torch.manual_seed(0)
+    m = GPT(cfg_of(name)).eval()
+    x = torch.randint(0, V, (3, 20))
+    full = m(x)
+    cache = KVCache(m, batch_size=3)
+    parts = [m(x[:, :7], cache), m(x[:, 7:12], cache)]
+    parts += [m(x[:, i : i + 1], cache) for i in range(12, 20)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_attention_depends_on_relative_positions_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    pos = torch.arange(5)
+    scores = rotate(q, pos, 1e4) @ rotate(k, pos, 1e4).transpose(-1, -2)
+    shifted = rotate(q, pos + 37, 1e4) @ rotate(k, pos + 37, 1e4).transpose(-1, -2)
+    torch.testing.assert_close(scores, shifted, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["study", "rope", "modern"])
+def test_cached_generation_equals_the_uncached_oracle_across_slides(name):
+    """48 new tokens through a 16-token window: the cache slides three times. Learned positions
+    re-encode the kept tokens; rotary ones drop the oldest from the cache instead."""
+    torch.manual_seed(1)
+    m = GPT(cfg_of(name)).eval()
+    prompt = [1, 5, 9, 3, 7]
+    sample = SampleConfig(greedy=True, max_new_tokens=48)
+    out = generate_ids(m, [prompt], sample, context_size=16, eot_id=-1, return_logits=True)
+    want, want_logits = reference_generate(m, prompt, 48, context_size=16, eot_id=None)
+    assert out.new_ids[0] == want
+    for got, ref in zip(out.logits[0], want_logits, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_rotary_batches_of_different_prompts_equal_each_alone():
+    torch.manual_seed(2)
+    m = GPT(cfg_of("modern")).eval()
+    prompts = [[1, 4], [1, 8, 8, 2, 9, 3, 6]]
+    sample = SampleConfig(greedy=True, max_new_tokens=30)
+    both = generate_ids(m, prompts, sample, context_size=12)
+    for i, p in enumerate(prompts):
+        alone = generate_ids(m, [p], sample, context_size=12)
+        assert both.new_ids[i] == alone.new_ids[0]
+
+
+def test_a_tied_checkpoint_stores_the_matrix_once_and_loads_tied(tmp_path, tok_file):
+    cfg = preset_config("tiny", model={**BASE, **OPTIONS["modern"]}, train={"context_size": 16})
+    torch.manual_seed(0)
+    net = GPT(cfg.model)
+    path = save_checkpoint(tmp_path / "ck", net, cfg, tok_file)
+    assert "head.weight" not in load_file(str(path / "model.safetensors"))
+    back = load_checkpoint(path).model
+    assert back.head.weight is back.tok_emb.weight
+    x = torch.randint(0, V, (2, 9))
+    torch.testing.assert_close(back.eval()(x), net.eval()(x))
+
+
+@pytest.fixture
+def tok_file(tmp_path):
+    from gpt_study.data.tokenizer import WordTokenizer
+
+    words = ["<unk>", "<sot>", "<eot>"] + [f"w{i}" for i in range(V - 3)]
+    WordTokenizer(words).save(tmp_path / "tok.json")
+    return tmp_path / "tok.json"
+
+
+def test_resume_is_bit_exact_with_the_modern_options(tiny_prepared, tmp_path):
+    model = {k: v for k, v in {**BASE, **OPTIONS["modern"]}.items() if k != "vocab_size"}
+    model.update(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
+    train = dict(data=str(tiny_prepared), context_size=16, batch_size=4, epoch=2)
+    train.update(iters_per_epoch=4, dtype="float32", sample_tokens=4, lr=3e-3)
+    whole = fit(
+        build_config("tiny", train={**train, "save_root": str(tmp_path / "a")}, model=model)
+    )
+    first = dict(train, save_root=str(tmp_path / "b"), max_steps=5)
+    fit(build_config("tiny", train=first, model=model))
+    resumed = {"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0}
+    again = fit(build_config(train=resumed))
+    assert whole.step == again.step == 8
+    a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
