@@ -53,6 +53,48 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "dtype": "auto",  # bf16 where it is native, as when the preset was measured
         },
     },
+    # A CPU recipe from the model options (RoPE, RMSNorm, SwiGLU, tied embeddings, no biases)
+    # and regularisation for a corpus smaller than the budget: the sample holds under a million
+    # tokens, so 15 minutes see it many times. Chosen with benchmarks/bench_quality.py
+    # (docs/quality.md); on the sample, prepare it with --tokenizer bpe.
+    "cpu": {
+        "model": {
+            "max_len": 128,
+            "d_model": 192,
+            "d_ff": 512,
+            "n_layers": 6,
+            "n_heads": 6,
+            "attention_drop": 0.0,
+            "residual_drop": 0.1,
+            "embedding_drop": 0.0,
+            "positions": "rope",
+            "norm": "rmsnorm",
+            "mlp": "swiglu",
+            "tie_embeddings": True,
+            "bias": False,
+            "head_bias": False,
+        },
+        "train": {
+            "context_size": 128,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "lr_schedule": "cosine",
+            "warmup_steps": 200,
+            "min_lr": 1e-4,
+            "weight_decay": 0.1,
+            "grad_clip": 1.0,
+            "epoch": 16,
+            "iters_per_epoch": 250,
+            "eval_iters": 20,
+            "print_interval": 50,
+            "sample_tokens": 200,
+            "sp_weight": 1.0,
+            "decay_all": False,
+            "study_rows": False,
+            "best_by": "nll",
+            "dtype": "auto",
+        },
+    },
 }
 
 
