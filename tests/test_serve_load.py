@@ -136,11 +136,14 @@ def test_ctrl_c_stops_the_server_cleanly(checkpoint, tmp_path):
                 next(lines), next(lines)  # streaming
                 t0 = time.monotonic()
                 proc.send_signal(signal.SIGINT)
+                last = json.loads(list(lines)[-1])  # the stream ends, with a reason
                 rc = proc.wait(timeout=15)
         stopped_in = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
     err = proc.stderr.read()
-    assert rc == 0 and "gpt-study serve: stopped" in err and "Traceback" not in err, err
-    assert stopped_in < 10
+    assert last == {"type": "error", "message": "the server is stopping: try again later"}
+    assert rc == 0 and err.strip().endswith("gpt-study serve: stopped"), err
+    assert "Traceback" not in err and "ERROR" not in err and "terminate" not in err, err
+    assert stopped_in < 5

@@ -10,11 +10,13 @@ import argparse
 import importlib.util
 import socket
 import sys
+import threading
 from dataclasses import fields
 
 from gpt_study import runtime
 from gpt_study.errors import UserError
 from gpt_study.serve.limits import Limits
+from gpt_study.serve.stream import GENERATION_THREAD
 
 LIMIT_HELP = {
     "max_prompt_chars": "longest prompt accepted, in characters",
@@ -113,11 +115,31 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="warning",
-        timeout_graceful_shutdown=3,  # streams still open after Ctrl-C are closed after this
+        timeout_graceful_shutdown=3,  # a stream still open after Ctrl-C is closed after this
     )
     try:
-        uvicorn.Server(config).run()
+        _StoppingServer(config, app.state.stopping).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has stopped
         pass
+    for t in threading.enumerate():  # let generations leave torch before the interpreter goes
+        if t.name == GENERATION_THREAD:
+            t.join(timeout=5)
     print("gpt-study serve: stopped", file=sys.stderr)
     return 0
+
+
+def _StoppingServer(config, stopping: threading.Event):
+    """A uvicorn server that, on Ctrl-C, first tells running generations to stop.
+
+    uvicorn waits for open responses before it stops; a story being streamed could run for
+    minutes, so the signal handler also sets ``stopping``: each generation ends at its next
+    token with an error event, its stream closes, and the server exits at once.
+    """
+    import uvicorn  # the optional extra, checked by run()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            stopping.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)

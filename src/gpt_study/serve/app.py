@@ -137,6 +137,7 @@ def create_app(models: Models, runs: Runs | None = None, limits: Limits | None =
 
     app = FastAPI(title="gpt-study", version=__version__, lifespan=lifespan, docs_url="/api/docs")
     app.state.models, app.state.runs, app.state.limits = models, runs, limits
+    app.state.stopping = stopping  # the server sets it on Ctrl-C, before waiting for streams
     _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
@@ -181,7 +182,8 @@ def _add_generate_route(
                 status=413,
             )
         sample = _sample(served.checkpoint.config.sample, body, limits)
-        gen = Generation(served, body.prompt, sample, gate, stopping)
+        encoded = await run_in_threadpool(served.encode_prompt, body.prompt)
+        gen = Generation(served, body.prompt, encoded, sample, gate, stopping)
         await gate.acquire()  # 429 here, before the stream starts
         try:
             gen.start()  # the thread releases the slot when it stops computing

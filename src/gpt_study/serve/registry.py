@@ -9,6 +9,7 @@ listing gave them. Nothing here imports the web stack, so it is tested on its ow
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.config import config_to_dict, load_config
 from gpt_study.errors import UserError
+from gpt_study.generate import encode_prompt
+from gpt_study.introspect import text_ids
 from gpt_study.train.metrics import METRICS_JSONL, read_metrics
 
 __all__ = ["Models", "NotFound", "Runs", "Served"]
@@ -30,14 +33,30 @@ RUN_DEPTH = 3  # how far below --runs a run folder may sit (runs/<study>/<varian
 
 @dataclass
 class Served:
-    """One loaded checkpoint and the name the API knows it by."""
+    """One loaded checkpoint and the name the API knows it by.
+
+    Requests run in several threads at once. The model only reads its weights, but the word
+    tokenizer keeps a cache of spaCy splits that one thread may clear while another reads it,
+    so encoding goes through :meth:`encode_prompt` and :meth:`encode_text`, one at a time.
+    """
 
     name: str
     checkpoint: Checkpoint
     context_size: int = field(init=False)
+    _encoding: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.context_size = self.checkpoint.config.train.context_size
+
+    def encode_prompt(self, prompt: str) -> tuple[list[int], list[str]]:
+        """A prompt's ids as generation reads it, and any warnings (cut to the window)."""
+        with self._encoding:
+            return encode_prompt(self.checkpoint.tokenizer, prompt, self.context_size)
+
+    def encode_text(self, text: str) -> tuple[list[int], int, int]:
+        """:func:`gpt_study.introspect.text_ids` of a pasted text: ids, bytes, stories."""
+        with self._encoding:
+            return text_ids(self.checkpoint.tokenizer, text)
 
     def describe(self, index: int) -> dict[str, Any]:
         """The ``GET /api/models`` entry: what a student needs to read the model's numbers."""

@@ -26,13 +26,14 @@ from dataclasses import asdict
 from typing import Any
 
 from gpt_study.config import SampleConfig
-from gpt_study.generate import encode_prompt, generate_ids, readable
+from gpt_study.generate import generate_ids, readable
 from gpt_study.introspect import PieceReader, pieces
 from gpt_study.serve.limits import Gate
 from gpt_study.serve.registry import Served
 
-__all__ = ["Generation"]
+__all__ = ["GENERATION_THREAD", "Generation"]
 
+GENERATION_THREAD = "gpt-study-generate"  # the name of each generation's thread
 _END = object()
 
 
@@ -47,14 +48,15 @@ class Generation:
         self,
         served: Served,
         prompt: str,
+        encoded: tuple[list[int], list[str]],
         sample: SampleConfig,
         gate: Gate,
         stopping: threading.Event,
     ) -> None:
+        """``encoded``: ``served.encode_prompt(prompt)``, done off the event loop."""
         self.served, self.sample, self.gate, self.stopping = served, sample, gate, stopping
-        tok = served.checkpoint.tokenizer
-        self.prompt_ids, self.warnings = encode_prompt(tok, prompt, served.context_size)
         self.prompt = prompt
+        self.prompt_ids, self.warnings = encoded
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
@@ -114,7 +116,8 @@ class Generation:
                 }
             )
         except _Stopped:
-            pass
+            if self.stopping.is_set():
+                self._put({"type": "error", "message": "the server is stopping: try again later"})
         except Exception as e:  # noqa: BLE001 - reported to the client as the stream's last event
             self._put({"type": "error", "message": f"generation failed: {type(e).__name__}: {e}"})
         finally:
@@ -122,7 +125,7 @@ class Generation:
             self._put(_END)
 
     def start(self) -> None:
-        threading.Thread(target=self._work, name="gpt-study-generate", daemon=True).start()
+        threading.Thread(target=self._work, name=GENERATION_THREAD, daemon=True).start()
 
     def _start_event(self) -> dict[str, Any]:
         tok = self.served.checkpoint.tokenizer

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from gpt_study.heldout import bits_per_byte
-from gpt_study.introspect import PieceReader, pieces, query_window, score_ids, text_ids, trace
+from gpt_study.introspect import PieceReader, pieces, query_window, score_ids, trace
 from gpt_study.serve.registry import Served
 
 __all__ = [
@@ -71,7 +71,7 @@ def read_text(served: Served, text: str | None, ids: list[int] | None) -> Text:
         if len(ids) < 2:
             raise BadRequest("ids: send at least 2 token ids (the first is only context)")
         return Text(list(ids), ids_bytes(tok, ids), max(1, ids.count(tok.sot_id)))
-    got, n_bytes, stories = text_ids(tok, text or "")
+    got, n_bytes, stories = served.encode_text(text or "")
     if not got:
         raise BadRequest("text is empty: paste a story (or send ids)")
     return Text(got, n_bytes, stories)
@@ -152,12 +152,13 @@ def attention_view(served: Served, ids: list[int], position: int, top_k: int) ->
         )
     reader = PieceReader(tok)
     shown = [reader.push(i) for i in ids[: position + 1]][start:]
+    after = None if nxt is None else _token(tok, nxt, reader.push(nxt))
     return {
         "model": served.name,
         "position": position,
         "window_start": start,
         "tokens": [_token(tok, i, s) for i, s in zip(window, shown, strict=True)],
-        "next": None if nxt is None else _token(tok, nxt, ""),
+        "next": after,
         "layers": int(weights.size(0)),
         "heads": int(weights.size(1)),
         "weights": [[[_r(w) for w in head] for head in layer] for layer in weights.tolist()],

@@ -323,13 +323,15 @@ async function showRuns() {
     series.push({colour, points: pick("valid", "valid_nll"), label: `${run.name} valid`, dots: true});
   }
   drawChart($("run-chart"), series);
+  // Settings side by side; the ones that differ between the runs first, in bold.
   const flat = chosen.map(({run}) => flatSettings(run.settings));
-  const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))];
+  const all = [...new Set(flat.flatMap((f) => Object.keys(f)))];
+  const differs = (k) => new Set(flat.map((f) => f[k])).size > 1;
+  const keys = [...all.filter(differs), ...all.filter((k) => !differs(k))];
   fillTable($("run-settings"), [["setting", ...chosen.map(({run}) => run.name)],
     ...keys.map((k) => [k, ...flat.map((f) => (k in f ? f[k] : "–"))])]);
   [...$("run-settings").rows].slice(1).forEach((tr, i) => {
-    const values = flat.map((f) => f[keys[i]]);
-    if (new Set(values).size > 1) tr.classList.add("differs");
+    if (differs(keys[i])) tr.classList.add("differs");
   });
 }
 
@@ -431,8 +433,9 @@ function renderAttention(attn) {
       rows.push({label: `L${l + 1} H${h + 1}`, w: attn.weights[l][h], layer: l, head: h});
     }
   }
-  const head = el("tr", {}, el("th", {text: ""}),
+  const head = el("tr", {}, el("th", {class: "label", text: ""}),
     ...attn.tokens.map((t) => el("th", {class: "col", title: t.token, text: t.text.trim() || "·"})));
+  grid.classList.toggle("dense", attn.tokens.length > 40);
   const select = (row, tr) => {
     grid.querySelectorAll("tr.chosen").forEach((x) => x.classList.remove("chosen"));
     tr.classList.add("chosen");
@@ -440,7 +443,8 @@ function renderAttention(attn) {
   };
   const body = rows.map((row) => {
     const max = Math.max(...row.w, 1e-9);
-    const tr = el("tr", {class: row.head === null ? "mean" : ""}, el("th", {text: row.label}),
+    const tr = el("tr", {class: row.head === null ? "mean" : ""},
+      el("th", {class: "label", text: row.label}),
       ...row.w.map((w, j) => {
         const td = el("td", {title: `${attn.tokens[j].token}: ${fmt(w, 4)}`});
         td.style.background = `rgba(37, 99, 235, ${w / max})`;
@@ -477,11 +481,12 @@ function renderLens(attn) {
     el("th", {text: attn.next ? `p(${JSON.stringify(attn.next.token)})` : "p(next)"}),
     ...[1, 2, 3, 4, 5].slice(0, attn.lens[0].top.length).map((k) => el("th", {text: `#${k}`})))];
   attn.lens.forEach((row) => {
-    const name = row.layer === 0 ? "embeddings" : `after layer ${row.layer}`;
+    const name = row.layer === 0 ? "embeddings" : `layer ${row.layer}`;
     rows.push(el("tr", {}, el("th", {text: name}), el("td", {text: pct(row.p_next)}),
       ...row.top.map((a) => {
         const td = el("td", {class: attn.next && a.id === attn.next.id ? "hit" : "",
-          text: `${a.token} ${pct(a.p)}`});
+          title: `${a.token} ${pct(a.p)}`},
+        el("div", {text: a.token}), el("div", {class: "p", text: pct(a.p)}));
         td.style.background = probColour(a.p);
         return td;
       })));
