@@ -73,6 +73,19 @@ def test_trace_logits_equal_the_fused_model():
         torch.testing.assert_close(tr.lens[0], model.head(model.ln_f(emb)), rtol=1e-10, atol=1e-10)
 
 
+def test_trace_has_no_dropout_even_in_training_mode():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=V, max_len=16, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+    model = GPT(cfg).double()  # the study's dropout (0.1 everywhere) is on by default
+    ids = [SOT_ID, 5, 9, 3, 17]
+    model.eval()
+    with torch.no_grad():
+        want = model(torch.tensor([ids]))[0]
+    model.train()
+    torch.testing.assert_close(trace(model, ids).logits, want, rtol=1e-10, atol=1e-10)
+    assert model.training  # left as it was
+
+
 def test_trace_in_float32_is_close_to_the_fused_model():
     model = _model(dtype=torch.float32)
     ids = [SOT_ID, 5, 9, 3, 17, 4, 4, 22, 8, 30, 11, 2, 6, 7, 3, 9]

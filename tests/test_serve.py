@@ -265,6 +265,14 @@ def test_the_page_ships_everything_it_loads(client):
     assert client.get("/static/../app.py").status_code == 404
 
 
+def test_only_the_hosts_it_was_told(models):
+    app = create_app(models, hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/models").status_code == 200
+        assert c.get("/api/models", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/api/models", headers={"host": "evil.example"}).status_code == 400
+
+
 def test_cli_needs_the_extra_and_something_to_serve(monkeypatch, capsys, assets):
     import importlib.util
 

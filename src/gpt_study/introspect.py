@@ -87,7 +87,8 @@ def trace(model: GPT, ids: Sequence[int]) -> Trace:
     """Run ``ids`` (at most ``max_len`` tokens, from position 0) keeping attention and the lens.
 
     Follows :meth:`gpt_study.model.GPT.hidden` block by block (pre-LN: ``x + Attn(LN(x))`` then
-    ``x + MLP(LN(x))``) with :func:`_plain_attention` in place of the fused kernel.
+    ``x + MLP(LN(x))``) with :func:`_plain_attention` in place of the fused kernel and no
+    dropout anywhere, as in evaluation, whatever mode the model is in.
     """
     T = len(ids)
     if not 1 <= T <= model.config.max_len:
@@ -100,7 +101,8 @@ def trace(model: GPT, ids: Sequence[int]) -> Trace:
     for block in model.blocks:
         y, w = _plain_attention(block.attn, block.ln1(x))
         x = x + y
-        x = x + block.mlp(block.ln2(x))
+        mlp = block.mlp
+        x = x + mlp.proj(F.gelu(mlp.fc(block.ln2(x))))  # the MLP, without its dropout
         residuals.append(x)
         weights.append(w)
     lens = model.head(model.ln_f(torch.cat(residuals)))  # (L + 1, T, V)
@@ -132,20 +134,26 @@ class Scores:
 
 @torch.inference_mode()
 def score_ids(model: GPT, ids: Sequence[int], context_size: int, top_k: int = 5) -> Scores:
-    """Score every token of ``ids`` after the first, in validation's windows (fused path)."""
+    """Score every token of ``ids`` after the first, in validation's windows (fused path, in
+    eval mode like validation)."""
     if len(ids) < 2:
         raise ValueError("scoring needs at least 2 tokens")
     device = next(model.parameters()).device
     tokens = torch.tensor(list(ids), device=device)
     k = max(1, min(top_k, model.config.vocab_size))
     parts: list[tuple[torch.Tensor, ...]] = []
-    for start, length in eval_windows(len(ids), context_size):
-        window = tokens[start : start + length]
-        logp = F.log_softmax(model(window[None, :-1])[0].float(), dim=-1)  # (t, V)
-        target = window[1:, None]  # (t, 1)
-        nll = -logp.gather(-1, target)[:, 0]
-        top = logp.topk(k, dim=-1)
-        parts.append((nll, top.indices, top.values.exp()))
+    was_training = model.training
+    model.eval()
+    try:
+        for start, length in eval_windows(len(ids), context_size):
+            window = tokens[start : start + length]
+            logp = F.log_softmax(model(window[None, :-1])[0].float(), dim=-1)  # (t, V)
+            target = window[1:, None]  # (t, 1)
+            nll = -logp.gather(-1, target)[:, 0]
+            top = logp.topk(k, dim=-1)
+            parts.append((nll, top.indices, top.values.exp()))
+    finally:
+        model.train(was_training)
     nll = torch.cat([p[0] for p in parts]).cpu()
     return Scores(
         nll=nll,

@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     runtime.set_threads(args.threads)
     runs = Runs(args.runs)
     models = Models.load(args.checkpoint, args.device, args.dtype)
-    app = create_app(models, runs, limits)
+    loopback = args.host in ("127.0.0.1", "localhost")
+    app = create_app(models, runs, limits, hosts=["127.0.0.1", "localhost"] if loopback else None)
     names = ", ".join(s.name for s in models.served) or "none"
     print(f"serving models: {names}; runs: {args.runs or 'none'}", file=sys.stderr)
     print(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)

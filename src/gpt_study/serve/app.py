@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from gpt_study import __version__
 from gpt_study.config import SampleConfig
@@ -124,8 +125,18 @@ def _sample(base: SampleConfig, body: GenerateRequest, limits: Limits) -> Sample
     return SampleConfig(**settings)
 
 
-def create_app(models: Models, runs: Runs | None = None, limits: Limits | None = None) -> FastAPI:
-    """The app serving ``models`` and the runs under ``runs``, within ``limits``."""
+def create_app(
+    models: Models,
+    runs: Runs | None = None,
+    limits: Limits | None = None,
+    hosts: list[str] | None = None,
+) -> FastAPI:
+    """The app serving ``models`` and the runs under ``runs``, within ``limits``.
+
+    ``hosts``: the only ``Host`` headers answered (None: any). A server on 127.0.0.1 answers
+    only ``127.0.0.1`` and ``localhost``, so a web page elsewhere cannot reach it by pointing
+    its own domain name at 127.0.0.1 (DNS rebinding).
+    """
     runs = runs or Runs(None)
     limits = limits or Limits()
     stopping = threading.Event()  # set on shutdown: running generations stop at their next token
@@ -162,6 +173,8 @@ def create_app(models: Models, runs: Runs | None = None, limits: Limits | None =
         return await run_in_threadpool(runs.detail, name)
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.add_middleware(_Headers)
     return app
 
