@@ -42,7 +42,7 @@ def flags(d: dict) -> list[str]:
     return out
 
 
-def torchrun(args: list[str], timeout: float = 120, script: str | None = None):
+def torchrun(args: list[str], timeout: float = 300, script: str | None = None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     target = [script] if script else ["-m", "gpt_study"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

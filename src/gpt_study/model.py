@@ -197,15 +197,17 @@ class MLP(nn.Module):
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.residual_drop = Dropout(cfg.residual_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)  # (B, T, d_ff), or (B, T, 2 d_ff) for swiglu
+    def act(self, h: torch.Tensor) -> torch.Tensor:
+        """The nonlinearity on ``fc``'s output: (B, T, d_ff or 2 d_ff) -> (B, T, d_ff)."""
         if self.kind == "swiglu":
             gate, value = h.chunk(2, dim=-1)  # 2 x (B, T, d_ff)
-            h = F.silu(gate) * value
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h)
+            return F.silu(gate) * value
+        if self.kind == "relu2":
+            return F.relu(h).square()
+        return F.gelu(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))  # (B, T, d_ff)
         return self.residual_drop(self.proj(self.inner_drop(h)))
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("gpt_study.cli.generate", "write stories from a checkpoint"),
     "plot": ("gpt_study.cli.plot", "draw the loss curves of a run as PNG"),
     "compare": ("gpt_study.cli.compare", "runs side by side: curves, figures, settings, stories"),
+    "serve": ("gpt_study.cli.serve", "a local web page to look inside models and runs"),
     "demo": (
         "gpt_study.cli.demo",
         "prepare, train, plot, evaluate and generate on the shared sample",

@@ -1,0 +1,222 @@
+"""Looking inside a model: per-token probabilities, attention weights and the logit lens.
+
+The model's own forward pass (:mod:`gpt_study.model`) runs PyTorch's fused attention, which never
+materialises the attention weights; that is what keeps training and generation fast, and it stays
+untouched. The study views need the weights, so :func:`trace` re-runs the model step by step from
+its own parameters with a plain attention, ``softmax(q k^T / sqrt(d)) v`` under an explicit
+causal mask, that keeps them (BertViz and Ecco read attention the same way: beside the model, not
+inside it). ``tests/test_introspect.py`` checks that its logits equal ``model(ids)`` and its
+weights equal an oracle computed directly.
+
+Also here, on top of the fused path since they need no weights:
+
+* :func:`score_ids`: the probability the model gave each token of a text and its likeliest
+  alternatives, scored in the windows validation uses (each token predicted once, with between
+  1 and ``context_size`` tokens of context), so numbers agree with ``gpt-study evaluate``.
+* :func:`text_ids`: a pasted text encoded as ``prepare`` encodes stories (``<sot> ... <eot>``
+  per story, stories split on ``<|endoftext|>`` lines) and the UTF-8 bytes bits per byte divides
+  by (:func:`gpt_study.heldout.bits_per_byte`).
+* :func:`pieces`: the text each token adds, so a view can show tokens as the tokenizer split them
+  and still read as the text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gpt_study.data.clean import clean_text
+from gpt_study.data.dataset import eval_windows
+from gpt_study.data.sources import END_OF_TEXT
+from gpt_study.model import GPT
+
+__all__ = [
+    "PieceReader",
+    "Scores",
+    "Trace",
+    "pieces",
+    "query_window",
+    "score_ids",
+    "text_ids",
+    "trace",
+]
+
+
+@dataclass
+class Trace:
+    """One window run step by step.
+
+    ``logits`` (T, V) as ``model(ids)`` gives them; ``attention`` (L, nh, T, T), row ``i`` the
+    weights query ``i`` gives keys ``0..i`` (zero above the diagonal); ``lens`` (L + 1, T, V) the
+    logits each layer's residual stream would give through the final LayerNorm and the head
+    (row 0: the embeddings, row L: the model's own output).
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+    lens: torch.Tensor
+
+
+def _plain_attention(
+    attn: torch.nn.Module, x: torch.Tensor, pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention sub-layer of one block on ``x`` (1, T, C) at positions ``pos``, keeping its
+    weights.
+
+    Takes queries, keys and values from :meth:`gpt_study.model.CausalSelfAttention.project` (so
+    rotary positions and qk-norm apply as in the model) and ``proj``; dropout is off, as in
+    evaluation. Returns the sub-layer output (1, T, C) and the weights (nh, T, T).
+    """
+    B, T, C = x.shape
+    q, k, v = attn.project(x, pos)  # 3 x (B, nh, T, hs)
+    hs = q.size(-1)
+    wide = torch.promote_types(q.dtype, torch.float32)  # bfloat16 weights: softmax in float32
+    scores = (q.to(wide) @ k.to(wide).transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    y = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+    return attn.proj(y), weights[0]
+
+
+@torch.inference_mode()
+def trace(model: GPT, ids: Sequence[int]) -> Trace:
+    """Run ``ids`` (at most ``max_len`` tokens, from position 0) keeping attention and the lens.
+
+    Follows :meth:`gpt_study.model.GPT.hidden` block by block (pre-LN: ``x + Attn(LN(x))`` then
+    ``x + MLP(LN(x))``) with :func:`_plain_attention` in place of the fused kernel and no
+    dropout anywhere, as in evaluation, whatever mode the model is in.
+    """
+    T = len(ids)
+    if not 1 <= T <= model.config.max_len:
+        raise ValueError(f"trace takes 1..{model.config.max_len} tokens, got {T}")
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(ids)], device=device)  # (1, T)
+    pos = torch.arange(T, device=device)  # (T,)
+    x = model.tok_emb(idx)  # (1, T, C)
+    if model.pos_emb is not None:  # learned positions; rotary ones act inside attention
+        x = x + model.pos_emb(pos)
+    residuals, weights = [x], []
+    for block in model.blocks:
+        y, w = _plain_attention(block.attn, block.ln1(x), pos)
+        x = x + y
+        mlp = block.mlp
+        x = x + mlp.proj(mlp.act(mlp.fc(block.ln2(x))))  # the MLP, without its dropout
+        residuals.append(x)
+        weights.append(w)
+    lens = model.head(model.ln_f(torch.cat(residuals)))  # (L + 1, T, V)
+    return Trace(logits=lens[-1], attention=torch.stack(weights), lens=lens)
+
+
+def query_window(position: int, context_size: int) -> int:
+    """First token of the window in which token ``position`` is read as an input.
+
+    The windows of :func:`score_ids` (consecutive, ``context_size`` inputs each), so attention
+    shown for a token is the attention that scored the token after it.
+    """
+    return (position // context_size) * context_size
+
+
+@dataclass
+class Scores:
+    """Per token of a text: the NLL (nats) and probability the model gave it, and its top ids.
+
+    Index ``i`` is about token ``i + 1`` (the first token is context, never a target):
+    ``nll`` (T-1,), ``prob`` (T-1,), ``top_ids`` / ``top_probs`` (T-1, k), likeliest first.
+    """
+
+    nll: torch.Tensor
+    prob: torch.Tensor
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+
+
+@torch.inference_mode()
+def score_ids(model: GPT, ids: Sequence[int], context_size: int, top_k: int = 5) -> Scores:
+    """Score every token of ``ids`` after the first, in validation's windows (fused path, in
+    eval mode like validation)."""
+    if len(ids) < 2:
+        raise ValueError("scoring needs at least 2 tokens")
+    device = next(model.parameters()).device
+    tokens = torch.tensor(list(ids), device=device)
+    k = max(1, min(top_k, model.config.vocab_size))
+    parts: list[tuple[torch.Tensor, ...]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start, length in eval_windows(len(ids), context_size):
+            window = tokens[start : start + length]
+            logp = F.log_softmax(model(window[None, :-1])[0].float(), dim=-1)  # (t, V)
+            target = window[1:, None]  # (t, 1)
+            nll = -logp.gather(-1, target)[:, 0]
+            top = logp.topk(k, dim=-1)
+            parts.append((nll, top.indices, top.values.exp()))
+    finally:
+        model.train(was_training)
+    nll = torch.cat([p[0] for p in parts]).cpu()
+    return Scores(
+        nll=nll,
+        prob=torch.exp(-nll),
+        top_ids=torch.cat([p[1] for p in parts]).cpu(),
+        top_probs=torch.cat([p[2] for p in parts]).cpu(),
+    )
+
+
+def text_ids(tokenizer, text: str) -> tuple[list[int], int, int]:
+    """Ids of a pasted text as ``prepare`` stores stories, its UTF-8 bytes and its story count.
+
+    Stories are split on ``<|endoftext|>`` (the raw TinyStories layout); each is cleaned as
+    training text was and stored ``<sot> ... <eot>``, so the ``<eot>`` tokens the study asks
+    about are scored too. The byte count is that of the cleaned stories, as ``prepare`` counts.
+    """
+    ids: list[int] = []
+    n_bytes = stories = 0
+    for story in text.split(END_OF_TEXT):
+        clean = clean_text(story, tokenizer.lowercase)
+        if not clean:
+            continue
+        ids += tokenizer.encode(clean, sot=True, eot=True)
+        n_bytes += len(clean.encode("utf-8"))
+        stories += 1
+    return ids, n_bytes, stories
+
+
+class PieceReader:
+    """The text each token adds when tokens are read in order, one token at a time.
+
+    Decoding joins tokens (``could`` + ``n't`` -> ``couldn't``; BPE bytes into characters), so a
+    piece is what the readable text gains at a token: the decoded text of the last ``context``
+    tokens with it, past what they decoded to without it. The joins are local (a space rule
+    between neighbours, a character of at most 4 bytes), so a short context is exact and the
+    cost stays linear in the text. Specials read as their names and start a new story.
+    """
+
+    def __init__(self, tokenizer, context: int = 8) -> None:
+        self.tokenizer = tokenizer
+        self.context = context
+        self.specials = {tokenizer.sot_id: "<sot>", tokenizer.eot_id: "<eot>"}
+        self.run: list[int] = []  # ordinary tokens since the last special
+
+    def push(self, i: int) -> str:
+        i = int(i)
+        if i in self.specials:
+            self.run = []
+            return self.specials[i]
+        self.run.append(i)
+        tail = self.run[-self.context :]
+        decode = self.tokenizer.decode
+        before = decode(tail[:-1], skip_specials=False) if len(tail) > 1 else ""
+        after = decode(tail, skip_specials=False)
+        same = 0
+        while same < min(len(after), len(before)) and after[same] == before[same]:
+            same += 1
+        return after[same:]
+
+
+def pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """:class:`PieceReader` over a whole sequence: one piece of text per token."""
+    reader = PieceReader(tokenizer)
+    return [reader.push(i) for i in ids]

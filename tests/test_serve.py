@@ -1,0 +1,312 @@
+"""The serve API through FastAPI's test client: every view, every bad request, the page itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from gpt_study.cli import main  # noqa: E402
+from gpt_study.config import SampleConfig  # noqa: E402
+from gpt_study.generate import generate_ids  # noqa: E402
+from gpt_study.introspect import score_ids  # noqa: E402
+from gpt_study.serve.app import STATIC, create_app  # noqa: E402
+from gpt_study.serve.limits import Busy, Gate, Limits  # noqa: E402
+from gpt_study.serve.registry import Models, Runs  # noqa: E402
+from serve_fixtures import VOCAB, write_checkpoint, write_runs  # noqa: E402
+
+TEXT = "Once upon a time there was a little girl named Lily. She liked to play in the park."
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    other = VOCAB[:3] + list(reversed(VOCAB[3:]))  # the same words, other ids
+    return {
+        "a": write_checkpoint(root / "a", seed=0),
+        "b": write_checkpoint(root / "b", seed=1),
+        "other": write_checkpoint(root / "other", seed=2, vocab=other),
+        "runs": write_runs(root / "runs"),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(assets):
+    return Models.load([str(assets[k]) for k in ("a", "b", "other")], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(models, assets):
+    limits = Limits(max_prompt_chars=200, max_new_tokens=40, max_text_chars=500, max_ids=64)
+    with TestClient(create_app(models, Runs(assets["runs"]), limits)) as c:
+        yield c
+
+
+def _events(response) -> list[dict]:
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_models_lists_names_and_limits(client):
+    data = client.get("/api/models").json()
+    names = [m["name"] for m in data["models"]]
+    assert names == ["a/ckpt", "b/ckpt", "other/ckpt"]
+    m = data["models"][0]
+    assert m["layers"] == 2 and m["heads"] == 4 and m["context_size"] == 16 and m["step"] == 7
+    assert m["tokenizer"] == "word" and m["vocab_size"] == len(VOCAB) and m["params"] > 0
+    assert data["limits"]["max_new_tokens"] == 40
+    assert not any("/" in str(v) and str(v).startswith("/") for v in (m["name"],))  # no paths
+
+
+def test_generate_streams_tokens_then_done(client, models):
+    body = {"prompt": "once upon a time", "greedy": True, "max_new_tokens": 12}
+    events = _events(client.post("/api/generate", json=body))
+    start, tokens, done = events[0], events[1:-1], events[-1]
+    assert start["type"] == "start" and start["prompt_pieces"][0] == "<sot>"
+    assert start["settings"]["greedy"] is True and start["window"] == 16
+    assert [e["type"] for e in tokens] == ["token"] * len(tokens) and done["type"] == "done"
+    assert [e["index"] for e in tokens] == list(range(len(tokens)))
+    served = models.get(0)
+    want = generate_ids(
+        served.checkpoint.model,
+        [start["prompt_ids"]],
+        SampleConfig(greedy=True, max_new_tokens=12),
+        context_size=16,
+    ).new_ids[0]
+    assert [e["id"] for e in tokens] == want == done["ids"][len(start["prompt_ids"]) :]
+    assert done["new_tokens"] == len(want) and done["seconds"] >= 0
+    shown = "".join(start["prompt_pieces"][1:] + [e["text"] for e in tokens if e["id"] > 2])
+    assert shown.replace("<unk>", "") == done["text"].replace("<unk>", "")
+
+
+def test_generate_uses_the_checkpoint_settings_and_seed(client):
+    body = {"model": "b/ckpt", "prompt": "lily", "seed": 3, "max_new_tokens": 10}
+    first = _events(client.post("/api/generate", json=body))
+    again = _events(client.post("/api/generate", json=body))
+    assert first[-1]["ids"] == again[-1]["ids"]  # seeded: the same story
+    settings = first[0]["settings"]
+    assert settings["temperature"] == 0.8 and settings["top_p"] == 0.95 and settings["seed"] == 3
+    default = _events(client.post("/api/generate", json={"prompt": "lily"}))
+    assert default[0]["settings"]["max_new_tokens"] == 40  # the checkpoint's 256, bounded
+
+
+def test_tokens_gives_each_token_its_probability_and_rivals(client, models):
+    data = client.post("/api/tokens", json={"text": TEXT, "top_k": 3}).json()
+    tokens = data["tokens"]
+    assert tokens[0]["token"] == "<sot>" and tokens[0]["p"] is None
+    assert tokens[-1]["token"] == "<eot>"  # a story is scored with its end
+    ids = [t["id"] for t in tokens]
+    scores = score_ids(models.get(0).checkpoint.model, ids, 16, 3)
+    for n, t in enumerate(tokens[1:]):
+        assert math.isclose(t["p"], float(scores.prob[n]), abs_tol=1e-6)
+        probs = [a["p"] for a in t["top"]]
+        assert (
+            len(probs) == 3 and probs == sorted(probs, reverse=True) and probs[0] >= t["p"] - 1e-6
+        )
+    s = data["summary"]
+    nll = sum(t["nll"] for t in tokens[1:])
+    assert s["targets"] == len(ids) - 1 and math.isclose(s["nll"], nll / s["targets"], rel_tol=1e-4)
+    assert math.isclose(s["bits_per_byte"], nll / math.log(2) / s["bytes"], rel_tol=1e-4)
+    assert "".join(t["text"] for t in tokens[1:-1]).startswith("once upon a time")
+    by_ids = client.post("/api/tokens", json={"ids": ids, "top_k": 3}).json()
+    assert [t["p"] for t in by_ids["tokens"]] == [t["p"] for t in tokens]
+
+
+def test_attention_rows_are_distributions_and_the_lens_ends_at_the_model(client):
+    scored = client.post("/api/tokens", json={"text": TEXT, "top_k": 5}).json()["tokens"]
+    ids = [t["id"] for t in scored]
+    pos = 6
+    data = client.post("/api/attention", json={"ids": ids, "position": pos}).json()
+    assert data["layers"] == 2 and data["heads"] == 4 and data["window_start"] == 0
+    assert len(data["tokens"]) == pos + 1 and data["next"]["id"] == ids[pos + 1]
+    for layer, mean in zip(data["weights"], data["mean"], strict=True):
+        for head in layer:
+            assert len(head) == pos + 1 and math.isclose(sum(head), 1.0, abs_tol=1e-4)
+        for j, m in enumerate(mean):
+            assert math.isclose(m, sum(h[j] for h in layer) / 4, abs_tol=1e-5)
+    lens = data["lens"]
+    assert [r["layer"] for r in lens] == [0, 1, 2]
+    # The last layer of the lens is the model's own prediction, as the tokens view shows it.
+    assert lens[-1]["top"] == scored[pos + 1]["top"]
+    assert math.isclose(lens[-1]["p_next"], scored[pos + 1]["p"], abs_tol=1e-5)
+
+
+def test_attention_past_the_window_reads_the_window_that_scored_it(client):
+    ids = [t["id"] for t in client.post("/api/tokens", json={"text": TEXT}).json()["tokens"]]
+    assert len(ids) > 20
+    data = client.post("/api/attention", json={"ids": ids, "position": 20}).json()
+    assert data["window_start"] == 16 and len(data["tokens"]) == 5
+
+
+def test_compare_same_vocabulary_per_token_and_eot(client):
+    data = client.post("/api/compare", json={"models": [0, "b/ckpt"], "text": TEXT}).json()
+    assert data["same_vocabulary"] and data["models"] == ["a/ckpt", "b/ckpt"]
+    one = [client.post("/api/tokens", json={"model": m, "text": TEXT}).json() for m in (0, 1)]
+    for k in (0, 1):
+        assert data["summary"][k] == one[k]["summary"]
+    for t, ta, tb in zip(
+        data["tokens"][1:], one[0]["tokens"][1:], one[1]["tokens"][1:], strict=True
+    ):
+        assert t["nll"] == [ta["nll"], tb["nll"]]
+        assert math.isclose(t["diff"], tb["nll"] - ta["nll"], abs_tol=1e-5)
+    assert data["eot"]["count"] == 1
+    same = client.post("/api/compare", json={"models": [1, 1], "text": TEXT}).json()
+    assert all(t["diff"] == 0 for t in same["tokens"][1:])
+
+
+def test_compare_other_vocabulary_gives_bits_per_byte_only(client):
+    data = client.post("/api/compare", json={"models": [0, 2], "text": TEXT}).json()
+    assert data["same_vocabulary"] is False and data["tokens"] is None
+    assert data["summary"][0]["bytes"] == data["summary"][1]["bytes"]
+    assert all(s["bits_per_byte"] > 0 for s in data["summary"])
+
+
+def test_runs_list_and_detail(client):
+    runs = client.get("/api/runs").json()["runs"]
+    assert [r["name"] for r in runs] == ["a", "nested/b"]
+    assert runs[0]["last_step"] == 20 and runs[0]["best_valid_nll"] == 4.5
+    detail = client.get("/api/runs/nested/b").json()
+    assert detail["settings"]["train"]["lr"] == 2e-3 and len(detail["records"]) == 3
+    assert client.get("/api/runs/a").json()["settings"]["train"]["lr"] == 1e-3
+
+
+BAD = [
+    ("post", "/api/generate", {"model": 9}, 404, "no model 9: choose one of 0 (a/ckpt)"),
+    ("post", "/api/generate", {"model": "x"}, 404, "no model 'x'"),
+    ("post", "/api/generate", {"temperature": 0}, 422, "temperature 0.0 is out of range"),
+    ("post", "/api/generate", {"top_p": 2}, 422, "top_p 2.0 is out of range"),
+    ("post", "/api/generate", {"max_new_tokens": 41}, 422, "max_new_tokens 41 is over 40"),
+    ("post", "/api/generate", {"max_new_tokens": 0}, 422, "max_new_tokens 0 is out of range"),
+    ("post", "/api/generate", {"prompt": "a" * 201}, 413, "prompt has 201 characters"),
+    ("post", "/api/generate", {"temprature": 1}, 422, "temprature: Extra inputs are not permitted"),
+    ("post", "/api/generate", {"seed": "x"}, 422, "seed: Input should be a valid integer"),
+    ("post", "/api/generate", {"prompt": ["a"]}, 422, "prompt: Input should be a valid string"),
+    ("post", "/api/tokens", {"text": "a" * 501}, 413, "text has 501 characters"),
+    ("post", "/api/tokens", {"ids": [1] * 65}, 413, "ids has 65 tokens"),
+    ("post", "/api/tokens", {"ids": [1, 999]}, 422, "token id 999 is out of range"),
+    ("post", "/api/tokens", {"ids": [1, -1]}, 422, "token id -1 is out of range"),
+    ("post", "/api/tokens", {"ids": [1]}, 422, "send at least 2 token ids"),
+    ("post", "/api/tokens", {}, 422, "send either text or ids"),
+    ("post", "/api/tokens", {"text": "a", "ids": [1, 2]}, 422, "send either text or ids"),
+    ("post", "/api/tokens", {"text": "   "}, 422, "text is empty"),
+    ("post", "/api/tokens", {"text": "lily", "top_k": 51}, 422, "top_k 51 is over 50"),
+    ("post", "/api/tokens", {"text": "lily", "top_k": 0}, 422, "top_k: Input should be greater"),
+    ("post", "/api/attention", {"text": TEXT}, 422, "position: Field required"),
+    ("post", "/api/attention", {"text": "lily", "position": 3}, 422, "position 3 is out of range"),
+    (
+        "post",
+        "/api/attention",
+        {"text": "lily", "position": -1},
+        422,
+        "position -1 is out of range",
+    ),
+    ("post", "/api/compare", {"text": "lily", "models": [0]}, 422, "models"),
+    ("post", "/api/compare", {"ids": [1, 5], "models": [0, 2]}, 422, "different vocabularies"),
+    ("post", "/api/compare", {"text": "lily", "models": [0, 5]}, 404, "no model 5"),
+    ("get", "/api/runs/nope", None, 404, "no run 'nope': choose one of a, nested/b"),
+    ("get", "/api/runs/..%2F..%2Fetc", None, 404, "no run '../../etc'"),
+    ("get", "/api/nothing", None, 404, "no route GET /api/nothing"),
+    ("get", "/api/generate", None, 405, "GET /api/generate is not allowed: use POST"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,message", BAD)
+def test_bad_requests_get_a_clear_4xx(client, method, path, body, status, message):
+    r = client.post(path, json=body) if method == "post" else client.get(path)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error and "\n" not in error, error
+
+
+@pytest.mark.parametrize(
+    "content,status,message",
+    [
+        (b"{not json", 422, "JSON decode error"),
+        (b"[1, 2]", 422, "the body must be a JSON object"),
+        (b'{"text": "' + b"a" * (1 << 20) + b'"}', 413, "request body over 1048576 bytes"),
+    ],
+)
+def test_malformed_bodies(client, content, status, message):
+    r = client.post("/api/tokens", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_gate_queues_then_refuses():
+    async def scenario():
+        gate = Gate(running=1, waiting=1, what="generations")
+        await gate.acquire()  # running
+        queued = asyncio.ensure_future(gate.acquire())  # waits
+        await asyncio.sleep(0)
+        with pytest.raises(Busy, match="1 generations running and 1 waiting"):
+            await gate.acquire()
+        gate.release()
+        await asyncio.wait_for(queued, 1)  # the queued one gets the slot
+        gate.release()
+
+    asyncio.run(scenario())
+
+
+def test_the_page_ships_everything_it_loads(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    for name in ("app.js", "app.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    for f in STATIC.iterdir():
+        text = f.read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text), f  # nothing remote
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_only_the_hosts_it_was_told(models):
+    app = create_app(models, hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/models").status_code == 200
+        assert c.get("/api/models", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/api/models", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_cli_needs_the_extra_and_something_to_serve(monkeypatch, capsys, assets):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    assert main(["serve", "--checkpoint", str(assets["a"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        'gpt-study serve: error: serve needs uvicorn: install them with pip install -e ".[serve]"'
+    ]
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert main(["serve"]) == 2
+    assert "nothing to serve" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", "nowhere", "--port", "0"]) == 2
+    assert "no checkpoint at nowhere" in capsys.readouterr().err
+    assert main(["serve", "--runs", str(assets["runs"]), "--max_concurrent", "0"]) == 2
+    assert "--max_concurrent 0 is out of range" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_port_in_use(capsys, assets):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--runs", str(assets["runs"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err
+
+
+def test_same_names_are_numbered(assets):
+    from gpt_study.serve.registry import _names
+
+    assert _names([assets["a"], assets["a"]]) == ["a/ckpt", "a/ckpt (2)"]
