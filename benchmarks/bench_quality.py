@@ -1,0 +1,183 @@
+"""Quality per CPU-minute: train named recipes for the same wall-clock budget, one after another,
+and compare valid bits per byte on the whole valid split.
+
+    python benchmarks/bench_quality.py                          # every recipe, 15 minutes each
+    python benchmarks/bench_quality.py --minutes 5 --recipes tiny cpu
+    python benchmarks/bench_quality.py --recipes cpu --seeds 1 2 --ablation   # cpu, each option back
+
+Each recipe is a gpt-study config: a preset plus flags, on a tokenizer (bits per byte is compared
+only for lossless ones, so ``word`` is not among them). Every run is a fresh ``gpt-study train``
+process with ``--max_time``, then ``gpt-study evaluate`` on its best checkpoint (whole valid split,
+stories from the fixed openings). Reported: bits per byte, the share of stories that end with
+``<eot>``, repeated 4-grams, tokens seen and tokens/s (a slow run on a shared machine shows as
+such), parameters and training FLOPs. One PNG draws valid bits per byte against minutes for all.
+
+``nanogpt-cpu`` is nanoGPT's documented CPU recipe (byte level, 4 layers, 4 heads, width 128,
+block 64, batch 12, lr 1e-3 cosine to 1e-4 over 25,000 iterations, no dropout, tied weights, no
+biases) expressed as a gpt-study config on the byte tokenizer; ``study`` the study's model and
+recipe (preset ``seed``) on bpe; ``tiny`` today's CPU preset; ``cpu`` the preset this benchmark
+chose. With ``--ablation`` each option of the ``cpu`` recipe is switched back to the study's
+choice, one at a time, at the same budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "tinystories"
+sys.path.insert(0, str(ROOT / "src"))
+
+from gpt_study.config import load_config  # noqa: E402
+from gpt_study.model import GPT, flops_per_token  # noqa: E402
+from gpt_study.train.metrics import read_metrics  # noqa: E402
+
+NANOGPT = [
+    "--preset", "tiny", "--n_layers", "4", "--n_heads", "4", "--d_model", "128", "--d_ff", "512",
+    "--context_size", "64", "--max_len", "64", "--batch_size", "12", "--lr", "1e-3",
+    "--lr_schedule", "cosine", "--warmup_steps", "100", "--min_lr", "1e-4", "--lr_betas", "0.9",
+    "0.99", "--weight_decay", "0.1", "--attention_drop", "0", "--residual_drop", "0",
+    "--embedding_drop", "0", "--tie_embeddings", "--no-bias", "--no-head_bias", "--epoch", "50",
+    "--iters_per_epoch", "500", "--eval_iters", "20",
+]  # fmt: skip
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "nanogpt-cpu": ("byte", NANOGPT),
+    "study": ("bpe", ["--preset", "seed", "--iters_per_epoch", "100", "--eval_iters", "10"]),
+    "tiny": ("bpe", ["--preset", "tiny"]),
+    "cpu": ("bpe", ["--preset", "cpu"]),
+}
+# --ablation: each option of the cpu preset back to the study's choice.
+ABLATIONS = {
+    "cpu-learned": ["--positions", "learned"],
+    "cpu-layernorm": ["--norm", "layernorm"],
+    "cpu-gelu": ["--mlp", "gelu", "--d_ff", "768"],  # the same parameters as swiglu's 512
+    "cpu-untied": ["--no-tie_embeddings"],
+    "cpu-bias": ["--bias", "--head_bias"],
+    "cpu-no-dropout": ["--residual_drop", "0"],
+}
+
+
+def prepare(out: Path, tokenizer: str) -> Path:
+    folder = out / f"data-{tokenizer}"
+    cmd = ["prepare", "--data", str(SAMPLE), "--out", str(folder), "--tokenizer", tokenizer]
+    gpt_study(cmd + ["--no-progress"])
+    return folder
+
+
+def gpt_study(args: list[str], log: Path | None = None) -> None:
+    cmd = [sys.executable, "-m", "gpt_study", *args]
+    print("$ gpt-study " + " ".join(args), flush=True)
+    with open(log, "w") if log else open(os.devnull, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ)
+    if done.returncode not in (0,):
+        raise SystemExit(f"gpt-study {args[0]} failed ({done.returncode}); see {log}")
+
+
+def run_recipe(name: str, data: Path, flags: list[str], args: argparse.Namespace, seed: int):
+    """Train ``name`` for the budget, evaluate its best checkpoint; one result row."""
+    root = args.out / f"{name}-s{seed}"
+    if not (root / "last").exists():  # a finished run is reused: delete its folder to redo it
+        train = ["train", "--data", str(data), "--save_root", str(root), *flags]
+        train += ["--max_time", str(args.minutes), "--seed", str(seed), "--sample_tokens", "0"]
+        train += ["--threads", str(args.threads), "--no-progress"]
+        t0 = time.perf_counter()
+        gpt_study(train, root.with_suffix(".train.log"))
+        print(f"  trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not (root / "eval.json").exists():
+        ev = ["evaluate", "--checkpoint", str(root / "best"), "--json", str(root / "eval.json")]
+        ev += ["--threads", str(args.threads), "--samples", "2", "--seed", "1234"]
+        gpt_study(ev + ["--no-progress"], root.with_suffix(".eval.log"))
+    return summarise(name, seed, root)
+
+
+def summarise(name: str, seed: int, root: Path) -> dict:
+    cfg = load_config(root / "best" / "config.json")
+    ev = json.loads((root / "eval.json").read_text())
+    valid = [r for r in read_metrics(root / "metrics.jsonl") if r["kind"] == "valid"]
+    state = json.loads((root / "last" / "state.json").read_text())
+    tokens, minutes = state["tokens"], state["elapsed_s"] / 60
+    return {
+        "recipe": name,
+        "seed": seed,
+        "tokenizer": cfg.data.tokenizer,
+        "bits_per_byte": ev["valid"]["bits_per_byte"],
+        "nll": ev["valid"]["nll"],
+        "eot_share": ev["stories"]["eot_share"],
+        "repeated_4gram": ev["stories"]["repeated_4gram"],
+        "tokens": tokens,
+        "minutes": minutes,
+        "tokens_per_s": tokens / max(minutes * 60, 1e-9),
+        "params": GPT(cfg.model).num_params(),
+        "train_flops": flops_per_token(cfg.model, cfg.train.context_size) * tokens,
+        "steps": state["step"],
+        "curve": [(r["elapsed_s"] / 60, r["valid_bpb"]) for r in valid],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = "| recipe | seed | tokenizer | bits/byte | `<eot>` | rep. 4-grams | tokens | tokens/s | params | PFLOP | steps |"
+    lines = [head, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(
+            f"| {r['recipe']} | {r['seed']} | {r['tokenizer']} | {r['bits_per_byte']:.4f} | "
+            f"{r['eot_share']:.0%} | {r['repeated_4gram']:.2%} | {r['tokens']:,} | "
+            f"{r['tokens_per_s']:,.0f} | {r['params']:,} | {r['train_flops'] / 1e15:.2f} | "
+            f"{r['steps']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, minutes: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        xs, ys = zip(*r["curve"], strict=True) if r["curve"] else ((), ())
+        ax.plot(
+            xs, ys, "o-", ms=3, label=f"{r['recipe']} (seed {r['seed']}): {r['bits_per_byte']:.3f}"
+        )
+    ax.set_xlabel("minutes of training (wall clock)")
+    ax.set_ylabel("valid bits per byte (during training: a share of the split)")
+    ax.set_title(f"quality per CPU-minute, {minutes:g}-minute budget; final: whole valid split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget per recipe")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--ablation", action="store_true", help="also each cpu option switched back")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--threads", type=int, default=0, help="--threads of every run (0: auto)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    todo = [(n, *RECIPES[n]) for n in args.recipes]
+    if args.ablation:
+        tok, base = RECIPES["cpu"]
+        todo += [(n, tok, base + extra) for n, extra in ABLATIONS.items()]
+    data = {tok: prepare(args.out, tok) for tok in {t for _, t, _ in todo}}
+    rows = [run_recipe(n, data[t], f, args, s) for n, t, f in todo for s in args.seeds]
+    md = table(rows)
+    print(md)
+    (args.out / "quality.md").write_text(md + "\n")
+    (args.out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.out / "quality.png", args.minutes)
+    print(f"wrote {args.out / 'quality.md'}, quality.json and quality.png")
+
+
+if __name__ == "__main__":
+    main()
