@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import signal
 
 import numpy as np
@@ -13,13 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import synthetic_story
 from gpt_study.cli import main
-from gpt_study.config import TrainConfig
+from gpt_study.config import DataConfig, TrainConfig
 from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
+from gpt_study.data.prepare import prepare
 from gpt_study.errors import UserError
 from gpt_study.model import GPT, GPTConfig
 from gpt_study.train import build_config, fit, lr_at, validate
 from gpt_study.train import loop as train_loop
+from gpt_study.train.optim import make_optimizer
 
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
@@ -227,7 +231,6 @@ def _decays(optimizer):
 def test_seed_decays_every_parameter_and_tiny_only_the_matrices():
     """The study's AdamW decays biases and LayerNorms too; tiny keeps them undecayed."""
     from gpt_study.presets import preset_config
-    from gpt_study.train.optim import make_optimizer
 
     net = GPT(GPTConfig(vocab_size=51, **MODEL))
     seed = preset_config("seed").train
@@ -444,6 +447,33 @@ def test_default_data_folder_comes_from_dataset_root(tiny_prepared, tmp_path, mo
     assert res.step == 2
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["data"] == str(tmp_path / "data" / "word-51")  # absolute: usable anywhere
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def test_a_byte_level_run_learns(tmp_path):
+    """prepare --tokenizer byte on a tiny corpus, then a few steps on its 259 ids."""
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in (("train", 40), ("valid", 8)):
+        text = "".join(f"{synthetic_story(rng)}\n<|endoftext|>\n" for _ in range(n))
+        (corpus / f"{split}.txt").write_text(text)
+    out = str(tmp_path / "byte")
+    cfg = DataConfig(data=[str(corpus)], out=out, tokenizer="byte", min_chars=0, workers=1)
+    out = prepare(cfg, progress=False, log=lambda m: None)
+    root = tmp_path / "run"
+    train = tiny_train(out, root, context_size=32, iters_per_epoch=10, lr=1e-2)
+    res = fit(build_config("tiny", train=train, model=MODEL))
+    saved = json.loads((root / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 259 and saved["data"]["tokenizer"] == "byte"
+    nll = [
+        json.loads(x)["valid_nll"]
+        for x in (root / "metrics.jsonl").read_text().splitlines()
+        if '"valid"' in x
+    ]
+    assert nll[0] < math.log(259) - 2 and nll[1] < nll[0] and res.step == 20
 
 
 # ---------------------------------------------------------------------------- bad input
