@@ -194,6 +194,46 @@ def test_bpe_trained_on_a_bounded_sample_same_with_workers(data_corpus, tmp_path
     assert text == "".join(f"<sot>{s}<eot>" for s in want)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_byte_cli_writes_every_story_as_its_bytes(data_corpus, tmp_path, monkeypatch, workers):
+    """Tokens = UTF-8 bytes + <sot>/<eot> per story, lossless, meta.json as for bpe."""
+    monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)  # the pool sees many batches
+    folder, train, valid = data_corpus
+    out = tmp_path / f"byte{workers}"
+    args = ["--data", folder, "--out", out, "--min_chars", 60, "--tokenizer", "byte"]
+    assert cli_main(["prepare", "--no_progress", "--workers", str(workers), *map(str, args)]) == 0
+    tok = load_tokenizer(out)
+    assert tok.kind == "byte" and tok.vocab_size == 259 and not tok.lowercase
+    meta = json.loads((out / "meta.json").read_text())
+    bpe_out = prep.prepare(
+        _cfg(folder, tmp_path / "bpe", tokenizer="bpe", vocab_size=300), log=lambda m: None
+    )
+    assert meta.keys() == json.loads((bpe_out / "meta.json").read_text()).keys()
+    assert meta["tokenizer"] == "byte" and meta["vocab_size"] == 259
+    assert meta["settings"]["vocab_size"] == 259 and meta["settings"]["lowercase"] is False
+    data = open_prepared(out)
+    for split, raw in (("train", train), ("valid", valid)):
+        want = [clean_text(s, False) for s in raw if len(s) >= 60]
+        ids = data.tokens(split)
+        m = data.split_meta(split)
+        assert len(ids) == m["tokens"] == m["bytes"] + 2 * len(want)
+        assert m["bytes"] == sum(len(s.encode("utf-8")) for s in want)
+        assert m["stories"] == len(want) and m["unk"] == 0
+        assert tok.decode(ids.tolist(), skip_specials=False) == "".join(
+            f"<sot>{s}<eot>" for s in want
+        )
+
+
+def test_byte_refuses_another_vocab_size(data_corpus, tmp_path, capsys):
+    folder, _, _ = data_corpus
+    code = _cli(
+        "--data", folder, "--out", tmp_path / "o", "--tokenizer", "byte", "--vocab_size", 300
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "always 259" in err, err
+    assert DataConfig(tokenizer="byte").output_dir().name == "byte-259"
+
+
 def test_one_file_holds_out_a_deterministic_valid_split(tmp_path, monkeypatch):
     monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)
     monkeypatch.setattr(prep_workers, "WARMUP_CHARS", 1000)

@@ -1,4 +1,5 @@
-"""Both tokenizers against oracles: spaCy itself, known ids, lossless BPE, JSON round trips."""
+"""The tokenizers against oracles: spaCy itself, known ids, lossless BPE and bytes, JSON round
+trips."""
 
 import json
 from collections import Counter
@@ -10,6 +11,7 @@ import pytest
 from gpt_study.data.clean import clean_text
 from gpt_study.data.tokenizer import (
     BPETokenizer,
+    ByteTokenizer,
     ChunkSplitter,
     ChunkTable,
     WordTokenizer,
@@ -176,6 +178,60 @@ def test_bpe_save_load_round_trip(tmp_path, data_bpe_tok):
     text = "Lily met Ben, 🙂."
     assert tok.encode(text) == data_bpe_tok.encode(text)
     assert tok.vocab_size == data_bpe_tok.vocab_size
+
+
+TRICKY = [
+    "Once upon a time, Lily met Ben.",
+    "Zoë's café — 3½ 🙂 日本 👩‍👩‍👧",
+    "a  b\tc\n",
+    "",
+    "<sot>",
+    "x<sot>y <eot>z <unk>",
+    "\x00\x01\x7f\u00ff\ufeff",
+    "\ud800 a lone surrogate",
+]
+
+
+def test_byte_is_lossless_and_never_unknown():
+    tok = ByteTokenizer()
+    assert tok.kind == "byte" and tok.vocab_size == 259 and not tok.lowercase
+    assert [tok.id_to_token(i) for i in range(3)] == ["<unk>", "<sot>", "<eot>"]
+    for text in TRICKY:
+        ids = tok.encode(text, sot=True, eot=True)
+        assert ids[0] == 1 and ids[-1] == 2 and min(ids[1:-1], default=3) >= 3
+        assert max(ids) < 259 and len(ids) == len(text.encode("utf-8", "surrogatepass")) + 2
+        assert tok.decode(ids) == text
+        assert tok.decode(ids, skip_specials=False) == f"<sot>{text}<eot>"
+        assert tok.unknown_words(text) == []
+
+
+def test_byte_known_ids():
+    tok = ByteTokenizer()
+    # byte b is id 3 + b: "H" 0x48, "i" 0x69, " " 0x20, "é" 0xC3 0xA9
+    assert tok.encode("Hi é", sot=True) == [1, 75, 108, 35, 198, 172]
+    assert [tok.id_to_token(i) for i in tok.encode("a é")] == ["a", "<0x20>", "<0xC3>", "<0xA9>"]
+    assert tok.decode([1, 75, 0, 108, 2], skip_specials=False) == "<sot>H<unk>i<eot>"
+    assert tok.decode([198, 75]) == "\ufffdH"  # a model's malformed UTF-8 (0xC3 "H"): no error
+
+
+def test_byte_batch_encoding_equals_plain_encoding():
+    tok = ByteTokenizer()
+    texts = [clean_text(s, False) for s in _sample_stories(n=50)] + TRICKY
+    ids, lengths = tok.encode_stories(texts)
+    assert ids.dtype == np.uint16
+    assert ids.tolist() == [i for t in texts for i in tok.encode(t, sot=True, eot=True)]
+    assert lengths.tolist() == [len(tok.encode(t)) + 2 for t in texts]
+    words = [t.split(" ") if t else [] for t in texts[:50]]
+    assert tok.encode_words(words)[0].tolist() == tok.encode_stories(texts[:50])[0].tolist()
+    empty, no_lengths = tok.encode_stories([])
+    assert len(empty) == len(no_lengths) == 0
+
+
+def test_byte_save_load_round_trip(tmp_path):
+    ByteTokenizer(lowercase=True).save(tmp_path / "tok.json")
+    tok = load_tokenizer(tmp_path / "tok.json")
+    assert isinstance(tok, ByteTokenizer) and tok.lowercase and tok.vocab_size == 259
+    assert tok.decode(tok.encode(TRICKY[1])) == TRICKY[1]
 
 
 def test_load_tokenizer_bad_inputs_give_one_line(tmp_path):

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import signal
 
 import numpy as np
@@ -13,13 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import synthetic_story
 from gpt_study.cli import main
-from gpt_study.config import TrainConfig
+from gpt_study.config import DataConfig, TrainConfig
 from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
+from gpt_study.data.prepare import prepare
 from gpt_study.errors import UserError
 from gpt_study.model import GPT, GPTConfig
 from gpt_study.train import build_config, fit, lr_at, validate
 from gpt_study.train import loop as train_loop
+from gpt_study.train.optim import MuonWithAdamW, make_optimizer
 
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
@@ -227,7 +231,6 @@ def _decays(optimizer):
 def test_seed_decays_every_parameter_and_tiny_only_the_matrices():
     """The study's AdamW decays biases and LayerNorms too; tiny keeps them undecayed."""
     from gpt_study.presets import preset_config
-    from gpt_study.train.optim import make_optimizer
 
     net = GPT(GPTConfig(vocab_size=51, **MODEL))
     seed = preset_config("seed").train
@@ -444,6 +447,96 @@ def test_default_data_folder_comes_from_dataset_root(tiny_prepared, tmp_path, mo
     assert res.step == 2
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["data"] == str(tmp_path / "data" / "word-51")  # absolute: usable anywhere
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def test_muon_moves_the_block_matrices_and_adamw_the_rest():
+    net = GPT(GPTConfig(vocab_size=51, **MODEL))
+    tc = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1)
+    opt = make_optimizer(net, tc, "cpu")
+    assert isinstance(opt, MuonWithAdamW) and isinstance(opt.muon, torch.optim.Muon)
+    names = {id(p): n for n, p in net.named_parameters()}
+    muon = {names[id(p)] for g in opt.muon.param_groups for p in g["params"]}
+    assert muon == {
+        f"blocks.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    }
+    adamw = [names[id(p)] for g in opt.adamw.param_groups for p in g["params"]]
+    assert sorted(muon | set(adamw)) == sorted(names.values()) and not muon & set(adamw)
+    assert {"tok_emb.weight", "head.weight", "ln_f.weight"} <= set(adamw)
+    (g,) = opt.muon.param_groups
+    # the schedule's rate x 20 for Muon; its decay shrinks the matrices as AdamW's would per step
+    assert g["lr_scale"] == pytest.approx(20) and g["momentum"] == 0.95
+    assert g["lr_scale"] * g["weight_decay"] == pytest.approx(tc.weight_decay)
+    assert len(opt.param_groups) == 3
+
+
+def test_muon_needs_a_torch_that_has_it(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    net = GPT(GPTConfig(vocab_size=51, **MODEL))
+    with pytest.raises(UserError, match=r"torch 2.9 or later.*--optimizer adamw"):
+        make_optimizer(net, TrainConfig(optimizer="muon"), "cpu")
+
+
+def test_muon_lowers_the_loss_and_resumes_bit_for_bit(tiny_prepared, tmp_path, capsys):
+    kw = dict(optimizer="muon", muon_lr=0.02, lr_schedule="cosine", warmup_steps=3, grad_accum=2)
+    model = dict(MODEL, **DROPOUT)
+    whole = fit(
+        build_config("tiny", train=tiny_train(tiny_prepared, tmp_path / "a", **kw), model=model)
+    )
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    nll = [r["valid_nll"] for r in records if r["kind"] == "valid"]
+    assert nll[0] < math.log(51) and nll[1] < nll[0] - 0.1
+    first = fit(
+        build_config(
+            "tiny", train=tiny_train(tiny_prepared, tmp_path / "b", max_steps=8, **kw), model=model
+        )
+    )
+    assert first.step == 8
+    resume = ["train", "--save_root", str(tmp_path / "b"), "--resume"]
+    assert "optimizer state is muon's" in _err(resume + ["--optimizer", "adamw"], capsys)
+    b_again = {"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0}
+    second = fit(build_config(train=b_again))
+    assert second.step == 12
+    a, b = weights(tmp_path / "a" / "last"), weights(tmp_path / "b" / "last")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    opt_a, opt_b = (
+        torch.load(tmp_path / r / "last" / "optimizer.pt", weights_only=True)["optimizer"]
+        for r in ("a", "b")
+    )
+    for i, st in opt_a["muon"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], opt_b["muon"]["state"][i]["momentum_buffer"])
+    for i, st in opt_a["adamw"]["state"].items():
+        assert torch.equal(st["exp_avg_sq"], opt_b["adamw"]["state"][i]["exp_avg_sq"])
+    assert second.last_valid["valid_nll"] == whole.last_valid["valid_nll"]
+
+
+def test_a_byte_level_run_learns(tmp_path):
+    """prepare --tokenizer byte on a tiny corpus, then a few steps on its 259 ids."""
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in (("train", 40), ("valid", 8)):
+        text = "".join(f"{synthetic_story(rng)}\n<|endoftext|>\n" for _ in range(n))
+        (corpus / f"{split}.txt").write_text(text)
+    out = str(tmp_path / "byte")
+    cfg = DataConfig(data=[str(corpus)], out=out, tokenizer="byte", min_chars=0, workers=1)
+    out = prepare(cfg, progress=False, log=lambda m: None)
+    root = tmp_path / "run"
+    train = tiny_train(out, root, context_size=32, iters_per_epoch=10, lr=1e-2)
+    res = fit(build_config("tiny", train=train, model=MODEL))
+    saved = json.loads((root / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 259 and saved["data"]["tokenizer"] == "byte"
+    nll = [
+        json.loads(x)["valid_nll"]
+        for x in (root / "metrics.jsonl").read_text().splitlines()
+        if '"valid"' in x
+    ]
+    assert nll[0] < math.log(259) - 2 and nll[1] < nll[0] and res.step == 20
 
 
 # ---------------------------------------------------------------------------- bad input

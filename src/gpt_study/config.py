@@ -31,6 +31,7 @@ from gpt_study.model_config import GPTConfig
 from gpt_study.train_config import TrainConfig
 
 __all__ = [
+    "BYTE_VOCAB",
     "EOT_ID",
     "SOT_ID",
     "SPECIALS",
@@ -51,6 +52,9 @@ SPECIALS = ("<unk>", "<sot>", "<eot>")
 
 UNK_ID, SOT_ID, EOT_ID = 0, 1, 2
 
+BYTE_VOCAB = len(SPECIALS) + 256
+"""The ``byte`` tokenizer's ids: the specials, then byte ``b`` as ``3 + b``."""
+
 
 @dataclass
 class DataConfig:
@@ -70,13 +74,16 @@ class DataConfig:
     tokenizer: str = field(
         default="word",
         metadata=doc(
-            "word: the study's spaCy word vocabulary; bpe: byte-level BPE", choices=["word", "bpe"]
+            "word: the study's spaCy word vocabulary; bpe: byte-level BPE; byte: the 256 UTF-8 "
+            "byte values (nothing to learn)",
+            choices=["word", "bpe", "byte"],
         ),
     )
     vocab_size: int | None = field(
         default=None,
         metadata=doc(
-            "largest vocabulary, specials included (default 30000 for word, 4096 for bpe)"
+            "largest vocabulary, specials included (default 30000 for word, 4096 for bpe; byte "
+            f"is always {BYTE_VOCAB})"
         ),
     )
     min_freq: int = field(
@@ -87,7 +94,8 @@ class DataConfig:
         metadata=doc("drop stories whose raw text (before cleaning, as the study) is shorter"),
     )
     lowercase: bool | None = field(
-        default=None, metadata=doc("lowercase the text (default: on for word, off for bpe)")
+        default=None,
+        metadata=doc("lowercase the text (default: on for word, off for bpe and byte)"),
     )
     out: str | None = field(
         default=None,
@@ -119,10 +127,17 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, self.RANGES)
-        if self.tokenizer not in ("word", "bpe"):
-            raise UserError(f"unknown tokenizer {self.tokenizer!r}: use --tokenizer word or bpe")
+        if self.tokenizer not in ("word", "bpe", "byte"):
+            raise UserError(
+                f"unknown tokenizer {self.tokenizer!r}: use --tokenizer word, bpe or byte"
+            )
+        if self.tokenizer == "byte" and self.vocab_size not in (None, BYTE_VOCAB):
+            raise UserError(
+                f"--vocab_size {self.vocab_size} with --tokenizer byte: its vocabulary is always "
+                f"{BYTE_VOCAB} (256 bytes and 3 specials); drop --vocab_size"
+            )
         if self.vocab_size is None:
-            self.vocab_size = 30000 if self.tokenizer == "word" else 4096
+            self.vocab_size = {"word": 30000, "bpe": 4096, "byte": BYTE_VOCAB}[self.tokenizer]
         if self.lowercase is None:
             self.lowercase = self.tokenizer == "word"
 

@@ -51,6 +51,23 @@ class TrainConfig:
     lr: float = field(default=2.5e-4, metadata=doc("peak learning rate"))
     lr_betas: tuple[float, float] = field(default=(0.9, 0.98), metadata=doc("AdamW betas", nargs=2))
     eps: float = field(default=1e-9, metadata=doc("AdamW epsilon"))
+    optimizer: str = field(
+        default="adamw",
+        metadata=doc(
+            "adamw (the study) or muon: Muon for the blocks' weight matrices, AdamW for "
+            "embeddings, output layer, biases and LayerNorms (needs torch 2.9 or later)",
+            choices=["adamw", "muon"],
+        ),
+    )
+    muon_lr: float = field(
+        default=0.02,
+        metadata=doc(
+            "--optimizer muon: Muon's peak learning rate; the schedule scales it as it scales --lr"
+        ),
+    )
+    muon_momentum: float = field(
+        default=0.95, metadata=doc("--optimizer muon: Muon's (Nesterov) momentum")
+    )
     lr_schedule: str = field(
         default="constant",
         metadata=doc(
@@ -147,6 +164,8 @@ class TrainConfig:
         "lr": POSITIVE,
         "lr_betas": PROBABILITY,
         "eps": POSITIVE,
+        "muon_lr": POSITIVE,
+        "muon_momentum": PROBABILITY,
         "warmup_steps": NON_NEGATIVE,
         "min_lr": NON_NEGATIVE,
         **dict.fromkeys(
@@ -164,6 +183,8 @@ class TrainConfig:
             raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
         if self.lr_schedule == "cosine" and self.min_lr > self.lr:
             raise UserError(f"--min_lr {self.min_lr} is above --lr {self.lr}: lower it")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"unknown --optimizer {self.optimizer!r}: use adamw or muon")
         if self.best_by not in ("loss", "nll"):
             raise UserError(f"unknown --best_by {self.best_by!r}: use loss or nll")
         if self.study_rows and self.context_size < 2:

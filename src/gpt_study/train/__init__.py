@@ -5,7 +5,7 @@
 * ``setup``: preset and overrides -> the run's Config (new or resumed);
 * ``run``: ``fit`` sets up data, model, optimizer and state, then calls the loop;
 * ``loop``: optimizer steps; every epoch validation, a sample story, checkpoints;
-* ``optim``: AdamW and the learning-rate schedule; ``state``: state.json and RNG states;
+* ``optim``: AdamW (or Muon with AdamW) and the schedule; ``state``: state.json and RNG states;
 * ``validate``: validation through the held-out scorer, and the sample story;
 * ``observe``, ``metrics``, ``plot``: console and log, metrics files, loss.png, wandb;
 * ``signals``: SIGINT / SIGTERM stop after the step and save; ``context``: the run's parts.

@@ -14,6 +14,7 @@ from gpt_study.data.dataset import PreparedData, RowSampler
 from gpt_study.model import GPT
 from gpt_study.train.metrics import METRICS_CSV, METRICS_JSONL
 from gpt_study.train.observe import INFO_LOG, Observer
+from gpt_study.train.optim import Optimizer
 from gpt_study.train.plot import PLOT
 from gpt_study.train.setup import BEST, LAST
 from gpt_study.train.signals import StopSignals, exit_code
@@ -48,7 +49,7 @@ class Run:
     net: GPT  # the plain model: weights, checkpoints, the sample story
     compiled: torch.nn.Module  # net, or torch.compile(net): validation
     stepper: torch.nn.Module  # LMLoss(net), compiled, in DDP under torchrun: training steps
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer  # AdamW, or Muon and AdamW together
     sampler: RowSampler
     data: PreparedData
     tokenizer: Any

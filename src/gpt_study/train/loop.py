@@ -80,7 +80,7 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
     tc = r.cfg.train
     lr = lr_at(step, tc)
     for g in r.optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # Muon's groups: --muon_lr / --lr
     ddp = isinstance(r.stepper, torch.nn.parallel.DistributedDataParallel)
     loss_sum = torch.zeros((), device=r.device)
     for micro in range(tc.grad_accum):

@@ -1,5 +1,12 @@
 """The optimizer and the learning-rate schedule (a pure function of the step, so it needs no
-saved state of its own)."""
+saved state of its own).
+
+``--optimizer adamw`` (the study) moves every parameter with AdamW. ``--optimizer muon`` moves the
+blocks' weight matrices (attention and feed-forward) with Muon (``torch.optim.Muon``: momentum
+orthogonalized by a Newton-Schulz iteration, Jordan et al. 2024) and everything else (embeddings,
+output layer, biases, LayerNorms) with AdamW, as Muon's authors prescribe: an orthogonalized
+update suits a matrix that maps one hidden space to another, not a lookup table or a gain.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any
 import torch
 
 from gpt_study.config import TrainConfig
+from gpt_study.errors import UserError
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -36,7 +44,87 @@ def _decay(params: list[torch.nn.Parameter], cfg: TrainConfig) -> float:
     return cfg.weight_decay if cfg.decay_all or all(p.dim() >= 2 for p in params) else 0.0
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.AdamW:
+class MuonWithAdamW:
+    """Muon for some parameters and AdamW for the others, stepped together as one optimizer.
+
+    It has what the loop and checkpoints use of an optimizer (``param_groups``, ``step``,
+    ``zero_grad``, ``state_dict``, ``load_state_dict``), so they need not know there are two.
+    Muon's groups carry ``lr_scale`` (``--muon_lr / --lr``): the loop sets every group's rate to
+    the schedule's times that, so both follow the same warmup and decay.
+    """
+
+    kind = "muon"
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.muon.load_state_dict(saved["muon"])
+        self.adamw.load_state_dict(saved["adamw"])
+
+
+Optimizer = torch.optim.Optimizer | MuonWithAdamW
+
+
+def muon_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters Muon moves: the 2-D weight matrices inside the decoder blocks."""
+    return [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and p.dim() == 2 and name.startswith("blocks.")
+    ]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> Optimizer:
+    """The optimizer ``--optimizer`` names: AdamW (:func:`make_adamw`) over every parameter, or
+    :class:`MuonWithAdamW` with Muon on :func:`muon_params` and AdamW on the rest.
+
+    Muon's matrices decay by ``--weight_decay x --lr / --muon_lr`` per unit of its rate, so
+    ``--weight_decay`` shrinks them by as much per step as AdamW would (both decays are
+    decoupled: the weights are multiplied by ``1 - rate x decay``).
+    """
+    if cfg.optimizer == "adamw":
+        return make_adamw(list(model.parameters()), cfg, device)
+    muon_cls = getattr(torch.optim, "Muon", None)
+    if muon_cls is None:
+        raise UserError(
+            f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later), and this is torch "
+            f"{torch.__version__}: upgrade torch or use --optimizer adamw"
+        )
+    matrices = muon_params(model)
+    chosen = {id(p) for p in matrices}
+    muon = muon_cls([{"params": matrices, **_muon_settings(cfg)}], lr=cfg.muon_lr, nesterov=True)
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    return MuonWithAdamW(muon, make_adamw(rest, cfg, device))
+
+
+def _muon_settings(cfg: TrainConfig) -> dict[str, float]:
+    """Muon's per-group settings from the config (a resumed run takes them from it too)."""
+    return {
+        "lr_scale": cfg.muon_lr / cfg.lr,
+        "momentum": cfg.muon_momentum,
+        "weight_decay": cfg.weight_decay * cfg.lr / cfg.muon_lr,
+    }
+
+
+def make_adamw(
+    params: list[torch.nn.Parameter], cfg: TrainConfig, device: str
+) -> torch.optim.AdamW:
     """AdamW with the study's settings, in two groups: weight matrices and embeddings, then the
     1-D biases and LayerNorm parameters.
 
@@ -45,7 +133,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> tor
     groups exist either way, so a checkpoint resumes under either setting. Fused kernels where
     available.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in params if p.requires_grad]
     split = [[p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]]
     groups = [{"params": ps, "weight_decay": _decay(ps, cfg)} for ps in split]
     kw = dict(lr=cfg.lr, betas=tuple(cfg.lr_betas), eps=cfg.eps)
@@ -57,11 +145,22 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> tor
     return torch.optim.AdamW(groups, **kw)
 
 
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, saved: dict[str, Any], cfg: TrainConfig
-) -> None:
+def load_optimizer_state(optimizer: Optimizer, saved: dict[str, Any], cfg: TrainConfig) -> None:
     """Restore a saved optimizer state; the config, not the checkpoint, sets hyperparameters
-    (weight decay per group as :func:`make_optimizer` sets it)."""
+    (weight decay per group as :func:`make_optimizer` sets it).
+
+    A state saved by the other ``--optimizer`` cannot continue: refused with one line.
+    """
+    was = "muon" if "muon" in saved else "adamw"
+    if was != cfg.optimizer:
+        raise UserError(
+            f"the checkpoint's optimizer state is {was}'s and --optimizer is {cfg.optimizer}: "
+            f"resume with --optimizer {was}, or start a new run"
+        )
     optimizer.load_state_dict(saved)
-    for g in optimizer.param_groups:
+    adamw = optimizer.adamw if isinstance(optimizer, MuonWithAdamW) else optimizer
+    for g in adamw.param_groups:
         g.update(betas=tuple(cfg.lr_betas), eps=cfg.eps, weight_decay=_decay(g["params"], cfg))
+    if isinstance(optimizer, MuonWithAdamW):
+        for g in optimizer.muon.param_groups:
+            g.update(_muon_settings(cfg))

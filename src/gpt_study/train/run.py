@@ -38,7 +38,7 @@ from gpt_study.runtime import resolve_device, resolve_dtype
 from gpt_study.train.context import RUN_FILES, Run, TrainResult
 from gpt_study.train.loop import train_loop
 from gpt_study.train.observe import Observer, console_and_log
-from gpt_study.train.optim import load_optimizer_state, make_optimizer
+from gpt_study.train.optim import Optimizer, load_optimizer_state, make_optimizer
 from gpt_study.train.setup import LAST, damaged_last, has_run
 from gpt_study.train.signals import StopSignals
 from gpt_study.train.state import TrainState, seed_everything, set_rng_state
@@ -118,7 +118,7 @@ def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str) -
     )
 
 
-def _resume(net: GPT, optimizer: torch.optim.Optimizer, tc: TrainConfig, device: str) -> TrainState:
+def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> TrainState:
     """Load ``last`` into the model and optimizer; each process gets back its RNG state."""
     try:
         ckpt = load_checkpoint(Path(tc.save_root) / LAST, device, optimizer=True)

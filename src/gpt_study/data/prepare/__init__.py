@@ -15,7 +15,9 @@ One streaming pass over the stories, spread over all cores:
 
 For ``bpe`` the workers only clean; the main process trains the byte-level BPE on the first
 ``--bpe_train_chars`` characters of the train split (a bounded sample) and encodes with the
-``tokenizers`` library, which uses all cores itself.
+``tokenizers`` library, which uses all cores itself. For ``byte`` there is nothing to learn:
+the workers clean and encode each batch to its UTF-8 bytes (numpy over the whole batch) and the
+main process only writes.
 
 Everything is written into a hidden temporary folder renamed into place at the end, so a killed
 run leaves nothing that looks finished; a finished folder with the same inputs and settings is

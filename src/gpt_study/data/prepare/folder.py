@@ -18,7 +18,7 @@ from gpt_study import __version__
 from gpt_study.config import SPECIALS, DataConfig
 from gpt_study.data.folder import SPLITS
 from gpt_study.data.prepare.ids import Holdout, SplitWriter
-from gpt_study.data.prepare.passes import run_bpe, run_word, stories_bar
+from gpt_study.data.prepare.passes import run_bpe, run_byte, run_word, stories_bar
 from gpt_study.data.prepare.workers import Workers, start_workers
 from gpt_study.data.sources import (
     HUB_DATASET,
@@ -249,7 +249,7 @@ def _run_pass(
     try:
         workers = start_workers(n_workers, cfg.tokenizer, bool(cfg.lowercase), cfg.min_chars)
         with stories_bar(progress) as bar:
-            run = run_word if cfg.tokenizer == "word" else run_bpe
+            run = {"word": run_word, "bpe": run_bpe, "byte": run_byte}[cfg.tokenizer]
             tok, writers = run(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
         ok = True
     finally:

@@ -1,6 +1,6 @@
 """The tokenization passes of ``prepare``: one streaming pass over every source, for ``word``
-(:func:`run_word`) or ``bpe`` (:func:`run_bpe`), each returning the tokenizer and the written
-splits.
+(:func:`run_word`), ``bpe`` (:func:`run_bpe`) or ``byte`` (:func:`run_byte`), each returning the
+tokenizer and the written splits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from gpt_study.data.folder import SPLITS
 from gpt_study.data.prepare.ids import Holdout, Ids, SplitWriter
 from gpt_study.data.prepare.workers import Workers, batches
 from gpt_study.data.sources import Source, iter_stories
-from gpt_study.data.tokenizer import BPETokenizer, Tokenizer, WordTokenizer, train_bpe
+from gpt_study.data.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    WordTokenizer,
+    train_bpe,
+)
 from gpt_study.errors import UserError
 from gpt_study.progress import progress_bar
 
@@ -63,8 +69,7 @@ def run_word(
             if part == "train":
                 ids.count(part_ids)  # the vocabulary comes from the train split only
             writers[part].write(part_ids, part_chars, part_bytes)
-        bar.update(res["read"])
-        bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
+        _progress(bar, res["read"], writers)
     for w in writers.values():
         w.close()
     _check_nonempty(cfg, writers, holdout)
@@ -116,21 +121,15 @@ def run_bpe(
     bar: Any,
     per_source: list[dict[str, int]],
 ) -> tuple[Tokenizer, dict[str, SplitWriter]]:
-    writers = {s: SplitWriter(tmp / f"{s}.bin", np.uint16) for s in SPLITS}
-    for w in writers.values():
-        w.unk = 0  # type: ignore[attr-defined]
+    writers = _direct_writers(tmp)
     tok: BPETokenizer | None = None
     trained: list[str | None] = [None]  # the saved BPE, once trained: later tasks encode too
     buffered: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []  # until it is trained
     buffered_chars = 0
 
-    def write(split: str, ids: np.ndarray, chars: np.ndarray, nbytes: np.ndarray) -> None:
-        writers[split].unk += int(np.count_nonzero(ids == 0))  # type: ignore[attr-defined]
-        writers[split].write(ids, chars, nbytes)
-
     def emit(split: str, texts: list[str], chars: np.ndarray, nbytes: np.ndarray) -> None:
         assert tok is not None
-        write(split, tok.encode_stories(texts)[0], chars, nbytes)
+        _write(writers, split, tok.encode_stories(texts)[0], chars, nbytes)
 
     def train_now() -> None:
         nonlocal tok, buffered
@@ -151,8 +150,7 @@ def run_bpe(
         chars, nbytes = res["chars"], res["bytes"]
         mask = holdout.valid_mask(len(chars)) if split == "train" else None
         if "ids" in res:  # encoded by the worker
-            for part in _route(split, mask, res["ids"], res["lengths"], chars, nbytes):
-                write(*part)
+            _write_encoded(writers, split, mask, res)
         else:
             texts = res["texts"]
             if mask is None:
@@ -177,8 +175,7 @@ def run_bpe(
                     buffered_chars += int(part[2].sum())
             if tok is None and buffered_chars >= cfg.bpe_train_chars:
                 train_now()
-        bar.update(res["read"])
-        bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
+        _progress(bar, res["read"], writers)
     if tok is None:
         train_now()
     for w in writers.values():
@@ -186,6 +183,64 @@ def run_bpe(
     _check_nonempty(cfg, writers, holdout)
     assert tok is not None
     return tok, writers
+
+
+def run_byte(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    tmp: Path,
+    workers: Workers,
+    holdout: Holdout,
+    bar: Any,
+    per_source: list[dict[str, int]],
+) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    """:func:`run_bpe` without the training: the bytes are the vocabulary, so the workers encode
+    every batch from the first and the main process only routes and writes."""
+    writers = _direct_writers(tmp)
+    tasks = ((tag, (batch,)) for tag, batch in _tagged_batches(sources, hub))
+    for (split, i), res in workers.map(tasks):
+        per_source[i]["read"] += res["read"]
+        per_source[i]["short"] += res["short"]
+        mask = holdout.valid_mask(len(res["chars"])) if split == "train" else None
+        _write_encoded(writers, split, mask, res)
+        _progress(bar, res["read"], writers)
+    for w in writers.values():
+        w.close()
+    _check_nonempty(cfg, writers, holdout)
+    return ByteTokenizer(lowercase=bool(cfg.lowercase)), writers
+
+
+def _direct_writers(tmp: Path) -> dict[str, SplitWriter]:
+    """The final ``.bin`` files, written as ids arrive (no vocabulary to rank afterwards)."""
+    writers = {s: SplitWriter(tmp / f"{s}.bin", np.uint16) for s in SPLITS}
+    for w in writers.values():
+        w.unk = 0  # type: ignore[attr-defined]
+    return writers
+
+
+def _write(
+    writers: dict[str, SplitWriter],
+    split: str,
+    ids: np.ndarray,
+    chars: np.ndarray,
+    nbytes: np.ndarray,
+) -> None:
+    writers[split].unk += int(np.count_nonzero(ids == 0))  # type: ignore[attr-defined]
+    writers[split].write(ids, chars, nbytes)
+
+
+def _write_encoded(
+    writers: dict[str, SplitWriter], split: str, mask: np.ndarray | None, res: dict[str, Any]
+) -> None:
+    """Write a batch a worker encoded, its held-out stories (``mask``) to valid."""
+    for part in _route(split, mask, res["ids"], res["lengths"], res["chars"], res["bytes"]):
+        _write(writers, *part)
+
+
+def _progress(bar: Any, read: int, writers: dict[str, SplitWriter]) -> None:
+    bar.update(read)
+    bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
 
 
 def _route(

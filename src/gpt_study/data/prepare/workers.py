@@ -20,7 +20,13 @@ import numpy as np
 
 from gpt_study.config import SPECIALS
 from gpt_study.data.clean import clean_words
-from gpt_study.data.tokenizer import ChunkTable, load_tokenizer, spacy_tokenizer, split_chunks
+from gpt_study.data.tokenizer import (
+    ByteTokenizer,
+    ChunkTable,
+    load_tokenizer,
+    spacy_tokenizer,
+    split_chunks,
+)
 from gpt_study.errors import UserError
 
 BATCH_STORIES = 256  # stories per worker task
@@ -65,13 +71,15 @@ def work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
     """Clean, filter and encode one batch of raw stories.
 
     ``bpe`` batches that arrive before the BPE is trained (``bpe_path`` None) come back as
-    cleaned text for the main process to keep until it is.
+    cleaned text for the main process to keep until it is; ``byte`` has nothing to train, so
+    its batches always come back encoded.
     """
-    lowercase, min_chars, bpe = _W["lowercase"], _W["min_chars"], _W["kind"] == "bpe"
+    lowercase, min_chars, kind = _W["lowercase"], _W["min_chars"], _W["kind"]
+    whole = kind in ("bpe", "byte")  # both encode whole cleaned texts, not spaCy's pieces
     # clean_text, cut open: its words are also the word tokenizer's chunks, so no story is
     # joined and split again (tests compare with clean_text on every story).
     chunks = [_START]  # word: all chunks of the batch, every story between _START and _END
-    kept: list[list[str]] = []  # bpe: the words of each cleaned text
+    kept: list[list[str]] = []  # bpe, byte: the words of each cleaned text
     chars, nbytes = [], []
     for raw in texts:
         if len(raw) < min_chars:  # the study's filter: on the raw text, before cleaning
@@ -81,7 +89,7 @@ def work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
         chars.append(n)
         ascii_ = raw.isascii() and "&" not in raw  # then so is ftfy's output (no entities)
         nbytes.append(n if ascii_ else len(" ".join(words).encode("utf-8")))
-        if bpe:
+        if whole:
             kept.append(words)
         else:
             chunks.extend(words)
@@ -95,7 +103,10 @@ def work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
         "chars": np.array(chars, dtype=np.int64),
         "bytes": np.array(nbytes, dtype=np.int64),
     }
-    if bpe:
+    if kind == "byte":
+        out["ids"], out["lengths"] = ByteTokenizer(lowercase).encode_words(kept)
+        return out
+    if whole:
         if bpe_path is None:
             out["texts"] = [" ".join(words) for words in kept]
         else:
@@ -214,6 +225,7 @@ def batches(stories: Iterable[str]) -> Iterator[list[str]]:
 
 
 def start_workers(n_workers: int, kind: str, lowercase: bool, min_chars: int) -> Workers:
-    """The pool for one ``prepare`` run: ``word`` warms up here first, ``bpe`` does not."""
+    """The pool for one ``prepare`` run: ``word`` warms up here first, ``bpe`` and ``byte`` do
+    not."""
     warmup = WARMUP_CHARS if kind == "word" else 0  # bpe: fork before any training
     return Workers(n_workers, (kind, lowercase, min_chars), warmup_chars=warmup)

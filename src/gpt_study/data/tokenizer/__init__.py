@@ -1,4 +1,5 @@
-"""Tokenizers: one interface, two kinds (``word``: the study's spaCy vocabulary; ``bpe``).
+"""Tokenizers: one interface, three kinds (``word``: the study's spaCy vocabulary; ``bpe``;
+``byte``).
 
 Both are saved as one JSON file and read back by :func:`load_tokenizer`.
 Ids 0, 1, 2 are always ``<unk>``, ``<sot>``, ``<eot>``.
@@ -11,6 +12,9 @@ most of spaCy's work is skipped (tests check the result equals spaCy on whole st
 
 ``bpe`` is a byte-level BPE from the ``tokenizers`` library: lossless and never ``<unk>``.
 
+``byte`` is the 256 byte values of UTF-8 text (ids 3 to 258): lossless too, with nothing to
+learn, the baseline a learned vocabulary is measured against.
+
 The modules, in import order (each imports only those before it):
 
 - :mod:`.base`: the :class:`Tokenizer` interface every later stage relies on, and the format
@@ -20,20 +24,24 @@ The modules, in import order (each imports only those before it):
 - :mod:`.word`: the ``word`` kind (:class:`WordTokenizer`, :func:`build_word_vocab`) and
   :func:`detokenize`, which turns its pieces back into readable text.
 - :mod:`.bpe`: the ``bpe`` kind (:class:`BPETokenizer`, :func:`train_bpe`).
-- :mod:`.load`: reading a saved tokenizer of either kind back (:func:`load_tokenizer`).
+- :mod:`.byte`: the ``byte`` kind (:class:`ByteTokenizer`).
+- :mod:`.load`: reading a saved tokenizer of any kind back (:func:`load_tokenizer`).
 
 ``from gpt_study.data.tokenizer import X`` works for every public name.
 """
 
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.bpe import BPETokenizer, train_bpe
+from gpt_study.data.tokenizer.byte import BYTE_VOCAB, ByteTokenizer
 from gpt_study.data.tokenizer.chunks import ChunkSplitter, ChunkTable, spacy_tokenizer, split_chunks
 from gpt_study.data.tokenizer.load import load_tokenizer, tokenizer_from_dict
 from gpt_study.data.tokenizer.word import WordTokenizer, build_word_vocab, detokenize
 
 __all__ = [
     "FORMAT_VERSION",
+    "BYTE_VOCAB",
     "BPETokenizer",
+    "ByteTokenizer",
     "ChunkSplitter",
     "ChunkTable",
     "Tokenizer",

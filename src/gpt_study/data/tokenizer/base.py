@@ -21,7 +21,7 @@ class Tokenizer(ABC):
     ``encode`` takes text that already went through :func:`gpt_study.data.clean.clean_text`.
     """
 
-    kind: str  # "word" or "bpe"
+    kind: str  # "word", "bpe" or "byte"
     lowercase: bool  # whether prepare lowercased the corpus (prompts must be cleaned the same way)
     unk_id: int = UNK_ID
     sot_id: int = SOT_ID
@@ -45,7 +45,7 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def unknown_words(self, text: str) -> list[str]:
-        """Pieces of ``text`` that would become ``<unk>`` (always empty for bpe)."""
+        """Pieces of ``text`` that would become ``<unk>`` (always empty for bpe and byte)."""
 
     @abstractmethod
     def save(self, path: str | os.PathLike) -> None:

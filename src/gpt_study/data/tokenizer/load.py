@@ -15,6 +15,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.bpe import BPETokenizer
+from gpt_study.data.tokenizer.byte import ByteTokenizer
 from gpt_study.data.tokenizer.word import WordTokenizer
 from gpt_study.errors import UserError
 
@@ -30,6 +31,8 @@ def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenize
     if kind == "bpe":
         tok = HFTokenizer.from_str(json.dumps(d["tokenizer"]))
         return BPETokenizer(tok, lowercase=bool(d.get("lowercase", False)))
+    if kind == "byte":
+        return ByteTokenizer(lowercase=bool(d.get("lowercase", False)))
     raise UserError(
         f"{where} has unknown tokenizer kind {kind!r}: rebuild it with gpt-study prepare"
     )
@@ -42,7 +45,7 @@ _TOKENIZER_FIX = (
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Read a tokenizer JSON written by ``Tokenizer.save`` (either kind)."""
+    """Read a tokenizer JSON written by ``Tokenizer.save`` (any kind)."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
