@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("gpt_study.cli.evaluate", "NLL, perplexity, bits per byte and story metrics"),
     "generate": ("gpt_study.cli.generate", "write stories from a checkpoint"),
     "plot": ("gpt_study.cli.plot", "draw the loss curves of a run as PNG"),
+    "export": ("gpt_study.cli.export", "write a checkpoint as a folder that transformers loads"),
     "demo": (
         "gpt_study.cli.demo",
         "prepare, train, plot, evaluate and generate on the shared sample",
