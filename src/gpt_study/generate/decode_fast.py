@@ -45,10 +45,13 @@ class FastGreedy:
         self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.blocks]
         self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.blocks]
         self.length = 0  # positions filled: also the position of the next token
-        # Bound methods, looked up once: (ln1, qkv, proj, ln2, fc, fc2) per block.
+        # The modules' forward methods, looked up once and called without nn.Module.__call__
+        # (no hooks to run): (ln1, qkv, proj, ln2, fc, fc2) per block.
         self.layers = [
-            (b.ln1, b.attn.qkv, b.attn.proj, b.ln2, b.mlp.fc, b.mlp.proj) for b in model.blocks
+            tuple(m.forward for m in (b.ln1, b.attn.qkv, b.attn.proj, b.ln2, b.mlp.fc, b.mlp.proj))
+            for b in model.blocks
         ]
+        self.ln_f, self.head = model.ln_f.forward, model.head.forward
 
     def _attend(self, i: int, qkv: torch.Tensor, T: int) -> torch.Tensor:
         """Store this block's keys and values, attend; (T, 3C) in, (T, C) out."""
@@ -72,11 +75,10 @@ class FastGreedy:
         if self.length + T > self.window:
             raise ValueError(f"window of {self.window} positions; {self.length + T} requested")
         for i, (ln1, qkv, proj, ln2, fc, fc2) in enumerate(self.layers):
-            x = x + proj(self._attend(i, qkv(ln1(x)), T))
-            x = x + fc2(F.gelu(fc(ln2(x))))
+            x = x.add_(proj(self._attend(i, qkv(ln1(x)), T)))  # x is this call's own tensor
+            x = x.add_(fc2(F.gelu(fc(ln2(x)))))
         self.length += T
-        m = self.model
-        return m.head(m.ln_f(x[-1:]))[0]  # (1, C) -> (V,)
+        return self.head(self.ln_f(x[-1:]))[0]  # (1, C) -> (V,)
 
     def prefill(self, ids: Sequence[int]) -> torch.Tensor:
         """Start over: encode ``ids`` at positions 0 .. len(ids)-1."""

@@ -60,7 +60,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features)  # (..., in) -> (M, in)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (..., in) -> (M, in)
         if self._int_mm and x2.size(0) >= self.rows_for_int8_activations:
             y = self._int8_activations(x2.float()).to(x.dtype)
             return (y if self.bias is None else y.add_(self.bias)).view(*shape[:-1], -1)
@@ -71,7 +71,7 @@ class Int8Linear(nn.Module):
             y = xb @ (self.weight.to(xb.dtype) * self.scale[:, None]).t()
         # fp32 bias + bf16 product: one operation that also returns fp32 (type promotion)
         y = y.to(x.dtype) if self.bias is None else torch.add(self.bias.to(x.dtype), y)
-        return y.view(*shape[:-1], self.out_features)  # (M, out) -> (..., out)
+        return y if x.dim() == 2 else y.view(*shape[:-1], self.out_features)  # (..., out)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
