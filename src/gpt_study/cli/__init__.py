@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("gpt_study.cli.plot", "draw the loss curves of a run as PNG"),
     "compare": ("gpt_study.cli.compare", "runs side by side: curves, figures, settings, stories"),
     "serve": ("gpt_study.cli.serve", "a local web page to look inside models and runs"),
+    "export": ("gpt_study.cli.export", "write a checkpoint as a folder that transformers loads"),
     "demo": (
         "gpt_study.cli.demo",
         "prepare, train, plot, evaluate and generate on the shared sample",

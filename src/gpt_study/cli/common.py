@@ -10,6 +10,7 @@ from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.cli.flags import dataclass_overrides
 from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
+from gpt_study.generate.weights import quantize_int8
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,13 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "float32", "bfloat16"],
         help="auto: bfloat16 on a GPU, float32 on a CPU",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "int8"],
+        help="int8: int8 weight-only linear layers, a quarter of the bytes each token reads "
+        "(batch-1 decoding about 3x faster on a CPU; held-out NLL within 0.5%%, see docs/export.md)",
     )
     parser.add_argument(
         "--context_size",
@@ -50,9 +58,13 @@ def add_progress_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
-    """Apply ``--threads`` (for the rest of the command) and load ``--checkpoint`` for inference."""
+    """Apply ``--threads`` (for the rest of the command), load ``--checkpoint`` for inference
+    and apply ``--quantize``."""
     runtime.set_threads(args.threads)
-    return load_for_inference(args.checkpoint, args.device, args.dtype)
+    ckpt = load_for_inference(args.checkpoint, args.device, args.dtype)
+    if getattr(args, "quantize", "none") == "int8":
+        quantize_int8(ckpt.model)
+    return ckpt
 
 
 def window(args: argparse.Namespace, ckpt: Checkpoint) -> int:

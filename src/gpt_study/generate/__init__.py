@@ -9,8 +9,13 @@ Pieces, from the inside out, one module each (all re-exported here):
   :class:`~gpt_study.model.KVCache` holds the keys and values of the positions already seen, so
   each new token costs one position of work instead of the whole sequence again (the study
   re-ran everything for every token). Beside it ``reference_generate``: the study's way (re-run
-  the sequence for every token), kept as the test oracle and the benchmark baseline, and
-  ``segment_start``, the window schedule they share.
+  the sequence for every token), kept as the test oracle and the benchmark baseline.
+* :mod:`~gpt_study.generate.window`: ``segment_start`` and the window and keep sizes, the
+  schedule every decoder shares.
+* :mod:`~gpt_study.generate.decode_fast`: ``greedy_fast``, one greedy prompt with as little as
+  possible between the matrix multiplies (``generate_ids`` hands such prompts to it).
+* :mod:`~gpt_study.generate.weights`: ``quantize_int8``, int8 weight-only linear layers (a
+  quarter of the bytes each token reads), and ``weight_bytes_per_token``.
 * :mod:`~gpt_study.generate.text`: ``generate``, text in, text out: cleans and encodes prompts
   exactly as ``prepare`` did, warns about out-of-vocabulary words, streams readable text as it
   is produced; and the formatters ``readable``, ``raw_tokens``, ``describe``.
@@ -30,8 +35,8 @@ fed its next prompt token instead of a sample. Each row therefore sees exactly t
 positions) it would see alone. Rows that have finished are dropped at the next slide.
 """
 
-from gpt_study.generate.decode import SLIDE_KEEP as SLIDE_KEEP
-from gpt_study.generate.decode import generate_ids, reference_generate, segment_start
+from gpt_study.generate.decode import generate_ids, reference_generate
+from gpt_study.generate.decode_fast import greedy_fast
 from gpt_study.generate.sampling import _draw as _draw  # the tests check the draw on its own
 from gpt_study.generate.sampling import (
     apply_repetition_penalty,
@@ -48,6 +53,9 @@ from gpt_study.generate.text import (
     raw_tokens,
     readable,
 )
+from gpt_study.generate.weights import quantize_int8, weight_bytes_per_token
+from gpt_study.generate.window import SLIDE_KEEP as SLIDE_KEEP
+from gpt_study.generate.window import segment_start
 
 __all__ = [
     "GenerationResult",
@@ -59,9 +67,12 @@ __all__ = [
     "filter_top_p",
     "generate",
     "generate_ids",
+    "greedy_fast",
     "next_token",
+    "quantize_int8",
     "raw_tokens",
     "readable",
     "reference_generate",
     "segment_start",
+    "weight_bytes_per_token",
 ]

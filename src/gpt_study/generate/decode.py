@@ -1,9 +1,10 @@
-"""The decoding loop on token ids, its sliding-window cache schedule, and the uncached oracle.
+"""The decoding loop on token ids and the uncached oracle.
 
 :func:`generate_ids` keeps keys and values in a :class:`~gpt_study.model.KVCache` and slides
-the window as the package docstring explains; :func:`segment_start` writes that schedule out so
-that :func:`reference_generate` (the study's way, the test oracle and benchmark baseline) can
-follow it exactly.
+the window as the package docstring explains (the schedule is in
+:mod:`~gpt_study.generate.window`, where :func:`segment_start` writes it out so that
+:func:`reference_generate`, the study's way, the test oracle and benchmark baseline, can follow
+it exactly). One greedy prompt goes to :mod:`~gpt_study.generate.decode_fast`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 
 from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
+from gpt_study.generate.decode_fast import greedy_fast
 from gpt_study.generate.sampling import next_token
+from gpt_study.generate.window import SLIDE_KEEP, keep_size, segment_start, window_size
 from gpt_study.model import KVCache
 
 __all__ = [
@@ -25,9 +28,6 @@ __all__ = [
     "segment_start",
 ]
 
-SLIDE_KEEP = 0.75
-"""Share of the window kept (and re-encoded) when generation slides past its end."""
-
 
 def _last_logits(model: torch.nn.Module, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
     """Logits (B, V) of the last position only: the output layer is skipped for the others."""
@@ -35,21 +35,6 @@ def _last_logits(model: torch.nn.Module, idx: torch.Tensor, cache: KVCache | Non
     if hidden is not None and hasattr(model, "head"):
         return model.head(hidden(idx, cache)[:, -1])  # (B, d) -> (B, V)
     return model(idx, cache)[:, -1]
-
-
-def _window(model: torch.nn.Module, context_size: int | None) -> int:
-    max_len = model.config.max_len
-    w = max_len if context_size is None else context_size
-    if not 1 <= w <= max_len:
-        raise UserError(f"context_size {w} must be in 1..{max_len} (the model's max_len)")
-    return w
-
-
-def _keep(window: int, keep: int | None) -> int:
-    k = max(1, int(window * SLIDE_KEEP)) if keep is None else keep
-    if not 1 <= k <= window:
-        raise UserError(f"keep {k} must be in 1..{window} (the window)")
-    return k
 
 
 @dataclass
@@ -208,16 +193,26 @@ def generate_ids(
     on_token: Callable[[int, int], None] | None = None,
     keep: int | None = None,
     return_logits: bool = False,
+    fast: bool = True,
 ) -> _Ids:
     """Continue each prompt (a list of ids, at least one) until ``<eot>`` or ``max_new_tokens``.
 
     ``context_size`` is the window the model was trained on (default: its max_len); prompts
     longer than it keep their last ``context_size`` tokens. ``on_token(row, id)`` is called for
     every new token as soon as it is chosen. The model is put in eval mode and restored after.
+    One greedy prompt takes :func:`~gpt_study.generate.decode_fast.greedy_fast` (the same
+    tokens, less bookkeeping per token) unless ``fast`` is off, logits are asked for or the
+    model's positions are rotary (its cache slides by dropping positions, which only this loop does).
     """
     sample = sample or SampleConfig()
-    window = _window(model, context_size)
-    keep = _keep(window, keep)
+    if fast and len(prompts) == 1 and sample.greedy and not return_logits and not rotary(model):
+        row = None if on_token is None else (lambda tok: on_token(0, tok))
+        new, finished = greedy_fast(
+            model, prompts[0], sample.max_new_tokens, context_size, eot_id, keep, row
+        )
+        return _Ids([new], [finished])
+    window = window_size(model, context_size)
+    keep = keep_size(window, keep)
     st = _setup(model, prompts, sample, window, return_logits)
 
     was_training = model.training
@@ -238,19 +233,6 @@ def generate_ids(
         return _Ids(st.new, st.finished, st.kept_logits)
     finally:
         model.train(was_training)
-
-
-def segment_start(n: int, window: int, keep: int) -> int:
-    """Absolute index of the first token the cached loop attends to after ``n`` tokens were fed.
-
-    This is the sliding schedule of :func:`generate_ids`, written out so that the uncached
-    reference can follow it exactly.
-    """
-    s = 0
-    for m in range(1, n + 1):
-        if m - s > window:
-            s = m - keep
-    return s
 
 
 def _rotary_oracle(model: torch.nn.Module, seq: list[int], window: int, keep: int) -> torch.Tensor:
@@ -290,9 +272,9 @@ def reference_generate(
     model.eval()
     try:
         device = next(model.parameters()).device
-        window = None if context_size is None else _window(model, context_size)
+        window = None if context_size is None else window_size(model, context_size)
         seq = list(prompt) if window is None else list(prompt)[-window:]
-        kp = None if window is None else _keep(window, keep)
+        kp = None if window is None else keep_size(window, keep)
         new: list[int] = []
         logits_out: list[torch.Tensor] = []
         for _ in range(max_new_tokens):

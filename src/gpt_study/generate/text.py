@@ -16,7 +16,8 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.data.clean import clean_text
 from gpt_study.errors import UserError
-from gpt_study.generate.decode import _window, generate_ids
+from gpt_study.generate.decode import generate_ids
+from gpt_study.generate.window import window_size
 
 __all__ = [
     "GenerationResult",
@@ -136,7 +137,7 @@ def generate(
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise UserError("no prompts given: pass at least one (an empty string starts a story)")
-    window = _window(model, context_size)
+    window = window_size(model, context_size)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model expects "

@@ -1,0 +1,26 @@
+"""Taking a model elsewhere: a checkpoint as a folder that transformers loads.
+
+``gpt-study export --checkpoint CK --format hf --out DIR`` writes weights (safetensors),
+``config.json``, ``generation_config.json`` and the tokenizer so that
+``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)`` load it,
+and checks, before anything replaces ``DIR``, that transformers computes the same logits (max abs
+difference under 1e-4 in fp32) and the same greedy tokens as gpt-study.
+
+The modules, in import order:
+
+- :mod:`.hf`: the layouts (one table per transformers architecture: which models it fits, its
+  ``config.json``, the name of every weight) and ``generation_config.json``.
+- :mod:`.tokenizer`: the tokenizer as a ``tokenizers`` JSON (``bpe`` exact; ``word`` the nearest
+  pipeline, with the share of stories it tokenizes exactly as spaCy does).
+- :mod:`.verify`: the checks with transformers (an optional extra, imported only there) and the
+  held-out stories the word pipeline is measured on.
+- :mod:`.readme`, :mod:`.folder`: the folder's README and :func:`export_hf`, which builds, checks
+  and publishes the folder.
+
+``modeling_gpt_study.py`` is not imported here: it is the model class copied into folders whose
+output layer has a bias (see :mod:`.hf`).
+"""
+
+from gpt_study.export.folder import FILES, ExportResult, export_hf
+
+__all__ = ["FILES", "ExportResult", "export_hf"]

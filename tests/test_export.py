@@ -1,0 +1,247 @@
+"""Export: transformers loads the folder and computes what gpt-study computes.
+
+An independent implementation is the best check of ours: for each layout variant, the logits
+(max abs difference under 1e-4 in fp32), the token ids of several texts and the greedy tokens
+of transformers' ``generate`` must equal gpt-study's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_study.checkpoint import save_checkpoint
+from gpt_study.cli import main
+from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
+from gpt_study.data.clean import clean_text
+from gpt_study.data.tokenizer import WordTokenizer, build_word_vocab, spacy_tokenizer, train_bpe
+from gpt_study.errors import UserError
+from gpt_study.generate import generate_ids
+from gpt_study.model import GPT
+from gpt_study.presets import preset_config
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is in the test extra: pip install -e '.[test]'"
+)
+from gpt_study.export import export_hf  # noqa: E402  (needs transformers' neighbours only)
+from gpt_study.export.hf import choose_layout, generation_config  # noqa: E402
+from gpt_study.export.tokenizer import exact_share, hf_tokenizer  # noqa: E402
+from gpt_study.export.verify import greedy_config  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"
+TEXTS = [
+    "once upon a time, there was a little girl named lily.",
+    "lily's mom said, \"don't go! it's cold.\" she couldn't wait...",
+    "the ice-cream (a big one) was very good; tom liked it: yum!",
+    "they're happy and we'll play. i'm sure you've seen it, haven't you?",
+]
+STORIES = [
+    f"{t} {n} played with the {x} in the {p}." for t in TEXTS for n in ("sam", "mia") for x in
+    ("ball", "kite") for p in ("park", "garden")
+]  # fmt: skip
+
+
+def _word():
+    counts: dict[str, int] = {}
+    for s in STORIES:
+        for piece in spacy_tokenizer()(s):
+            counts[piece.text] = counts.get(piece.text, 0) + 1
+    vocab, freq = build_word_vocab(counts, vocab_size=1000, min_freq=1)
+    return WordTokenizer(vocab, lowercase=True, counts=freq)
+
+
+def _bpe():
+    return train_bpe(STORIES * 4, vocab_size=300, lowercase=True, min_freq=1)
+
+
+def _checkpoint(tmp_path: Path, tok, head_bias: bool) -> Path:
+    """A tiny checkpoint (32 positions, trained window 24) whose greedy choices are not ties."""
+    cfg = preset_config(
+        "tiny",
+        model={"vocab_size": tok.vocab_size, "max_len": 32, "d_model": 32, "d_ff": 64,
+               "n_layers": 2, "n_heads": 4},
+        train={"context_size": 24, "data": str(tmp_path / "no-data")},
+        sample={"greedy": False, "temperature": 0.7, "top_k": 5},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+        if head_bias:
+            model.head.bias.normal_()
+        model.head.bias[EOT_ID] = -30.0  # long stories: <eot> not at once
+    tok.save(tmp_path / "tok.json")
+    return save_checkpoint(tmp_path / "ckpt", model, cfg, tmp_path / "tok.json", {"step": 3})
+
+
+VARIANTS = {
+    "word, head bias (our class)": (_word, True),
+    "bpe, head bias (our class)": (_bpe, True),
+    "word, zero head bias (stock GPT2LMHeadModel)": (_word, False),
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory):
+    make_tok, head_bias = VARIANTS[request.param]
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = _checkpoint(tmp, make_tok(), head_bias)
+    lines: list[str] = []
+    result = export_hf(ckpt, tmp / "hf", log=lines.append)
+    return ckpt, result, lines
+
+
+def _load(result):
+    trust = result.remote_code
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        result.out, trust_remote_code=trust, dtype=torch.float32
+    ).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(result.out, trust_remote_code=trust)
+    return model, tok
+
+
+def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
+    from gpt_study.checkpoint import load_checkpoint
+
+    ckpt_path, result, _ = exported
+    ours = load_checkpoint(ckpt_path)
+    hf, hf_tok = _load(result)
+    want_class = "GPTStudyForCausalLM" if result.remote_code else "GPT2LMHeadModel"
+    assert type(hf).__name__ == want_class
+
+    idx = torch.randint(0, ours.model.config.vocab_size, (3, 32), generator=torch.Generator())
+    with torch.no_grad():
+        diff = (hf(idx).logits - ours.model.eval()(idx)).abs().max().item()
+    assert diff < 1e-4
+
+    for text in TEXTS:
+        assert hf_tok(text).input_ids == ours.tokenizer.encode(text, sot=True), text
+        assert hf_tok(text, add_special_tokens=False).input_ids == ours.tokenizer.encode(text)
+
+    prompt = ours.tokenizer.encode("once upon a time", sot=True)
+    n = 24 - len(prompt)  # inside the trained window, where gpt-study does not slide
+    greedy = SampleConfig(greedy=True, max_new_tokens=n)
+    want = generate_ids(ours.model, [prompt], greedy, context_size=24, eot_id=EOT_ID).new_ids[0]
+    ids = torch.tensor([prompt])
+    got = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), generation_config=greedy_config(transformers, n)
+    )[0, len(prompt) :].tolist()
+    assert len(want) == n and got == want
+
+
+def test_folder_holds_what_the_readme_says(exported):
+    _, result, lines = exported
+    files = {p.name for p in result.out.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json", "README.md", "gpt_study_export.json"} <= files  # fmt: skip
+    assert ("modeling_gpt_study.py" in files) == result.remote_code
+    readme = (result.out / "README.md").read_text()
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
+    if result.remote_code:
+        assert "auto_map" in config and "trust_remote_code=True" in readme
+        assert sum("trust_remote_code=True" in line for line in lines) == 1
+    else:
+        assert "auto_map" not in config and config["model_type"] == "gpt2"
+    # no data folder beside this checkpoint: the word pipeline's share says it was not measured
+    assert result.exact_share is None and "not measured" in readme
+    gen = json.loads((result.out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == EOT_ID and gen["bos_token_id"] == SOT_ID
+    assert gen["do_sample"] is True and gen["temperature"] == 0.7 and gen["top_k"] == 5
+    record = json.loads((result.out / "gpt_study_export.json").read_text())
+    assert record["logits_max_abs_diff"] < 1e-4 and record["greedy_tokens_equal"] is True
+
+
+def test_generation_config_of_greedy_settings():
+    gen = generation_config(SampleConfig(greedy=True, max_new_tokens=9))
+    assert gen == {"bos_token_id": SOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID,
+                   "max_new_tokens": 9, "do_sample": False}  # fmt: skip
+
+
+def test_a_model_option_no_layout_knows_is_refused():
+    @dataclasses.dataclass
+    class Later(GPTConfig):  # what a RoPE option added to GPTConfig would look like
+        position: str = "learned"
+        rope_theta: float = 10000.0
+
+    assert choose_layout(Later()).name == "gpt2"
+    with pytest.raises(UserError, match="position 'rope'"):
+        choose_layout(Later(position="rope"))
+    with pytest.raises(UserError, match="does not know rope_theta"):
+        choose_layout(Later(rope_theta=500.0))
+
+
+def test_word_pipeline_tokenizes_held_out_stories_as_spacy_does():
+    """On the shared sample's valid stories (vocabulary from the first half, measured on the
+    second), the nearest tokenizers pipeline gives spaCy's ids for nearly every story."""
+    path = SAMPLE / "valid.txt"
+    if not path.exists():
+        pytest.skip("shared TinyStories sample not present")
+    stories = [clean_text(s, True) for s in path.read_text(encoding="utf-8").split("<|endoftext|>")]
+    stories = [s for s in stories if s][:400]
+    counts: dict[str, int] = {}
+    for doc in spacy_tokenizer().pipe(stories[:200]):
+        for t in doc:
+            counts[t.text] = counts.get(t.text, 0) + 1
+    vocab, _ = build_word_vocab(counts, vocab_size=30000, min_freq=1)
+    tok = WordTokenizer(vocab, lowercase=True)
+    assert exact_share(tok, hf_tokenizer(tok), stories[200:]) >= 0.99
+
+
+def test_cli_exports_and_refuses_bad_input_in_one_line(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path, _word(), head_bias=True)
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "hf", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").exists()
+    assert "trust_remote_code=True" in capsys.readouterr().err
+    # A second export replaces the folder it wrote.
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    capsys.readouterr()
+    (out / "notes.txt").write_text("mine")
+    cases = [
+        (
+            ["--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+            "no checkpoint",
+        ),
+        (["--checkpoint", str(ckpt), "--out", str(out)], "did not write (notes.txt)"),
+        (["--checkpoint", str(ckpt), "--out", str(ckpt)], "holds the input"),
+    ]
+    for args, message in cases:
+        assert main(["export", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_without_transformers_the_command_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    ckpt = _checkpoint(tmp_path, _word(), head_bias=True)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install -e ".[export]"' in err[0]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_exactness_is_measured_on_the_checkpoints_valid_split(tmp_path, tiny_prepared):
+    """With the prepared folder's valid stories on disk, the share is measured on them."""
+    from gpt_study.export.verify import held_out_texts
+
+    corpus = tmp_path / "valid.txt"
+    rng = random.Random(0)
+    corpus.write_text("\n<|endoftext|>\n".join(rng.sample(STORIES, 8)), encoding="utf-8")
+    meta = json.loads((tiny_prepared / "meta.json").read_text())
+    meta["sources"] = [{"split": "valid", "path": str(corpus), "format": "txt"}]
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps(meta))
+    cfg = preset_config("tiny", model={"vocab_size": 100}, train={"data": str(folder)})
+    texts, where = held_out_texts(cfg, lowercase=True)
+    assert len(texts) == 8 and "8 valid stories" in where
+    cfg = preset_config("tiny", model={"vocab_size": 100}, train={"data": str(tmp_path / "gone")})
+    assert held_out_texts(cfg, lowercase=True)[0] == []
