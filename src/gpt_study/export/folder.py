@@ -13,15 +13,17 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import save_file
 
 from gpt_study import __version__
-from gpt_study.checkpoint import load_checkpoint
+from gpt_study.checkpoint import Checkpoint, load_checkpoint
 from gpt_study.errors import UserError
 from gpt_study.export.hf import (
     REMOTE_CLASS,
     REMOTE_FILE,
+    Layout,
     choose_layout,
     generation_config,
     hf_config,
@@ -76,7 +78,7 @@ class ExportResult:
     lines: list[str]
 
 
-def _write_files(tmp: Path, ckpt, layout, remote: bool, hf_tok) -> None:
+def _write_files(tmp: Path, ckpt: Checkpoint, layout: Layout, remote: bool, hf_tok: Any) -> None:
     model, cfg = ckpt.model, ckpt.config
     save_file(hf_weights(model, layout, remote), str(tmp / "model.safetensors"), {"format": "pt"})
     os.chmod(tmp / "model.safetensors", 0o666 & ~UMASK)  # safetensors writes it 0600
@@ -100,7 +102,7 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _measure(ckpt, hf_tok) -> tuple[float | None, str, list[str]]:
+def _measure(ckpt: Checkpoint, hf_tok: Any) -> tuple[float | None, str, list[str]]:
     """Share of the checkpoint's held-out stories tokenized exactly as gpt-study does."""
     texts, where = held_out_texts(ckpt.config, ckpt.tokenizer.lowercase)
     share = exact_share(ckpt.tokenizer, hf_tok, texts) if texts else None
@@ -168,7 +170,7 @@ def export_hf(
     return result
 
 
-def _record(result: ExportResult, ckpt) -> dict:
+def _record(result: ExportResult, ckpt: Checkpoint) -> dict[str, Any]:
     """``gpt_study_export.json``: where the folder came from and what was measured."""
     c = result.checked
     return {

@@ -19,7 +19,7 @@ from gpt_study.errors import UserError
 from gpt_study.generate.decode_fast import greedy_fast
 from gpt_study.generate.sampling import next_token
 from gpt_study.generate.window import SLIDE_KEEP, keep_size, segment_start, window_size
-from gpt_study.model import KVCache
+from gpt_study.model import GPT, KVCache
 
 __all__ = [
     "SLIDE_KEEP",
@@ -200,12 +200,20 @@ def generate_ids(
     ``context_size`` is the window the model was trained on (default: its max_len); prompts
     longer than it keep their last ``context_size`` tokens. ``on_token(row, id)`` is called for
     every new token as soon as it is chosen. The model is put in eval mode and restored after.
-    One greedy prompt takes :func:`~gpt_study.generate.decode_fast.greedy_fast` (the same
-    tokens, less bookkeeping per token) unless ``fast`` is off, logits are asked for or the
-    model's positions are rotary (its cache slides by dropping positions, which only this loop does).
+    One greedy prompt to a :class:`~gpt_study.model.GPT` takes
+    :func:`~gpt_study.generate.decode_fast.greedy_fast` (the same tokens, less bookkeeping per
+    token) unless ``fast`` is off, logits are asked for or the model's positions are rotary (its
+    cache slides by dropping positions, which only this loop does).
     """
     sample = sample or SampleConfig()
-    if fast and len(prompts) == 1 and sample.greedy and not return_logits and not rotary(model):
+    if (
+        fast
+        and isinstance(model, GPT)
+        and not rotary(model)
+        and len(prompts) == 1
+        and sample.greedy
+        and not return_logits
+    ):
         row = None if on_token is None else (lambda tok: on_token(0, tok))
         new, finished = greedy_fast(
             model, prompts[0], sample.max_new_tokens, context_size, eot_id, keep, row
