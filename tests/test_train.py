@@ -539,6 +539,25 @@ def test_a_byte_level_run_learns(tmp_path):
     assert nll[0] < math.log(259) - 2 and nll[1] < nll[0] and res.step == 20
 
 
+def test_auto_threads_tune_a_run_and_fit_puts_the_count_back(tiny_prepared, tmp_path):
+    """Under the tests' one thread auto has nothing to choose (so the bit-exact tests above hold);
+    with two, fit tunes and leaves torch as it found it."""
+    train = tiny_train(tiny_prepared, tmp_path / "one", epoch=1, iters_per_epoch=10, threads=0)
+    fit(build_config("tiny", train=train, model=MODEL))
+    assert "threads:" not in (tmp_path / "one" / "info.log").read_text()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train = dict(train, save_root=str(tmp_path / "two"))
+        fit(build_config("tiny", train=train, model=MODEL))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    log_text = (tmp_path / "two" / "info.log").read_text()
+    choices = [line for line in log_text.splitlines() if " INFO threads: " in line]
+    assert len(choices) == 1 and "timed again every epoch" in choices[0]
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

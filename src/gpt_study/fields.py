@@ -21,6 +21,17 @@ def doc(text: str, **kw: Any) -> dict[str, Any]:
     return {"doc": text, **kw}
 
 
+def thread_count(text: str) -> int:
+    """``--threads``'s argparse type: a count, or ``auto``, stored as 0 so that the field stays an
+    int and configs saved with 0 (torch's default, before auto existed) get the tuning too."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(text) from None  # argparse: "invalid thread_count value: 'x'"
+
+
 @dataclass(frozen=True)
 class Range:
     """``lo`` and ``hi`` bounds (None: unbounded); ``*_open`` excludes the bound itself."""

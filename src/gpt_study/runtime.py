@@ -4,7 +4,8 @@ This is the one module that decides these. Model, loss and training code receive
 and a dtype and never look at the machine themselves. The process-wide settings (thread count,
 TF32 matmuls, bf16 attention math, glibc's memory reuse) are applied by the command layer through
 :func:`process_settings`, a context manager that restores them, so calling ``fit`` from a notebook
-changes nothing outside the call.
+changes nothing outside the call. The one setting a run changes while it runs, the thread count
+under ``--threads auto`` (:class:`ThreadTuner`), is restored by :func:`thread_tuning` likewise.
 
 ``benchmarks/bench_train.py`` measures each piece of the fast step against the study's plain
 fp32 step with the same functions, so the benchmark measures what users run.
@@ -16,7 +17,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import platform
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +154,8 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
 
 
 def set_threads(threads: int) -> None:
-    """``threads`` CPU threads for torch (0: leave torch's default, one per core)."""
+    """``threads`` CPU threads for torch (0: leave torch's default, one per core; training tunes
+    it then, see :class:`ThreadTuner`)."""
     if threads < 0:
         raise UserError(f"--threads {threads}: use 0 (torch's default) or more")
     if threads:
@@ -189,3 +192,122 @@ def process_settings(
         allow_bf16_attention_math(old_math)
         torch.set_float32_matmul_precision(old_precision)
         torch.set_num_threads(old_threads)
+
+
+# ---------------------------------------------------------------- --threads auto
+
+
+class ThreadTuner:
+    """Keeps torch on whichever of a few thread counts trains faster now (1 or all cores).
+
+    Why: torch splits each operation over its threads and waits for all of them at the end. When
+    another process keeps a core busy, the thread sharing that core gets it only part of the
+    time, and every operation waits for it: a run trains at a fraction of its idle speed, slower
+    than on one thread, which never waits. Idle, all cores are faster. The load can change during
+    a run, so at the start of every epoch the tuner runs ``warmup`` untimed steps (on the count
+    in use; the first time on each count, to start its threads), then times up to ``trials``
+    rounds of one step per count, interleaved so that every count sees the same load, and keeps
+    the fastest (by mean step time) for the rest of the epoch.
+
+    A trial on the slower count costs time (on a busy machine, two threads took 3 to 5 times as
+    long as one), so the rounds stop early once the choice is plain: when the slowest timed step
+    of one count is still ``margin`` times faster than the fastest step of every other.
+
+    With fewer than two candidates it does nothing (``--threads N``, a GPU, or a process already
+    held to one thread). ``clock`` and ``apply`` (which sets the count) are parameters so that
+    tests can drive it with a fake clock.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[int],
+        warmup: int = 2,
+        trials: int = 3,
+        margin: float = 1.5,
+        clock: Callable[[], float] = time.perf_counter,
+        apply: Callable[[int], None] = torch.set_num_threads,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.candidates = sorted(set(candidates))
+        self.warmup, self.trials, self.margin = warmup, trials, margin
+        self.clock, self.apply, self.log = clock, apply, log
+        self.chosen: int | None = None  # the count in use outside the trials
+        self.plan: list[tuple[int, bool]] = []  # (threads, timed) of the coming steps
+        self.times: dict[int, list[float]] = {}
+
+    @property
+    def active(self) -> bool:
+        return len(self.candidates) > 1
+
+    def new_epoch(self, steps: int) -> None:
+        """Plan the trials at the start of an epoch of ``steps`` steps (none if it is too short
+        to keep the winner for at least one step)."""
+        c = self.candidates
+        self.plan, self.times = [], {t: [] for t in c}
+        if not self.active or steps <= self.warmup + self.trials * len(c):
+            return
+        if self.chosen is None:
+            warm = [c[i % len(c)] for i in range(self.warmup)]
+        else:
+            warm = [self.chosen] * self.warmup
+        self.plan = [(t, False) for t in warm] + [(t, True) for _ in range(self.trials) for t in c]
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Run one training step inside this: the planned thread count, timed if it is a trial.
+        A step that raises is not timed."""
+        if not self.plan:
+            yield
+            return
+        threads, timed = self.plan.pop(0)
+        self.apply(threads)
+        start = self.clock()
+        yield
+        if timed:
+            self.times[threads].append(self.clock() - start)
+            if self._plain():
+                self.plan = []
+        if not self.plan:
+            self._choose()
+
+    def _plain(self) -> bool:
+        """After a whole round: one count is ``margin`` times faster than the others at worst."""
+        counts = {len(v) for v in self.times.values()}
+        if len(counts) != 1 or 0 in counts:
+            return False
+        fast = min(self.candidates, key=lambda t: max(self.times[t]))
+        worst = max(self.times[fast])
+        return all(min(v) > self.margin * worst for t, v in self.times.items() if t != fast)
+
+    def _choose(self) -> None:
+        mean = {t: sum(v) / len(v) for t, v in self.times.items()}
+        best = min(self.candidates, key=lambda t: mean[t])  # a tie keeps fewer threads
+        first, changed = self.chosen is None, best != self.chosen
+        self.chosen = best
+        self.apply(best)
+        if self.log is not None and changed:
+            others = "; ".join(
+                f"{t} threads: {mean[t] * 1e3:.0f} ms/step" for t in self.candidates if t != best
+            )
+            self.log(
+                f"threads: {'now ' if not first else ''}{best} ({mean[best] * 1e3:.0f} ms/step; "
+                f"{others}; mean of {len(self.times[best])} timed steps each), timed again "
+                "every epoch"
+            )
+
+
+@contextlib.contextmanager
+def thread_tuning(
+    threads: int, device: str, log: Callable[[str], None] | None = None
+) -> Iterator[ThreadTuner]:
+    """The run's :class:`ThreadTuner`, and torch's thread count as it was afterwards.
+
+    ``threads`` 0 (auto) on a CPU tunes between 1 and the threads torch has now (one per core
+    unless something set it); any other case gets a tuner that does nothing.
+    """
+    before = torch.get_num_threads()
+    tune = threads == 0 and device.split(":")[0] == "cpu" and before > 1
+    try:
+        yield ThreadTuner([1, before] if tune else [], log=log)
+    finally:
+        torch.set_num_threads(before)

@@ -18,6 +18,7 @@ from gpt_study.fields import (
     Range,
     check_ranges,
     doc,
+    thread_count,
 )
 
 
@@ -121,8 +122,11 @@ class TrainConfig:
     threads: int = field(
         default=0,
         metadata=doc(
-            "CPU threads for torch (0: torch's default, one per core); 1 is faster when other "
-            "work shares the cores"
+            "CPU threads for torch; 0 or auto: each epoch, time a few steps with 1 thread and "
+            "with all cores and keep the faster (other work sharing the cores makes 1 faster); "
+            "N: pin N threads (for bit-exact resume, pin them)",
+            type=thread_count,
+            metavar="N|auto",
         ),
     )
     seed: int = field(default=1234, metadata=doc("seed for weights, dropout and data order"))

@@ -55,9 +55,8 @@ def add_dataclass_args(
                 help=help_text,
             )
         else:
-            group.add_argument(
-                f"--{f.name}", type=typ, default=argparse.SUPPRESS, help=help_text, **meta
-            )
+            meta.setdefault("type", typ)  # a field's doc may give its own parser (--threads)
+            group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=help_text, **meta)
 
 
 def dataclass_overrides(

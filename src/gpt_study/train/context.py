@@ -12,6 +12,7 @@ import torch
 from gpt_study.config import Config
 from gpt_study.data.dataset import PreparedData, RowSampler
 from gpt_study.model import GPT
+from gpt_study.runtime import ThreadTuner
 from gpt_study.train.metrics import METRICS_CSV, METRICS_JSONL
 from gpt_study.train.observe import INFO_LOG, Observer
 from gpt_study.train.optim import Optimizer
@@ -58,6 +59,7 @@ class Run:
     state: TrainState
     observer: Observer | None = None  # set once logging is up
     stop: StopSignals | None = None
+    tuner: ThreadTuner = field(default_factory=lambda: ThreadTuner(()))  # --threads auto
 
     @property
     def tokens_per_step(self) -> int:

@@ -54,9 +54,11 @@ def train_epoch(r: Run, step: int, clock: _Clock) -> tuple[int, str | None]:
     """Steps from ``step`` to the end of its epoch, or to a stop; (the step reached, why it
     stopped early or None). The progress bar is gone when it returns or raises."""
     tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+    r.tuner.new_epoch(ipe - step % ipe)  # --threads auto: time the thread counts again
     with epoch_bar(step, tc) as bar:
         while True:
-            loss, finite = train_step(r, step)
+            with r.tuner.step():
+                loss, finite = train_step(r, step)
             step += 1
             agreed = _agree(r, loss, finite, clock)
             if agreed.bad:

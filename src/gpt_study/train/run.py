@@ -14,7 +14,11 @@ is wrapped in DistributedDataParallel, validation is sharded and summed, and onl
 samples, plots and writes; the others wait at a barrier.
 
 ``fit`` changes nothing process-wide: the command layer applies threads and the speed settings
-(:func:`gpt_study.runtime.process_settings`).
+(:func:`gpt_study.runtime.process_settings`). Under ``--threads auto`` (0) on a CPU the loop
+switches torch between 1 thread and all cores, whichever trains faster each epoch
+(:class:`~gpt_study.runtime.ThreadTuner`), and ``fit`` puts the count back when it returns.
+Threads change the order of floating-point sums, so the bit-identical resume above needs the
+same pinned ``--threads N`` in both runs.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from gpt_study.errors import UserError
 from gpt_study.io import check_replaceable
 from gpt_study.loss import LMLoss
 from gpt_study.model import GPT
-from gpt_study.runtime import resolve_device, resolve_dtype
+from gpt_study.runtime import resolve_device, resolve_dtype, thread_tuning
 from gpt_study.train.context import RUN_FILES, Run, TrainResult
 from gpt_study.train.loop import train_loop
 from gpt_study.train.observe import Observer, console_and_log
@@ -65,7 +69,8 @@ def fit(cfg: Config) -> TrainResult:
             r.observer = Observer(cfg, r.state, cfg.train.resume)
             _log_start(r)
             try:
-                return train_loop(r)
+                with thread_tuning(cfg.train.threads, device, log.info) as r.tuner:
+                    return train_loop(r)
             finally:
                 r.observer.close()
     finally:
