@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,9 +176,9 @@ def _read_state(file: Path) -> dict[str, Any]:
 def _read_optimizer(file: Path, device: str | torch.device) -> dict[str, Any]:
     try:
         return torch.load(file, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+    except Exception as e:  # noqa: BLE001 (any failure to read it back means the file is damaged)
         # torch.load of a truncated file: EOFError (empty), RuntimeError (no zip directory),
-        # OSError (a cut-off record); UnpicklingError for anything but plain tensors.
+        # OSError (a cut-off record); weights_only's unpickling error for anything but tensors.
         raise _damaged(file, e) from None
 
 
