@@ -13,12 +13,8 @@ from gpt_study.errors import UserError
 from gpt_study.generate.weights import quantize_int8
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="checkpoint folder written by train (e.g. runs/gpt/best)",
-    )
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype of the commands that run a checkpoint for inference."""
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--dtype",
@@ -26,6 +22,15 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16"],
         help="auto: bfloat16 on a GPU, float32 on a CPU",
     )
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder written by train (e.g. runs/gpt/best)",
+    )
+    add_device_args(parser)
     parser.add_argument(
         "--quantize",
         default="none",

@@ -14,6 +14,7 @@ import threading
 from dataclasses import fields
 
 from gpt_study import runtime
+from gpt_study.cli.common import add_device_args
 from gpt_study.errors import UserError
 from gpt_study.serve.limits import Limits
 from gpt_study.serve.stream import GENERATION_THREAD
@@ -47,13 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "to the network)",
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16"],
-        help="auto: bfloat16 on a GPU, float32 on a CPU",
-    )
+    add_device_args(parser)
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
     )
