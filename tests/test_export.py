@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from gpt_study.checkpoint import save_checkpoint
@@ -60,12 +61,15 @@ def _bpe():
     return train_bpe(STORIES * 4, vocab_size=300, lowercase=True, min_freq=1)
 
 
-def _checkpoint(tmp_path: Path, tok, head_bias: bool) -> Path:
+LLAMA = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False}
+
+
+def _checkpoint(tmp_path: Path, tok, head_bias: bool, options: dict | None = None) -> Path:
     """A tiny checkpoint (32 positions, trained window 24) whose greedy choices are not ties."""
     cfg = preset_config(
         "tiny",
         model={"vocab_size": tok.vocab_size, "max_len": 32, "d_model": 32, "d_ff": 64,
-               "n_layers": 2, "n_heads": 4},
+               "n_layers": 2, "n_heads": 4, **(options or {})},
         train={"context_size": 24, "data": str(tmp_path / "no-data")},
         sample={"greedy": False, "temperature": 0.7, "top_k": 5},
     )  # fmt: skip
@@ -75,23 +79,32 @@ def _checkpoint(tmp_path: Path, tok, head_bias: bool) -> Path:
         model.head.weight.mul_(20)
         if head_bias:
             model.head.bias.normal_()
-        model.head.bias[EOT_ID] = -30.0  # long stories: <eot> not at once
+        if model.head.bias is not None:
+            model.head.bias[EOT_ID] = -30.0  # long stories: <eot> not at once
+        else:
+            model.tok_emb.weight[EOT_ID] = 0.0  # the same, through the (maybe tied) head
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and name != "head.bias":  # gains and biases off 1 and 0: a swap shows
+                p.add_(0.1 * torch.randn_like(p))
     tok.save(tmp_path / "tok.json")
     return save_checkpoint(tmp_path / "ckpt", model, cfg, tmp_path / "tok.json", {"step": 3})
 
 
 VARIANTS = {
-    "word, head bias (our class)": (_word, True),
-    "bpe, head bias (our class)": (_bpe, True),
-    "word, zero head bias (stock GPT2LMHeadModel)": (_word, False),
+    "word, head bias (our class)": (_word, True, None),
+    "bpe, head bias (our class)": (_bpe, True, None),
+    "word, zero head bias (stock GPT2LMHeadModel)": (_word, False, None),
+    "bpe, llama: rope, rmsnorm, swiglu, biases": (_bpe, False, LLAMA),
+    "word, llama tied, no biases": (_word, False, {**LLAMA, "tie_embeddings": True, "bias": False}),
 }
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def exported(request, tmp_path_factory):
-    make_tok, head_bias = VARIANTS[request.param]
+    make_tok, head_bias, options = VARIANTS[request.param]
     tmp = tmp_path_factory.mktemp("export")
-    ckpt = _checkpoint(tmp, make_tok(), head_bias)
+    ckpt = _checkpoint(tmp, make_tok(), head_bias, options)
     lines: list[str] = []
     result = export_hf(ckpt, tmp / "hf", log=lines.append)
     return ckpt, result, lines
@@ -112,8 +125,9 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
     ckpt_path, result, _ = exported
     ours = load_checkpoint(ckpt_path)
     hf, hf_tok = _load(result)
-    want_class = "GPTStudyForCausalLM" if result.remote_code else "GPT2LMHeadModel"
+    want_class = "GPTStudyForCausalLM" if result.remote_code else CLASSES[result.layout]
     assert type(hf).__name__ == want_class
+    assert result.layout == ("llama" if ours.model.config.positions == "rope" else "gpt2")
 
     idx = torch.randint(0, ours.model.config.vocab_size, (3, 32), generator=torch.Generator())
     with torch.no_grad():
@@ -143,12 +157,19 @@ def test_folder_holds_what_the_readme_says(exported):
     assert ("modeling_gpt_study.py" in files) == result.remote_code
     readme = (result.out / "README.md").read_text()
     config = json.loads((result.out / "config.json").read_text())
-    assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
+    if result.layout == "gpt2":
+        assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
+    else:
+        assert config["hidden_act"] == "silu" and config["rms_norm_eps"] == 1e-5
+        tied = config["tie_word_embeddings"]
+        assert (
+            "lm_head.weight" in safetensors.torch.load_file(result.out / "model.safetensors")
+        ) != tied
     if result.remote_code:
         assert "auto_map" in config and "trust_remote_code=True" in readme
         assert sum("trust_remote_code=True" in line for line in lines) == 1
     else:
-        assert "auto_map" not in config and config["model_type"] == "gpt2"
+        assert "auto_map" not in config and config["model_type"] == result.layout
     # no data folder beside this checkpoint: the word pipeline's share says it was not measured
     assert result.exact_share is None and "not measured" in readme
     gen = json.loads((result.out / "generation_config.json").read_text())
@@ -164,17 +185,23 @@ def test_generation_config_of_greedy_settings():
                    "max_new_tokens": 9, "do_sample": False}  # fmt: skip
 
 
-def test_a_model_option_no_layout_knows_is_refused():
-    @dataclasses.dataclass
-    class Later(GPTConfig):  # what a RoPE option added to GPTConfig would look like
-        position: str = "learned"
-        rope_theta: float = 10000.0
+def test_each_model_finds_its_layout_or_one_line_why_none_fits():
+    assert choose_layout(GPTConfig()).name == "gpt2"
+    assert choose_layout(GPTConfig(**LLAMA)).name == "llama"
+    assert choose_layout(GPTConfig(**LLAMA, tie_embeddings=True, rope_base=500.0)).name == "llama"
+    with pytest.raises(UserError, match="gpt2: positions 'rope'.*llama: norm 'layernorm'"):
+        choose_layout(GPTConfig(positions="rope"))
+    with pytest.raises(UserError, match="llama: a head bias"):
+        choose_layout(GPTConfig(**{**LLAMA, "head_bias": True}))
+    with pytest.raises(UserError, match="gpt2: it does not know qk_norm"):
+        choose_layout(GPTConfig(qk_norm=True))
 
-    assert choose_layout(Later()).name == "gpt2"
-    with pytest.raises(UserError, match="position 'rope'"):
-        choose_layout(Later(position="rope"))
-    with pytest.raises(UserError, match="does not know rope_theta"):
-        choose_layout(Later(rope_theta=500.0))
+    @dataclasses.dataclass
+    class Later(GPTConfig):  # an option added to GPTConfig that no layout has learned yet
+        soft_cap: float = 0.0
+
+    with pytest.raises(UserError, match="does not know soft_cap"):
+        choose_layout(Later(soft_cap=30.0))
 
 
 def test_word_pipeline_tokenizes_held_out_stories_as_spacy_does():

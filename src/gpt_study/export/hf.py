@@ -6,15 +6,20 @@ used where one computes exactly what our model does; where none does, a small cl
 written into the folder beside the weights (transformers' ``auto_map``, loaded with
 ``trust_remote_code=True``).
 
-Today one layout fits the study's model, ``gpt2`` (Radford et al. 2019): learned positions,
+Two layouts. ``gpt2`` (Radford et al. 2019) fits the study's model: learned positions,
 pre-LayerNorm blocks, exact GELU, separate (untied) output layer. ``GPT2LMHeadModel`` has no bias
 on its output layer and ours does, so a model whose head bias is not all zeros (every trained one)
 is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.py``: ``GPT2LMHeadModel`` with
-``lm_head = nn.Linear(..., bias=True)``, nothing else changed. A ``llama`` layout (RoPE, RMSNorm,
-SwiGLU) is one more entry in :data:`LAYOUTS` once the model has those options.
+``lm_head = nn.Linear(..., bias=True)``, nothing else changed. ``llama`` (Touvron et al. 2023)
+fits the modern options together: rotary positions, RMSNorm, SwiGLU, no head bias, tied or not;
+``LlamaForCausalLM`` computes them exactly (the same "rotate half" rotary pairs and inverse
+frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``).
 
 GPT-2 in transformers keeps its projections in ``Conv1D`` modules, whose weight is stored as
 (in, out): the transpose of ``nn.Linear``'s (out, in). Those entries are marked ``transpose``.
+Llama keeps q, k and v (and the SwiGLU gate and value) apart where we fuse them in one matmul:
+an entry whose transformers name lists several names joined by ``|`` is cut along its output rows
+into that many equal parts, in order (our ``qkv`` is [q; k; v], our SwiGLU ``fc`` [gate; value]).
 """
 
 from __future__ import annotations
@@ -58,18 +63,35 @@ class Layout:
     understood: frozenset[str]  # GPTConfig fields this layout reads (others must be defaults)
     fits: Callable[[GPTConfig], str | None]  # None, or why the model does not fit
     config: Callable[[GPT], dict[str, Any]]  # the architecture fields of config.json
-    # (our name, their name, transpose), "{i}" standing for the block number
+    # (our name, their name(s) joined by "|", transpose), "{i}" standing for the block number
     weights: tuple[tuple[str, str, bool], ...]
+    summary: str  # one sentence for the exported README
+
+
+def _differs(cfg: GPTConfig, name: str, want: object, arch: str) -> str | None:
+    have = getattr(cfg, name)
+    return None if have == want else f"{name} {have!r} ({arch} has {want!r})"
 
 
 def _gpt2_fits(cfg: GPTConfig) -> str | None:
-    """The study's model is GPT-2 shaped; options added to GPTConfig later must say otherwise."""
-    for name, want in (("position", "learned"), ("norm", "layernorm"), ("activation", "gelu")):
-        have = getattr(cfg, name, want)
-        if have != want:
-            return f"{name} {have!r} (GPT-2 has {want!r})"
-    if getattr(cfg, "tie_embeddings", False):
+    """The study's model is GPT-2 shaped; the modern options are not."""
+    for name, want in (("positions", "learned"), ("norm", "layernorm"), ("mlp", "gelu")):
+        if why := _differs(cfg, name, want, "GPT-2"):
+            return why
+    if cfg.tie_embeddings:
         return "tied embeddings (exported GPT-2 keeps the head separate)"
+    if not (cfg.bias and cfg.norm_bias):
+        return "no biases on the linears or norms (GPT-2 has them): train with --bias --norm_bias"
+    return None
+
+
+def _llama_fits(cfg: GPTConfig) -> str | None:
+    """Llama is the modern options together; a head bias it has no place for."""
+    for name, want in (("positions", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu")):
+        if why := _differs(cfg, name, want, "Llama"):
+            return why
+    if cfg.head_bias:
+        return "a head bias (Llama's lm_head has none): train with --no-head_bias"
     return None
 
 
@@ -103,6 +125,32 @@ def _gpt2_config(model: GPT) -> dict[str, Any]:
     }
 
 
+def _llama_config(model: GPT) -> dict[str, Any]:
+    cfg = model.config
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.RMSNorm)}
+    return {
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_len,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,  # every head has its own keys and values
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": eps.pop() if len(eps) == 1 else 1e-5,
+        # transformers 5 reads rope_parameters; 4.x read rope_theta
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "rope_theta": cfg.rope_base,
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "attention_dropout": cfg.attention_drop,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "use_cache": True,
+    }
+
+
 _GPT2_WEIGHTS = (
     ("tok_emb.weight", "transformer.wte.weight", False),
     ("pos_emb.weight", "transformer.wpe.weight", False),
@@ -124,6 +172,24 @@ _GPT2_WEIGHTS = (
     ("head.bias", "lm_head.bias", False),  # only GPTStudyForCausalLM has it
 )
 
+_ATTN = "model.layers.{i}.self_attn."
+_LLAMA_WEIGHTS = (
+    ("tok_emb.weight", "model.embed_tokens.weight", False),
+    ("blocks.{i}.ln1.weight", "model.layers.{i}.input_layernorm.weight", False),
+    ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), False),
+    ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), False),
+    ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", False),
+    ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", False),
+    ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", False),
+    ("blocks.{i}.mlp.fc.weight", "model.layers.{i}.mlp.gate_proj.weight|model.layers.{i}.mlp.up_proj.weight", False),
+    ("blocks.{i}.mlp.fc.bias", "model.layers.{i}.mlp.gate_proj.bias|model.layers.{i}.mlp.up_proj.bias", False),
+    ("blocks.{i}.mlp.proj.weight", "model.layers.{i}.mlp.down_proj.weight", False),
+    ("blocks.{i}.mlp.proj.bias", "model.layers.{i}.mlp.down_proj.bias", False),
+    ("ln_f.weight", "model.norm.weight", False),
+    ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
+    ("head.bias", "lm_head.bias", False),  # only all zeros reaches here (dropped)
+)  # fmt: skip
+
 # Fields every layout understands: sizes, and dropout (training only; carried over as is).
 _COMMON = frozenset(
     ("vocab_size", "max_len", "d_model", "d_ff", "n_layers", "n_heads")
@@ -135,10 +201,26 @@ LAYOUTS: tuple[Layout, ...] = (
         name="gpt2",
         model_type="gpt2",
         stock_class="GPT2LMHeadModel",
-        understood=_COMMON | {"position", "norm", "activation", "tie_embeddings"},
+        understood=_COMMON
+        | {"positions", "norm", "mlp", "tie_embeddings", "bias", "norm_bias", "head_bias"},
         fits=_gpt2_fits,
         config=_gpt2_config,
         weights=_GPT2_WEIGHTS,
+        summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, exact GELU "
+        '(`activation_function: "gelu"`), a separate (untied) output layer',
+    ),
+    Layout(
+        name="llama",
+        model_type="llama",
+        stock_class="LlamaForCausalLM",
+        understood=_COMMON
+        | {"positions", "rope_base", "norm", "mlp", "tie_embeddings", "bias", "norm_bias"}
+        | {"head_bias"},
+        fits=_llama_fits,
+        config=_llama_config,
+        weights=_LLAMA_WEIGHTS,
+        summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
+        "no output bias",
     ),
 )
 
@@ -179,9 +261,11 @@ def hf_weights(model: GPT, layout: Layout, remote: bool) -> dict[str, torch.Tens
             t = ours.pop(key)
             if key == "head.bias" and not remote:
                 continue  # all zeros (needs_remote_code): the stock class computes the same
-            out[dst.format(i=i)] = (
-                t.t() if transpose else t
-            ).contiguous()  # (out, in) -> (in, out)
+            if key == "head.weight" and model.config.tie_embeddings:
+                continue  # the embedding itself, read both ways: transformers ties it again
+            names = dst.format(i=i).split("|")
+            for name, part in zip(names, t.chunk(len(names), dim=0), strict=True):
+                out[name] = (part.t() if transpose else part).contiguous()  # (out, in) -> (in, out)
     if ours:
         raise UserError(f"layout {layout.name} has no place for weights {sorted(ours)[:3]}")
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpt_study.export.hf import REMOTE_CLASS, REMOTE_FILE
+from gpt_study.export.hf import LAYOUTS, REMOTE_CLASS, REMOTE_FILE
 
 __all__ = ["readme"]
 
@@ -42,6 +42,7 @@ def readme(result: Any, ckpt: Any) -> str:
     cfg = ckpt.config
     c = result.checked
     remote = result.remote_code
+    layout = next(x for x in LAYOUTS if x.name == result.layout)
     trust = ", trust_remote_code=True" if remote else ""
     if remote:
         model_text = (
@@ -52,11 +53,19 @@ def readme(result: Any, ckpt: Any) -> str:
             "transformers 5 reads `config.json` when it loads the tokenizer as well, and asks "
             "before it runs the folder's code: pass `trust_remote_code=True` there too."
         )
-    else:
+    elif cfg.model.head_bias:
         model_text = (
-            "The output layer's bias is all zeros, so the stock `GPT2LMHeadModel` computes the "
-            "same logits; no code of ours is needed."
+            f"The output layer's bias is all zeros, so the stock `{layout.stock_class}` computes "
+            "the same logits; no code of ours is needed."
         )
+    else:
+        model_text = f"The stock `{layout.stock_class}` computes it; no code of ours is needed."
+    slide = (
+        "keeps its rotary cache and drops the oldest keys (a rotary key depends only on its "
+        "distance to the query)"
+        if cfg.model.positions == "rope"
+        else "re-encodes the most recent tokens from position 0"
+    )
     window = cfg.train.context_size
     return f"""# gpt-study model, exported for transformers
 
@@ -74,8 +83,7 @@ print(tok.decode(out[0], skip_special_tokens=True))
 
 ## The model
 
-GPT-2 layout (`{result.layout}`): learned positions, pre-LayerNorm blocks, exact GELU
-(`activation_function: "gelu"`), a separate (untied) output layer; {cfg.model.n_layers} layers,
+{layout.summary} (`{result.layout}`); {cfg.model.n_layers} layers,
 width {cfg.model.d_model}, {cfg.model.n_heads} heads, {cfg.model.max_len} positions,
 {cfg.model.vocab_size} tokens. {model_text}
 
@@ -84,7 +92,7 @@ Checked at export with transformers {c.version}: logits max abs difference
 {c.greedy_tokens} tokens: {"the same tokens" if c.greedy_equal else "DIFFERENT tokens"}.
 
 The model was trained on windows of {window} tokens. gpt-study generates past them by sliding
-the window (it re-encodes the most recent tokens from position 0); transformers' `generate`
+the window (it {slide}); transformers' `generate`
 does not slide, so up to {window} tokens the two agree, and past {cfg.model.max_len} positions
 transformers cannot go on. gpt-study's greedy decoding (`--greedy`) takes the argmax and
 nothing else; transformers' greedy still applies the `repetition_penalty` of
