@@ -68,16 +68,19 @@ class Layout:
     summary: str  # one sentence for the exported README
 
 
-def _differs(cfg: GPTConfig, name: str, want: object, arch: str) -> str | None:
-    have = getattr(cfg, name)
-    return None if have == want else f"{name} {have!r} ({arch} has {want!r})"
+def _first_difference(cfg: GPTConfig, arch: str, **want: object) -> str | None:
+    """The first option whose value is not the one ``arch`` has, said in a few words."""
+    for name, value in want.items():
+        have = getattr(cfg, name)
+        if have != value:
+            return f"{name} {have!r} ({arch} has {value!r})"
+    return None
 
 
 def _gpt2_fits(cfg: GPTConfig) -> str | None:
     """The study's model is GPT-2 shaped; the modern options are not."""
-    for name, want in (("positions", "learned"), ("norm", "layernorm"), ("mlp", "gelu")):
-        if why := _differs(cfg, name, want, "GPT-2"):
-            return why
+    if why := _first_difference(cfg, "GPT-2", positions="learned", norm="layernorm", mlp="gelu"):
+        return why
     if cfg.tie_embeddings:
         return "tied embeddings (exported GPT-2 keeps the head separate)"
     if not (cfg.bias and cfg.norm_bias):
@@ -87,18 +90,20 @@ def _gpt2_fits(cfg: GPTConfig) -> str | None:
 
 def _llama_fits(cfg: GPTConfig) -> str | None:
     """Llama is the modern options together; a head bias it has no place for."""
-    for name, want in (("positions", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu")):
-        if why := _differs(cfg, name, want, "Llama"):
-            return why
+    if why := _first_difference(cfg, "Llama", positions="rope", norm="rmsnorm", mlp="swiglu"):
+        return why
     if cfg.head_bias:
         return "a head bias (Llama's lm_head has none): train with --no-head_bias"
     return None
 
 
-def _layer_norm_eps(model: GPT) -> float:
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
+def _norm_eps(model: GPT, kind: type[nn.Module], arch: str) -> float:
+    """The one eps of the model's norms of ``kind``: both architectures have a single one."""
+    eps = {m.eps for m in model.modules() if isinstance(m, kind)}
     if len(eps) != 1:
-        raise UserError(f"the model's LayerNorms use different eps {sorted(eps)}: GPT-2 has one")
+        raise UserError(
+            f"the model's {kind.__name__}s use different eps {sorted(eps)}: {arch} has one"
+        )
     return eps.pop()
 
 
@@ -115,7 +120,7 @@ def _gpt2_config(model: GPT) -> dict[str, Any]:
         "resid_pdrop": cfg.residual_drop,
         "embd_pdrop": cfg.embedding_drop,
         "attn_pdrop": cfg.attention_drop,
-        "layer_norm_epsilon": _layer_norm_eps(model),
+        "layer_norm_epsilon": _norm_eps(model, nn.LayerNorm, "GPT-2"),
         "initializer_range": 0.02,
         "scale_attn_weights": True,  # softmax(q k^T / sqrt(head_dim)), as ours
         "scale_attn_by_inverse_layer_idx": False,
@@ -127,7 +132,6 @@ def _gpt2_config(model: GPT) -> dict[str, Any]:
 
 def _llama_config(model: GPT) -> dict[str, Any]:
     cfg = model.config
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.RMSNorm)}
     return {
         "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.max_len,
@@ -138,7 +142,7 @@ def _llama_config(model: GPT) -> dict[str, Any]:
         "num_key_value_heads": cfg.n_heads,  # every head has its own keys and values
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
-        "rms_norm_eps": eps.pop() if len(eps) == 1 else 1e-5,
+        "rms_norm_eps": _norm_eps(model, nn.RMSNorm, "Llama"),
         # transformers 5 reads rope_parameters; 4.x read rope_theta
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
         "rope_theta": cfg.rope_base,
@@ -181,14 +185,21 @@ _LLAMA_WEIGHTS = (
     ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", False),
     ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", False),
     ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", False),
-    ("blocks.{i}.mlp.fc.weight", "model.layers.{i}.mlp.gate_proj.weight|model.layers.{i}.mlp.up_proj.weight", False),
-    ("blocks.{i}.mlp.fc.bias", "model.layers.{i}.mlp.gate_proj.bias|model.layers.{i}.mlp.up_proj.bias", False),
+    (
+        "blocks.{i}.mlp.fc.weight",
+        "model.layers.{i}.mlp.gate_proj.weight|model.layers.{i}.mlp.up_proj.weight",
+        False,
+    ),
+    (
+        "blocks.{i}.mlp.fc.bias",
+        "model.layers.{i}.mlp.gate_proj.bias|model.layers.{i}.mlp.up_proj.bias",
+        False,
+    ),
     ("blocks.{i}.mlp.proj.weight", "model.layers.{i}.mlp.down_proj.weight", False),
     ("blocks.{i}.mlp.proj.bias", "model.layers.{i}.mlp.down_proj.bias", False),
     ("ln_f.weight", "model.norm.weight", False),
     ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
-    ("head.bias", "lm_head.bias", False),  # only all zeros reaches here (dropped)
-)  # fmt: skip
+)  # fmt: skip  (no head.bias: _llama_fits refuses a model that has one)
 
 # Fields every layout understands: sizes, and dropout (training only; carried over as is).
 _COMMON = frozenset(
