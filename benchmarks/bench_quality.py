@@ -3,7 +3,7 @@ and compare valid bits per byte on the whole valid split.
 
     python benchmarks/bench_quality.py                          # every recipe, 15 minutes each
     python benchmarks/bench_quality.py --minutes 5 --recipes tiny cpu
-    python benchmarks/bench_quality.py --recipes --ablation --seeds 1 2 --minutes 0 --epochs 4 \
+    python benchmarks/bench_quality.py --recipes --ablation --seeds 1 2 --minutes 0 --epochs 2 \
         --parallel 2 --out runs/ablation     # cpu and each option back, two runs at a time
 
 Each recipe is a gpt-study config: a preset plus flags, on a tokenizer (bits per byte is compared
@@ -67,7 +67,6 @@ ABLATIONS = {
     "cpu-gelu": ["--mlp", "gelu", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-untied": ["--no-tie_embeddings"],
     "cpu-bias": ["--bias", "--head_bias"],
-    "cpu-no-dropout": ["--residual_drop", "0"],
     "cpu-muon": ["--optimizer", "muon"],
 }
 
@@ -170,6 +169,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(rows: list[dict]) -> str:
+    """Per recipe over its seeds: mean bits per byte, the spread between seeds (the run-to-run
+    noise) and the difference from ``cpu``'s mean; empty with one seed."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["recipe"], []).append(r["bits_per_byte"])
+    if max(map(len, by.values())) < 2:
+        return ""
+    base = sum(by["cpu"]) / len(by["cpu"]) if "cpu" in by else None
+    lines = ["| recipe | seeds | mean bits/byte | spread (max - min) | vs cpu |"]
+    lines.append("| --- | ---: | ---: | ---: | ---: |")
+    for name, v in by.items():
+        mean = sum(v) / len(v)
+        diff = "" if base is None or name == "cpu" else f"{mean - base:+.4f}"
+        lines.append(f"| {name} | {len(v)} | {mean:.4f} | {max(v) - min(v):.4f} | {diff} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path, minutes: float) -> None:
     import matplotlib
 
@@ -216,6 +233,8 @@ def main() -> None:
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         rows = list(pool.map(lambda job: run_recipe(*job), jobs))
     md = table(rows)
+    if seeds := seed_table(rows):
+        md += "\n\n" + seeds
     if "bpe" in data:
         bpe = [r["mean_length"] for r in rows if r["tokenizer"] == "bpe"]
         n = round(sum(bpe) / len(bpe))
