@@ -3,6 +3,7 @@ and compare valid bits per byte on the whole valid split.
 
     python benchmarks/bench_quality.py                          # every recipe, 15 minutes each
     python benchmarks/bench_quality.py --minutes 5 --recipes tiny cpu
+    python benchmarks/bench_quality.py --recipes cpu cpu-untied cpu-muon   # arms at full budget
     python benchmarks/bench_quality.py --recipes --ablation --seeds 1 2 --minutes 0 --epochs 2 \
         --parallel 2 --out runs/ablation     # cpu and each option back, two runs at a time
 
@@ -69,6 +70,9 @@ ABLATIONS = {
     "cpu-bias": ["--bias", "--head_bias"],
     "cpu-muon": ["--optimizer", "muon"],
 }
+# Every name --recipes takes: the recipes, and each ablation arm on its own (say, to give one arm
+# the full budget without running the rest).
+NAMED = RECIPES | {n: (RECIPES["cpu"][0], RECIPES["cpu"][1] + x) for n, x in ABLATIONS.items()}
 
 
 def real_stories(data: Path, length: int) -> tuple[float, float, float]:
@@ -212,7 +216,7 @@ def plot(rows: list[dict], path: Path, minutes: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per recipe")
-    p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(NAMED))
     p.add_argument("--ablation", action="store_true", help="also each cpu option switched back")
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument("--threads", type=int, default=0, help="--threads of every run (0: auto)")
@@ -221,11 +225,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    todo = [(n, *RECIPES[n]) for n in args.recipes]
+    todo = [(n, *NAMED[n]) for n in args.recipes]
     if args.ablation:
         tok, base = RECIPES["cpu"]
         todo += [] if "cpu" in args.recipes else [("cpu", tok, base)]
-        todo += [(n, tok, base + extra) for n, extra in ABLATIONS.items()]
+        todo += [(n, *NAMED[n]) for n in ABLATIONS if n not in args.recipes]
     if args.parallel > 1:
         args.threads = 1
     data = {tok: prepare(args.out, tok) for tok in sorted({t for _, t, _ in todo})}

@@ -1,0 +1,71 @@
+"""The quality benchmark's recipes are configs: each ablation arm must switch exactly the option
+it names away from the ``cpu`` preset, or the ablation measures nothing."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from gpt_study.cli import train as train_cli
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _config(flags: list[str], data: Path):
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    return train_cli.config_from_flags(parser.parse_args([*flags, "--data", str(data)]))
+
+
+def _changed(a, b) -> dict[str, object]:
+    return {
+        f"{section}.{k}": v
+        for section in ("model", "train")
+        for k, v in dataclasses.asdict(getattr(b, section)).items()
+        if dataclasses.asdict(getattr(a, section))[k] != v
+    }
+
+
+EXPECTED = {
+    "cpu-learned": {"model.positions": "learned"},
+    "cpu-layernorm": {"model.norm": "layernorm"},
+    "cpu-gelu": {"model.mlp": "gelu", "model.d_ff": 768},
+    "cpu-untied": {"model.tie_embeddings": False},
+    "cpu-bias": {"model.bias": True, "model.head_bias": True},
+    "cpu-muon": {"train.optimizer": "muon"},
+}
+
+
+@pytest.mark.parametrize("arm", sorted(EXPECTED))
+def test_each_ablation_arm_switches_only_its_option(arm, tiny_prepared):
+    bench = _bench()
+    assert set(bench.ABLATIONS) == set(EXPECTED)
+    tok, flags = bench.NAMED[arm]
+    assert tok == bench.RECIPES["cpu"][0]
+    cpu = _config(bench.RECIPES["cpu"][1], tiny_prepared)
+    assert _changed(cpu, _config(flags, tiny_prepared)) == EXPECTED[arm]
+
+
+def test_seed_table_reports_mean_spread_and_difference_from_cpu():
+    bench = _bench()
+    rows = [
+        {"recipe": "cpu", "bits_per_byte": 1.0},
+        {"recipe": "cpu", "bits_per_byte": 1.2},
+        {"recipe": "cpu-untied", "bits_per_byte": 0.9},
+        {"recipe": "cpu-untied", "bits_per_byte": 1.0},
+    ]
+    lines = bench.seed_table(rows).splitlines()
+    assert lines[2] == "| cpu | 2 | 1.1000 | 0.2000 |  |"
+    assert lines[3] == "| cpu-untied | 2 | 0.9500 | 0.1000 | -0.1500 |"
+    assert bench.seed_table(rows[::2]) == ""  # one seed each: no noise to report
