@@ -1,9 +1,10 @@
-"""Shared fixtures: one torch thread, and a tiny prepared folder written with the real word
-tokenizer."""
+"""Shared fixtures: one torch thread, a tiny prepared folder written with the real word
+tokenizer, and a failed test wherever a training run's sample story fails."""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,40 @@ NAMES = ["lily", "tom", "sam", "mia", "ben", "sue"]
 ANIMALS = ["cat", "dog", "bird", "fish", "frog", "bunny"]
 THINGS = ["ball", "kite", "cake", "hat", "box", "toy"]
 PLACES = ["park", "garden", "house", "forest", "beach", "school"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sample_may_fail: the test makes a run's sample story fail on purpose"
+    )
+
+
+class _SampleFailures(logging.Handler):
+    """The sample failures that the training loop logged (records with ``sample_error``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "sample_error"):
+            self.errors.append(record.sample_error)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Users get a warning and keep their run when the sample story fails (train/loop.py); here
+    that is a bug, so the test that trained fails, unless it is marked ``sample_may_fail``."""
+    failures = _SampleFailures()
+    logger = logging.getLogger("gpt_study.train")
+    logger.addHandler(failures)
+    try:
+        result = yield
+    finally:
+        logger.removeHandler(failures)
+    if failures.errors and item.get_closest_marker("sample_may_fail") is None:
+        raise AssertionError(f"a training run's sample story failed: {failures.errors[0]}")
+    return result
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -29,7 +29,14 @@ from gpt_study import runtime
 from gpt_study.config import Config, load_config, save_config
 from gpt_study.data.tokenizer import load_tokenizer
 from gpt_study.errors import UserError
-from gpt_study.io import UMASK, check_replaceable, is_temp_of, temp_name, write_json_atomic
+from gpt_study.io import (
+    UMASK,
+    check_replaceable,
+    fsync_path,
+    is_temp_of,
+    temp_name,
+    write_json_atomic,
+)
 from gpt_study.model import GPT
 
 WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
@@ -104,7 +111,7 @@ def save_checkpoint(
     write_json_atomic(tmp / STATE, state or {})
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
-    _fsync_files(tmp)
+    fsync_path(tmp)
     # Swap into place: the old folder survives until the new one is complete.
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -112,17 +119,6 @@ def save_checkpoint(
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-def _fsync_files(folder: Path) -> None:
-    """Flush every file to disk before the rename publishes them (a power cut cannot leave a
-    complete-looking folder of empty files)."""
-    for f in folder.iterdir():
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _resolve(path: Path) -> Path:

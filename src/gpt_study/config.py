@@ -23,6 +23,7 @@ from gpt_study.fields import (
     NON_NEGATIVE,
     POSITIVE,
     Range,
+    check_choices,
     check_ranges,
     doc,
 )
@@ -127,10 +128,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, self.RANGES)
-        if self.tokenizer not in ("word", "bpe", "byte"):
-            raise UserError(
-                f"unknown tokenizer {self.tokenizer!r}: use --tokenizer word, bpe or byte"
-            )
+        check_choices(self)
         if self.tokenizer == "byte" and self.vocab_size not in (None, BYTE_VOCAB):
             raise UserError(
                 f"--vocab_size {self.vocab_size} with --tokenizer byte: its vocabulary is always "
@@ -178,6 +176,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, self.RANGES)
+        check_choices(self)
         if self.greedy:
             return  # greedy decoding reads none of the sampling settings
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
@@ -198,6 +197,7 @@ class Config:
     preset: str = "seed"
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.train.context_size > self.model.max_len:
             raise UserError(
                 f"--context_size {self.train.context_size} is above --max_len {self.model.max_len}: "

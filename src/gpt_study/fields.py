@@ -4,13 +4,15 @@ numeric setting, checked when a config is built.
 A value outside its range (NaN and infinities included) is refused with one line that names the
 flag, the value and the range, before anything is written. Each config dataclass lists its
 ranges in a ``RANGES`` table beside its fields and calls :func:`check_ranges` first thing in
-``__post_init__``.
+``__post_init__``, then :func:`check_choices`: a value outside a field's ``choices`` metadata is
+refused by :func:`check_choice`, the one check of allowed values, whether they come from a flag
+(checked as soon as it is parsed), a library call or a saved config.json.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, fields
 from typing import Any
 
 from gpt_study.errors import UserError
@@ -85,3 +87,24 @@ def check_ranges(obj: Any, table: dict[str, Range]) -> None:
                 shown = " ".join(str(x) for x in values)
                 why = f" ({allowed.why})" if allowed.why else ""
                 raise UserError(f"--{name} {shown} is out of range{why}: use a value {allowed}")
+
+
+def check_choices(obj: Any) -> None:
+    """Refuse the first field of dataclass ``obj`` whose value is not among its metadata's
+    ``choices``. Reading every field's metadata, not a list, means a new field with choices
+    cannot go unchecked."""
+    for f in fields(obj):
+        check_choice(f, getattr(obj, f.name))
+
+
+def check_choice(f: Field[Any], value: Any) -> None:
+    """Refuse ``value`` (or any element of a tuple/list value) for field ``f`` unless it is one
+    of ``f``'s ``choices``; ``None`` means "not set" and passes, as does a field without any."""
+    allowed = f.metadata.get("choices")
+    if allowed is None:
+        return
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if v is not None and v not in allowed:
+            names = [str(a) for a in allowed]
+            shown = " or ".join([", ".join(names[:-1]), names[-1]] if names[1:] else names)
+            raise UserError(f"unknown --{f.name} {v!r}: use {shown}")

@@ -5,7 +5,8 @@ Both cut a token stream into windows of ``context_size + 1`` tokens that overlap
 ``context_size`` tokens of context, and add up the same sums: plain NLL (no smoothing, no
 weights), correct next-token guesses, ``<unk>`` targets, and the study's training loss (label
 smoothing, ``sp_weight``) with its weights. Bits per byte divides the NLL in bits by the UTF-8
-bytes of the text the scored targets encode (:func:`bits_per_byte`).
+bytes of the text the scored targets encode (:func:`bits_per_byte`); :func:`rates` turns the
+summed NLL into every rate the project reports, for training, ``evaluate`` and the server alike.
 """
 
 from __future__ import annotations
@@ -117,3 +118,26 @@ def scored_bytes(split_bytes: float, scored: float, total_targets: int) -> float
 def bits_per_byte(nll: float, n_bytes: float) -> float | None:
     """Total NLL in nats -> bits per UTF-8 byte (None without a byte count)."""
     return nll / math.log(2) / n_bytes if n_bytes else None
+
+
+PPL_CAP_NLL = 700.0
+"""Perplexity is ``exp(min(nll, PPL_CAP_NLL))``: above 700 nats per token (e^700 is about 1e304,
+just under a float's largest) it stays at e^700 rather than overflow or become infinity, which
+strict JSON (the server's answers) cannot carry. No model worth scoring comes near: a uniform
+guess over 65,535 tokens is 11.1 nats."""
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Per-token and per-byte rates of a summed NLL; ``bpb`` is None without a byte count."""
+
+    nll: float  # nats per token
+    ppl: float  # exp(nll), capped at exp(PPL_CAP_NLL)
+    bpb: float | None  # bits per UTF-8 byte
+
+
+def rates(nll_sum: float, targets: float, n_bytes: float) -> Rates:
+    """The one way from summed NLL (nats) over ``targets`` scored tokens, which encode
+    ``n_bytes`` bytes of text, to NLL per token, perplexity and bits per byte."""
+    nll = nll_sum / max(targets, 1)
+    return Rates(nll, math.exp(min(nll, PPL_CAP_NLL)), bits_per_byte(nll_sum, n_bytes))

@@ -32,7 +32,14 @@ def is_temp_of(candidate: Path, target: Path) -> bool:
     return candidate.name.startswith(prefix) and candidate.name[len(prefix) :].isdigit()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or every file under a folder, to disk before a rename publishes it: a power
+    cut then cannot leave a complete-looking file (or checkpoint folder) of empty files."""
+    path = Path(path)
+    if path.is_dir():
+        for entry in path.iterdir():
+            fsync_path(entry)
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -50,7 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
-        _fsync(tmp)
+        fsync_path(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # as a plain open() would have made it
         os.replace(tmp, path)
     except BaseException:

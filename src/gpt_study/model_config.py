@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from gpt_study.errors import UserError
-from gpt_study.fields import AT_LEAST_1, POSITIVE, PROBABILITY, Range, check_ranges, doc
+from gpt_study.fields import (
+    AT_LEAST_1,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    check_choices,
+    check_ranges,
+    doc,
+)
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -68,16 +76,12 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, self.RANGES)
+        check_choices(self)
         if self.d_model % self.n_heads:
             raise UserError(
                 f"--n_heads {self.n_heads} does not divide --d_model {self.d_model}: "
                 "pick a head count that divides the width"
             )
-        for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
-            if getattr(self, name) not in allowed:
-                raise UserError(
-                    f"unknown --{name} {getattr(self, name)!r}: use {' or '.join(allowed)}"
-                )
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise UserError(
                 f"--positions rope rotates pairs of dimensions, but a head has "

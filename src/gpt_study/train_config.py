@@ -16,6 +16,7 @@ from gpt_study.fields import (
     POSITIVE,
     PROBABILITY,
     Range,
+    check_choices,
     check_ranges,
     doc,
     thread_count,
@@ -183,14 +184,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
         check_ranges(self, self.RANGES)
+        check_choices(self)
         if len(self.lr_betas) != 2:
             raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
         if self.lr_schedule == "cosine" and self.min_lr > self.lr:
             raise UserError(f"--min_lr {self.min_lr} is above --lr {self.lr}: lower it")
-        if self.optimizer not in ("adamw", "muon"):
-            raise UserError(f"unknown --optimizer {self.optimizer!r}: use adamw or muon")
-        if self.best_by not in ("loss", "nll"):
-            raise UserError(f"unknown --best_by {self.best_by!r}: use loss or nll")
         if self.study_rows and self.context_size < 2:
             raise UserError("--context_size must be at least 2 with --study_rows")
 

@@ -1,5 +1,9 @@
 """Flags from the config dataclasses: one ``--<field>`` per field, its help the field's ``doc``.
 
+A field's ``choices`` appear in ``--help`` but are not argparse's to refuse: the config's own
+check (:func:`gpt_study.fields.check_choice`) does, with the same line for a flag, a library
+call and a saved config.json.
+
 The study's flag names stay flat (``--lr``, ``--n_layers``, ...): every flag is a field of exactly
 one config section, so :func:`section_overrides` can hand each section the values the user typed.
 """
@@ -12,6 +16,8 @@ import types
 import typing
 from dataclasses import fields
 from typing import Any
+
+from gpt_study.fields import check_choice
 
 
 def _argparse_type(hint: Any) -> tuple[Any, bool]:
@@ -56,15 +62,22 @@ def add_dataclass_args(
             )
         else:
             meta.setdefault("type", typ)  # a field's doc may give its own parser (--threads)
+            choices = meta.pop("choices", None)  # shown here; fields.check_choice refuses
+            if choices is not None:
+                meta.setdefault("metavar", "{" + ",".join(map(str, choices)) + "}")
             group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=help_text, **meta)
 
 
 def dataclass_overrides(
     ns: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """The fields of ``cls`` that the user set on the command line."""
-    return {
-        f.name: getattr(ns, f.name)
+    """The fields of ``cls`` that the user set on the command line, each checked against its
+    choices now: before anything else (a data folder, say) can fail first."""
+    given = [
+        f
         for f in fields(cls)
         if f.name not in skip and f.metadata.get("cli", True) and hasattr(ns, f.name)
-    }
+    ]
+    for f in given:
+        check_choice(f, getattr(ns, f.name))
+    return {f.name: getattr(ns, f.name) for f in given}

@@ -7,13 +7,12 @@ Probabilities are rounded to 6 decimals: a page has no use for more and the answ
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from gpt_study.heldout import bits_per_byte
+from gpt_study.heldout import rates
 from gpt_study.introspect import PieceReader, pieces, query_window, score_ids, trace
 from gpt_study.serve.registry import Served
 
@@ -89,14 +88,13 @@ def _alternatives(tok, ids: torch.Tensor, probs: torch.Tensor) -> list[dict[str,
 
 
 def _summary(nll_sum: float, targets: int, n_bytes: int) -> dict[str, Any]:
-    mean = nll_sum / max(targets, 1)
-    bpb = bits_per_byte(nll_sum, n_bytes)
+    r = rates(nll_sum, targets, n_bytes)
     return {
         "targets": targets,
-        "nll": _r(mean),
-        "ppl": _r(math.exp(min(mean, 50.0))),
+        "nll": _r(r.nll),
+        "ppl": _r(r.ppl),
         "bytes": n_bytes,
-        "bits_per_byte": None if bpb is None else _r(bpb),
+        "bits_per_byte": None if r.bpb is None else _r(r.bpb),
     }
 
 

@@ -129,6 +129,7 @@ def end_of_epoch(r: Run, step: int) -> bool:
         share,
         " | best" if is_best else "",
     )
+    failed = _sample(r, step) if dist.is_main() and tc.sample_tokens > 0 else None
     r.observer.record(
         {
             "kind": "valid",
@@ -137,14 +138,33 @@ def end_of_epoch(r: Run, step: int) -> bool:
             "tokens": step * r.tokens_per_step,
             **v.as_dict(),
             "elapsed_s": state.elapsed_s,
+            **({"sample_error": failed} if failed else {}),
         }
     )
-    if dist.is_main() and tc.sample_tokens > 0:
-        try:
-            log.info("sample: %s", sample_story(r.net, r.tokenizer, r.cfg, r.device, r.dtype))
-        except Exception as e:  # a sample is a nicety; never lose a run to it
-            log.warning("could not write the sample story: %s", e)
     return is_best
+
+
+def _sample(r: Run, step: int) -> str | None:
+    """Log the greedy sample story; if it fails, warn and return the error as ``Type: message``.
+
+    A broken sample must not cost a user the run, nor pass unseen: it is a warning on the
+    console, a ``sample_error`` in the valid row of metrics.jsonl, and, through the log record's
+    ``sample_error`` attribute, a failed test in the project's own tests (tests/conftest.py).
+    """
+    try:
+        log.info("sample: %s", sample_story(r.net, r.tokenizer, r.cfg, r.device, r.dtype))
+    except Exception as e:
+        error = " ".join(f"{type(e).__name__}: {e}".split())  # one line
+        log.warning(
+            "the sample story after step %d failed (%s); training goes on: "
+            "gpt-study generate --checkpoint %s --greedy shows the error in full",
+            step,
+            error,
+            r.save_root / LAST,
+            extra={"sample_error": error},
+        )
+        return error
+    return None
 
 
 def save(r: Run, is_best: bool) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from gpt_study import distributed as dist
 from gpt_study.config import Config, TrainConfig
 from gpt_study.data.dataset import PreparedData
 from gpt_study.generate import generate
-from gpt_study.heldout import Sums, bits_per_byte, score_tokens, scored_bytes
+from gpt_study.heldout import Sums, rates, score_tokens, scored_bytes
 from gpt_study.model import GPT
 from gpt_study.runtime import autocast
 
@@ -63,7 +62,8 @@ def validate(
     * ``loss``: the study's training loss (label smoothing, ``sp_weight``) averaged over targets
       with their weights - what the study called "valid loss";
     * ``nll``: plain cross-entropy, nats per token, every target counted once (``<eot>`` and
-      ``<sot>`` included: ending a story is part of the text); ``ppl = exp(nll)``;
+      ``<sot>`` included: ending a story is part of the text); ``ppl = exp(nll)``
+      (capped, see :func:`gpt_study.heldout.rates`);
     * ``bpb``: total NLL in bits over the UTF-8 bytes of the text those targets encode. The byte
       count comes from ``meta.json`` (``splits.valid.bytes``, the prepared text); when only a
       share of the targets is scored, the bytes are taken in the same share. With the word
@@ -83,13 +83,13 @@ def validate(
     )
     s = Sums.from_list(dist.all_reduce_sum(mine.as_list()))
     targets = len(tokens) - 1
-    mean = s.nll / max(s.targets, 1)
     split_bytes = data.split_meta("valid").get("bytes") or 0
+    r = rates(s.nll, s.targets, scored_bytes(split_bytes, s.targets, targets))
     return Validation(
         loss=s.loss / max(s.weight, 1),
-        nll=mean,
-        ppl=math.exp(min(mean, 700.0)),
-        bpb=bits_per_byte(s.nll, scored_bytes(split_bytes, s.targets, targets)),
+        nll=r.nll,
+        ppl=r.ppl,
+        bpb=r.bpb,
         tokens=int(s.targets),
         fraction=s.targets / targets,
     )
