@@ -1,5 +1,6 @@
 """The quality benchmark's recipes are configs: each ablation arm must switch exactly the option
-it names away from the ``cpu`` preset, or the ablation measures nothing."""
+it names away from the ``cpu`` preset, or the ablation measures nothing. Its stories are the story
+protocol's (test_compare checks they equal evaluate's and compare's for a trained model)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from gpt_study.cli import evaluate as evaluate_cli
 from gpt_study.cli import train as train_cli
+from gpt_study.config import EOT_ID, SOT_ID
+from gpt_study.stories import STORY_PROTOCOL
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 
@@ -69,3 +74,28 @@ def test_seed_table_reports_mean_spread_and_difference_from_cpu():
     assert lines[2] == "| cpu | 2 | 1.1000 | 0.2000 |  |"
     assert lines[3] == "| cpu-untied | 2 | 0.9500 | 0.1000 | -0.1500 |"
     assert bench.seed_table(rows[::2]) == ""  # one seed each: no noise to report
+
+
+def test_evaluate_is_run_with_the_story_protocol(tmp_path):
+    """No story flag is passed, so evaluate's stories are the protocol's (cap 512, its seeds)."""
+    parser = argparse.ArgumentParser()
+    evaluate_cli.configure(parser)
+    args = parser.parse_args(_bench().evaluate_args(tmp_path, threads=1)[1:])
+    assert args.samples is None
+    assert not any(hasattr(args, k) for k in evaluate_cli.PROTOCOL_FLAGS)
+
+
+def test_real_stories_are_held_to_the_protocols_cap(tmp_path):
+    cap = STORY_PROTOCOL.max_new_tokens
+    ids = []
+    for n in (10, cap, cap + 1, 20):  # two short, one at the cap, one past it
+        ids += [SOT_ID, *([7] * n), EOT_ID]
+    np.array(ids, dtype=np.uint16).tofile(tmp_path / "valid.bin")
+    _, _, ended = _bench().real_stories(tmp_path, 8)
+    assert ended == 3 / 4
+
+
+def test_the_eot_column_carries_its_interval():
+    bench = _bench()
+    assert bench.eot_text({"stories": 32, "eot_share": 31 / 32}) == "97% ± 6 (95% CI 84-99%)"
+    assert bench.eot_text({"eot_share": 0.5}) == "50%"  # a row from before the count was kept

@@ -1,8 +1,10 @@
 """compare: settings that differ, figures equal to the metrics files, the PNG, deterministic
-stories (equal to evaluate's), what cannot be compared, and bad input as one line."""
+stories (equal to evaluate's and the quality benchmark's: one story protocol), what cannot be
+compared, and bad input as one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from dataclasses import replace
@@ -26,11 +28,13 @@ from gpt_study.compare import (
 )
 from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
-from gpt_study.evaluate import OPENINGS, evaluate_stories
+from gpt_study.evaluate import evaluate_stories
 from gpt_study.presets import preset_config
+from gpt_study.stories import OPENINGS, STORY_PROTOCOL, write_stories
 from gpt_study.train import build_config, fit
 from gpt_study.train.metrics import read_metrics
 
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 STORIES = StorySettings(openings=2, samples=2, seed=7, max_new_tokens=12)
 
@@ -159,9 +163,30 @@ def test_story_metrics_are_evaluates_on_the_same_openings(runs):
     settings = StorySettings(openings=len(OPENINGS), samples=3, seed=5, max_new_tokens=10)
     ours = compare_stories(loaded, settings)["runs"][0]["metrics"]
     ckpt = load_for_inference(str(runs["a"] / "best"))
-    sample = SampleConfig(seed=5, max_new_tokens=10)
-    theirs = evaluate_stories(ckpt.model, ckpt.tokenizer, sample, 16, samples_per_opening=3)
+    theirs = evaluate_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), 16, settings.protocol())
     assert ours == {k: theirs[k] for k in ours}
+
+
+def test_evaluate_compare_and_the_benchmark_write_the_same_stories(runs, tmp_path):
+    """One protocol: at their defaults, compare (all openings), `gpt-study evaluate` as the
+    quality benchmark runs it, and evaluate_stories write the same stories, capped at 512."""
+    assert StorySettings(openings=len(OPENINGS)).protocol() == STORY_PROTOCOL
+    loaded, _ = load_runs([str(runs["a"]), str(runs["b"])])
+    compared = compare_stories(loaded, StorySettings(openings=len(OPENINGS)))["runs"][0]
+    ckpt = load_for_inference(str(runs["a"] / "best"))
+    written = write_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), 16)
+    assert written.sample.max_new_tokens == 512 and compared["texts"] == written.texts
+    evaluated = evaluate_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), 16)
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shutil.copytree(runs["a"] / "best", tmp_path / "best")
+    assert main(bench.evaluate_args(tmp_path, threads=1) + ["--no_valid"]) == 0
+    benched = json.loads((tmp_path / "eval.json").read_text())["stories"]
+    assert evaluated["examples"] == benched["examples"] == written.texts[:3]
+    assert evaluated["settings_text"] == benched["settings_text"] == compared["settings_text"]
+    for theirs in (evaluated, benched):
+        assert compared["metrics"] == {k: theirs[k] for k in compared["metrics"]}
 
 
 # ---------------------------------------------------------------------------- what cannot compare

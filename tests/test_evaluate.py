@@ -1,4 +1,5 @@
-"""Evaluation: NLL against a hand computation, story metrics on known sequences, the CLI."""
+"""Evaluation: NLL against a hand computation, story metrics on known sequences, the story
+protocol (cap, seeds, interval), the CLI."""
 
 import json
 import math
@@ -10,9 +11,17 @@ import torch
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.cli import main
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.evaluate import evaluate_split, evaluate_tokens, split_metrics, story_metrics
+from gpt_study.evaluate import evaluate_split, evaluate_tokens, split_metrics
 from gpt_study.model import GPT, GPTConfig
 from gpt_study.presets import preset_config
+from gpt_study.stories import (
+    OPENINGS,
+    STORY_PROTOCOL,
+    StoryProtocol,
+    share_text,
+    story_metrics,
+    wilson_interval,
+)
 
 WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()
 VOCAB = ["<unk>", "<sot>", "<eot>"] + WORDS
@@ -66,6 +75,40 @@ def test_story_metrics_on_known_sequences():
     assert m["distinct_2"] == pytest.approx((4 + 9) / (19 + 9))
     assert m["repeated_4gram"] == pytest.approx(13 / (17 + 7))
     assert story_metrics([fresh], [True])["repeated_4gram"] == 0.0
+
+
+def test_the_story_protocol_caps_at_512_and_seeds_each_batch_from_its_offset():
+    assert STORY_PROTOCOL == StoryProtocol()
+    assert STORY_PROTOCOL.max_new_tokens == 512 and STORY_PROTOCOL.seed == 1234
+    assert STORY_PROTOCOL.openings == OPENINGS and len(STORY_PROTOCOL.prompts()) == 32
+    three = StoryProtocol(samples_per_opening=3)  # 48 prompts: a full batch and a part
+    assert [(seed, len(ps)) for seed, ps in three.batches()] == [(1234, 32), (1266, 16)]
+    assert [p for _, ps in three.batches() for p in ps] == three.prompts()
+    assert STORY_PROTOCOL.departures() == []
+    assert three.departures() == ["samples_per_opening 3 (protocol: 2)"]
+    assert StoryProtocol(openings=OPENINGS[:4]).departures() == ["4 of the openings"]
+
+
+# Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I, method 3.
+NEWCOMBE = [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611)]
+NEWCOMBE += [(1, 29, 0.0061, 0.1718)]
+
+
+@pytest.mark.parametrize("k,n,lo,hi", NEWCOMBE)
+def test_wilson_interval_equals_the_published_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=5e-5)
+
+
+def test_eot_share_carries_its_standard_error_and_interval():
+    m = story_metrics([[5, 6]] * 32, [True] * 31 + [False])
+    assert m["eot_share"] == 31 / 32
+    assert m["eot_share_se"] == pytest.approx(math.sqrt(31 / 32 * (1 / 32) / 32))
+    assert m["eot_share_ci"] == pytest.approx(list(wilson_interval(31, 32)))
+    assert m["eot_share_ci"] == pytest.approx([0.8426, 0.9945], abs=5e-5)
+    assert share_text(m) == "97% ± 6 (95% CI 84-99%)"  # 32 stories: about six points
+    old = {"stories": 32, "eot_share": 1.0}  # an evaluate JSON from before the interval
+    assert share_text(old) == "100% ± 0 (95% CI 89-100%)"
 
 
 def write_prepared(folder, tok, n=200, seed=0):
@@ -122,6 +165,24 @@ def test_cli_prints_a_table_and_writes_json(run_folder, capsys):
     assert result["valid"]["tokens"] == 199 and result["stories"]["stories"] == 16
     assert result["stories"]["settings"]["seed"] == 5
     assert result["stories"]["mean_length"] <= 12
+    assert "97%" not in table and " ± " in table  # the share is printed with its interval
+    assert result["stories"]["eot_share_ci"][0] <= result["stories"]["eot_share"]
+    assert result["stories"]["settings_text"].endswith(
+        "not the story protocol: samples_per_opening 1 (protocol: 2), "
+        "max_new_tokens 12 (protocol: 512), seed 5 (protocol: 1234)"
+    )
+
+
+def test_cli_stories_follow_the_protocol_not_the_checkpoint(run_folder):
+    """The checkpoint keeps the sampling default of 256 new tokens and no seed: without story
+    flags evaluate writes the protocol's stories, exactly those of write_stories."""
+    tmp_path, ckpt, _ = run_folder
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--no_valid", "--json", str(out_json)]) == 0
+    stories = json.loads(out_json.read_text())["stories"]
+    assert stories["settings"]["max_new_tokens"] == 512 and stories["settings"]["seed"] == 1234
+    assert stories["stories"] == 32 and stories["settings_text"].endswith("; the story protocol")
+    assert stories["protocol"]["openings"] == len(OPENINGS)
 
 
 def test_cli_rejects_data_with_another_vocabulary(run_folder, capsys):

@@ -7,10 +7,10 @@ Two parts, both printed as one table (``--json`` writes the same numbers to a fi
   "valid loss"), perplexity, bits per byte, next-token accuracy and the ``<unk>`` rate. The
   split is cut into consecutive windows of the training context, as validation in training does,
   so every token after the first is predicted exactly once.
-* **Stories** (:func:`evaluate_stories`): generations from a fixed set of story openings, with
-  the share that end with ``<eot>``, their mean length, distinct-1/2 (Li et al. 2016, "A
-  Diversity-Promoting Objective Function for Neural Conversation Models") and the share of
-  repeated 4-grams, which catches the loops the study's greedy decoding fell into.
+* **Stories** (:func:`evaluate_stories`): the story protocol of :mod:`gpt_study.stories`
+  (fixed openings, up to 512 new tokens, seeded), with the share that end with ``<eot>`` and
+  its 95% interval, their mean length, distinct-1/2 and the share of repeated 4-grams; compare
+  and the quality benchmark measure the same stories the same way.
 
 Bits per byte divides the total NLL (in bits) by the UTF-8 bytes of the cleaned text, so models
 with different tokenizers can be compared. A word vocabulary flatters it: every rare word is one
@@ -19,41 +19,25 @@ cheap ``<unk>`` prediction instead of its letters, so the ``<unk>`` rate is prin
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gpt_study.config import EOT_ID, SampleConfig
+from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.tokenizer import load_tokenizer
 from gpt_study.errors import UserError
-from gpt_study.generate import describe, generate
-from gpt_study.heldout import bits_per_byte, score_tokens, scored_bytes
-
-OPENINGS = (
-    "Once upon a time, there was a little girl named Lily.",
-    "One day, a boy named Tom went to the park with his mom.",
-    "Once upon a time, in a big forest, there lived a small bunny.",
-    "Sam had a red ball. He loved to play with it every day.",
-    "There was a big, friendly dog named Max.",
-    "One sunny morning, Mia found a shiny rock in the garden.",
-    "Tim and his sister wanted to build a tall tower.",
-    "Once upon a time, there was a kind old man who lived in a small house.",
-    "The little bird could not fly yet.",
-    "Anna was sad because it was raining outside.",
-    "Ben saw a big box in the kitchen.",
-    "Once upon a time, there was a cat who liked to climb trees.",
-    "Lucy and her friend went to the beach.",
-    "A little fish lived in a blue pond.",
-    "One day, a girl named Sue found a key.",
-    "",
+from gpt_study.heldout import rates, score_tokens, scored_bytes
+from gpt_study.stories import (
+    OPENINGS,
+    STORY_PROTOCOL,
+    StoryProtocol,
+    share_text,
+    story_metrics,
+    write_stories,
 )
-"""The fixed story openings of :func:`evaluate_stories` (the last one: no prompt, just ``<sot>``)."""
-
 
 # ------------------------------------------------------------------------ held-out text
 
@@ -85,13 +69,12 @@ def split_metrics(sums: dict[str, float], n_bytes: float) -> dict[str, float]:
     """NLL per token, perplexity, bits per byte, accuracy and ``<unk>`` rate from the sums."""
     n = sums["targets"]
     known = n - sums["unk"]
-    nll = sums["nll"] / n
-    bpb = bits_per_byte(sums["nll"], n_bytes)
+    r = rates(sums["nll"], n, n_bytes)
     return {
         "tokens": int(n),
-        "nll": nll,
-        "perplexity": math.exp(nll),
-        "bits_per_byte": float("nan") if bpb is None else bpb,
+        "nll": r.nll,
+        "perplexity": r.ppl,
+        "bits_per_byte": float("nan") if r.bpb is None else r.bpb,
         "bytes": n_bytes,
         "accuracy": sums["correct"] / n,
         "unk_rate": sums["unk"] / n,
@@ -149,74 +132,22 @@ def _check_same_vocabulary(tokenizer: Any, path: Path, folder: Path) -> None:
 # ------------------------------------------------------------------------ stories
 
 
-def ngrams(ids: Sequence[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-
-
-def story_metrics(stories: Sequence[Sequence[int]], finished: Sequence[bool]) -> dict[str, float]:
-    """Measurements of generated token ids (``<eot>`` excluded), one list per story.
-
-    * ``eot_share``: stories that ended with ``<eot>`` before the token limit.
-    * ``mean_length``: generated tokens per story.
-    * ``distinct_1`` / ``distinct_2``: distinct n-grams / all n-grams, pooled over the stories.
-    * ``repeated_4gram``: 4-grams that already occurred earlier in the same story, over all
-      4-grams: 0 for a story that never repeats itself, near 1 for a loop.
-    """
-    bodies = [[t for t in s if t != EOT_ID] for s in stories]
-    out: dict[str, float] = {
-        "stories": len(bodies),
-        "eot_share": sum(finished) / max(len(bodies), 1),
-        "mean_length": sum(map(len, bodies)) / max(len(bodies), 1),
-    }
-    for n in (1, 2):
-        grams = [g for b in bodies for g in ngrams(b, n)]
-        out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
-    repeated = total = 0
-    for b in bodies:
-        grams = ngrams(b, 4)
-        total += len(grams)
-        repeated += len(grams) - len(set(grams))
-    out["repeated_4gram"] = repeated / total if total else 0.0
-    return out
-
-
 def evaluate_stories(
     model: torch.nn.Module,
     tokenizer: Any,
     sample: SampleConfig,
     context_size: int,
-    openings: Sequence[str] = OPENINGS,
-    samples_per_opening: int = 2,
-    batch_size: int = 32,
+    protocol: StoryProtocol = STORY_PROTOCOL,
 ) -> dict[str, Any]:
-    """Generate ``samples_per_opening`` stories from each opening and measure them.
-
-    Sampling is seeded (``sample.seed``, else 1234) so the numbers are reproducible.
-    """
-    sample = SampleConfig(
-        **{**asdict(sample), "seed": 1234 if sample.seed is None else sample.seed}
-    )
-    prompts = [p for p in openings for _ in range(samples_per_opening)]
-    new_ids: list[list[int]] = []
-    finished: list[bool] = []
-    texts: list[str] = []
-    for b in range(0, len(prompts), batch_size):
-        batch_sample = SampleConfig(**{**asdict(sample), "seed": sample.seed + b})
-        res = generate(
-            model, tokenizer, prompts[b : b + batch_size], batch_sample, context_size, warn=_quiet
-        )
-        new_ids += res.new_ids
-        finished += res.finished
-        texts += res.texts
-    out: dict[str, Any] = story_metrics(new_ids, finished)
-    out["settings"] = {**asdict(sample), "context_size": context_size}
-    out["settings_text"] = describe(sample, context_size)
-    out["examples"] = texts[: min(3, len(texts))]
+    """The protocol's stories, decoded with ``sample``'s settings, measured by
+    :func:`~gpt_study.stories.story_metrics`; the protocol sets the cap and the seeds."""
+    written = write_stories(model, tokenizer, sample, context_size, protocol)
+    out: dict[str, Any] = story_metrics(written.new_ids, written.finished)
+    out["settings"] = {**asdict(written.sample), "context_size": context_size}
+    out["settings_text"] = written.settings_text
+    out["protocol"] = protocol.as_dict()
+    out["examples"] = written.texts[: min(3, len(written.texts))]
     return out
-
-
-def _quiet(_: str) -> None:
-    """Openings with words outside a small vocabulary still make fair prompts: no warning."""
 
 
 # ------------------------------------------------------------------------ report
@@ -245,10 +176,11 @@ def format_table(result: dict[str, Any]) -> str:
         ]
     if "stories" in result:
         s = result["stories"]
+        openings = s.get("protocol", {}).get("openings", len(OPENINGS))
         rows += [
-            ("stories", f"{s['stories']} from {len(OPENINGS)} openings"),
+            ("stories", f"{s['stories']} from {openings} openings"),
             ("settings", s["settings_text"]),
-            ("ended with <eot>", f"{s['eot_share']:.0%}"),
+            ("ended with <eot>", share_text(s)),
             ("mean length (tokens)", f"{s['mean_length']:.1f}"),
             ("distinct-1 / distinct-2", f"{s['distinct_1']:.3f} / {s['distinct_2']:.3f}"),
             ("repeated 4-grams", f"{s['repeated_4gram']:.2%}"),

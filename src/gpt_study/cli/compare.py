@@ -7,9 +7,8 @@ import sys
 
 from gpt_study import runtime
 from gpt_study.compare import StorySettings, compare_runs, default_out, format_text
-from gpt_study.compare.stories import DEFAULT_SEED
 from gpt_study.errors import UserError
-from gpt_study.evaluate import OPENINGS
+from gpt_study.stories import OPENINGS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,18 +21,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder for compare.png, compare.md and compare.json (default: <first run's "
         "parent>/compare); other files in it are never touched",
     )
-    parser.add_argument("--samples", type=int, default=2, help="stories per opening (default: 2)")
+    default = StorySettings()  # the story protocol's samples, seed and cap
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=default.samples,
+        help=f"stories per opening (default: {default.samples}, as evaluate)",
+    )
     parser.add_argument(
         "--openings",
         type=int,
-        default=4,
-        help=f"how many of evaluate's {len(OPENINGS)} openings to write from (default: 4)",
+        default=default.openings,
+        help=f"how many of evaluate's {len(OPENINGS)} openings to write from "
+        f"(default: {default.openings})",
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="sampling seed, the same for every run"
+        "--seed",
+        type=int,
+        default=default.seed,
+        help=f"sampling seed, the same for every run (default: {default.seed}, as evaluate)",
     )
     parser.add_argument(
-        "--max_new_tokens", type=int, default=256, help="most tokens per story (default: 256)"
+        "--max_new_tokens",
+        type=int,
+        default=default.max_new_tokens,
+        help=f"most tokens per story (default: {default.max_new_tokens}, the story protocol's "
+        "cap, as evaluate)",
     )
     parser.add_argument(
         "--no_stories", action="store_true", help="figures and curves only (loads no weights)"

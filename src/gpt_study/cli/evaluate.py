@@ -20,7 +20,11 @@ from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
 from gpt_study.evaluate import UNK_NOTE, evaluate_split, evaluate_stories, format_table
 from gpt_study.io import write_json_atomic
+from gpt_study.stories import STORY_PROTOCOL
 from gpt_study.train.setup import data_folder
+
+PROTOCOL_FLAGS = ("max_new_tokens", "seed")
+"""Sampling flags the story protocol owns: a checkpoint's values are not used, a flag's are."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,15 +43,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="read at most this many windows (0: the whole split)",
     )
-    parser.add_argument("--samples", type=int, default=2, help="stories per opening (default: 2)")
+    protocol = STORY_PROTOCOL
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"stories per opening (default: the story protocol's {protocol.samples_per_opening})",
+    )
     parser.add_argument("--no_valid", action="store_true", help="skip the held-out text")
     parser.add_argument("--no_stories", action="store_true", help="skip the story metrics")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    add_dataclass_args(parser, SampleConfig)
+    add_dataclass_args(parser, SampleConfig, skip=PROTOCOL_FLAGS)
+    parser.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"most tokens per story (default: the story protocol's {protocol.max_new_tokens})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"seed of the first batch of stories (default: the story protocol's {protocol.seed})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.samples < 1 or args.max_rows < 0:
+    if args.batch_size < 1 or (args.samples is not None and args.samples < 1) or args.max_rows < 0:
         raise UserError("--batch_size and --samples must be at least 1, --max_rows at least 0")
     if args.no_valid and args.no_stories:
         raise UserError("--no_valid and --no_stories leave nothing to do: drop one of them")
@@ -70,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
         result["valid"]["note"] = UNK_NOTE
     if not args.no_stories:
         sample = sample_settings(ckpt.config.sample, args)
-        result["stories"] = evaluate_stories(
-            ckpt.model, ckpt.tokenizer, sample, window, samples_per_opening=args.samples
+        protocol = STORY_PROTOCOL.overridden(
+            samples_per_opening=args.samples,
+            **{k: getattr(args, k) for k in PROTOCOL_FLAGS if hasattr(args, k)},
         )
+        result["stories"] = evaluate_stories(ckpt.model, ckpt.tokenizer, sample, window, protocol)
     print(format_table(result), flush=True)
     if args.json:
         write_json_atomic(args.json, result)

@@ -18,6 +18,7 @@ from gpt_study.compare.plot import PNG, SOFTWARE
 from gpt_study.compare.runs import format_value
 from gpt_study.errors import UserError
 from gpt_study.io import write_json_atomic, write_text_atomic
+from gpt_study.stories import share_text
 
 MARKDOWN, JSON = "compare.md", "compare.json"
 OWN_FILES = (PNG, MARKDOWN, JSON)
@@ -39,7 +40,7 @@ FIGURES = (
 )
 STORY_FIGURES = (
     ("stories", "stories", "{:.0f}"),
-    ("ended with <eot>", "eot_share", "{:.0%}"),
+    ("ended with <eot>", "eot_share", share_text),  # with its 95% interval
     ("mean length (tokens)", "mean_length", "{:.1f}"),
     ("repeated 4-grams", "repeated_4gram", "{:.2%}"),
     ("distinct-1", "distinct_1", "{:.3f}"),
@@ -68,11 +69,15 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _story_cell(fmt: Any, key: str, metrics: dict[str, Any]) -> str:
+    return fmt(metrics) if callable(fmt) else _cell(fmt, metrics[key])
+
+
 def story_rows(stories: dict[str, Any]) -> list[list[str]]:
     per_run = stories["runs"]
     rows = [["", *(s["run"] for s in per_run)]]
     for label, key, fmt in STORY_FIGURES:
-        rows.append([label, *(_cell(fmt, s["metrics"][key]) for s in per_run)])
+        rows.append([label, *(_story_cell(fmt, key, s["metrics"]) for s in per_run)])
     return rows
 
 
