@@ -17,8 +17,13 @@ from gpt_study.checkpoint import load_checkpoint, save_checkpoint
 from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.generate import generate_ids, greedy_fast, quantize_int8, weight_bytes_per_token
-from gpt_study.generate.decode_fast import FastGreedy
+from gpt_study.generate import (
+    RowDecoder,
+    decode_row,
+    generate_ids,
+    quantize_int8,
+    weight_bytes_per_token,
+)
 from gpt_study.generate.weights import Int8Linear
 from gpt_study.heldout import score_tokens
 from gpt_study.model import GPT
@@ -92,12 +97,18 @@ def hf_greedy(model: GPT, cfg, prompt: list[int], tmp: Path) -> Callable[[int], 
 def compiled_greedy(model: GPT, window: int, prompt: list[int]) -> Callable[[int], list[int]]:
     """The fast loop with its one-token step compiled (dynamic shapes: one graph for every
     length); compiling happens at the first call and is timed here, not in the row."""
-    dec = FastGreedy(model, window)
+    dec = RowDecoder(model, window)
     dec.compile()
     t = time.perf_counter()
-    greedy_fast(model, prompt, 4, window, eot_id=-1, decoder=dec)
+    greedy = SampleConfig(greedy=True, max_new_tokens=4)
+    decode_row(model, prompt, greedy, window, eot_id=-1, decoder=dec)
     print(f"# torch.compile of the fast step: {time.perf_counter() - t:.0f} s")
-    return lambda k: greedy_fast(model, prompt, k, window, eot_id=-1, decoder=dec)[0]
+
+    def run(k: int) -> list[int]:
+        g = SampleConfig(greedy=True, max_new_tokens=k)
+        return decode_row(model, prompt, g, window, eot_id=-1, decoder=dec)[0]
+
+    return run
 
 
 def _prefix(a: list[int], b: list[int]) -> int:
@@ -141,7 +152,7 @@ def nll_table(checkpoint: str, max_rows: int = 400, prompts: int = 16, n: int = 
         base = nll if base is None else base
         c0, toks, same, prefix = time.process_time(), 0, 0, 0
         for p, want in zip(starts, base_ids, strict=True):
-            got = greedy_fast(m, p, n, context)[0]
+            got = decode_row(m, p, greedy, context)[0]
             toks += len(got)
             same += got == want
             prefix += _prefix(got, want)

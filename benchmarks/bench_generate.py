@@ -18,19 +18,23 @@ are tokens per CPU second of this process (with one torch thread: the work done,
 shares the machine) and per wall second. Rows:
 
 * ``study``: the study's model code (benchmarks/reference.py: separate q/k/v, explicit masked
-  softmax, fp32) running the whole sequence (up to its 256 positions) for every token.
+  softmax, fp32) running the whole sequence (up to its 256 positions) for every token; only for
+  presets of the study's shape (``--preset seed``).
 * ``our model ... again``: the same with ``gpt_study.model.GPT`` (fused attention).
-* ``KV cache (general loop)``: ``generate_ids(fast=False)``, the loop made for batches.
-* ``fast loop``: ``greedy_fast``, what ``generate_ids`` runs for one greedy prompt, with fp32,
-  bf16 (``model.to(bfloat16)``) or int8 weight-only (``quantize_int8``) weights.
+* ``KV cache (general loop)``: ``generate_ids(fast=False)``, the loop made for batches, greedy
+  or sampled (the default settings, seed 0).
+* ``fast loop``: ``decode_row``, what ``generate_ids`` runs for one prompt, greedy or sampled,
+  with fp32, bf16 (``model.to(bfloat16)``) or int8 weight-only (``quantize_int8``) weights.
 * ``transformers generate``: the exported folder (``gpt-study export``) loaded with
   ``AutoModelForCausalLM`` and decoded greedily with its own cache, at window 256 (transformers
   does not slide), against gpt-study at the same positions.
 
 ``MB/token`` is the bytes of weights one token reads (``weight_bytes_per_token``); ``GB/s`` that
 times tokens per CPU second, beside the machine's measured copy bandwidth. ``same`` is the share
-of greedy tokens equal to the fp32 cached loop's (random weights make near-ties common, so
-reduced precision changes some; its accuracy is judged by held-out NLL, ``--checkpoint``).
+of tokens equal to the fp32 general loop's at the same window and settings (sampled rows: the
+same seed must give the same tokens; random weights make near-ties common, so reduced precision
+changes some; its accuracy is judged by held-out NLL, ``--checkpoint``). ``--preset cpu`` times
+the demo's model (rotary positions, RMSNorm, SwiGLU, tied; bpe 4,096).
 """
 
 from __future__ import annotations
@@ -51,7 +55,6 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.generate import (
     generate_ids,
-    greedy_fast,
     quantize_int8,
     reference_generate,
     weight_bytes_per_token,
@@ -108,7 +111,7 @@ def print_table(rows: list[Row], copy_gbs: float) -> None:
     base = rows[0].n / statistics.median(rows[0].cpus)
     base_wall = rows[0].n / statistics.median(rows[0].walls)
     print(
-        "\n| batch 1, greedy | tokens/s (CPU) | vs study | tokens/s (wall) | vs study |"
+        "\n| batch 1 | tokens/s (CPU) | vs first | tokens/s (wall) | vs first |"
         f" MB/token | GB/s (copy: {copy_gbs:.1f}) | same |"
         "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
     )
@@ -122,11 +125,17 @@ def print_table(rows: list[Row], copy_gbs: float) -> None:
         )
 
 
+def study_shaped(cfg) -> bool:
+    """Whether the study's own model code (benchmarks/reference.py) can hold this config."""
+    m = cfg.model
+    return (m.positions, m.norm, m.mlp, m.tie_embeddings, m.qk_norm) == (
+        "learned", "layernorm", "gelu", False, False
+    ) and m.bias and m.norm_bias and m.head_bias  # fmt: skip
+
+
 def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row]:
-    """Every batch-1 variant, the study's first."""
-    window, max_len = cfg.train.context_size, cfg.model.max_len
-    study = ReferenceGPT(cfg.model).eval()
-    copy_from(study, model)
+    """Every batch-1 variant, the study's first (where its code holds the model)."""
+    window, max_len = cfg.train.window, cfg.model.max_len
     bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     int8 = quantize_int8(copy.deepcopy(model)).eval()
     fp32_bytes = weight_bytes_per_token(model)
@@ -136,27 +145,29 @@ def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row
     def rerun(m):
         return lambda k: reference_generate(m, PROMPT, k, context_size=None, eot_id=None)[0]
 
-    def general(sample, w):
+    def loop(m, sample, w, fast):
         def run(k: int) -> list[int]:
             s = dataclasses.replace(sample, max_new_tokens=k)
-            return generate_ids(model, [PROMPT], s, context_size=w, eot_id=-1, fast=False).new_ids[
-                0
-            ]
+            out = generate_ids(m, [PROMPT], s, context_size=w, eot_id=-1, fast=fast)
+            return out.new_ids[0]
 
         return run
 
-    def fast(m, w):
-        return lambda k: greedy_fast(m, PROMPT, k, w, eot_id=-1)[0]
-
-    n_hf = min(n, max_len - len(PROMPT))  # transformers cannot go past max_len positions
-    rows = [
-        Row("study: its model, whole sequence again per token", rerun(study), n, fp32_bytes),
+    rows = []
+    if study_shaped(cfg):
+        study = ReferenceGPT(cfg.model).eval()
+        copy_from(study, model)
+        rows.append(
+            Row("study: its model, whole sequence again per token", rerun(study), n, fp32_bytes)
+        )
+    rows += [
         Row("our model (fused attention), whole sequence again", rerun(model), n, fp32_bytes),
-        Row(f"KV cache (general loop), window {window}, fp32", general(greedy, window), n, fp32_bytes),
-        Row(f"KV cache (general loop), window {window}, sampled", general(sampled, window), n, fp32_bytes),
-        Row(f"fast loop, window {window}, fp32", fast(model, window), n, fp32_bytes),
-        Row(f"fast loop, window {window}, bf16 weights", fast(bf16, window), n, weight_bytes_per_token(bf16)),
-        Row(f"fast loop, window {window}, int8 weights", fast(int8, window), n, weight_bytes_per_token(int8)),
+        Row(f"KV cache (general loop), window {window}, fp32", loop(model, greedy, window, False), n, fp32_bytes),
+        Row(f"KV cache (general loop), window {window}, sampled", loop(model, sampled, window, False), n, fp32_bytes),
+        Row(f"fast loop, window {window}, fp32", loop(model, greedy, window, True), n, fp32_bytes),
+        Row(f"fast loop, window {window}, sampled", loop(model, sampled, window, True), n, fp32_bytes),
+        Row(f"fast loop, window {window}, bf16 weights", loop(bf16, greedy, window, True), n, weight_bytes_per_token(bf16)),
+        Row(f"fast loop, window {window}, int8 weights", loop(int8, greedy, window, True), n, weight_bytes_per_token(int8)),
     ]  # fmt: skip
     if args.compile:
         rows.append(
@@ -167,10 +178,11 @@ def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row
                 weight_bytes_per_token(int8),
             )
         )
+    n_hf = min(n, max_len - len(PROMPT))  # transformers cannot go past max_len positions
     rows += [
-        Row(f"KV cache (general loop), window {max_len}, fp32", general(greedy, max_len), n_hf, fp32_bytes),
-        Row(f"fast loop, window {max_len}, fp32", fast(model, max_len), n_hf, fp32_bytes),
-        Row(f"fast loop, window {max_len}, int8 weights", fast(int8, max_len), n_hf, weight_bytes_per_token(int8)),
+        Row(f"KV cache (general loop), window {max_len}, fp32", loop(model, greedy, max_len, False), n_hf, fp32_bytes),
+        Row(f"fast loop, window {max_len}, fp32", loop(model, greedy, max_len, True), n_hf, fp32_bytes),
+        Row(f"fast loop, window {max_len}, int8 weights", loop(int8, greedy, max_len, True), n_hf, weight_bytes_per_token(int8)),
     ]  # fmt: skip
     if not args.no_hf:
         rows.append(
@@ -184,10 +196,30 @@ def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row
     return rows
 
 
+def compare_rows(rows: list[Row], cfg) -> None:
+    """Mark each greedy row against the fp32 general loop at its window; sampled fast against
+    sampled general (the same seed must give the same tokens)."""
+    general = {
+        r.name.split("window ")[1].split(",")[0]: r
+        for r in rows
+        if "general loop" in r.name and "fp32" in r.name
+    }
+    sampled_general = next(r for r in rows if "general loop" in r.name and "sampled" in r.name)
+    for r in rows:
+        if "general loop" in r.name or "whole sequence" in r.name:
+            continue
+        if "sampled" in r.name:
+            r.same_as = sampled_general.ids
+        else:
+            r.same_as = general[r.name.split("window ")[1].split(",")[0]].ids
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="seed")
-    p.add_argument("--vocab_size", type=int, default=30000)
+    p.add_argument(
+        "--vocab_size", type=int, default=None, help="default: 30000 for seed, 4096 (bpe) else"
+    )
     p.add_argument("--new_tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time counts work)")
@@ -198,14 +230,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = preset_config(args.preset, model={"vocab_size": args.vocab_size})
+    vocab = args.vocab_size or (30000 if args.preset == "seed" else 4096)
+    cfg = preset_config(args.preset, model={"vocab_size": vocab})
     torch.manual_seed(0)
     model = GPT(cfg.model).eval()
     n = args.new_tokens
     print(
         f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
         f"preset {args.preset}: {model.num_params():,} parameters, max_len {cfg.model.max_len}, "
-        f"trained context {cfg.train.context_size}; {n} new tokens after a {len(PROMPT)}-token "
+        f"trained window {cfg.train.window}; {n} new tokens after a {len(PROMPT)}-token "
         f"prompt; median of {args.repeats} runs, variants round-robin"
     )
     bw = memory_bandwidth()
@@ -215,16 +248,19 @@ def main() -> None:
     )
     rows = decoding_rows(model, cfg, n, args)
     run_round_robin(rows, args.repeats)
-    fp32_128 = next(r for r in rows if "general loop" in r.name and "fp32" in r.name)
-    fp32_256 = [r for r in rows if "general loop" in r.name and "fp32" in r.name][-1]
-    for r in rows[4:]:
-        if "sampled" not in r.name and "general loop" not in r.name:
-            r.same_as = fp32_256.ids if f"window {cfg.model.max_len}" in r.name else fp32_128.ids
+    compare_rows(rows, cfg)
     print_table(rows, bw["copy"])
-    same_study = rows[1].ids == rows[0].ids
-    print(f"\ngreedy tokens: our model re-run equals the study's model: {same_study}")
+    fast = {r.name: r for r in rows if r.name.startswith("fast loop") and "bf16" not in r.name}
+    g = next(r for k, r in fast.items() if k.endswith(f"window {cfg.train.window}, fp32"))
+    s = next(r for k, r in fast.items() if k.endswith("sampled"))
+    ratio = statistics.median(g.cpus) / statistics.median(s.cpus)
+    print(f"\nsampled batch-1 decoding at {ratio:.0%} of greedy's tokens/s (fast loop, CPU time)")
+    if study_shaped(cfg):
+        print(
+            f"greedy tokens: our model re-run equals the study's model: {rows[1].ids == rows[0].ids}"
+        )
 
-    window = cfg.train.context_size
+    window = cfg.train.window
     greedy, sampled = (
         SampleConfig(greedy=True, max_new_tokens=n),
         SampleConfig(max_new_tokens=n, seed=0),

@@ -13,7 +13,7 @@ from torch import nn
 from gpt_study.config import EOT_ID, SOT_ID, SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.tokenizer import load_tokenizer
-from gpt_study.generate import generate_ids, greedy_fast, quantize_int8, weight_bytes_per_token
+from gpt_study.generate import decode_row, generate_ids, quantize_int8, weight_bytes_per_token
 from gpt_study.generate.weights import Int8Linear
 from gpt_study.heldout import score_tokens
 from gpt_study.model import GPT, GPTConfig
@@ -47,7 +47,7 @@ def test_fast_greedy_equals_the_general_loop(prompt, window, keep, n):
     greedy = SampleConfig(greedy=True, max_new_tokens=n)
     want = generate_ids(model, [prompt], greedy, context_size=window, keep=keep, fast=False)
     seen: list[int] = []
-    new, finished = greedy_fast(model, prompt, n, window, keep=keep, on_token=seen.append)
+    new, finished = decode_row(model, prompt, greedy, window, keep=keep, on_token=seen.append)
     assert new == want.new_ids[0] and finished == want.finished[0] and seen == new
     # generate_ids hands one greedy prompt to the fast path, callback included
     rows: list[tuple[int, int]] = []
@@ -66,8 +66,9 @@ def test_fast_greedy_stops_at_eot():
     model = tiny_model(2)
     with torch.no_grad():
         model.head.bias[EOT_ID] = 1e4
-    assert greedy_fast(model, [SOT_ID, 5], 10, 16) == ([EOT_ID], True)
-    assert greedy_fast(model, [SOT_ID, 5], 10, 16, eot_id=-1)[1] is False
+    greedy = SampleConfig(greedy=True, max_new_tokens=10)
+    assert decode_row(model, [SOT_ID, 5], greedy, 16) == ([EOT_ID], True)
+    assert decode_row(model, [SOT_ID, 5], greedy, 16, eot_id=-1)[1] is False
 
 
 def test_int8_linear_is_close_to_the_float_layer():

@@ -1,12 +1,13 @@
 """Looking inside a model: per-token probabilities, attention weights and the logit lens.
 
-The model's own forward pass (:mod:`gpt_study.model`) runs PyTorch's fused attention, which never
-materialises the attention weights; that is what keeps training and generation fast, and it stays
-untouched. The study views need the weights, so :func:`trace` re-runs the model step by step from
-its own parameters with a plain attention, ``softmax(q k^T / sqrt(d)) v`` under an explicit
-causal mask, that keeps them (BertViz and Ecco read attention the same way: beside the model, not
-inside it). ``tests/test_introspect.py`` checks that its logits equal ``model(ids)`` and its
-weights equal an oracle computed directly.
+The model's forward pass (:mod:`gpt_study.model`) runs PyTorch's fused attention, which never
+materialises the attention weights; that is what keeps training and generation fast. The study
+views need the weights, so :func:`trace` runs the same forward pass with each attention module
+asked for them (its ``keep_weights`` flag: the plain formula ``softmax(q k^T / sqrt(d)) v`` in
+place of the fused kernel, everything else the module's own code), and reads the residual stream
+that the forward pass hands out for the logit lens (as TransformerLens's hook points do). So
+every model option is seen exactly as the model computes it. ``tests/test_introspect.py`` checks
+that its logits equal ``model(ids)`` and its weights equal an oracle computed directly.
 
 Also here, on top of the fused path since they need no weights:
 
@@ -22,7 +23,6 @@ Also here, on top of the fused path since they need no weights:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,52 +61,33 @@ class Trace:
     lens: torch.Tensor
 
 
-def _plain_attention(
-    attn: torch.nn.Module, x: torch.Tensor, pos: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The attention sub-layer of one block on ``x`` (1, T, C) at positions ``pos``, keeping its
-    weights.
-
-    Takes queries, keys and values from :meth:`gpt_study.model.CausalSelfAttention.project` (so
-    rotary positions and qk-norm apply as in the model) and ``proj``; dropout is off, as in
-    evaluation. Returns the sub-layer output (1, T, C) and the weights (nh, T, T).
-    """
-    B, T, C = x.shape
-    q, k, v = attn.project(x, pos)  # 3 x (B, nh, T, hs)
-    hs = q.size(-1)
-    wide = torch.promote_types(q.dtype, torch.float32)  # bfloat16 weights: softmax in float32
-    scores = (q.to(wide) @ k.to(wide).transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-    y = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-    return attn.proj(y), weights[0]
-
-
 @torch.inference_mode()
 def trace(model: GPT, ids: Sequence[int]) -> Trace:
     """Run ``ids`` (at most ``max_len`` tokens, from position 0) keeping attention and the lens.
 
-    Follows :meth:`gpt_study.model.GPT.hidden` block by block (pre-LN: ``x + Attn(LN(x))`` then
-    ``x + MLP(LN(x))``) with :func:`_plain_attention` in place of the fused kernel and no
-    dropout anywhere, as in evaluation, whatever mode the model is in.
+    The model's own forward pass (:meth:`gpt_study.model.GPT.hidden`), with each attention module
+    asked to keep its weights (``keep_weights``: the plain formula instead of the fused kernel,
+    the same projections, norms and positions) and the residual stream collected after every
+    block; no dropout, as in evaluation, whatever mode the model is in.
     """
     T = len(ids)
     if not 1 <= T <= model.config.max_len:
         raise ValueError(f"trace takes 1..{model.config.max_len} tokens, got {T}")
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], device=device)  # (1, T)
-    pos = torch.arange(T, device=device)  # (T,)
-    x = model.tok_emb(idx)  # (1, T, C)
-    if model.pos_emb is not None:  # learned positions; rotary ones act inside attention
-        x = x + model.pos_emb(pos)
-    residuals, weights = [x], []
-    for block in model.blocks:
-        y, w = _plain_attention(block.attn, block.ln1(x), pos)
-        x = x + y
-        mlp = block.mlp
-        x = x + mlp.proj(mlp.act(mlp.fc(block.ln2(x))))  # the MLP, without its dropout
-        residuals.append(x)
-        weights.append(w)
+    attns = [block.attn for block in model.blocks]
+    was_training = model.training
+    model.eval()
+    residuals: list[torch.Tensor] = []
+    try:
+        for a in attns:
+            a.keep_weights = True
+        model.hidden(idx, residuals=residuals)
+        weights = [a.weights[0] for a in attns]  # type: ignore[index]  # (nh, T, T) each
+    finally:
+        for a in attns:
+            a.keep_weights, a.weights = False, None
+        model.train(was_training)
     lens = model.head(model.ln_f(torch.cat(residuals)))  # (L + 1, T, V)
     return Trace(logits=lens[-1], attention=torch.stack(weights), lens=lens)
 

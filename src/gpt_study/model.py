@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt_study.model_config import GPTConfig
-from gpt_study.ops import Dropout, causal_attention
+from gpt_study.ops import Dropout, causal_attention, plain_attention
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]
 
@@ -65,9 +65,10 @@ class KVCache:
         end = self.length + t
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
-        self.k[layer][:, :, self.length : end] = k.to(self.k[layer].dtype)
-        self.v[layer][:, :, self.length : end] = v.to(self.v[layer].dtype)
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        keys, values = self.k[layer], self.v[layer]  # (B, nh, T_max, hs)
+        keys.narrow(2, self.length, t).copy_(k)  # copy_ converts the dtype if it differs
+        values.narrow(2, self.length, t).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def drop_oldest(self, n: int, rows: list[int] | None = None) -> None:
         """Forget the ``n`` oldest positions (and keep only batch ``rows``, if given).
@@ -95,22 +96,43 @@ def make_norm(cfg: GPTConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=1e-5, bias=cfg.norm_bias)
 
 
-def rotate(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary position embedding of ``x`` (B, nh, T, hs) at absolute positions ``pos`` (T,).
+def rope_tables(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, ...]:
+    """Rotary cos and sin (T, hs/2), float32, for absolute positions ``pos`` (T,).
 
-    Pairs (i, i + hs/2) are rotated by ``pos * base^(-2i/hs)`` (the "rotate half" layout that
-    Hugging Face's Llama uses), so ``q . k`` depends on the positions only through ``q - k``.
+    Pair ``(i, i + hs/2)`` turns by ``pos * base^(-2i/hs)``. Computed once per forward pass and
+    shared by every layer (they all rotate at the same positions).
     """
-    hs = x.size(-1)
-    inv = base ** (-torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs)  # (hs/2,)
+    inv = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     angles = pos.to(torch.float32)[:, None] * inv[None, :]  # (T, hs/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, nh, T, hs) by the tables of :func:`rope_tables` (Su et al. 2021).
+
+    The "rotate half" layout that Hugging Face's Llama uses, so ``q . k`` depends on the
+    positions only through ``q - k``.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
 
 
+def rotate(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotary position embedding of ``x`` (B, nh, T, hs) at absolute positions ``pos`` (T,)."""
+    return apply_rope(x, *rope_tables(pos, x.size(-1), base))
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with a causal mask (Vaswani et al. 2017, sec. 3.2)."""
+    """Multi-head self-attention with a causal mask (Vaswani et al. 2017, sec. 3.2).
+
+    The one attention of the package: training, every decoding loop, evaluation and the
+    inspection views all run this module. With :attr:`keep_weights` set (the inspection path,
+    :func:`gpt_study.introspect.trace`) it runs the plain attention of
+    :func:`~gpt_study.ops.plain_attention` instead of the fused kernel and keeps the weights in
+    :attr:`weights`; everything before and after (projections, qk-norm, rotary positions, the
+    cache) is the same code.
+    """
 
     def __init__(self, cfg: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -119,63 +141,67 @@ class CausalSelfAttention(nn.Module):
         # q, k and v in one matmul: the same parameters as three d_model x d_model projections.
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.rope_base = cfg.rope_base if cfg.positions == "rope" else None
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.attention_drop = cfg.attention_drop
         self.residual_drop = Dropout(cfg.residual_drop)
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None  # (B, nh, T, past+T) when keep_weights is set
 
-    def project(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Queries, keys and values (B, nh, T, hs) of ``x`` (B, T, C) at positions ``pos`` (T,),
-        with qk-norm and rotary positions applied: what attention compares. Shared with the
-        inspection path (``gpt_study.introspect``), which needs the weights themselves."""
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None) -> tuple:
+        """Queries, keys and values (B, nh, T, hs) of ``x`` (B, T, C), with qk-norm and the
+        rotary tables ``rope`` (cos, sin) applied: what attention compares."""
         B, T, C = x.shape
-        hs = C // self.n_heads
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope_base is not None:
-            q, k = rotate(q, pos, self.rope_base), rotate(k, pos, self.rope_base)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
     def forward(
         self,
         x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...] | None = None,
         cache: KVCache | None = None,
-        pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``pos`` (T,): absolute positions of ``x``'s rows (default: from the cache, or 0)."""
+        """``x`` (B, T, C): the new positions; their keys and values join ``cache`` if given."""
         B, T, C = x.shape
-        if pos is None:
-            start = cache.position if cache is not None else 0
-            pos = torch.arange(start, start + T, device=x.device)  # (T,)
-        q, k, v = self.project(x, pos)
+        q, k, v = self.project(x, rope)
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.append(self.layer, k, v)  # (B, nh, past+T, hs)
+        y = self._attend(q, k, v, past, mask)  # (B, nh, T, hs)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, nh, T, hs) -> (B, T, C)
+        # Dropout modules are called only in training: in evaluation and decoding they would
+        # return their input, and a module call per sub-layer is a cost per generated token.
+        return self.residual_drop(y) if self.training else y
 
+    def _attend(self, q, k, v, past: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of the T new queries over the past + T keys; (B, nh, T, hs)."""
+        T = q.size(2)
+        if self.keep_weights:
+            if mask is None:  # query i sits at absolute position past + i
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
+            y, self.weights = plain_attention(q, k, v, mask)
+            return y
         drop = self.attention_drop if self.training else 0.0
         if mask is not None:
             # An explicit (T, past+T) mask: the uncached oracle of a slid rotary cache.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        elif past == 0:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        if past == 0:
             # Plain causal attention over the T new positions (training and prompts).
-            y = causal_attention(q, k, v, dropout_p=drop)
-        elif T == 1:
+            return causal_attention(q, k, v, dropout_p=drop)
+        if T == 1:
             # One new token may attend to every stored position: no mask needed.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        else:
-            # Several new tokens after a past: query i sits at absolute position past + i.
-            # is_causal would align the mask top-left, which is wrong when Tq != Tk.
-            causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=drop)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.residual_drop(self.proj(y))
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        # Several new tokens after a past: query i sits at absolute position past + i.
+        # is_causal would align the mask top-left, which is wrong when Tq != Tk.
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=drop)
 
 
 class MLP(nn.Module):
@@ -208,6 +234,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.fc(x))  # (B, T, d_ff)
+        if not self.training:  # no dropout module calls when they would do nothing
+            return self.proj(h)
         return self.residual_drop(self.proj(self.inner_drop(h)))
 
 
@@ -224,11 +252,11 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...] | None = None,
         cache: KVCache | None = None,
-        pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, pos, mask)
+        x = x + self.attn(self.ln1(x), rope, cache, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -266,27 +294,38 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+        residuals: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Final-norm states (B, T, d_model) for token ids ``idx`` (B, T).
 
+        The one forward pass: training, evaluation, every decoding loop and inspection call it.
         With a ``cache``, ``idx`` holds only the new tokens; their positions continue from
         ``cache.position``, and the cache is advanced past them. ``mask`` (T, T, True where a
         query may attend) replaces the causal mask: only the uncached oracle of a slid rotary
-        cache passes one.
+        cache passes one. ``residuals``, if given, receives the residual stream (B, T, C) after
+        the embeddings and after each block: the logit lens reads it.
         """
         B, T = idx.shape
         start = cache.position if cache is not None else 0
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
         if self.pos_emb is not None:
             if start + T > self.config.max_len:
                 raise ValueError(
                     f"positions {start}..{start + T - 1} exceed max_len {self.config.max_len}"
                 )
-            x = x + self.pos_emb(pos)
-        x = self.drop(x)
+            x = x + self.pos_emb.weight[start : start + T]  # rows start.. of the table: (T, C)
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            rope = rope_tables(pos, self.config.head_dim, self.config.rope_base)
+        if self.training:
+            x = self.drop(x)
+        if residuals is not None:
+            residuals.append(x)
         for block in self.blocks:
-            x = block(x, cache, pos, mask)
+            x = block(x, rope, cache, mask)
+            if residuals is not None:
+                residuals.append(x)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)

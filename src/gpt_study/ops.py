@@ -37,6 +37,7 @@ __all__ = [
     "causal_attention",
     "dropout",
     "keep_mask",
+    "plain_attention",
     "use_cpu_path",
     "uses_cpu_dropout",
 ]
@@ -194,3 +195,20 @@ def causal_attention(
     if uses_cpu_dropout(q, dropout_p):
         return _CausalAttentionDropout.apply(q, k, v, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
+def plain_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q k^T / sqrt(hs))`` under ``mask``, times ``v``, keeping the weights.
+
+    q (B, nh, Tq, hs), k and v (B, nh, Tk, hs), mask (Tq, Tk) bool, True where a query may
+    attend. Returns the output (B, nh, Tq, hs) and the weights (B, nh, Tq, Tk), zero where
+    masked. Written out as the textbook formula: the inspection path (which needs the weights
+    the fused kernel never forms) and the tests' oracle for the fused kernels. Reduced-precision
+    inputs get their softmax in float32, as the fused kernels do.
+    """
+    wide = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(wide) @ k.to(wide).transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return (weights.to(v.dtype) @ v), weights

@@ -12,8 +12,9 @@ Pieces, from the inside out, one module each (all re-exported here):
   the sequence for every token), kept as the test oracle and the benchmark baseline.
 * :mod:`~gpt_study.generate.window`: ``segment_start`` and the window and keep sizes, the
   schedule every decoder shares.
-* :mod:`~gpt_study.generate.decode_fast`: ``greedy_fast``, one greedy prompt with as little as
-  possible between the matrix multiplies (``generate_ids`` hands such prompts to it).
+* :mod:`~gpt_study.generate.decode_fast`: ``decode_row``, one prompt (greedy or sampled) with no
+  per-row bookkeeping, through the model's own forward pass (``generate_ids`` hands such
+  prompts to it).
 * :mod:`~gpt_study.generate.weights`: ``quantize_int8``, int8 weight-only linear layers (a
   quarter of the bytes each token reads), and ``weight_bytes_per_token``.
 * :mod:`~gpt_study.generate.text`: ``generate``, text in, text out: cleans and encodes prompts
@@ -36,11 +37,12 @@ positions) it would see alone. Rows that have finished are dropped at the next s
 """
 
 from gpt_study.generate.decode import generate_ids, reference_generate
-from gpt_study.generate.decode_fast import greedy_fast
+from gpt_study.generate.decode_fast import RowDecoder, decode_row
 from gpt_study.generate.sampling import _draw as _draw  # the tests check the draw on its own
 from gpt_study.generate.sampling import (
     apply_repetition_penalty,
     candidates,
+    draw_nucleus,
     filter_top_k,
     filter_top_p,
     next_token,
@@ -59,15 +61,17 @@ from gpt_study.generate.window import segment_start
 
 __all__ = [
     "GenerationResult",
+    "RowDecoder",
     "apply_repetition_penalty",
     "candidates",
+    "decode_row",
     "describe",
+    "draw_nucleus",
     "encode_prompt",
     "filter_top_k",
     "filter_top_p",
     "generate",
     "generate_ids",
-    "greedy_fast",
     "next_token",
     "quantize_int8",
     "raw_tokens",

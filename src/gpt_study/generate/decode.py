@@ -16,25 +16,18 @@ import torch
 
 from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
-from gpt_study.generate.decode_fast import greedy_fast
-from gpt_study.generate.sampling import next_token
-from gpt_study.generate.window import SLIDE_KEEP, keep_size, segment_start, window_size
+from gpt_study.generate.decode_fast import decode_row, last_logits
+from gpt_study.generate.sampling import draw_state, next_token
+from gpt_study.generate.window import SLIDE_KEEP, keep_size, rotary, segment_start, window_size
 from gpt_study.model import GPT, KVCache
 
 __all__ = [
     "SLIDE_KEEP",
     "generate_ids",
+    "reference_logits",
     "reference_generate",
     "segment_start",
 ]
-
-
-def _last_logits(model: torch.nn.Module, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-    """Logits (B, V) of the last position only: the output layer is skipped for the others."""
-    hidden = getattr(model, "hidden", None)
-    if hidden is not None and hasattr(model, "head"):
-        return model.head(hidden(idx, cache)[:, -1])  # (B, d) -> (B, V)
-    return model(idx, cache)[:, -1]
 
 
 @dataclass
@@ -53,7 +46,7 @@ class _Loop:
     seqs: list[list[int]]  # (B, L_i): prompt (cut to the window), then the new tokens
     device: torch.device
     generator: torch.Generator | None
-    seen: torch.Tensor | None  # (B, V) bool, the tokens each row holds, for the penalty
+    seen: torch.Tensor | None  # (B, V) 0/1, the tokens each row holds, for the penalty
     new: list[list[int]]
     done: list[bool]
     finished: list[bool]
@@ -77,15 +70,7 @@ def _setup(
     seqs = [list(p)[-window:] for p in prompts]  # (B, L_i), L_i <= window
     B = len(seqs)
     device = next(model.parameters()).device
-    generator = None
-    if sample.seed is not None and not sample.greedy:
-        generator = torch.Generator(device=device).manual_seed(sample.seed)
-    V = model.config.vocab_size
-    seen = None
-    if sample.repetition_penalty != 1.0 and not sample.greedy:
-        seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-        for i, s in enumerate(seqs):
-            seen[i, torch.tensor(s, device=device)] = True
+    generator, seen = draw_state(sample, seqs, model.config.vocab_size, device)
     return _Loop(
         seqs=seqs,
         device=device,
@@ -104,7 +89,7 @@ def _prefill(model: torch.nn.Module, st: _Loop, window: int) -> torch.Tensor:
     st.pos = min(len(s) for s in st.seqs)
     st.cache = KVCache(model, len(st.seqs), max_len=window)
     idx = torch.tensor([s[: st.pos] for s in st.seqs], device=st.device)  # (B, pos)
-    return _last_logits(model, idx, st.cache)  # (B, V)
+    return last_logits(model, idx, st.cache)  # (B, V)
 
 
 def _choose(
@@ -136,7 +121,7 @@ def _choose(
         if st.kept_logits is not None:
             st.kept_logits[i].append(sub[j].float().cpu())
         if seen is not None:
-            seen[i, tok] = True
+            seen[i, tok] = 1.0
         if on_token is not None:
             on_token(i, tok)
         if tok == eot_id:
@@ -154,7 +139,7 @@ def _slide(model: torch.nn.Module, st: _Loop, window: int, keep: int) -> torch.T
     idx = torch.tensor(
         [st.seqs[i][st.start : st.pos + 1] for i in st.active], device=st.device
     )  # (B_active, keep)
-    return _last_logits(model, idx, st.cache)  # (B_active, V)
+    return last_logits(model, idx, st.cache)  # (B_active, V)
 
 
 def _slide_rotary(
@@ -171,16 +156,12 @@ def _slide_rotary(
     return _step(model, st, eot_id)
 
 
-def rotary(model: torch.nn.Module) -> bool:
-    return getattr(model.config, "positions", "learned") == "rope"
-
-
 def _step(model: torch.nn.Module, st: _Loop, eot_id: int) -> torch.Tensor:
     """Feed every row in the cache its token at ``pos``; logits (B_active, V)."""
     # Finished rows are fed <eot> as filler until the next slide drops them.
     step = [st.seqs[i][st.pos] if not st.done[i] else eot_id for i in st.active]
     idx = torch.tensor(step, device=st.device).view(-1, 1)  # (B_active, 1)
-    return _last_logits(model, idx, st.cache)
+    return last_logits(model, idx, st.cache)
 
 
 @torch.inference_mode()
@@ -197,28 +178,21 @@ def generate_ids(
 ) -> _Ids:
     """Continue each prompt (a list of ids, at least one) until ``<eot>`` or ``max_new_tokens``.
 
-    ``context_size`` is the window the model was trained on (default: its max_len); prompts
-    longer than it keep their last ``context_size`` tokens. ``on_token(row, id)`` is called for
-    every new token as soon as it is chosen. The model is put in eval mode and restored after.
-    One greedy prompt to a :class:`~gpt_study.model.GPT` takes
-    :func:`~gpt_study.generate.decode_fast.greedy_fast` (the same tokens, less bookkeeping per
-    token) unless ``fast`` is off, logits are asked for or the model's positions are rotary (its
-    cache slides by dropping positions, which only this loop does).
+    ``context_size`` is the window (default: the model's trained window, see
+    :func:`~gpt_study.generate.window.window_size`); prompts longer than it keep their last
+    ``context_size`` tokens. ``on_token(row, id)`` is called for every new token as soon as it is
+    chosen. The model is put in eval mode and restored after. One prompt to a
+    :class:`~gpt_study.model.GPT` takes :func:`~gpt_study.generate.decode_fast.decode_row` (the
+    same tokens, greedy or sampled, less bookkeeping per token) unless ``fast`` is off.
     """
     sample = sample or SampleConfig()
-    if (
-        fast
-        and isinstance(model, GPT)
-        and not rotary(model)
-        and len(prompts) == 1
-        and sample.greedy
-        and not return_logits
-    ):
+    if fast and isinstance(model, GPT) and len(prompts) == 1:
         row = None if on_token is None else (lambda tok: on_token(0, tok))
-        new, finished = greedy_fast(
-            model, prompts[0], sample.max_new_tokens, context_size, eot_id, keep, row
+        kept: list[torch.Tensor] | None = [] if return_logits else None
+        new, finished = decode_row(
+            model, prompts[0], sample, context_size, eot_id, keep, row, logits_out=kept
         )
-        return _Ids([new], [finished])
+        return _Ids([new], [finished], None if kept is None else [kept])
     window = window_size(model, context_size)
     keep = keep_size(window, keep)
     st = _setup(model, prompts, sample, window, return_logits)
@@ -262,6 +236,29 @@ def _rotary_oracle(model: torch.nn.Module, seq: list[int], window: int, keep: in
 
 
 @torch.inference_mode()
+def reference_logits(
+    model: torch.nn.Module, seq: Sequence[int], window: int | None, keep: int | None = None
+) -> torch.Tensor:
+    """Float logits (V,) for the token after ``seq`` (the whole sequence so far, prompt cut to
+    the window included) as the cached loops compute them, from an uncached forward pass.
+
+    ``window`` None: the study's way, the last ``max_len`` tokens. Otherwise the sliding schedule
+    of :func:`generate_ids`: learned positions re-encode from :func:`segment_start`; rotary ones
+    see the whole sequence at its absolute positions under the mask of what the cache held.
+    """
+    device = next(model.parameters()).device
+    seq = list(seq)
+    if window is not None and rotary(model):
+        return _rotary_oracle(model, seq, window, keep_size(window, keep))
+    if window is None:
+        s = max(0, len(seq) - model.config.max_len)
+    else:
+        s = segment_start(len(seq), window, keep_size(window, keep))
+    idx = torch.tensor([seq[s:]], device=device)  # (1, T)
+    return model(idx)[0, -1].float()  # all positions computed, the last one used
+
+
+@torch.inference_mode()
 def reference_generate(
     model: torch.nn.Module,
     prompt: Sequence[int],
@@ -279,21 +276,12 @@ def reference_generate(
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
         window = None if context_size is None else window_size(model, context_size)
         seq = list(prompt) if window is None else list(prompt)[-window:]
-        kp = None if window is None else keep_size(window, keep)
         new: list[int] = []
         logits_out: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
-            if window is not None and rotary(model):
-                logits = _rotary_oracle(model, seq, window, kp)  # type: ignore[arg-type]
-            else:
-                s = 0 if window is None else segment_start(len(seq), window, kp)  # type: ignore[arg-type]
-                if window is None:
-                    s = max(0, len(seq) - model.config.max_len)
-                idx = torch.tensor([seq[s:]], device=device)  # (1, T)
-                logits = model(idx)[0, -1].float()  # all positions computed, the last one used
+            logits = reference_logits(model, seq, window, keep)
             tok = int(logits.argmax())
             seq.append(tok)
             new.append(tok)

@@ -6,17 +6,39 @@ Repetition penalty, top-k, top-p (nucleus) and the draw; :func:`next_token` chai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 
 from gpt_study.config import SampleConfig
 
 __all__ = [
     "apply_repetition_penalty",
     "candidates",
+    "draw_nucleus",
+    "draw_state",
     "filter_top_k",
     "filter_top_p",
     "next_token",
 ]
+
+
+def draw_state(
+    sample: SampleConfig, seqs: Sequence[Sequence[int]], vocab_size: int, device: torch.device
+) -> tuple[torch.Generator | None, torch.Tensor | None]:
+    """What a decoding loop keeps between draws: the seeded generator (None: greedy, or no
+    seed) and the (B, V) 0/1 mask of the tokens each row holds, for the repetition penalty
+    (None when it is off). Both loops start from here, so a seed gives them the same tokens."""
+    generator = None
+    if sample.seed is not None and not sample.greedy:
+        generator = torch.Generator(device=device).manual_seed(sample.seed)
+    seen = None
+    if sample.repetition_penalty != 1.0 and not sample.greedy:
+        seen = torch.zeros(len(seqs), vocab_size, device=device)  # float: no conversion per token
+        for i, s in enumerate(seqs):
+            seen[i, torch.tensor(list(s), device=device, dtype=torch.long)] = 1.0
+    return generator, seen
 
 
 def apply_repetition_penalty(
@@ -24,13 +46,19 @@ def apply_repetition_penalty(
 ) -> torch.Tensor:
     """Make tokens already in the row less likely (Keskar et al. 2019, CTRL, sec. 4.1).
 
-    ``logits`` (B, V), ``seen`` (B, V) bool. A seen token's logit is divided by ``penalty`` when
-    positive and multiplied by it when negative, so it always moves down for ``penalty > 1``.
+    ``logits`` (B, V); ``seen`` (B, V), 1 (or True) where the row holds the token. A seen
+    token's logit is divided by ``penalty`` when positive and multiplied by it when negative, so
+    it always moves down for ``penalty > 1``. Written as one factor per logit,
+    ``1 + seen * (a * sign(logit) + b)``, which is ``1 / penalty`` or ``penalty`` on seen tokens
+    and 1 elsewhere: float arithmetic only, several times cheaper on a CPU than comparisons
+    and selects over the vocabulary at every token.
     """
     if penalty == 1.0:
         return logits
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    a = (1.0 / penalty - penalty) / 2.0
+    b = (1.0 / penalty + penalty) / 2.0 - 1.0
+    held = seen.to(logits.dtype)  # (B, V), 0 or 1
+    return logits * torch.sign(logits).mul_(a).add_(b).mul_(held).add_(1.0)
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -63,41 +91,93 @@ def candidates(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The tokens that top-k and then top-p allow: (weights (B, K), ids (B, K)), likeliest first.
 
-    The same sets as :func:`filter_top_k` followed by :func:`filter_top_p`, without sorting the
-    whole vocabulary: with top-p alone, the nucleus almost always lies among the 128 likeliest
-    tokens, so only those are ranked; a row whose 128 likeliest hold less than ``p`` is sorted
-    in full (the result is exact). Weights are probabilities, zero outside the set, and the set
-    is a prefix of each row. ``None`` when neither filter is on.
+    The same sets as :func:`filter_top_k` followed by :func:`filter_top_p`, ranked: with top-k,
+    only the ``k`` likeliest are sorted; without it the whole vocabulary is (the slow, exact
+    fallback of :func:`draw_nucleus`). Weights are probabilities, zero outside the set, and the
+    set is a prefix of each row. ``None`` when neither filter is on.
     """
     V = logits.size(-1)
     if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
         return None
-    if top_k > 0:
-        vals, ids = torch.topk(logits, min(top_k, V), dim=-1)  # (B, k), descending
+    if 0 < top_k < V:
+        vals, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), descending
         probs = torch.softmax(vals, dim=-1)  # top-p then works on the renormalised top-k
     else:
-        vals, ids = torch.topk(logits, min(V, 128), dim=-1)  # (B, 128), descending
-        log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
-        probs = torch.exp(vals - log_z)
-        wide = probs.sum(-1) < top_p  # (B,) rows whose nucleus is wider than 128 tokens
-        if bool(wide.any()):
-            full_vals, full_ids = torch.sort(logits[wide], dim=-1, descending=True)  # (W, V)
-            pad = V - vals.size(1)
-            ids = torch.nn.functional.pad(ids, (0, pad))  # (B, V); padding has weight 0
-            probs = torch.nn.functional.pad(probs, (0, pad))
-            ids[wide] = full_ids
-            probs[wide] = torch.exp(full_vals - log_z[wide])
+        vals, ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = torch.softmax(vals, dim=-1)
     if top_p < 1.0:
         before = torch.cumsum(probs, dim=-1) - probs
         probs = probs.masked_fill(before >= top_p, 0.0)
     return probs, ids
 
 
+def draw_nucleus(
+    logits: torch.Tensor, top_p: float, generator: torch.Generator | None, tries: int = 16
+) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V) from the top-``p`` nucleus, without sorting.
+
+    Rejection sampling: draw from the whole softmax, keep the draw if the tokens likelier than
+    it hold less than ``p`` (so it is in the nucleus), else draw again. The kept draws follow the
+    nucleus renormalised, exactly the distribution of :func:`filter_top_p` then a draw (ties at
+    the nucleus edge are all kept); each try succeeds with probability >= ``p``. A full sort
+    costs far more than a few passes over the vocabulary on a CPU (``docs/generate.md``), and a
+    near-uniform row (an untrained model) has a nucleus of most of the vocabulary. Rows still
+    refused after ``tries`` draws (a tiny ``p``) take the sorted way. Returns (B,) ids.
+    """
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    cdf = torch.cumsum(probs, dim=-1)  # (B, V)
+    tok, ok = _try_nucleus(probs, cdf, top_p, generator)  # (B,), (B,)
+    if bool(ok.all()):  # the usual case: every row drawn at the first try
+        return tok
+    out = tok.clone()
+    todo = torch.arange(probs.size(0), device=probs.device)  # rows not yet drawn
+    for _ in range(tries - 1):
+        out[todo[ok]] = tok[ok]
+        todo, probs, cdf = todo[~ok], probs[~ok], cdf[~ok]
+        if todo.numel() == 0:
+            return out
+        tok, ok = _try_nucleus(probs, cdf, top_p, generator)
+    out[todo[ok]] = tok[ok]
+    todo = todo[~ok]
+    if todo.numel():
+        weights, ids = candidates(logits[todo], 0, top_p)  # type: ignore[misc]
+        out[todo] = ids.gather(-1, _draw(weights, generator))[:, 0]
+    return out
+
+
+def _try_nucleus(
+    probs: torch.Tensor, cdf: torch.Tensor, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw per row from ``probs`` (n, V) by its ``cdf``, and whether it is in the nucleus:
+    (ids (n,), ok (n,) bool).
+
+    The draw compares a uniform number with the cdf unscaled: a softmax sums to 1 within
+    rounding, and a draw past the end lands on the last token, which the nucleus test then
+    refuses unless it belongs. In the nucleus means: the tokens likelier than the draw hold
+    less than ``top_p``. One row (batch-1 decoding, every generated token) reads that mass
+    with :func:`torch.nn.functional.threshold` on host scalars: four small operations instead of
+    a dozen, which is most of the cost of a sampled token on a CPU. Several rows get it as the
+    sum of ``(p - p_tok)`` over likelier tokens plus ``p_tok`` times their count.
+    """
+    n, V = probs.shape
+    u = torch.rand(n, 1, generator=generator, device=probs.device)  # (n, 1)
+    tok = torch.searchsorted(cdf, u, right=True).clamp_(max=V - 1)  # (n, 1)
+    if n == 1:
+        row = probs[0]  # (V,)
+        p_tok = float(row[int(tok)])
+        ok = float(F.threshold(row, p_tok, 0.0).sum()) < top_p  # mass strictly above the draw
+        return tok[:, 0], torch.tensor([ok], device=probs.device)
+    p_tok = probs.gather(1, tok)  # (n, 1)
+    over = (probs - p_tok).clamp_(min=0.0)  # (n, V)
+    likelier = over.sum(-1) + p_tok[:, 0] * over.sign_().sum(-1)  # (n,)
+    return tok[:, 0], likelier < top_p
+
+
 def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One index per row of ``weights`` (B, K), drawn in proportion to them (inverse CDF).
 
-    The non-zero weights must form a prefix of each row, as :func:`candidates` returns them;
-    cheaper than ``torch.multinomial`` for a handful of tokens per row.
+    The non-zero weights must form a prefix of each row, as :func:`candidates` returns them (a
+    whole softmax qualifies); several times cheaper than ``torch.multinomial`` on a CPU.
     """
     cdf = torch.cumsum(weights, dim=-1)  # (B, K)
     u = torch.rand(weights.size(0), 1, generator=generator, device=weights.device)  # (B, 1)
@@ -124,10 +204,11 @@ def next_token(
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, sample.repetition_penalty)
     logits = logits / sample.temperature
-    allowed = candidates(logits, sample.top_k, sample.top_p)
-    if allowed is None:
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-    weights, ids = allowed  # (B, K) each
+    V = logits.size(-1)
+    if sample.top_k <= 0 or sample.top_k >= V:
+        if sample.top_p < 1.0:
+            return draw_nucleus(logits, sample.top_p, generator)  # (B,)
+        return _draw(torch.softmax(logits, dim=-1), generator)[:, 0]  # (B,)
+    weights, ids = candidates(logits, sample.top_k, sample.top_p)  # type: ignore[misc]  # (B, K)
     pick = _draw(weights, generator)  # (B, 1), index into K
     return ids.gather(-1, pick).squeeze(-1)  # (B,)

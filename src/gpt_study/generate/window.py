@@ -14,7 +14,7 @@ import torch
 
 from gpt_study.errors import UserError
 
-__all__ = ["SLIDE_KEEP", "keep_size", "segment_start", "window_size"]
+__all__ = ["SLIDE_KEEP", "keep_size", "rotary", "segment_start", "window_size"]
 
 SLIDE_KEEP = 0.75
 """Share of the window kept (and re-encoded) when generation slides past its end."""
@@ -48,3 +48,9 @@ def segment_start(n: int, window: int, keep: int) -> int:
         if m - s > window:
             s = m - keep
     return s
+
+
+def rotary(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s positions are rotary: its cache then slides by dropping the oldest
+    positions (a rotary key depends only on its distance to the query) instead of re-encoding."""
+    return getattr(model.config, "positions", "learned") == "rope"

@@ -1,0 +1,231 @@
+"""Every model option, every path that runs the model, the same numbers.
+
+One matrix: each option combination of tests/test_model_options.py and each preset (its options
+on a tiny model), through every decoder and view that runs the model: the batch-1 fast loop, the
+general loop, sampled decoding, a batch of prompts of different lengths, bf16 and int8 weights,
+``introspect.trace``, the serve API's stream and the exported transformers model. Each is held
+to the uncached forward pass (tokens, and logits within a stated tolerance). Windows are short
+so that every generation slides at least twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from gpt_study.checkpoint import save_checkpoint
+from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
+from gpt_study.data.tokenizer import WordTokenizer
+from gpt_study.errors import UserError
+from gpt_study.generate import decode_row, generate_ids, quantize_int8, reference_generate
+from gpt_study.generate.decode import reference_logits
+from gpt_study.introspect import trace
+from gpt_study.model import GPT
+from gpt_study.presets import preset_config
+from serve_fixtures import VOCAB
+from test_model_options import BASE, OPTIONS
+
+V = len(VOCAB)
+SIZES = {**BASE, "vocab_size": V}
+WINDOW = 12  # positions up to 32: 30 new tokens slide the window at least twice
+PROMPT = [SOT_ID, 5, 9, 17, 4]
+N = 30
+FP32 = dict(rtol=1e-5, atol=1e-4)  # cached against uncached fp32 logits (magnitudes ~10-40)
+
+
+def _configs() -> dict[str, GPTConfig]:
+    out = {name: GPTConfig(**{**SIZES, **opts}) for name, opts in OPTIONS.items()}
+    for preset in ("seed", "tiny", "cpu"):
+        options = dataclasses.asdict(preset_config(preset).model)
+        out[f"preset {preset}"] = GPTConfig(**{**options, **SIZES})
+    return out
+
+
+CONFIGS = _configs()
+
+
+def make_model(name: str) -> GPT:
+    """A model of ``name``'s options whose greedy choices are not near-ties, whose gains and
+    biases differ from 1 and 0, and whose sub-layers move the residual stream as much as the
+    embeddings do (at the 0.02 init they barely do): a path that computed any layer otherwise, a
+    norm, an activation or a bias, changes the tokens."""
+    torch.manual_seed(0)
+    model = GPT(CONFIGS[name]).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+        for pname, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+            elif pname.startswith("blocks."):  # sub-layers as loud as the residual stream
+                p.mul_(10)
+        if model.head.bias is not None:
+            model.head.bias[EOT_ID] = -1e4  # stories run to N tokens, through the slides
+        else:
+            model.tok_emb.weight[EOT_ID] = 0.0
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model(request):
+    return make_model(request.param)
+
+
+def test_the_matrix_covers_every_option_value():
+    """A new option value must join the matrix: every choice of every model option appears."""
+    for f in dataclasses.fields(GPTConfig):
+        choices = f.metadata.get("choices")
+        if choices:
+            seen = {getattr(c, f.name) for c in CONFIGS.values()}
+            assert seen >= set(choices), f"{f.name}: {set(choices) - seen} not in the matrix"
+    for name in ("tie_embeddings", "bias", "norm_bias", "head_bias", "qk_norm"):
+        assert {getattr(c, name) for c in CONFIGS.values()} == {True, False}, name
+
+
+def test_greedy_loops_equal_the_uncached_forward(model):
+    want, want_logits = reference_generate(model, PROMPT, N, context_size=WINDOW, eot_id=EOT_ID)
+    greedy = SampleConfig(greedy=True, max_new_tokens=N)
+    for fast in (True, False):  # the batch-1 loop (the default for one prompt) and the general
+        got = generate_ids(model, [PROMPT], greedy, WINDOW, return_logits=True, fast=fast)
+        assert got.new_ids[0] == want, f"fast={fast}"
+        torch.testing.assert_close(torch.stack(got.logits[0]), torch.stack(want_logits), **FP32)
+    assert decode_row(model, PROMPT, greedy, WINDOW)[0] == want
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        SampleConfig(seed=3, max_new_tokens=N),  # the defaults: top-p 0.95, temperature, penalty
+        SampleConfig(seed=4, max_new_tokens=N, top_k=5, top_p=0.8, repetition_penalty=1.3),
+        SampleConfig(seed=5, max_new_tokens=N, top_p=1.0, repetition_penalty=1.0),
+    ],
+    ids=["defaults", "top-k", "plain"],
+)
+def test_sampled_fast_loop_equals_the_general_loop(model, sample):
+    fast = generate_ids(model, [PROMPT], sample, WINDOW, return_logits=True)
+    general = generate_ids(model, [PROMPT], sample, WINDOW, return_logits=True, fast=False)
+    assert fast.new_ids == general.new_ids
+    # and each draw was made from the uncached forward's logits (teacher forcing)
+    seq = list(PROMPT)
+    for tok, logits in zip(fast.new_ids[0], fast.logits[0], strict=True):
+        torch.testing.assert_close(logits, reference_logits(model, seq, WINDOW), **FP32)
+        seq.append(tok)
+
+
+def test_a_batch_of_prompts_of_different_lengths(model):
+    prompts = [[SOT_ID], PROMPT, [SOT_ID] + [3 + i % 40 for i in range(20)]]  # the last > window
+    greedy = SampleConfig(greedy=True, max_new_tokens=N)
+    got = generate_ids(model, prompts, greedy, WINDOW, fast=False)
+    for p, row in zip(prompts, got.new_ids, strict=True):
+        assert row == reference_generate(model, p, N, context_size=WINDOW)[0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_against_its_own_uncached_forward(model, precision):
+    """bf16 and int8 weights change the logits; the cache must not change them further. Each
+    step's logits are compared with the same weights' uncached forward of the same sequence, and
+    each greedy token must be the uncached argmax, or tie with it within the tolerance."""
+    m = copy.deepcopy(model)
+    m = m.to(torch.bfloat16) if precision == "bf16" else quantize_int8(m)
+    # Of the largest logit: bf16 rounds each product; int8 also quantizes activations in the
+    # uncached pass (from 16 rows on, by design) and not in one-token steps.
+    share = 0.02 if precision == "bf16" else 0.04
+    tol = share * float(torch.stack(reference_generate(model, PROMPT, 1)[1]).abs().max())
+    greedy = SampleConfig(greedy=True, max_new_tokens=N)
+    got = generate_ids(m, [PROMPT], greedy, WINDOW, return_logits=True)
+    seq = list(PROMPT)
+    for tok, logits in zip(got.new_ids[0], got.logits[0], strict=True):
+        want = reference_logits(m, seq, WINDOW)
+        assert (logits - want).abs().max() < tol
+        assert want[tok] >= want.max() - tol
+        seq.append(tok)
+
+
+def test_trace_computes_the_forward_pass(model):
+    ids = PROMPT + [3 + i % 40 for i in range(20)]
+    t = trace(model, ids)
+    with torch.inference_mode():
+        want = model(torch.tensor([ids]))[0]
+    torch.testing.assert_close(t.logits, want, **FP32)
+    torch.testing.assert_close(t.lens[-1], want, **FP32)
+    torch.testing.assert_close(t.attention.sum(-1), torch.ones(t.attention.shape[:-1]))
+    assert not model.blocks[0].attn.keep_weights  # the flag is put back
+
+
+@pytest.fixture(scope="module")
+def served(model, tmp_path_factory):
+    pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
+    from fastapi.testclient import TestClient
+
+    from gpt_study.serve.app import create_app
+    from gpt_study.serve.limits import Limits
+    from gpt_study.serve.registry import Models, Runs
+
+    tmp = tmp_path_factory.mktemp("matrix")
+    WordTokenizer(VOCAB).save(tmp / "tok.json")
+    cfg = preset_config("tiny", train={"context_size": WINDOW})
+    cfg = dataclasses.replace(cfg, model=model.config)
+    path = save_checkpoint(tmp / "ckpt", model, cfg, tmp / "tok.json", {"step": 1})
+    models = Models.load([str(path)], device="cpu")
+    with TestClient(create_app(models, Runs(None), Limits(max_new_tokens=N))) as client:
+        yield client
+
+
+def test_the_serve_stream_writes_the_uncached_tokens(model, served):
+    import json
+
+    for body in (
+        {"prompt": "once upon a time", "greedy": True, "max_new_tokens": N},
+        {"prompt": "lily", "seed": 7, "max_new_tokens": N},
+    ):
+        events = [
+            json.loads(line) for line in served.post("/api/generate", json=body).text.splitlines()
+        ]
+        start, tokens = events[0], [e["id"] for e in events if e["type"] == "token"]
+        assert events[-1]["type"] == "done", events[-1]
+        window, prompt = start["window"], start["prompt_ids"]
+        if body.get("greedy"):
+            want = reference_generate(model, prompt, N, context_size=window, eot_id=EOT_ID)[0]
+        else:
+            sample = SampleConfig(**start["settings"])
+            want = generate_ids(model, [prompt], sample, window, fast=False).new_ids[0]
+        assert tokens == want
+
+
+def test_the_exported_model_computes_the_forward_pass(model):
+    transformers = pytest.importorskip("transformers", reason="the export extra")
+    from gpt_study.export.hf import choose_layout, hf_config, hf_weights, needs_remote_code
+
+    try:
+        layout = choose_layout(model.config)
+    except UserError as e:  # no transformers class computes this option: refused, not wrong
+        assert "no transformers layout fits" in str(e)
+        return
+    remote = needs_remote_code(model)  # a head bias: the exported folder's own GPT-2 class
+    conf = hf_config(model, layout, remote)
+    conf.pop("auto_map", None)
+    if remote:
+        from gpt_study.export.modeling_gpt_study import GPTStudyConfig, GPTStudyForCausalLM
+
+        hf = GPTStudyForCausalLM(GPTStudyConfig(**conf)).eval()
+    else:
+        hf_conf = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
+        hf = transformers.AutoModelForCausalLM.from_config(hf_conf).eval()
+    missing, unexpected = hf.load_state_dict(hf_weights(model, layout, remote), strict=False)
+    assert not unexpected and all("rotary" in k or "lm_head" in k for k in missing), missing
+    hf.tie_weights()
+    ids = torch.tensor([PROMPT + [3 + i % 40 for i in range(20)]])
+    with torch.inference_mode():
+        diff = (hf(ids).logits - model(ids)).abs().max().item()
+    assert diff < 1e-4
+    # greedy at the model's positions (transformers does not slide): the uncached tokens
+    n = model.config.max_len - len(PROMPT)
+    want = reference_generate(model, PROMPT, n, context_size=model.config.max_len)[0]
+    gen = transformers.GenerationConfig(
+        do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=EOT_ID
+    )
+    with torch.inference_mode():
+        out = hf.generate(torch.tensor([PROMPT]), generation_config=gen)
+    assert out[0, len(PROMPT) :].tolist() == want
