@@ -125,7 +125,7 @@ def nll_table(checkpoint: str, max_rows: int = 400, prompts: int = 16, n: int = 
     int8 is scored twice: as evaluation runs it (many rows: int8 activations too) and as a
     decoding step multiplies (bf16 activations, int8 weights)."""
     ckpt = load_checkpoint(checkpoint)
-    model, context = ckpt.model.eval(), ckpt.config.train.context_size
+    model, context = ckpt.model.eval(), ckpt.window
     valid = open_prepared(ckpt.config.train.data).tokens("valid")
     int8 = quantize_int8(copy.deepcopy(model)).eval()
     variants = [

@@ -143,12 +143,12 @@ def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row
     sampled = SampleConfig(max_new_tokens=n, seed=0)
 
     def rerun(m):
-        return lambda k: reference_generate(m, PROMPT, k, context_size=None, eot_id=None)[0]
+        return lambda k: reference_generate(m, PROMPT, k, window=None, eot_id=None)[0]
 
     def loop(m, sample, w, fast):
         def run(k: int) -> list[int]:
             s = dataclasses.replace(sample, max_new_tokens=k)
-            out = generate_ids(m, [PROMPT], s, context_size=w, eot_id=-1, fast=fast)
+            out = generate_ids(m, [PROMPT], s, window=w, eot_id=-1, fast=fast)
             return out.new_ids[0]
 
         return run

@@ -157,7 +157,7 @@ def summarise(name: str, seed: int, root: Path) -> dict:
         "minutes": minutes,
         "tokens_per_s": tokens / max(minutes * 60, 1e-9),
         "params": GPT(cfg.model).num_params(),
-        "train_flops": flops_per_token(cfg.model, cfg.train.context_size) * tokens,
+        "train_flops": flops_per_token(cfg.model, cfg.train.window) * tokens,
         "steps": state["step"],
         "mean_length": ev["stories"]["mean_length"],
         "curve": [(r["elapsed_s"] / 60, r["valid_bpb"]) for r in valid],

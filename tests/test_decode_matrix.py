@@ -85,7 +85,7 @@ def test_the_matrix_covers_every_option_value():
 
 
 def test_greedy_loops_equal_the_uncached_forward(model):
-    want, want_logits = reference_generate(model, PROMPT, N, context_size=WINDOW, eot_id=EOT_ID)
+    want, want_logits = reference_generate(model, PROMPT, N, window=WINDOW, eot_id=EOT_ID)
     greedy = SampleConfig(greedy=True, max_new_tokens=N)
     for fast in (True, False):  # the batch-1 loop (the default for one prompt) and the general
         got = generate_ids(model, [PROMPT], greedy, WINDOW, return_logits=True, fast=fast)
@@ -119,7 +119,7 @@ def test_a_batch_of_prompts_of_different_lengths(model):
     greedy = SampleConfig(greedy=True, max_new_tokens=N)
     got = generate_ids(model, prompts, greedy, WINDOW, fast=False)
     for p, row in zip(prompts, got.new_ids, strict=True):
-        assert row == reference_generate(model, p, N, context_size=WINDOW)[0]
+        assert row == reference_generate(model, p, N, window=WINDOW)[0]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -187,7 +187,7 @@ def test_the_serve_stream_writes_the_uncached_tokens(model, served):
         assert events[-1]["type"] == "done", events[-1]
         window, prompt = start["window"], start["prompt_ids"]
         if body.get("greedy"):
-            want = reference_generate(model, prompt, N, context_size=window, eot_id=EOT_ID)[0]
+            want = reference_generate(model, prompt, N, window=window, eot_id=EOT_ID)[0]
         else:
             sample = SampleConfig(**start["settings"])
             want = generate_ids(model, [prompt], sample, window, fast=False).new_ids[0]
@@ -222,7 +222,7 @@ def test_the_exported_model_computes_the_forward_pass(model):
     assert diff < 1e-4
     # greedy at the model's positions (transformers does not slide): the uncached tokens
     n = model.config.max_len - len(PROMPT)
-    want = reference_generate(model, PROMPT, n, context_size=model.config.max_len)[0]
+    want = reference_generate(model, PROMPT, n, window=model.config.max_len)[0]
     gen = transformers.GenerationConfig(
         do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=EOT_ID
     )

@@ -128,12 +128,12 @@ def test_evaluate_split_reads_a_prepared_folder(tmp_path):
     tok = WordTokenizer(VOCAB)
     data = write_prepared(tmp_path / "data", tok)
     model = tiny_model()
-    full = evaluate_split(model, data, context_size=8, tokenizer=tok)
+    full = evaluate_split(model, data, window=8, tokenizer=tok)
     sums = evaluate_tokens(model, np.fromfile(data / "valid.bin", dtype=np.uint16), 8)
     assert full["tokens"] == 199 and full["nll"] == pytest.approx(sums["nll"] / 199)
     assert full["bits_per_byte"] == pytest.approx(sums["nll"] / math.log(2) / 800)
     assert not full["bytes_estimated"]
-    part = evaluate_split(model, data, context_size=8, max_rows=5, tokenizer=tok)
+    part = evaluate_split(model, data, window=8, max_rows=5, tokenizer=tok)
     assert part["tokens"] == 40 and part["bytes_estimated"]
     assert part["bytes"] == pytest.approx(800 * 40 / 199)
 

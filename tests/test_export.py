@@ -141,7 +141,7 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
     prompt = ours.tokenizer.encode("once upon a time", sot=True)
     n = 24 - len(prompt)  # inside the trained window, where gpt-study does not slide
     greedy = SampleConfig(greedy=True, max_new_tokens=n)
-    want = generate_ids(ours.model, [prompt], greedy, context_size=24, eot_id=EOT_ID).new_ids[0]
+    want = generate_ids(ours.model, [prompt], greedy, window=24, eot_id=EOT_ID).new_ids[0]
     ids = torch.tensor([prompt])
     got = hf.generate(
         ids, attention_mask=torch.ones_like(ids), generation_config=greedy_config(transformers, n)

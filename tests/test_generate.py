@@ -19,6 +19,7 @@ from gpt_study.generate import (
     reference_generate,
     segment_start,
 )
+from gpt_study.generate.window import resolve_window
 from gpt_study.model import GPT, GPTConfig
 from gpt_study.presets import preset_config
 
@@ -46,7 +47,7 @@ def tok():
 def test_cached_equals_uncached_tokens_and_logits():
     model = tiny_model()
     prompt = [SOT_ID, 5, 9, 17, 4]
-    got = generate_ids(model, [prompt], GREEDY, context_size=32, return_logits=True)
+    got = generate_ids(model, [prompt], GREEDY, window=32, return_logits=True)
     want, want_logits = reference_generate(model, prompt, 27)  # fills the 32 positions exactly
     assert got.new_ids[0][:27] == want
     torch.testing.assert_close(
@@ -59,8 +60,8 @@ def test_window_slides_like_the_uncached_oracle(window, keep):
     # 40 new tokens after a 5-token prompt run far past the window (and past max_len 32).
     model = tiny_model(1)
     prompt = [SOT_ID, 5, 9, 17, 4]
-    got = generate_ids(model, [prompt], GREEDY, context_size=window, keep=keep, return_logits=True)
-    want, want_logits = reference_generate(model, prompt, 40, context_size=window, keep=keep)
+    got = generate_ids(model, [prompt], GREEDY, window=window, keep=keep, return_logits=True)
+    want, want_logits = reference_generate(model, prompt, 40, window=window, keep=keep)
     assert len(got.new_ids[0]) == 40
     assert got.new_ids[0] == want
     torch.testing.assert_close(
@@ -70,7 +71,7 @@ def test_window_slides_like_the_uncached_oracle(window, keep):
 
 def test_keep_equal_to_window_is_a_plain_sliding_window():
     model = tiny_model(2)
-    got = generate_ids(model, [[SOT_ID, 7]], GREEDY, context_size=10, keep=10, return_logits=True)
+    got = generate_ids(model, [[SOT_ID, 7]], GREEDY, window=10, keep=10, return_logits=True)
     seq = [SOT_ID, 7]
     for step in range(40):  # oracle: always the last 10 tokens, at positions 0..9
         logits = model(torch.tensor([seq[-10:]]))[0, -1]
@@ -86,8 +87,8 @@ def test_segment_schedule():
 def test_long_prompt_keeps_its_most_recent_tokens():
     model = tiny_model(3)
     prompt = [SOT_ID] + [3 + i % 50 for i in range(40)]  # 41 tokens, window 16
-    got = generate_ids(model, [prompt], GREEDY, context_size=16)
-    assert got.new_ids == generate_ids(model, [prompt[-16:]], GREEDY, context_size=16).new_ids
+    got = generate_ids(model, [prompt], GREEDY, window=16)
+    assert got.new_ids == generate_ids(model, [prompt[-16:]], GREEDY, window=16).new_ids
 
 
 def test_batch_of_uneven_prompts_equals_one_at_a_time():
@@ -95,8 +96,8 @@ def test_batch_of_uneven_prompts_equals_one_at_a_time():
     prompts = [[SOT_ID], [SOT_ID, 5, 6, 7, 8, 9, 10, 11, 12], [SOT_ID, 20, 21, 22]]
     penalised_argmax = SampleConfig(top_k=1, max_new_tokens=30, repetition_penalty=1.3)
     for sample in (GREEDY, penalised_argmax):
-        batch = generate_ids(model, prompts, sample, context_size=12).new_ids
-        alone = [generate_ids(model, [p], sample, context_size=12).new_ids[0] for p in prompts]
+        batch = generate_ids(model, prompts, sample, window=12).new_ids
+        alone = [generate_ids(model, [p], sample, window=12).new_ids[0] for p in prompts]
         assert batch == alone
 
 
@@ -105,11 +106,11 @@ def test_stops_at_eot_and_at_max_new_tokens():
     prompts = [[SOT_ID, 5], [SOT_ID, 9, 10]]
     with torch.no_grad():
         model.head.bias[EOT_ID] = 1e4  # <eot> always wins: stop after one token
-    res = generate_ids(model, prompts, GREEDY, context_size=32)
+    res = generate_ids(model, prompts, GREEDY, window=32)
     assert res.new_ids == [[EOT_ID], [EOT_ID]] and res.finished == [True, True]
     with torch.no_grad():
         model.head.bias[EOT_ID] = -1e4  # never: stop at max_new_tokens
-    res = generate_ids(model, prompts, SampleConfig(max_new_tokens=7, seed=0), context_size=8)
+    res = generate_ids(model, prompts, SampleConfig(max_new_tokens=7, seed=0), window=8)
     assert [len(r) for r in res.new_ids] == [7, 7] and res.finished == [False, False]
 
 
@@ -124,8 +125,8 @@ def test_rows_stop_independently():
     top = int(logits.argmax())
     with torch.no_grad():
         model.head.bias[EOT_ID] = logits[top] + 1  # <eot> wins after [sot, 5] ...
-    res = generate_ids(model, [[SOT_ID, 5], [SOT_ID, 9, 10]], GREEDY, context_size=8)
-    alone = generate_ids(model, [[SOT_ID, 9, 10]], GREEDY, context_size=8)
+    res = generate_ids(model, [[SOT_ID, 5], [SOT_ID, 9, 10]], GREEDY, window=8)
+    alone = generate_ids(model, [[SOT_ID, 9, 10]], GREEDY, window=8)
     assert res.new_ids[0] == [EOT_ID] and res.finished[0]
     assert res.new_ids[1] == alone.new_ids[0]
 
@@ -133,10 +134,10 @@ def test_rows_stop_independently():
 def test_seeded_sampling_is_reproducible():
     model = tiny_model(7)
     sample = SampleConfig(temperature=1.5, top_p=1.0, seed=42, max_new_tokens=30)
-    a = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, context_size=16).new_ids
-    b = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, context_size=16).new_ids
+    a = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, window=16).new_ids
+    b = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, window=16).new_ids
     sample.seed = 43
-    c = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, context_size=16).new_ids
+    c = generate_ids(model, [[SOT_ID], [SOT_ID, 5]], sample, window=16).new_ids
     assert a == b and a != c
 
 
@@ -213,11 +214,11 @@ def test_draw_follows_the_weights():
 
 def test_greedy_is_the_studys_plain_argmax():
     model = tiny_model(10)
-    plain = generate_ids(model, [[SOT_ID, 5]], GREEDY, context_size=16).new_ids
+    plain = generate_ids(model, [[SOT_ID, 5]], GREEDY, window=16).new_ids
     penalised = SampleConfig(greedy=True, max_new_tokens=40, repetition_penalty=1.5)
-    assert generate_ids(model, [[SOT_ID, 5]], penalised, context_size=16).new_ids == plain
+    assert generate_ids(model, [[SOT_ID, 5]], penalised, window=16).new_ids == plain
     argmax_with_penalty = SampleConfig(top_k=1, max_new_tokens=40, repetition_penalty=1.5)
-    assert generate_ids(model, [[SOT_ID, 5]], argmax_with_penalty, context_size=16).new_ids != plain
+    assert generate_ids(model, [[SOT_ID, 5]], argmax_with_penalty, window=16).new_ids != plain
 
 
 def test_repetition_penalty_lowers_seen_tokens_only():
@@ -235,7 +236,7 @@ def test_text_api_oov_empty_and_streaming(tok):
         tok,
         ["Once upon a time, a zebra", "", "Lily liked the giraffe"],
         SampleConfig(seed=3, max_new_tokens=12),
-        context_size=16,
+        window=16,
         stream=lambda row, text: pieces[row].append(text),
         warn=notes.append,
     )
@@ -255,12 +256,38 @@ def test_vocab_mismatch_is_one_clear_error(tok):
     model = tiny_model(9)
     small = WordTokenizer(VOCAB[:40])
     with pytest.raises(UserError, match="tokenizer has 40 tokens but the model expects 60"):
-        generate(model, small, "once", context_size=16)
+        generate(model, small, "once", window=16)
 
 
 def test_bad_window_is_rejected():
-    with pytest.raises(UserError, match="context_size"):
-        generate_ids(tiny_model(), [[SOT_ID]], GREEDY, context_size=64)
+    with pytest.raises(UserError, match="--window 64 is longer than the 32 positions"):
+        generate_ids(tiny_model(), [[SOT_ID]], GREEDY, window=64)
+    with pytest.raises(UserError, match="--window 0 is out of range"):
+        generate_ids(tiny_model(), [[SOT_ID]], GREEDY, window=0)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_the_trained_window_is_the_default_and_the_limit(positions):
+    """One rule for every reader of a model: the trained window by default; longer is refused
+    for learned positions (nothing trained there) and allowed with a note for rotary ones."""
+    cfg = GPTConfig(vocab_size=60, max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4,
+                    positions=positions)  # fmt: skip
+    model = GPT(cfg).eval()
+    assert resolve_window(model, None) == (32, None)  # never trained: its positions
+    model.trained_window = 12
+    assert resolve_window(model, None) == (12, None) and resolve_window(model, 8) == (8, None)
+    if positions == "learned":
+        with pytest.raises(
+            UserError, match="longer than the 12 positions this model was trained on"
+        ):
+            resolve_window(model, 20)
+        return
+    w, note = resolve_window(model, 20)
+    assert w == 20 and "longer than the 12 positions" in note
+    notes: list[str] = []
+    tok = WordTokenizer(VOCAB)
+    generate(model, tok, "once", SampleConfig(greedy=True, max_new_tokens=3), 20, warn=notes.append)
+    assert any("rotary positions go on" in n for n in notes)
 
 
 def _write_checkpoint(tmp_path, tok):

@@ -45,7 +45,7 @@ def tiny_model(seed=0, max_len=32):
 def test_fast_greedy_equals_the_general_loop(prompt, window, keep, n):
     model = tiny_model(1)
     greedy = SampleConfig(greedy=True, max_new_tokens=n)
-    want = generate_ids(model, [prompt], greedy, context_size=window, keep=keep, fast=False)
+    want = generate_ids(model, [prompt], greedy, window=window, keep=keep, fast=False)
     seen: list[int] = []
     new, finished = decode_row(model, prompt, greedy, window, keep=keep, on_token=seen.append)
     assert new == want.new_ids[0] and finished == want.finished[0] and seen == new
@@ -55,7 +55,7 @@ def test_fast_greedy_equals_the_general_loop(prompt, window, keep, n):
         model,
         [prompt],
         greedy,
-        context_size=window,
+        window=window,
         keep=keep,
         on_token=lambda r, t: rows.append((r, t)),
     )
@@ -137,7 +137,7 @@ def test_int8_and_bf16_weights_keep_valid_nll_within_half_a_percent(tiny_prepare
     valid = np.asarray(data.tokens("valid"))
 
     def nll(m):
-        s = score_tokens(m, valid, context_size=32)
+        s = score_tokens(m, valid, window=32)
         return s.nll / s.targets
 
     base = nll(model)

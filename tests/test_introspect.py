@@ -115,9 +115,9 @@ def test_scores_sum_to_the_held_out_scorer():
     model = _model(seed=2, dtype=torch.float32)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, V, size=45).tolist()
-    scores = score_ids(model, ids, context_size=8, top_k=3)
+    scores = score_ids(model, ids, window=8, top_k=3)
     assert scores.nll.shape == (44,) and scores.top_ids.shape == (44, 3)
-    sums = score_tokens(model, np.asarray(ids), context_size=8)
+    sums = score_tokens(model, np.asarray(ids), window=8)
     assert math.isclose(float(scores.nll.sum()), sums.nll, rel_tol=1e-5)
     torch.testing.assert_close(scores.prob, torch.exp(-scores.nll))
     assert torch.all(scores.top_probs[:, 0] >= scores.prob - 1e-6)  # top-1 is at least the target

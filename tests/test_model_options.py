@@ -94,8 +94,8 @@ def test_cached_generation_equals_the_uncached_oracle_across_slides(name):
     m = GPT(cfg_of(name)).eval()
     prompt = [1, 5, 9, 3, 7]
     sample = SampleConfig(greedy=True, max_new_tokens=48)
-    out = generate_ids(m, [prompt], sample, context_size=16, eot_id=-1, return_logits=True)
-    want, want_logits = reference_generate(m, prompt, 48, context_size=16, eot_id=None)
+    out = generate_ids(m, [prompt], sample, window=16, eot_id=-1, return_logits=True)
+    want, want_logits = reference_generate(m, prompt, 48, window=16, eot_id=None)
     assert out.new_ids[0] == want
     for got, ref in zip(out.logits[0], want_logits, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
@@ -106,9 +106,9 @@ def test_rotary_batches_of_different_prompts_equal_each_alone():
     m = GPT(cfg_of("modern")).eval()
     prompts = [[1, 4], [1, 8, 8, 2, 9, 3, 6]]
     sample = SampleConfig(greedy=True, max_new_tokens=30)
-    both = generate_ids(m, prompts, sample, context_size=12)
+    both = generate_ids(m, prompts, sample, window=12)
     for i, p in enumerate(prompts):
-        alone = generate_ids(m, [p], sample, context_size=12)
+        alone = generate_ids(m, [p], sample, window=12)
         assert both.new_ids[i] == alone.new_ids[0]
 
 

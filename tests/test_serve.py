@@ -78,7 +78,7 @@ def test_generate_streams_tokens_then_done(client, models):
         served.checkpoint.model,
         [start["prompt_ids"]],
         SampleConfig(greedy=True, max_new_tokens=12),
-        context_size=16,
+        window=16,
     ).new_ids[0]
     assert [e["id"] for e in tokens] == want == done["ids"][len(start["prompt_ids"]) :]
     assert done["new_tokens"] == len(want) and done["seconds"] >= 0

@@ -175,7 +175,8 @@ def test_generate_greedy_ignores_the_temperature(run, capsys):
     "flags,message",
     [
         (["--max_new_tokens", "0"], "--max_new_tokens 0 is out of range: use a value >= 1"),
-        (["--context_size", "0"], "--context_size 0 is out of range: use a value in [1, 32]"),
+        (["--context_size", "0"], "--window 0 is out of range: use a window of at least 1"),
+        (["--window", "17"], "--window 17 is longer than the 16 positions this model was trained"),
         (["--temperature", "-1"], "or --greedy"),
         (["--top_p", "0"], "--top_p 0.0 is out of range: use a value in (0, 1]"),
     ],
@@ -183,6 +184,13 @@ def test_generate_greedy_ignores_the_temperature(run, capsys):
 def test_generate_refuses_bad_flags(run, capsys, flags, message):
     err = refused(["generate", "--checkpoint", str(run / "best"), *flags], capsys, run)
     assert message in err and err.count("--") <= 2, err
+
+
+def test_the_window_defaults_to_the_trained_one_and_context_size_is_its_alias(run, capsys):
+    base = ["generate", "--checkpoint", str(run / "best"), "--greedy", "--max_new_tokens", "2"]
+    for flags, window in (([], 16), (["--context_size", "8"], 8), (["--window", "12"], 12)):
+        assert main(base + flags) == 0
+        assert f"window {window}" in capsys.readouterr().err
 
 
 def test_evaluate_from_another_directory(run, tmp_path, monkeypatch, capsys):

@@ -58,6 +58,13 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None = None
     path: Path | None = None
 
+    @property
+    def window(self) -> int:
+        """The input positions the model was trained on: what generation, evaluation, serving
+        and export read by default (``--window`` changes it, within
+        :func:`gpt_study.generate.window.resolve_window`'s rule)."""
+        return self.config.train.window
+
 
 def unwrap(model: torch.nn.Module) -> GPT:
     """The plain GPT inside DDP / torch.compile wrappers, so saved keys never carry prefixes."""
@@ -191,6 +198,7 @@ def load_checkpoint(
             f"{config.model.vocab_size}: the folder mixes files from different runs"
         )
     model = GPT(config.model)
+    model.trained_window = config.train.window
     weights = _read_weights(path / WEIGHTS, str(device))
     own = model.state_dict()
     wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]

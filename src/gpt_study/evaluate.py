@@ -45,7 +45,7 @@ from gpt_study.stories import (
 def evaluate_tokens(
     model: torch.nn.Module,
     tokens: Any,
-    context_size: int,
+    window: int,
     batch_size: int = 16,
     max_rows: int = 0,
     progress: bool | None = False,
@@ -54,14 +54,12 @@ def evaluate_tokens(
 
     Returns ``targets``, ``nll`` (sum), ``correct``, ``unk`` and ``nll_known`` (the NLL of the
     targets that are not ``<unk>``), from the held-out scorer training validates with
-    (:func:`gpt_study.heldout.score_tokens`). Windows of ``context_size`` inputs overlap by one
+    (:func:`gpt_study.heldout.score_tokens`). Windows of ``window`` inputs overlap by one
     token, so each token after the first is a target once; ``max_rows`` > 0 spreads that many
     windows evenly over the stream instead.
     """
     dtype = next(model.parameters()).dtype
-    sums = score_tokens(
-        model, tokens, context_size, batch_size, max_rows, dtype=dtype, progress=progress
-    )
+    sums = score_tokens(model, tokens, window, batch_size, max_rows, dtype=dtype, progress=progress)
     return sums.as_dict()
 
 
@@ -85,7 +83,7 @@ def split_metrics(sums: dict[str, float], n_bytes: float) -> dict[str, float]:
 def evaluate_split(
     model: torch.nn.Module,
     data_folder: str | Path,
-    context_size: int,
+    window: int,
     split: str = "valid",
     batch_size: int = 16,
     max_rows: int = 0,
@@ -102,7 +100,7 @@ def evaluate_split(
     if tokenizer is not None:
         _check_same_vocabulary(tokenizer, data.tokenizer_path, data.folder)
     tokens = data.tokens(split)
-    sums = evaluate_tokens(model, tokens, context_size, batch_size, max_rows, progress)
+    sums = evaluate_tokens(model, tokens, window, batch_size, max_rows, progress)
     meta = data.split_meta(split)
     total_targets = max(len(tokens) - 1, 1)
     n_bytes = scored_bytes(meta.get("bytes", 0), sums["targets"], total_targets)
@@ -136,14 +134,14 @@ def evaluate_stories(
     model: torch.nn.Module,
     tokenizer: Any,
     sample: SampleConfig,
-    context_size: int,
+    window: int,
     protocol: StoryProtocol = STORY_PROTOCOL,
 ) -> dict[str, Any]:
     """The protocol's stories, decoded with ``sample``'s settings, measured by
     :func:`~gpt_study.stories.story_metrics`; the protocol sets the cap and the seeds."""
-    written = write_stories(model, tokenizer, sample, context_size, protocol)
+    written = write_stories(model, tokenizer, sample, window, protocol)
     out: dict[str, Any] = story_metrics(written.new_ids, written.finished)
-    out["settings"] = {**asdict(written.sample), "context_size": context_size}
+    out["settings"] = {**asdict(written.sample), "context_size": window}
     out["settings_text"] = written.settings_text
     out["protocol"] = protocol.as_dict()
     out["examples"] = written.texts[: min(3, len(written.texts))]

@@ -1,8 +1,8 @@
 """One scorer of held-out text, used by training's validation and by ``gpt-study evaluate``.
 
-Both cut a token stream into windows of ``context_size + 1`` tokens that overlap by one
+Both cut a token stream into windows of ``window + 1`` tokens that overlap by one
 (:func:`~gpt_study.data.dataset.eval_windows`), so each target is scored once with between 1 and
-``context_size`` tokens of context, and add up the same sums: plain NLL (no smoothing, no
+``window`` tokens of context, and add up the same sums: plain NLL (no smoothing, no
 weights), correct next-token guesses, ``<unk>`` targets, and the study's training loss (label
 smoothing, ``sp_weight``) with its weights. Bits per byte divides the NLL in bits by the UTF-8
 bytes of the text the scored targets encode (:func:`bits_per_byte`); :func:`rates` turns the
@@ -54,7 +54,7 @@ class Sums:
 def score_tokens(
     model: torch.nn.Module,
     tokens: np.ndarray,
-    context_size: int,
+    window: int,
     batch_size: int = 16,
     max_rows: int = 0,
     *,
@@ -74,7 +74,7 @@ def score_tokens(
         raise UserError("the split holds fewer than 2 tokens: prepare more text")
     device = str(next(model.parameters()).device)
     rank, world = shard
-    windows = eval_windows(len(tokens), context_size, max_rows)[rank::world]
+    windows = eval_windows(len(tokens), window, max_rows)[rank::world]
     batches: Any = iter_eval_batches(tokens, windows, batch_size)
     if progress is not False:
         total = math.ceil(len(windows) / batch_size)

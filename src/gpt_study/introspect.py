@@ -13,7 +13,7 @@ Also here, on top of the fused path since they need no weights:
 
 * :func:`score_ids`: the probability the model gave each token of a text and its likeliest
   alternatives, scored in the windows validation uses (each token predicted once, with between
-  1 and ``context_size`` tokens of context), so numbers agree with ``gpt-study evaluate``.
+  1 and ``window`` tokens of context), so numbers agree with ``gpt-study evaluate``.
 * :func:`text_ids`: a pasted text encoded as ``prepare`` encodes stories (``<sot> ... <eot>``
   per story, stories split on ``<|endoftext|>`` lines) and the UTF-8 bytes bits per byte divides
   by (:func:`gpt_study.heldout.bits_per_byte`).
@@ -92,13 +92,13 @@ def trace(model: GPT, ids: Sequence[int]) -> Trace:
     return Trace(logits=lens[-1], attention=torch.stack(weights), lens=lens)
 
 
-def query_window(position: int, context_size: int) -> int:
+def query_window(position: int, window: int) -> int:
     """First token of the window in which token ``position`` is read as an input.
 
-    The windows of :func:`score_ids` (consecutive, ``context_size`` inputs each), so attention
+    The windows of :func:`score_ids` (consecutive, ``window`` inputs each), so attention
     shown for a token is the attention that scored the token after it.
     """
-    return (position // context_size) * context_size
+    return (position // window) * window
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Scores:
 
 
 @torch.inference_mode()
-def score_ids(model: GPT, ids: Sequence[int], context_size: int, top_k: int = 5) -> Scores:
+def score_ids(model: GPT, ids: Sequence[int], window: int, top_k: int = 5) -> Scores:
     """Score every token of ``ids`` after the first, in validation's windows (fused path, in
     eval mode like validation)."""
     if len(ids) < 2:
@@ -128,10 +128,10 @@ def score_ids(model: GPT, ids: Sequence[int], context_size: int, top_k: int = 5)
     was_training = model.training
     model.eval()
     try:
-        for start, length in eval_windows(len(ids), context_size):
-            window = tokens[start : start + length]
-            logp = F.log_softmax(model(window[None, :-1])[0].float(), dim=-1)  # (t, V)
-            target = window[1:, None]  # (t, 1)
+        for start, length in eval_windows(len(ids), window):
+            part = tokens[start : start + length]
+            logp = F.log_softmax(model(part[None, :-1])[0].float(), dim=-1)  # (t, V)
+            target = part[1:, None]  # (t, 1)
             nll = -logp.gather(-1, target)[:, 0]
             top = logp.topk(k, dim=-1)
             parts.append((nll, top.indices, top.values.exp()))

@@ -266,6 +266,9 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.config = cfg
+        # The input positions the weights were trained on, where known: loading a checkpoint and
+        # training set it; decoding and scoring default to it (gpt_study.generate.window).
+        self.trained_window: int | None = None
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = (
             nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None

@@ -128,7 +128,7 @@ def write_stories(
     model: torch.nn.Module,
     tokenizer: Any,
     sample: SampleConfig,
-    context_size: int,
+    window: int,
     protocol: StoryProtocol = STORY_PROTOCOL,
 ) -> Stories:
     """The protocol's stories from ``model``, decoded with ``sample``'s settings.
@@ -142,15 +142,13 @@ def write_stories(
     new_ids: list[list[int]] = []
     finished: list[bool] = []
     for seed, prompts in protocol.batches():
-        res = generate(
-            model, tokenizer, prompts, replace(sample, seed=seed), context_size, warn=_quiet
-        )
+        res = generate(model, tokenizer, prompts, replace(sample, seed=seed), window, warn=_quiet)
         texts += res.texts
         new_ids += res.new_ids
         finished += res.finished
     away = protocol.departures()
     note = f"not the story protocol: {', '.join(away)}" if away else "the story protocol"
-    text = f"{describe(sample, context_size)}; {note}"
+    text = f"{describe(sample, window)}; {note}"
     return Stories(texts, new_ids, finished, sample, text)
 
 

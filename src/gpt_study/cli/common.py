@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 
 from gpt_study import runtime
 from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.cli.flags import dataclass_overrides
 from gpt_study.config import SampleConfig
-from gpt_study.errors import UserError
 from gpt_study.generate.weights import quantize_int8
+from gpt_study.generate.window import resolve_window
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +40,13 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "(batch-1 decoding about 3x faster on a CPU; held-out NLL within 0.5%%, see docs/export.md)",
     )
     parser.add_argument(
-        "--context_size",
+        "--window",
+        "--context_size",  # the study's name, kept so its commands read true
+        dest="window",
         type=int,
         default=None,
-        help="window in tokens (default: the window the model was trained on)",
+        help="positions the model reads, in tokens (default: the window it was trained on; "
+        "longer is refused for learned positions, allowed with a note for rotary ones)",
     )
     parser.add_argument(
         "--threads",
@@ -73,18 +77,12 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
 
 
 def window(args: argparse.Namespace, ckpt: Checkpoint) -> int:
-    """``--context_size``, else the window the checkpoint was trained with; checked against the
-    model's position table."""
-    trained = ckpt.config.train.window
-    if args.context_size is None:
-        return trained
-    max_len = ckpt.config.model.max_len
-    if not 1 <= args.context_size <= max_len:
-        raise UserError(
-            f"--context_size {args.context_size} is out of range: use a value in [1, {max_len}] "
-            f"(the model's positions; it was trained on {trained})"
-        )
-    return args.context_size
+    """``--window`` (or ``--context_size``), else the window the checkpoint was trained on,
+    checked by :func:`gpt_study.generate.window.resolve_window`; its note goes to stderr."""
+    w, note = resolve_window(ckpt.model, args.window)
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
+    return w
 
 
 def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfig:

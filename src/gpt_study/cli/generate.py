@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             tok,
             batch,
             sample,
-            context_size=window,
+            window=window,
             stream=(lambda row, text: write(text) if row == 0 else None) if streaming else None,
             warn=warn,
         )

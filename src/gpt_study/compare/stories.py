@@ -48,7 +48,7 @@ class StorySettings:
 def run_stories(run: RunData, settings: StorySettings) -> dict[str, Any]:
     """Stories of ``run``'s best checkpoint, one per prompt, with :func:`story_metrics`."""
     ckpt = load_for_inference(str(run.best_checkpoint), settings.device)
-    window = ckpt.config.train.context_size
+    window = ckpt.window
     written = write_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), window, settings.protocol())
     return {
         "run": run.name,

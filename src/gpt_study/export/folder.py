@@ -147,7 +147,7 @@ def export_hf(
     tmp.mkdir()
     try:
         _write_files(tmp, ckpt, layout, remote, hf_tok)
-        window = ckpt.config.train.context_size
+        window = ckpt.window
         checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, window, list(_SAMPLES))
         if not checked.logits_diff < LOGITS_TOLERANCE:
             raise UserError(
@@ -185,5 +185,5 @@ def _record(result: ExportResult, ckpt: Checkpoint) -> dict[str, Any]:
         "transformers_version": c.version,
         "logits_max_abs_diff": c.logits_diff,
         "greedy_tokens_equal": c.greedy_equal,
-        "context_size": ckpt.config.train.context_size,
+        "context_size": ckpt.window,  # the window it was trained on (the study's name)
     }

@@ -66,7 +66,7 @@ def readme(result: Any, ckpt: Any) -> str:
         if cfg.model.positions == "rope"
         else "re-encodes the most recent tokens from position 0"
     )
-    window = cfg.train.context_size
+    window = ckpt.window
     return f"""# gpt-study model, exported for transformers
 
 Exported by gpt-study from `{ckpt.path}` (step {ckpt.state.get("step")}).

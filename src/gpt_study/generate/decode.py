@@ -169,7 +169,7 @@ def generate_ids(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     sample: SampleConfig | None = None,
-    context_size: int | None = None,
+    window: int | None = None,
     eot_id: int = 2,
     on_token: Callable[[int, int], None] | None = None,
     keep: int | None = None,
@@ -178,9 +178,9 @@ def generate_ids(
 ) -> _Ids:
     """Continue each prompt (a list of ids, at least one) until ``<eot>`` or ``max_new_tokens``.
 
-    ``context_size`` is the window (default: the model's trained window, see
-    :func:`~gpt_study.generate.window.window_size`); prompts longer than it keep their last
-    ``context_size`` tokens. ``on_token(row, id)`` is called for every new token as soon as it is
+    ``window``: the positions the model reads (default: the window it was trained on, see
+    :func:`~gpt_study.generate.window.resolve_window`); prompts longer than it keep their last
+    ``window`` tokens. ``on_token(row, id)`` is called for every new token as soon as it is
     chosen. The model is put in eval mode and restored after. One prompt to a
     :class:`~gpt_study.model.GPT` takes :func:`~gpt_study.generate.decode_fast.decode_row` (the
     same tokens, greedy or sampled, less bookkeeping per token) unless ``fast`` is off.
@@ -190,10 +190,10 @@ def generate_ids(
         row = None if on_token is None else (lambda tok: on_token(0, tok))
         kept: list[torch.Tensor] | None = [] if return_logits else None
         new, finished = decode_row(
-            model, prompts[0], sample, context_size, eot_id, keep, row, logits_out=kept
+            model, prompts[0], sample, window, eot_id, keep, row, logits_out=kept
         )
         return _Ids([new], [finished], None if kept is None else [kept])
-    window = window_size(model, context_size)
+    window = window_size(model, window)
     keep = keep_size(window, keep)
     st = _setup(model, prompts, sample, window, return_logits)
 
@@ -263,20 +263,20 @@ def reference_generate(
     model: torch.nn.Module,
     prompt: Sequence[int],
     max_new_tokens: int,
-    context_size: int | None = None,
+    window: int | None = None,
     keep: int | None = None,
     eot_id: int | None = 2,
 ) -> tuple[list[int], list[torch.Tensor]]:
     """Greedy decoding the study's way: run the whole sequence again for every new token.
 
-    With ``context_size`` the sequence is cut to the sliding schedule of :func:`generate_ids`
+    With ``window`` the sequence is cut to the sliding schedule of :func:`generate_ids`
     (the oracle its cached output must equal); without it the whole sequence is run up to the
     model's max_len, as the study did. Returns the new ids and the (V,) logits of each.
     """
     was_training = model.training
     model.eval()
     try:
-        window = None if context_size is None else window_size(model, context_size)
+        window = None if window is None else window_size(model, window)
         seq = list(prompt) if window is None else list(prompt)[-window:]
         new: list[int] = []
         logits_out: list[torch.Tensor] = []

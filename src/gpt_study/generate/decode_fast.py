@@ -90,7 +90,7 @@ def decode_row(
     model: GPT,
     prompt: Sequence[int],
     sample: SampleConfig,
-    context_size: int | None = None,
+    window: int | None = None,
     eot_id: int = 2,
     keep: int | None = None,
     on_token: Callable[[int], None] | None = None,
@@ -105,7 +105,7 @@ def decode_row(
     """
     if not prompt:
         raise UserError("every prompt needs at least one token (an empty prompt is <sot>)")
-    window = window_size(model, context_size)
+    window = window_size(model, window)
     keep = keep_size(window, keep)
     seq = list(prompt)[-window:]
     generator, seen = draw_state(

@@ -17,7 +17,7 @@ from gpt_study.config import SampleConfig
 from gpt_study.data.clean import clean_text
 from gpt_study.errors import UserError
 from gpt_study.generate.decode import generate_ids
-from gpt_study.generate.window import window_size
+from gpt_study.generate.window import resolve_window
 
 __all__ = [
     "GenerationResult",
@@ -120,7 +120,7 @@ def generate(
     tokenizer,
     prompt: str | Sequence[str] = "",
     sample: SampleConfig | None = None,
-    context_size: int | None = None,
+    window: int | None = None,
     stream: Callable[[int, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
     keep: int | None = None,
@@ -128,8 +128,9 @@ def generate(
     """Write one story per prompt (a string, or a list of strings generated as one batch).
 
     ``sample`` holds the decoding settings (default: ``SampleConfig()``); pass the checkpoint's
-    ``config.sample``. ``context_size`` is the window the model was trained on: pass
-    ``config.train.context_size`` (default: the model's max_len). ``stream(row, text)`` receives
+    ``config.sample``. ``window``: the positions the model reads (default: the window it was
+    trained on, for a loaded checkpoint; a longer one is refused or noted, see
+    :func:`~gpt_study.generate.window.resolve_window`). ``stream(row, text)`` receives
     readable text as it is written, prompt first. ``warn`` receives warnings (default:
     :func:`warnings.warn`).
     """
@@ -137,7 +138,7 @@ def generate(
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise UserError("no prompts given: pass at least one (an empty string starts a story)")
-    window = window_size(model, context_size)
+    window, note = resolve_window(model, window)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model expects "
@@ -149,6 +150,8 @@ def generate(
         encoded.append(ids)
         prefix = f"prompt {n + 1}: " if len(prompts) > 1 else "prompt: "
         notes += [prefix + m for m in msgs]
+    if note is not None:
+        notes.insert(0, note)
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     for m in notes:
         say(m)
@@ -168,7 +171,7 @@ def generate(
         model,
         encoded,
         sample,
-        context_size=window,
+        window=window,
         eot_id=tokenizer.eot_id,
         on_token=on_token,
         keep=keep,
@@ -184,7 +187,7 @@ def raw_tokens(tokenizer, ids: Sequence[int]) -> str:
     return " ".join(tokenizer.id_to_token(int(i)) for i in ids)
 
 
-def describe(sample: SampleConfig, context_size: int) -> str:
+def describe(sample: SampleConfig, window: int) -> str:
     """One line with the decoding settings, printed beside every result."""
     if sample.greedy:
         how = "greedy (the study's argmax)"
@@ -193,4 +196,4 @@ def describe(sample: SampleConfig, context_size: int) -> str:
             f"temperature {sample.temperature}, top_k {sample.top_k}, top_p {sample.top_p}, "
             f"repetition_penalty {sample.repetition_penalty}, seed {sample.seed}"
         )
-    return f"{how}, max_new_tokens {sample.max_new_tokens}, window {context_size}"
+    return f"{how}, max_new_tokens {sample.max_new_tokens}, window {window}"

@@ -14,19 +14,46 @@ import torch
 
 from gpt_study.errors import UserError
 
-__all__ = ["SLIDE_KEEP", "keep_size", "rotary", "segment_start", "window_size"]
+__all__ = ["SLIDE_KEEP", "keep_size", "resolve_window", "rotary", "segment_start", "window_size"]
 
 SLIDE_KEEP = 0.75
 """Share of the window kept (and re-encoded) when generation slides past its end."""
 
 
-def window_size(model: torch.nn.Module, context_size: int | None) -> int:
-    """``context_size`` (default: the model's max_len), checked against the position table."""
-    max_len = model.config.max_len
-    w = max_len if context_size is None else context_size
-    if not 1 <= w <= max_len:
-        raise UserError(f"context_size {w} must be in 1..{max_len} (the model's max_len)")
-    return w
+def resolve_window(model: torch.nn.Module, window: int | None) -> tuple[int, str | None]:
+    """The window a model reads, checked, and a note for the user if it is unusual.
+
+    Default: the window the weights were trained on (``model.trained_window``, which loading a
+    checkpoint and training set), else, for a model that was never trained, its ``max_len``.
+    Learned positions have no trained row past that window, so a longer one is refused; rotary
+    positions extrapolate, so a longer one is allowed with a note. The one rule for every
+    command and library call that reads a model.
+    """
+    cfg = model.config
+    trained = getattr(model, "trained_window", None)
+    w = (trained or cfg.max_len) if window is None else window
+    if w < 1:
+        raise UserError(f"--window {w} is out of range: use a window of at least 1 token")
+    if cfg.positions == "learned":
+        limit = min(trained or cfg.max_len, cfg.max_len)
+        if w > limit:
+            what = "was trained on" if trained else "has (max_len)"
+            raise UserError(
+                f"--window {w} is longer than the {limit} positions this model {what}: "
+                f"learned positions past them hold nothing trained; use --window {limit} or less"
+            )
+        return w, None
+    if trained and w > trained:
+        return w, (
+            f"window {w} is longer than the {trained} positions the model was trained on: rotary "
+            "positions go on past them, but expect weaker text there"
+        )
+    return w, None
+
+
+def window_size(model: torch.nn.Module, window: int | None) -> int:
+    """:func:`resolve_window` without the note: what the decoding loops use."""
+    return resolve_window(model, window)[0]
 
 
 def keep_size(window: int, keep: int | None) -> int:

@@ -42,16 +42,16 @@ class Served:
 
     name: str
     checkpoint: Checkpoint
-    context_size: int = field(init=False)
+    window: int = field(init=False)  # the positions the model was trained on
     _encoding: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.context_size = self.checkpoint.config.train.context_size
+        self.window = self.checkpoint.window
 
     def encode_prompt(self, prompt: str) -> tuple[list[int], list[str]]:
         """A prompt's ids as generation reads it, and any warnings (cut to the window)."""
         with self._encoding:
-            return encode_prompt(self.checkpoint.tokenizer, prompt, self.context_size)
+            return encode_prompt(self.checkpoint.tokenizer, prompt, self.window)
 
     def encode_text(self, text: str) -> tuple[list[int], int, int]:
         """:func:`gpt_study.introspect.text_ids` of a pasted text: ids, bytes, stories."""
@@ -68,7 +68,7 @@ class Served:
             "params": sum(p.numel() for p in ck.model.parameters()),
             "tokenizer": ck.tokenizer.kind,
             "vocab_size": ck.tokenizer.vocab_size,
-            "context_size": self.context_size,
+            "context_size": self.window,  # the study's name for the window
             "layers": ck.config.model.n_layers,
             "heads": ck.config.model.n_heads,
             "step": state.get("step"),

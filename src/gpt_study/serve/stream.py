@@ -97,7 +97,7 @@ class Generation:
                 self.served.checkpoint.model,
                 [self.prompt_ids],
                 self.sample,
-                context_size=self.served.context_size,
+                window=self.served.window,
                 eot_id=tok.eot_id,
                 on_token=on_token,
             )
@@ -136,7 +136,7 @@ class Generation:
             "prompt_ids": self.prompt_ids,
             "prompt_pieces": pieces(tok, self.prompt_ids),
             "settings": asdict(self.sample),
-            "window": self.served.context_size,
+            "window": self.served.window,
             "warnings": self.warnings,
         }
 

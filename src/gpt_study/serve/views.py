@@ -102,7 +102,7 @@ def tokens_view(served: Served, text: Text, top_k: int) -> dict[str, Any]:
     """Each token with the probability the model gave it and its ``top_k`` likeliest rivals."""
     tok = served.checkpoint.tokenizer
     ids = text.ids
-    scores = score_ids(served.checkpoint.model, ids, served.context_size, top_k)
+    scores = score_ids(served.checkpoint.model, ids, served.window, top_k)
     shown = pieces(tok, ids)
     tokens = [{**_token(tok, ids[0], shown[0]), "p": None, "nll": None, "top": []}]
     for n in range(len(ids) - 1):
@@ -116,7 +116,7 @@ def tokens_view(served: Served, text: Text, top_k: int) -> dict[str, Any]:
         )
     return {
         "model": served.name,
-        "window": served.context_size,
+        "window": served.window,
         "stories": text.stories,
         "tokens": tokens,
         "summary": _summary(float(scores.nll.sum()), len(ids) - 1, text.bytes),
@@ -131,7 +131,7 @@ def attention_view(served: Served, ids: list[int], position: int, top_k: int) ->
             f"position {position} is out of range: the text has tokens 0..{len(ids) - 1}"
         )
     tok = served.checkpoint.tokenizer
-    start = query_window(position, served.context_size)
+    start = query_window(position, served.window)
     window = ids[start : position + 1]
     tr = trace(served.checkpoint.model, window)
     q = len(window) - 1
@@ -183,7 +183,7 @@ def compare_view(a: Served, b: Served, text: str | None, ids: list[int] | None) 
         raise BadRequest("ids: the two models have different vocabularies; send text instead")
     texts = [read_text(m, text, ids) for m in (a, b)]
     scores = [
-        score_ids(m.checkpoint.model, t.ids, m.context_size, 1)
+        score_ids(m.checkpoint.model, t.ids, m.window, 1)
         for m, t in zip((a, b), texts, strict=True)
     ]
     out: dict[str, Any] = {

@@ -111,6 +111,7 @@ def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str) -
     dtype = resolve_dtype(tc.dtype, device)
     seed_everything(tc.seed)
     net = GPT(cfg.model).to(device)
+    net.trained_window = tc.window  # the sample story and any library call read this window
     optimizer = make_optimizer(net, tc, device)
     state = _resume(net, optimizer, tc, device) if tc.resume else TrainState()
     if not tc.resume:

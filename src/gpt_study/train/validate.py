@@ -100,7 +100,5 @@ def sample_story(model: GPT, tokenizer: Any, cfg: Config, device: str, dtype: to
     sample = dataclasses.replace(cfg.sample, greedy=True, max_new_tokens=cfg.train.sample_tokens)
     devices = [torch.device(device)] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices), autocast(device, dtype):
-        result = generate(
-            model, tokenizer, "", sample, context_size=cfg.train.window, warn=log.warning
-        )
+        result = generate(model, tokenizer, "", sample, window=cfg.train.window, warn=log.warning)
     return result.text
