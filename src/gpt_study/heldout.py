@@ -12,6 +12,7 @@ summed NLL into every rate the project reports, for training, ``evaluate`` and t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -51,6 +52,49 @@ class Sums:
 
 
 @torch.no_grad()
+def scored_windows(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    window: int,
+    batch_size: int = 16,
+    max_rows: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool | None = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Float32 logits (B, T, V) and targets (B, T) of each batch of held-out windows, in order.
+
+    The one walk over held-out text: validation and ``evaluate`` sum it (:func:`score_tokens`),
+    the study views read it token by token (:func:`gpt_study.introspect.score_ids`), so a number
+    on the page is the number in the table. Windows of ``window`` inputs overlap by one
+    (:func:`~gpt_study.data.dataset.eval_windows`); ``shard = (rank, world)`` takes every
+    world-th; ``max_rows`` > 0 spreads that many evenly over the stream. The model runs in eval
+    mode under ``dtype`` autocast on the device of its weights.
+    """
+    if len(tokens) < 2:
+        raise UserError("the split holds fewer than 2 tokens: prepare more text")
+    device = str(next(model.parameters()).device)
+    rank, world = shard
+    windows = eval_windows(len(tokens), window, max_rows)[rank::world]
+    batches: Any = iter_eval_batches(tokens, windows, batch_size)
+    if progress is not False:
+        total = math.ceil(len(windows) / batch_size)
+        batches = progress_bar(
+            progress, iterable=batches, total=total, desc="evaluate", unit="batch"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            xb, yb = to_device(x, device), to_device(y, device)  # (B, T) each
+            with autocast(device, dtype):
+                logits = model(xb)  # (B, T, V)
+            yield logits.float(), yb
+    finally:
+        model.train(was_training)
+
+
 def score_tokens(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -64,34 +108,12 @@ def score_tokens(
     shard: tuple[int, int] = (0, 1),
     progress: bool | None = False,
 ) -> Sums:
-    """Score a 1-D token stream; ``shard = (rank, world)`` scores every world-th window only.
-
-    ``max_rows`` > 0 spreads that many windows evenly over the stream instead of all of them.
-    The model runs in eval mode under ``dtype`` autocast on the device of its weights; the logits
-    are scored in float32.
-    """
-    if len(tokens) < 2:
-        raise UserError("the split holds fewer than 2 tokens: prepare more text")
-    device = str(next(model.parameters()).device)
-    rank, world = shard
-    windows = eval_windows(len(tokens), window, max_rows)[rank::world]
-    batches: Any = iter_eval_batches(tokens, windows, batch_size)
-    if progress is not False:
-        total = math.ceil(len(windows) / batch_size)
-        batches = progress_bar(
-            progress, iterable=batches, total=total, desc="evaluate", unit="batch"
-        )
+    """The sums of :class:`Sums` over :func:`scored_windows` (the same arguments)."""
     sums = Sums()
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in batches:
-            xb, yb = to_device(x, device), to_device(y, device)  # (B, T) each
-            with autocast(device, dtype):
-                logits = model(xb)  # (B, T, V)
-            _add(sums, logits.float(), yb, label_smoothing, sp_weight)
-    finally:
-        model.train(was_training)
+    for logits, y in scored_windows(
+        model, tokens, window, batch_size, max_rows, dtype=dtype, shard=shard, progress=progress
+    ):
+        _add(sums, logits, y, label_smoothing, sp_weight)
     return sums
 
 

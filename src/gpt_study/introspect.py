@@ -17,8 +17,9 @@ Also here, on top of the fused path since they need no weights:
 * :func:`text_ids`: a pasted text encoded as ``prepare`` encodes stories (``<sot> ... <eot>``
   per story, stories split on ``<|endoftext|>`` lines) and the UTF-8 bytes bits per byte divides
   by (:func:`gpt_study.heldout.bits_per_byte`).
-* :func:`pieces`: the text each token adds, so a view can show tokens as the tokenizer split them
-  and still read as the text.
+* :func:`pieces` (from :mod:`gpt_study.generate.text`, where streamed text is made too): the
+  text each token adds, so a view can show tokens as the tokenizer split them and still read as
+  the text.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gpt_study.data.clean import clean_text
-from gpt_study.data.dataset import eval_windows
 from gpt_study.data.sources import END_OF_TEXT
+from gpt_study.generate.text import PieceReader, pieces
+from gpt_study.heldout import scored_windows
 from gpt_study.model import GPT
 
 __all__ = [
@@ -117,26 +120,17 @@ class Scores:
 
 @torch.inference_mode()
 def score_ids(model: GPT, ids: Sequence[int], window: int, top_k: int = 5) -> Scores:
-    """Score every token of ``ids`` after the first, in validation's windows (fused path, in
-    eval mode like validation)."""
+    """Score every token of ``ids`` after the first, in validation's windows: the walk of
+    :func:`gpt_study.heldout.scored_windows`, read token by token."""
     if len(ids) < 2:
         raise ValueError("scoring needs at least 2 tokens")
-    device = next(model.parameters()).device
-    tokens = torch.tensor(list(ids), device=device)
     k = max(1, min(top_k, model.config.vocab_size))
     parts: list[tuple[torch.Tensor, ...]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start, length in eval_windows(len(ids), window):
-            part = tokens[start : start + length]
-            logp = F.log_softmax(model(part[None, :-1])[0].float(), dim=-1)  # (t, V)
-            target = part[1:, None]  # (t, 1)
-            nll = -logp.gather(-1, target)[:, 0]
-            top = logp.topk(k, dim=-1)
-            parts.append((nll, top.indices, top.values.exp()))
-    finally:
-        model.train(was_training)
+    for logits, y in scored_windows(model, np.asarray(list(ids), dtype=np.int64), window):
+        logp = F.log_softmax(logits.flatten(0, 1), dim=-1)  # (B*T, V), windows in order
+        nll = -logp.gather(-1, y.reshape(-1, 1))[:, 0]  # (B*T,)
+        top = logp.topk(k, dim=-1)
+        parts.append((nll, top.indices, top.values.exp()))
     nll = torch.cat([p[0] for p in parts]).cpu()
     return Scores(
         nll=nll,
@@ -163,41 +157,3 @@ def text_ids(tokenizer, text: str) -> tuple[list[int], int, int]:
         n_bytes += len(clean.encode("utf-8"))
         stories += 1
     return ids, n_bytes, stories
-
-
-class PieceReader:
-    """The text each token adds when tokens are read in order, one token at a time.
-
-    Decoding joins tokens (``could`` + ``n't`` -> ``couldn't``; BPE bytes into characters), so a
-    piece is what the readable text gains at a token: the decoded text of the last ``context``
-    tokens with it, past what they decoded to without it. The joins are local (a space rule
-    between neighbours, a character of at most 4 bytes), so a short context is exact and the
-    cost stays linear in the text. Specials read as their names and start a new story.
-    """
-
-    def __init__(self, tokenizer, context: int = 8) -> None:
-        self.tokenizer = tokenizer
-        self.context = context
-        self.specials = {tokenizer.sot_id: "<sot>", tokenizer.eot_id: "<eot>"}
-        self.run: list[int] = []  # ordinary tokens since the last special
-
-    def push(self, i: int) -> str:
-        i = int(i)
-        if i in self.specials:
-            self.run = []
-            return self.specials[i]
-        self.run.append(i)
-        tail = self.run[-self.context :]
-        decode = self.tokenizer.decode
-        before = decode(tail[:-1], skip_specials=False) if len(tail) > 1 else ""
-        after = decode(tail, skip_specials=False)
-        same = 0
-        while same < min(len(after), len(before)) and after[same] == before[same]:
-            same += 1
-        return after[same:]
-
-
-def pieces(tokenizer, ids: Sequence[int]) -> list[str]:
-    """:class:`PieceReader` over a whole sequence: one piece of text per token."""
-    reader = PieceReader(tokenizer)
-    return [reader.push(i) for i in ids]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 from gpt_study import runtime
 from gpt_study.checkpoint import Checkpoint, load_for_inference
@@ -12,6 +12,10 @@ from gpt_study.cli.flags import dataclass_overrides
 from gpt_study.config import SampleConfig
 from gpt_study.generate.weights import quantize_int8
 from gpt_study.generate.window import resolve_window
+from gpt_study.stories import STORY_PROTOCOL, StoryProtocol
+from gpt_study.train_config import TrainConfig
+
+_TRAIN_DTYPES = next(f for f in fields(TrainConfig) if f.name == "dtype").metadata["choices"]
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +24,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16"],
+        choices=_TRAIN_DTYPES,  # the same names as training's --dtype, read from its field
         help="auto: bfloat16 on a GPU, float32 on a CPU",
     )
 
@@ -83,6 +87,27 @@ def window(args: argparse.Namespace, ckpt: Checkpoint) -> int:
     if note is not None:
         print(f"note: {note}", file=sys.stderr)
     return w
+
+
+def add_story_args(parser: argparse.ArgumentParser) -> None:
+    """The story protocol's flags, shared by ``evaluate`` and ``compare``: each left out keeps
+    the protocol's value (:data:`gpt_study.stories.STORY_PROTOCOL`), never a checkpoint's."""
+    p = STORY_PROTOCOL
+    for flag, value, what in (
+        ("--samples", p.samples_per_opening, "stories per opening"),
+        ("--max_new_tokens", p.max_new_tokens, "most tokens per story"),
+        ("--seed", p.seed, "seed of the first batch of stories"),
+    ):
+        parser.add_argument(
+            flag, type=int, default=None, help=f"{what} (default: the story protocol's {value})"
+        )
+
+
+def story_protocol(args: argparse.Namespace) -> StoryProtocol:
+    """The story protocol with the flags of :func:`add_story_args` that were given."""
+    return STORY_PROTOCOL.overridden(
+        samples_per_opening=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
 
 
 def sample_settings(base: SampleConfig, args: argparse.Namespace) -> SampleConfig:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from gpt_study import runtime
+from gpt_study.cli.common import add_story_args, story_protocol
 from gpt_study.compare import StorySettings, compare_runs, default_out, format_text
 from gpt_study.errors import UserError
 from gpt_study.stories import OPENINGS
@@ -21,32 +22,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder for compare.png, compare.md and compare.json (default: <first run's "
         "parent>/compare); other files in it are never touched",
     )
-    default = StorySettings()  # the story protocol's samples, seed and cap
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=default.samples,
-        help=f"stories per opening (default: {default.samples}, as evaluate)",
-    )
+    add_story_args(parser)
     parser.add_argument(
         "--openings",
         type=int,
-        default=default.openings,
+        default=StorySettings.openings,
         help=f"how many of evaluate's {len(OPENINGS)} openings to write from "
-        f"(default: {default.openings})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=default.seed,
-        help=f"sampling seed, the same for every run (default: {default.seed}, as evaluate)",
-    )
-    parser.add_argument(
-        "--max_new_tokens",
-        type=int,
-        default=default.max_new_tokens,
-        help=f"most tokens per story (default: {default.max_new_tokens}, the story protocol's "
-        "cap, as evaluate)",
+        f"(default: {StorySettings.openings})",
     )
     parser.add_argument(
         "--no_stories", action="store_true", help="figures and curves only (loads no weights)"
@@ -64,17 +46,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.openings <= len(OPENINGS):
         raise UserError(f"--openings {args.openings} is out of range: use 1 to {len(OPENINGS)}")
-    if args.samples < 1 or args.max_new_tokens < 1 or args.seed < 0 or args.threads < 0:
-        raise UserError(
-            "--samples and --max_new_tokens must be at least 1, --seed and --threads at least 0"
-        )
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads} is out of range: use 0 (auto) or more")
+    protocol = story_protocol(args)  # checks the story flags' ranges
     stories = None
     if not args.no_stories:
         stories = StorySettings(
             openings=args.openings,
-            samples=args.samples,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
+            samples=protocol.samples_per_opening,
+            seed=protocol.seed,
+            max_new_tokens=protocol.max_new_tokens,
             device=args.device,
         )
     runtime.set_threads(args.threads)

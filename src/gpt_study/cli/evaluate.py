@@ -11,8 +11,10 @@ from typing import Any
 from gpt_study.cli.common import (
     add_checkpoint_args,
     add_progress_arg,
+    add_story_args,
     open_checkpoint,
     sample_settings,
+    story_protocol,
 )
 from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
@@ -20,7 +22,6 @@ from gpt_study.config import SampleConfig
 from gpt_study.errors import UserError
 from gpt_study.evaluate import UNK_NOTE, evaluate_split, evaluate_stories, format_table
 from gpt_study.io import write_json_atomic
-from gpt_study.stories import STORY_PROTOCOL
 from gpt_study.train.setup import data_folder
 
 PROTOCOL_FLAGS = ("max_new_tokens", "seed")
@@ -43,34 +44,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="read at most this many windows (0: the whole split)",
     )
-    protocol = STORY_PROTOCOL
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        help=f"stories per opening (default: the story protocol's {protocol.samples_per_opening})",
-    )
     parser.add_argument("--no_valid", action="store_true", help="skip the held-out text")
     parser.add_argument("--no_stories", action="store_true", help="skip the story metrics")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     add_dataclass_args(parser, SampleConfig, skip=PROTOCOL_FLAGS)
-    parser.add_argument(
-        "--max_new_tokens",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"most tokens per story (default: the story protocol's {protocol.max_new_tokens})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"seed of the first batch of stories (default: the story protocol's {protocol.seed})",
-    )
+    add_story_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or (args.samples is not None and args.samples < 1) or args.max_rows < 0:
-        raise UserError("--batch_size and --samples must be at least 1, --max_rows at least 0")
+    if args.batch_size < 1 or args.max_rows < 0:
+        raise UserError("--batch_size must be at least 1, --max_rows at least 0")
     if args.no_valid and args.no_stories:
         raise UserError("--no_valid and --no_stories leave nothing to do: drop one of them")
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -92,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
         result["valid"]["note"] = UNK_NOTE
     if not args.no_stories:
         sample = sample_settings(ckpt.config.sample, args)
-        protocol = STORY_PROTOCOL.overridden(
-            samples_per_opening=args.samples,
-            **{k: getattr(args, k) for k in PROTOCOL_FLAGS if hasattr(args, k)},
-        )
+        protocol = story_protocol(args)
         result["stories"] = evaluate_stories(ckpt.model, ckpt.tokenizer, sample, window, protocol)
     print(format_table(result), flush=True)
     if args.json:

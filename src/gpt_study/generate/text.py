@@ -21,9 +21,12 @@ from gpt_study.generate.window import resolve_window
 
 __all__ = [
     "GenerationResult",
+    "PieceReader",
+    "common_prefix",
     "describe",
     "encode_prompt",
     "generate",
+    "pieces",
     "raw_tokens",
     "readable",
 ]
@@ -81,6 +84,17 @@ def readable(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode([i for i in ids if i not in drop], skip_specials=False)
 
 
+def common_prefix(before: str, after: str) -> int:
+    """Characters ``after`` shares with ``before`` from the start: decoding one token more can
+    rewrite the end of a text (BPE bytes become a character), so what a token adds is
+    ``after[common_prefix(before, after):]``. The one rule of both the streamed text and the
+    per-token pieces below."""
+    same = 0
+    while same < min(len(after), len(before)) and after[same] == before[same]:
+        same += 1
+    return same
+
+
 class _TextStream:
     """Turns a row's growing token list into readable text deltas.
 
@@ -107,9 +121,7 @@ class _TextStream:
     def close(self) -> None:
         text = readable(self.tokenizer, self.ids)
         # Normally the text extends what was shown; if decoding changed it, show from the change.
-        same = 0
-        while same < min(len(text), len(self.shown)) and text[same] == self.shown[same]:
-            same += 1
+        same = common_prefix(self.shown, text)
         if text[same:]:
             self.emit(text[same:])
         self.shown = text
@@ -197,3 +209,38 @@ def describe(sample: SampleConfig, window: int) -> str:
             f"repetition_penalty {sample.repetition_penalty}, seed {sample.seed}"
         )
     return f"{how}, max_new_tokens {sample.max_new_tokens}, window {window}"
+
+
+class PieceReader:
+    """The text each token adds when tokens are read in order, one token at a time.
+
+    Decoding joins tokens (``could`` + ``n't`` -> ``couldn't``; BPE bytes into characters), so a
+    piece is what the readable text gains at a token: the decoded text of the last ``context``
+    tokens with it, past what they decoded to without it. The joins are local (a space rule
+    between neighbours, a character of at most 4 bytes), so a short context is exact and the
+    cost stays linear in the text. Specials read as their names and start a new story.
+    """
+
+    def __init__(self, tokenizer, context: int = 8) -> None:
+        self.tokenizer = tokenizer
+        self.context = context
+        self.specials = {tokenizer.sot_id: "<sot>", tokenizer.eot_id: "<eot>"}
+        self.run: list[int] = []  # ordinary tokens since the last special
+
+    def push(self, i: int) -> str:
+        i = int(i)
+        if i in self.specials:
+            self.run = []
+            return self.specials[i]
+        self.run.append(i)
+        tail = self.run[-self.context :]
+        decode = self.tokenizer.decode
+        before = decode(tail[:-1], skip_specials=False) if len(tail) > 1 else ""
+        after = decode(tail, skip_specials=False)
+        return after[common_prefix(before, after) :]
+
+
+def pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """:class:`PieceReader` over a whole sequence: one piece of text per token."""
+    reader = PieceReader(tokenizer)
+    return [reader.push(i) for i in ids]
