@@ -45,7 +45,7 @@ def _oracle_attention(model, ids):
         nh = block.attn.n_heads
         hs = C // nh
         with torch.no_grad():
-            q, k, _ = block.attn.qkv(x)[0].split(C, dim=-1)  # (T, C) each
+            q, k, _ = block.attn.qkv(x).reshape(-1, 3 * C).split(C, dim=-1)  # (T, C) each
         layer = torch.zeros(nh, T, T, dtype=torch.float64)
         for h in range(nh):
             qh, kh = q[:, h * hs : (h + 1) * hs].double(), k[:, h * hs : (h + 1) * hs].double()

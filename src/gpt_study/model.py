@@ -148,11 +148,15 @@ class CausalSelfAttention(nn.Module):
         self.keep_weights = False
         self.weights: torch.Tensor | None = None  # (B, nh, T, past+T) when keep_weights is set
 
-    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None) -> tuple:
-        """Queries, keys and values (B, nh, T, hs) of ``x`` (B, T, C), with qk-norm and the
+    def project(
+        self, x: torch.Tensor, batch: int, rope: tuple[torch.Tensor, ...] | None
+    ) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values (B, nh, T, hs) of ``x`` (B*T, C), with qk-norm and the
         rotary tables ``rope`` (cos, sin) applied: what attention compares."""
-        B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads)  # (B, T, 3, nh, hs)
+        N, C = x.shape
+        qkv = self.qkv(x).view(
+            batch, N // batch, 3, self.n_heads, C // self.n_heads
+        )  # (B, T, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -163,19 +167,21 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        batch: int,
         rope: tuple[torch.Tensor, ...] | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` (B, T, C): the new positions; their keys and values join ``cache`` if given."""
-        B, T, C = x.shape
-        q, k, v = self.project(x, rope)
+        """``x`` (B*T, C): the new positions of ``batch`` sequences, row by row; their keys and
+        values join ``cache`` if given."""
+        N, C = x.shape
+        q, k, v = self.project(x, batch, rope)
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.append(self.layer, k, v)  # (B, nh, past+T, hs)
         y = self._attend(q, k, v, past, mask)  # (B, nh, T, hs)
-        y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, nh, T, hs) -> (B, T, C)
+        y = self.proj(y.transpose(1, 2).reshape(N, C))  # (B, nh, T, hs) -> (B*T, C)
         # Dropout modules are called only in training: in evaluation and decoding they would
         # return their input, and a module call per sub-layer is a cost per generated token.
         return self.residual_drop(y) if self.training else y
@@ -233,7 +239,7 @@ class MLP(nn.Module):
         return F.gelu(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.fc(x))  # (B, T, d_ff)
+        h = self.act(self.fc(x))  # (..., d_ff)
         if not self.training:  # no dropout module calls when they would do nothing
             return self.proj(h)
         return self.residual_drop(self.proj(self.inner_drop(h)))
@@ -252,11 +258,13 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        batch: int,
         rope: tuple[torch.Tensor, ...] | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rope, cache, mask)
+        """``x`` (B*T, C), the residual stream of ``batch`` sequences, row by row."""
+        x = x + self.attn(self.ln1(x), batch, rope, cache, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -323,15 +331,19 @@ class GPT(nn.Module):
             rope = rope_tables(pos, self.config.head_dim, self.config.rope_base)
         if self.training:
             x = self.drop(x)
+        # The residual stream as B*T rows: every Linear and norm then runs on a 2-D input, which
+        # spares two reshapes per layer and per call (a cost per generated token).
+        C = x.size(-1)
+        x = x.view(B * T, C)  # (B, T, C) -> (B*T, C)
         if residuals is not None:
-            residuals.append(x)
+            residuals.append(x.view(B, T, C))
         for block in self.blocks:
-            x = block(x, rope, cache, mask)
+            x = block(x, B, rope, cache, mask)
             if residuals is not None:
-                residuals.append(x)
+                residuals.append(x.view(B, T, C))
         if cache is not None:
             cache.length += T
-        return self.ln_f(x)
+        return self.ln_f(x).view(B, T, C)  # (B*T, C) -> (B, T, C)
 
     def forward(
         self,
