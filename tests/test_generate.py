@@ -11,6 +11,7 @@ from gpt_study.generate import (
     _draw,
     apply_repetition_penalty,
     candidates,
+    draw_nucleus,
     filter_top_k,
     filter_top_p,
     generate,
@@ -210,6 +211,21 @@ def test_draw_follows_the_weights():
     weights = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).repeat(20000, 1)
     counts = torch.bincount(_draw(weights, g).flatten(), minlength=4) / 20000
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 2000])  # one row: host scalars; many: the vector test
+def test_nucleus_draws_follow_the_renormalised_nucleus(rows):
+    """draw_nucleus (rejection, no sort) draws each token of filter_top_p's set in proportion to
+    its probability, and nothing outside it; one row and many rows alike."""
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]])
+    kept = filter_top_p(logits, 0.8)
+    want = torch.softmax(kept, dim=-1)[0]  # zero outside the nucleus
+    g = torch.Generator().manual_seed(0)
+    n = 16000
+    draws = torch.cat([draw_nucleus(logits.repeat(rows, 1), 0.8, g) for _ in range(n // rows)])
+    counts = torch.bincount(draws, minlength=8) / len(draws)
+    assert (counts[want == 0] == 0).all()
+    torch.testing.assert_close(counts, want, atol=0.02, rtol=0)
 
 
 def test_greedy_is_the_studys_plain_argmax():
