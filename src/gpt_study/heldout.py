@@ -99,20 +99,16 @@ def score_tokens(
     model: torch.nn.Module,
     tokens: np.ndarray,
     window: int,
-    batch_size: int = 16,
-    max_rows: int = 0,
-    *,
-    dtype: torch.dtype = torch.float32,
+    *args: Any,
     label_smoothing: float = 0.0,
     sp_weight: float = 1.0,
-    shard: tuple[int, int] = (0, 1),
-    progress: bool | None = False,
+    **walk: Any,
 ) -> Sums:
-    """The sums of :class:`Sums` over :func:`scored_windows` (the same arguments)."""
+    """The sums of :class:`Sums` over :func:`scored_windows` (``args`` and ``walk`` are its
+    batch size, row cap, dtype, shard and progress), with the study's loss at
+    ``label_smoothing`` and ``sp_weight`` beside the plain NLL."""
     sums = Sums()
-    for logits, y in scored_windows(
-        model, tokens, window, batch_size, max_rows, dtype=dtype, shard=shard, progress=progress
-    ):
+    for logits, y in scored_windows(model, tokens, window, *args, **walk):
         _add(sums, logits, y, label_smoothing, sp_weight)
     return sums
 
