@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from gpt_study.checkpoint import load_checkpoint, save_checkpoint
 from gpt_study.config import GPTConfig, SampleConfig
 from gpt_study.generate import generate_ids, reference_generate
-from gpt_study.model import GPT, KVCache, rotate
+from gpt_study.model import GPT, KVCache, apply_rope, rope_tables
 from gpt_study.presets import preset_config
 from gpt_study.train import build_config, fit
 
@@ -81,8 +81,9 @@ def test_rotary_attention_depends_on_relative_positions_only():
     torch.manual_seed(0)
     q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
     pos = torch.arange(5)
-    scores = rotate(q, pos, 1e4) @ rotate(k, pos, 1e4).transpose(-1, -2)
-    shifted = rotate(q, pos + 37, 1e4) @ rotate(k, pos + 37, 1e4).transpose(-1, -2)
+    here, there = rope_tables(pos, 8, 1e4), rope_tables(pos + 37, 8, 1e4)
+    scores = apply_rope(q, *here) @ apply_rope(k, *here).transpose(-1, -2)
+    shifted = apply_rope(q, *there) @ apply_rope(k, *there).transpose(-1, -2)
     torch.testing.assert_close(scores, shifted, rtol=1e-4, atol=1e-4)
 
 

@@ -118,9 +118,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
 
 
-def rotate(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary position embedding of ``x`` (B, nh, T, hs) at absolute positions ``pos`` (T,)."""
-    return apply_rope(x, *rope_tables(pos, x.size(-1), base))
+def _after_past(T: int, past: int, device: torch.device) -> torch.Tensor:
+    """(T, past+T) bool, True where a query may attend: query i sits at absolute position
+    past + i and sees every key up to it."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
 
 
 class CausalSelfAttention(nn.Module):
@@ -190,8 +191,8 @@ class CausalSelfAttention(nn.Module):
         """Attention of the T new queries over the past + T keys; (B, nh, T, hs)."""
         T = q.size(2)
         if self.keep_weights:
-            if mask is None:  # query i sits at absolute position past + i
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
+            if mask is None:
+                mask = _after_past(T, past, q.device)
             y, self.weights = plain_attention(q, k, v, mask)
             return y
         drop = self.attention_drop if self.training else 0.0
@@ -204,10 +205,10 @@ class CausalSelfAttention(nn.Module):
         if T == 1:
             # One new token may attend to every stored position: no mask needed.
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        # Several new tokens after a past: query i sits at absolute position past + i.
-        # is_causal would align the mask top-left, which is wrong when Tq != Tk.
-        causal = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=drop)
+        # Several new tokens after a past: is_causal would align the mask top-left, which is
+        # wrong when Tq != Tk.
+        mask = _after_past(T, past, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
 
 
 class MLP(nn.Module):

@@ -175,12 +175,17 @@ def wilson_interval(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def standard_error(p: float, n: int) -> float:
+    """Standard error of a share ``p`` of ``n`` stories (binomial): 0 without stories."""
+    return math.sqrt(p * (1 - p) / n) if n else 0.0
+
+
 def share_text(metrics: dict[str, Any], key: str = "eot_share") -> str:
     """``97% ± 6 (95% CI 84-99%)``: the share, 1.96 standard errors in points, and the Wilson
     interval; computed from the share and the story count, so older reports print alike."""
     p, n = metrics[key], int(metrics["stories"])
     lo, hi = wilson_interval(p * n, n)
-    half = Z95 * math.sqrt(p * (1 - p) / n) if n else float("nan")
+    half = Z95 * standard_error(p, n) if n else float("nan")
     return f"{p:.0%} ± {half * 100:.0f} (95% CI {lo * 100:.0f}-{hi:.0%})"
 
 
@@ -200,7 +205,7 @@ def story_metrics(stories: Sequence[Sequence[int]], finished: Sequence[bool]) ->
     out: dict[str, Any] = {
         "stories": n,
         "eot_share": share,
-        "eot_share_se": math.sqrt(share * (1 - share) / n) if n else 0.0,
+        "eot_share_se": standard_error(share, n),
         "eot_share_ci": list(wilson_interval(sum(finished), n)),
         "mean_length": sum(map(len, bodies)) / max(n, 1),
     }

@@ -89,6 +89,11 @@ def window(args: argparse.Namespace, ckpt: Checkpoint) -> int:
     return w
 
 
+PROTOCOL_FLAGS = ("max_new_tokens", "seed")
+"""SampleConfig fields the story protocol owns: :func:`add_story_args` declares them, so a
+command that also takes the sampling flags skips these (a checkpoint's values are not used)."""
+
+
 def add_story_args(parser: argparse.ArgumentParser) -> None:
     """The story protocol's flags, shared by ``evaluate`` and ``compare``: each left out keeps
     the protocol's value (:data:`gpt_study.stories.STORY_PROTOCOL`), never a checkpoint's."""

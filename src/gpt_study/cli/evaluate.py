@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_study.cli.common import (
+    PROTOCOL_FLAGS,
     add_checkpoint_args,
     add_progress_arg,
     add_story_args,
@@ -23,9 +24,6 @@ from gpt_study.errors import UserError
 from gpt_study.evaluate import UNK_NOTE, evaluate_split, evaluate_stories, format_table
 from gpt_study.io import write_json_atomic
 from gpt_study.train.setup import data_folder
-
-PROTOCOL_FLAGS = ("max_new_tokens", "seed")
-"""Sampling flags the story protocol owns: a checkpoint's values are not used, a flag's are."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -129,15 +129,14 @@ def draw_nucleus(
     tok, ok = _try_nucleus(probs, cdf, top_p, generator)  # (B,), (B,)
     if bool(ok.all()):  # the usual case: every row drawn at the first try
         return tok
-    out = tok.clone()
+    out = tok.clone()  # rows drawn so far hold their draw; the others are overwritten
     todo = torch.arange(probs.size(0), device=probs.device)  # rows not yet drawn
     for _ in range(tries - 1):
-        out[todo[ok]] = tok[ok]
         todo, probs, cdf = todo[~ok], probs[~ok], cdf[~ok]
-        if todo.numel() == 0:
-            return out
         tok, ok = _try_nucleus(probs, cdf, top_p, generator)
-    out[todo[ok]] = tok[ok]
+        out[todo[ok]] = tok[ok]
+        if bool(ok.all()):
+            return out
     todo = todo[~ok]
     if todo.numel():
         weights, ids = candidates(logits[todo], 0, top_p)  # type: ignore[misc]

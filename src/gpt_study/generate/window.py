@@ -20,6 +20,12 @@ SLIDE_KEEP = 0.75
 """Share of the window kept (and re-encoded) when generation slides past its end."""
 
 
+def rotary(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s positions are rotary: its cache then slides by dropping the oldest
+    positions (a rotary key depends only on its distance to the query) instead of re-encoding."""
+    return getattr(model.config, "positions", "learned") == "rope"
+
+
 def resolve_window(model: torch.nn.Module, window: int | None) -> tuple[int, str | None]:
     """The window a model reads, checked, and a note for the user if it is unusual.
 
@@ -34,7 +40,7 @@ def resolve_window(model: torch.nn.Module, window: int | None) -> tuple[int, str
     w = (trained or cfg.max_len) if window is None else window
     if w < 1:
         raise UserError(f"--window {w} is out of range: use a window of at least 1 token")
-    if cfg.positions == "learned":
+    if not rotary(model):
         limit = min(trained or cfg.max_len, cfg.max_len)
         if w > limit:
             what = "was trained on" if trained else "has (max_len)"
@@ -75,9 +81,3 @@ def segment_start(n: int, window: int, keep: int) -> int:
         if m - s > window:
             s = m - keep
     return s
-
-
-def rotary(model: torch.nn.Module) -> bool:
-    """Whether ``model``'s positions are rotary: its cache then slides by dropping the oldest
-    positions (a rotary key depends only on its distance to the query) instead of re-encoding."""
-    return getattr(model.config, "positions", "learned") == "rope"
