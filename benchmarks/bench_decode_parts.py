@@ -17,6 +17,7 @@ from gpt_study.checkpoint import load_checkpoint, save_checkpoint
 from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.tokenizer import WordTokenizer
+from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.generate import (
     RowDecoder,
     decode_row,
@@ -25,8 +26,7 @@ from gpt_study.generate import (
     weight_bytes_per_token,
 )
 from gpt_study.generate.weights import Int8Linear
-from gpt_study.heldout import score_tokens
-from gpt_study.model import GPT
+from gpt_study.model.gpt import GPT
 
 
 def cpu_name() -> str:

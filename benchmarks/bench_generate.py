@@ -53,14 +53,14 @@ from pathlib import Path
 import torch
 
 from gpt_study.config import SampleConfig
+from gpt_study.config.presets import preset_config
 from gpt_study.generate import (
     generate_ids,
     quantize_int8,
     reference_generate,
     weight_bytes_per_token,
 )
-from gpt_study.model import GPT
-from gpt_study.presets import preset_config
+from gpt_study.model.gpt import GPT
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_decode_parts import (  # noqa: E402

@@ -10,7 +10,7 @@ and compare valid bits per byte on the whole valid split.
 Each recipe is a gpt-study config: a preset plus flags, on a tokenizer (bits per byte is compared
 only for lossless ones, so ``word`` is not among them). Every run is a fresh ``gpt-study train``
 process with ``--max_time``, then ``gpt-study evaluate`` on its best checkpoint (whole valid split,
-and the stories of the one story protocol, :mod:`gpt_study.stories`: up to 512 tokens, the same
+and the stories of the one story protocol, :mod:`gpt_study.evaluate.stories`: up to 512 tokens, the same
 seeds as evaluate and compare, so a recipe's ``<eot>`` share is its model's). Reported: bits per byte, the share of stories that end with
 ``<eot>``, repeated 4-grams, tokens seen and tokens/s (a slow run on a shared machine shows as
 such), parameters and training FLOPs. One PNG draws valid bits per byte against minutes for all.
@@ -42,9 +42,9 @@ SAMPLE = ROOT.parent / "shared" / "data" / "tinystories"
 sys.path.insert(0, str(ROOT / "src"))
 
 from gpt_study.config import load_config  # noqa: E402
-from gpt_study.model import GPT, flops_per_token  # noqa: E402
-from gpt_study.stories import STORY_PROTOCOL, share_text, story_metrics  # noqa: E402
-from gpt_study.train.metrics import read_metrics  # noqa: E402
+from gpt_study.evaluate.stories import STORY_PROTOCOL, share_text, story_metrics  # noqa: E402
+from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
+from gpt_study.runs import read_metrics  # noqa: E402
 
 NANOGPT = [
     "--preset", "tiny", "--n_layers", "4", "--n_heads", "4", "--d_model", "128", "--d_ff", "512",

@@ -9,9 +9,9 @@ The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/
 attention as an explicit masked softmax, cross-entropy with label smoothing on the full fp32
 logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-study train``
 runs: bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
-dropout the cheaper masks and hand-written attention of ``gpt_study.ops``), the chunked output
-layer + loss (``gpt_study.loss.head_loss``), fused AdamW, bf16 attention math and memory that
-stays mapped between steps (``gpt_study.runtime``). Both start from the same weights; the script
+dropout the cheaper masks and hand-written attention of ``gpt_study.model.kernels``), the chunked output
+layer + loss (``gpt_study.train.loss.head_loss``), fused AdamW, bf16 attention math and memory that
+stays mapped between steps (``gpt_study.runtime.device``). Both start from the same weights; the script
 first checks that they compute the same loss, then times them in alternation in this one
 process, so that other work on the machine slows both alike, and reports medians.
 
@@ -41,10 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpt_study.config import GPTConfig  # noqa: E402
-from gpt_study.loss import head_loss, lm_loss  # noqa: E402
-from gpt_study.model import GPT, flops_per_token  # noqa: E402
-from gpt_study.ops import use_cpu_path  # noqa: E402
-from gpt_study.runtime import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
+from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
+from gpt_study.model.kernels import use_cpu_path  # noqa: E402
+from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
+from gpt_study.train.loss import head_loss, lm_loss  # noqa: E402
 from reference import ReferenceGPT, copy_from, reference_loss  # noqa: E402
 
 # The study's optimizer settings.
@@ -208,7 +208,7 @@ def main() -> int:
     gpt.train(), ref.train()
 
     # Each kind of step with the process-wide settings it runs under: (bf16 attention math,
-    # gpt_study.ops' CPU dropout path). They are switched before each step.
+    # gpt_study.model.kernels' CPU dropout path). They are switched before each step.
     REF, FAST = "reference (fp32, study)", "gpt-study fast step"
     steps: dict[str, Callable[[], torch.Tensor]] = {
         REF: reference_step(ref, adamw(ref.parameters(), False), x, y),
@@ -227,7 +227,7 @@ def main() -> int:
             ("+ fused AdamW", True, False, (False, False)),
             ("+ bf16 attention math", True, False, (True, False)),
             ("+ chunked output layer and loss", True, True, (True, False)),
-            ("+ CPU dropout path (gpt_study.ops)", True, True, (True, True)),
+            ("+ CPU dropout path (gpt_study.model.kernels)", True, True, (True, True)),
         ]
         for name, fused, chunked, setting in rows:
             m = copy_of_gpt()

@@ -13,9 +13,9 @@ import torch
 
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import config_to_dict
+from gpt_study.config.presets import preset_config
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.model import GPT
-from gpt_study.presets import preset_config
+from gpt_study.model.gpt import GPT
 
 WORDS = (
     "once upon a time there was little girl named lily . she liked to play , and the "

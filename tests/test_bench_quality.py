@@ -16,7 +16,7 @@ from gpt_study.cli import evaluate as evaluate_cli
 from gpt_study.cli import train as train_cli
 from gpt_study.cli.common import story_protocol
 from gpt_study.config import EOT_ID, SOT_ID
-from gpt_study.stories import STORY_PROTOCOL
+from gpt_study.evaluate.stories import STORY_PROTOCOL
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 

@@ -10,9 +10,9 @@ import torch
 
 from gpt_study import checkpoint as ckpt_mod
 from gpt_study.checkpoint import load_checkpoint, save_checkpoint
-from gpt_study.errors import UserError
-from gpt_study.model import GPT
-from gpt_study.presets import preset_config
+from gpt_study.config.presets import preset_config
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.errors import UserError
 
 V = 51  # the vocabulary of the tiny_prepared fixture
 

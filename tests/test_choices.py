@@ -16,7 +16,7 @@ import pytest
 
 from gpt_study.cli.flags import add_dataclass_args, dataclass_overrides
 from gpt_study.config import Config, config_to_dict, load_config, save_config
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 # str fields whose values are open-ended: paths, names, notes, and --device (cuda:N), which
 # runtime.resolve_device checks. Config.preset is a record; presets.preset_config checks names.

@@ -27,12 +27,13 @@ from gpt_study.compare import (
     load_runs,
 )
 from gpt_study.config import SampleConfig
-from gpt_study.errors import UserError
-from gpt_study.evaluate import evaluate_stories
-from gpt_study.presets import preset_config
-from gpt_study.stories import OPENINGS, STORY_PROTOCOL, write_stories
-from gpt_study.train import build_config, fit
-from gpt_study.train.metrics import read_metrics
+from gpt_study.config.presets import preset_config
+from gpt_study.evaluate.report import evaluate_stories
+from gpt_study.evaluate.stories import OPENINGS, STORY_PROTOCOL, write_stories
+from gpt_study.runs import read_metrics
+from gpt_study.runtime.errors import UserError
+from gpt_study.train.fit import fit
+from gpt_study.train.setup import build_config
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)

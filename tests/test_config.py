@@ -12,8 +12,8 @@ from gpt_study.config import (
     load_config,
     save_config,
 )
-from gpt_study.errors import UserError
-from gpt_study.presets import preset_config
+from gpt_study.config.presets import preset_config
+from gpt_study.runtime.errors import UserError
 
 
 def test_study_defaults():

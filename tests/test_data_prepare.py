@@ -20,7 +20,7 @@ from gpt_study.data.prepare import folder as prep_folder
 from gpt_study.data.prepare import ids as prep_ids
 from gpt_study.data.prepare import workers as prep_workers
 from gpt_study.data.tokenizer import build_word_vocab, load_tokenizer, spacy_tokenizer
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 WORDS = (
     "lily ben cat dog ball tree sun park mom dad happy sad big little red blue ran jumped saw "

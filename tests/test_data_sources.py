@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gpt_study.data.sources import Source, file_format, iter_stories, resolve_sources, split_of
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 STORIES = ["Once upon a time.\nThe end.", 'Lily said, "hi!"', "Ben ran \u2014 fast \U0001f642"]
 

@@ -21,7 +21,7 @@ from gpt_study.data.tokenizer import (
     spacy_tokenizer,
     train_bpe,
 )
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"
 

@@ -18,13 +18,13 @@ import torch
 
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
+from gpt_study.config.presets import preset_config
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.errors import UserError
+from gpt_study.evaluate.introspect import trace
 from gpt_study.generate import decode_row, generate_ids, quantize_int8, reference_generate
 from gpt_study.generate.decode import reference_logits
-from gpt_study.introspect import trace
-from gpt_study.model import GPT
-from gpt_study.presets import preset_config
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.errors import UserError
 from serve_fixtures import VOCAB
 from test_model_options import BASE, OPTIONS
 

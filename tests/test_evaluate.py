@@ -10,11 +10,10 @@ import torch
 
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.cli import main
+from gpt_study.config.presets import preset_config
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.evaluate import evaluate_split, evaluate_tokens, split_metrics
-from gpt_study.model import GPT, GPTConfig
-from gpt_study.presets import preset_config
-from gpt_study.stories import (
+from gpt_study.evaluate.report import evaluate_split, evaluate_tokens, split_metrics
+from gpt_study.evaluate.stories import (
     OPENINGS,
     STORY_PROTOCOL,
     StoryProtocol,
@@ -22,6 +21,7 @@ from gpt_study.stories import (
     story_metrics,
     wilson_interval,
 )
+from gpt_study.model.gpt import GPT, GPTConfig
 
 WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()
 VOCAB = ["<unk>", "<sot>", "<eot>"] + WORDS

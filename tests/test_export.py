@@ -20,12 +20,12 @@ import torch
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.cli import main
 from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
+from gpt_study.config.presets import preset_config
 from gpt_study.data.clean import clean_text
 from gpt_study.data.tokenizer import WordTokenizer, build_word_vocab, spacy_tokenizer, train_bpe
-from gpt_study.errors import UserError
 from gpt_study.generate import generate_ids
-from gpt_study.model import GPT
-from gpt_study.presets import preset_config
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.errors import UserError
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is in the test extra: pip install -e '.[test]'"

@@ -5,8 +5,8 @@ import torch
 
 from gpt_study.cli import main
 from gpt_study.config import EOT_ID, SOT_ID, SampleConfig
+from gpt_study.config.presets import preset_config
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.errors import UserError
 from gpt_study.generate import (
     _draw,
     apply_repetition_penalty,
@@ -21,8 +21,8 @@ from gpt_study.generate import (
     segment_start,
 )
 from gpt_study.generate.window import resolve_window
-from gpt_study.model import GPT, GPTConfig
-from gpt_study.presets import preset_config
+from gpt_study.model.gpt import GPT, GPTConfig
+from gpt_study.runtime.errors import UserError
 
 V = 60
 WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()

@@ -13,10 +13,10 @@ from torch import nn
 from gpt_study.config import EOT_ID, SOT_ID, SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.tokenizer import load_tokenizer
+from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.generate import decode_row, generate_ids, quantize_int8, weight_bytes_per_token
 from gpt_study.generate.weights import Int8Linear
-from gpt_study.heldout import score_tokens
-from gpt_study.model import GPT, GPTConfig
+from gpt_study.model.gpt import GPT, GPTConfig
 
 V = 60
 
@@ -158,8 +158,8 @@ def test_int8_and_bf16_weights_keep_valid_nll_within_half_a_percent(tiny_prepare
 def test_cli_generates_with_int8_weights(tmp_path, capsys):
     from gpt_study.checkpoint import save_checkpoint
     from gpt_study.cli import main
+    from gpt_study.config.presets import preset_config
     from gpt_study.data.tokenizer import WordTokenizer
-    from gpt_study.presets import preset_config
 
     words = "once upon a time there was little girl named lily . she liked to play".split()
     vocab = ["<unk>", "<sot>", "<eot>"] + words + [f"w{i}" for i in range(V - 3 - len(words))]

@@ -8,9 +8,9 @@ import torch
 
 from gpt_study.config import EOT_ID, SOT_ID
 from gpt_study.data.tokenizer import WordTokenizer
-from gpt_study.heldout import score_tokens
-from gpt_study.introspect import pieces, query_window, score_ids, text_ids, trace
-from gpt_study.model import GPT, GPTConfig
+from gpt_study.evaluate.heldout import score_tokens
+from gpt_study.evaluate.introspect import pieces, query_window, score_ids, text_ids, trace
+from gpt_study.model.gpt import GPT, GPTConfig
 
 V = 40
 WORDS = "once upon a time there was little girl named lily . she liked to play , and the n't could".split()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt_study.config import EOT_ID, SOT_ID
-from gpt_study.loss import head_loss, lm_loss, lm_loss_terms, nll_sum
+from gpt_study.train.loss import head_loss, lm_loss, lm_loss_terms, nll_sum
 
 
 def study_criterion(vocab_size, eps, sp_weight):

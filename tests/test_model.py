@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gpt_study.model import GPT, GPTConfig, KVCache
+from gpt_study.model.gpt import GPT, GPTConfig, KVCache
 
 
 def tiny_config(**kw):
@@ -72,8 +72,8 @@ def test_causality():
 def test_mlp_training_forward_has_the_studys_two_dropouts():
     """The study's ff, w2(dropout(gelu(w1(x)))), then the residual dropout on its output: the
     training forward against a hand computation with the same masks, drawn again in the same
-    order from the same seed through gpt_study.ops (the CPU path the model takes)."""
-    from gpt_study import ops
+    order from the same seed through gpt_study.model.kernels (the CPU path the model takes)."""
+    from gpt_study.model import kernels
 
     torch.manual_seed(0)
     p = 0.25
@@ -82,8 +82,8 @@ def test_mlp_training_forward_has_the_studys_two_dropouts():
     torch.manual_seed(7)
     got = mlp(x)
     torch.manual_seed(7)
-    inner = ops.keep_mask((2, 5, 64), p, torch.float32) != 0  # on the d_ff activations
-    outer = ops.keep_mask((2, 5, 32), p, torch.float32) != 0  # on the branch's output
+    inner = kernels.keep_mask((2, 5, 64), p, torch.float32) != 0  # on the d_ff activations
+    outer = kernels.keep_mask((2, 5, 32), p, torch.float32) != 0  # on the branch's output
     h = F.gelu(x @ mlp.fc.weight.T + mlp.fc.bias) * inner / (1 - p)  # (B, T, d_ff)
     want = (h @ mlp.proj.weight.T + mlp.proj.bias) * outer / (1 - p)  # (B, T, C)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -9,10 +9,11 @@ from safetensors.torch import load_file
 
 from gpt_study.checkpoint import load_checkpoint, save_checkpoint
 from gpt_study.config import GPTConfig, SampleConfig
+from gpt_study.config.presets import preset_config
 from gpt_study.generate import generate_ids, reference_generate
-from gpt_study.model import GPT, KVCache, apply_rope, rope_tables
-from gpt_study.presets import preset_config
-from gpt_study.train import build_config, fit
+from gpt_study.model.gpt import GPT, KVCache, apply_rope, rope_tables
+from gpt_study.train.fit import fit
+from gpt_study.train.setup import build_config
 
 V = 50
 BASE = dict(vocab_size=V, max_len=32, d_model=32, d_ff=48, n_layers=2, n_heads=4)

@@ -1,5 +1,5 @@
 """Summed NLL -> NLL per token, perplexity and bits per byte: one function
-(:func:`gpt_study.heldout.rates`), and training's validation, ``evaluate`` and the server all
+(:func:`gpt_study.evaluate.heldout.rates`), and training's validation, ``evaluate`` and the server all
 report what it says for the same sums, overflow included."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from gpt_study.config import TrainConfig
-from gpt_study.evaluate import split_metrics
-from gpt_study.heldout import PPL_CAP_NLL, Sums, rates
+from gpt_study.evaluate.heldout import PPL_CAP_NLL, Sums, rates
+from gpt_study.evaluate.report import split_metrics
 from gpt_study.serve.views import _summary
 
 validate_module = importlib.import_module("gpt_study.train.validate")  # the package re-exports

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_study.runtime import ThreadTuner, thread_tuning
+from gpt_study.runtime.device import ThreadTuner, thread_tuning
 
 
 class FakeMachine:

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from gpt_study.cli import main  # noqa: E402
 from gpt_study.config import SampleConfig  # noqa: E402
+from gpt_study.evaluate.introspect import score_ids  # noqa: E402
 from gpt_study.generate import generate_ids  # noqa: E402
-from gpt_study.introspect import score_ids  # noqa: E402
 from gpt_study.serve.app import STATIC, create_app  # noqa: E402
 from gpt_study.serve.limits import Busy, Gate, Limits  # noqa: E402
 from gpt_study.serve.registry import Models, Runs  # noqa: E402

@@ -19,11 +19,13 @@ from gpt_study.cli import main
 from gpt_study.config import DataConfig, TrainConfig
 from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
 from gpt_study.data.prepare import prepare
-from gpt_study.errors import UserError
-from gpt_study.model import GPT, GPTConfig
-from gpt_study.train import build_config, fit, lr_at, validate
+from gpt_study.model.gpt import GPT, GPTConfig
+from gpt_study.runtime.errors import UserError
 from gpt_study.train import loop as train_loop
-from gpt_study.train.optim import MuonWithAdamW, make_optimizer
+from gpt_study.train.fit import fit
+from gpt_study.train.optim import MuonWithAdamW, lr_at, make_optimizer
+from gpt_study.train.setup import build_config
+from gpt_study.train.validate import validate
 
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
@@ -110,7 +112,7 @@ def test_study_rows_are_the_split_cut_into_context_size_rows():
 
 
 def test_seed_trains_on_study_rows_and_tiny_on_windows(tiny_prepared):
-    from gpt_study.train.run import _sampler
+    from gpt_study.train.fit import _sampler
     from gpt_study.train.state import TrainState
 
     seed = build_config("seed", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
@@ -202,7 +204,7 @@ def test_validation_nll_matches_a_direct_computation(tiny_prepared, study_rows, 
 
 def test_training_loss_is_the_study_loss_of_the_model():
     """The step's fused output layer + loss equals lm_loss(model(x)), in value and gradient."""
-    from gpt_study.loss import LMLoss, lm_loss
+    from gpt_study.train.loss import LMLoss, lm_loss
 
     torch.manual_seed(0)
     net = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()  # no dropout: two passes must agree
@@ -230,7 +232,7 @@ def _decays(optimizer):
 
 def test_seed_decays_every_parameter_and_tiny_only_the_matrices():
     """The study's AdamW decays biases and LayerNorms too; tiny keeps them undecayed."""
-    from gpt_study.presets import preset_config
+    from gpt_study.config.presets import preset_config
 
     net = GPT(GPTConfig(vocab_size=51, **MODEL))
     seed = preset_config("seed").train
@@ -397,7 +399,7 @@ def test_resume_continues_with_a_larger_epoch_budget(tiny_prepared, tmp_path):
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     tiny_prepared, tmp_path, monkeypatch
 ):
-    import gpt_study.loss as loss_mod
+    import gpt_study.train.loss as loss_mod
 
     calls = {"n": 0}
     real = loss_mod.head_loss

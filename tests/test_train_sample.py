@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from gpt_study.train import build_config, fit
 from gpt_study.train import loop as train_loop
+from gpt_study.train.fit import fit
+from gpt_study.train.setup import build_config
 
 MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 

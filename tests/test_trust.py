@@ -10,7 +10,8 @@ import pytest
 
 from conftest import write_prepared
 from gpt_study.cli import main
-from gpt_study.train import build_config, fit
+from gpt_study.train.fit import fit
+from gpt_study.train.setup import build_config
 
 MODEL = ["--max_len", "32", "--d_model", "32", "--d_ff", "64", "--n_layers", "1", "--n_heads", "4"]
 SHORT = ["--context_size", "16", "--batch_size", "4", "--epoch", "1", "--iters_per_epoch", "2"]

@@ -25,11 +25,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt_study import runtime
 from gpt_study.config import Config, load_config, save_config
 from gpt_study.data.tokenizer import load_tokenizer
-from gpt_study.errors import UserError
-from gpt_study.io import (
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime import device as runtime
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import (
     UMASK,
     check_replaceable,
     fsync_path,
@@ -37,7 +38,6 @@ from gpt_study.io import (
     temp_name,
     write_json_atomic,
 )
-from gpt_study.model import GPT
 
 WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "model.safetensors",

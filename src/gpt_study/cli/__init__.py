@@ -4,7 +4,7 @@ This package is the only place that parses flags. Each command is a module here 
 ``configure(parser)`` (its flags) and ``run(args) -> int`` (flags -> typed config -> a call into the
 library). Only the chosen command's module is imported, so ``gpt-study --help`` and
 ``gpt-study prepare`` do not pay for importing torch.
-Problems the user can fix (:class:`~gpt_study.errors.UserError`) print one line and exit 2.
+Problems the user can fix (:class:`~gpt_study.runtime.errors.UserError`) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from gpt_study import __version__
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -6,14 +6,14 @@ import argparse
 import sys
 from dataclasses import asdict, fields
 
-from gpt_study import runtime
 from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.cli.flags import dataclass_overrides
 from gpt_study.config import SampleConfig
+from gpt_study.config.train import TrainConfig
+from gpt_study.evaluate.stories import STORY_PROTOCOL, StoryProtocol
 from gpt_study.generate.weights import quantize_int8
 from gpt_study.generate.window import resolve_window
-from gpt_study.stories import STORY_PROTOCOL, StoryProtocol
-from gpt_study.train_config import TrainConfig
+from gpt_study.runtime import device as runtime
 
 _TRAIN_DTYPES = next(f for f in fields(TrainConfig) if f.name == "dtype").metadata["choices"]
 
@@ -96,7 +96,7 @@ command that also takes the sampling flags skips these (a checkpoint's values ar
 
 def add_story_args(parser: argparse.ArgumentParser) -> None:
     """The story protocol's flags, shared by ``evaluate`` and ``compare``: each left out keeps
-    the protocol's value (:data:`gpt_study.stories.STORY_PROTOCOL`), never a checkpoint's."""
+    the protocol's value (:data:`gpt_study.evaluate.stories.STORY_PROTOCOL`), never a checkpoint's."""
     p = STORY_PROTOCOL
     for flag, value, what in (
         ("--samples", p.samples_per_opening, "stories per opening"),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt_study import runtime
 from gpt_study.cli.common import add_story_args, story_protocol
 from gpt_study.compare import StorySettings, compare_runs, default_out, format_text
-from gpt_study.errors import UserError
-from gpt_study.stories import OPENINGS
+from gpt_study.evaluate.stories import OPENINGS
+from gpt_study.runtime import device as runtime
+from gpt_study.runtime.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

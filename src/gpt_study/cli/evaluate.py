@@ -20,10 +20,10 @@ from gpt_study.cli.common import (
 from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
-from gpt_study.errors import UserError
-from gpt_study.evaluate import UNK_NOTE, evaluate_split, evaluate_stories, format_table
-from gpt_study.io import write_json_atomic
-from gpt_study.train.setup import data_folder
+from gpt_study.config.data import data_folder
+from gpt_study.evaluate.report import UNK_NOTE, evaluate_split, evaluate_stories, format_table
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import write_json_atomic
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Flags from the config dataclasses: one ``--<field>`` per field, its help the field's ``doc``.
 
 A field's ``choices`` appear in ``--help`` but are not argparse's to refuse: the config's own
-check (:func:`gpt_study.fields.check_choice`) does, with the same line for a flag, a library
+check (:func:`gpt_study.config.fields.check_choice`) does, with the same line for a flag, a library
 call and a saved config.json.
 
 The study's flag names stay flat (``--lr``, ``--n_layers``, ...): every flag is a field of exactly
@@ -17,7 +17,7 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from gpt_study.fields import check_choice
+from gpt_study.config.fields import check_choice
 
 
 def _argparse_type(hint: Any) -> tuple[Any, bool]:

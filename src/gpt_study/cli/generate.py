@@ -9,8 +9,8 @@ from gpt_study.cli.common import add_checkpoint_args, open_checkpoint, sample_se
 from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
-from gpt_study.errors import UserError
 from gpt_study.generate import describe, generate, raw_tokens
+from gpt_study.runtime.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

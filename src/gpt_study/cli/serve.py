@@ -13,9 +13,9 @@ import sys
 import threading
 from dataclasses import fields
 
-from gpt_study import runtime
 from gpt_study.cli.common import add_device_args
-from gpt_study.errors import UserError
+from gpt_study.runtime import device as runtime
+from gpt_study.runtime.errors import UserError
 from gpt_study.serve.limits import Limits
 from gpt_study.serve.stream import GENERATION_THREAD
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from gpt_study import runtime
 from gpt_study.cli.flags import add_dataclass_args, dataclass_overrides
 from gpt_study.config import Config, DataConfig, GPTConfig, TrainConfig
-from gpt_study.presets import PRESETS
-from gpt_study.train import build_config, fit
-from gpt_study.train.setup import DATA_FLAGS
+from gpt_study.config.presets import PRESETS
+from gpt_study.runtime import device as runtime
+from gpt_study.train.fit import fit
+from gpt_study.train.setup import DATA_FLAGS, build_config
 
 DATA_SKIP = tuple(f for f in DataConfig.__dataclass_fields__ if f not in DATA_FLAGS)
 

@@ -9,7 +9,7 @@ parts, one module each:
   NLL across tokenizers, different data folders) and runs without figures, one line each.
 * :mod:`.plot`: ``compare.png``, valid NLL against step, tokens and minutes, and bits per byte
   against tokens, training loss faint behind.
-* :mod:`.stories`: the story protocol (:mod:`gpt_study.stories`, as ``evaluate`` writes
+* :mod:`.stories`: the story protocol (:mod:`gpt_study.evaluate.stories`, as ``evaluate`` writes
   stories) from every run's ``best/``, with its metrics per run.
 * :mod:`.report`: the table printed, and written as ``compare.md`` and ``compare.json``.
 """

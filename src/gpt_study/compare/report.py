@@ -16,9 +16,9 @@ from typing import Any
 
 from gpt_study.compare.plot import PNG, SOFTWARE
 from gpt_study.compare.runs import format_value
-from gpt_study.errors import UserError
-from gpt_study.io import write_json_atomic, write_text_atomic
-from gpt_study.stories import share_text
+from gpt_study.evaluate.stories import share_text
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import write_json_atomic, write_text_atomic
 
 MARKDOWN, JSON = "compare.md", "compare.json"
 OWN_FILES = (PNG, MARKDOWN, JSON)

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt_study.config import Config, config_to_dict, load_config
-from gpt_study.errors import UserError
-from gpt_study.train.metrics import METRICS_JSONL, read_metrics
-from gpt_study.train.setup import BEST
+from gpt_study.runs import BEST, METRICS_JSONL, read_metrics
+from gpt_study.runtime.errors import UserError
 
 # Settings that name places or switch logging, not what a run computes: never "a difference".
 IGNORED = {

@@ -3,7 +3,7 @@
 Every run decodes with one set of sampling settings (the defaults of
 :class:`~gpt_study.config.SampleConfig`), not each run's own, so the runs differ only in their
 weights. Each run reads in its own training window. The stories are those of the story protocol
-(:mod:`gpt_study.stories`) with compare's flags on top: with ``--openings 16`` and the other
+(:mod:`gpt_study.evaluate.stories`) with compare's flags on top: with ``--openings 16`` and the other
 flags at their defaults, the figures are those of ``gpt-study evaluate --no_valid`` on the same
 checkpoint.
 """
@@ -17,8 +17,8 @@ from typing import Any
 from gpt_study.checkpoint import load_for_inference
 from gpt_study.compare.runs import RunData
 from gpt_study.config import SampleConfig
-from gpt_study.errors import UserError
-from gpt_study.stories import STORY_PROTOCOL, StoryProtocol, story_metrics, write_stories
+from gpt_study.evaluate.stories import STORY_PROTOCOL, StoryProtocol, story_metrics, write_stories
+from gpt_study.runtime.errors import UserError
 
 
 @dataclass

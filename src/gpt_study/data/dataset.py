@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gpt_study.data.folder import SPLITS, Meta, redo_hint
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 @dataclass

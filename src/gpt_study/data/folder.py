@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 SPLITS = ("train", "valid")
 

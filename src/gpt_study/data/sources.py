@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 HUB_DATASET = "roneneldan/TinyStories"
 HUB_SPLITS = {"train": "train", "valid": "validation"}

@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 
 from gpt_study import __version__
 from gpt_study.checkpoint import Checkpoint, load_checkpoint
-from gpt_study.errors import UserError
 from gpt_study.export.hf import (
     REMOTE_CLASS,
     REMOTE_FILE,
@@ -39,7 +38,8 @@ from gpt_study.export.verify import (
     held_out_texts,
     require_transformers,
 )
-from gpt_study.io import (
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import (
     UMASK,
     check_replaceable,
     is_temp_of,

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
-from gpt_study.errors import UserError
-from gpt_study.model import GPT
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.errors import UserError
 
 __all__ = [
     "LAYOUTS",

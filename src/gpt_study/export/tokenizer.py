@@ -33,7 +33,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from gpt_study.config import SOT_ID, SPECIALS
 from gpt_study.data.tokenizer import BPETokenizer, Tokenizer, WordTokenizer, spacy_tokenizer
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 __all__ = ["exact_share", "hf_tokenizer", "tokenizer_config", "word_pre_tokenizer"]
 

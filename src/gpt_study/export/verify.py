@@ -18,9 +18,9 @@ from gpt_study.config import EOT_ID, SOT_ID, Config, SampleConfig
 from gpt_study.data.clean import clean_text
 from gpt_study.data.prepare.ids import Holdout
 from gpt_study.data.sources import Source, iter_stories
-from gpt_study.errors import UserError
 from gpt_study.generate.decode import generate_ids
-from gpt_study.model import GPT
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.errors import UserError
 
 __all__ = [
     "LOGITS_TOLERANCE",

@@ -15,9 +15,9 @@ import torch
 
 from gpt_study.config import SampleConfig
 from gpt_study.data.clean import clean_text
-from gpt_study.errors import UserError
 from gpt_study.generate.decode import generate_ids
 from gpt_study.generate.window import resolve_window
+from gpt_study.runtime.errors import UserError
 
 __all__ = [
     "GenerationResult",

@@ -8,7 +8,7 @@ row (symmetric, round to nearest: the usual "weight-only int8" of torchao and gp
 quarter of the bytes; activations, LayerNorms, attention and the residual stream stay as they
 were. ``torch._weight_int8pack_mm`` multiplies bf16 activations by the int8 weight directly,
 without materialising a dequantized copy. Applied from outside the model (a module swap), like
-every other precision decision: ``model.py`` knows nothing of it.
+every other precision decision: ``model/gpt.py`` knows nothing of it.
 
 The cost is accuracy, measured rather than assumed: ``tests/test_generate_fast.py`` holds the
 held-out NLL of an int8 model within 0.5% of fp32, and ``benchmarks/bench_generate.py

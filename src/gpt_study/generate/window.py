@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 __all__ = ["SLIDE_KEEP", "keep_size", "resolve_window", "rotary", "segment_start", "window_size"]
 

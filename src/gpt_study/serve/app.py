@@ -29,7 +29,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from gpt_study import __version__
 from gpt_study.config import SampleConfig
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 from gpt_study.serve.limits import BodyLimit, Busy, Gate, Limits
 from gpt_study.serve.registry import Models, NotFound, Runs
 from gpt_study.serve.schemas import (

@@ -13,7 +13,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 
-from gpt_study.fields import AT_LEAST_1, NON_NEGATIVE, check_ranges
+from gpt_study.config.fields import AT_LEAST_1, NON_NEGATIVE, check_ranges
 
 __all__ = ["BodyLimit", "Busy", "Gate", "Limits"]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.config import config_to_dict, load_config
-from gpt_study.errors import UserError
+from gpt_study.evaluate.introspect import text_ids
 from gpt_study.generate import encode_prompt
-from gpt_study.introspect import text_ids
-from gpt_study.train.metrics import METRICS_JSONL, read_metrics
+from gpt_study.runs import METRICS_JSONL, read_metrics
+from gpt_study.runtime.errors import UserError
 
 __all__ = ["Models", "NotFound", "Runs", "Served"]
 
@@ -54,7 +54,7 @@ class Served:
             return encode_prompt(self.checkpoint.tokenizer, prompt, self.window)
 
     def encode_text(self, text: str) -> tuple[list[int], int, int]:
-        """:func:`gpt_study.introspect.text_ids` of a pasted text: ids, bytes, stories."""
+        """:func:`gpt_study.evaluate.introspect.text_ids` of a pasted text: ids, bytes, stories."""
         with self._encoding:
             return text_ids(self.checkpoint.tokenizer, text)
 

@@ -26,8 +26,8 @@ from dataclasses import asdict
 from typing import Any
 
 from gpt_study.config import SampleConfig
+from gpt_study.evaluate.introspect import PieceReader, pieces
 from gpt_study.generate import generate_ids, readable
-from gpt_study.introspect import PieceReader, pieces
 from gpt_study.serve.limits import Gate
 from gpt_study.serve.registry import Served
 

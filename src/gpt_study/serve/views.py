@@ -1,7 +1,7 @@
 """What each inspection route computes, as plain functions from a served model to JSON-ready dicts.
 
 The routes in :mod:`gpt_study.serve.app` only parse, bound and schedule; the numbers come from
-here, on top of :mod:`gpt_study.introspect`, so they can be tested (and scripted) without HTTP.
+here, on top of :mod:`gpt_study.evaluate.introspect`, so they can be tested (and scripted) without HTTP.
 Probabilities are rounded to 6 decimals: a page has no use for more and the answers stay small.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from gpt_study.heldout import rates
-from gpt_study.introspect import PieceReader, pieces, query_window, score_ids, trace
+from gpt_study.evaluate.heldout import rates
+from gpt_study.evaluate.introspect import PieceReader, pieces, query_window, score_ids, trace
 from gpt_study.serve.registry import Served
 
 __all__ = [

@@ -11,23 +11,17 @@ import torch
 
 from gpt_study.config import Config
 from gpt_study.data.dataset import PreparedData, RowSampler
-from gpt_study.model import GPT
-from gpt_study.runtime import ThreadTuner
-from gpt_study.train.metrics import METRICS_CSV, METRICS_JSONL
-from gpt_study.train.observe import INFO_LOG, Observer
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.device import ThreadTuner
+from gpt_study.train.observe import Observer
 from gpt_study.train.optim import Optimizer
-from gpt_study.train.plot import PLOT
-from gpt_study.train.setup import BEST, LAST
 from gpt_study.train.signals import StopSignals, exit_code
 from gpt_study.train.state import TrainState
-
-# Everything a run writes into --save_root: a new run starts only in a folder holding nothing else.
-RUN_FILES = ("config.json", INFO_LOG, METRICS_JSONL, METRICS_CSV, PLOT, LAST, BEST)
 
 
 @dataclass
 class TrainResult:
-    """What a call to :func:`~gpt_study.train.run.fit` ended with."""
+    """What a call to :func:`~gpt_study.train.fit.fit` ended with."""
 
     save_root: Path
     step: int

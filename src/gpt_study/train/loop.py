@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt_study import distributed as dist
 from gpt_study.checkpoint import save_checkpoint
-from gpt_study.errors import UserError
-from gpt_study.runtime import autocast, to_device
+from gpt_study.runs import BEST, LAST
+from gpt_study.runtime import distributed
+from gpt_study.runtime.device import autocast, to_device
+from gpt_study.runtime.errors import UserError
 from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.observe import epoch_bar, hms
 from gpt_study.train.optim import lr_at
-from gpt_study.train.setup import BEST, LAST
 from gpt_study.train.state import rng_state
 from gpt_study.train.validate import sample_story, validate
 
@@ -129,7 +129,7 @@ def end_of_epoch(r: Run, step: int) -> bool:
         share,
         " | best" if is_best else "",
     )
-    failed = _sample(r, step) if dist.is_main() and tc.sample_tokens > 0 else None
+    failed = _sample(r, step) if distributed.is_main() and tc.sample_tokens > 0 else None
     r.observer.record(
         {
             "kind": "valid",
@@ -169,10 +169,14 @@ def _sample(r: Run, step: int) -> str | None:
 
 def save(r: Run, is_best: bool) -> None:
     """Checkpoint ``last`` (and ``best``) on rank 0; every rank sends its RNG state first."""
-    rngs = dist.gather_json(rng_state(r.device))
-    if dist.is_main():
+    rngs = distributed.gather_json(rng_state(r.device))
+    if distributed.is_main():
         tc, st = r.cfg.train, r.state
-        st.rng, st.world_size, st.torch = list(rngs or []), dist.world_size(), torch.__version__
+        st.rng, st.world_size, st.torch = (
+            list(rngs or []),
+            distributed.world_size(),
+            torch.__version__,
+        )
         st.epoch = st.step // tc.iters_per_epoch
         st.tokens = st.step * r.tokens_per_step
         st.sampler = {
@@ -187,7 +191,7 @@ def save(r: Run, is_best: bool) -> None:
         if is_best:
             best = st.to_dict(with_rng=False)
             save_checkpoint(r.save_root / BEST, r.net, r.saved_config, tok, best)
-    dist.barrier()
+    distributed.barrier()
 
 
 # ---------------------------------------------------------------- the loop's small parts
@@ -228,11 +232,11 @@ def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
     tc = r.cfg.train
     time_up = bool(tc.max_time) and (time.perf_counter() - clock.started) > tc.max_time * 60
     received = r.stop.received
-    loss, bad, time_up, sigint, sigterm = dist.all_reduce_sum(
+    loss, bad, time_up, sigint, sigterm = distributed.all_reduce_sum(
         [loss, not finite, time_up, received == "SIGINT", received == "SIGTERM"]
     )
     signalled = "SIGINT" if sigint else "SIGTERM" if sigterm else None
-    return _Agreed(loss / dist.world_size(), bool(bad), bool(time_up), signalled)
+    return _Agreed(loss / distributed.world_size(), bool(bad), bool(time_up), signalled)
 
 
 def _nothing_to_do(r: Run, step: int) -> TrainResult | None:
@@ -257,7 +261,7 @@ def _stop_on_bad_loss(r: Run, step: int, loss: float) -> None:
         f"the loss became {loss} at step {step}: training stopped ({where}); "
         "lower --lr, set --grad_clip 1.0 or use --dtype float32"
     )
-    if dist.is_main():
+    if distributed.is_main():
         raise UserError(msg)
     raise SystemExit(2)
 
@@ -306,7 +310,7 @@ def _stop_reason(r: Run, step: int, agreed: _Agreed) -> str | None:
 
 
 def _save_on_signal(r: Run, signalled: str, rate: float) -> TrainResult:
-    if dist.is_main():  # every rank got the signal; one line says so
+    if distributed.is_main():  # every rank got the signal; one line says so
         log.warning("%s: stopping at step %d and saving a checkpoint", signalled, r.state.step)
     save(r, is_best=False)
     log.info("checkpoint saved in %s: continue with --resume", r.save_root / LAST)

@@ -2,20 +2,19 @@
 
 The writer appends one record per log line and per validation (rank 0 only); on resume it first
 forgets the records written after the checkpoint it resumes from, since those steps are redone.
-The reader skips a torn last line of a killed run. ``gpt-study plot`` draws from the JSONL.
+``gpt-study plot`` draws from the JSONL.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from gpt_study.io import atomic_open
+from gpt_study.runs import METRICS_CSV, METRICS_JSONL, read_metrics
+from gpt_study.runtime.files import atomic_open
 
-METRICS_JSONL, METRICS_CSV = "metrics.jsonl", "metrics.csv"
 CSV_COLUMNS = (
     "kind",
     "step",
@@ -70,14 +69,3 @@ def _csv_cell(v: Any) -> Any:
     if v is None:
         return ""
     return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl, skipping a torn last line of a killed run."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out

@@ -16,16 +16,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gpt_study import distributed as dist
 from gpt_study.config import Config, TrainConfig, config_to_dict
-from gpt_study.errors import UserError
-from gpt_study.progress import progress_bar
+from gpt_study.runs import INFO_LOG, PLOT
+from gpt_study.runtime import distributed
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.progress import progress_bar
 from gpt_study.train.metrics import MetricsWriter
-from gpt_study.train.plot import PLOT, plot_run
+from gpt_study.train.plot import plot_run
 from gpt_study.train.state import TrainState
 
 log = logging.getLogger("gpt_study.train")
-INFO_LOG = "info.log"
 
 
 class _TqdmHandler(logging.Handler):
@@ -45,7 +45,7 @@ def console_and_log(save_root: Path | None) -> Iterator[None]:
         handlers.append(fh)
     handlers[0].setFormatter(logging.Formatter("%(message)s"))
     old_level, old_prop = log.level, log.propagate
-    log.setLevel(logging.INFO if dist.is_main() else logging.WARNING)
+    log.setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
     log.propagate = False
     for h in handlers:
         log.addHandler(h)
@@ -85,7 +85,7 @@ class Observer:
 
     def __init__(self, cfg: Config, state: TrainState, resume: bool) -> None:
         self.save_root = Path(cfg.train.save_root)
-        self.main = dist.is_main()
+        self.main = distributed.is_main()
         self.metrics = (
             MetricsWriter(self.save_root, state.step if resume else None) if self.main else None
         )
@@ -114,7 +114,7 @@ def epoch_bar(step: int, cfg: TrainConfig) -> tqdm:
     """The bar of the epoch ``step`` is in (rank 0 only; ``--progress``: on a terminal)."""
     ipe = cfg.iters_per_epoch
     return progress_bar(
-        cfg.progress if dist.is_main() else False,
+        cfg.progress if distributed.is_main() else False,
         total=ipe,
         initial=step % ipe,
         desc=f"epoch {step // ipe + 1}/{cfg.epoch}",

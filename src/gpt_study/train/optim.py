@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gpt_study.config import TrainConfig
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

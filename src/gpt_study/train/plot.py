@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gpt_study.errors import UserError
-from gpt_study.io import atomic_path
-from gpt_study.train.metrics import METRICS_JSONL, read_metrics
-
-PLOT = "loss.png"
+from gpt_study.runs import METRICS_JSONL, PLOT, read_metrics
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import atomic_path
 
 
 def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

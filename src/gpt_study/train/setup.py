@@ -2,7 +2,7 @@
 
 This is the library form of ``gpt-study train``'s flags: :func:`build_config` takes a preset and
 per-section overrides (``train``, ``model``, ``data``: field names of TrainConfig, GPTConfig and
-DataConfig) and returns one validated Config, which :func:`~gpt_study.train.run.fit` trains. The
+DataConfig) and returns one validated Config, which :func:`~gpt_study.train.fit.fit` trains. The
 data section only names the default prepared folder and must agree with what ``prepare``
 recorded; the model's vocabulary size always comes from the folder's tokenizer.
 """
@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gpt_study.checkpoint import load_checkpoint
 from gpt_study.config import (
     Config,
     DataConfig,
@@ -23,13 +22,14 @@ from gpt_study.config import (
     config_to_dict,
     load_config,
 )
+from gpt_study.config.data import data_folder
+from gpt_study.config.presets import preset_config
 from gpt_study.data.dataset import PreparedData, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
-from gpt_study.errors import UserError
-from gpt_study.presets import preset_config
+from gpt_study.runs import CONFIG, damaged_last, resume_source
+from gpt_study.runtime.errors import UserError
 
 log = logging.getLogger("gpt_study.train")
-LAST, BEST = "last", "best"
 
 # DataConfig fields that train accepts: the study's, to find the default prepared folder.
 DATA_FLAGS = ("dataset_root", "min_freq", "vocab_size", "tokenizer")
@@ -85,31 +85,6 @@ def build_config(
     return preset_config(preset or "seed", train=train, model=model, data=recorded)
 
 
-def data_folder(data: str | None, data_settings: dict[str, Any]) -> Path:
-    """``--data``, else ``<dataset_root>/<tokenizer>-<vocab_size>`` as ``prepare`` names it."""
-    if data:
-        return Path(data)
-    return DataConfig(**data_settings).output_dir()
-
-
-def has_run(save_root: Path) -> bool:
-    """Whether ``save_root`` holds a run's checkpoint (or the copy kept by an interrupted save)."""
-    return (save_root / LAST).exists() or (save_root / f".{LAST}.old").exists()
-
-
-def damaged_last(save_root: Path, error: UserError) -> UserError:
-    """The error of a damaged ``last/``, saying whether ``best/`` can be used instead."""
-    try:
-        best = load_checkpoint(save_root / BEST)
-    except UserError:
-        return UserError(f"{error}; {save_root / BEST} cannot be used either: start a new run")
-    return UserError(
-        f"{error}; {best.path} (step {best.state.get('step')}) is intact but holds no optimizer "
-        "state, so the run cannot continue exactly: use it with generate or evaluate, or start "
-        "a new run"
-    )
-
-
 def _check_meta(data: PreparedData, data_ov: dict[str, Any]) -> None:
     """Flags that describe the corpus must agree with what ``prepare`` recorded."""
     settings = data.info.settings
@@ -143,16 +118,9 @@ def _resumed_config(
     save_root: Path, preset: str | None, train_ov: dict[str, Any], model_ov: dict[str, Any]
 ) -> Config:
     """The config of the run in ``save_root``, with the flags that may change applied."""
-    last = save_root / LAST
-    if not (last / "config.json").exists() and not (save_root / f".{LAST}.old").exists():
-        raise UserError(
-            f"--resume, but {save_root} holds no checkpoint '{LAST}': "
-            "drop --resume to start a run, or point --save_root at an existing run"
-        )
-    if not (last / "config.json").exists():
-        last = save_root / f".{LAST}.old"
+    last = resume_source(save_root)
     try:
-        cfg = load_config(last / "config.json")
+        cfg = load_config(last / CONFIG)
     except UserError as e:
         raise damaged_last(save_root, e) from None
     if preset is not None and preset != cfg.preset:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 @dataclass

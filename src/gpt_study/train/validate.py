@@ -1,6 +1,6 @@
 """Validation during training, and the sample story written after it.
 
-Validation scores the valid split with the one held-out scorer (:mod:`gpt_study.heldout`),
+Validation scores the valid split with the one held-out scorer (:mod:`gpt_study.evaluate.heldout`),
 sharded over ranks and summed, and reports the study's loss beside the honest numbers.
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from gpt_study import distributed as dist
 from gpt_study.config import Config, TrainConfig
 from gpt_study.data.dataset import PreparedData
+from gpt_study.evaluate.heldout import Sums, rates, score_tokens, scored_bytes
 from gpt_study.generate import generate
-from gpt_study.heldout import Sums, rates, score_tokens, scored_bytes
-from gpt_study.model import GPT
-from gpt_study.runtime import autocast
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime import distributed
+from gpt_study.runtime.device import autocast
 
 log = logging.getLogger("gpt_study.train")
 
@@ -63,7 +63,7 @@ def validate(
       with their weights - what the study called "valid loss";
     * ``nll``: plain cross-entropy, nats per token, every target counted once (``<eot>`` and
       ``<sot>`` included: ending a story is part of the text); ``ppl = exp(nll)``
-      (capped, see :func:`gpt_study.heldout.rates`);
+      (capped, see :func:`gpt_study.evaluate.heldout.rates`);
     * ``bpb``: total NLL in bits over the UTF-8 bytes of the text those targets encode. The byte
       count comes from ``meta.json`` (``splits.valid.bytes``, the prepared text); when only a
       share of the targets is scored, the bytes are taken in the same share. With the word
@@ -79,9 +79,9 @@ def validate(
         dtype=dtype,
         label_smoothing=cfg.label_smoothing,
         sp_weight=cfg.sp_weight,
-        shard=(dist.rank(), dist.world_size()),
+        shard=(distributed.rank(), distributed.world_size()),
     )
-    s = Sums.from_list(dist.all_reduce_sum(mine.as_list()))
+    s = Sums.from_list(distributed.all_reduce_sum(mine.as_list()))
     targets = len(tokens) - 1
     split_bytes = data.split_meta("valid").get("bytes") or 0
     r = rates(s.nll, s.targets, scored_bytes(split_bytes, s.targets, targets))

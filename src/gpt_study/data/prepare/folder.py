@@ -29,8 +29,8 @@ from gpt_study.data.sources import (
     sha256_file,
 )
 from gpt_study.data.tokenizer import Tokenizer
-from gpt_study.errors import UserError
-from gpt_study.io import check_replaceable, write_json_atomic
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import check_replaceable, write_json_atomic
 
 # Everything a prepared folder holds: prepare replaces a folder only if it holds nothing else.
 PREPARED_FILES = ("train.bin", "valid.bin", "tokenizer.json", "meta.json")

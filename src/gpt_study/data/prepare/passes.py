@@ -23,8 +23,8 @@ from gpt_study.data.tokenizer import (
     WordTokenizer,
     train_bpe,
 )
-from gpt_study.errors import UserError
-from gpt_study.progress import progress_bar
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.progress import progress_bar
 
 BLOCK = 1 << 24  # tokens per block when rewriting provisional ids
 

@@ -27,7 +27,7 @@ from gpt_study.data.tokenizer import (
     spacy_tokenizer,
     split_chunks,
 )
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 BATCH_STORIES = 256  # stories per worker task
 BATCH_CHARS = 1 << 20  # ... or this many characters, whichever comes first

@@ -15,8 +15,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.chunks import ChunkTable
-from gpt_study.errors import UserError
-from gpt_study.io import write_json_atomic
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import write_json_atomic
 
 
 class BPETokenizer(Tokenizer):

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpt_study.config import BYTE_VOCAB, EOT_ID, SOT_ID, SPECIALS
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
-from gpt_study.io import write_json_atomic
+from gpt_study.runtime.files import write_json_atomic
 
 OFFSET = len(SPECIALS)  # id of byte 0
 

@@ -17,7 +17,7 @@ from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.bpe import BPETokenizer
 from gpt_study.data.tokenizer.byte import ByteTokenizer
 from gpt_study.data.tokenizer.word import WordTokenizer
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenizer:

@@ -13,8 +13,8 @@ from typing import Any
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS, UNK_ID
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.chunks import ChunkSplitter
-from gpt_study.errors import UserError
-from gpt_study.io import write_json_atomic
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import write_json_atomic
 
 # Pieces that attach to the piece before them / the piece after them when decoding `word` ids.
 _GLUE_LEFT = {

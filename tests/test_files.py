@@ -1,4 +1,4 @@
-"""Flushing before publishing: :func:`gpt_study.io.fsync_path` is the one fsync, and both an
+"""Flushing before publishing: :func:`gpt_study.runtime.files.fsync_path` is the one fsync, and both an
 atomic file write and a checkpoint save flush every file they publish through it."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gpt_study.checkpoint import save_checkpoint
-from gpt_study.io import fsync_path, write_text_atomic
-from gpt_study.model import GPT
-from gpt_study.presets import preset_config
+from gpt_study.config.presets import preset_config
+from gpt_study.model.gpt import GPT
+from gpt_study.runtime.files import fsync_path, write_text_atomic
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fds via /proc")
 

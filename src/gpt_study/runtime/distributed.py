@@ -17,7 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 def env_world_size() -> int:

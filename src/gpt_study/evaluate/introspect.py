@@ -1,6 +1,6 @@
 """Looking inside a model: per-token probabilities, attention weights and the logit lens.
 
-The model's forward pass (:mod:`gpt_study.model`) runs PyTorch's fused attention, which never
+The model's forward pass (:mod:`gpt_study.model.gpt`) runs PyTorch's fused attention, which never
 materialises the attention weights; that is what keeps training and generation fast. The study
 views need the weights, so :func:`trace` runs the same forward pass with each attention module
 asked for them (its ``keep_weights`` flag: the plain formula ``softmax(q k^T / sqrt(d)) v`` in
@@ -16,7 +16,7 @@ Also here, on top of the fused path since they need no weights:
   1 and ``window`` tokens of context), so numbers agree with ``gpt-study evaluate``.
 * :func:`text_ids`: a pasted text encoded as ``prepare`` encodes stories (``<sot> ... <eot>``
   per story, stories split on ``<|endoftext|>`` lines) and the UTF-8 bytes bits per byte divides
-  by (:func:`gpt_study.heldout.bits_per_byte`).
+  by (:func:`gpt_study.evaluate.heldout.bits_per_byte`).
 * :func:`pieces` (from :mod:`gpt_study.generate.text`, where streamed text is made too): the
   text each token adds, so a view can show tokens as the tokenizer split them and still read as
   the text.
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from gpt_study.data.clean import clean_text
 from gpt_study.data.sources import END_OF_TEXT
+from gpt_study.evaluate.heldout import scored_windows
 from gpt_study.generate.text import PieceReader, pieces
-from gpt_study.heldout import scored_windows
-from gpt_study.model import GPT
+from gpt_study.model.gpt import GPT
 
 __all__ = [
     "PieceReader",
@@ -121,7 +121,7 @@ class Scores:
 @torch.inference_mode()
 def score_ids(model: GPT, ids: Sequence[int], window: int, top_k: int = 5) -> Scores:
     """Score every token of ``ids`` after the first, in validation's windows: the walk of
-    :func:`gpt_study.heldout.scored_windows`, read token by token."""
+    :func:`gpt_study.evaluate.heldout.scored_windows`, read token by token."""
     if len(ids) < 2:
         raise ValueError("scoring needs at least 2 tokens")
     k = max(1, min(top_k, model.config.vocab_size))

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from gpt_study.errors import UserError
-from gpt_study.fields import (
+from gpt_study.config.fields import (
     AT_LEAST_1,
     POSITIVE,
     PROBABILITY,
@@ -20,6 +19,7 @@ from gpt_study.fields import (
     check_ranges,
     doc,
 )
+from gpt_study.runtime.errors import UserError
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from gpt_study.config import EOT_ID, SampleConfig
-from gpt_study.fields import AT_LEAST_1, NON_NEGATIVE, Range, check_ranges
+from gpt_study.config.fields import AT_LEAST_1, NON_NEGATIVE, Range, check_ranges
 from gpt_study.generate import describe, generate
 
 OPENINGS = (

@@ -29,21 +29,21 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt_study import distributed as dist
 from gpt_study.checkpoint import load_checkpoint
 from gpt_study.config import Config, TrainConfig, save_config
 from gpt_study.data.dataset import PreparedData, RowSampler, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
-from gpt_study.errors import UserError
-from gpt_study.io import check_replaceable
-from gpt_study.loss import LMLoss
-from gpt_study.model import GPT
-from gpt_study.runtime import resolve_device, resolve_dtype, thread_tuning
-from gpt_study.train.context import RUN_FILES, Run, TrainResult
+from gpt_study.model.gpt import GPT
+from gpt_study.runs import LAST, RUN_FILES, damaged_last, has_run
+from gpt_study.runtime import distributed
+from gpt_study.runtime.device import resolve_device, resolve_dtype, thread_tuning
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import check_replaceable
+from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.loop import train_loop
+from gpt_study.train.loss import LMLoss
 from gpt_study.train.observe import Observer, console_and_log
 from gpt_study.train.optim import Optimizer, load_optimizer_state, make_optimizer
-from gpt_study.train.setup import LAST, damaged_last, has_run
 from gpt_study.train.signals import StopSignals
 from gpt_study.train.state import TrainState, seed_everything, set_rng_state
 
@@ -56,15 +56,18 @@ def fit(cfg: Config) -> TrainResult:
     Build ``cfg`` with :func:`gpt_study.train.setup.build_config`. Works alone or inside a
     ``torchrun`` process.
     """
-    device = dist.init(resolve_device(cfg.train.device))
+    device = distributed.init(resolve_device(cfg.train.device))
     try:
         data, tokenizer = _open_data(cfg)
         r = _build(cfg, data, tokenizer, device)
-        if dist.is_main():
+        if distributed.is_main():
             r.save_root.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
-        with console_and_log(r.save_root if dist.is_main() else None), StopSignals() as r.stop:
-            if dist.is_main():
+        distributed.barrier()
+        with (
+            console_and_log(r.save_root if distributed.is_main() else None),
+            StopSignals() as r.stop,
+        ):
+            if distributed.is_main():
                 save_config(r.save_root / "config.json", r.saved_config)
             r.observer = Observer(cfg, r.state, cfg.train.resume)
             _log_start(r)
@@ -74,7 +77,7 @@ def fit(cfg: Config) -> TrainResult:
             finally:
                 r.observer.close()
     finally:
-        dist.shutdown()
+        distributed.shutdown()
 
 
 def _open_data(cfg: Config) -> tuple[PreparedData, Tokenizer]:
@@ -116,7 +119,7 @@ def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str) -
     state = _resume(net, optimizer, tc, device) if tc.resume else TrainState()
     if not tc.resume:
         # Dropout draws differ per rank (the weights above were drawn identically everywhere).
-        torch.manual_seed(tc.seed + 1 + dist.rank())
+        torch.manual_seed(tc.seed + 1 + distributed.rank())
     compiled, stepper = _wrap(net, tc, device)
     sampler = _sampler(data, tc, state)
     return Run(
@@ -139,7 +142,7 @@ def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> Tra
             "start a new run (it was written without optimizer.pt)"
         )
     load_optimizer_state(optimizer, extra["optimizer"], tc)
-    rank, world = dist.rank(), dist.world_size()
+    rank, world = distributed.rank(), distributed.world_size()
     if len(state.rng) == world:
         set_rng_state(state.rng[rank], device)
     else:
@@ -164,7 +167,7 @@ def _wrap(net: GPT, tc: TrainConfig, device: str) -> tuple[torch.nn.Module, torc
     stepper: torch.nn.Module = LMLoss(net, tc.label_smoothing, tc.sp_weight)
     if tc.compile:
         stepper = torch.compile(stepper)
-    if dist.is_distributed():
+    if distributed.is_distributed():
         ids = [torch.device(device).index] if device.startswith("cuda") else None
         stepper = DistributedDataParallel(stepper, device_ids=ids)
     return compiled, stepper
@@ -176,8 +179,8 @@ def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampl
         tc.context_size,
         tc.batch_size,
         tc.seed,
-        dist.rank(),
-        dist.world_size(),
+        distributed.rank(),
+        distributed.world_size(),
         tc.grad_accum,
         aligned=tc.study_rows,
     )
@@ -203,7 +206,7 @@ def _log_start(r: Run) -> None:
         f"{r.net.num_params():,}",
         str(r.dtype).replace("torch.", ""),
         r.device,
-        dist.world_size(),
+        distributed.world_size(),
     )
     log.info(
         "data %s: %s train / %s valid tokens, vocabulary %d",
@@ -216,7 +219,7 @@ def _log_start(r: Run) -> None:
         "global batch = %d rows x %d process(es) x %d accumulation = %d rows = %s tokens "
         "per step; %d epochs x %d steps",
         tc.batch_size,
-        dist.world_size(),
+        distributed.world_size(),
         tc.grad_accum,
         r.sampler.global_rows,
         f"{r.tokens_per_step:,}",

@@ -1,4 +1,4 @@
-"""The CPU dropout path of gpt_study.ops against PyTorch's formulas and a hand-written oracle."""
+"""The CPU dropout path of gpt_study.model.kernels against PyTorch's formulas and a hand-written oracle."""
 
 import math
 
@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_study import ops
-from gpt_study.model import GPT, GPTConfig
+from gpt_study.model import kernels
+from gpt_study.model.gpt import GPT, GPTConfig
 
 
 @pytest.fixture(autouse=True)
 def cpu_path_on():
     """Each test starts with the path on (the default) and leaves it on."""
-    ops.use_cpu_path(True)
+    kernels.use_cpu_path(True)
     yield
-    ops.use_cpu_path(True)
+    kernels.use_cpu_path(True)
 
 
 def oracle_attention(q, k, v, keep=None, p=0.0):
@@ -36,29 +36,31 @@ def qkv(B=2, nh=3, T=7, hs=4, dtype=torch.float64, seed=0):
 
 def test_keep_mask_rate_values_and_seed():
     torch.manual_seed(3)
-    keep = ops.keep_mask((1000, 1000), 0.1, torch.bfloat16)
+    keep = kernels.keep_mask((1000, 1000), 0.1, torch.bfloat16)
     assert keep.dtype == torch.int16 and keep.shape == (1000, 1000)
     assert set(keep.unique().tolist()) == {-1, 0}
     # 1e6 draws: the standard error of the rate is 3e-4.
     assert abs((keep == 0).double().mean().item() - 0.1) < 1.5e-3
     torch.manual_seed(3)
-    assert torch.equal(ops.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep)
-    assert not torch.equal(ops.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep)  # it advances
+    assert torch.equal(kernels.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep)
+    assert not torch.equal(
+        kernels.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep
+    )  # it advances
     # Same draws, any float width: the mask depends on the generator, not on the dtype.
     torch.manual_seed(3)
-    wide = ops.keep_mask((1000, 1000), 0.1, torch.float64)
+    wide = kernels.keep_mask((1000, 1000), 0.1, torch.float64)
     assert wide.dtype == torch.int64 and torch.equal(wide != 0, keep != 0)
-    assert (ops.keep_mask((10_000,), 0.5, torch.float32) == 0).float().mean().item() == (
+    assert (kernels.keep_mask((10_000,), 0.5, torch.float32) == 0).float().mean().item() == (
         pytest.approx(0.5, abs=0.02)
     )
 
 
 def test_keep_mask_odd_sizes_and_rounded_rate():
     for n in (1, 2, 3, 5, 4097):
-        assert ops.keep_mask((n,), 0.3, torch.float32).shape == (n,)
+        assert kernels.keep_mask((n,), 0.3, torch.float32).shape == (n,)
     # p is rounded to a multiple of 1/65536: 1/65536 itself is kept exactly, not rounded to 0.
     torch.manual_seed(0)
-    keep = ops.keep_mask((2_000_000,), 1 / 65536, torch.float32)
+    keep = kernels.keep_mask((2_000_000,), 1 / 65536, torch.float32)
     assert 5 <= (keep == 0).sum().item() <= 60  # expected 30.5
 
 
@@ -66,18 +68,18 @@ def test_keep_mask_odd_sizes_and_rounded_rate():
 def test_apply_keep_zeroes_exactly_the_dropped(dtype):
     torch.manual_seed(1)
     x = torch.randn(64, 33).to(dtype)
-    keep = ops.keep_mask(tuple(x.shape), 0.4, dtype)
+    keep = kernels.keep_mask(tuple(x.shape), 0.4, dtype)
     want = torch.where(keep != 0, x, torch.zeros((), dtype=dtype))
-    got = ops.apply_keep(x.clone(), keep)
+    got = kernels.apply_keep(x.clone(), keep)
     assert torch.equal(got, want)
 
 
 def test_dropout_forward_and_backward_against_the_formula():
     x = torch.randn(4, 5, 6, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(7)
-    y = ops.dropout(x, 0.25)
+    y = kernels.dropout(x, 0.25)
     torch.manual_seed(7)
-    keep = (ops.keep_mask(tuple(x.shape), 0.25, x.dtype) != 0).double()
+    keep = (kernels.keep_mask(tuple(x.shape), 0.25, x.dtype) != 0).double()
     torch.testing.assert_close(y, x * (1 / 0.75) * keep, rtol=0, atol=0)
     g = torch.randn_like(x)
     y.backward(g)
@@ -86,21 +88,21 @@ def test_dropout_forward_and_backward_against_the_formula():
 
 def test_dropout_off_and_other_paths():
     x = torch.randn(3, 4)
-    assert ops.dropout(x, 0.1, training=False) is x
-    assert ops.dropout(x, 0.0) is x
+    assert kernels.dropout(x, 0.1, training=False) is x
+    assert kernels.dropout(x, 0.0) is x
     # Switched off, it is F.dropout, draw for draw.
-    ops.use_cpu_path(False)
+    kernels.use_cpu_path(False)
     torch.manual_seed(5)
-    got = ops.dropout(x, 0.3)
+    got = kernels.dropout(x, 0.3)
     torch.manual_seed(5)
     assert torch.equal(got, F.dropout(x, 0.3))
     # p = 1 drops everything (F.dropout's rule) instead of dividing by zero.
-    ops.use_cpu_path(True)
-    assert torch.equal(ops.dropout(x, 1.0), torch.zeros_like(x))
+    kernels.use_cpu_path(True)
+    assert torch.equal(kernels.dropout(x, 1.0), torch.zeros_like(x))
 
 
 def test_dropout_module_is_nn_dropout():
-    m = ops.Dropout(0.2)
+    m = kernels.Dropout(0.2)
     assert isinstance(m, torch.nn.Dropout) and repr(m) == repr(torch.nn.Dropout(0.2))
     x = torch.randn(5, 5)
     assert m.eval()(x) is x
@@ -110,9 +112,9 @@ def test_causal_attention_matches_oracle_with_the_same_mask():
     q, k, v = qkv()
     B, nh, T, _ = q.shape
     torch.manual_seed(11)
-    y = ops.causal_attention(q, k, v, dropout_p=0.3)
+    y = kernels.causal_attention(q, k, v, dropout_p=0.3)
     torch.manual_seed(11)
-    keep = (ops.keep_mask((B * nh, T, T), 0.3, q.dtype) != 0).view(B, nh, T, T).double()
+    keep = (kernels.keep_mask((B * nh, T, T), 0.3, q.dtype) != 0).view(B, nh, T, T).double()
     assert 0 < keep.mean() < 1
     want = oracle_attention(q, k, v, keep, 0.3)
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
@@ -128,7 +130,7 @@ def test_causal_attention_gradcheck():
 
     def f(q, k, v):
         torch.manual_seed(2)  # the same mask on every call gradcheck makes
-        return ops.causal_attention(q, k, v, dropout_p=0.4)
+        return kernels.causal_attention(q, k, v, dropout_p=0.4)
 
     assert torch.autograd.gradcheck(f, (q, k, v))
 
@@ -136,7 +138,7 @@ def test_causal_attention_gradcheck():
 def test_causal_attention_without_dropout_is_sdpa():
     q, k, v = qkv(dtype=torch.float32)
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert torch.equal(ops.causal_attention(q, k, v, 0.0), want)
+    assert torch.equal(kernels.causal_attention(q, k, v, 0.0), want)
     torch.testing.assert_close(want, oracle_attention(q, k, v))
 
 
@@ -145,12 +147,12 @@ def test_causal_attention_bf16_autocast_close_to_float64():
     qb, kb, vb = (t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v))
     torch.manual_seed(4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ops.causal_attention(qb, kb, vb, 0.1)
+        y = kernels.causal_attention(qb, kb, vb, 0.1)
     assert y.dtype == torch.bfloat16
     g = torch.randn(y.shape)
     y.backward(g.to(torch.bfloat16))
     torch.manual_seed(4)
-    keep = (ops.keep_mask((8, 32, 32), 0.1, torch.bfloat16) != 0).view(2, 4, 32, 32).double()
+    keep = (kernels.keep_mask((8, 32, 32), 0.1, torch.bfloat16) != 0).view(2, 4, 32, 32).double()
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (qb, kb, vb))
     want = oracle_attention(q64, k64, v64, keep, 0.1)
     want.backward(g.double())
@@ -171,16 +173,16 @@ def test_model_trains_through_both_paths_alike():
     torch.manual_seed(1)
     assert torch.equal(m(x), a)
     assert not torch.equal(m(x), a)  # dropout draws anew
-    ops.use_cpu_path(False)
+    kernels.use_cpu_path(False)
     torch.manual_seed(1)
     b = m(x)
     # Different draws from the same distribution: close on average, not equal.
     assert not torch.equal(a, b)
     assert abs(a.std().item() - b.std().item()) < 0.1 * b.std().item()
     m.eval()
-    ops.use_cpu_path(True)
+    kernels.use_cpu_path(True)
     c = m(x)
-    ops.use_cpu_path(False)
+    kernels.use_cpu_path(False)
     assert torch.equal(m(x), c)  # evaluation never touches the path
 
 
@@ -189,7 +191,7 @@ def test_reuse_freed_memory_switches_mmap_off_and_back():
     import ctypes.util
     import platform
 
-    from gpt_study.runtime import reuse_freed_memory
+    from gpt_study.runtime.device import reuse_freed_memory
 
     if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
         assert reuse_freed_memory(True) is False

@@ -7,7 +7,7 @@ Two parts, both printed as one table (``--json`` writes the same numbers to a fi
   "valid loss"), perplexity, bits per byte, next-token accuracy and the ``<unk>`` rate. The
   split is cut into consecutive windows of the training context, as validation in training does,
   so every token after the first is predicted exactly once.
-* **Stories** (:func:`evaluate_stories`): the story protocol of :mod:`gpt_study.stories`
+* **Stories** (:func:`evaluate_stories`): the story protocol of :mod:`gpt_study.evaluate.stories`
   (fixed openings, up to 512 new tokens, seeded), with the share that end with ``<eot>`` and
   its 95% interval, their mean length, distinct-1/2 and the share of repeated 4-grams; compare
   and the quality benchmark measure the same stories the same way.
@@ -28,9 +28,8 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.tokenizer import load_tokenizer
-from gpt_study.errors import UserError
-from gpt_study.heldout import rates, score_tokens, scored_bytes
-from gpt_study.stories import (
+from gpt_study.evaluate.heldout import rates, score_tokens, scored_bytes
+from gpt_study.evaluate.stories import (
     OPENINGS,
     STORY_PROTOCOL,
     StoryProtocol,
@@ -38,6 +37,7 @@ from gpt_study.stories import (
     story_metrics,
     write_stories,
 )
+from gpt_study.runtime.errors import UserError
 
 # ------------------------------------------------------------------------ held-out text
 
@@ -54,7 +54,7 @@ def evaluate_tokens(
 
     Returns ``targets``, ``nll`` (sum), ``correct``, ``unk`` and ``nll_known`` (the NLL of the
     targets that are not ``<unk>``), from the held-out scorer training validates with
-    (:func:`gpt_study.heldout.score_tokens`). Windows of ``window`` inputs overlap by one
+    (:func:`gpt_study.evaluate.heldout.score_tokens`). Windows of ``window`` inputs overlap by one
     token, so each token after the first is a target once; ``max_rows`` > 0 spreads that many
     windows evenly over the stream instead.
     """
@@ -138,7 +138,7 @@ def evaluate_stories(
     protocol: StoryProtocol = STORY_PROTOCOL,
 ) -> dict[str, Any]:
     """The protocol's stories, decoded with ``sample``'s settings, measured by
-    :func:`~gpt_study.stories.story_metrics`; the protocol sets the cap and the seeds."""
+    :func:`~gpt_study.evaluate.stories.story_metrics`; the protocol sets the cap and the seeds."""
     written = write_stories(model, tokenizer, sample, window, protocol)
     out: dict[str, Any] = story_metrics(written.new_ids, written.finished)
     out["settings"] = {**asdict(written.sample), "context_size": window}

@@ -9,13 +9,13 @@ blocks of ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (the MLP with a dropout in
 study's), a final LayerNorm and an output Linear with bias (no weight tying, as in the study).
 With the study's defaults and a 30,000-word vocabulary that is exactly 19,672,880 parameters.
 
-Options to study (:class:`~gpt_study.model_config.GPTConfig`, each defaulting to the study's
+Options to study (:class:`~gpt_study.config.model.GPTConfig`, each defaulting to the study's
 choice): rotary positions instead of the learned table (Su et al. 2021), RMSNorm (Zhang and
 Sennrich 2019), SwiGLU (Shazeer 2020) or squared-ReLU (So et al. 2021) feed-forwards, tied
 embeddings (Press and Wolf 2017), biases off, and RMS-normalised queries and keys (Henry et al.
 2020; Dehghani et al. 2023).
 
-Attention and dropout come from :mod:`gpt_study.ops`: PyTorch's fused
+Attention and dropout come from :mod:`gpt_study.model.kernels`: PyTorch's fused
 ``scaled_dot_product_attention`` and ``nn.Dropout``, except for training with dropout on a CPU,
 where ops draws cheaper masks (the same computation, tested against a plain oracle).
 """
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_study.model_config import GPTConfig
-from gpt_study.ops import Dropout, causal_attention, plain_attention
+from gpt_study.config.model import GPTConfig
+from gpt_study.model.kernels import Dropout, causal_attention, plain_attention
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]
 
@@ -129,8 +129,8 @@ class CausalSelfAttention(nn.Module):
 
     The one attention of the package: training, every decoding loop, evaluation and the
     inspection views all run this module. With :attr:`keep_weights` set (the inspection path,
-    :func:`gpt_study.introspect.trace`) it runs the plain attention of
-    :func:`~gpt_study.ops.plain_attention` instead of the fused kernel and keeps the weights in
+    :func:`gpt_study.evaluate.introspect.trace`) it runs the plain attention of
+    :func:`~gpt_study.model.kernels.plain_attention` instead of the fused kernel and keeps the weights in
     :attr:`weights`; everything before and after (projections, qk-norm, rotary positions, the
     cache) is the same code.
     """

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gpt_study.loss import head_loss, lm_loss
+from gpt_study.train.loss import head_loss, lm_loss
 
 
 def make(bias=True, V=97, C=24, seed=0):
@@ -69,8 +69,8 @@ def test_head_loss_survives_a_target_probability_that_underflows():
 
 
 def test_lm_loss_module_equals_model_then_lm_loss():
-    from gpt_study.loss import LMLoss
-    from gpt_study.model import GPT, GPTConfig
+    from gpt_study.model.gpt import GPT, GPTConfig
+    from gpt_study.train.loss import LMLoss
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, max_len=16, d_model=32, d_ff=64, n_layers=2, n_heads=4))

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from gpt_study.errors import UserError
-from gpt_study.fields import (
+from gpt_study.config.fields import (
     AT_LEAST_1,
     NON_NEGATIVE,
     POSITIVE,
@@ -21,6 +20,7 @@ from gpt_study.fields import (
     doc,
     thread_count,
 )
+from gpt_study.runtime.errors import UserError
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpt_study.config import Config, config_from_dict
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 # Presets: overrides of the dataclass defaults (which are the study's). Any flag overrides a preset.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

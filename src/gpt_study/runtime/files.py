@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 TMP_MARK = ".tmp-"
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from gpt_study.config import UNK_ID
 from gpt_study.data.dataset import eval_windows, iter_eval_batches
-from gpt_study.errors import UserError
-from gpt_study.loss import lm_loss_terms
-from gpt_study.progress import progress_bar
-from gpt_study.runtime import autocast, to_device
+from gpt_study.runtime.device import autocast, to_device
+from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.progress import progress_bar
+from gpt_study.train.loss import lm_loss_terms
 
 
 @dataclass
@@ -66,7 +66,7 @@ def scored_windows(
     """Float32 logits (B, T, V) and targets (B, T) of each batch of held-out windows, in order.
 
     The one walk over held-out text: validation and ``evaluate`` sum it (:func:`score_tokens`),
-    the study views read it token by token (:func:`gpt_study.introspect.score_ids`), so a number
+    the study views read it token by token (:func:`gpt_study.evaluate.introspect.score_ids`), so a number
     on the page is the number in the table. Windows of ``window`` inputs overlap by one
     (:func:`~gpt_study.data.dataset.eval_windows`); ``shard = (rank, world)`` takes every
     world-th; ``max_rows`` > 0 spreads that many evenly over the stream. The model runs in eval

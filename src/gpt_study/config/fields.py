@@ -15,7 +15,7 @@ import math
 from dataclasses import Field, dataclass, fields
 from typing import Any
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 def doc(text: str, **kw: Any) -> dict[str, Any]:

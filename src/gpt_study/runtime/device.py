@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt_study.errors import UserError
+from gpt_study.runtime.errors import UserError
 
 
 def resolve_device(name: str) -> str:
@@ -171,7 +171,7 @@ def process_settings(
     * ``threads`` (0: torch's default);
     * on CUDA, TF32 for any fp32 matmul left outside bf16;
     * where SDPA takes its unfused math path, let it compute in bf16 under bf16 autocast instead
-      of copying to fp32 (CPU attention with dropout runs :mod:`gpt_study.ops` instead);
+      of copying to fp32 (CPU attention with dropout runs :mod:`gpt_study.model.kernels` instead);
     * when ``training``, keep freed memory for the next step: a CPU step's 32 MiB blocks
       otherwise come back as fresh zero-filled pages every time (about 1.2x per step in
       ``bench_train.py``).

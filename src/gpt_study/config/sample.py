@@ -1,0 +1,58 @@
+"""Decoding settings: ``gpt-study generate``, the epoch's sample story and the story protocol."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from gpt_study.config.fields import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_choices,
+    check_ranges,
+    doc,
+)
+from gpt_study.runtime.errors import UserError
+
+
+@dataclass
+class SampleConfig:
+    """Decoding settings (``gpt-study generate`` and the sample story of each epoch)."""
+
+    max_new_tokens: int = field(default=256, metadata=doc("most tokens to generate per story"))
+    greedy: bool = field(
+        default=False, metadata=doc("the study's greedy decoding (ignores sampling flags)")
+    )
+    temperature: float = field(default=0.8, metadata=doc("softmax temperature"))
+    top_k: int = field(default=0, metadata=doc("sample among the k likeliest tokens (0: off)"))
+    top_p: float = field(default=0.95, metadata=doc("nucleus sampling mass (1: off)"))
+    repetition_penalty: float = field(
+        default=1.1,
+        metadata=doc(
+            "lower the logits of tokens already in the story (CTRL-style; 1: off); 1.1 with "
+            "temperature 0.8 and top_p 0.95 was measured to stop loops (docs/generate.md)"
+        ),
+    )
+    seed: int | None = field(default=None, metadata=doc("seed for reproducible sampling"))
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_new_tokens": AT_LEAST_1,
+        "top_k": NON_NEGATIVE,
+        "top_p": Range(0, 1, lo_open=True),
+        "repetition_penalty": POSITIVE,
+        "seed": NON_NEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
+        check_choices(self)
+        if self.greedy:
+            return  # greedy decoding reads none of the sampling settings
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise UserError(
+                f"--temperature {self.temperature} is out of range: use a value > 0 "
+                "(or --greedy for the study's argmax decoding)"
+            )

@@ -1,0 +1,12 @@
+"""The model: a decoder-only transformer that takes token ids (and a KV cache) and returns logits.
+
+What lives here: ``gpt`` (the GPT, its blocks, attention with the KV cache and the inspection flag,
+the one forward pass every caller runs) and ``kernels`` (the fused attention and dropout paths a
+CPU needs, and the plain attention kept as the oracle and for reading weights). Imports: only
+``config.model``, ``config.fields`` and ``runtime.errors`` of the package: the model knows nothing
+of devices, precision, training, serving or the CLI.
+"""
+
+from gpt_study.model.gpt import GPT, KVCache
+
+__all__ = ["GPT", "KVCache"]
