@@ -10,7 +10,7 @@ attention as an explicit masked softmax, cross-entropy with label smoothing on t
 logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-study train``
 runs: bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
 dropout the cheaper masks and hand-written attention of ``gpt_study.model.kernels``), the chunked output
-layer + loss (``gpt_study.train.loss.head_loss``), fused AdamW, bf16 attention math and memory that
+layer + loss (``gpt_study.model.loss.head_loss``), fused AdamW, bf16 attention math and memory that
 stays mapped between steps (``gpt_study.runtime.device``). Both start from the same weights; the script
 first checks that they compute the same loss, then times them in alternation in this one
 process, so that other work on the machine slows both alike, and reports medians.
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt_study.config import GPTConfig  # noqa: E402
 from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
 from gpt_study.model.kernels import use_cpu_path  # noqa: E402
+from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
 from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
-from gpt_study.train.loss import head_loss, lm_loss  # noqa: E402
 from reference import ReferenceGPT, copy_from, reference_loss  # noqa: E402
 
 # The study's optimizer settings.
@@ -93,7 +93,7 @@ def fast_step(model, opt, x, y, device, bf16=True, chunked=True, hidden=None):
             if chunked:
                 loss = head_loss(model.head, hidden(x), y, LABEL_SMOOTHING)
             else:
-                loss = lm_loss(model.head(hidden(x)), y, LABEL_SMOOTHING)
+                loss = reference_lm_loss(model.head(hidden(x)), y, LABEL_SMOOTHING)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -5,7 +5,6 @@ protocol's (test_compare checks they equal evaluate's and compare's for a traine
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from gpt_study.cli import evaluate as evaluate_cli
 from gpt_study.cli import train as train_cli
 from gpt_study.cli.common import story_protocol
-from gpt_study.config import EOT_ID, SOT_ID
+from gpt_study.config import EOT_ID, SOT_ID, config_to_dict
 from gpt_study.evaluate.stories import STORY_PROTOCOL
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
@@ -35,11 +34,12 @@ def _config(flags: list[str], data: Path):
 
 
 def _changed(a, b) -> dict[str, object]:
+    flat_a, flat_b = config_to_dict(a, flat=True), config_to_dict(b, flat=True)
     return {
         f"{section}.{k}": v
         for section in ("model", "train")
-        for k, v in dataclasses.asdict(getattr(b, section)).items()
-        if dataclasses.asdict(getattr(a, section))[k] != v
+        for k, v in flat_b[section].items()
+        if flat_a[section][k] != v
     }
 
 

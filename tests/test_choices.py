@@ -1,14 +1,15 @@
 """Allowed values: every config field with ``choices`` refuses anything else, from a constructor,
 from the one config loader and from a flag, and no enum-like ``str`` field goes without them.
 
-The fields are found by walking the config dataclasses from :class:`Config`, so a new section or
-a new field is covered without touching this file.
+The fields are found by walking the config dataclasses from :class:`Config`, sections inside
+sections included, so a new section or a new field is covered without touching this file.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import typing
 
@@ -27,25 +28,35 @@ FREE_TEXT = {
     "DataConfig.out",
     "TrainConfig.data",
     "TrainConfig.save_root",
-    "TrainConfig.device",
-    "TrainConfig.wb_project",
-    "TrainConfig.wb_name",
-    "TrainConfig.wb_notes",
-    "TrainConfig.wb_tags",
+    "RuntimeConfig.device",
+    "LogConfig.wb_project",
+    "LogConfig.wb_name",
+    "LogConfig.wb_notes",
+    "LogConfig.wb_tags",
 }
 
 
-def config_classes(cls: type = Config, section: str | None = None) -> list[tuple[str | None, type]]:
-    """(section in config.json, class) for ``Config`` and every dataclass nested in it."""
-    out = [(section, cls)]
+def config_classes(cls: type = Config, path: tuple[str, ...] = ()) -> list[tuple[tuple, type]]:
+    """(path in config.json, class) for ``Config`` and every dataclass nested in it:
+    ``("train", "optim")`` for ``Config.train.optim``."""
+    out = [(path, cls)]
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            out += config_classes(hints[f.name], f.name)
+            out += config_classes(hints[f.name], (*path, f.name))
     return out
 
 
-def choice_fields() -> list[tuple[str | None, type, dataclasses.Field]]:
+def _config_with(section: tuple, f: dataclasses.Field, value: object) -> Config:
+    """A Config whose setting ``f`` (at ``section``) is ``value``: the top section takes it by
+    name, its flat name where it sits deeper (``TrainConfig(dtype=...)``)."""
+    if not section:
+        return Config(**{f.name: value})
+    top = typing.get_type_hints(Config)[section[0]]
+    return Config(**{section[0]: top(**{f.name: value})})
+
+
+def choice_fields() -> list[tuple[tuple, type, dataclasses.Field]]:
     return [
         (section, cls, f)
         for section, cls in config_classes()
@@ -75,9 +86,10 @@ FIELDS = choice_fields()
 
 def test_the_walk_finds_every_section_and_the_known_choices():
     names = {cls.__name__ for _, cls in config_classes()}
-    assert names == {"Config", "GPTConfig", "TrainConfig", "SampleConfig", "DataConfig"}
+    assert {"Config", "GPTConfig", "TrainConfig", "SampleConfig", "DataConfig"} <= names
+    assert {"OptimConfig", "ScheduleConfig", "RuntimeConfig", "ValidConfig"} <= names
     found = set(_ids(FIELDS))
-    for known in ("TrainConfig.lr_schedule", "TrainConfig.dtype", "GPTConfig.mlp"):
+    for known in ("ScheduleConfig.lr_schedule", "RuntimeConfig.dtype", "GPTConfig.mlp"):
         assert known in found
 
 
@@ -99,7 +111,7 @@ def test_a_bogus_value_is_refused_by_the_constructor(section, cls, f):
 @pytest.mark.parametrize("section,cls,f", FIELDS, ids=_ids(FIELDS))
 def test_a_bogus_value_in_config_json_is_refused_by_the_loader(tmp_path, section, cls, f):
     d = config_to_dict(Config())
-    (d[section] if section else d)[f.name] = _bogus(cls, f)
+    functools.reduce(dict.__getitem__, section, d)[f.name] = _bogus(cls, f)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(d))
     _refused(lambda: load_config(path), f)
@@ -119,10 +131,10 @@ def test_a_bogus_flag_is_refused_with_the_same_line(section, cls, f):
 @pytest.mark.parametrize("section,cls,f", FIELDS, ids=_ids(FIELDS))
 def test_every_allowed_value_is_accepted_and_survives_a_reload(tmp_path, section, cls, f):
     for value in f.metadata["choices"]:
-        made = cls(**{f.name: value})
-        save_config(tmp_path / "config.json", Config(**{section: made}) if section else made)
+        cls(**{f.name: value})
+        save_config(tmp_path / "config.json", _config_with(section, f, value))
         cfg = load_config(tmp_path / "config.json")
-        assert getattr(getattr(cfg, section) if section else cfg, f.name) == value
+        assert getattr(functools.reduce(getattr, section, cfg), f.name) == value
 
 
 def test_every_str_field_declares_choices_or_is_free_text():

@@ -84,10 +84,10 @@ def run_data(name: str, **train) -> RunData:
 
 
 def test_differing_settings_are_exactly_those_that_differ():
-    same = dict(data="/x/data", save_root="/x/a", wb_name="one", resume=False, progress=True)
+    same = dict(data="/x/data", save_root="/x/a", wb_name="one", progress=True)
     a = run_data("a", **same, sp_weight=1.0)
     b = run_data("b", **{**same, "save_root": "/y/b", "data": "/y/data"}, sp_weight=2.0)
-    b.config.train.wb_name, b.config.train.resume, b.config.train.progress = "two", True, False
+    b.config.train.log.wb_name, b.config.train.log.progress = "two", False
     assert differing_settings([a, b]) == {"sp_weight": [1.0, 2.0]}  # paths and logging ignored
     c = run_data("c", **same, sp_weight=2.0, lr=1e-3, lr_betas=(0.9, 0.95))
     assert differing_settings([a, b, c]) == {

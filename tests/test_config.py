@@ -1,6 +1,9 @@
-"""Config: study defaults, presets, JSON round trip, contradictions rejected."""
+"""Config: study defaults, presets, JSON round trip, contradictions rejected, configs saved
+before TrainConfig had sections, and what may change on --resume."""
 
 import argparse
+import dataclasses
+import json
 
 import pytest
 
@@ -9,10 +12,13 @@ from gpt_study.config import (
     Config,
     GPTConfig,
     TrainConfig,
+    config_to_dict,
     load_config,
     save_config,
 )
+from gpt_study.config.fields import flat_fields, free_on_resume, thread_count
 from gpt_study.config.presets import preset_config
+from gpt_study.config.train import BudgetConfig, OptimConfig
 from gpt_study.runtime.errors import UserError
 
 
@@ -24,22 +30,22 @@ def test_study_defaults():
         16,
         8,
     )
-    assert cfg.model.max_len == 256 and cfg.train.context_size == 128
-    assert cfg.train.lr == 2.5e-4 and cfg.train.lr_betas == (0.9, 0.98) and cfg.train.eps == 1e-9
-    assert cfg.train.weight_decay == 5e-4 and cfg.train.label_smoothing == 0.1
-    assert (
-        cfg.train.batch_size == 64 and cfg.train.iters_per_epoch == 1024 and cfg.train.epoch == 512
-    )
+    o, rows, budget = cfg.train.optim, cfg.train.rows, cfg.train.budget
+    assert cfg.model.max_len == 256 and rows.context_size == 128
+    assert o.lr == 2.5e-4 and o.lr_betas == (0.9, 0.98) and o.eps == 1e-9
+    assert o.weight_decay == 5e-4 and cfg.train.loss.label_smoothing == 0.1
+    assert rows.batch_size == 64 and budget.iters_per_epoch == 1024 and budget.epoch == 512
     # The study's recipe: fp32, constant lr without warmup, no clipping, AdamW decaying every
     # parameter, rows of 128 tokens (127 inputs), the three dropouts at 0.1.
-    t = cfg.train
-    assert t.dtype == "float32" and t.lr_schedule == "constant" and t.warmup_steps == 0
-    assert t.grad_clip == 0.0 and t.decay_all and t.study_rows and t.window == 127
-    assert t.sp_weight == 1.0 and t.grad_accum == 1 and not t.compile
-    assert t.best_by == "loss"  # best_val.pt: the lowest valid loss
+    t = cfg.train.flat()
+    assert t["dtype"] == "float32" and t["lr_schedule"] == "constant" and t["warmup_steps"] == 0
+    assert t["grad_clip"] == 0.0 and t["decay_all"] and t["study_rows"]
+    assert cfg.train.window == 127
+    assert t["sp_weight"] == 1.0 and t["grad_accum"] == 1 and not t["compile"]
+    assert t["best_by"] == "loss"  # best_val.pt: the lowest valid loss
     m = cfg.model
     assert m.attention_drop == m.residual_drop == m.embedding_drop == 0.1
-    assert preset_config("tiny").train.dtype == "auto"
+    assert preset_config("tiny").train.runtime.dtype == "auto"
 
 
 def test_json_round_trip(tmp_path):
@@ -47,7 +53,7 @@ def test_json_round_trip(tmp_path):
     save_config(tmp_path / "c.json", cfg)
     back = load_config(tmp_path / "c.json")
     assert back == cfg
-    assert back.train.lr == 1e-3 and back.model.vocab_size == 123 and back.preset == "tiny"
+    assert back.train.optim.lr == 1e-3 and back.model.vocab_size == 123 and back.preset == "tiny"
 
 
 def test_unknown_key_rejected(tmp_path):
@@ -78,3 +84,254 @@ def test_cli_flags_override_only_what_was_given():
         "lr_betas": [0.8, 0.9],
         "compile": True,
     }
+
+
+# ---------------------------------------------------------------------------- sections, old files
+
+# config.json as gpt-study wrote it before TrainConfig had sections (git show, the commit before
+# them), for the tiny preset: every train setting flat, ``resume`` stored, ``threads`` 0 for auto.
+TINY_MODEL = {
+    "vocab_size": 30000,
+    "max_len": 128,
+    "d_model": 128,
+    "d_ff": 512,
+    "n_layers": 4,
+    "n_heads": 4,
+    "attention_drop": 0.0,
+    "residual_drop": 0.0,
+    "embedding_drop": 0.0,
+    "positions": "learned",
+    "rope_base": 10000.0,
+    "norm": "layernorm",
+    "mlp": "gelu",
+    "tie_embeddings": False,
+    "bias": True,
+    "norm_bias": True,
+    "head_bias": True,
+    "qk_norm": False,
+}
+TINY_TRAIN = {
+    "data": None,
+    "save_root": "runs/gpt",
+    "resume": False,
+    "label_smoothing": 0.1,
+    "sp_weight": 1.0,
+    "weight_decay": 0.1,
+    "lr": 0.002,
+    "lr_betas": [0.9, 0.98],
+    "eps": 1e-09,
+    "optimizer": "adamw",
+    "muon_lr": 0.02,
+    "muon_momentum": 0.95,
+    "lr_schedule": "cosine",
+    "warmup_steps": 100,
+    "min_lr": 0.0002,
+    "context_size": 128,
+    "batch_size": 16,
+    "grad_accum": 1,
+    "grad_clip": 0.0,
+    "epoch": 10,
+    "iters_per_epoch": 200,
+    "eval_iters": 20,
+    "max_steps": 0,
+    "max_time": 0.0,
+    "print_interval": 50,
+    "progress": None,
+    "sample_tokens": 200,
+    "device": "auto",
+    "dtype": "auto",
+    "compile": False,
+    "threads": 0,
+    "seed": 1234,
+    "wb_flag": False,
+    "wb_project": "gpt_study",
+    "wb_name": None,
+    "wb_notes": None,
+    "wb_tags": [],
+    "decay_all": False,
+    "study_rows": False,
+    "best_by": "nll",
+}
+OLD_REST = {
+    "sample": {
+        "max_new_tokens": 256,
+        "greedy": False,
+        "temperature": 0.8,
+        "top_k": 0,
+        "top_p": 0.95,
+        "repetition_penalty": 1.1,
+        "seed": None,
+    },
+    "data": {
+        "data": [],
+        "dataset_root": "data",
+        "tokenizer": "word",
+        "vocab_size": 30000,
+        "min_freq": 2,
+        "min_chars": 300,
+        "lowercase": True,
+        "out": None,
+        "force": False,
+        "workers": 0,
+        "valid_fraction": 0.01,
+        "bpe_train_chars": 5000000,
+    },
+}
+# The cpu preset as that version resolved it: tiny's values but these.
+CPU_MODEL = {**TINY_MODEL, "residual_drop": 0.1, "positions": "rope", "norm": "rmsnorm"}
+CPU_MODEL.update(mlp="swiglu", tie_embeddings=True, bias=False, head_bias=False)
+CPU_TRAIN = {**TINY_TRAIN, "sp_weight": 2.0, "min_lr": 0.0001, "batch_size": 32, "grad_clip": 1.0}
+CPU_TRAIN.update(epoch=14, iters_per_epoch=250)
+
+
+def _old_file(tmp_path, preset, model, train):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": model, "train": train, **OLD_REST, "preset": preset}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,model,train", [("tiny", TINY_MODEL, TINY_TRAIN), ("cpu", CPU_MODEL, CPU_TRAIN)]
+)
+def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
+    """tiny and cpu now derive from one base; every setting is what it was."""
+    now = preset_config(name)
+    flat = json.loads(json.dumps(config_to_dict(now, flat=True)))
+    want = {k: v for k, v in train.items() if k != "resume"}
+    assert flat["train"] == {**want, "threads": None}  # 0 and None are both auto
+    assert flat["model"] == model
+    assert load_config(_old_file(tmp_path, name, model, train)) == now
+
+
+def test_a_flat_config_json_from_before_the_sections_still_loads(tmp_path):
+    train = {**TINY_TRAIN, "data": "/x/data", "save_root": "/x/run", "resume": True}
+    train.update(lr=1e-3, lr_betas=[0.8, 0.9], wb_tags=["a"], study_rows=True)
+    cfg = load_config(_old_file(tmp_path, "tiny", TINY_MODEL, train))
+    same = {"data": "/x/data", "save_root": "/x/run", "lr": 1e-3, "lr_betas": (0.8, 0.9)}
+    assert cfg == preset_config("tiny", train={**same, "wb_tags": ["a"], "study_rows": True})
+    assert cfg.train.optim.lr_betas == (0.8, 0.9) and cfg.train.window == 127
+    assert cfg.train.runtime.threads is None  # "threads": 0 was auto, and still is
+    save_config(tmp_path / "new.json", cfg)  # saved again: in sections, without resume
+    saved = json.loads((tmp_path / "new.json").read_text())["train"]
+    assert saved["optim"]["lr"] == 1e-3 and "resume" not in json.dumps(saved)
+    assert load_config(tmp_path / "new.json") == cfg
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[]", "is not a table of settings"),
+        ('{"train": 5}', "[train] is not a table of settings"),
+        ('{"train": {"optim": 5}}', "[train] optim is not a table of settings"),
+        ('{"train": {"optim": {"lrr": 1}}}', "unknown setting(s) optim.lrr"),
+        ('{"train": {"optim": {"context_size": 1}}}', "unknown setting(s) optim.context_size"),
+        ('{"train": {"lr": "x"}}', "--lr 'x' is not a number"),
+        ('{"train": {"rows": {"batch_size": 0}}}', "--batch_size 0 is out of range"),
+    ],
+)
+def test_a_damaged_train_section_gets_one_line(tmp_path, text, message):
+    (tmp_path / "c.json").write_text(text)
+    with pytest.raises(UserError) as e:
+        load_config(tmp_path / "c.json")
+    assert message in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_flat_names_and_sections_build_the_same_config():
+    assert TrainConfig(lr=1e-3, epoch=3) == TrainConfig(
+        optim=OptimConfig(lr=1e-3), budget=BudgetConfig(epoch=3)
+    )
+    assert TrainConfig(optim=OptimConfig(lr=1e-3), lr=2e-3).optim.lr == 2e-3  # the flat name wins
+    assert preset_config("tiny", train={"optim": {"lr": 1e-3}}).train.optim.lr == 1e-3
+    assert dataclasses.replace(TrainConfig(), lr=1e-3).optim.lr == 1e-3
+    with pytest.raises(TypeError, match="lrr"):
+        TrainConfig(lrr=1)
+
+
+# ---------------------------------------------------------------------------- --resume
+
+# What may change on --resume without changing what the run computes: declared on each field
+# (doc(..., resume="free")), pinned here.
+FREE_ON_RESUME = {
+    *("data", "save_root", "epoch", "max_steps", "max_time", "eval_iters", "print_interval"),
+    *("progress", "device", "compile", "batch_size", "grad_accum", "threads"),
+    *("wb_flag", "wb_project", "wb_name", "wb_notes", "wb_tags"),
+}
+# A valid other value where the generic rule below does not give one.
+OTHER = {
+    "context_size": 64,  # tiny's max_len is 128
+    "lr_betas": (0.8, 0.9),
+    "progress": True,
+    "threads": 2,
+    "data": "/elsewhere/data",
+    "device": "cpu",
+    "wb_project": "other",
+    "wb_name": "other",
+    "wb_notes": "other",
+    "wb_tags": ["other"],
+}
+
+
+def _other(f, value):
+    if f.name in OTHER:
+        return OTHER[f.name]
+    if "choices" in f.metadata:
+        return next(c for c in f.metadata["choices"] if c != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 if value else 0.5
+    raise AssertionError(f"give OTHER a valid changed value for {f.name}")
+
+
+def test_the_settings_free_on_resume_are_declared_on_their_fields():
+    marked = {n for n, (_, f) in flat_fields(TrainConfig).items() if free_on_resume(f)}
+    assert marked == FREE_ON_RESUME
+
+
+@pytest.mark.parametrize("name", sorted(flat_fields(TrainConfig)))
+def test_a_setting_changed_on_resume_warns_unless_it_is_free(tmp_path, caplog, name):
+    """Every setting, so that a new one cannot go unchecked: changed on resume, it is applied,
+    and a warning says the run is no longer the same unless its field says resume="free"."""
+    from gpt_study.train.setup import build_config
+
+    run = tmp_path / "run"
+    saved = preset_config("tiny", train={"data": str(tmp_path / "data"), "save_root": "/was/here"})
+    (run / "last").mkdir(parents=True)
+    save_config(run / "last" / "config.json", saved)
+    f = flat_fields(TrainConfig)[name][1]
+    new = str(run) if name == "save_root" else _other(f, saved.train.flat()[name])
+    with caplog.at_level("WARNING", logger="gpt_study.train"):
+        cfg = build_config(train={"save_root": str(run), name: new}, resume=True)
+    assert cfg.train.flat()[name] == new and cfg.train.flat()[name] != saved.train.flat()[name]
+    assert (f"--{name} " in caplog.text) == (not free_on_resume(f)), caplog.text
+
+
+def test_resume_is_an_argument_not_a_setting():
+    from gpt_study.train.setup import build_config
+
+    with pytest.raises(UserError, match=r"build_config\(..., resume=True\)"):
+        build_config(train={"resume": True})
+    assert "resume" not in flat_fields(TrainConfig)
+
+
+# ---------------------------------------------------------------------------- --threads
+
+
+def test_threads_auto_and_0_are_one_value_in_every_command():
+    from gpt_study.cli import generate, serve, train
+
+    assert [thread_count(t) for t in ("auto", "AUTO", "0", "3")] == [None, None, None, 3]
+    for command in (train, generate, serve):
+        p = argparse.ArgumentParser()
+        command.configure(p)
+        for text, want in (("auto", None), ("0", None), ("2", 2)):
+            assert p.parse_args([*_required(command), "--threads", text]).threads == want
+    assert TrainConfig(threads=0).runtime.threads is None and TrainConfig().runtime.threads is None
+    with pytest.raises(UserError, match="--threads -1 is out of range"):
+        TrainConfig(threads=-1)
+
+
+def _required(command) -> list[str]:
+    return ["--checkpoint", "x"] if command.__name__.endswith("generate") else []

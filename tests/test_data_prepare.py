@@ -396,7 +396,7 @@ def test_cli_writes_a_folder(data_corpus, tmp_path, capsys):
     [
         (None, ["--data", "{d}/missing.txt"], "no such file or folder"),
         ("empty", ["--data", "{d}/empty.txt"], "is empty"),
-        ("short", ["--data", "{d}/short.txt"], "no train story of at least --min_chars 300"),
+        ("short", ["--data", "{d}/short.txt"], "shorter than --min_chars 300"),
         ("latin1", ["--data", "{d}/latin1.txt"], "is not UTF-8 text"),
         ("csv", ["--data", "{d}/stories.csv"], "unknown format"),
         ("short", ["--data", "{d}/short.txt", "--vocab_size", "70000"], "does not fit uint16"),

@@ -143,8 +143,9 @@ def test_a_two_process_run_resumes_in_one_process_with_the_same_global_batch(
     with caplog.at_level("WARNING", logger="gpt_study.train"):
         res = fit(
             build_config(
-                train={"save_root": str(root), "resume": True, "max_steps": 0, "batch_size": 8}
-            )
+                train={"save_root": str(root), "max_steps": 0, "batch_size": 8}, resume=True
+            ),
+            resume=True,
         )
     assert res.step == 4
     assert "written by 2 process(es), this run has 1" in caplog.text

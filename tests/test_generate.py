@@ -8,21 +8,20 @@ from gpt_study.config import EOT_ID, SOT_ID, SampleConfig
 from gpt_study.config.presets import preset_config
 from gpt_study.data.tokenizer import WordTokenizer
 from gpt_study.generate import (
-    _draw,
     apply_repetition_penalty,
     candidates,
     draw_nucleus,
-    filter_top_k,
-    filter_top_p,
     generate,
     generate_ids,
     next_token,
     reference_generate,
     segment_start,
 )
+from gpt_study.generate.sampling import _draw
 from gpt_study.generate.window import resolve_window
 from gpt_study.model.gpt import GPT, GPTConfig
 from gpt_study.runtime.errors import UserError
+from oracles import filter_top_k, filter_top_p
 
 V = 60
 WORDS = "once upon a time there was little girl named lily . she liked to play , and the".split()
@@ -353,4 +352,4 @@ def test_cli_tokenizer_that_does_not_match_the_checkpoint(tmp_path, tok, capsys)
     WordTokenizer(VOCAB[:40]).save(ckpt / "tokenizer.json")
     assert main(["generate", "--checkpoint", str(ckpt)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "tokenizer has 40 tokens" in err[0]
+    assert len(err) == 1 and "is not the tokenizer this model was saved with" in err[0]

@@ -1,9 +1,10 @@
-"""head_loss, the chunked output layer + loss, against the plain head(hidden) + lm_loss oracle."""
+"""head_loss, the chunked output layer + loss, against the plain oracle: head(hidden), then
+reference_lm_loss (torch's own F.cross_entropy on the whole logits)."""
 
 import pytest
 import torch
 
-from gpt_study.train.loss import head_loss, lm_loss
+from gpt_study.model.loss import head_loss, reference_lm_loss
 
 
 def make(bias=True, V=97, C=24, seed=0):
@@ -26,7 +27,7 @@ def grads(loss, head, h):
 @pytest.mark.parametrize("bias", [True, False])
 def test_head_loss_equals_lm_loss_in_fp32(eps, sp_weight, chunk, bias):
     head, h, y = make(bias)
-    want = lm_loss(head(h), y, eps, sp_weight)
+    want = reference_lm_loss(head(h), y, eps, sp_weight)
     got = head_loss(head, h, y, eps, sp_weight, chunk_size=chunk)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for g, w in zip(grads(got, head, h), grads(want, head, h), strict=True):
@@ -36,7 +37,7 @@ def test_head_loss_equals_lm_loss_in_fp32(eps, sp_weight, chunk, bias):
 def test_head_loss_under_bf16_autocast_is_as_close_as_bf16_allows():
     head, h, y = make(V=500, C=64)
     with torch.autocast("cpu", torch.bfloat16):
-        want = lm_loss(head(h), y, 0.1, 2.0)
+        want = reference_lm_loss(head(h), y, 0.1, 2.0)
         got = head_loss(head, h, y, 0.1, 2.0, chunk_size=16)
     assert got.dtype == torch.float32
     assert abs(got.item() - want.item()) < 2e-3
@@ -52,7 +53,7 @@ def test_head_loss_scales_with_the_upstream_gradient_and_skips_grads_when_not_ne
     for a, b in zip(g1, g3, strict=True):
         torch.testing.assert_close(3.0 * a, b)
     with torch.no_grad():
-        torch.testing.assert_close(head_loss(head, h, y, 0.1), lm_loss(head(h), y, 0.1))
+        torch.testing.assert_close(head_loss(head, h, y, 0.1), reference_lm_loss(head(h), y, 0.1))
 
 
 def test_head_loss_survives_a_target_probability_that_underflows():
@@ -62,7 +63,7 @@ def test_head_loss_survives_a_target_probability_that_underflows():
         head.bias.zero_()
         head.bias[0] = 200.0  # every other token has probability exp(-200): 0 in fp32
     y[:] = 5
-    want = lm_loss(head(h), y, 0.1)
+    want = reference_lm_loss(head(h), y, 0.1)
     got = head_loss(head, h, y, 0.1)
     assert torch.isfinite(got)
     torch.testing.assert_close(got, want)
@@ -70,13 +71,13 @@ def test_head_loss_survives_a_target_probability_that_underflows():
 
 def test_lm_loss_module_equals_model_then_lm_loss():
     from gpt_study.model.gpt import GPT, GPTConfig
-    from gpt_study.train.loss import LMLoss
+    from gpt_study.model.loss import LMLoss
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, max_len=16, d_model=32, d_ff=64, n_layers=2, n_heads=4))
     model.eval()
     x, y = torch.randint(0, 50, (2, 2, 16))
-    want = lm_loss(model(x), y, 0.1, 2.0)
+    want = reference_lm_loss(model(x), y, 0.1, 2.0)
     want.backward()
     want_g = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()

@@ -72,3 +72,80 @@ def test_a_cycle_through_a_package_init_is_a_cycle(tmp_path):
     (tmp_path / "gpt_study" / "train" / "__init__.py").write_text("")
     found, _ = layout.check(tmp_path, "gpt_study")
     assert not any(line.startswith("import cycle:") for line in found)
+
+
+def _draw_imports():
+    path = TOOL.with_name("draw_imports.py")
+    spec = importlib.util.spec_from_file_location("draw_imports", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_drawing_shows_the_real_imports_and_only_allowed_ones():
+    """tools/draw_imports.py's edges are the package's cross-part imports, counted, each one
+    allowed by ALLOWED; the CLI alone at the top, runtime alone at the bottom."""
+    draw = _draw_imports()
+    mods = layout.load()
+    sizes, edges = draw.package_graph(mods)
+    part = {m: layout._part(m, layout.PACKAGE) for m in mods}
+    real: dict[tuple[str, str], int] = {}
+    for mod in mods.values():
+        for target in mod.imports:
+            a, b = part[mod.name], part[target]
+            if a != b and a not in ("", "__main__") and b not in ("", "__main__"):
+                real[(a, b)] = real.get((a, b), 0) + 1
+    assert edges == real
+    assert set(sizes) == set(layout.ALLOWED) - {"__main__"}
+    for a, b in edges:
+        allowed = {name.split(".")[0] for name in layout.ALLOWED[a]}
+        assert "*" in allowed or b in allowed, f"{a} -> {b} is not in the ALLOWED table"
+    layer = draw.layers(set(sizes), edges)
+    top = max(layer.values())
+    assert [v for v in layer if layer[v] == top] == ["cli"]
+    assert [v for v in layer if layer[v] == 0] == ["runtime"]
+    assert all(layer[a] > layer[b] for a, b in edges if (a, b) not in draw.upward_edges(edges))
+    text = "\n".join(draw.describe(sizes, edges))
+    assert all(f"{a} -> {b}: {n}" in text for (a, b), n in edges.items())
+
+
+def test_the_drawing_counts_imports_and_turns_a_cycle_upward(tmp_path):
+    files = {
+        "__init__.py": "",
+        "runtime/__init__.py": "",
+        "config/__init__.py": "from gpt_study.runtime import x\nimport gpt_study.runtime\n",
+        "train/__init__.py": "from gpt_study.config import y\n",
+        "train/loss.py": "from gpt_study import config\n",
+        "evaluate/__init__.py": "from gpt_study.train.loss import z\n",
+        "evaluate/report.py": "from gpt_study.config import c\n",
+        "train/fit.py": "from gpt_study.evaluate import a\nfrom gpt_study.evaluate.report import b\n",
+        "cli/__init__.py": "from gpt_study.train import fit\n",
+    }
+    draw = _draw_imports()
+    sizes, edges = draw.package_graph(layout.load(_package(tmp_path, files), "gpt_study"))
+    assert sizes == {"runtime": 1, "config": 1, "train": 3, "evaluate": 2, "cli": 1}
+    assert edges == {
+        ("config", "runtime"): 1,  # one module importing it twice: one import edge
+        ("train", "config"): 2,
+        ("evaluate", "train"): 1,  # the lighter side of the cycle: drawn upward
+        ("evaluate", "config"): 1,
+        ("train", "evaluate"): 2,
+        ("cli", "train"): 1,
+    }
+    assert draw.upward_edges(edges) == {("evaluate", "train")}
+    layer = draw.layers(set(sizes), edges)
+    assert layer == {"runtime": 0, "config": 1, "evaluate": 2, "train": 3, "cli": 4}
+
+
+def test_the_architecture_page_copies_the_allowed_table():
+    """docs/architecture.md's "may import" column is ALLOWED, part for part."""
+    page = (TOOL.parents[1] / "docs" / "architecture.md").read_text()
+    rows = {}
+    for line in page.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            part = cells[0].strip("`").removesuffix("/").removesuffix(".py")
+            names = tuple(n.strip("` ") for n in cells[-1].split(","))
+            rows[part] = {"anything": ("*",), "nothing": ()}.get(cells[-1], names)
+    expected = {k: v for k, v in layout.ALLOWED.items() if k != "__main__"}
+    assert {k: set(v) for k, v in rows.items()} == {k: set(v) for k, v in expected.items()}

@@ -1,5 +1,5 @@
 """The study's loss against PyTorch's own ``CrossEntropyLoss(weight=w, label_smoothing=eps)``
-(the criterion the study called), both loss paths, values and gradients; plain NLL by hand."""
+(the criterion the study called), both loss paths, values and gradients."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt_study.config import EOT_ID, SOT_ID
-from gpt_study.train.loss import head_loss, lm_loss, lm_loss_terms, nll_sum
+from gpt_study.model.loss import head_loss, lm_loss_terms, reference_lm_loss
 
 
 def study_criterion(vocab_size, eps, sp_weight):
@@ -42,7 +42,7 @@ CASES = [(eps, w) for eps in (0.0, 0.1) for w in (1.0, 2.0, 0.5)] + [(0.3, 3.0)]
 def test_lm_loss_is_the_studys_cross_entropy_loss(batch, eps, w):
     logits, targets = batch
     logits = logits.clone().requires_grad_(True)
-    got = lm_loss(logits, targets, eps, w)
+    got = reference_lm_loss(logits, targets, eps, w)
     want = oracle(logits, targets, eps, w)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     (g,) = torch.autograd.grad(got, logits)
@@ -73,10 +73,12 @@ def test_class_weights_weight_the_smoothing_of_every_position():
     weighting gave a different number)."""
     torch.manual_seed(0)
     z, y = torch.randn(64, 50), torch.randint(3, 50, (64,))  # no special token is a target
-    plain = lm_loss(z, y, 0.1, 1.0)
-    assert lm_loss(z, y, 0.0, 2.0).item() == pytest.approx(lm_loss(z, y, 0.0, 1.0).item())
-    assert lm_loss(z, y, 0.1, 2.0).item() != pytest.approx(plain.item(), rel=1e-4)
-    assert lm_loss(z, y, 0.1, 2.0).item() == pytest.approx(
+    plain = reference_lm_loss(z, y, 0.1, 1.0)
+    assert reference_lm_loss(z, y, 0.0, 2.0).item() == pytest.approx(
+        reference_lm_loss(z, y, 0.0, 1.0).item()
+    )
+    assert reference_lm_loss(z, y, 0.1, 2.0).item() != pytest.approx(plain.item(), rel=1e-4)
+    assert reference_lm_loss(z, y, 0.1, 2.0).item() == pytest.approx(
         oracle(z[None], y[None], 0.1, 2.0).item()
     )
 
@@ -115,7 +117,7 @@ def test_head_loss_under_bf16_autocast_is_the_studys_loss_to_bf16_precision(w):
     head, h, y = make_head(V=500, C=64)
     with torch.autocast("cpu", torch.bfloat16):
         got = head_loss(head, h, y, 0.1, w, chunk_size=16)
-        logits = head(h)  # (B, T, V) in bf16, scored in fp32 as lm_loss does
+        logits = head(h)  # (B, T, V) in bf16, scored in fp32 as reference_lm_loss does
     want = study_criterion(500, 0.1, w)(logits.float().reshape(-1, 500), y.reshape(-1))
     assert got.dtype == torch.float32
     assert abs(got.item() - want.item()) < 2e-3
@@ -129,31 +131,29 @@ def test_sp_weight_moves_the_loss_toward_the_special_tokens(batch):
     special = (targets == SOT_ID) | (targets == EOT_ID)
     logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
     only_special = -logp[special].mean().item()
-    far = lm_loss(logits, targets, 0.0, 1e6).item()
+    far = reference_lm_loss(logits, targets, 0.0, 1e6).item()
     assert far == pytest.approx(only_special, rel=1e-4)
 
 
-def test_nll_sum_is_plain_and_uniform_logits_give_log_v(batch):
-    logits, targets = batch
-    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])
-    assert nll_sum(logits, targets).item() == pytest.approx(-logp.sum().item(), rel=1e-5)
+def test_uniform_logits_give_log_v():
     flat = torch.zeros(2, 5, 11)
     t = torch.randint(0, 11, (2, 5))
-    assert nll_sum(flat, t).item() == pytest.approx(10 * math.log(11), rel=1e-6)
-    assert lm_loss(flat, t, 0.1, 1.0).item() == pytest.approx(math.log(11), rel=1e-6)
+    assert reference_lm_loss(flat, t, 0.1, 1.0).item() == pytest.approx(math.log(11), rel=1e-6)
     # With class weights, uniform logits give log V * sum_n sum_c w_c q_nc / sum_n w_(y_n).
     w = torch.ones(11)
     w[SOT_ID] = w[EOT_ID] = 2.0
     wy = w[t.reshape(-1)]
     mass = 0.9 * wy + 0.1 * w.sum() / 11
     want = math.log(11) * (mass.sum() / wy.sum()).item()
-    assert lm_loss(flat, t, 0.1, 2.0).item() == pytest.approx(want, rel=1e-6)
+    assert reference_lm_loss(flat, t, 0.1, 2.0).item() == pytest.approx(want, rel=1e-6)
 
 
 def test_bf16_logits_are_scored_in_float32():
     torch.manual_seed(1)
     logits = torch.randn(4, 9, 300)
     t = torch.randint(0, 300, (4, 9))
-    a = lm_loss(logits.bfloat16(), t, 0.1, 2.0)
+    a = reference_lm_loss(logits.bfloat16(), t, 0.1, 2.0)
     assert a.dtype == torch.float32
-    assert a.item() == pytest.approx(lm_loss(logits.bfloat16().float(), t, 0.1, 2.0).item())
+    assert a.item() == pytest.approx(
+        reference_lm_loss(logits.bfloat16().float(), t, 0.1, 2.0).item()
+    )

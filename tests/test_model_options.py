@@ -145,8 +145,8 @@ def test_resume_is_bit_exact_with_the_modern_options(tiny_prepared, tmp_path):
     )
     first = dict(train, save_root=str(tmp_path / "b"), max_steps=5)
     fit(build_config("tiny", train=first, model=model))
-    resumed = {"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0}
-    again = fit(build_config(train=resumed))
+    resumed = {"save_root": str(tmp_path / "b"), "max_steps": 0}
+    again = fit(build_config(train=resumed, resume=True), resume=True)
     assert whole.step == again.step == 8
     a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))

@@ -177,6 +177,24 @@ def test_runs_list_and_detail(client):
     assert client.get("/api/runs/a").json()["settings"]["train"]["lr"] == 1e-3
 
 
+def test_a_damaged_run_is_listed_with_its_problem_and_the_others_still_show(
+    models, assets, tmp_path
+):
+    root = write_runs(tmp_path / "runs")
+    (root / "a" / "metrics.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")  # replaced by a PNG
+    (root / "c").mkdir()
+    (root / "c" / "metrics.jsonl").write_text('[1, 2]\n"text"\n{"kind": "train", "step": 1}\n')
+    with TestClient(create_app(models, Runs(root), Limits())) as c:
+        r = c.get("/api/runs")
+        assert r.status_code == 200, r.text
+        runs = {x["name"]: x for x in r.json()["runs"]}
+        assert "is damaged (not text)" in runs["a"]["problem"]
+        assert runs["nested/b"]["last_step"] == 20 and "problem" not in runs["nested/b"]
+        assert runs["c"]["records"] == 1  # lines that are not records are skipped
+        bad = c.get("/api/runs/a")
+        assert 400 <= bad.status_code < 500 and "is damaged" in bad.json()["error"]
+
+
 BAD = [
     ("post", "/api/generate", {"model": 9}, 404, "no model 9: choose one of 0 (a/ckpt)"),
     ("post", "/api/generate", {"model": "x"}, 404, "no model 'x'"),
@@ -188,6 +206,8 @@ BAD = [
     ("post", "/api/generate", {"temprature": 1}, 422, "temprature: Extra inputs are not permitted"),
     ("post", "/api/generate", {"seed": "x"}, 422, "seed: Input should be a valid integer"),
     ("post", "/api/generate", {"prompt": ["a"]}, 422, "prompt: Input should be a valid string"),
+    ("post", "/api/generate", {"seed": 2**70}, 422, "seed 1180591620717411303424 is out of range"),
+    ("post", "/api/generate", {"seed": -1}, 422, "seed -1 is out of range"),
     ("post", "/api/tokens", {"text": "a" * 501}, 413, "text has 501 characters"),
     ("post", "/api/tokens", {"ids": [1] * 65}, 413, "ids has 65 tokens"),
     ("post", "/api/tokens", {"ids": [1, 999]}, 422, "token id 999 is out of range"),
@@ -236,6 +256,27 @@ def test_bad_requests_get_a_clear_4xx(client, method, path, body, status, messag
 def test_malformed_bodies(client, content, status, message):
     r = client.post("/api/tokens", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status and message in r.json()["error"], r.text
+
+
+LONE = b"\\ud800"  # JSON may carry half of a surrogate pair; no UTF-8 text holds one
+
+
+@pytest.mark.parametrize(
+    "path,content",
+    [
+        ("/api/generate", b'{"prompt": "once ' + LONE + b'"}'),
+        ("/api/generate", b'{"model": "' + LONE + b'"}'),
+        ("/api/tokens", b'{"text": "lily ' + LONE + b'"}'),
+        ("/api/attention", b'{"text": "' + LONE + b'", "position": 1}'),
+        ("/api/compare", b'{"text": "' + LONE + b'"}'),
+        ("/api/compare", b'{"text": "lily", "models": [0, "' + LONE + b'"]}'),
+    ],
+)
+def test_text_that_is_not_utf8_gets_a_4xx_and_the_server_goes_on(client, path, content):
+    r = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "lone surrogate" in r.json()["error"] and "\n" not in r.json()["error"]
+    assert client.get("/api/models").status_code == 200
 
 
 def test_gate_queues_then_refuses():

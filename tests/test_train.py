@@ -116,11 +116,11 @@ def test_seed_trains_on_study_rows_and_tiny_on_windows(tiny_prepared):
     from gpt_study.train.state import TrainState
 
     seed = build_config("seed", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
-    assert seed.train.study_rows and seed.train.window == 15
+    assert seed.train.rows.study_rows and seed.train.window == 15
     sampler = _sampler(open_prepared(tiny_prepared), seed.train, TrainState())
     assert sampler.aligned and sampler.batch(0)[0].shape == (64, 15)
     tiny = build_config("tiny", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
-    assert not tiny.train.study_rows and tiny.train.window == 16
+    assert not tiny.train.rows.study_rows and tiny.train.window == 16
     assert _sampler(open_prepared(tiny_prepared), tiny.train, TrainState()).batch(0)[0].shape == (
         16,
         16,
@@ -203,8 +203,9 @@ def test_validation_nll_matches_a_direct_computation(tiny_prepared, study_rows, 
 
 
 def test_training_loss_is_the_study_loss_of_the_model():
-    """The step's fused output layer + loss equals lm_loss(model(x)), in value and gradient."""
-    from gpt_study.train.loss import LMLoss, lm_loss
+    """The step's fused output layer + loss equals reference_lm_loss(model(x)), in value and
+    gradient."""
+    from gpt_study.model.loss import LMLoss, reference_lm_loss
 
     torch.manual_seed(0)
     net = GPT(GPTConfig(vocab_size=51, **MODEL)).eval()  # no dropout: two passes must agree
@@ -214,7 +215,7 @@ def test_training_loss_is_the_study_loss_of_the_model():
     fused.backward()
     grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
-    plain = lm_loss(net(x), y, 0.1, 3.0)
+    plain = reference_lm_loss(net(x), y, 0.1, 3.0)
     plain.backward()
     assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
     for g, p in zip(grads, net.parameters(), strict=True):
@@ -236,13 +237,13 @@ def test_seed_decays_every_parameter_and_tiny_only_the_matrices():
 
     net = GPT(GPTConfig(vocab_size=51, **MODEL))
     seed = preset_config("seed").train
-    assert seed.decay_all is True and seed.weight_decay == 5e-4
+    assert seed.optim.decay_all is True and seed.optim.weight_decay == 5e-4
     opt = make_optimizer(net, seed, "cpu")
     assert _decays(opt) == {1: {5e-4}, 2: {5e-4}}
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
     tiny = preset_config("tiny").train
-    assert tiny.decay_all is False
-    assert _decays(make_optimizer(net, tiny, "cpu")) == {1: {0.0}, 2: {tiny.weight_decay}}
+    assert tiny.optim.decay_all is False
+    assert _decays(make_optimizer(net, tiny, "cpu")) == {1: {0.0}, 2: {tiny.optim.weight_decay}}
 
 
 @pytest.mark.parametrize("saved_all,now_all", [(False, True), (True, False), (True, True)])
@@ -261,12 +262,13 @@ def test_a_config_saved_before_the_study_settings_keeps_what_it_computed(tmp_pat
     from gpt_study.config import Config, config_to_dict, load_config
 
     d = config_to_dict(Config())
+    d["train"] = Config().train.flat()  # flat, as configs were saved then
     del d["train"]["decay_all"], d["train"]["study_rows"], d["train"]["best_by"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     old = load_config(tmp_path / "config.json").train
-    assert old.decay_all is False and old.study_rows is False and old.window == 128
-    assert old.best_by == "nll"
-    assert Config().train.decay_all is True and Config().train.study_rows is True
+    assert old.optim.decay_all is False and old.rows.study_rows is False and old.window == 128
+    assert old.valid.best_by == "nll"
+    assert Config().train.optim.decay_all is True and Config().train.rows.study_rows is True
 
 
 # ---------------------------------------------------------------------------- whole runs
@@ -366,7 +368,8 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkey
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     second = fit(
-        build_config(train={"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0})
+        build_config(train={"save_root": str(tmp_path / "b"), "max_steps": 0}, resume=True),
+        resume=True,
     )
     assert second.step == 12 and second.stopped == "done"
 
@@ -390,16 +393,19 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_prepared, tmp_path, monkey
 
 def test_resume_continues_with_a_larger_epoch_budget(tiny_prepared, tmp_path):
     fit(build_config("tiny", train=tiny_train(tiny_prepared, tmp_path / "r", epoch=1), model=MODEL))
-    res = fit(build_config(train={"save_root": str(tmp_path / "r"), "resume": True, "epoch": 2}))
+    res = fit(
+        build_config(train={"save_root": str(tmp_path / "r"), "epoch": 2}, resume=True),
+        resume=True,
+    )
     assert res.step == 12 and res.epoch == 2
-    done = fit(build_config(train={"save_root": str(tmp_path / "r"), "resume": True}))
+    done = fit(build_config(train={"save_root": str(tmp_path / "r")}, resume=True), resume=True)
     assert done.step == 12 and done.stopped == "done"  # nothing left to do
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     tiny_prepared, tmp_path, monkeypatch
 ):
-    import gpt_study.train.loss as loss_mod
+    import gpt_study.model.loss as loss_mod
 
     calls = {"n": 0}
     real = loss_mod.head_loss
@@ -428,7 +434,7 @@ def test_cli_train_then_plot(tiny_prepared, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "valid @ step 4" in out and "NLL" in out and "bits/byte" in out
     cfg = json.loads((root / "last" / "config.json").read_text())
-    assert cfg["train"]["lr_betas"] == [0.9, 0.95] and cfg["model"]["d_model"] == 32
+    assert cfg["train"]["optim"]["lr_betas"] == [0.9, 0.95] and cfg["model"]["d_model"] == 32
     assert cfg["model"]["vocab_size"] == 51 and cfg["preset"] == "tiny"
     (root / "loss.png").unlink()
     assert main(["plot", "--save_root", str(root)]) == 0
@@ -472,7 +478,7 @@ def test_muon_moves_the_block_matrices_and_adamw_the_rest():
     (g,) = opt.muon.param_groups
     # the schedule's rate x 20 for Muon; its decay shrinks the matrices as AdamW's would per step
     assert g["lr_scale"] == pytest.approx(20) and g["momentum"] == 0.95
-    assert g["lr_scale"] * g["weight_decay"] == pytest.approx(tc.weight_decay)
+    assert g["lr_scale"] * g["weight_decay"] == pytest.approx(tc.optim.weight_decay)
     assert len(opt.param_groups) == 3
 
 
@@ -500,8 +506,8 @@ def test_muon_lowers_the_loss_and_resumes_bit_for_bit(tiny_prepared, tmp_path, c
     assert first.step == 8
     resume = ["train", "--save_root", str(tmp_path / "b"), "--resume"]
     assert "optimizer state is muon's" in _err(resume + ["--optimizer", "adamw"], capsys)
-    b_again = {"save_root": str(tmp_path / "b"), "resume": True, "max_steps": 0}
-    second = fit(build_config(train=b_again))
+    b_again = {"save_root": str(tmp_path / "b"), "max_steps": 0}
+    second = fit(build_config(train=b_again, resume=True), resume=True)
     assert second.step == 12
     a, b = weights(tmp_path / "a" / "last"), weights(tmp_path / "b" / "last")
     for k in a:

@@ -150,7 +150,7 @@ def test_train_vocab_size_names_the_prepared_folder(tiny_prepared, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--dataset_root", "data", "--vocab_size", "51", "--save_root", "r", *SHORT]
     assert main(argv + MODEL) == 0
-    cfg = build_config(train={"save_root": "r", "resume": True})
+    cfg = build_config(train={"save_root": "r"}, resume=True)
     assert cfg.data.vocab_size == 51 and cfg.model.vocab_size == 51
 
 

@@ -35,6 +35,7 @@ from gpt_study.runtime.files import (
     check_replaceable,
     fsync_path,
     is_temp_of,
+    sha256_file,
     temp_name,
     write_json_atomic,
 )
@@ -47,6 +48,8 @@ WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "optimizer.pt",
 )
 FILES = (WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER)
+TOKENIZER_DIGEST = "tokenizer_sha256"
+"""The key in state.json of the SHA-256 of the tokenizer.json the model was saved with."""
 
 
 @dataclass
@@ -115,7 +118,9 @@ def save_checkpoint(
     os.chmod(tmp / WEIGHTS, 0o666 & ~UMASK)  # as the other files: safetensors writes it 0600
     save_config(tmp / CONFIG, config)
     shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
-    write_json_atomic(tmp / STATE, state or {})
+    write_json_atomic(
+        tmp / STATE, {**(state or {}), TOKENIZER_DIGEST: sha256_file(tmp / TOKENIZER)}
+    )
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
     fsync_path(tmp)
@@ -162,18 +167,28 @@ def _damaged(file: Path, error: BaseException) -> UserError:
 
 def _read_weights(file: Path, device: str) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(file), device=device)
+        weights = load_file(str(file), device=device)
     except SafetensorError as e:  # truncated, empty or not safetensors at all
         raise _damaged(file, e) from None
+    for name, w in weights.items():  # a NaN would only show later, as text or a loss of nan
+        if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+            raise UserError(
+                f"{file}: weight {name} holds NaN or infinite values (a diverged run or a "
+                "damaged file): use the other checkpoint (best/ or last/) or retrain"
+            )
+    return weights
 
 
 def _read_state(file: Path) -> dict[str, Any]:
     if not file.exists():
         return {}
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        state = json.loads(file.read_text(encoding="utf-8"))
     except ValueError as e:  # torn JSON, or bytes that are not UTF-8 text
         raise _damaged(file, e) from None
+    if not isinstance(state, dict):
+        raise _damaged(file, ValueError(f"a JSON {type(state).__name__}, not an object"))
+    return state
 
 
 def _read_optimizer(file: Path, device: str | torch.device) -> dict[str, Any]:
@@ -185,12 +200,28 @@ def _read_optimizer(file: Path, device: str | torch.device) -> dict[str, Any]:
         raise _damaged(file, e) from None
 
 
+def _check_tokenizer(path: Path, want: str | None) -> None:
+    """The tokenizer.json beside the weights must be the one they were saved with (``want``, its
+    SHA-256 from state.json): another of the same size would decode every id into the wrong
+    word without a sound."""
+    if want is None:
+        return  # saved before the digest was recorded
+    if sha256_file(path / TOKENIZER) != want:
+        raise UserError(
+            f"{path / TOKENIZER} is not the tokenizer this model was saved with (its SHA-256 "
+            f"differs from the one in {STATE}): copy back the run's own tokenizer.json, or "
+            "use another checkpoint"
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu", optimizer: bool = False
 ) -> Checkpoint:
     """The one function that reads a checkpoint; checks weights, config and tokenizer agree."""
     path = _resolve(Path(path))
     config = load_config(path / CONFIG)
+    state = _read_state(path / STATE)
+    _check_tokenizer(path, state.pop(TOKENIZER_DIGEST, None))
     tokenizer = load_tokenizer(path / TOKENIZER)
     if tokenizer.vocab_size != config.model.vocab_size:
         raise UserError(
@@ -216,7 +247,6 @@ def load_checkpoint(
             f"unexpected {list(unexpected)[:3]}): the folder mixes files from different runs"
         )
     model.to(device)
-    state = _read_state(path / STATE)
     opt = None
     if optimizer and (path / OPTIMIZER).exists():
         opt = _read_optimizer(path / OPTIMIZER, device)

@@ -72,11 +72,25 @@ def damaged_last(save_root: Path, error: UserError) -> UserError:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl, skipping a torn last line of a killed run."""
+    """Records of a metrics.jsonl: the JSON objects of its lines, skipping a torn last line of a
+    killed run (and any line that is not a record). A file that is not text, or cannot be read,
+    is one line naming it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{path} is damaged (not text): it is not a metrics file gpt-study wrote; "
+            "its run's curves cannot be drawn"
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})") from None
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out

@@ -33,9 +33,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line that says where to look, not the whole usage: the message
+    becomes a :class:`UserError` (exit code 2, like every other mistake)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items())
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="gpt-study",
         description="Study small GPT language models end to end.",
         epilog=f"commands:\n{lines}\n\n`gpt-study <command> --help` lists a command's flags.",
@@ -50,13 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):
-        top.parse_args(argv or ["--help"])
+        try:
+            top.parse_args(argv or ["--help"])
+        except UserError as e:
+            print(f"gpt-study: error: {e}", file=sys.stderr)
+            return 2
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        top.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
+        print(
+            f"gpt-study: error: unknown command {name!r}: choose from {', '.join(COMMANDS)} "
+            "(see gpt-study --help)",
+            file=sys.stderr,
+        )
+        return 2
     module_name, desc = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=f"gpt-study {name}", description=desc)
+    parser = _Parser(prog=f"gpt-study {name}", description=desc)
     try:
         module = importlib.import_module(module_name)
         module.configure(parser)

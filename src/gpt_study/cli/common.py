@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.cli.flags import dataclass_overrides
 from gpt_study.config import SampleConfig
+from gpt_study.config.fields import flat_fields, thread_count
 from gpt_study.config.train import TrainConfig
 from gpt_study.evaluate.stories import STORY_PROTOCOL, StoryProtocol
 from gpt_study.generate.weights import quantize_int8
 from gpt_study.generate.window import resolve_window
 from gpt_study.runtime import device as runtime
 
-_TRAIN_DTYPES = next(f for f in fields(TrainConfig) if f.name == "dtype").metadata["choices"]
+_TRAIN_DTYPES = flat_fields(TrainConfig)["dtype"][1].metadata["choices"]
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +53,21 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         help="positions the model reads, in tokens (default: the window it was trained on; "
         "longer is refused for learned positions, allowed with a note for rotary ones)",
     )
+    add_threads_arg(parser)
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` of the commands that run a model without training it: the same values as
+    train's (N, or auto, also spelled 0), but auto cannot time training steps here, so it keeps
+    torch's own count."""
     parser.add_argument(
         "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0: torch's default); 1 is much faster when other work "
-        "shares the cores (decoding runs many small operations)",
+        type=thread_count,
+        default=None,
+        metavar="N|auto",
+        help="CPU threads for torch: auto (the default, or 0) keeps torch's own count, one per "
+        "core; N pins N (1 is much faster when other work shares the cores: decoding runs many "
+        "small operations)",
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt_study.cli.common import add_story_args, story_protocol
+from gpt_study.cli.common import add_story_args, add_threads_arg, story_protocol
 from gpt_study.compare import StorySettings, compare_runs, default_out, format_text
 from gpt_study.evaluate.stories import OPENINGS
 from gpt_study.runtime import device as runtime
@@ -34,20 +34,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no_stories", action="store_true", help="figures and curves only (loads no weights)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0: torch's default); 1 is faster when other work shares "
-        "the cores",
-    )
+    add_threads_arg(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.openings <= len(OPENINGS):
         raise UserError(f"--openings {args.openings} is out of range: use 1 to {len(OPENINGS)}")
-    if args.threads < 0:
-        raise UserError(f"--threads {args.threads} is out of range: use 0 (auto) or more")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} is out of range: use auto or a count >= 1")
     protocol = story_protocol(args)  # checks the story flags' ranges
     stories = None
     if not args.no_stories:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from gpt_study.cli.common import (
@@ -22,6 +21,7 @@ from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
 from gpt_study.config.data import data_folder
 from gpt_study.evaluate.report import UNK_NOTE, evaluate_split, evaluate_stories, format_table
+from gpt_study.outputs import check_output_file, mark
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import write_json_atomic
 
@@ -54,11 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch_size must be at least 1, --max_rows at least 0")
     if args.no_valid and args.no_stories:
         raise UserError("--no_valid and --no_stories leave nothing to do: drop one of them")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UserError(f"--json {args.json}: its folder does not exist; create it first")
+    if args.json:
+        check_output_file(args.json, "evaluate", "--json", inputs=[args.checkpoint])
     ckpt = open_checkpoint(args)
     window = window_of(args, ckpt)
-    result: dict[str, Any] = {"checkpoint": str(ckpt.path), "context_size": window}
+    result: dict[str, Any] = {
+        "written_by": mark("evaluate"),
+        "checkpoint": str(ckpt.path),
+        "context_size": window,
+    }
     if not args.no_valid:
         result["valid"] = evaluate_split(
             ckpt.model,

@@ -4,8 +4,9 @@ A field's ``choices`` appear in ``--help`` but are not argparse's to refuse: the
 check (:func:`gpt_study.config.fields.check_choice`) does, with the same line for a flag, a library
 call and a saved config.json.
 
-The study's flag names stay flat (``--lr``, ``--n_layers``, ...): every flag is a field of exactly
-one config section, so :func:`section_overrides` can hand each section the values the user typed.
+The study's flag names stay flat (``--lr``, ``--n_layers``, ...): every flag is a setting of exactly
+one config, named once across its sections (:func:`gpt_study.config.fields.flat_fields`), so
+:func:`dataclass_overrides` can hand each config the values the user typed, by flat name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from gpt_study.config.fields import check_choice
+from gpt_study.config.fields import check_choice, flat_fields, sections
 
 
 def _argparse_type(hint: Any) -> tuple[Any, bool]:
@@ -37,17 +38,21 @@ def add_dataclass_args(
     skip: tuple[str, ...] = (),
     presets: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Add one ``--<field>`` flag per field of ``cls``.
+    """Add one ``--<field>`` flag per setting of ``cls``, each section's in a group of its own.
 
     Defaults are suppressed so that only flags the user gave override the preset / dataclass.
     """
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
     for f in fields(cls):
+        if f.name in sections(cls):
+            add_dataclass_args(parser, hints[f.name], skip, presets)
+            continue
         meta = dict(f.metadata)
         if f.name in skip or meta.pop("cli", True) is False:
             continue
         text = meta.pop("doc", "")
+        meta.pop("resume", None)  # the config's, not argparse's
         typ, is_bool = _argparse_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         shown = [f"default: {default}"] if default not in (None, [], ()) else []
@@ -71,11 +76,11 @@ def add_dataclass_args(
 def dataclass_overrides(
     ns: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """The fields of ``cls`` that the user set on the command line, each checked against its
-    choices now: before anything else (a data folder, say) can fail first."""
+    """The settings of ``cls`` that the user set on the command line, by flat name, each checked
+    against its choices now: before anything else (a data folder, say) can fail first."""
     given = [
         f
-        for f in fields(cls)
+        for _, f in flat_fields(cls).values()
         if f.name not in skip and f.metadata.get("cli", True) and hasattr(ns, f.name)
     ]
     for f in given:

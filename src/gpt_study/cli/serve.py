@@ -13,7 +13,7 @@ import sys
 import threading
 from dataclasses import fields
 
-from gpt_study.cli.common import add_device_args
+from gpt_study.cli.common import add_device_args, add_threads_arg
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import UserError
 from gpt_study.serve.limits import Limits
@@ -49,9 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_device_args(parser)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
-    )
+    add_threads_arg(parser)
     defaults = Limits()
     for f in fields(Limits):
         parser.add_argument(
@@ -101,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     runtime.set_threads(args.threads)
     runs = Runs(args.runs)
     models = Models.load(args.checkpoint, args.device, args.dtype)
-    loopback = args.host in ("127.0.0.1", "localhost")
+    if not _is_loopback(args.host):
+        print(_exposure_warning(args.host, args.port), file=sys.stderr)
+    loopback = args.host in ("127.0.0.1", "localhost")  # the names the page checks Host against
     app = create_app(models, runs, limits, hosts=["127.0.0.1", "localhost"] if loopback else None)
     names = ", ".join(s.name for s in models.served) or "none"
     print(f"serving models: {names}; runs: {args.runs or 'none'}", file=sys.stderr)
@@ -122,6 +122,26 @@ def run(args: argparse.Namespace) -> int:
             t.join(timeout=5)
     print("gpt-study serve: stopped", file=sys.stderr)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is this machine's own (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def _exposure_warning(host: str, port: int) -> str:
+    """One line that says who can reach the page when it listens beyond this machine."""
+    who = "every machine that can reach this one" if host in ("0.0.0.0", "::", "") else host
+    return (
+        f"gpt-study serve: warning: --host {host} lets {who} reach the page on port {port}, "
+        "with no login: anyone there can run the models; use --host 127.0.0.1 to keep it local"
+    )
 
 
 def _StoppingServer(config, stopping: threading.Event):

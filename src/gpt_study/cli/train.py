@@ -23,6 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="starting config: seed (the study's, the default) or tiny (CPU-friendly); "
         "any flag overrides it",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --save_root from its last checkpoint (what may change then: "
+        "docs/train.md)",
+    )
     add_dataclass_args(parser, TrainConfig, presets=_preset_values("train"))
     add_dataclass_args(parser, GPTConfig, presets=_preset_values("model"))
     add_dataclass_args(parser, DataConfig, skip=DATA_SKIP)
@@ -40,12 +46,14 @@ def config_from_flags(args: argparse.Namespace) -> Config:
         train=dataclass_overrides(args, TrainConfig),
         model=dataclass_overrides(args, GPTConfig),
         data=dataclass_overrides(args, DataConfig, skip=DATA_SKIP),
+        resume=args.resume,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_flags(args)
-    device = runtime.resolve_device(cfg.train.device)
-    dtype = runtime.resolve_dtype(cfg.train.dtype, device)
-    with runtime.process_settings(cfg.train.threads, device, dtype, training=True):
-        return fit(cfg).exit_code
+    rt = cfg.train.runtime
+    device = runtime.resolve_device(rt.device)
+    dtype = runtime.resolve_dtype(rt.dtype, device)
+    with runtime.process_settings(rt.threads, device, dtype, training=True):
+        return fit(cfg, resume=args.resume).exit_code

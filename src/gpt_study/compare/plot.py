@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from gpt_study.compare.runs import RunData, format_value
+from gpt_study.outputs import mark
 from gpt_study.runtime.files import atomic_path
 
 PNG = "compare.png"
-SOFTWARE = "gpt-study compare"  # written into the PNG, so compare knows the file is its own
+SOFTWARE = mark("compare")  # written into the PNG, so compare knows the file is its own
 STYLES = ("-", "--", ":", "-.")
 
 

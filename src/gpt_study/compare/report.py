@@ -9,7 +9,6 @@ with other work never loses a file.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,13 @@ from typing import Any
 from gpt_study.compare.plot import PNG, SOFTWARE
 from gpt_study.compare.runs import format_value
 from gpt_study.evaluate.stories import share_text
+from gpt_study.outputs import check_output_file, md_mark
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import write_json_atomic, write_text_atomic
 
 MARKDOWN, JSON = "compare.md", "compare.json"
 OWN_FILES = (PNG, MARKDOWN, JSON)
-MD_MARK = "<!-- written by gpt-study compare -->"
+MD_MARK = md_mark("compare")
 
 # (label, summary key, format); "step" columns are shown beside their figure.
 FIGURES = (
@@ -180,30 +180,13 @@ def _md_stories(stories: dict[str, Any]) -> list[str]:
 
 def check_out(out: Path) -> None:
     """Refuse (one line, before any work) an ``--out`` where compare would replace a file it
-    did not write."""
+    did not write (:func:`gpt_study.outputs.check_output_file`, the one guard)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: pass a folder")
+    if not out.is_dir():
+        return  # compare makes it
     for name in OWN_FILES:
-        path = out / name
-        if path.exists() and not _is_own(path):
-            raise UserError(
-                f"{path} was not written by gpt-study compare, which never replaces it: "
-                "pass another --out"
-            )
-
-
-def _is_own(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.name == JSON:
-        try:
-            return json.loads(path.read_text(encoding="utf-8")).get("written_by") == SOFTWARE
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            return False
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    mark = SOFTWARE.encode() if path.name == PNG else MD_MARK.encode()
-    return mark in head
+        check_output_file(out / name, "compare", "--out")
 
 
 def write_reports(result: dict[str, Any], out: Path) -> list[Path]:

@@ -20,7 +20,6 @@ from gpt_study.runtime.errors import UserError
 IGNORED = {
     "train.save_root",
     "train.data",  # a path: different data folders get their own note instead
-    "train.resume",
     "train.progress",
     "data.data",
     "data.dataset_root",
@@ -116,9 +115,10 @@ def short_names(paths: list[Path]) -> list[str]:
 
 
 def flat_settings(cfg: Config) -> dict[str, Any]:
-    """``section.field -> value`` of a config, the ignored paths and logging switches left out."""
+    """``section.field -> value`` of a config, the ignored paths and logging switches left out;
+    train's settings by their flat names (``train.sp_weight``), as the study named them."""
     out: dict[str, Any] = {}
-    for section, values in config_to_dict(cfg).items():
+    for section, values in config_to_dict(cfg, flat=True).items():
         if not isinstance(values, dict):
             out[section] = values  # "preset"
             continue

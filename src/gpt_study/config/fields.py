@@ -7,11 +7,19 @@ ranges in a ``RANGES`` table beside its fields and calls :func:`check_ranges` fi
 ``__post_init__``, then :func:`check_choices`: a value outside a field's ``choices`` metadata is
 refused by :func:`check_choice`, the one check of allowed values, whether they come from a flag
 (checked as soon as it is parsed), a library call or a saved config.json.
+
+A config may hold sections, fields that are dataclasses themselves (``TrainConfig.optim``). Every
+setting keeps a name of its own across them, the study's flag name, so :func:`flat_fields` maps
+each flat name to its section: flags, presets and config.json files written before the sections
+name settings that way.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import typing
 from dataclasses import Field, dataclass, fields
 from typing import Any
 
@@ -19,19 +27,65 @@ from gpt_study.runtime.errors import UserError
 
 
 def doc(text: str, **kw: Any) -> dict[str, Any]:
-    """Field metadata: ``text`` becomes the flag's ``--help``; ``kw`` are extra argparse options."""
+    """Field metadata: ``text`` becomes the flag's ``--help``; ``kw`` are extra argparse options,
+    except ``choices`` (refused by :func:`check_choice`), ``cli=False`` (no flag) and
+    ``resume="free"`` (may change on ``--resume``: :func:`free_on_resume`)."""
     return {"doc": text, **kw}
 
 
-def thread_count(text: str) -> int:
-    """``--threads``'s argparse type: a count, or ``auto``, stored as 0 so that the field stays an
-    int and configs saved with 0 (torch's default, before auto existed) get the tuning too."""
+def free_on_resume(f: Field[Any]) -> bool:
+    """Whether setting ``f`` may change on ``--resume`` without the resumed run computing
+    something else: its ``doc(..., resume="free")`` says so, beside the field, so that a new
+    field is not free until someone decides it is."""
+    return f.metadata.get("resume") == "free"
+
+
+def thread_count(text: str) -> int | None:
+    """``--threads``'s argparse type: a count, or ``auto`` (None, what the command picks). ``0``
+    is auto as well, in every command: configs saved before auto had a name store 0."""
     if text.strip().lower() == "auto":
-        return 0
+        return None
     try:
-        return int(text)
+        n = int(text)
     except ValueError:
         raise ValueError(text) from None  # argparse: "invalid thread_count value: 'x'"
+    return None if n == 0 else n
+
+
+@functools.cache
+def sections(cls: type) -> dict[str, type]:
+    """The fields of dataclass ``cls`` that are sections (dataclasses themselves), by name."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+@functools.cache
+def flat_fields(cls: type) -> dict[str, tuple[str | None, Field[Any]]]:
+    """Every setting of dataclass ``cls`` by its flat name: (its section, None at the top level;
+    its field). Derived from the dataclasses, so a new field is mapped without a list to keep;
+    a name used twice is a programming error, refused here."""
+    out: dict[str, tuple[str | None, Field[Any]]] = {}
+    parts = sections(cls)
+    for f in fields(cls):
+        leaves = [(f.name, g) for g in fields(parts[f.name])] if f.name in parts else [(None, f)]
+        for section, g in leaves:
+            if g.name in out or g.name in parts:
+                raise TypeError(f"{cls.__name__} names the setting {g.name} twice")
+            out[g.name] = (section, g)
+    return out
+
+
+def flatten(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for ``cls`` with each section given as a dict lifted to flat names; a flat name
+    given beside its section wins. Checks nothing: the config's constructor does."""
+    parts = sections(cls)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in parts and isinstance(value, dict):
+            out.update({k: v for k, v in value.items() if k not in values})
+        else:
+            out[name] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +124,7 @@ POSITIVE = Range(0, None, lo_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_1 = Range(1)
 PROBABILITY = Range(0, 1, hi_open=True)  # dropout, smoothing, betas: 1 would be degenerate
+SEED = Range(0, 2**64 - 1, why="torch's generators take 64-bit seeds")
 
 
 def check_ranges(obj: Any, table: dict[str, Range]) -> None:

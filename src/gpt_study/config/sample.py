@@ -10,6 +10,7 @@ from gpt_study.config.fields import (
     AT_LEAST_1,
     NON_NEGATIVE,
     POSITIVE,
+    SEED,
     Range,
     check_choices,
     check_ranges,
@@ -43,7 +44,7 @@ class SampleConfig:
         "top_k": NON_NEGATIVE,
         "top_p": Range(0, 1, lo_open=True),
         "repetition_penalty": POSITIVE,
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
     }
 
     def __post_init__(self) -> None:

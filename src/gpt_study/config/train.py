@@ -1,44 +1,51 @@
 """The training run's settings (``gpt-study train``), one section of :class:`~gpt_study.config.Config`.
 
-Field names are the study's flag names and defaults its values; each field's ``doc`` is its flag's
-help, and ``RANGES`` the values it accepts.
+:class:`TrainConfig` holds the run's places and seed, and one small dataclass per concern (loss,
+optim, schedule, rows, budget, valid, runtime, log), each checking its own ranges and choices, so
+each reads on its own. Field names are the study's flag names, unique across the sections, and
+defaults its values; each field's ``doc`` is its flag's help, ``RANGES`` the values it accepts,
+and ``resume="free"`` marks a setting that may change on ``--resume`` without changing what the
+run computes. The flat names still work everywhere: ``--lr``, ``TrainConfig(lr=1e-3)``,
+``build_config(train={"lr": 1e-3})``, presets, and config.json files saved before the sections.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from gpt_study.config.fields import (
     AT_LEAST_1,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
+    SEED,
     Range,
     check_choices,
     check_ranges,
     doc,
+    flat_fields,
+    sections,
     thread_count,
 )
 from gpt_study.runtime.errors import UserError
 
 
-@dataclass
-class TrainConfig:
-    """The training run (``gpt-study train``): the study's recipe plus what makes it trustworthy."""
+class Section:
+    """A section's own checks, run when it is built: its ``RANGES`` and its fields' choices."""
 
-    data: str | None = field(
-        default=None,
-        metadata=doc(
-            "prepared folder (default: <dataset_root>/<tokenizer>-<vocab_size>, as prepare names it)"
-        ),
-    )
-    save_root: str = field(
-        default="runs/gpt", metadata=doc("folder for checkpoints, logs and plots")
-    )
-    resume: bool = field(
-        default=False, metadata=doc("continue the run in --save_root from its last checkpoint")
-    )
+    RANGES: ClassVar[dict[str, Range]] = {}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
+        check_choices(self)
+
+
+@dataclass
+class LossConfig(Section):
+    """The training loss: the study's label smoothing and <sot>/<eot> weight."""
+
     label_smoothing: float = field(
         default=0.1, metadata=doc("label smoothing of the training loss")
     )
@@ -49,16 +56,31 @@ class TrainConfig:
             "targets and on their share of every position's smoothing (1: no extra weight)"
         ),
     )
-    weight_decay: float = field(default=5e-4, metadata=doc("AdamW weight decay"))
-    lr: float = field(default=2.5e-4, metadata=doc("peak learning rate"))
-    lr_betas: tuple[float, float] = field(default=(0.9, 0.98), metadata=doc("AdamW betas", nargs=2))
-    eps: float = field(default=1e-9, metadata=doc("AdamW epsilon"))
+
+    RANGES = {"label_smoothing": PROBABILITY, "sp_weight": POSITIVE}
+
+
+@dataclass
+class OptimConfig(Section):
+    """The optimizer: AdamW as the study set it, or Muon with AdamW."""
+
     optimizer: str = field(
         default="adamw",
         metadata=doc(
             "adamw (the study) or muon: Muon for the blocks' weight matrices, AdamW for "
             "embeddings, output layer, biases and LayerNorms (needs torch 2.9 or later)",
             choices=["adamw", "muon"],
+        ),
+    )
+    lr: float = field(default=2.5e-4, metadata=doc("peak learning rate"))
+    lr_betas: tuple[float, float] = field(default=(0.9, 0.98), metadata=doc("AdamW betas", nargs=2))
+    eps: float = field(default=1e-9, metadata=doc("AdamW epsilon"))
+    weight_decay: float = field(default=5e-4, metadata=doc("AdamW weight decay"))
+    decay_all: bool = field(
+        default=True,
+        metadata=doc(
+            "AdamW weight decay on every parameter, biases and LayerNorms included (the study); "
+            "--no-decay_all decays only weight matrices and embeddings"
         ),
     )
     muon_lr: float = field(
@@ -70,6 +92,29 @@ class TrainConfig:
     muon_momentum: float = field(
         default=0.95, metadata=doc("--optimizer muon: Muon's (Nesterov) momentum")
     )
+    grad_clip: float = field(default=0.0, metadata=doc("clip the gradient norm to this (0: off)"))
+
+    RANGES = {
+        "lr": POSITIVE,
+        "lr_betas": PROBABILITY,
+        "eps": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "muon_lr": POSITIVE,
+        "muon_momentum": PROBABILITY,
+        "grad_clip": NON_NEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
+        self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
+        super().__post_init__()
+        if len(self.lr_betas) != 2:
+            raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
+
+
+@dataclass
+class ScheduleConfig(Section):
+    """The learning-rate schedule, a pure function of the step (so a resumed run follows it)."""
+
     lr_schedule: str = field(
         default="constant",
         metadata=doc(
@@ -81,69 +126,25 @@ class TrainConfig:
         default=0, metadata=doc("linear warmup steps for --lr_schedule cosine")
     )
     min_lr: float = field(default=0.0, metadata=doc("final learning rate of the cosine schedule"))
+
+    RANGES = {"warmup_steps": NON_NEGATIVE, "min_lr": NON_NEGATIVE}
+
+
+@dataclass
+class RowsConfig(Section):
+    """The rows of a step: their length, how many, and how they are cut from the split."""
+
     context_size: int = field(
         default=128,
         metadata=doc("tokens per training row (must be <= max_len); see --study_rows"),
     )
-    batch_size: int = field(default=64, metadata=doc("rows per step on each process"))
-    grad_accum: int = field(default=1, metadata=doc("micro-batches per optimizer step"))
-    grad_clip: float = field(default=0.0, metadata=doc("clip the gradient norm to this (0: off)"))
-    epoch: int = field(default=512, metadata=doc("epochs to train (the study's flag)"))
-    iters_per_epoch: int = field(default=1024, metadata=doc("optimizer steps per epoch"))
-    eval_iters: int = field(
-        default=0, metadata=doc("cap on validation batches (0: the whole valid split)")
+    batch_size: int = field(
+        default=64,
+        # free: fit warns when the global batch (x processes x grad_accum) changes
+        metadata=doc("rows per step on each process", resume="free"),
     )
-    max_steps: int = field(
-        default=0, metadata=doc("stop after this many optimizer steps (0: no cap)")
-    )
-    max_time: float = field(
-        default=0.0,
-        metadata=doc(
-            "stop after this many minutes of this invocation (0: no cap); a resumed run gets a fresh budget"
-        ),
-    )
-    print_interval: int = field(default=100, metadata=doc("steps between console log lines"))
-    progress: bool | None = field(
-        default=None, metadata=doc("progress bar (default: only when stderr is a terminal)")
-    )
-    sample_tokens: int = field(
-        default=256,
-        metadata=doc("most tokens of the greedy sample story written each epoch (0: none)"),
-    )
-    device: str = field(default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps"))
-    dtype: str = field(
-        default="float32",
-        metadata=doc(
-            "float32 (the study), auto (bf16 autocast where the hardware computes it natively) "
-            "or bfloat16",
-            choices=["auto", "float32", "bfloat16"],
-        ),
-    )
-    compile: bool = field(default=False, metadata=doc("torch.compile the model"))
-    threads: int = field(
-        default=0,
-        metadata=doc(
-            "CPU threads for torch; 0 or auto: each epoch, time a few steps with 1 thread and "
-            "with all cores and keep the faster (other work sharing the cores makes 1 faster); "
-            "N: pin N threads (for bit-exact resume, pin them)",
-            type=thread_count,
-            metavar="N|auto",
-        ),
-    )
-    seed: int = field(default=1234, metadata=doc("seed for weights, dropout and data order"))
-    wb_flag: bool = field(
-        default=False, metadata=doc("log to Weights & Biases (needs pip install wandb)")
-    )
-    wb_project: str = field(default="gpt_study", metadata=doc("wandb project"))
-    wb_name: str | None = field(default=None, metadata=doc("wandb run name"))
-    wb_notes: str | None = field(default=None, metadata=doc("wandb notes"))
-    wb_tags: list[str] = field(default_factory=list, metadata=doc("wandb tags", nargs="*"))
-    decay_all: bool = field(
-        default=True,
-        metadata=doc(
-            "AdamW weight decay on every parameter, biases and LayerNorms included (the study); "
-            "--no-decay_all decays only weight matrices and embeddings"
-        ),
+    grad_accum: int = field(
+        default=1, metadata=doc("micro-batches per optimizer step", resume="free")
     )
     study_rows: bool = field(
         default=True,
@@ -153,6 +154,50 @@ class TrainConfig:
             "context_size + 1 tokens at any offset, context_size inputs"
         ),
     )
+
+    RANGES = dict.fromkeys(("context_size", "batch_size", "grad_accum"), AT_LEAST_1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.study_rows and self.context_size < 2:
+            raise UserError("--context_size must be at least 2 with --study_rows")
+
+
+@dataclass
+class BudgetConfig(Section):
+    """How long the run trains: the schedule's length, and caps that cut it short."""
+
+    epoch: int = field(
+        default=512, metadata=doc("epochs to train (the study's flag)", resume="free")
+    )
+    iters_per_epoch: int = field(default=1024, metadata=doc("optimizer steps per epoch"))
+    max_steps: int = field(
+        default=0,
+        metadata=doc("stop after this many optimizer steps (0: no cap)", resume="free"),
+    )
+    max_time: float = field(
+        default=0.0,
+        metadata=doc(
+            "stop after this many minutes of this invocation (0: no cap); a resumed run gets a "
+            "fresh budget",
+            resume="free",
+        ),
+    )
+
+    RANGES = {
+        **dict.fromkeys(("epoch", "iters_per_epoch"), AT_LEAST_1),
+        **dict.fromkeys(("max_steps", "max_time"), NON_NEGATIVE),
+    }
+
+
+@dataclass
+class ValidConfig(Section):
+    """The end of each epoch: validation, the best checkpoint's measure, the sample story."""
+
+    eval_iters: int = field(
+        default=0,
+        metadata=doc("cap on validation batches (0: the whole valid split)", resume="free"),
+    )
     best_by: str = field(
         default="loss",
         metadata=doc(
@@ -161,40 +206,153 @@ class TrainConfig:
             choices=["loss", "nll"],
         ),
     )
+    sample_tokens: int = field(
+        default=256,
+        metadata=doc("most tokens of the greedy sample story written each epoch (0: none)"),
+    )
 
-    RANGES: ClassVar[dict[str, Range]] = {
-        "label_smoothing": PROBABILITY,
-        "sp_weight": POSITIVE,
-        "weight_decay": NON_NEGATIVE,
-        "lr": POSITIVE,
-        "lr_betas": PROBABILITY,
-        "eps": POSITIVE,
-        "muon_lr": POSITIVE,
-        "muon_momentum": PROBABILITY,
-        "warmup_steps": NON_NEGATIVE,
-        "min_lr": NON_NEGATIVE,
-        **dict.fromkeys(
-            ("context_size", "batch_size", "grad_accum", "epoch", "iters_per_epoch"), AT_LEAST_1
+    RANGES = dict.fromkeys(("eval_iters", "sample_tokens"), NON_NEGATIVE)
+
+
+@dataclass
+class RuntimeConfig(Section):
+    """Where and how fast the run executes: the device, precision, compilation and threads."""
+
+    device: str = field(
+        default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps", resume="free")
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=doc(
+            "float32 (the study), auto (bf16 autocast where the hardware computes it natively) "
+            "or bfloat16",
+            choices=["auto", "float32", "bfloat16"],
         ),
-        "print_interval": AT_LEAST_1,
-        **dict.fromkeys(("grad_clip", "eval_iters", "max_steps", "max_time"), NON_NEGATIVE),
-        **dict.fromkeys(("sample_tokens", "threads", "seed"), NON_NEGATIVE),
-    }
+    )
+    compile: bool = field(default=False, metadata=doc("torch.compile the model", resume="free"))
+    threads: int | None = field(
+        default=None,
+        metadata=doc(
+            "CPU threads for torch; auto (the default, or 0): each epoch, time a few steps with "
+            "1 thread and with all cores and keep the faster (other work sharing the cores makes "
+            "1 faster); N: pin N threads (for bit-exact resume, pin them)",
+            type=thread_count,
+            metavar="N|auto",
+            resume="free",
+        ),
+    )
+
+    RANGES = {"threads": AT_LEAST_1}
 
     def __post_init__(self) -> None:
-        self.lr_betas = tuple(self.lr_betas)  # JSON gives a list
+        if type(self.threads) is int and self.threads == 0:
+            self.threads = None  # auto, as configs saved before it had a name store it
+        super().__post_init__()
+
+
+@dataclass
+class LogConfig(Section):
+    """What the run reports, and where: the console, a progress bar, Weights & Biases."""
+
+    print_interval: int = field(
+        default=100, metadata=doc("steps between console log lines", resume="free")
+    )
+    progress: bool | None = field(
+        default=None,
+        metadata=doc("progress bar (default: only when stderr is a terminal)", resume="free"),
+    )
+    wb_flag: bool = field(
+        default=False,
+        metadata=doc("log to Weights & Biases (needs pip install wandb)", resume="free"),
+    )
+    wb_project: str = field(default="gpt_study", metadata=doc("wandb project", resume="free"))
+    wb_name: str | None = field(default=None, metadata=doc("wandb run name", resume="free"))
+    wb_notes: str | None = field(default=None, metadata=doc("wandb notes", resume="free"))
+    wb_tags: list[str] = field(
+        default_factory=list, metadata=doc("wandb tags", nargs="*", resume="free")
+    )
+
+    RANGES = {"print_interval": AT_LEAST_1}
+
+
+@dataclass(init=False)
+class TrainConfig:
+    """The training run (``gpt-study train``): the study's recipe plus what makes it trustworthy."""
+
+    data: str | None = field(
+        default=None,
+        metadata=doc(
+            "prepared folder (default: <dataset_root>/<tokenizer>-<vocab_size>, as prepare "
+            "names it)",
+            resume="free",
+        ),
+    )
+    save_root: str = field(
+        default="runs/gpt",
+        metadata=doc("folder for checkpoints, logs and plots", resume="free"),
+    )
+    seed: int = field(default=1234, metadata=doc("seed for weights, dropout and data order"))
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    rows: RowsConfig = field(default_factory=RowsConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    valid: ValidConfig = field(default_factory=ValidConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    RANGES: ClassVar[dict[str, Range]] = {"seed": SEED}
+
+    def __init__(self, **settings: Any) -> None:
+        """Settings by their flat names (``TrainConfig(lr=1e-3)``), as flags, presets and older
+        config.json files give them, or whole sections (``optim=OptimConfig(...)``, as
+        :func:`dataclasses.replace` passes them); a flat name wins over its section's value."""
+        names, parts = flat_fields(TrainConfig), sections(TrainConfig)
+        unknown = sorted(set(settings) - set(names) - set(parts))
+        if unknown:
+            raise TypeError(f"TrainConfig has no setting(s) {', '.join(unknown)}")
+        given: dict[str | None, dict[str, Any]] = {}
+        for name, value in settings.items():
+            if name in names:
+                given.setdefault(names[name][0], {})[name] = value
+        for f in fields(self):
+            own = given.get(f.name, {})
+            if f.name not in parts:
+                value = given.get(None, {}).get(f.name, _default(f))
+            elif f.name in settings:
+                value = dataclasses.replace(settings[f.name], **own) if own else settings[f.name]
+            else:
+                value = parts[f.name](**own)
+            setattr(self, f.name, value)
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        """The checks that span sections; each section has checked its own."""
         check_ranges(self, self.RANGES)
         check_choices(self)
-        if len(self.lr_betas) != 2:
-            raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
-        if self.lr_schedule == "cosine" and self.min_lr > self.lr:
-            raise UserError(f"--min_lr {self.min_lr} is above --lr {self.lr}: lower it")
-        if self.study_rows and self.context_size < 2:
-            raise UserError("--context_size must be at least 2 with --study_rows")
+        s, lr = self.schedule, self.optim.lr
+        if s.lr_schedule == "cosine" and s.min_lr > lr:
+            raise UserError(f"--min_lr {s.min_lr} is above --lr {lr}: lower it")
 
     @property
     def window(self) -> int:
         """Input positions of a training row, the window the model learns: ``context_size - 1``
         with ``study_rows`` (the study's 128-token rows gave 127 inputs), else ``context_size``.
         Validation and generation keep to it."""
-        return self.context_size - 1 if self.study_rows else self.context_size
+        rows = self.rows
+        return rows.context_size - 1 if rows.study_rows else rows.context_size
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (``lr``, not ``optim.lr``), a copy: the names of the
+        flags, of presets and of compare's tables."""
+        d = dataclasses.asdict(self)
+        out: dict[str, Any] = {}
+        for name, value in d.items():
+            out.update(value if name in sections(TrainConfig) else {name: value})
+        return out
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default

@@ -22,7 +22,7 @@ _NEEDS_FTFY = re.compile(r"[^\t\n\x20-\x25\x27-\x7e]")
 
 
 def fix_text(text: str) -> str:
-    """Exactly ``ftfy.fix_text(text)``, about 2-3x faster on mostly-ASCII text.
+    """Exactly ``ftfy.fix_text(text)``, faster on mostly-ASCII text (docs/train.md, "Measurements").
 
     ftfy fixes each line on its own (its segments end at ``\\n``), and once a line holds ``<`` it
     stops unescaping HTML for the rest of the text. We follow the same rules but hand only the

@@ -89,7 +89,26 @@ def open_prepared(folder: str | os.PathLike) -> PreparedData:
         if size != 2 * want:  # uint16: two bytes a token
             have = f"{size // 2} tokens" + (" and a stray byte" if size % 2 else "")
             raise UserError(f"{path} holds {have}, meta.json says {want}: {redo_hint(folder)}")
-    return PreparedData(folder, meta, info)
+    data = PreparedData(folder, meta, info)
+    _check_ids(data)
+    return data
+
+
+def _check_ids(data: PreparedData) -> None:
+    """Refuse a split holding an id beyond the vocabulary (a damaged or swapped file) now, not
+    as an index error deep in training: one pass over each memory map, a fraction of a second
+    even for the whole of TinyStories."""
+    vocab = data.info.rest.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool):
+        return  # folders from before vocab_size was recorded: the tokenizer's check still holds
+    for split in SPLITS:
+        tokens = data.tokens(split)
+        top = int(tokens.max()) if len(tokens) else -1
+        if top >= vocab:
+            raise UserError(
+                f"{data.folder / f'{split}.bin'} holds token id {top}, beyond the vocabulary of "
+                f"{vocab} in meta.json (a damaged or swapped file): {redo_hint(data.folder)}"
+            )
 
 
 class RowSampler:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -128,14 +127,6 @@ def resolve_sources(data: list[str]) -> list[Source]:
             "add a file for training to --data"
         )
     return sources
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ local files

@@ -4,5 +4,5 @@ What lives here: ``heldout`` (the one scorer: overlapping windows over whole sto
 per byte), ``stories`` (the story protocol and its metrics: ``<eot>`` share, repeated n-grams),
 ``report`` (``gpt-study evaluate``: a checkpoint on a prepared folder, as a table and JSON) and
 ``introspect`` (per-token scores, attention weights and the logit lens, for the web page).
-Imports: config, model, data, generate, train.loss (the loss terms) and runtime; never the CLI.
+Imports: config, model (with its loss), data, generate and runtime; never training or the CLI.
 """

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from gpt_study.config import UNK_ID
 from gpt_study.data.dataset import eval_windows, iter_eval_batches
+from gpt_study.model.loss import lm_loss_terms
 from gpt_study.runtime.device import autocast, to_device
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.progress import progress_bar
-from gpt_study.train.loss import lm_loss_terms
 
 
 @dataclass

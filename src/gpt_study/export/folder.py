@@ -47,6 +47,7 @@ from gpt_study.runtime.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from gpt_study.runtime.lock import folder_lock
 
 __all__ = ["FILES", "ExportResult", "export_hf"]
 
@@ -139,33 +140,37 @@ def export_hf(
     else:
         say(f"{kind} tokenizer: ids equal to gpt-study's on {share:.2%} of {where}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.iterdir():  # left by a killed export (only our own temp names)
-        if is_temp_of(stale, out):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = temp_name(out)
-    tmp.mkdir()
-    try:
-        _write_files(tmp, ckpt, layout, remote, hf_tok)
-        window = ckpt.window
-        checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, window, list(_SAMPLES))
-        if not checked.logits_diff < LOGITS_TOLERANCE:
-            raise UserError(
-                f"transformers computes different logits from the exported folder (max abs "
-                f"difference {checked.logits_diff:.2e}): nothing was written; please report it"
+    with folder_lock(out, "--out", warn=say):  # one writer per export folder
+        check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])  # again, locked
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.iterdir():  # left by a killed export (only our own temp names)
+            if is_temp_of(stale, out):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = temp_name(out)
+        tmp.mkdir()
+        try:
+            _write_files(tmp, ckpt, layout, remote, hf_tok)
+            window = ckpt.window
+            checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, window, list(_SAMPLES))
+            if not checked.logits_diff < LOGITS_TOLERANCE:
+                raise UserError(
+                    f"transformers computes different logits from the exported folder (max abs "
+                    f"difference {checked.logits_diff:.2e}): nothing was written; please report it"
+                )
+            say(
+                f"checked with transformers {checked.version}: logits max abs difference "
+                f"{checked.logits_diff:.1e} (fp32, {checked.positions} positions); greedy "
+                f"{checked.greedy_tokens} tokens {'equal' if checked.greedy_equal else 'DIFFER'}"
             )
-        say(
-            f"checked with transformers {checked.version}: logits max abs difference "
-            f"{checked.logits_diff:.1e} (fp32, {checked.positions} positions); greedy "
-            f"{checked.greedy_tokens} tokens {'equal' if checked.greedy_equal else 'DIFFER'}"
-        )
-        lower = ckpt.tokenizer.lowercase
-        result = ExportResult(out, layout.name, remote, kind, lower, share, where, checked, lines)
-        write_text_atomic(tmp / "README.md", readme(result, ckpt))
-        write_json_atomic(tmp / "gpt_study_export.json", _record(result, ckpt))
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            lower = ckpt.tokenizer.lowercase
+            result = ExportResult(
+                out, layout.name, remote, kind, lower, share, where, checked, lines
+            )
+            write_text_atomic(tmp / "README.md", readme(result, ckpt))
+            write_json_atomic(tmp / "gpt_study_export.json", _record(result, ckpt))
+            _publish(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {out} ({len(list(out.iterdir()))} files)")
     return result
 

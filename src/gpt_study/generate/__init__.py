@@ -2,9 +2,9 @@
 
 Pieces, from the inside out, one module each (all re-exported here):
 
-* :mod:`~gpt_study.generate.sampling`: ``apply_repetition_penalty``, ``filter_top_k``,
-  ``filter_top_p``, ``candidates``, ``next_token``: one step of decoding on a (B, V) block of
-  logits. Pure functions, easy to test on their own.
+* :mod:`~gpt_study.generate.sampling`: ``apply_repetition_penalty``, ``candidates``,
+  ``draw_nucleus``, ``next_token``: one step of decoding on a (B, V) block of logits. Pure
+  functions, easy to test on their own.
 * :mod:`~gpt_study.generate.decode`: ``generate_ids``, the decoding loop on token ids. A
   :class:`~gpt_study.model.KVCache` holds the keys and values of the positions already seen, so
   each new token costs one position of work instead of the whole sequence again (the study
@@ -38,13 +38,10 @@ positions) it would see alone. Rows that have finished are dropped at the next s
 
 from gpt_study.generate.decode import generate_ids, reference_generate
 from gpt_study.generate.decode_fast import RowDecoder, decode_row
-from gpt_study.generate.sampling import _draw as _draw  # the tests check the draw on its own
 from gpt_study.generate.sampling import (
     apply_repetition_penalty,
     candidates,
     draw_nucleus,
-    filter_top_k,
-    filter_top_p,
     next_token,
 )
 from gpt_study.generate.text import (
@@ -68,8 +65,6 @@ __all__ = [
     "describe",
     "draw_nucleus",
     "encode_prompt",
-    "filter_top_k",
-    "filter_top_p",
     "generate",
     "generate_ids",
     "next_token",

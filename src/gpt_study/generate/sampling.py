@@ -18,8 +18,6 @@ __all__ = [
     "candidates",
     "draw_nucleus",
     "draw_state",
-    "filter_top_k",
-    "filter_top_p",
     "next_token",
 ]
 
@@ -61,40 +59,17 @@ def apply_repetition_penalty(
     return logits * torch.sign(logits).mul_(a).add_(b).mul_(held).add_(1.0)
 
 
-def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row (B, V); the rest become -inf. ``k <= 0``: off."""
-    if k <= 0 or k >= logits.size(-1):
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter (Holtzman et al. 2020): keep the smallest set of likeliest tokens whose
-    probability reaches ``p``; the rest become -inf. ``p >= 1``: off.
-
-    The likeliest token is always kept, so the set is never empty.
-    """
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    # Mass strictly before each token: a token stays while the ones above it hold < p.
-    before = torch.cumsum(probs, dim=-1) - probs
-    drop_sorted = before >= p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
 def candidates(
     logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The tokens that top-k and then top-p allow: (weights (B, K), ids (B, K)), likeliest first.
 
-    The same sets as :func:`filter_top_k` followed by :func:`filter_top_p`, ranked: with top-k,
-    only the ``k`` likeliest are sorted; without it the whole vocabulary is (the slow, exact
-    fallback of :func:`draw_nucleus`). Weights are probabilities, zero outside the set, and the
-    set is a prefix of each row. ``None`` when neither filter is on.
+    Top-k keeps the ``k`` likeliest; top-p (nucleus, Holtzman et al. 2020) then keeps the
+    smallest set of likeliest tokens whose probability reaches ``p`` (the likeliest always; the
+    masking oracles in ``tests/oracles.py`` define both sets). Ranked: with top-k, only the
+    ``k`` likeliest are sorted; without it the whole vocabulary is (the slow, exact fallback of
+    :func:`draw_nucleus`). Weights are probabilities, zero outside the set, and the set is a
+    prefix of each row. ``None`` when neither filter is on.
     """
     V = logits.size(-1)
     if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
@@ -118,7 +93,7 @@ def draw_nucleus(
 
     Rejection sampling: draw from the whole softmax, keep the draw if the tokens likelier than
     it hold less than ``p`` (so it is in the nucleus), else draw again. The kept draws follow the
-    nucleus renormalised, exactly the distribution of :func:`filter_top_p` then a draw (ties at
+    nucleus renormalised, exactly the distribution of the nucleus filter then a draw (ties at
     the nucleus edge are all kept); each try succeeds with probability >= ``p``. A full sort
     costs far more than a few passes over the vocabulary on a CPU (``docs/generate.md``), and a
     near-uniform row (an untrained model) has a nucleus of most of the vocabulary. Rows still

@@ -32,7 +32,8 @@ class Int8Linear(nn.Module):
     Many rows at once (a prompt, the window re-encoded at a slide, evaluation) are compute-bound:
     from :attr:`rows_for_int8_activations` rows on, each row of activations is quantized to int8
     as well (one scale per row) and ``torch._int_mm`` does int8 dot products (VNNI on x86),
-    about twice as fast; the held-out NLL of both ways is measured in the tests.
+    which is faster for such blocks (docs/train.md, "Measurements"); the held-out NLL of both
+    ways is measured in the tests.
     """
 
     rows_for_int8_activations = 16

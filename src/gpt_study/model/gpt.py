@@ -86,6 +86,7 @@ class KVCache:
         self.length, self.start = keep, self.start + n
 
     def reset(self) -> None:
+        """Forget every position (the buffers stay): a decoder starting over reuses its cache."""
         self.length = self.start = 0
 
 

@@ -4,9 +4,9 @@ The model calls :func:`causal_attention` and :class:`Dropout`; everywhere except
 are ``F.scaled_dot_product_attention`` and ``nn.Dropout``. The case is training with dropout on
 a CPU, which is what this project's 2-core laptop does all day:
 
-- PyTorch's CPU dropout draws its mask with a serial, one-element-at-a-time Bernoulli sampler
-  (about 6 ns per element here). The study's attention dropout needs a 64 x 16 x 128 x 128 mask
-  per layer per step, so the masks alone were 35% of a training step.
+- PyTorch's CPU dropout draws its mask with a serial, one-element-at-a-time Bernoulli sampler,
+  and the study's attention dropout needs a 64 x 16 x 128 x 128 mask per layer per step, so the
+  masks alone are a large share of a training step (measured: docs/train.md, "Measurements").
 - No fused CPU attention kernel takes dropout, so ``scaled_dot_product_attention`` falls back to
   its unfused "math" path, which copies the 16.8M-element weight matrix several times and adds
   checks for fully masked rows that a causal mask never has.
@@ -16,7 +16,7 @@ So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform nu
 before), a position dropped when its number falls below ``p * 65536``, which rounds ``p`` to a
 multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise AND, in place. Attention then runs as one autograd function that
 computes softmax, dropout and the product with the values in place where it can, and writes its
-own backward. ``tests/test_ops.py`` checks both against PyTorch's formulas and a hand-written
+own backward. ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written
 oracle, values and gradients (``torch.autograd.gradcheck`` in float64).
 
 On every other device, and whenever dropout is off (evaluation, generation, ``--attention_drop
@@ -75,8 +75,9 @@ def keep_mask(
     in place, which is several times cheaper on a CPU than ``masked_fill`` or a multiply.
 
     It draws ``ceil(n / 4)`` 64-bit words from PyTorch's default generator of ``device`` and
-    reads them as ``n`` 16-bit integers, uniform on [-32768, 32767]: about 5x cheaper than
-    ``bernoulli_`` here, from the same generator state that a seed or a checkpoint restores.
+    reads them as ``n`` 16-bit integers, uniform on [-32768, 32767]: several times cheaper than
+    ``bernoulli_`` (docs/train.md, "Measurements"), from the same generator state that a seed or
+    a checkpoint restores.
     """
     if dtype.itemsize not in _INT_OF_WIDTH:
         raise TypeError(f"no integer type as wide as {dtype}")

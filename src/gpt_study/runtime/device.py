@@ -73,7 +73,7 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     """Weights' dtype for generation and evaluation.
 
     ``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (on a CPU, float32 is both the
-    faster and the exact choice for a model this small: bf16 decoding measured slower).
+    faster and the exact choice for a model this small: docs/train.md, "Measurements").
     """
     if name == "auto":
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -104,8 +104,9 @@ def allow_bf16_attention_math(enabled: bool = True) -> None:
 
     It is the path taken with attention dropout on a CPU (the fused kernels refuse dropout
     there). By default it copies bf16 q, k, v to fp32 and the result back; allowing bf16
-    reductions makes attention about 1.4x faster, at the precision of the rest of the bf16 step
-    (the softmax still sums in fp32). A process-wide flag: set it where autocast is chosen.
+    reductions makes attention faster (docs/train.md, "Measurements"), at the precision of the
+    rest of the bf16 step (the softmax still sums in fp32). A process-wide flag: set it where
+    autocast is chosen.
     """
     setter = getattr(torch.backends.cuda, "allow_fp16_bf16_reduction_math_sdp", None)
     if setter is not None:  # despite its namespace, the math path reads it on every device
@@ -129,12 +130,12 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     glibc serves every block of 32 MiB or more with a fresh ``mmap`` and unmaps it on free;
     the kernel then zero-fills each 4 KiB page on first touch. One layer's attention weights
     at the seed config (64 x 16 x 128 x 128 in bf16) are exactly 32 MiB, and a CPU step
-    allocates dozens of them: the page faults were up to a sixth of a step on this project's
-    2-core machine (``benchmarks/bench_train.py --reuse_memory on|off`` measures it). With ``mmap`` off and a high
-    trim threshold the heap keeps its pages, and the process holds on to its peak memory
-    (what a training process does anyway) until it exits. Returns whether it applied: only
-    glibc (Linux) has these knobs; elsewhere it does nothing. ``enabled=False`` goes back to
-    where glibc's own adaptive thresholds settle in a long-running process.
+    allocates dozens of them, so the page faults are a real share of a step (docs/train.md,
+    "Measurements"; ``benchmarks/bench_train.py --reuse_memory on|off`` measures it). With
+    ``mmap`` off and a high trim threshold the heap keeps its pages, and the process holds on to
+    its peak memory (what a training process does anyway) until it exits. Returns whether it
+    applied: only glibc (Linux) has these knobs; elsewhere it does nothing. ``enabled=False``
+    goes back to where glibc's own adaptive thresholds settle in a long-running process.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -153,28 +154,30 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
         return False
 
 
-def set_threads(threads: int) -> None:
-    """``threads`` CPU threads for torch (0: leave torch's default, one per core; training tunes
-    it then, see :class:`ThreadTuner`)."""
-    if threads < 0:
-        raise UserError(f"--threads {threads}: use 0 (torch's default) or more")
+def set_threads(threads: int | None) -> None:
+    """``threads`` CPU threads for torch; None or 0 (auto) leaves torch's default, one per core
+    (training tunes it then, see :class:`ThreadTuner`)."""
+    if threads is not None and threads < 0:
+        raise UserError(f"--threads {threads} is out of range: use auto or a count >= 1")
     if threads:
         torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
 def process_settings(
-    threads: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32, training: bool = True
+    threads: int | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    training: bool = True,
 ) -> Iterator[None]:
     """Apply the process-wide settings of a run for the duration of the block, then restore them.
 
-    * ``threads`` (0: torch's default);
+    * ``threads`` (None, auto: torch's default);
     * on CUDA, TF32 for any fp32 matmul left outside bf16;
     * where SDPA takes its unfused math path, let it compute in bf16 under bf16 autocast instead
       of copying to fp32 (CPU attention with dropout runs :mod:`gpt_study.model.kernels` instead);
     * when ``training``, keep freed memory for the next step: a CPU step's 32 MiB blocks
-      otherwise come back as fresh zero-filled pages every time (about 1.2x per step in
-      ``bench_train.py``).
+      otherwise come back as fresh zero-filled pages every time (:func:`reuse_freed_memory`).
     """
     old_threads = torch.get_num_threads()
     old_precision = torch.get_float32_matmul_precision()
@@ -209,9 +212,10 @@ class ThreadTuner:
     rounds of one step per count, interleaved so that every count sees the same load, and keeps
     the fastest (by mean step time) for the rest of the epoch.
 
-    A trial on the slower count costs time (on a busy machine, two threads took 3 to 5 times as
-    long as one), so the rounds stop early once the choice is plain: when the slowest timed step
-    of one count is still ``margin`` times faster than the fastest step of every other.
+    A trial on the slower count costs time (on a busy machine, several times a step on one
+    thread: docs/train.md, "Measurements"), so the rounds stop early once the choice is plain:
+    when the slowest timed step of one count is still ``margin`` times faster than the fastest
+    step of every other.
 
     With fewer than two candidates it does nothing (``--threads N``, a GPU, or a process already
     held to one thread). ``clock`` and ``apply`` (which sets the count) are parameters so that
@@ -298,15 +302,15 @@ class ThreadTuner:
 
 @contextlib.contextmanager
 def thread_tuning(
-    threads: int, device: str, log: Callable[[str], None] | None = None
+    threads: int | None, device: str, log: Callable[[str], None] | None = None
 ) -> Iterator[ThreadTuner]:
     """The run's :class:`ThreadTuner`, and torch's thread count as it was afterwards.
 
-    ``threads`` 0 (auto) on a CPU tunes between 1 and the threads torch has now (one per core
-    unless something set it); any other case gets a tuner that does nothing.
+    ``threads`` None or 0 (auto) on a CPU tunes between 1 and the threads torch has now (one
+    per core unless something set it); any other case gets a tuner that does nothing.
     """
     before = torch.get_num_threads()
-    tune = threads == 0 and device.split(":")[0] == "cpu" and before > 1
+    tune = not threads and device.split(":")[0] == "cpu" and before > 1
     try:
         yield ThreadTuner([1, before] if tune else [], log=log)
     finally:

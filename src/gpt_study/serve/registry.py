@@ -74,7 +74,7 @@ class Served:
             "step": state.get("step"),
             "best_valid_nll": state.get("best_valid_nll"),
             "sample": config_to_dict(ck.config)["sample"],
-            "config": config_to_dict(ck.config),
+            "config": config_to_dict(ck.config, flat=True),  # the study's setting names
         }
 
 
@@ -155,7 +155,11 @@ class Runs:
         """One line per run for the listing: steps, last losses, the best validation."""
         out = []
         for name, folder in self.scan().items():
-            records = read_metrics(folder / METRICS_JSONL)
+            try:
+                records = read_metrics(folder / METRICS_JSONL)
+            except UserError as e:  # one damaged run never hides the others
+                out.append({"name": name, "records": 0, "problem": str(e)})
+                continue
             valid = [r for r in records if r.get("kind") == "valid" and "valid_nll" in r]
             train = [r for r in records if r.get("kind") == "train"]
             out.append(
@@ -180,7 +184,7 @@ class Runs:
         for cfg in (folder / "config.json", folder / "best" / "config.json"):
             if cfg.is_file():
                 try:
-                    settings = config_to_dict(load_config(cfg))
+                    settings = config_to_dict(load_config(cfg), flat=True)
                 except UserError:
                     settings = None  # a config from another version: show the curves anyway
                 break

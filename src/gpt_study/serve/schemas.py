@@ -8,7 +8,9 @@ index or name, never by path.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpt_study.serve.limits import Limits
 from gpt_study.serve.views import BadRequest
@@ -26,6 +28,22 @@ ModelRef = int | str
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        """Every string of every body (a prompt, a text, a model's name) must be UTF-8: a lone
+        surrogate that JSON can carry is refused here, not by the tokenizer mid-request."""
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(
+                        f"holds a character that is not valid text ({v[e.start]!r} at "
+                        f"{e.start}, a lone surrogate): send UTF-8 text"
+                    ) from None
+        return value
 
 
 class GenerateRequest(_Body):

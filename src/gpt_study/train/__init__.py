@@ -5,14 +5,13 @@ each in its own module:
 
 * ``setup``: preset and overrides -> the run's Config (new or resumed);
 * ``fit``: sets up data, model, optimizer and state, then calls the loop;
-* ``loop``: optimizer steps; every epoch validation, a sample story, checkpoints;
-* ``loss``: the study's loss (class weights, label smoothing) and the chunked head + loss,
-  shared with evaluation;
+* ``loop``: optimizer steps; every epoch validation, a sample story, checkpoints (the loss
+  itself is :mod:`gpt_study.model.loss`, shared with evaluation);
 * ``optim``: AdamW (or Muon with AdamW) and the schedule; ``state``: state.json and RNG states;
 * ``validate``: validation through the held-out scorer, and the sample story;
 * ``observe``, ``metrics``, ``plot``: console and log, metrics files, loss.png, wandb;
 * ``signals``: SIGINT / SIGTERM stop after the step and save; ``context``: the run's parts.
 
 The run folder's file names live in :mod:`gpt_study.runs`. This package module imports nothing,
-so that evaluation can import ``train.loss`` without starting the trainer.
+so that importing one part never starts the trainer.
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,10 @@ class Run:
 
     cfg: Config
     net: GPT  # the plain model: weights, checkpoints, the sample story
-    compiled: torch.nn.Module  # net, or torch.compile(net): validation
-    stepper: torch.nn.Module  # LMLoss(net), compiled, in DDP under torchrun: training steps
+    valid_model: torch.nn.Module  # what validation runs: net, or torch.compile(net) (--compile)
+    # What a training step calls, (x, y) -> loss: LMLoss(net), the model and the loss as one
+    # module, compiled under --compile and wrapped in DistributedDataParallel under torchrun.
+    loss_fn: torch.nn.Module
     optimizer: Optimizer  # AdamW, or Muon and AdamW together
     sampler: RowSampler
     data: PreparedData
@@ -63,15 +64,8 @@ class Run:
     def save_root(self) -> Path:
         return Path(self.cfg.train.save_root)
 
-    @property
-    def saved_config(self) -> Config:
-        """The config as checkpoints record it: ``resume`` is a property of one invocation."""
-        return dataclasses.replace(
-            self.cfg, train=dataclasses.replace(self.cfg.train, resume=False)
-        )
-
     def result(self, stopped: str, rate: float = 0.0) -> TrainResult:
-        st, ipe = self.state, self.cfg.train.iters_per_epoch
+        st, ipe = self.state, self.cfg.train.budget.iters_per_epoch
         return TrainResult(
             self.save_root, st.step, st.step // ipe, stopped, st.best_valid_nll, st.last_valid, rate
         )

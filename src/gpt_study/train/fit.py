@@ -14,7 +14,7 @@ is wrapped in DistributedDataParallel, validation is sharded and summed, and onl
 samples, plots and writes; the others wait at a barrier.
 
 ``fit`` changes nothing process-wide: the command layer applies threads and the speed settings
-(:func:`gpt_study.runtime.process_settings`). Under ``--threads auto`` (0) on a CPU the loop
+(:func:`gpt_study.runtime.process_settings`). Under ``--threads auto`` on a CPU the loop
 switches torch between 1 thread and all cores, whichever trains faster each epoch
 (:class:`~gpt_study.runtime.ThreadTuner`), and ``fit`` puts the count back when it returns.
 Threads change the order of floating-point sums, so the bit-identical resume above needs the
@@ -23,6 +23,7 @@ same pinned ``--threads N`` in both runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -34,14 +35,15 @@ from gpt_study.config import Config, TrainConfig, save_config
 from gpt_study.data.dataset import PreparedData, RowSampler, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
 from gpt_study.model.gpt import GPT
+from gpt_study.model.loss import LMLoss
 from gpt_study.runs import LAST, RUN_FILES, damaged_last, has_run
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import resolve_device, resolve_dtype, thread_tuning
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import check_replaceable
+from gpt_study.runtime.lock import folder_lock
 from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.loop import train_loop
-from gpt_study.train.loss import LMLoss
 from gpt_study.train.observe import Observer, console_and_log
 from gpt_study.train.optim import Optimizer, load_optimizer_state, make_optimizer
 from gpt_study.train.signals import StopSignals
@@ -50,48 +52,64 @@ from gpt_study.train.state import TrainState, seed_everything, set_rng_state
 log = logging.getLogger("gpt_study.train")
 
 
-def fit(cfg: Config) -> TrainResult:
-    """Train the run ``cfg`` describes (``cfg.train.resume``: continue it from ``last``).
+def fit(cfg: Config, resume: bool = False) -> TrainResult:
+    """Train the run ``cfg`` describes; ``resume``: continue it from ``last`` (how this call
+    starts, not a setting of the run, so no config records it).
 
     Build ``cfg`` with :func:`gpt_study.train.setup.build_config`. Works alone or inside a
     ``torchrun`` process.
     """
-    device = distributed.init(resolve_device(cfg.train.device))
+    device = distributed.init(resolve_device(cfg.train.runtime.device))
+    save_root = Path(cfg.train.save_root)
     try:
-        data, tokenizer = _open_data(cfg)
-        r = _build(cfg, data, tokenizer, device)
-        if distributed.is_main():
-            r.save_root.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
-        with (
-            console_and_log(r.save_root if distributed.is_main() else None),
-            StopSignals() as r.stop,
-        ):
+        data, tokenizer = _open_data(cfg, resume)
+        with _run_lock(save_root):
+            r = _build(cfg, data, tokenizer, device, resume)
             if distributed.is_main():
-                save_config(r.save_root / "config.json", r.saved_config)
-            r.observer = Observer(cfg, r.state, cfg.train.resume)
-            _log_start(r)
-            try:
-                with thread_tuning(cfg.train.threads, device, log.info) as r.tuner:
-                    return train_loop(r)
-            finally:
-                r.observer.close()
+                r.save_root.mkdir(parents=True, exist_ok=True)
+            distributed.barrier()
+            return _train(cfg, r, device, resume)
     finally:
         distributed.shutdown()
 
 
-def _open_data(cfg: Config) -> tuple[PreparedData, Tokenizer]:
+def _run_lock(save_root: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer per run folder: rank 0 holds its lock for the whole run (the other ranks write
+    nothing there)."""
+    if not distributed.is_main():
+        return contextlib.nullcontext()
+    return folder_lock(save_root, "--save_root", warn=log.warning)
+
+
+def _train(cfg: Config, r: Run, device: str, resume: bool) -> TrainResult:
+    """Console and log, signals, the observer and the thread tuning around the loop."""
+    with (
+        console_and_log(r.save_root if distributed.is_main() else None),
+        StopSignals() as r.stop,
+    ):
+        if distributed.is_main():
+            save_config(r.save_root / "config.json", cfg)
+        r.observer = Observer(cfg, r.state, resume)
+        _log_start(r, resume)
+        try:
+            with thread_tuning(cfg.train.runtime.threads, device, log.info) as r.tuner:
+                return train_loop(r)
+        finally:
+            r.observer.close()
+
+
+def _open_data(cfg: Config, resume: bool) -> tuple[PreparedData, Tokenizer]:
     """The prepared folder and its tokenizer, checked against the run before anything is written."""
     tc = cfg.train
     save_root = Path(tc.save_root)
-    if not tc.resume and has_run(save_root):
+    if not resume and has_run(save_root):
         raise UserError(
             f"{save_root} already holds a run: pass --resume to continue it, "
             "or choose another --save_root"
         )
     if not tc.data:
         raise UserError("no prepared folder in the config: build it with build_config")
-    if not tc.resume:
+    if not resume:
         check_replaceable(save_root, RUN_FILES, "--save_root", [Path(tc.data)])
     data = open_prepared(tc.data)
     if len(data.tokens("valid")) < 2:
@@ -108,23 +126,43 @@ def _open_data(cfg: Config) -> tuple[PreparedData, Tokenizer]:
     return data, tokenizer
 
 
-def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str) -> Run:
+def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str, resume: bool) -> Run:
     """Model, optimizer, state (fresh or resumed) and data order."""
     tc = cfg.train
-    dtype = resolve_dtype(tc.dtype, device)
+    dtype = resolve_dtype(tc.runtime.dtype, device)
     seed_everything(tc.seed)
     net = GPT(cfg.model).to(device)
     net.trained_window = tc.window  # the sample story and any library call read this window
     optimizer = make_optimizer(net, tc, device)
-    state = _resume(net, optimizer, tc, device) if tc.resume else TrainState()
-    if not tc.resume:
+    state = _resume(net, optimizer, tc, device) if resume else TrainState()
+    _check_same_data(state, data, resume)
+    if not resume:
         # Dropout draws differ per rank (the weights above were drawn identically everywhere).
         torch.manual_seed(tc.seed + 1 + distributed.rank())
-    compiled, stepper = _wrap(net, tc, device)
+    valid_model, loss_fn = _wrap(net, tc, device)
     sampler = _sampler(data, tc, state)
     return Run(
-        cfg, net, compiled, stepper, optimizer, sampler, data, tokenizer, device, dtype, state
+        cfg, net, valid_model, loss_fn, optimizer, sampler, data, tokenizer, device, dtype, state
     )
+
+
+def _check_same_data(state: TrainState, data: PreparedData, resume: bool) -> None:
+    """A run records the digests of the tokenizer and ids it starts on; a resumed run must find
+    the same (``prepare --force`` of another corpus into its folder would otherwise go on
+    training over ids that mean other words)."""
+    now = data.info.rest.get("digests")
+    now = now if isinstance(now, dict) else {}
+    if not resume:
+        state.data_digests = dict(now)
+        return
+    was = state.data_digests
+    changed = sorted(k for k in set(was) & set(now) if was[k] != now[k])
+    if changed or (was and not now):
+        what = ", ".join(changed) or "its digests (meta.json no longer records them)"
+        raise UserError(
+            f"{data.folder} changed since this run started ({what} differ from the run's "
+            "state.json): resume with the folder the run was trained on, or start a new run"
+        )
 
 
 def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> TrainState:
@@ -157,35 +195,36 @@ def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> Tra
 
 
 def _wrap(net: GPT, tc: TrainConfig, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(the model validation runs, the module training steps run).
+    """(the model validation runs, the (x, y) -> loss module training steps run).
 
     The model and the loss as one module, so DDP and torch.compile wrap both. LMLoss runs the
-    output layer and the loss chunk by chunk without the (B, T, V) logits (loss.head_loss): the
-    output layer is most of a step, and a whole tiny-preset step got about 1.75x faster here.
+    output layer and the loss chunk by chunk without the (B, T, V) logits (loss.head_loss),
+    because the output layer is most of a step (the speed-up: docs/train.md, "Measurements").
     """
-    compiled: torch.nn.Module = torch.compile(net) if tc.compile else net
-    stepper: torch.nn.Module = LMLoss(net, tc.label_smoothing, tc.sp_weight)
-    if tc.compile:
-        stepper = torch.compile(stepper)
+    compile_ = tc.runtime.compile
+    valid_model: torch.nn.Module = torch.compile(net) if compile_ else net
+    loss_fn: torch.nn.Module = LMLoss(net, tc.loss.label_smoothing, tc.loss.sp_weight)
+    if compile_:
+        loss_fn = torch.compile(loss_fn)
     if distributed.is_distributed():
         ids = [torch.device(device).index] if device.startswith("cuda") else None
-        stepper = DistributedDataParallel(stepper, device_ids=ids)
-    return compiled, stepper
+        loss_fn = DistributedDataParallel(loss_fn, device_ids=ids)
+    return valid_model, loss_fn
 
 
 def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampler:
     sampler = RowSampler(
         data.tokens("train"),
-        tc.context_size,
-        tc.batch_size,
+        tc.rows.context_size,
+        tc.rows.batch_size,
         tc.seed,
         distributed.rank(),
         distributed.world_size(),
-        tc.grad_accum,
-        aligned=tc.study_rows,
+        tc.rows.grad_accum,
+        aligned=tc.rows.study_rows,
     )
     old_rows = state.sampler.get("global_rows")
-    if tc.resume and old_rows is not None and old_rows != sampler.global_rows:
+    if old_rows is not None and old_rows != sampler.global_rows:  # a new run has none
         log.warning(
             "the global batch was %d rows and is now %d: the resumed run draws other rows than "
             "the stopped one would have (keep batch_size x processes x grad_accum to continue "
@@ -196,11 +235,11 @@ def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampl
     return sampler
 
 
-def _log_start(r: Run) -> None:
+def _log_start(r: Run, resume: bool) -> None:
     tc = r.cfg.train
     log.info(
         "%s run in %s: preset %s, %s parameters, %s on %s, %d process(es)",
-        "resuming" if tc.resume else "new",
+        "resuming" if resume else "new",
         r.save_root,
         r.cfg.preset,
         f"{r.net.num_params():,}",
@@ -218,11 +257,11 @@ def _log_start(r: Run) -> None:
     log.info(
         "global batch = %d rows x %d process(es) x %d accumulation = %d rows = %s tokens "
         "per step; %d epochs x %d steps",
-        tc.batch_size,
+        tc.rows.batch_size,
         distributed.world_size(),
-        tc.grad_accum,
+        tc.rows.grad_accum,
         r.sampler.global_rows,
         f"{r.tokens_per_step:,}",
-        tc.epoch,
-        tc.iters_per_epoch,
+        tc.budget.epoch,
+        tc.budget.iters_per_epoch,
     )

@@ -36,24 +36,24 @@ def train_loop(r: Run) -> TrainResult:
     step = r.state.step
     if finished := _nothing_to_do(r, step):
         return finished
-    clock = _Clock(elapsed_before=r.state.elapsed_s)
+    clock, window = _Clock(elapsed_before=r.state.elapsed_s), _LogWindow()
     while True:
-        r.stepper.train()
-        step, stop = train_epoch(r, step, clock)
+        r.loss_fn.train()
+        step, stop = train_epoch(r, step, clock, window)
         r.state.elapsed_s, r.state.step = clock.elapsed(), step
         if stop in SIGNALS:
-            return _save_on_signal(r, stop, clock.rate)
+            return _save_on_signal(r, stop, window.rate)
         save(r, is_best=end_of_epoch(r, step))
         r.observer.redraw()
         if stop:
-            return _finish(r, stop, clock.rate)
-        clock.window_t = time.perf_counter()  # throughput counts training time only
+            return _finish(r, stop, window.rate)
+        window.started = time.perf_counter()  # throughput counts training time only
 
 
-def train_epoch(r: Run, step: int, clock: _Clock) -> tuple[int, str | None]:
+def train_epoch(r: Run, step: int, clock: _Clock, window: _LogWindow) -> tuple[int, str | None]:
     """Steps from ``step`` to the end of its epoch, or to a stop; (the step reached, why it
     stopped early or None). The progress bar is gone when it returns or raises."""
-    tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+    tc, ipe = r.cfg.train, r.cfg.train.budget.iters_per_epoch
     r.tuner.new_epoch(ipe - step % ipe)  # --threads auto: time the thread counts again
     with epoch_bar(step, tc) as bar:
         while True:
@@ -65,9 +65,9 @@ def train_epoch(r: Run, step: int, clock: _Clock) -> tuple[int, str | None]:
                 bar.close()
                 _stop_on_bad_loss(r, step, agreed.loss)
             bar.update(1)
-            clock.add(agreed.loss)
-            if step % tc.print_interval == 0 or step % ipe == 0:
-                _log_train(r, step, clock, bar)
+            window.add(agreed.loss)
+            if step % tc.log.print_interval == 0 or step % ipe == 0:
+                _log_train(r, step, clock, window, bar)
             stop = _stop_reason(r, step, agreed)
             if step % ipe == 0 or stop:
                 return step, stop
@@ -83,34 +83,36 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
     lr = lr_at(step, tc)
     for g in r.optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)  # Muon's groups: --muon_lr / --lr
-    ddp = isinstance(r.stepper, torch.nn.parallel.DistributedDataParallel)
+    ddp = isinstance(r.loss_fn, torch.nn.parallel.DistributedDataParallel)
     loss_sum = torch.zeros((), device=r.device)
-    for micro in range(tc.grad_accum):
+    for micro in range(tc.rows.grad_accum):
         x, y = r.sampler.batch(step, micro)
         xb, yb = to_device(x, r.device), to_device(y, r.device)  # (B, T) each
-        last = micro == tc.grad_accum - 1
-        with contextlib.nullcontext() if last or not ddp else r.stepper.no_sync():
+        last = micro == tc.rows.grad_accum - 1
+        with contextlib.nullcontext() if last or not ddp else r.loss_fn.no_sync():
             with autocast(r.device, r.dtype):
-                loss = r.stepper(xb, yb)
-            (loss / tc.grad_accum).backward()
+                loss = r.loss_fn(xb, yb)
+            (loss / tc.rows.grad_accum).backward()
         loss_sum += loss.detach()
     finite = True
-    if tc.grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(r.net.parameters(), tc.grad_clip)
+    if tc.optim.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(r.net.parameters(), tc.optim.grad_clip)
         finite = math.isfinite(norm.item())
     r.optimizer.step()
     r.optimizer.zero_grad(set_to_none=True)
-    loss_val = loss_sum.item() / tc.grad_accum
+    loss_val = loss_sum.item() / tc.rows.grad_accum
     return loss_val, finite and math.isfinite(loss_val)
 
 
 def end_of_epoch(r: Run, step: int) -> bool:
     """Validate (all ranks), log, write the sample story (rank 0); True if this is the best."""
     tc, state = r.cfg.train, r.state
-    v = validate(r.compiled, r.data, tc, r.dtype)
+    v = validate(r.valid_model, r.data, tc, r.dtype)
     # The study kept the checkpoint of lowest valid loss (smoothed, weighted): --best_by loss.
     now, best = (
-        (v.loss, state.best_valid_loss) if tc.best_by == "loss" else (v.nll, state.best_valid_nll)
+        (v.loss, state.best_valid_loss)
+        if tc.valid.best_by == "loss"
+        else (v.nll, state.best_valid_nll)
     )
     is_best = best is None or now < best
     if is_best:
@@ -129,12 +131,12 @@ def end_of_epoch(r: Run, step: int) -> bool:
         share,
         " | best" if is_best else "",
     )
-    failed = _sample(r, step) if distributed.is_main() and tc.sample_tokens > 0 else None
+    failed = _sample(r, step) if distributed.is_main() and tc.valid.sample_tokens > 0 else None
     r.observer.record(
         {
             "kind": "valid",
             "step": step,
-            "epoch": (step - 1) // tc.iters_per_epoch + 1,
+            "epoch": (step - 1) // tc.budget.iters_per_epoch + 1,
             "tokens": step * r.tokens_per_step,
             **v.as_dict(),
             "elapsed_s": state.elapsed_s,
@@ -177,7 +179,7 @@ def save(r: Run, is_best: bool) -> None:
             distributed.world_size(),
             torch.__version__,
         )
-        st.epoch = st.step // tc.iters_per_epoch
+        st.epoch = st.step // tc.budget.iters_per_epoch
         st.tokens = st.step * r.tokens_per_step
         st.sampler = {
             "kind": "random-windows",
@@ -187,10 +189,10 @@ def save(r: Run, is_best: bool) -> None:
         }
         extra = {"optimizer": r.optimizer.state_dict()}
         tok = r.data.tokenizer_path
-        save_checkpoint(r.save_root / LAST, r.net, r.saved_config, tok, st.to_dict(), extra)
+        save_checkpoint(r.save_root / LAST, r.net, r.cfg, tok, st.to_dict(), extra)
         if is_best:
             best = st.to_dict(with_rng=False)
-            save_checkpoint(r.save_root / BEST, r.net, r.saved_config, tok, best)
+            save_checkpoint(r.save_root / BEST, r.net, r.cfg, tok, best)
     distributed.barrier()
 
 
@@ -199,21 +201,32 @@ def save(r: Run, is_best: bool) -> None:
 
 @dataclass
 class _Clock:
-    """Time spent (this invocation and before it) and the loss/throughput of the log window."""
+    """Time the run has trained: since this invocation ``started`` (what ``--max_time``
+    budgets) plus ``elapsed_before`` it (a resumed run's earlier invocations)."""
 
     elapsed_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
-    window_t: float = field(default_factory=time.perf_counter)
-    window_loss: float = 0.0
-    window_steps: int = 0
-    rate: float = 0.0
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
+
+@dataclass
+class _LogWindow:
+    """The steps since the last train log line: their summed loss and their count, the time
+    they started from, and the throughput (tokens/s) the last log line reported."""
+
+    started: float = field(default_factory=time.perf_counter)
+    loss_sum: float = 0.0
+    steps: int = 0
+    rate: float = 0.0
+
     def add(self, loss: float) -> None:
-        self.window_loss += loss
-        self.window_steps += 1
+        self.loss_sum += loss
+        self.steps += 1
+
+    def restart(self) -> None:
+        self.loss_sum, self.steps, self.started = 0.0, 0, time.perf_counter()
 
 
 @dataclass
@@ -229,8 +242,8 @@ class _Agreed:
 def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
     """One small all-reduce: the mean loss over ranks (the global batch's), and flags that make
     every rank take the same branch (else one would wait forever for the others)."""
-    tc = r.cfg.train
-    time_up = bool(tc.max_time) and (time.perf_counter() - clock.started) > tc.max_time * 60
+    max_time = r.cfg.train.budget.max_time
+    time_up = bool(max_time) and (time.perf_counter() - clock.started) > max_time * 60
     received = r.stop.received
     loss, bad, time_up, sigint, sigterm = distributed.all_reduce_sum(
         [loss, not finite, time_up, received == "SIGINT", received == "SIGTERM"]
@@ -241,14 +254,14 @@ def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
 
 def _nothing_to_do(r: Run, step: int) -> TrainResult | None:
     tc = r.cfg.train
-    if step >= tc.epoch * tc.iters_per_epoch:
+    if step >= tc.budget.epoch * tc.budget.iters_per_epoch:
         log.info("the run is complete (%d steps): raise --epoch to train longer", step)
         return r.result("done")
-    if tc.max_steps and step >= tc.max_steps:
+    if tc.budget.max_steps and step >= tc.budget.max_steps:
         log.info(
             "already at step %d >= --max_steps %d: pass a larger --max_steps (0: no cap)",
             step,
-            tc.max_steps,
+            tc.budget.max_steps,
         )
         return r.result("max_steps")
     return None
@@ -266,21 +279,21 @@ def _stop_on_bad_loss(r: Run, step: int, loss: float) -> None:
     raise SystemExit(2)
 
 
-def _log_train(r: Run, step: int, clock: _Clock, bar: object) -> None:
-    tc, ipe = r.cfg.train, r.cfg.train.iters_per_epoch
+def _log_train(r: Run, step: int, clock: _Clock, window: _LogWindow, bar: object) -> None:
+    tc, ipe = r.cfg.train, r.cfg.train.budget.iters_per_epoch
     now = time.perf_counter()
-    clock.rate = clock.window_steps * r.tokens_per_step / max(now - clock.window_t, 1e-9)
-    train_loss = clock.window_loss / clock.window_steps
+    window.rate = window.steps * r.tokens_per_step / max(now - window.started, 1e-9)
+    train_loss = window.loss_sum / window.steps
     elapsed = clock.elapsed()
-    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{clock.rate:,.0f}")  # type: ignore[attr-defined]
+    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window.rate:,.0f}")  # type: ignore[attr-defined]
     log.info(
         "step %d/%d | epoch %d | loss %.4f | lr %.2e | %s tok/s | %s",
         step,
-        tc.epoch * ipe,
+        tc.budget.epoch * ipe,
         (step - 1) // ipe + 1,
         train_loss,
         lr_at(step - 1, tc),
-        f"{clock.rate:,.0f}",
+        f"{window.rate:,.0f}",
         hms(elapsed),
     )
     r.observer.record(
@@ -291,22 +304,22 @@ def _log_train(r: Run, step: int, clock: _Clock, bar: object) -> None:
             "tokens": step * r.tokens_per_step,
             "train_loss": train_loss,
             "lr": lr_at(step - 1, tc),
-            "tokens_per_s": clock.rate,
+            "tokens_per_s": window.rate,
             "elapsed_s": elapsed,
         }
     )
-    clock.window_loss, clock.window_steps, clock.window_t = 0.0, 0, time.perf_counter()
+    window.restart()
 
 
 def _stop_reason(r: Run, step: int, agreed: _Agreed) -> str | None:
     tc = r.cfg.train
     if agreed.signal:
         return agreed.signal
-    if tc.max_steps and step >= tc.max_steps:
+    if tc.budget.max_steps and step >= tc.budget.max_steps:
         return "max_steps"
     if agreed.time_up:
         return "max_time"
-    return "done" if step >= tc.epoch * tc.iters_per_epoch else None
+    return "done" if step >= tc.budget.epoch * tc.budget.iters_per_epoch else None
 
 
 def _save_on_signal(r: Run, signalled: str, rate: float) -> TrainResult:
@@ -323,7 +336,7 @@ def _finish(r: Run, stopped: str, rate: float) -> TrainResult:
         "finished (%s) at step %d, epoch %d; best valid NLL %.4f at step %s; checkpoints in %s",
         stopped,
         st.step,
-        (st.step - 1) // r.cfg.train.iters_per_epoch + 1,  # the epoch the step lines named
+        (st.step - 1) // r.cfg.train.budget.iters_per_epoch + 1,  # the epoch the step lines named
         st.best_valid_nll,
         st.best_step,
         r.save_root,

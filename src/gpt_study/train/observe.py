@@ -70,11 +70,11 @@ def start_wandb(cfg: Config, state: TrainState) -> Any:
     tc = cfg.train
     state.wandb_id = state.wandb_id or wandb.util.generate_id()
     return wandb.init(
-        project=tc.wb_project,
-        name=tc.wb_name,
-        notes=tc.wb_notes,
-        tags=tc.wb_tags or None,
-        config=config_to_dict(cfg),
+        project=tc.log.wb_project,
+        name=tc.log.wb_name,
+        notes=tc.log.wb_notes,
+        tags=tc.log.wb_tags or None,
+        config=config_to_dict(cfg, flat=True),  # the study's names, as older runs logged
         id=state.wandb_id,
         resume="allow",
     )
@@ -89,7 +89,7 @@ class Observer:
         self.metrics = (
             MetricsWriter(self.save_root, state.step if resume else None) if self.main else None
         )
-        self.wb = start_wandb(cfg, state) if cfg.train.wb_flag and self.main else None
+        self.wb = start_wandb(cfg, state) if cfg.train.log.wb_flag and self.main else None
 
     def record(self, rec: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -112,12 +112,12 @@ class Observer:
 
 def epoch_bar(step: int, cfg: TrainConfig) -> tqdm:
     """The bar of the epoch ``step`` is in (rank 0 only; ``--progress``: on a terminal)."""
-    ipe = cfg.iters_per_epoch
+    ipe = cfg.budget.iters_per_epoch
     return progress_bar(
-        cfg.progress if distributed.is_main() else False,
+        cfg.log.progress if distributed.is_main() else False,
         total=ipe,
         initial=step % ipe,
-        desc=f"epoch {step // ipe + 1}/{cfg.epoch}",
+        desc=f"epoch {step // ipe + 1}/{cfg.budget.epoch}",
         unit="step",
     )
 

@@ -28,20 +28,22 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     ``--max_steps`` cut the run short but do not reshape the schedule, so a resumed run follows
     the same curve).
     """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    total = cfg.epoch * cfg.iters_per_epoch
-    span = max(1, total - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    s, lr = cfg.schedule, cfg.optim.lr
+    if s.warmup_steps and step < s.warmup_steps:
+        return lr * (step + 1) / s.warmup_steps
+    if s.lr_schedule == "constant":
+        return lr
+    total = cfg.budget.epoch * cfg.budget.iters_per_epoch
+    span = max(1, total - s.warmup_steps)
+    progress = min(1.0, (step - s.warmup_steps) / span)
+    return s.min_lr + 0.5 * (lr - s.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def _decay(params: list[torch.nn.Parameter], cfg: TrainConfig) -> float:
     """Weight decay of a group: ``--weight_decay`` for weight matrices and embeddings (dim >= 2),
     and for the 1-D biases and LayerNorm parameters only with ``--decay_all`` (the study)."""
-    return cfg.weight_decay if cfg.decay_all or all(p.dim() >= 2 for p in params) else 0.0
+    o = cfg.optim
+    return o.weight_decay if o.decay_all or all(p.dim() >= 2 for p in params) else 0.0
 
 
 class MuonWithAdamW:
@@ -98,7 +100,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> Opt
     ``--weight_decay`` shrinks them by as much per step as AdamW would (both decays are
     decoupled: the weights are multiplied by ``1 - rate x decay``).
     """
-    if cfg.optimizer == "adamw":
+    if cfg.optim.optimizer == "adamw":
         return make_adamw(list(model.parameters()), cfg, device)
     muon_cls = getattr(torch.optim, "Muon", None)
     if muon_cls is None:
@@ -108,17 +110,20 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> Opt
         )
     matrices = muon_params(model)
     chosen = {id(p) for p in matrices}
-    muon = muon_cls([{"params": matrices, **_muon_settings(cfg)}], lr=cfg.muon_lr, nesterov=True)
+    muon = muon_cls(
+        [{"params": matrices, **_muon_settings(cfg)}], lr=cfg.optim.muon_lr, nesterov=True
+    )
     rest = [p for p in model.parameters() if id(p) not in chosen]
     return MuonWithAdamW(muon, make_adamw(rest, cfg, device))
 
 
 def _muon_settings(cfg: TrainConfig) -> dict[str, float]:
     """Muon's per-group settings from the config (a resumed run takes them from it too)."""
+    o = cfg.optim
     return {
-        "lr_scale": cfg.muon_lr / cfg.lr,
-        "momentum": cfg.muon_momentum,
-        "weight_decay": cfg.weight_decay * cfg.lr / cfg.muon_lr,
+        "lr_scale": o.muon_lr / o.lr,
+        "momentum": o.muon_momentum,
+        "weight_decay": o.weight_decay * o.lr / o.muon_lr,
     }
 
 
@@ -136,7 +141,7 @@ def make_adamw(
     params = [p for p in params if p.requires_grad]
     split = [[p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]]
     groups = [{"params": ps, "weight_decay": _decay(ps, cfg)} for ps in split]
-    kw = dict(lr=cfg.lr, betas=tuple(cfg.lr_betas), eps=cfg.eps)
+    kw = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.lr_betas), eps=cfg.optim.eps)
     if device.split(":")[0] in ("cuda", "cpu", "mps"):
         try:
             return torch.optim.AdamW(groups, fused=True, **kw)
@@ -152,15 +157,19 @@ def load_optimizer_state(optimizer: Optimizer, saved: dict[str, Any], cfg: Train
     A state saved by the other ``--optimizer`` cannot continue: refused with one line.
     """
     was = "muon" if "muon" in saved else "adamw"
-    if was != cfg.optimizer:
+    if was != cfg.optim.optimizer:
         raise UserError(
-            f"the checkpoint's optimizer state is {was}'s and --optimizer is {cfg.optimizer}: "
+            f"the checkpoint's optimizer state is {was}'s and --optimizer is {cfg.optim.optimizer}: "
             f"resume with --optimizer {was}, or start a new run"
         )
     optimizer.load_state_dict(saved)
     adamw = optimizer.adamw if isinstance(optimizer, MuonWithAdamW) else optimizer
     for g in adamw.param_groups:
-        g.update(betas=tuple(cfg.lr_betas), eps=cfg.eps, weight_decay=_decay(g["params"], cfg))
+        g.update(
+            betas=tuple(cfg.optim.lr_betas),
+            eps=cfg.optim.eps,
+            weight_decay=_decay(g["params"], cfg),
+        )
     if isinstance(optimizer, MuonWithAdamW):
         for g in optimizer.muon.param_groups:
             g.update(_muon_settings(cfg))

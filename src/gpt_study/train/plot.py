@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gpt_study.outputs import check_output_file, mark
 from gpt_study.runs import METRICS_JSONL, PLOT, read_metrics
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import atomic_path
@@ -30,6 +31,9 @@ def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None)
             f"no {METRICS_JSONL} in {save_root}: point --save_root at a folder `gpt-study train` "
             "wrote"
         )
+    out = check_output_file(
+        out or save_root / PLOT, "plot", "--out", inputs=[path], own_in_run=PLOT
+    )
     records = read_metrics(path)
     train = [r for r in records if r.get("kind") == "train"]
     valid = [r for r in records if r.get("kind") == "valid"]
@@ -78,8 +82,7 @@ def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None)
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
 
-    out = Path(out) if out else save_root / PLOT
     with atomic_path(out) as tmp:  # a viewer never sees half a PNG
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Software": mark("plot")})
     plt.close(fig)
     return out

@@ -1,8 +1,10 @@
 """From overrides to the run's :class:`~gpt_study.config.Config`, for a new run or a resumed one.
 
 This is the library form of ``gpt-study train``'s flags: :func:`build_config` takes a preset and
-per-section overrides (``train``, ``model``, ``data``: field names of TrainConfig, GPTConfig and
-DataConfig) and returns one validated Config, which :func:`~gpt_study.train.fit.fit` trains. The
+per-section overrides (``train``, ``model``, ``data``: the flat setting names of TrainConfig, the
+field names of GPTConfig and DataConfig) and returns one validated Config, which
+:func:`~gpt_study.train.fit.fit` trains. On ``resume`` the saved run's config is the base, and a
+change to a setting not marked ``resume="free"`` in its field is logged as a warning. The
 data section only names the default prepared folder and must agree with what ``prepare``
 recorded; the model's vocabulary size always comes from the folder's tokenizer.
 """
@@ -23,6 +25,7 @@ from gpt_study.config import (
     load_config,
 )
 from gpt_study.config.data import data_folder
+from gpt_study.config.fields import flat_fields, flatten, free_on_resume
 from gpt_study.config.presets import preset_config
 from gpt_study.data.dataset import PreparedData, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
@@ -34,47 +37,29 @@ log = logging.getLogger("gpt_study.train")
 # DataConfig fields that train accepts: the study's, to find the default prepared folder.
 DATA_FLAGS = ("dataset_root", "min_freq", "vocab_size", "tokenizer")
 
-# Train settings that may change on --resume without changing what the run computes.
-RESUME_FREE = {
-    "data",
-    "save_root",
-    "resume",
-    "epoch",
-    "max_steps",
-    "max_time",
-    "eval_iters",
-    "print_interval",
-    "progress",
-    "device",
-    "compile",
-    "batch_size",  # checked as the global batch, which may be split differently
-    "grad_accum",
-    "threads",
-    "wb_flag",
-    "wb_project",
-    "wb_name",
-    "wb_notes",
-    "wb_tags",
-}
-
 
 def build_config(
     preset: str | None = None,
     train: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> Config:
     """The Config of a run: ``preset`` (default ``seed``, the study) plus overrides, or, with
-    ``train={"resume": True, "save_root": ...}``, the saved run's config plus the overrides that
-    may change on resume."""
-    train, model, data = dict(train or {}), dict(model or {}), dict(data or {})
+    ``resume=True`` and ``train={"save_root": ...}``, the saved run's config plus the overrides
+    (a warning for each that changes what the run computes). Train it with ``fit(cfg, resume)``.
+    """
+    train = flatten(TrainConfig, dict(train or {}))
+    model, data = dict(model or {}), dict(data or {})
+    if "resume" in train:
+        raise UserError("resume is no setting of the run: pass build_config(..., resume=True)")
     if "vocab_size" in model:
         raise UserError("the model's vocab_size comes from the tokenizer: drop it")
     unknown = sorted(set(data) - set(DATA_FLAGS))
     if unknown:
         raise UserError(f"train takes only {', '.join(DATA_FLAGS)} of the data settings")
-    save_root = Path(train.get("save_root", TrainConfig.save_root))
-    if train.get("resume"):
+    save_root = Path(train.get("save_root", TrainConfig().save_root))
+    if resume:
         return _resumed_config(save_root, preset, train, model)
     prepared = open_prepared(data_folder(train.get("data"), data))
     _check_meta(prepared, data)
@@ -135,11 +120,14 @@ def _resumed_config(
                 "architecture cannot change on --resume; drop the flag or start a new run"
             )
     d = config_to_dict(cfg)
+    d["train"] = train = cfg.train.flat()
+    names = flat_fields(TrainConfig)
     for k, v in train_ov.items():
-        old = d["train"][k]
-        if k not in RESUME_FREE and old != (tuple(v) if isinstance(old, tuple) else v):
+        old = train.get(k)
+        changed = k in names and old != (tuple(v) if isinstance(old, tuple) else v)
+        if changed and not free_on_resume(names[k][1]):
             log.warning("--%s %s replaces %s: the resumed run is no longer the same run", k, v, old)
-        d["train"][k] = v
-    d["train"]["save_root"] = str(save_root)
-    d["train"]["data"] = str(Path(d["train"]["data"]).resolve())
+        train[k] = v  # an unknown name is refused below, with the others
+    train["save_root"] = str(save_root)
+    train["data"] = str(Path(train["data"]).resolve())
     return config_from_dict(d, "resumed config")

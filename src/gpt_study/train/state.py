@@ -37,6 +37,7 @@ class TrainState:
     wandb_id: str | None = None
     world_size: int = 1
     torch: str = ""
+    data_digests: dict[str, str] = field(default_factory=dict)  # the prepared folder's, at start
     rng: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, with_rng: bool = True) -> dict[str, Any]:

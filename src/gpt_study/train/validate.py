@@ -74,11 +74,11 @@ def validate(
         model,
         tokens,
         cfg.window,
-        cfg.batch_size,
-        cfg.eval_iters * cfg.batch_size,
+        cfg.rows.batch_size,
+        cfg.valid.eval_iters * cfg.rows.batch_size,
         dtype=dtype,
-        label_smoothing=cfg.label_smoothing,
-        sp_weight=cfg.sp_weight,
+        label_smoothing=cfg.loss.label_smoothing,
+        sp_weight=cfg.loss.sp_weight,
         shard=(distributed.rank(), distributed.world_size()),
     )
     s = Sums.from_list(distributed.all_reduce_sum(mine.as_list()))
@@ -97,7 +97,9 @@ def validate(
 
 def sample_story(model: GPT, tokenizer: Any, cfg: Config, device: str, dtype: torch.dtype) -> str:
     """One greedy story from ``<sot>`` (the study's decoding), without moving any training RNG."""
-    sample = dataclasses.replace(cfg.sample, greedy=True, max_new_tokens=cfg.train.sample_tokens)
+    sample = dataclasses.replace(
+        cfg.sample, greedy=True, max_new_tokens=cfg.train.valid.sample_tokens
+    )
     devices = [torch.device(device)] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices), autocast(device, dtype):
         result = generate(model, tokenizer, "", sample, window=cfg.train.window, warn=log.warning)

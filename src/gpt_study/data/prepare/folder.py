@@ -26,14 +26,15 @@ from gpt_study.data.sources import (
     hub_fingerprint,
     load_hub_split,
     resolve_sources,
-    sha256_file,
 )
 from gpt_study.data.tokenizer import Tokenizer
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import check_replaceable, write_json_atomic
+from gpt_study.runtime.files import check_replaceable, sha256_file, write_json_atomic
+from gpt_study.runtime.lock import folder_lock
 
 # Everything a prepared folder holds: prepare replaces a folder only if it holds nothing else.
 PREPARED_FILES = ("train.bin", "valid.bin", "tokenizer.json", "meta.json")
+DIGESTED = PREPARED_FILES[:3]  # what the folder's fingerprint for a run covers
 
 # Settings that change the output; the rest (--out, --workers, --force) do not.
 SETTINGS_KEYS = (
@@ -208,10 +209,12 @@ def _meta(
     valid_from: str,
     dropped_short: int,
     splits: dict[str, dict[str, Any]],
+    digests: dict[str, str],
     workers: int,
     elapsed: float,
 ) -> dict[str, Any]:
-    """meta.json's contents."""
+    """meta.json's contents; ``digests``: the SHA-256 of the tokenizer and of each split's ids,
+    which a run records and ``--resume`` checks (:func:`gpt_study.data.dataset.data_digest`)."""
     return {
         "format": 1,
         "fingerprint": fingerprint,
@@ -227,6 +230,7 @@ def _meta(
         "valid_from": valid_from,
         "dropped_short": dropped_short,
         "splits": splits,
+        "digests": digests,
         "settings": {k: v for k, v in vars(cfg).items()},
         "workers": workers,
         "elapsed_s": round(elapsed, 3),
@@ -282,9 +286,29 @@ def prepare(cfg: DataConfig, progress: bool | None = None, log: Any = print) -> 
     settings = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     fingerprint = _fingerprint(inputs, settings)
     paths = [src.path for src in sources if src.path is not None]
-    if _check_existing(cfg, out, fingerprint, log, paths):
+    if _check_existing(cfg, out, fingerprint, log, paths):  # refusals before any write
         return out
+    with folder_lock(out, "--out", warn=log):  # one writer per prepared folder
+        if _check_existing(cfg, out, fingerprint, log, paths):  # another writer just finished
+            return out
+        meta, tok = _write(cfg, sources, hub, out, inputs, (fingerprint, paths), progress, t0)
+    _log_done(log, out, tok, meta, time.perf_counter() - t0)
+    return out
 
+
+def _write(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    out: Path,
+    inputs: list[dict[str, Any]],
+    known: tuple[str, list[Path]],
+    progress: bool | None,
+    t0: float,
+) -> tuple[dict[str, Any], Tokenizer]:
+    """Tokenize into a temp folder beside ``out`` and publish it; on any error remove it.
+    ``known``: the inputs' fingerprint and their paths (never replaced)."""
+    fingerprint, paths = known
     n_workers = cfg.workers or _cores()
     tmp = _make_temp(out)
     has_valid = any(s.split == "valid" for s in sources)
@@ -314,6 +338,7 @@ def prepare(cfg: DataConfig, progress: bool | None = None, log: Any = print) -> 
             ),
             dropped_short=sum(c["short"] for c in per_source),
             splits=splits,
+            digests={name: sha256_file(tmp / name) for name in DIGESTED},
             workers=n_workers,
             elapsed=elapsed,
         )
@@ -327,5 +352,4 @@ def prepare(cfg: DataConfig, progress: bool | None = None, log: Any = print) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _log_done(log, out, tok, meta, elapsed)
-    return out
+    return meta, tok

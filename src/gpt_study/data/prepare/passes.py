@@ -72,7 +72,7 @@ def run_word(
         _progress(bar, res["read"], writers)
     for w in writers.values():
         w.close()
-    _check_nonempty(cfg, writers, holdout)
+    _check_nonempty(cfg, writers, holdout, sources, per_source)
 
     # The vocabulary: specials, then the most frequent train pieces (ties in code-point order).
     counts = ids.counts[: len(ids.words)]
@@ -180,7 +180,7 @@ def run_bpe(
         train_now()
     for w in writers.values():
         w.close()
-    _check_nonempty(cfg, writers, holdout)
+    _check_nonempty(cfg, writers, holdout, sources, per_source)
     assert tok is not None
     return tok, writers
 
@@ -207,7 +207,7 @@ def run_byte(
         _progress(bar, res["read"], writers)
     for w in writers.values():
         w.close()
-    _check_nonempty(cfg, writers, holdout)
+    _check_nonempty(cfg, writers, holdout, sources, per_source)
     return ByteTokenizer(lowercase=bool(cfg.lowercase)), writers
 
 
@@ -261,11 +261,41 @@ def _route(
     ]
 
 
-def _check_nonempty(cfg: DataConfig, writers: dict[str, SplitWriter], holdout: Holdout) -> None:
+def _check_nonempty(
+    cfg: DataConfig,
+    writers: dict[str, SplitWriter],
+    holdout: Holdout,
+    sources: list[Source],
+    per_source: list[dict[str, int]],
+) -> None:
+    """Refuse a split with no story, naming the real cause: nothing read (no story separators?),
+    every story under --min_chars, or too few stories for the held-out valid split."""
     for split in SPLITS:
-        if writers[split].stories == 0:
-            where = "the train files" if split == "train" or holdout.every else "the valid files"
-            raise UserError(
-                f"no {split} story of at least --min_chars {cfg.min_chars} characters in {where}: "
-                "lower --min_chars or pass more text"
+        if writers[split].stories:
+            continue
+        from_train = split == "train" or holdout.every
+        mine = [
+            c
+            for s, c in zip(sources, per_source, strict=True)
+            if (s.split == "train") == bool(from_train)
+        ]
+        read = sum(c["read"] for c in mine)
+        kept = read - sum(c["short"] for c in mine)
+        where = "the train files" if from_train else "the valid files"
+        if read == 0:
+            why = (
+                f"{where} hold no story: a .txt needs its stories separated by <|endoftext|> "
+                'lines, a .jsonl/.json a "text" field per story'
             )
+        elif kept == 0:
+            why = (
+                f"all {read:,} stories in {where} are shorter than --min_chars {cfg.min_chars} "
+                "characters: lower --min_chars"
+            )
+        else:
+            why = (
+                f"{where} hold {kept:,} kept stories and the valid split takes every "
+                f"{holdout.every}th (the first included), leaving none to train on: pass more "
+                "stories (a .txt separates them by <|endoftext|> lines) or a valid file"
+            )
+        raise UserError(f"no {split} story: {why}")

@@ -22,8 +22,8 @@ def _import_spacy() -> Any:
     """``import spacy``, without letting thinc (under spaCy) import torch when torch is not loaded.
 
     thinc imports torch only to offer torch-backed layers; the tokenizer needs none of them, and
-    torch would add ~2 s to every ``gpt-study prepare`` and every worker start. A later
-    ``import torch`` works as usual.
+    torch would add seconds to every ``gpt-study prepare`` and every worker start (docs/train.md,
+    "Measurements"). A later ``import torch`` works as usual.
     """
     if "spacy" in sys.modules or "torch" in sys.modules:
         import spacy

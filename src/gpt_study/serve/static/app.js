@@ -286,9 +286,11 @@ async function loadRuns() {
     }
     const table = $("run-list");
     fillTable(table, [["plot", "run", "records", "last step", "last train loss", "best valid NLL"],
-      ...runs.map((r) => ["", r.name, r.records, r.last_step ?? "–", fmt(r.last_train_loss),
-        fmt(r.best_valid_nll)])]);
+      ...runs.map((r) => r.problem ? ["", r.name, "–", r.problem, "", ""]
+        : ["", r.name, r.records, r.last_step ?? "–", fmt(r.last_train_loss),
+          fmt(r.best_valid_nll)])]);
     [...table.rows].slice(1).forEach((tr, k) => {
+      if (runs[k].problem) return;  // a damaged run is listed with its problem, not plotted
       const box = el("input", {type: "checkbox", "data-run": runs[k].name});
       box.checked = true;
       box.addEventListener("change", showRuns);

@@ -1,16 +1,20 @@
 """The study's training loss and the honest metric beside it.
 
-``lm_loss`` is what the study optimised: ``torch.nn.CrossEntropyLoss(weight=w,
-label_smoothing=eps)`` with class weights ``w`` of 1, except ``sp_weight`` on ``<sot>``/``<eot>``
-(it taught the model to end stories). PyTorch's definition, per target position n with target y:
+The study optimised ``torch.nn.CrossEntropyLoss(weight=w, label_smoothing=eps)`` with class
+weights ``w`` of 1, except ``sp_weight`` on ``<sot>``/``<eot>`` (it taught the model to end
+stories). PyTorch's definition, per target position n with target y:
 
     loss_n = -sum_c w_c q_nc log p_nc,   q_n = (1 - eps) onehot(y) + eps / V,
     mean   = sum_n loss_n / sum_n w_(y_n)
 
 so the class weights also weight the smoothing term of every position: ``<sot>`` and ``<eot>``
-get extra smoothing mass everywhere, not only where they are the target. ``nll_sum`` is plain
-negative log-likelihood: no smoothing, no weights. Only the latter gives perplexity and bits per
-byte; the study reported the former as "valid loss".
+get extra smoothing mass everywhere, not only where they are the target. Beside it the held-out
+scorer sums plain negative log-likelihood: no smoothing, no weights. Only the latter gives
+perplexity and bits per byte; the study reported the former as "valid loss".
+
+Training runs :func:`head_loss` (through :class:`LMLoss`); :func:`reference_lm_loss` is the same
+criterion written plainly on whole logits, the reference that tests and ``bench_train.py``
+compare it with.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gpt_study.config import EOT_ID, SOT_ID
+from gpt_study.config.data import EOT_ID, SOT_ID
 
 
 def special_weights(
@@ -53,8 +57,8 @@ def lm_loss_terms(
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_n loss_n, sum_n w_(y_n)) over ``logits`` (N, V) and ``targets`` (N,): the two sums
-    whose ratio is :func:`lm_loss`, so that held-out scoring can add them up over batches and
-    ranks (``CrossEntropyLoss``'s weighted mean is exactly this ratio)."""
+    whose ratio is :func:`reference_lm_loss`, so that held-out scoring can add them up over
+    batches and ranks (``CrossEntropyLoss``'s weighted mean is exactly this ratio)."""
     if sp_weight == 1.0:
         total = F.cross_entropy(
             logits.float(), targets, label_smoothing=label_smoothing, reduction="sum"
@@ -67,15 +71,17 @@ def lm_loss_terms(
     return total, special_weights(targets, sp_weight, special_ids).sum()
 
 
-def lm_loss(
+def reference_lm_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
     sp_weight: float = 1.0,
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
 ) -> torch.Tensor:
-    """The study's criterion on ``logits`` (B, T, V) against ``targets`` (B, T), in fp32:
-    ``CrossEntropyLoss(weight=class_weights(...), label_smoothing=...)``, see the module text.
+    """The reference: the study's criterion on ``logits`` (B, T, V) against ``targets`` (B, T),
+    in fp32, ``CrossEntropyLoss(weight=class_weights(...), label_smoothing=...)`` (see the module
+    text), on the whole logits as the study computed it. Training does not call it; the tests
+    hold :func:`head_loss` to it and ``benchmarks/bench_train.py`` times it as the unchunked row.
 
     The mean is over the target weights (sum_n loss_n / sum_n w_(y_n)), so ``sp_weight`` changes
     the balance between tokens more than the scale of the loss.
@@ -89,12 +95,6 @@ def lm_loss(
     return F.cross_entropy(flat_logits, flat_targets, weight=w, label_smoothing=label_smoothing)
 
 
-def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed negative log-likelihood in nats (no smoothing, no weights) over all targets."""
-    V = logits.size(-1)
-    return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction="sum")
-
-
 @torch.compiler.disable  # a Python loop over chunks; it runs eagerly inside compiled code
 def head_loss(
     head: torch.nn.Linear,
@@ -105,15 +105,16 @@ def head_loss(
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """``lm_loss(head(hidden), targets, ...)`` without ever holding the (B*T, V) logits.
+    """``reference_lm_loss(head(hidden), targets, ...)`` without ever holding the (B*T, V) logits.
 
     The output layer over a 30,000-word vocabulary is most of a training step, and most of that
     is memory traffic: the study's loss writes the (8192, 30000) logits, an fp32 copy, the log
     softmax, the gradient and its casts (about 1 GB each). Here the logits are made ``chunk_size``
     rows at a time, turned into softmax probabilities in place of the logits, and the gradients
     of ``hidden``, ``head.weight`` and ``head.bias`` are computed right away from that chunk;
-    backward only scales them. Same maths as :func:`lm_loss` (the smoothing and class-weight
-    terms are added exactly, on small matrices), one pass over each chunk instead of about ten.
+    backward only scales them. Same maths as :func:`reference_lm_loss` (the smoothing and
+    class-weight terms are added exactly, on small matrices), one pass over each chunk instead of
+    about ten.
 
     Under ``torch.autocast`` the matmuls run in the autocast dtype, like ``head(hidden)`` would;
     the weight gradient is summed in fp32. With bf16 the per-token loss is exact to about 0.002
@@ -241,7 +242,8 @@ class LMLoss(torch.nn.Module):
 
     For wrappers that only call ``forward`` (DistributedDataParallel, torch.compile): the
     model's hidden states and the chunked output layer + loss run inside one forward, so
-    gradient hooks and the output layer's weights behave as with ``lm_loss(model(idx), y)``.
+    gradient hooks and the output layer's weights behave as with
+    ``reference_lm_loss(model(idx), y)``.
     """
 
     def __init__(

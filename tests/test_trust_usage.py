@@ -1,0 +1,36 @@
+"""Usage errors, in every command: one line that says where to look, exit code 2, nothing
+written (a wrong flag used to print the whole usage, 39 lines for train)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt_study.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("flags", [["--no_such_flag"], ["--help_me", "x"]])
+def test_a_usage_error_is_one_line_naming_help(command, flags, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"gpt-study {command}: error:") and f"gpt-study {command} --help" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["nosuch"], "unknown command 'nosuch'"),
+        (["--bogus"], "gpt-study --help"),
+        (["train", "--preset", "unknown"], "invalid choice: 'unknown'"),
+        (["train", "--lr"], "expected one argument"),
+    ],
+)
+def test_top_level_and_value_errors_are_one_line(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert list(tmp_path.iterdir()) == []
