@@ -63,7 +63,7 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint(tiny_prepared, tmp_path
 
     with monkeypatch.context() as m:
         m.setattr(ckpt_mod, "save_file", dies)
-        with pytest.raises(OSError):
+        with pytest.raises(UserError, match="still holds what it held before"):
             save_checkpoint(tmp_path / "last", second, cfg, tok, {"step": 2})
     back = load_checkpoint(tmp_path / "last")
     assert back.state == {"step": 1}

@@ -347,6 +347,25 @@ def test_cli_refuses_a_port_in_use(capsys, assets):
     assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err
 
 
+@pytest.mark.parametrize(
+    "host,warned", [("0.0.0.0", True), ("::", True), ("127.0.0.1", False), ("localhost", False)]
+)
+def test_a_host_beyond_this_machine_is_said_out_loud(capsys, assets, monkeypatch, host, warned):
+    """Nothing listens here: the address check and the server are stubbed, only the words are
+    tested (a server under test listens on 127.0.0.1 only)."""
+    from gpt_study.cli import serve as serve_cli
+
+    class Quiet:
+        def run(self):
+            return None
+
+    monkeypatch.setattr(serve_cli, "_check_address", lambda host, port: None)
+    monkeypatch.setattr(serve_cli, "_StoppingServer", lambda config, stopping: Quiet())
+    assert main(["serve", "--runs", str(assets["runs"]), "--host", host, "--port", "8765"]) == 0
+    err = capsys.readouterr().err
+    assert ("with no login: anyone there can run the models" in err) == warned, err
+
+
 def test_same_names_are_numbered(assets):
     from gpt_study.serve.registry import _names
 

@@ -132,3 +132,36 @@ def test_resume_on_a_folder_prepared_again_from_another_corpus_is_refused(tmp_pa
     resume = ["train", "--save_root", str(root), "--resume", "--epoch", "2"]
     err = refused(resume, capsys, root)
     assert f"{data} changed since this run started" in err and "train.bin" in err
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda d: [d], "is not a table of settings"),
+        (lambda d: {**d, "model": {**d["model"], "n_layers": None}}, "--n_layers None is not"),
+        (lambda d: {**d, "model": {**d["model"], "d_model": "32"}}, "--d_model '32' is not"),
+        (lambda d: {**d, "model": 7}, "is not a table of settings"),
+        (lambda d: {**d, "sample": {**d["sample"], "top_p": [1]}}, "--top_p [1] is not"),
+        (lambda d: {**d, "train": {**d["train"], "lr_schedule": "wavy"}}, "unknown --lr_schedule"),
+        (lambda d: {**d, "train": {**d["train"], "dtype": "fp8"}}, "unknown --dtype 'fp8'"),
+    ],
+    ids=["list", "null", "string", "section", "list-for-number", "schedule", "dtype"],
+)
+def test_a_config_json_of_the_wrong_shape_is_one_line_naming_it(copy, capsys, edit, words):
+    d = json.loads((copy / "config.json").read_text())
+    flat = {
+        **d,
+        "train": {k: v for s in d["train"].values() if isinstance(s, dict) for k, v in s.items()},
+    }
+    flat["train"].update({k: v for k, v in d["train"].items() if not isinstance(v, dict)})
+    (copy / "config.json").write_text(json.dumps(edit(flat)))
+    err = refused(["generate", "--checkpoint", str(copy), "--prompt", "a"], capsys, copy)
+    assert words in err and "config.json" in err, err
+
+
+def test_a_prompt_file_that_is_not_utf8_is_one_line(run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"once upon a time\n" + b"\xff\xfe caf\xe9\n")
+    argv = ["generate", "--checkpoint", str(run / "best"), "--prompt_file", str(prompts)]
+    err = refused(argv, capsys, tmp_path)
+    assert "is not UTF-8 text" in err

@@ -34,3 +34,22 @@ def test_top_level_and_value_errors_are_one_line(argv, words, capsys, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--tokenizer", "nope"], "unknown --tokenizer 'nope'"),
+        (["--minutes", "-1"], "--max_time -1.0 is out of range"),
+        (["--epoch", "-2"], "--epoch -2 is out of range"),
+        (["--max_steps", "-1"], "--max_steps -1 is out of range"),
+        (["--data", "no/such/corpus"], "no such file or folder"),
+    ],
+)
+def test_demo_checks_every_flag_before_writing_anything(flags, words, capsys, tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()

@@ -35,6 +35,7 @@ from gpt_study.runtime.files import (
     check_replaceable,
     fsync_path,
     is_temp_of,
+    out_of_space,
     sha256_file,
     temp_name,
     write_json_atomic,
@@ -113,6 +114,28 @@ def save_checkpoint(
         os.replace(old, path)  # a save died between its two renames: finish the swap back
     check_replaceable(path, FILES, "checkpoint")
     tmp.mkdir()
+    try:
+        _write_files(tmp, model, config, tokenizer_file, state, optimizer_state)
+    except OSError as e:  # a full disk, a quota: the last good checkpoint stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise out_of_space(path, e, _size(model, optimizer_state)) from None
+    # Swap into place: the old folder survives until the new one is complete.
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _write_files(
+    tmp: Path,
+    model: torch.nn.Module,
+    config: Config,
+    tokenizer_file: str | os.PathLike,
+    state: dict[str, Any] | None,
+    optimizer_state: dict[str, Any] | None,
+) -> None:
     weights = {k: v.detach().cpu().contiguous() for k, v in _own_weights(unwrap(model)).items()}
     save_file(weights, str(tmp / WEIGHTS))
     os.chmod(tmp / WEIGHTS, 0o666 & ~UMASK)  # as the other files: safetensors writes it 0600
@@ -124,13 +147,12 @@ def save_checkpoint(
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
     fsync_path(tmp)
-    # Swap into place: the old folder survives until the new one is complete.
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+
+
+def _size(model: torch.nn.Module, optimizer_state: dict[str, Any] | None) -> int:
+    """Roughly the bytes a checkpoint of ``model`` takes: its weights, and AdamW's two moments."""
+    n = sum(p.numel() * p.element_size() for p in unwrap(model).parameters())
+    return n * (3 if optimizer_state is not None else 1)
 
 
 def _resolve(path: Path) -> Path:

@@ -10,11 +10,13 @@ Problems the user can fix (:class:`~gpt_study.runtime.errors.UserError`) print o
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from gpt_study import __version__
 from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import out_of_space
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("gpt_study.cli.compare", "runs side by side: curves, figures, settings, stories"),
     "serve": ("gpt_study.cli.serve", "a local web page to look inside models and runs"),
     "export": ("gpt_study.cli.export", "write a checkpoint as a folder that transformers loads"),
+    "import": ("gpt_study.cli.import_", "a transformers model (GPT-2, Llama) as a checkpoint"),
     "demo": (
         "gpt_study.cli.demo",
         "prepare, train, plot, evaluate and generate on the shared sample",
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         one_line = " ".join(str(e).split())  # a quoted library message may hold newlines
         print(f"gpt-study {name}: error: {one_line}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a permission the library did not foresee: one line
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename
+        line = out_of_space(e.filename, e) if full else f"{e.strerror or e}: {e.filename or '?'}"
+        print(f"gpt-study {name}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpt-study {name}: interrupted", file=sys.stderr)

@@ -13,6 +13,10 @@ import shlex
 from pathlib import Path
 
 from gpt_study.cli import main
+from gpt_study.config import DataConfig
+from gpt_study.config.presets import PRESETS, preset_config
+from gpt_study.data.sources import resolve_sources
+from gpt_study.runtime.errors import UserError
 
 SAMPLE = Path("shared") / "data" / "tinystories"
 PROMPTS = (
@@ -38,8 +42,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="runs/demo", help="folder for the prepared data and the run"
     )
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
-    parser.add_argument("--preset", default="cpu", help="model / training preset")
+    parser.add_argument(
+        "--minutes",
+        "--max_time",
+        dest="minutes",
+        type=float,
+        default=10.0,
+        help="training time budget in minutes (train's --max_time)",
+    )
+    parser.add_argument(
+        "--preset", default="cpu", help=f"model / training preset: {', '.join(PRESETS)}"
+    )
     parser.add_argument(
         "--tokenizer", default="bpe", help="prepare's --tokenizer (default: bpe, lossless)"
     )
@@ -61,6 +74,21 @@ def _step(argv: list[str]) -> None:
         raise SystemExit(code)
 
 
+def check_flags(args: argparse.Namespace, data: list[str] | None) -> None:
+    """Every flag checked by the library's own rules before the first command writes anything:
+    the settings prepare and train will get, the corpus paths, the output folder."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: pass a folder")
+    DataConfig(data=data or [], tokenizer=args.tokenizer, out=str(out / "data"))
+    train: dict[str, float] = {"max_time": args.minutes, "max_steps": args.max_steps}
+    if args.epoch:
+        train["epoch"] = args.epoch
+    preset_config(args.preset, train=train)
+    if data:
+        resolve_sources(data)
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = args.data
@@ -70,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"demo: using {'the shared sample at ' + str(sample) if sample else 'the Hugging Face Hub'}"
         )
+    check_flags(args, data)
     prepared = out / "data"
     run_dir = out / "run"
     source = ["--data", *data] if data else []

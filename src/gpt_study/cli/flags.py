@@ -77,11 +77,15 @@ def dataclass_overrides(
     ns: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """The settings of ``cls`` that the user set on the command line, by flat name, each checked
-    against its choices now: before anything else (a data folder, say) can fail first."""
+    against its choices now: before anything else (a data folder, say) can fail first. A flag
+    this module added is absent unless given (its default is suppressed); one of the same name
+    added elsewhere with a default of ``None`` (evaluate's story flags) was not given either."""
     given = [
         f
         for _, f in flat_fields(cls).values()
-        if f.name not in skip and f.metadata.get("cli", True) and hasattr(ns, f.name)
+        if f.name not in skip
+        and f.metadata.get("cli", True)
+        and getattr(ns, f.name, None) is not None
     ]
     for f in given:
         check_choice(f, getattr(ns, f.name))

@@ -47,6 +47,11 @@ def _prompts(args: argparse.Namespace) -> list[str]:
             raise UserError(
                 f"cannot read --prompt_file {args.prompt_file} ({e.strerror}): check the path"
             ) from None
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"--prompt_file {args.prompt_file} is not UTF-8 text (byte {e.start}): save it "
+                "as UTF-8"
+            ) from None
         if not prompts:
             raise UserError(f"--prompt_file {args.prompt_file} has no prompts: one per line")
     return prompts or [""]

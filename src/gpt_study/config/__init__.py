@@ -134,4 +134,7 @@ def load_config(path: str | os.PathLike) -> Config:
         train.setdefault("decay_all", False)
         train.setdefault("study_rows", False)
         train.setdefault("best_by", "nll")
-    return config_from_dict(d, str(path))
+    try:
+        return config_from_dict(d, str(path))
+    except UserError as e:  # a value of the wrong type or range: say which file holds it
+        raise (e if str(path) in str(e) else UserError(f"{path}: {e}")) from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 import typing
 from dataclasses import Field, dataclass, fields
 from typing import Any
@@ -128,8 +129,11 @@ SEED = Range(0, 2**64 - 1, why="torch's generators take 64-bit seeds")
 
 
 def check_ranges(obj: Any, table: dict[str, Range]) -> None:
-    """Refuse the first field of ``obj`` whose value (or any element of a tuple/list value) is
-    outside its range in ``table``; ``None`` means "not set" and passes."""
+    """Refuse the first field of ``obj`` whose value has another type than its annotation says
+    (:func:`check_types`), then the first whose value (or any element of a tuple/list value) is
+    outside its range in ``table``; ``None`` means "not set" and passes where the field allows
+    it."""
+    check_types(obj)
     for name, allowed in table.items():
         value = getattr(obj, name)
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -142,6 +146,55 @@ def check_ranges(obj: Any, table: dict[str, Range]) -> None:
                 shown = " ".join(str(x) for x in values)
                 why = f" ({allowed.why})" if allowed.why else ""
                 raise UserError(f"--{name} {shown} is out of range{why}: use a value {allowed}")
+
+
+_SCALARS = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` fits annotation ``hint`` (scalars, Optional, list/tuple of scalars)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(
+            any(_accepts(a, v) for a in inner) for v in value
+        )
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    return True  # a section (a dataclass of its own checks) or anything else
+
+
+def _what(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    if typing.get_origin(hint) in (list, tuple):
+        return f"a list of {_what(args[0])}" if args else "a list"
+    if args:
+        return _what(args[0])
+    return _SCALARS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_types(obj: Any) -> None:
+    """Refuse the first field of dataclass ``obj`` whose value is not of its annotated type: a
+    ``null`` or a string from a hand-edited config.json is one line here, not a traceback later
+    in the model or the loop."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if not _accepts(hints[f.name], value):
+            raise UserError(f"--{f.name} {value!r} is not {_what(hints[f.name])}: use one")
 
 
 def check_choices(obj: Any) -> None:

@@ -43,6 +43,7 @@ from gpt_study.runtime.files import (
     UMASK,
     check_replaceable,
     is_temp_of,
+    out_of_space,
     temp_name,
     write_json_atomic,
     write_text_atomic,
@@ -169,6 +170,8 @@ def export_hf(
             write_text_atomic(tmp / "README.md", readme(result, ckpt))
             write_json_atomic(tmp / "gpt_study_export.json", _record(result, ckpt))
             _publish(tmp, out)
+        except OSError as e:  # a full disk: the folder already at --out stays as it was
+            raise out_of_space(out, e) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {out} ({len(list(out.iterdir()))} files)")

@@ -9,9 +9,11 @@ is recognisably ours.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -91,6 +93,30 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def out_of_space(path: str | os.PathLike, error: OSError, need: int | None = None) -> UserError:
+    """The one line for a write that failed (a full disk above all): which path, how much was
+    needed and is free, the way out, and that nothing already there was touched."""
+    path = Path(path)
+    where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    sizes = f"{_human(free)} free" + (f", about {_human(need)} needed" if need else "")
+    kept = f"; {path} still holds what it held before" if path.exists() else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(
+            f"writing {path} failed: no space left on the disk ({sizes}): free space or pick "
+            f"another folder, then run the command again{kept}"
+        )
+    return UserError(f"writing {path} failed ({error.strerror or error}){kept}")
 
 
 def _umask() -> int:

@@ -29,7 +29,12 @@ from gpt_study.data.sources import (
 )
 from gpt_study.data.tokenizer import Tokenizer
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import check_replaceable, sha256_file, write_json_atomic
+from gpt_study.runtime.files import (
+    check_replaceable,
+    out_of_space,
+    sha256_file,
+    write_json_atomic,
+)
 from gpt_study.runtime.lock import folder_lock
 
 # Everything a prepared folder holds: prepare replaces a folder only if it holds nothing else.
@@ -346,9 +351,7 @@ def _write(
         _publish(tmp, out, paths)
     except OSError as e:  # disk full, permissions: the sources' own errors are UserErrors
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
-            f"writing {out} failed ({e.strerror or e}): free disk space or pick another --out"
-        ) from None
+        raise out_of_space(out, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -289,13 +289,17 @@ def _check_nonempty(
             )
         elif kept == 0:
             why = (
-                f"all {read:,} stories in {where} are shorter than --min_chars {cfg.min_chars} "
+                f"all {_stories(read)} in {where} are shorter than --min_chars {cfg.min_chars} "
                 "characters: lower --min_chars"
             )
         else:
             why = (
-                f"{where} hold {kept:,} kept stories and the valid split takes every "
+                f"{where} hold {_stories(kept)} long enough, and the valid split takes every "
                 f"{holdout.every}th (the first included), leaving none to train on: pass more "
                 "stories (a .txt separates them by <|endoftext|> lines) or a valid file"
             )
         raise UserError(f"no {split} story: {why}")
+
+
+def _stories(n: int) -> str:
+    return f"{n:,} {'story' if n == 1 else 'stories'}"
