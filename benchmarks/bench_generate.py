@@ -11,6 +11,7 @@ tokens each way, then batched throughput:
     python benchmarks/bench_generate.py --threads 1 --repeats 3 --batches 1 8
     python benchmarks/bench_generate.py --checkpoint runs/gpt/best   # + NLL of each precision
     python benchmarks/bench_generate.py --compile                     # + torch.compile'd step
+    python benchmarks/bench_generate.py --device cuda --no_hf        # on a GPU (wall rates)
 
 Weights are random and ``<eot>`` is never honoured, so every run writes exactly ``--new_tokens``
 tokens. Variants run round-robin, repeat after repeat, so a busy machine slows them alike, and each
@@ -36,6 +37,11 @@ of tokens equal to the fp32 general loop's at the same window and settings (samp
 same seed must give the same tokens; random weights make near-ties common, so reduced precision
 changes some; its accuracy is judged by held-out NLL, ``--checkpoint``). ``--preset cpu`` times
 the demo's model (rotary positions, RMSNorm, SwiGLU, tied; bpe 4,096).
+
+``--device cuda`` (or ``mps``) decodes there: the same rows, without the transformers one and the
+memory bandwidth (both measure the CPU); a GPU keeps its host thread busy launching kernels, so
+read the wall rates. The last line names the batch-1 fp32 fast loop's rate (what
+``benchmarks/gpu_check.sh`` reports).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from gpt_study.generate import (
     weight_bytes_per_token,
 )
 from gpt_study.model.gpt import GPT
+from gpt_study.runtime.device import resolve_device
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_decode_parts import (  # noqa: E402
@@ -71,6 +78,14 @@ from bench_decode_parts import (  # noqa: E402
     nll_table,
 )
 from reference import ReferenceGPT, copy_from  # noqa: E402
+
+
+def device_name(device: str) -> str:
+    """The CPU's model name, or the GPU's."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return cpu_name() if device == "cpu" else device
+
 
 PROMPT = [1, 10, 11, 12, 13]  # <sot> and four words
 
@@ -113,12 +128,13 @@ def _same(row: Row) -> str:
     return "yes" if row.ids[: len(ref)] == ref else f"{share:.0%}"
 
 
-def print_table(rows: list[Row], copy_gbs: float) -> None:
+def print_table(rows: list[Row], copy_gbs: float | None) -> None:
     base = rows[0].n / best(rows[0].cpus)
     base_wall = rows[0].n / best(rows[0].walls)
+    copy_note = f" (copy: {copy_gbs:.1f})" if copy_gbs is not None else ""
     print(
         "\n| batch 1 | tokens/s (CPU) | vs first | tokens/s (wall) | vs first |"
-        f" MB/token | GB/s (copy: {copy_gbs:.1f}) | same |"
+        f" MB/token | GB/s{copy_note} | same |"
         "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
     )
     for r in rows:
@@ -163,6 +179,7 @@ def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row
     if study_shaped(cfg):
         study = ReferenceGPT(cfg.model).eval()
         copy_from(study, model)
+        study.to(args.device)
         rows.append(
             Row("study: its model, whole sequence again per token", rerun(study), n, fp32_bytes)
         )
@@ -190,7 +207,7 @@ def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row
         Row(f"fast loop, window {max_len}, fp32", loop(model, greedy, max_len, True), n_hf, fp32_bytes),
         Row(f"fast loop, window {max_len}, int8 weights", loop(int8, greedy, max_len, True), n_hf, weight_bytes_per_token(int8)),
     ]  # fmt: skip
-    if not args.no_hf:
+    if not args.no_hf and args.device == "cpu":  # transformers' row runs on the CPU
         rows.append(
             Row(
                 f"transformers generate (its cache), window {max_len}, fp32",
@@ -233,29 +250,36 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="add a torch.compile'd fast loop")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers row")
     p.add_argument("--checkpoint", default=None, help="a trained checkpoint: NLL per precision")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device)
 
     vocab = args.vocab_size or (30000 if args.preset == "seed" else 4096)
     cfg = preset_config(args.preset, model={"vocab_size": vocab})
     torch.manual_seed(0)
-    model = GPT(cfg.model).eval()
+    model = GPT(cfg.model).eval().to(args.device)
     n = args.new_tokens
     print(
-        f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"# {device_name(args.device)}, {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}; "
         f"preset {args.preset}: {model.num_params():,} parameters, max_len {cfg.model.max_len}, "
         f"trained window {cfg.train.window}; {n} new tokens after a {len(PROMPT)}-token "
         f"prompt; fastest of {args.repeats} runs, variants round-robin"
     )
-    bw = memory_bandwidth()
-    print(
-        f"# memory: copy {bw['copy']:.1f} GB/s (256 MB, read + write), read {bw['read']:.1f} GB/s"
-        f" (256 MB sum), copy {bw['copy_l3']:.1f} GB/s at 8 MB (cache-resident)"
-    )
+    copy_gbs = None
+    if args.device == "cpu":
+        bw = memory_bandwidth()
+        copy_gbs = bw["copy"]
+        print(
+            f"# memory: copy {bw['copy']:.1f} GB/s (256 MB, read + write), read "
+            f"{bw['read']:.1f} GB/s (256 MB sum), copy {bw['copy_l3']:.1f} GB/s at 8 MB "
+            "(cache-resident)"
+        )
     rows = decoding_rows(model, cfg, n, args)
     run_round_robin(rows, args.repeats)
     compare_rows(rows, cfg)
-    print_table(rows, bw["copy"])
+    print_table(rows, copy_gbs)
     g = next(r for r in rows if r.name == f"fast loop, window {cfg.train.window}, fp32")
     s = next(r for r in rows if r.name == f"fast loop, window {cfg.train.window}, sampled")
     ratio = (s.n / best(s.cpus)) / (g.n / best(g.cpus))
@@ -282,6 +306,11 @@ def main() -> None:
         print(f"| {b} | {b * n / cg:,.0f} | {b * n / cs:,.0f} | {b * n / ws:,.0f} |")
     if args.checkpoint:
         nll_table(args.checkpoint)
+    fast = next(r for r in rows if r.name == f"fast loop, window {window}, fp32")
+    print(
+        f"\nbatch-1 greedy, fast loop, fp32 on {args.device}: "
+        f"{fast.n / best(fast.walls):,.0f} tokens/s (wall)"
+    )
 
 
 if __name__ == "__main__":

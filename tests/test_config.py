@@ -198,7 +198,10 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     now = preset_config(name)
     flat = json.loads(json.dumps(config_to_dict(now, flat=True)))
     want = {k: v for k, v in train.items() if k != "resume"}
-    assert flat["train"] == {**want, "threads": None}  # 0 and None are both auto
+    # 0 and None are both auto; init_from (fine-tuning) and the device choices came later, off
+    # by default (auto: as before)
+    later = {"init_from": None, **dict.fromkeys(DEVICE_CHOICES, "auto")}
+    assert flat["train"] == {**want, "threads": None, **later}
     assert flat["model"] == model
     assert load_config(_old_file(tmp_path, name, model, train)) == now
 
@@ -251,9 +254,11 @@ def test_flat_names_and_sections_build_the_same_config():
 
 # What may change on --resume without changing what the run computes: declared on each field
 # (doc(..., resume="free")), pinned here.
+DEVICE_CHOICES = ("fused_adamw", "pin_memory", "attention", "backend")  # runtime.plan's settings
 FREE_ON_RESUME = {
     *("data", "save_root", "epoch", "max_steps", "max_time", "eval_iters", "print_interval"),
     *("progress", "device", "compile", "batch_size", "grad_accum", "threads"),
+    *DEVICE_CHOICES,  # which kernels compute the same thing
     *("wb_flag", "wb_project", "wb_name", "wb_notes", "wb_tags"),
 }
 # A valid other value where the generic rule below does not give one.
@@ -263,6 +268,7 @@ OTHER = {
     "progress": True,
     "threads": 2,
     "data": "/elsewhere/data",
+    "init_from": "/elsewhere/checkpoint",
     "device": "cpu",
     "wb_project": "other",
     "wb_name": "other",

@@ -23,6 +23,7 @@ OPTIONS = {
     "rmsnorm": dict(norm="rmsnorm"),
     "swiglu": dict(mlp="swiglu"),
     "relu2": dict(mlp="relu2"),
+    "gelu_tanh": dict(mlp="gelu_tanh"),
     "tied": dict(tie_embeddings=True),
     "no-bias": dict(bias=False, norm_bias=False, head_bias=False),
     "qk_norm": dict(qk_norm=True),

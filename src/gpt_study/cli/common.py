@@ -30,10 +30,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--checkpoint",
-        required=True,
+        required=required,
         help="checkpoint folder written by train (e.g. runs/gpt/best)",
     )
     add_device_args(parser)

@@ -10,6 +10,8 @@ differ in line style, so a change of setting stands out from the seed-to-seed sp
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,11 @@ def plot_runs(
     out: str | Path,
     nll_note: str = "",
     dpi: int = 100,
+    references: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Draw the runs' curves to ``out`` (written atomically). ``nll_note`` is added to the
-    titles of the NLL panels (e.g. that the tokenizers differ)."""
+    titles of the NLL panels (e.g. that the tokenizers differ); each of ``references`` (rows of
+    :mod:`gpt_study.compare.references`) is a horizontal line on the bits-per-byte panel."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed (servers, CI)
@@ -94,6 +98,7 @@ def plot_runs(
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     _limit_to_valid(axes, runs)
+    _reference_lines(axes[1, 1], references)
     axes[0, 0].legend(fontsize=8, title="faint: train loss (smoothed, weighted)", title_fontsize=8)
     fig.tight_layout()
     out = Path(out)
@@ -101,6 +106,23 @@ def plot_runs(
         fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": SOFTWARE})
     plt.close(fig)
     return out
+
+
+def _reference_lines(ax: Any, references: Sequence[dict[str, Any]]) -> None:
+    """A dashed line per reference model at its bits per byte, named in the panel's legend."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["Dark2"].colors
+    drawn = False
+    for i, ref in enumerate(references):
+        bpb = ref.get("bits_per_byte")
+        if bpb is None or not math.isfinite(bpb):
+            continue
+        label = f"{ref['name']}: {bpb:.3f}"
+        ax.axhline(bpb, color=colours[i % len(colours)], linestyle="--", linewidth=1.2, label=label)
+        drawn = True
+    if drawn:
+        ax.legend(fontsize=8, title="dashed: models beside the runs", title_fontsize=8)
 
 
 def _limit_to_valid(axes: Any, runs: list[RunData]) -> None:

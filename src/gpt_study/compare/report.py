@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_study.compare.plot import PNG, SOFTWARE
+from gpt_study.compare.references import FIGURES as REFERENCE_FIGURES
 from gpt_study.compare.runs import format_value
 from gpt_study.evaluate.stories import share_text
 from gpt_study.outputs import check_output_file, md_mark
@@ -93,6 +94,15 @@ def group_rows(groups: list[dict[str, Any]]) -> list[list[str]]:
 
 
 GROUP_NOTE = "mean over the runs that differ only in seed ± half their range (max - min)"
+REFERENCE_NOTE = "each scored on the valid split as text, bits per byte over the same bytes"
+
+
+def reference_rows(refs: list[dict[str, Any]]) -> list[list[str]]:
+    """A row per model beside the runs (:mod:`gpt_study.compare.references`)."""
+    rows = [["model", *(label for label, _, _ in REFERENCE_FIGURES)]]
+    for r in refs:
+        rows.append([r["name"], *(_cell(fmt, r[key]) for _, key, fmt in REFERENCE_FIGURES)])
+    return rows
 
 
 # ------------------------------------------------------------------------ text
@@ -111,6 +121,9 @@ def format_text(result: dict[str, Any]) -> str:
     parts = [aligned(table_rows(result))]
     if result["groups"]:
         parts.append(f"by setting ({GROUP_NOTE}):\n" + aligned(group_rows(result["groups"])))
+    if result.get("references"):
+        rows = reference_rows(result["references"])
+        parts.append(f"models beside the runs ({REFERENCE_NOTE}):\n" + aligned(rows))
     stories = result.get("stories")
     if stories and stories["runs"]:
         parts.append(
@@ -152,6 +165,9 @@ def format_markdown(result: dict[str, Any]) -> str:
     parts.append(f"![loss curves]({PNG})")
     if result["groups"]:
         parts += [f"## By setting\n\n{GROUP_NOTE}.", md_table(group_rows(result["groups"]))]
+    if result.get("references"):
+        parts.append(f"## Models beside the runs\n\n{REFERENCE_NOTE.capitalize()}.")
+        parts.append(md_table(reference_rows(result["references"])))
     stories = result.get("stories")
     notes = result["notes"] + (stories["notes"] if stories else [])
     if notes:

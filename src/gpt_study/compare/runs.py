@@ -50,15 +50,17 @@ class RunData:
         return self.path / BEST
 
 
-def load_runs(paths: list[str]) -> tuple[list[RunData], list[str]]:
+def load_runs(paths: list[str], min_runs: int = 2) -> tuple[list[RunData], list[str]]:
     """The runs at ``paths`` that have validation figures, and one note naming those that do not.
 
-    Bad input (a missing folder, a folder that is no run, the same run twice, fewer than two
-    runs left to compare) is a :class:`UserError`.
+    Bad input (a missing folder, a folder that is no run, the same run twice, fewer than
+    ``min_runs`` runs left to compare: two, or one beside reference models) is a
+    :class:`UserError`.
     """
-    if len(paths) < 2:
+    if len(paths) < min_runs:
         raise UserError(
-            "compare needs at least two runs: pass two or more --save_root folders of train"
+            "compare needs at least two runs, or one with --hf or --evaluated: pass two or more "
+            "--save_root folders of train"
         )
     folders = [Path(p) for p in paths]
     seen: dict[Path, str] = {}
@@ -83,9 +85,10 @@ def load_runs(paths: list[str]) -> tuple[list[RunData], list[str]]:
         notes.append(
             f"no validation figures yet, left out: {listed} (train to the end of an epoch)"
         )
-    if len(runs) < 2:
+    if len(runs) < min_runs:
+        want = "two" if min_runs == 2 else str(min_runs)
         raise UserError(
-            f"fewer than two runs have validation figures ({notes[0] if notes else ''}): "
+            f"fewer than {want} runs have validation figures ({notes[0] if notes else ''}): "
             "train them to the end of an epoch first"
         )
     return runs, notes

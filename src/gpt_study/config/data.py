@@ -45,8 +45,17 @@ class DataConfig:
         default="word",
         metadata=doc(
             "word: the study's spaCy word vocabulary; bpe: byte-level BPE; byte: the 256 UTF-8 "
-            "byte values (nothing to learn)",
-            choices=["word", "bpe", "byte"],
+            "byte values (nothing to learn); hf: a published model's own (gpt-study import), "
+            "taken with --tokenizer_from",
+            choices=["word", "bpe", "byte", "hf"],
+        ),
+    )
+    tokenizer_from: str | None = field(
+        default=None,
+        metadata=doc(
+            "a checkpoint (or prepared folder) whose tokenizer encodes the corpus, nothing "
+            "learned: the folder then feeds train --init_from that checkpoint (its kind, size "
+            "and lowercasing are the checkpoint's)"
         ),
     )
     vocab_size: int | None = field(
@@ -103,8 +112,10 @@ class DataConfig:
                 f"--vocab_size {self.vocab_size} with --tokenizer byte: its vocabulary is always "
                 f"{BYTE_VOCAB} (256 bytes and 3 specials); drop --vocab_size"
             )
-        if self.vocab_size is None:
-            self.vocab_size = {"word": 30000, "bpe": 4096, "byte": BYTE_VOCAB}[self.tokenizer]
+        if self.tokenizer_from:
+            return  # its kind, size and lowercasing are the tokenizer's: prepare reads them there
+        if self.vocab_size is None:  # hf: none to default to (its tokenizer is a checkpoint's)
+            self.vocab_size = {"word": 30000, "bpe": 4096, "byte": BYTE_VOCAB}.get(self.tokenizer)
         if self.lowercase is None:
             self.lowercase = self.tokenizer == "word"
 

@@ -23,7 +23,7 @@ from gpt_study.runtime.errors import UserError
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu", "relu2")
+MLPS = ("gelu", "swiglu", "relu2", "gelu_tanh")
 
 
 @dataclass
@@ -55,7 +55,8 @@ class GPTConfig:
     mlp: str = field(
         default="gelu",
         metadata=doc(
-            "gelu (the study), swiglu (gated, 3 matrices) or relu2 (squared ReLU)",
+            "gelu (the study), swiglu (gated, 3 matrices), relu2 (squared ReLU) or gelu_tanh "
+            "(GELU's tanh approximation, GPT-2's)",
             choices=list(MLPS),
         ),
     )

@@ -31,6 +31,8 @@ from gpt_study.config.fields import (
 )
 from gpt_study.runtime.errors import UserError
 
+SWITCH = ["auto", "on", "off"]  # a device choice: auto (gpt_study.runtime.plan decides), forced
+
 
 class Section:
     """A section's own checks, run when it is built: its ``RANGES`` and its fields' choices."""
@@ -216,7 +218,9 @@ class ValidConfig(Section):
 
 @dataclass
 class RuntimeConfig(Section):
-    """Where and how fast the run executes: the device, precision, compilation and threads."""
+    """Where and how fast the run executes: the device, precision, compilation, threads and the
+    device-dependent choices (``auto`` each: as gpt_study.runtime.plan decides for the device;
+    docs/train.md, "Device choices")."""
 
     device: str = field(
         default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps", resume="free")
@@ -224,12 +228,41 @@ class RuntimeConfig(Section):
     dtype: str = field(
         default="float32",
         metadata=doc(
-            "float32 (the study), auto (bf16 autocast where the hardware computes it natively) "
-            "or bfloat16",
-            choices=["auto", "float32", "bfloat16"],
+            "float32 (the study), auto (bf16 autocast where the hardware computes it natively), "
+            "bfloat16, or float16 (autocast with a GradScaler, for GPUs without bf16)",
+            choices=["auto", "float32", "bfloat16", "float16"],
         ),
     )
     compile: bool = field(default=False, metadata=doc("torch.compile the model", resume="free"))
+    fused_adamw: str = field(
+        default="auto",
+        metadata=doc(
+            "fused AdamW: auto (where torch has it), on, off", choices=SWITCH, resume="free"
+        ),
+    )
+    pin_memory: str = field(
+        default="auto",
+        metadata=doc(
+            "pinned batches: auto (on CUDA), on (a GPU's torch), off", choices=SWITCH, resume="free"
+        ),
+    )
+    attention: str = field(
+        default="auto",
+        metadata=doc(
+            "training's attention and dropout: auto (cpu_kernels, model/kernels.py, on a CPU; "
+            "PyTorch's sdpa elsewhere), sdpa or cpu_kernels",
+            choices=["auto", "sdpa", "cpu_kernels"],
+            resume="free",
+        ),
+    )
+    backend: str = field(
+        default="auto",
+        metadata=doc(
+            "torchrun backend: auto (nccl for CUDA, else gloo), gloo or nccl",
+            choices=["auto", "gloo", "nccl"],
+            resume="free",
+        ),
+    )
     threads: int | None = field(
         default=None,
         metadata=doc(
@@ -285,6 +318,14 @@ class TrainConfig:
             "prepared folder (default: <dataset_root>/<tokenizer>-<vocab_size>, as prepare "
             "names it)",
             resume="free",
+        ),
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=doc(
+            "a checkpoint whose weights the run starts from (fine-tuning; gpt-study's own or one "
+            "gpt-study import wrote): the model options are its, the optimizer starts fresh, and "
+            "--data must be prepared with its tokenizer (prepare --tokenizer_from CHECKPOINT)"
         ),
     )
     save_root: str = field(

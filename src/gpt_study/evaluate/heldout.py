@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt_study.config import UNK_ID
+from gpt_study.config import EOT_ID, SOT_ID, UNK_ID
 from gpt_study.data.dataset import eval_windows, iter_eval_batches
 from gpt_study.model.loss import lm_loss_terms
 from gpt_study.runtime.device import autocast, to_device
@@ -102,23 +102,45 @@ def score_tokens(
     *args: Any,
     label_smoothing: float = 0.0,
     sp_weight: float = 1.0,
+    unk_id: int | None = UNK_ID,
+    special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
     **walk: Any,
 ) -> Sums:
     """The sums of :class:`Sums` over :func:`scored_windows` (``args`` and ``walk`` are its
     batch size, row cap, dtype, shard and progress), with the study's loss at
-    ``label_smoothing`` and ``sp_weight`` beside the plain NLL."""
+    ``label_smoothing`` and ``sp_weight`` beside the plain NLL. ``unk_id`` is the id counted as
+    ``<unk>`` (None: a vocabulary without one, as a transformers model's may be) and
+    ``special_ids`` those ``sp_weight`` weighs: the tokenizer's (``Tokenizer.unk_id``,
+    ``Tokenizer.special_ids``)."""
     sums = Sums()
     for logits, y in scored_windows(model, tokens, window, *args, **walk):
-        _add(sums, logits, y, label_smoothing, sp_weight)
+        _add(sums, logits, y, label_smoothing, sp_weight, unk_id, special_ids)
     return sums
 
 
-def _add(sums: Sums, logits: torch.Tensor, y: torch.Tensor, smoothing: float, sp: float) -> None:
+def roles(tokenizer: Any) -> dict[str, Any]:
+    """:func:`score_tokens`'s ``unk_id`` and ``special_ids`` as ``tokenizer`` says them (0 and
+    (1, 2) for gpt-study's own kinds, a published model's own ids for ``hf``)."""
+    return {"unk_id": tokenizer.unk_id, "special_ids": tokenizer.special_ids}
+
+
+def _add(
+    sums: Sums,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    smoothing: float,
+    sp: float,
+    unk_id: int | None = UNK_ID,
+    special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
+) -> None:
     flat = logits.flatten(0, 1)  # (B*T, V)
     targets = y.flatten()  # (B*T,)
     nll = F.cross_entropy(flat, targets, reduction="none")  # (B*T,)
-    known = targets != UNK_ID
-    loss, weight = lm_loss_terms(flat, targets, smoothing, sp)
+    known = targets != (-1 if unk_id is None else unk_id)
+    if smoothing == 0.0 and sp == 1.0:  # the study's loss is the plain NLL: no second pass
+        loss, weight = nll.sum(), torch.tensor(float(targets.numel()))
+    else:
+        loss, weight = lm_loss_terms(flat, targets, smoothing, sp, special_ids)
     sums.targets += targets.numel()
     sums.nll += nll.sum().item()
     sums.nll_known += nll[known].sum().item()

@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 
-from gpt_study.config import SampleConfig
+from gpt_study.config import EOT_ID, SampleConfig
 from gpt_study.data.dataset import open_prepared
+from gpt_study.data.text import split_bytes
 from gpt_study.data.tokenizer import load_tokenizer
-from gpt_study.evaluate.heldout import rates, score_tokens, scored_bytes
+from gpt_study.evaluate.heldout import rates, roles, score_tokens, scored_bytes
 from gpt_study.evaluate.stories import (
     OPENINGS,
     STORY_PROTOCOL,
+    Stories,
     StoryProtocol,
     share_text,
     story_metrics,
@@ -49,8 +51,10 @@ def evaluate_tokens(
     batch_size: int = 16,
     max_rows: int = 0,
     progress: bool | None = False,
+    tokenizer: Any = None,
 ) -> dict[str, float]:
-    """Sums over a token stream (1-D array of ids): NLL in nats, correct guesses, ``<unk>`` targets.
+    """Sums over a token stream (1-D array of ids): NLL in nats, correct guesses, ``<unk>`` targets
+    (the id ``tokenizer`` says; default gpt-study's own kinds' 0).
 
     Returns ``targets``, ``nll`` (sum), ``correct``, ``unk`` and ``nll_known`` (the NLL of the
     targets that are not ``<unk>``), from the held-out scorer training validates with
@@ -59,7 +63,10 @@ def evaluate_tokens(
     windows evenly over the stream instead.
     """
     dtype = next(model.parameters()).dtype
-    sums = score_tokens(model, tokens, window, batch_size, max_rows, dtype=dtype, progress=progress)
+    ids = roles(tokenizer) if tokenizer is not None else {}
+    sums = score_tokens(
+        model, tokens, window, batch_size, max_rows, dtype=dtype, progress=progress, **ids
+    )
     return sums.as_dict()
 
 
@@ -93,33 +100,36 @@ def evaluate_split(
     """Metrics of ``model`` on a prepared split (see :func:`split_metrics`).
 
     With ``tokenizer`` given, the prepared folder must use the same vocabulary. Bits per byte
-    uses the split's byte count from ``meta.json``; when only some windows are read
-    (``max_rows``) it is scaled to the targets read, and marked as estimated.
+    divides by the bytes of the split's text (:func:`gpt_study.data.text.split_bytes`, recorded
+    by ``prepare``); see :func:`split_result`.
     """
     data = open_prepared(data_folder)
     if tokenizer is not None:
         _check_same_vocabulary(tokenizer, data.tokenizer_path, data.folder)
     tokens = data.tokens(split)
-    sums = evaluate_tokens(model, tokens, window, batch_size, max_rows, progress)
-    meta = data.split_meta(split)
-    total_targets = max(len(tokens) - 1, 1)
-    n_bytes = scored_bytes(meta.get("bytes", 0), sums["targets"], total_targets)
-    out = split_metrics(sums, n_bytes)
+    vocab = tokenizer if tokenizer is not None else load_tokenizer(data.tokenizer_path)
+    sums = evaluate_tokens(model, tokens, window, batch_size, max_rows, progress, vocab)
+    return split_result(sums, split_bytes(data, split), len(tokens), split, data.folder)
+
+
+def split_result(
+    sums: dict[str, float], n_bytes: float, n_tokens: int, split: str, folder: str | Path
+) -> dict[str, Any]:
+    """The ``valid`` part of an evaluate report, from the sums over a stream of ``n_tokens``
+    that encodes the ``n_bytes`` bytes of a split's text; when only some windows were read
+    (``max_rows``) the bytes are scaled to the targets read, and marked as estimated. Both
+    ``evaluate`` paths (a checkpoint, a transformers model) report through it."""
+    total_targets = max(n_tokens - 1, 1)
+    out = split_metrics(sums, scored_bytes(n_bytes, sums["targets"], total_targets))
     out["split"] = split
-    out["data"] = str(data.folder)
+    out["data"] = str(folder)
     out["bytes_estimated"] = sums["targets"] < total_targets
     return out
 
 
 def _check_same_vocabulary(tokenizer: Any, path: Path, folder: Path) -> None:
     other = load_tokenizer(path)
-
-    def key(t: Any) -> Any:
-        d = dict(t.to_dict()) if hasattr(t, "to_dict") else {"size": t.vocab_size}
-        d.pop("counts", None)
-        return d
-
-    if key(other) != key(tokenizer):
+    if other.vocabulary_key() != tokenizer.vocabulary_key():
         raise UserError(
             f"{folder} was prepared with a different vocabulary ({other.kind}, "
             f"{other.vocab_size} tokens) than the checkpoint ({tokenizer.kind}, "
@@ -140,7 +150,15 @@ def evaluate_stories(
     """The protocol's stories, decoded with ``sample``'s settings, measured by
     :func:`~gpt_study.evaluate.stories.story_metrics`; the protocol sets the cap and the seeds."""
     written = write_stories(model, tokenizer, sample, window, protocol)
-    out: dict[str, Any] = story_metrics(written.new_ids, written.finished)
+    return stories_result(written, window, protocol, tokenizer.eot_id)
+
+
+def stories_result(
+    written: Stories, window: int, protocol: StoryProtocol, eot_id: int | None = EOT_ID
+) -> dict[str, Any]:
+    """The ``stories`` part of an evaluate report: :func:`story_metrics` of the stories, their
+    settings and the first few; both ``evaluate`` paths report through it."""
+    out: dict[str, Any] = story_metrics(written.new_ids, written.finished, eot_id)
     out["settings"] = {**asdict(written.sample), "context_size": window}
     out["settings_text"] = written.settings_text
     out["protocol"] = protocol.as_dict()
@@ -178,7 +196,7 @@ def format_table(result: dict[str, Any]) -> str:
         rows += [
             ("stories", f"{s['stories']} from {openings} openings"),
             ("settings", s["settings_text"]),
-            ("ended with <eot>", share_text(s)),
+            (f"ended with {result.get('hf', {}).get('end') or '<eot>'}", share_text(s)),
             ("mean length (tokens)", f"{s['mean_length']:.1f}"),
             ("distinct-1 / distinct-2", f"{s['distinct_1']:.3f} / {s['distinct_2']:.3f}"),
             ("repeated 4-grams", f"{s['repeated_4gram']:.2%}"),

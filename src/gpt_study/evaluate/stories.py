@@ -146,10 +146,15 @@ def write_stories(
         texts += res.texts
         new_ids += res.new_ids
         finished += res.finished
+    return Stories(texts, new_ids, finished, sample, settings_line(sample, window, protocol))
+
+
+def settings_line(sample: SampleConfig, window: int, protocol: StoryProtocol) -> str:
+    """The decoding settings and whether they are the story protocol's: the line printed beside
+    the story metrics of a checkpoint and of a transformers model alike."""
     away = protocol.departures()
     note = f"not the story protocol: {', '.join(away)}" if away else "the story protocol"
-    text = f"{describe(sample, window)}; {note}"
-    return Stories(texts, new_ids, finished, sample, text)
+    return f"{describe(sample, window)}; {note}"
 
 
 def _quiet(_: str) -> None:
@@ -189,8 +194,11 @@ def share_text(metrics: dict[str, Any], key: str = "eot_share") -> str:
     return f"{p:.0%} ± {half * 100:.0f} (95% CI {lo * 100:.0f}-{hi:.0%})"
 
 
-def story_metrics(stories: Sequence[Sequence[int]], finished: Sequence[bool]) -> dict[str, Any]:
-    """Measurements of generated token ids (``<eot>`` excluded), one list per story.
+def story_metrics(
+    stories: Sequence[Sequence[int]], finished: Sequence[bool], eot_id: int | None = EOT_ID
+) -> dict[str, Any]:
+    """Measurements of generated token ids (``eot_id`` excluded), one list per story; a
+    transformers model's stories come cut at its own end token (``eot_id`` None: nothing to drop).
 
     * ``eot_share``: stories that ended with ``<eot>`` before the token limit;
       ``eot_share_se`` its standard error and ``eot_share_ci`` its Wilson 95% interval.
@@ -199,7 +207,7 @@ def story_metrics(stories: Sequence[Sequence[int]], finished: Sequence[bool]) ->
     * ``repeated_4gram``: 4-grams that already occurred earlier in the same story, over all
       4-grams: 0 for a story that never repeats itself, near 1 for a loop.
     """
-    bodies = [[t for t in s if t != EOT_ID] for s in stories]
+    bodies = [[t for t in s if t != eot_id] for s in stories]
     n = len(bodies)
     share = sum(finished) / max(n, 1)
     out: dict[str, Any] = {

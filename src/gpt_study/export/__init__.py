@@ -6,16 +6,24 @@
 and checks, before anything replaces ``DIR``, that transformers computes the same logits (max abs
 difference under 1e-4 in fp32) and the same greedy tokens as gpt-study.
 
+``gpt-study import --hf NAME_OR_FOLDER --out CHECKPOINT`` is the way back
+(:func:`~gpt_study.export.imports.import_hf`): a transformers GPT-2 or Llama becomes a checkpoint,
+through the same tables, checked the same way before it is written.
+
 The modules, in import order:
 
-- :mod:`.hf`: the layouts (one table per transformers architecture: which models it fits, its
-  ``config.json``, the name of every weight) and ``generation_config.json``.
+- :mod:`.layouts`: the layouts (one table per transformers architecture: the options it implies,
+  its ``config.json`` entries, the name of every weight), read both ways.
+- :mod:`.hf`: the export direction (which layout a model fits, ``config.json``, the weights) and
+  ``generation_config.json``.
 - :mod:`.tokenizer`: the tokenizer as a ``tokenizers`` JSON (``bpe`` exact; ``word`` the nearest
   pipeline, with the share of stories it tokenizes exactly as spaCy does).
 - :mod:`.verify`: the checks with transformers (an optional extra, imported only there) and the
   held-out stories the word pipeline is measured on.
 - :mod:`.readme`, :mod:`.folder`: the folder's README and :func:`export_hf`, which builds, checks
   and publishes the folder.
+- :mod:`.imports`: :func:`~gpt_study.export.imports.import_hf` (imported only by its command:
+  it needs transformers).
 
 ``modeling_gpt_study.py`` is not imported here: it is the model class copied into folders whose
 output layer has a bias (see :mod:`.hf`).

@@ -84,8 +84,8 @@ def _write_files(tmp: Path, ckpt: Checkpoint, layout: Layout, remote: bool, hf_t
     model, cfg = ckpt.model, ckpt.config
     save_file(hf_weights(model, layout, remote), str(tmp / "model.safetensors"), {"format": "pt"})
     os.chmod(tmp / "model.safetensors", 0o666 & ~UMASK)  # safetensors writes it 0600
-    write_json_atomic(tmp / "config.json", hf_config(model, layout, remote))
-    write_json_atomic(tmp / "generation_config.json", generation_config(cfg.sample))
+    write_json_atomic(tmp / "config.json", hf_config(model, layout, remote, ckpt.tokenizer))
+    write_json_atomic(tmp / "generation_config.json", generation_config(cfg.sample, ckpt.tokenizer))
     hf_tok.save(str(tmp / "tokenizer.json"))
     write_json_atomic(
         tmp / "tokenizer_config.json", tokenizer_config(ckpt.tokenizer, cfg.model.max_len)

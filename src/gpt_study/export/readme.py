@@ -10,7 +10,12 @@ __all__ = ["readme"]
 
 
 def _tokenizer_text(result: Any) -> str:
-    if result.tokenizer == "bpe":
+    if result.tokenizer == "hf":
+        how = (
+            "the imported model's own `tokenizer.json` as it came (its normalizer, its ids), "
+            "`<sot>` and `<eot>` its own beginning and end tokens: exact."
+        )
+    elif result.tokenizer == "bpe":
         how = (
             "gpt-study's byte-level BPE as it is (same merges, `<unk>` `<sot>` `<eot>` at ids "
             "0, 1, 2): exact. A special's name typed in a text is plain text, as in gpt-study "
@@ -28,6 +33,8 @@ def _tokenizer_text(result: Any) -> str:
         share = (
             f"Its ids equal gpt-study's on **{result.exact_share:.2%}** of {result.exact_where}."
         )
+    if result.tokenizer == "hf":
+        return f"{how} {share} `tok(text).input_ids` is gpt-study's `encode(text, sot=True)`."
     return (
         f"{how} {share} Text is normalized as gpt-study cleans it (whitespace runs to one space"
         + (", lowercased" if result.lowercase else "")

@@ -32,7 +32,13 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 from tokenizers import Tokenizer as HFTokenizer
 
 from gpt_study.config import SOT_ID, SPECIALS
-from gpt_study.data.tokenizer import BPETokenizer, Tokenizer, WordTokenizer, spacy_tokenizer
+from gpt_study.data.tokenizer import (
+    BPETokenizer,
+    ImportedTokenizer,
+    Tokenizer,
+    WordTokenizer,
+    spacy_tokenizer,
+)
 from gpt_study.runtime.errors import UserError
 
 __all__ = ["exact_share", "hf_tokenizer", "tokenizer_config", "word_pre_tokenizer"]
@@ -189,7 +195,16 @@ def _word_decoder() -> Any:
 
 
 def hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
-    """The ``tokenizers`` object of a gpt-study tokenizer (``bpe`` exact, ``word`` nearest)."""
+    """The ``tokenizers`` object of a gpt-study tokenizer (``bpe`` and ``hf`` exact, ``word``
+    nearest)."""
+    if isinstance(tokenizer, ImportedTokenizer):
+        # an imported model's own, as it came (its normalizer, its ids), <sot> put first
+        tok = HFTokenizer.from_str(tokenizer.tok.to_str())
+        sot = tok.id_to_token(tokenizer.sot_id)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{sot} $A", special_tokens=[(sot, tokenizer.sot_id)]
+        )
+        return tok
     if isinstance(tokenizer, BPETokenizer):
         tok = HFTokenizer.from_str(tokenizer.tok.to_str())
     elif isinstance(tokenizer, WordTokenizer):
@@ -212,8 +227,13 @@ def hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
 
 def tokenizer_config(tokenizer: Tokenizer, max_len: int) -> dict[str, Any]:
     """``tokenizer_config.json``: the specials by role; for ``bpe``, a special's name typed in a
-    text is plain text, as in gpt-study (``split_special_tokens``)."""
+    text is plain text, as in gpt-study (``split_special_tokens``). An imported tokenizer's roles
+    are its own tokens."""
     unk, sot, eot = SPECIALS
+    if isinstance(tokenizer, ImportedTokenizer):
+        name = tokenizer.tok.id_to_token
+        sot, eot = name(tokenizer.sot_id), name(tokenizer.eot_id)
+        unk = None if tokenizer.unk_id is None else name(tokenizer.unk_id)
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": sot,
@@ -222,7 +242,7 @@ def tokenizer_config(tokenizer: Tokenizer, max_len: int) -> dict[str, Any]:
         "pad_token": eot,
         "model_max_length": max_len,
         "clean_up_tokenization_spaces": False,
-        "split_special_tokens": tokenizer.kind == "bpe",
+        "split_special_tokens": tokenizer.kind in ("bpe", "hf"),
     }
 
 

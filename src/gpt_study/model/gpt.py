@@ -29,7 +29,10 @@ from torch import nn
 from gpt_study.config.model import GPTConfig
 from gpt_study.model.kernels import Dropout, causal_attention, plain_attention
 
-__all__ = ["GPT", "GPTConfig", "KVCache"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "NORM_EPS"]
+
+NORM_EPS = 1e-5
+"""The eps of every norm of the model (LayerNorm, RMSNorm, the q/k norms): GPT-2's and Llama 2's."""
 
 
 class KVCache:
@@ -93,8 +96,8 @@ class KVCache:
 def make_norm(cfg: GPTConfig, dim: int) -> nn.Module:
     """LayerNorm (the study's, eps 1e-5) or RMSNorm (no mean, no bias: one reduction fewer)."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-5)
-    return nn.LayerNorm(dim, eps=1e-5, bias=cfg.norm_bias)
+        return nn.RMSNorm(dim, eps=NORM_EPS)
+    return nn.LayerNorm(dim, eps=NORM_EPS, bias=cfg.norm_bias)
 
 
 def rope_tables(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, ...]:
@@ -143,8 +146,8 @@ class CausalSelfAttention(nn.Module):
         # q, k and v in one matmul: the same parameters as three d_model x d_model projections.
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
         self.attention_drop = cfg.attention_drop
         self.residual_drop = Dropout(cfg.residual_drop)
         self.keep_weights = False
@@ -219,7 +222,9 @@ class MLP(nn.Module):
     gelu(w1(x))))``) and the block then drops the branch's output again, so there are two dropouts
     here: ``inner_drop`` before the second Linear and ``residual_drop`` after it. Neither has
     parameters, so checkpoints and the parameter count are unchanged. ``swiglu`` computes the
-    gate and the value in one matmul of width ``2 * d_ff``; ``relu2`` squares a ReLU.
+    gate and the value in one matmul of width ``2 * d_ff``; ``relu2`` squares a ReLU;
+    ``gelu_tanh`` is GELU's tanh approximation (GPT-2's ``gelu_new``, so published GPT-2 models
+    import exactly).
     """
 
     def __init__(self, cfg: GPTConfig) -> None:
@@ -238,6 +243,8 @@ class MLP(nn.Module):
             return F.silu(gate) * value
         if self.kind == "relu2":
             return F.relu(h).square()
+        if self.kind == "gelu_tanh":
+            return F.gelu(h, approximate="tanh")
         return F.gelu(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,9 @@ On every other device, and whenever dropout is off (evaluation, generation, ``--
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ __all__ = [
     "Dropout",
     "apply_keep",
     "causal_attention",
+    "cpu_path",
     "dropout",
     "keep_mask",
     "plain_attention",
@@ -50,10 +53,23 @@ def use_cpu_path(enabled: bool = True) -> None:
     """Switch this module's CPU dropout path on (the default) or off, for the whole process.
 
     Off, the model runs PyTorch's ``F.dropout`` and ``scaled_dot_product_attention`` everywhere:
-    what ``benchmarks/bench_train.py`` compares against, and a way to rule this module out.
+    what ``benchmarks/bench_train.py`` compares against, what training's ``--attention sdpa``
+    asks for on a CPU, and a way to rule this module out.
     """
     global _cpu_path
     _cpu_path = enabled
+
+
+@contextlib.contextmanager
+def cpu_path(enabled: bool) -> Iterator[None]:
+    """:func:`use_cpu_path` for the block, then the switch as it was: how a training run applies
+    its plan's ``--attention`` without changing the process for whoever called it."""
+    was = _cpu_path
+    use_cpu_path(enabled)
+    try:
+        yield
+    finally:
+        use_cpu_path(was)
 
 
 def uses_cpu_dropout(x: torch.Tensor, p: float) -> bool:

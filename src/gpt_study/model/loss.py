@@ -247,13 +247,25 @@ class LMLoss(torch.nn.Module):
     """
 
     def __init__(
-        self, model: torch.nn.Module, label_smoothing: float = 0.0, sp_weight: float = 1.0
+        self,
+        model: torch.nn.Module,
+        label_smoothing: float = 0.0,
+        sp_weight: float = 1.0,
+        special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
     ):
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
         self.sp_weight = sp_weight
+        self.special_ids = special_ids  # the tokenizer's (Tokenizer.special_ids)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = self.model.hidden(idx)  # (B, T, C)
-        return head_loss(self.model.head, hidden, targets, self.label_smoothing, self.sp_weight)
+        return head_loss(
+            self.model.head,
+            hidden,
+            targets,
+            self.label_smoothing,
+            self.sp_weight,
+            self.special_ids,
+        )

@@ -56,11 +56,12 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """Training's autocast dtype: ``auto`` picks bfloat16 where the device computes it natively."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
+    """Training's autocast dtype: ``auto`` picks bfloat16 where the device computes it natively
+    (float16, never picked by ``auto``, is for GPUs without bf16 and trains with a GradScaler)."""
+    if name in ("float32", "bfloat16", "float16"):
+        return getattr(torch, name)
+    if name != "auto":
+        raise UserError(f"unknown --dtype {name!r}: use auto, float32, bfloat16 or float16")
     kind = device.split(":")[0]
     if kind == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -82,16 +83,37 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for forward passes: matmuls in bf16, weights and optimizer in fp32."""
+    """Mixed precision for forward passes: matmuls in ``dtype`` (bf16 or fp16), weights and
+    optimizer in fp32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.split(":")[0], dtype=dtype)
 
 
-def to_device(a: np.ndarray, device: str) -> torch.Tensor:
-    """A numpy batch on ``device`` (pinned and non-blocking on CUDA)."""
+def resolve_pin_memory(setting: str, device: str) -> bool:
+    """Whether batches are pinned (page-locked) and copied non-blocking. ``auto``: on CUDA.
+    ``on`` needs pinned memory, which torch has only with a GPU (a CPU-only torch refuses)."""
+    if setting not in ("auto", "on", "off"):
+        raise UserError(f"unknown --pin_memory {setting!r}: use auto, on or off")
+    if setting == "auto":
+        return device.startswith("cuda")
+    if setting == "on":
+        try:
+            torch.empty(1).pin_memory()
+        except RuntimeError:
+            raise UserError(
+                "--pin_memory on, but this torch cannot pin memory without a GPU: use auto or off"
+            ) from None
+    return setting == "on"
+
+
+def to_device(a: np.ndarray, device: str, pin: bool | None = None) -> torch.Tensor:
+    """A numpy batch on ``device``, pinned and copied non-blocking when ``pin`` (None: as
+    :func:`resolve_pin_memory` decides for ``auto``, so on CUDA)."""
     t = torch.from_numpy(a)
-    if device.startswith("cuda"):
+    if pin is None:
+        pin = resolve_pin_memory("auto", device)
+    if pin:
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.plan import resolve_backend
 
 
 def env_world_size() -> int:
@@ -46,25 +47,25 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device: str) -> str:
+def init(device: str, backend: str = "auto") -> str:
     """Join the ``torchrun`` job if there is one; return the device this process should use.
 
-    nccl for CUDA (one GPU per local rank), gloo for CPU. A rank that dies makes the others fail
-    at their next collective (torchrun then stops the job), so ``timeout`` only bounds a stall.
+    One GPU per local rank on CUDA. ``backend`` as the run's plan resolved it (``auto``: nccl for
+    CUDA, gloo for CPU, by :func:`gpt_study.runtime.plan.resolve_backend`). A rank that dies
+    makes the others fail at their next collective (torchrun then stops the job), so
+    ``timeout`` only bounds a stall.
     """
     if env_world_size() <= 1 or is_distributed():
         return device
     if not dist.is_available():
         raise UserError("this torch build has no torch.distributed: run without torchrun")
+    backend = resolve_backend(backend, device)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError("--device cuda under torchrun, but no CUDA GPU is visible")
         device = f"cuda:{local_rank()}"
         torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device == "cpu":
-        backend = "gloo"
-    else:
+    elif device != "cpu":
         raise UserError(f"--device {device} cannot run under torchrun: use cuda or cpu")
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     return device

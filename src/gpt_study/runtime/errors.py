@@ -4,6 +4,20 @@ The CLI catches it and prints its message as a single line (no traceback) with a
 so every message should name the problem *and* the fix.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input or state that the user can correct; the message is shown as is."""
+
+
+def require(module: str, who: str, install: str) -> Any:
+    """The optional ``module``, imported, or a one-line error: ``who`` needs it, ``install``
+    gets it (the one rule for optional extras such as transformers)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{who} needs {module}: {install}") from None

@@ -12,6 +12,7 @@ from gpt_study.config import Config
 from gpt_study.data.dataset import PreparedData, RowSampler
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.device import ThreadTuner
+from gpt_study.runtime.plan import RuntimePlan
 from gpt_study.train.observe import Observer
 from gpt_study.train.optim import Optimizer
 from gpt_study.train.signals import StopSignals, exit_code
@@ -49,12 +50,20 @@ class Run:
     sampler: RowSampler
     data: PreparedData
     tokenizer: Any
-    device: str
-    dtype: torch.dtype
+    plan: RuntimePlan  # the device choices: device, autocast dtype, scaler, pinning, ...
     state: TrainState
+    scaler: torch.amp.GradScaler | None = None  # --dtype float16
     observer: Observer | None = None  # set once logging is up
     stop: StopSignals | None = None
     tuner: ThreadTuner = field(default_factory=lambda: ThreadTuner(()))  # --threads auto
+
+    @property
+    def device(self) -> str:
+        return self.plan.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.plan.dtype
 
     @property
     def tokens_per_step(self) -> int:

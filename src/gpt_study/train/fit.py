@@ -16,9 +16,12 @@ samples, plots and writes; the others wait at a barrier.
 ``fit`` changes nothing process-wide: the command layer applies threads and the speed settings
 (:func:`gpt_study.runtime.process_settings`). Under ``--threads auto`` on a CPU the loop
 switches torch between 1 thread and all cores, whichever trains faster each epoch
-(:class:`~gpt_study.runtime.ThreadTuner`), and ``fit`` puts the count back when it returns.
-Threads change the order of floating-point sums, so the bit-identical resume above needs the
-same pinned ``--threads N`` in both runs.
+(:class:`~gpt_study.runtime.ThreadTuner`), and ``fit`` puts the count back when it returns;
+likewise the attention path that the run's plan chose (``--attention``, the switch of
+:mod:`gpt_study.model.kernels`). Every device choice comes from one :class:`RuntimePlan`
+(:func:`runtime_plan`; docs/train.md, "Device choices"). Threads change the order of
+floating-point sums, so the bit-identical resume above needs the same pinned ``--threads N`` in
+both runs.
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gpt_study.checkpoint import load_checkpoint
 from gpt_study.config import Config, TrainConfig, save_config
+from gpt_study.config.train import RuntimeConfig
 from gpt_study.data.dataset import PreparedData, RowSampler, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
 from gpt_study.model.gpt import GPT
+from gpt_study.model.kernels import cpu_path
 from gpt_study.model.loss import LMLoss
 from gpt_study.runs import LAST, RUN_FILES, damaged_last, has_run
 from gpt_study.runtime import distributed
-from gpt_study.runtime.device import resolve_device, resolve_dtype, thread_tuning
+from gpt_study.runtime.device import resolve_device, thread_tuning
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import check_replaceable
 from gpt_study.runtime.lock import folder_lock
+from gpt_study.runtime.plan import RuntimePlan, grad_scaler, resolve_plan
 from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.loop import train_loop
 from gpt_study.train.observe import Observer, console_and_log
@@ -59,18 +65,35 @@ def fit(cfg: Config, resume: bool = False) -> TrainResult:
     Build ``cfg`` with :func:`gpt_study.train.setup.build_config`. Works alone or inside a
     ``torchrun`` process.
     """
-    device = distributed.init(resolve_device(cfg.train.runtime.device))
+    rt = cfg.train.runtime
+    # Under torchrun the plan is made for this rank's own GPU (cuda:N), once init has chosen it.
+    plan = runtime_plan(rt, distributed.init(resolve_device(rt.device), rt.backend))
     save_root = Path(cfg.train.save_root)
     try:
         data, tokenizer = _open_data(cfg, resume)
         with _run_lock(save_root):
-            r = _build(cfg, data, tokenizer, device, resume)
+            r = _build(cfg, data, tokenizer, plan, resume)
             if distributed.is_main():
                 r.save_root.mkdir(parents=True, exist_ok=True)
             distributed.barrier()
-            return _train(cfg, r, device, resume)
+            return _train(cfg, r, resume)
     finally:
         distributed.shutdown()
+
+
+def runtime_plan(rt: RuntimeConfig, device: str | None = None) -> RuntimePlan:
+    """The run's device choices on ``device`` (default: ``rt.device``), each resolved by
+    :mod:`gpt_study.runtime.plan` (docs/train.md, "Device choices"); a forced choice that cannot
+    run there is refused with one line."""
+    return resolve_plan(
+        device or rt.device,
+        rt.dtype,
+        fused_adamw=rt.fused_adamw,
+        pin_memory=rt.pin_memory,
+        attention=rt.attention,
+        compile=rt.compile,
+        backend=rt.backend,
+    )
 
 
 def _run_lock(save_root: Path) -> contextlib.AbstractContextManager[None]:
@@ -81,8 +104,9 @@ def _run_lock(save_root: Path) -> contextlib.AbstractContextManager[None]:
     return folder_lock(save_root, "--save_root", warn=log.warning)
 
 
-def _train(cfg: Config, r: Run, device: str, resume: bool) -> TrainResult:
-    """Console and log, signals, the observer and the thread tuning around the loop."""
+def _train(cfg: Config, r: Run, resume: bool) -> TrainResult:
+    """Console and log, signals, the observer, the thread tuning and the plan's attention path
+    (:func:`gpt_study.model.kernels.cpu_path`, put back on return) around the loop."""
     with (
         console_and_log(r.save_root if distributed.is_main() else None),
         StopSignals() as r.stop,
@@ -92,7 +116,10 @@ def _train(cfg: Config, r: Run, device: str, resume: bool) -> TrainResult:
         r.observer = Observer(cfg, r.state, resume)
         _log_start(r, resume)
         try:
-            with thread_tuning(cfg.train.runtime.threads, device, log.info) as r.tuner:
+            with (
+                thread_tuning(cfg.train.runtime.threads, r.device, log.info) as r.tuner,
+                cpu_path(r.plan.attention == "cpu_kernels"),
+            ):
                 return train_loop(r)
         finally:
             r.observer.close()
@@ -126,23 +153,27 @@ def _open_data(cfg: Config, resume: bool) -> tuple[PreparedData, Tokenizer]:
     return data, tokenizer
 
 
-def _build(cfg: Config, data: PreparedData, tokenizer: Tokenizer, device: str, resume: bool) -> Run:
-    """Model, optimizer, state (fresh or resumed) and data order."""
-    tc = cfg.train
-    dtype = resolve_dtype(tc.runtime.dtype, device)
+def _build(
+    cfg: Config, data: PreparedData, tokenizer: Tokenizer, plan: RuntimePlan, resume: bool
+) -> Run:
+    """Model, optimizer, loss scaler, state (fresh or resumed) and data order."""
+    tc, device = cfg.train, plan.device
     seed_everything(tc.seed)
     net = GPT(cfg.model).to(device)
     net.trained_window = tc.window  # the sample story and any library call read this window
     optimizer = make_optimizer(net, tc, device)
-    state = _resume(net, optimizer, tc, device) if resume else TrainState()
+    scaler = grad_scaler(plan)
+    state = _resume(net, optimizer, scaler, tc, device) if resume else TrainState()
+    if tc.init_from and not resume:  # fine-tuning: the checkpoint's weights, a fresh optimizer
+        net.load_state_dict(load_checkpoint(tc.init_from, device).model.state_dict())
     _check_same_data(state, data, resume)
     if not resume:
         # Dropout draws differ per rank (the weights above were drawn identically everywhere).
         torch.manual_seed(tc.seed + 1 + distributed.rank())
-    valid_model, loss_fn = _wrap(net, tc, device)
+    valid_model, loss_fn = _wrap(net, tc, plan, tokenizer.special_ids)
     sampler = _sampler(data, tc, state)
     return Run(
-        cfg, net, valid_model, loss_fn, optimizer, sampler, data, tokenizer, device, dtype, state
+        cfg, net, valid_model, loss_fn, optimizer, sampler, data, tokenizer, plan, state, scaler
     )
 
 
@@ -165,8 +196,15 @@ def _check_same_data(state: TrainState, data: PreparedData, resume: bool) -> Non
         )
 
 
-def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> TrainState:
-    """Load ``last`` into the model and optimizer; each process gets back its RNG state."""
+def _resume(
+    net: GPT,
+    optimizer: Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    tc: TrainConfig,
+    device: str,
+) -> TrainState:
+    """Load ``last`` into the model, optimizer and loss scaler (a float16 run's, when it has one);
+    each process gets back its RNG state."""
     try:
         ckpt = load_checkpoint(Path(tc.save_root) / LAST, device, optimizer=True)
         state = TrainState.from_dict(ckpt.state, ckpt.path / "state.json")
@@ -180,6 +218,8 @@ def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> Tra
             "start a new run (it was written without optimizer.pt)"
         )
     load_optimizer_state(optimizer, extra["optimizer"], tc)
+    if scaler is not None and "scaler" in extra:
+        scaler.load_state_dict(extra["scaler"])
     rank, world = distributed.rank(), distributed.world_size()
     if len(state.rng) == world:
         set_rng_state(state.rng[rank], device)
@@ -194,16 +234,19 @@ def _resume(net: GPT, optimizer: Optimizer, tc: TrainConfig, device: str) -> Tra
     return state
 
 
-def _wrap(net: GPT, tc: TrainConfig, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(the model validation runs, the (x, y) -> loss module training steps run).
+def _wrap(
+    net: GPT, tc: TrainConfig, plan: RuntimePlan, special_ids: tuple[int, ...]
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the model validation runs, the (x, y) -> loss module training steps run); ``sp_weight``
+    weighs the tokenizer's ``special_ids``.
 
     The model and the loss as one module, so DDP and torch.compile wrap both. LMLoss runs the
     output layer and the loss chunk by chunk without the (B, T, V) logits (loss.head_loss),
     because the output layer is most of a step (the speed-up: docs/train.md, "Measurements").
     """
-    compile_ = tc.runtime.compile
+    compile_, device = plan.compile, plan.device
     valid_model: torch.nn.Module = torch.compile(net) if compile_ else net
-    loss_fn: torch.nn.Module = LMLoss(net, tc.loss.label_smoothing, tc.loss.sp_weight)
+    loss_fn: torch.nn.Module = LMLoss(net, tc.loss.label_smoothing, tc.loss.sp_weight, special_ids)
     if compile_:
         loss_fn = torch.compile(loss_fn)
     if distributed.is_distributed():
@@ -247,6 +290,9 @@ def _log_start(r: Run, resume: bool) -> None:
         r.device,
         distributed.world_size(),
     )
+    log.info("device choices: %s", r.plan.describe())
+    if tc.init_from and not resume:
+        log.info("weights from %s (fine-tuning: the optimizer starts fresh)", tc.init_from)
     log.info(
         "data %s: %s train / %s valid tokens, vocabulary %d",
         r.data.folder,

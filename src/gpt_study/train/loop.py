@@ -77,7 +77,9 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
     """One optimizer step of ``grad_accum`` micro-steps; (mean loss, whether it was finite).
 
     Under DDP the gradients are averaged over ranks only in the last micro-step's backward
-    (``no_sync`` on the others), so accumulation costs no extra communication.
+    (``no_sync`` on the others), so accumulation costs no extra communication. Under
+    ``--dtype float16`` the run's GradScaler scales the loss and skips a step whose gradients
+    overflowed (a non-finite gradient norm is then no reason to stop).
     """
     tc = r.cfg.train
     lr = lr_at(step, tc)
@@ -87,18 +89,26 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
     loss_sum = torch.zeros((), device=r.device)
     for micro in range(tc.rows.grad_accum):
         x, y = r.sampler.batch(step, micro)
-        xb, yb = to_device(x, r.device), to_device(y, r.device)  # (B, T) each
+        pin = r.plan.pin_memory
+        xb, yb = to_device(x, r.device, pin), to_device(y, r.device, pin)  # (B, T) each
         last = micro == tc.rows.grad_accum - 1
         with contextlib.nullcontext() if last or not ddp else r.loss_fn.no_sync():
             with autocast(r.device, r.dtype):
                 loss = r.loss_fn(xb, yb)
-            (loss / tc.rows.grad_accum).backward()
+            scaled = loss / tc.rows.grad_accum
+            (r.scaler.scale(scaled) if r.scaler else scaled).backward()
         loss_sum += loss.detach()
     finite = True
+    if r.scaler:
+        r.scaler.unscale_(r.optimizer)  # type: ignore[arg-type]  # clip the true gradients
     if tc.optim.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(r.net.parameters(), tc.optim.grad_clip)
-        finite = math.isfinite(norm.item())
-    r.optimizer.step()
+        finite = math.isfinite(norm.item()) or r.scaler is not None
+    if r.scaler:
+        r.scaler.step(r.optimizer)  # type: ignore[arg-type]  # skipped if gradients overflowed
+        r.scaler.update()
+    else:
+        r.optimizer.step()
     r.optimizer.zero_grad(set_to_none=True)
     loss_val = loss_sum.item() / tc.rows.grad_accum
     return loss_val, finite and math.isfinite(loss_val)
@@ -107,7 +117,7 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
 def end_of_epoch(r: Run, step: int) -> bool:
     """Validate (all ranks), log, write the sample story (rank 0); True if this is the best."""
     tc, state = r.cfg.train, r.state
-    v = validate(r.valid_model, r.data, tc, r.dtype)
+    v = validate(r.valid_model, r.data, tc, r.dtype, r.tokenizer)
     # The study kept the checkpoint of lowest valid loss (smoothed, weighted): --best_by loss.
     now, best = (
         (v.loss, state.best_valid_loss)
@@ -188,6 +198,8 @@ def save(r: Run, is_best: bool) -> None:
             "global_rows": r.sampler.global_rows,
         }
         extra = {"optimizer": r.optimizer.state_dict()}
+        if r.scaler:
+            extra["scaler"] = r.scaler.state_dict()
         tok = r.data.tokenizer_path
         save_checkpoint(r.save_root / LAST, r.net, r.cfg, tok, st.to_dict(), extra)
         if is_best:

@@ -17,6 +17,7 @@ import torch
 
 from gpt_study.config import TrainConfig
 from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.plan import resolve_fused_adamw
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -135,18 +136,16 @@ def make_adamw(
 
     The study decays every parameter (``--decay_all``, the default); ``--no-decay_all`` leaves
     the second group undecayed (decaying a gain toward 0 only fights the normalisation). The two
-    groups exist either way, so a checkpoint resumes under either setting. Fused kernels where
-    available.
+    groups exist either way, so a checkpoint resumes under either setting. The fused kernel as
+    ``--fused_adamw`` resolves for ``device`` (:func:`gpt_study.runtime.plan.resolve_fused_adamw`:
+    ``auto``, wherever torch has one); unfused, torch's default (``foreach``) implementation.
     """
     params = [p for p in params if p.requires_grad]
     split = [[p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]]
     groups = [{"params": ps, "weight_decay": _decay(ps, cfg)} for ps in split]
     kw = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.lr_betas), eps=cfg.optim.eps)
-    if device.split(":")[0] in ("cuda", "cpu", "mps"):
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kw)
-        except (RuntimeError, TypeError):
-            pass
+    if resolve_fused_adamw(cfg.runtime.fused_adamw, device):
+        return torch.optim.AdamW(groups, fused=True, **kw)
     return torch.optim.AdamW(groups, **kw)
 
 

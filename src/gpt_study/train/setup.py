@@ -6,7 +6,9 @@ field names of GPTConfig and DataConfig) and returns one validated Config, which
 :func:`~gpt_study.train.fit.fit` trains. On ``resume`` the saved run's config is the base, and a
 change to a setting not marked ``resume="free"`` in its field is logged as a warning. The
 data section only names the default prepared folder and must agree with what ``prepare``
-recorded; the model's vocabulary size always comes from the folder's tokenizer.
+recorded; the model's vocabulary size always comes from the folder's tokenizer. With
+``init_from`` (fine-tuning) the model section is the checkpoint's (only its dropouts may change)
+and the folder must be prepared with the checkpoint's tokenizer.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gpt_study.checkpoint import CONFIG as CHECKPOINT_CONFIG
+from gpt_study.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
 from gpt_study.config import (
     Config,
     DataConfig,
@@ -36,6 +40,8 @@ log = logging.getLogger("gpt_study.train")
 
 # DataConfig fields that train accepts: the study's, to find the default prepared folder.
 DATA_FLAGS = ("dataset_root", "min_freq", "vocab_size", "tokenizer")
+# Model options a run that starts from a checkpoint may change: they hold no weights.
+FREE_ON_INIT = ("attention_drop", "residual_drop", "embedding_drop")
 
 
 def build_config(
@@ -61,13 +67,46 @@ def build_config(
     save_root = Path(train.get("save_root", TrainConfig().save_root))
     if resume:
         return _resumed_config(save_root, preset, train, model)
+    init = Path(train["init_from"]) if train.get("init_from") else None
+    if init is not None:
+        model = _model_of(init, model)
     prepared = open_prepared(data_folder(train.get("data"), data))
     _check_meta(prepared, data)
     tokenizer = load_tokenizer(prepared.tokenizer_path)
+    if init is not None:
+        _check_tokenizer_of(init, tokenizer, prepared.folder)
+        train["init_from"] = str(init.resolve())
     train["data"] = str(prepared.folder.resolve())  # a checkpoint works from any directory
     model["vocab_size"] = tokenizer.vocab_size
     recorded = dataclasses.asdict(_data_config(prepared, data, tokenizer))
     return preset_config(preset or "seed", train=train, model=model, data=recorded)
+
+
+def _model_of(path: Path, model_ov: dict[str, Any]) -> dict[str, Any]:
+    """The model options of the checkpoint at ``path``, with the overrides that change no
+    weight (:data:`FREE_ON_INIT`); any other that differs is refused in one line."""
+    if not (path / WEIGHTS).is_file():
+        load_checkpoint(path)  # its one line: no checkpoint there, or a run folder (pass best/)
+    options = dataclasses.asdict(load_config(path / CHECKPOINT_CONFIG).model)
+    for k, v in model_ov.items():
+        if k not in FREE_ON_INIT and options.get(k) != v:
+            raise UserError(
+                f"--{k} {v}, but the model options come from --init_from {path} ({k} "
+                f"{options.get(k)}): drop the flag (only {', '.join(FREE_ON_INIT)} may change)"
+            )
+    return {**options, **model_ov}
+
+
+def _check_tokenizer_of(path: Path, tokenizer: Tokenizer, folder: Path) -> None:
+    """The prepared folder must split text as the checkpoint's tokenizer does."""
+    own = load_tokenizer(path / TOKENIZER)
+    if own.vocabulary_key() != tokenizer.vocabulary_key():
+        raise UserError(
+            f"{folder} was prepared with another tokenizer ({tokenizer.kind}, "
+            f"{tokenizer.vocab_size} tokens) than --init_from {path} ({own.kind}, "
+            f"{own.vocab_size} tokens): prepare one with `gpt-study prepare --tokenizer_from "
+            f"{path} --data <corpus> --out <folder>` and pass it as --data"
+        )
 
 
 def _check_meta(data: PreparedData, data_ov: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from gpt_study.config import Config, TrainConfig
 from gpt_study.data.dataset import PreparedData
-from gpt_study.evaluate.heldout import Sums, rates, score_tokens, scored_bytes
+from gpt_study.evaluate.heldout import Sums, rates, roles, score_tokens, scored_bytes
 from gpt_study.generate import generate
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime import distributed
@@ -51,6 +51,7 @@ def validate(
     data: PreparedData,
     cfg: TrainConfig,
     dtype: torch.dtype = torch.float32,
+    tokenizer: Any = None,
 ) -> Validation:
     """Score the valid split (sharded over ranks under torchrun; every rank must call it).
 
@@ -68,6 +69,9 @@ def validate(
       count comes from ``meta.json`` (``splits.valid.bytes``, the prepared text); when only a
       share of the targets is scored, the bytes are taken in the same share. With the word
       tokenizer, ``<unk>`` hides the spelling of rare words, so bpb is a little optimistic there.
+
+    ``tokenizer`` (the run's) says which ids are ``<unk>`` and which ``sp_weight`` weighs
+    (default: gpt-study's own kinds' 0, 1 and 2).
     """
     tokens = data.tokens("valid")
     mine = score_tokens(
@@ -80,6 +84,7 @@ def validate(
         label_smoothing=cfg.loss.label_smoothing,
         sp_weight=cfg.loss.sp_weight,
         shard=(distributed.rank(), distributed.world_size()),
+        **(roles(tokenizer) if tokenizer is not None else {}),
     )
     s = Sums.from_list(distributed.all_reduce_sum(mine.as_list()))
     targets = len(tokens) - 1

@@ -18,7 +18,14 @@ from gpt_study import __version__
 from gpt_study.config import SPECIALS, DataConfig
 from gpt_study.data.folder import SPLITS
 from gpt_study.data.prepare.ids import Holdout, SplitWriter
-from gpt_study.data.prepare.passes import run_bpe, run_byte, run_word, stories_bar
+from gpt_study.data.prepare.passes import (
+    given_tokenizer,
+    run_bpe,
+    run_byte,
+    run_given,
+    run_word,
+    stories_bar,
+)
 from gpt_study.data.prepare.workers import Workers, start_workers
 from gpt_study.data.sources import (
     HUB_DATASET,
@@ -230,7 +237,7 @@ def _meta(
         "vocab_size": tok.vocab_size,
         "lowercase": tok.lowercase,
         "dtype": "uint16",
-        "specials": {s: i for i, s in enumerate(SPECIALS)},
+        "specials": dict(zip(SPECIALS, (tok.unk_id, tok.sot_id, tok.eot_id), strict=True)),
         "sources": inputs,
         "valid_from": valid_from,
         "dropped_short": dropped_short,
@@ -256,9 +263,11 @@ def _run_pass(
     ok = False
     workers: Workers | None = None
     try:
-        workers = start_workers(n_workers, cfg.tokenizer, bool(cfg.lowercase), cfg.min_chars)
+        kind = "given" if cfg.tokenizer_from else cfg.tokenizer
+        workers = start_workers(n_workers, kind, bool(cfg.lowercase), cfg.min_chars)
         with stories_bar(progress) as bar:
-            run = {"word": run_word, "bpe": run_bpe, "byte": run_byte}[cfg.tokenizer]
+            passes = {"word": run_word, "bpe": run_bpe, "byte": run_byte, "given": run_given}
+            run = passes[kind]
             tok, writers = run(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
         ok = True
     finally:
@@ -284,11 +293,20 @@ def prepare(cfg: DataConfig, progress: bool | None = None, log: Any = print) -> 
     ``cfg.force``; a folder holding anything else is never overwritten without ``--force``.
     """
     t0 = time.perf_counter()
+    if cfg.tokenizer_from:  # a checkpoint's tokenizer: its kind, size and lowercasing
+        cfg = given_tokenizer(cfg)[0]
+    elif cfg.tokenizer == "hf":
+        raise UserError(
+            "--tokenizer hf is a published model's own: pass --tokenizer_from CHECKPOINT (a "
+            "checkpoint gpt-study import wrote) instead"
+        )
     sources = resolve_sources(cfg.data)
     hub = {s: load_hub_split(str(s.hub_split)) for s in sources if s.path is None}
     out = cfg.output_dir()
     inputs = _describe_inputs(sources, hub)
     settings = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
+    if cfg.tokenizer_from:  # the tokenizer's contents, not its path
+        settings["tokenizer_from"] = sha256_file(Path(cfg.tokenizer_from) / "tokenizer.json")
     fingerprint = _fingerprint(inputs, settings)
     paths = [src.path for src in sources if src.path is not None]
     if _check_existing(cfg, out, fingerprint, log, paths):  # refusals before any write

@@ -1,17 +1,19 @@
 """The tokenization passes of ``prepare``: one streaming pass over every source, for ``word``
-(:func:`run_word`), ``bpe`` (:func:`run_bpe`) or ``byte`` (:func:`run_byte`), each returning the
-tokenizer and the written splits.
+(:func:`run_word`), ``bpe`` (:func:`run_bpe`), ``byte`` (:func:`run_byte`) or a checkpoint's own
+tokenizer (``--tokenizer_from``: :func:`run_given`), each returning the tokenizer and the written
+splits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gpt_study.config import SPECIALS, DataConfig
+from gpt_study.config import SPECIALS, UNK_ID, DataConfig
 from gpt_study.data.folder import SPLITS
 from gpt_study.data.prepare.ids import Holdout, Ids, SplitWriter
 from gpt_study.data.prepare.workers import Workers, batches
@@ -21,6 +23,7 @@ from gpt_study.data.tokenizer import (
     ByteTokenizer,
     Tokenizer,
     WordTokenizer,
+    load_tokenizer,
     train_bpe,
 )
 from gpt_study.runtime.errors import UserError
@@ -211,6 +214,58 @@ def run_byte(
     return ByteTokenizer(lowercase=bool(cfg.lowercase)), writers
 
 
+def given_tokenizer(cfg: DataConfig) -> tuple[DataConfig, Tokenizer]:
+    """``cfg`` with the kind, size and lowercasing of ``--tokenizer_from``'s tokenizer, and that
+    tokenizer: read from a checkpoint (or prepared) folder, nothing learned. A ``--vocab_size`` or
+    ``--lowercase`` that says otherwise is refused in one line."""
+    where = Path(str(cfg.tokenizer_from))
+    if not (where / "tokenizer.json").is_file():
+        raise UserError(
+            f"--tokenizer_from {where} holds no tokenizer.json: pass a checkpoint folder (such as "
+            "runs/x/best, or one gpt-study import wrote) or a prepared folder"
+        )
+    tok = load_tokenizer(where / "tokenizer.json")
+    for name, have in (("vocab_size", tok.vocab_size), ("lowercase", tok.lowercase)):
+        asked = getattr(cfg, name)
+        if asked is not None and asked != have:
+            raise UserError(
+                f"--{name} {asked}, but the tokenizer of {where} has {have}: drop --{name} "
+                "(--tokenizer_from sets it)"
+            )
+    kind = {"tokenizer": tok.kind, "vocab_size": tok.vocab_size, "lowercase": tok.lowercase}
+    return dataclasses.replace(cfg, **kind), tok
+
+
+def run_given(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    tmp: Path,
+    workers: Workers,
+    holdout: Holdout,
+    bar: Any,
+    per_source: list[dict[str, int]],
+) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    """:func:`run_byte` with ``--tokenizer_from``'s tokenizer: saved into the folder first, the
+    workers encode every batch with it; ``<unk>`` counted where that tokenizer puts it."""
+    tok = given_tokenizer(cfg)[1]
+    tok.save(tmp / "tokenizer.json")
+    writers = _direct_writers(tmp)
+    tasks = (
+        (tag, (batch, str(tmp / "tokenizer.json"))) for tag, batch in _tagged_batches(sources, hub)
+    )
+    for (split, i), res in workers.map(tasks):
+        per_source[i]["read"] += res["read"]
+        per_source[i]["short"] += res["short"]
+        mask = holdout.valid_mask(len(res["chars"])) if split == "train" else None
+        _write_encoded(writers, split, mask, res, tok.unk_id)
+        _progress(bar, res["read"], writers)
+    for w in writers.values():
+        w.close()
+    _check_nonempty(cfg, writers, holdout, sources, per_source)
+    return tok, writers
+
+
 def _direct_writers(tmp: Path) -> dict[str, SplitWriter]:
     """The final ``.bin`` files, written as ids arrive (no vocabulary to rank afterwards)."""
     writers = {s: SplitWriter(tmp / f"{s}.bin", np.uint16) for s in SPLITS}
@@ -225,17 +280,24 @@ def _write(
     ids: np.ndarray,
     chars: np.ndarray,
     nbytes: np.ndarray,
+    unk_id: int | None = UNK_ID,
 ) -> None:
-    writers[split].unk += int(np.count_nonzero(ids == 0))  # type: ignore[attr-defined]
+    unk = 0 if unk_id is None else int(np.count_nonzero(ids == unk_id))
+    writers[split].unk += unk  # type: ignore[attr-defined]
     writers[split].write(ids, chars, nbytes)
 
 
 def _write_encoded(
-    writers: dict[str, SplitWriter], split: str, mask: np.ndarray | None, res: dict[str, Any]
+    writers: dict[str, SplitWriter],
+    split: str,
+    mask: np.ndarray | None,
+    res: dict[str, Any],
+    unk_id: int | None = UNK_ID,
 ) -> None:
-    """Write a batch a worker encoded, its held-out stories (``mask``) to valid."""
+    """Write a batch a worker encoded, its held-out stories (``mask``) to valid; ``unk_id``: the
+    tokenizer's ``<unk>`` (None: it has none)."""
     for part in _route(split, mask, res["ids"], res["lengths"], res["chars"], res["bytes"]):
-        _write(writers, *part)
+        _write(writers, *part, unk_id)
 
 
 def _progress(bar: Any, read: int, writers: dict[str, SplitWriter]) -> None:

@@ -72,10 +72,11 @@ def work(texts: list[str], bpe_path: str | None = None) -> dict[str, Any]:
 
     ``bpe`` batches that arrive before the BPE is trained (``bpe_path`` None) come back as
     cleaned text for the main process to keep until it is; ``byte`` has nothing to train, so
-    its batches always come back encoded.
+    its batches always come back encoded; ``given`` (``--tokenizer_from``) encodes with the
+    tokenizer saved at ``bpe_path`` from the first batch.
     """
     lowercase, min_chars, kind = _W["lowercase"], _W["min_chars"], _W["kind"]
-    whole = kind in ("bpe", "byte")  # both encode whole cleaned texts, not spaCy's pieces
+    whole = kind != "word"  # bpe, byte, given: whole cleaned texts, not spaCy's pieces
     # clean_text, cut open: its words are also the word tokenizer's chunks, so no story is
     # joined and split again (tests compare with clean_text on every story).
     chunks = [_START]  # word: all chunks of the batch, every story between _START and _END

@@ -1,8 +1,9 @@
-"""Tokenizers: one interface, three kinds (``word``: the study's spaCy vocabulary; ``bpe``;
-``byte``).
+"""Tokenizers: one interface, four kinds (``word``: the study's spaCy vocabulary; ``bpe``;
+``byte``; ``hf``: a published model's own, brought in by ``gpt-study import``).
 
 Both are saved as one JSON file and read back by :func:`load_tokenizer`.
-Ids 0, 1, 2 are always ``<unk>``, ``<sot>``, ``<eot>``.
+Ids 0, 1, 2 are ``<unk>``, ``<sot>``, ``<eot>`` in gpt-study's own kinds; an ``hf`` tokenizer says
+which of its ids play those roles (:mod:`.base`, :mod:`.imported`).
 
 ``word`` splits text with spaCy's rule-based English tokenizer (``spacy.blank("en")``, no model
 download), as the study did, and maps each piece to its id in a frequency-ranked vocabulary.
@@ -25,6 +26,8 @@ The modules, in import order (each imports only those before it):
   :func:`detokenize`, which turns its pieces back into readable text.
 - :mod:`.bpe`: the ``bpe`` kind (:class:`BPETokenizer`, :func:`train_bpe`).
 - :mod:`.byte`: the ``byte`` kind (:class:`ByteTokenizer`).
+- :mod:`.imported`: the ``hf`` kind (:class:`ImportedTokenizer`): a published model's
+  ``tokenizer.json`` and the ids that play the special roles.
 - :mod:`.load`: reading a saved tokenizer of any kind back (:func:`load_tokenizer`).
 
 ``from gpt_study.data.tokenizer import X`` works for every public name.
@@ -34,6 +37,7 @@ from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.bpe import BPETokenizer, train_bpe
 from gpt_study.data.tokenizer.byte import BYTE_VOCAB, ByteTokenizer
 from gpt_study.data.tokenizer.chunks import ChunkSplitter, ChunkTable, spacy_tokenizer, split_chunks
+from gpt_study.data.tokenizer.imported import ImportedTokenizer
 from gpt_study.data.tokenizer.load import load_tokenizer, tokenizer_from_dict
 from gpt_study.data.tokenizer.word import WordTokenizer, build_word_vocab, detokenize
 
@@ -44,6 +48,7 @@ __all__ = [
     "ByteTokenizer",
     "ChunkSplitter",
     "ChunkTable",
+    "ImportedTokenizer",
     "Tokenizer",
     "WordTokenizer",
     "build_word_vocab",

@@ -1,6 +1,11 @@
 """The tokenizer interface: what every stage after ``prepare`` may rely on, whatever the kind.
 
-Ids 0, 1, 2 are always ``<unk>``, ``<sot>``, ``<eot>``; :data:`FORMAT_VERSION` is the version of
+Which ids play ``<unk>``, ``<sot>`` and ``<eot>`` is the tokenizer's to say (:attr:`Tokenizer.unk_id`,
+:attr:`~Tokenizer.sot_id`, :attr:`~Tokenizer.eot_id`, :attr:`~Tokenizer.special_ids`): 0, 1, 2 for
+gpt-study's own kinds, a published model's own ids for ``hf`` (GPT-2's ``<|endoftext|>`` plays both
+``<sot>`` and ``<eot>``, and it has no ``<unk>``). Every stage that needs one of them (prepare's
+story boundaries, the loss's ``sp_weight``, the scorer's ``<unk>`` count, generation's stop, the
+story metrics) reads it from here, not from the constants. :data:`FORMAT_VERSION` is the version of
 the JSON a tokenizer saves itself as (:mod:`gpt_study.data.tokenizer.load` reads it back).
 """
 
@@ -9,6 +14,9 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
 
 from gpt_study.config import EOT_ID, SOT_ID, UNK_ID
 
@@ -21,11 +29,34 @@ class Tokenizer(ABC):
     ``encode`` takes text that already went through :func:`gpt_study.data.clean.clean_text`.
     """
 
-    kind: str  # "word", "bpe" or "byte"
+    kind: str  # "word", "bpe", "byte" or "hf"
     lowercase: bool  # whether prepare lowercased the corpus (prompts must be cleaned the same way)
-    unk_id: int = UNK_ID
+    unk_id: int | None = UNK_ID  # None: a vocabulary without an unknown token
     sot_id: int = SOT_ID
     eot_id: int = EOT_ID
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """The ids the study's ``sp_weight`` weighs: ``<sot>`` and ``<eot>`` (one id where a
+        single token plays both)."""
+        return tuple(sorted({self.sot_id, self.eot_id}))
+
+    def encode_words(self, stories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Cleaned texts given as their space-separated words, each encoded as
+        ``<sot> ... <eot>``, concatenated (uint16), and each story's length: what ``prepare``
+        writes. Kinds with a faster way (``bpe``, ``byte``, ``hf``) override it."""
+        rows = [self.encode(" ".join(words), sot=True, eot=True) for words in stories]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter((i for r in rows for i in r), dtype=np.uint16, count=int(lengths.sum()))
+        return flat, lengths
+
+    def vocabulary_key(self) -> Any:
+        """What two tokenizers share when they split text into the same ids (counts aside):
+        a folder prepared with one feeds a model trained with the other."""
+        d = dict(self.to_dict()) if hasattr(self, "to_dict") else {"size": self.vocab_size}
+        d.pop("counts", None)
+        d.pop("source", None)
+        return d
 
     @property
     @abstractmethod

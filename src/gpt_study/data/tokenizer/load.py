@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
 from gpt_study.data.tokenizer.bpe import BPETokenizer
 from gpt_study.data.tokenizer.byte import ByteTokenizer
+from gpt_study.data.tokenizer.imported import ImportedTokenizer
 from gpt_study.data.tokenizer.word import WordTokenizer
 from gpt_study.runtime.errors import UserError
 
@@ -33,6 +34,8 @@ def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenize
         return BPETokenizer(tok, lowercase=bool(d.get("lowercase", False)))
     if kind == "byte":
         return ByteTokenizer(lowercase=bool(d.get("lowercase", False)))
+    if kind == ImportedTokenizer.kind:
+        return ImportedTokenizer.from_dict(d)
     raise UserError(
         f"{where} has unknown tokenizer kind {kind!r}: rebuild it with gpt-study prepare"
     )

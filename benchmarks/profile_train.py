@@ -1,0 +1,124 @@
+"""Where a training step's time goes: torch.profiler over the step ``gpt-study train`` runs.
+
+    python benchmarks/profile_train.py --preset cpu            # the cpu preset, bpe 4,096
+    python benchmarks/profile_train.py --preset seed --steps 3 # the study's model
+    python benchmarks/profile_train.py --preset cpu --threads 1 --markdown
+
+It builds the preset's model, loss module (``LMLoss``) and optimizer (``make_optimizer``) with the
+library's own functions, runs warm-up steps, then profiles ``--steps`` steps on the CPU and prints
+the operators by their own (self) time, each with its share of the step, and the step split into
+forward, backward and optimizer. The rows are the same ops whatever the machine; the times are
+this machine's, so compare shares, and name the CPU (printed first) beside any figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from gpt_study.config.presets import preset_config
+from gpt_study.model.gpt import GPT, flops_per_token
+from gpt_study.model.loss import LMLoss
+from gpt_study.runtime.device import autocast, process_settings, resolve_dtype
+from gpt_study.train.optim import make_optimizer
+
+VOCAB = {"seed": 30000, "tiny": 5229, "cpu": 4096}  # what each preset is prepared with
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def build(preset: str, dtype_name: str):
+    cfg = preset_config(preset, model={"vocab_size": VOCAB[preset]})
+    torch.manual_seed(0)
+    net = GPT(cfg.model)
+    loss_fn = LMLoss(net, cfg.train.loss.label_smoothing, cfg.train.loss.sp_weight)
+    opt = make_optimizer(net, cfg.train, "cpu")
+    dtype = resolve_dtype(dtype_name, "cpu")
+    B, T = cfg.train.rows.batch_size, cfg.train.window
+    x = torch.randint(0, VOCAB[preset], (B, T))
+    y = torch.randint(0, VOCAB[preset], (B, T))
+    return cfg, net, loss_fn, opt, dtype, x, y
+
+
+def step(net, loss_fn, opt, dtype, x, y) -> None:
+    with record_function("## forward"), autocast("cpu", dtype):
+        loss = loss_fn(x, y)
+    with record_function("## backward"):
+        loss.backward()
+    with record_function("## optimizer"):
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="cpu", choices=sorted(VOCAB))
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto (as train)")
+    ap.add_argument("--top", type=int, default=15, help="operator rows to print")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    args = ap.parse_args()
+
+    threads = args.threads or None
+    cfg, net, loss_fn, opt, dtype, x, y = build(args.preset, args.dtype)
+    with process_settings(threads, "cpu", dtype, training=True):
+        for _ in range(args.warmup):
+            step(net, loss_fn, opt, dtype, x, y)
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                step(net, loss_fn, opt, dtype, x, y)
+        wall = (time.perf_counter() - t0) / args.steps
+    report(prof, cfg, args, dtype, wall, x.numel())
+    return 0
+
+
+def report(prof, cfg, args, dtype, wall: float, tokens: int) -> None:
+    events = prof.key_averages()
+    phases = {e.key: e.cpu_time_total for e in events if e.key.startswith("## ")}
+    ops = [e for e in events if not e.key.startswith("## ") and e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    flops = flops_per_token(cfg.model, cfg.train.window) * tokens
+    print(f"{_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"preset {args.preset}: batch {cfg.train.rows.batch_size} x "
+        f"{cfg.train.window}, {sum(p.numel() for p in GPT(cfg.model).parameters()):,} "
+        f"parameters, {dtype}; step {wall * 1e3:.0f} ms under the profiler, "
+        f"{tokens / wall:,.0f} tokens/s, {flops / wall / 1e12:.3f} TFLOP/s"
+    )
+    sep = " | " if args.markdown else "  "
+    line = (lambda *c: "| " + " | ".join(c) + " |") if args.markdown else (lambda *c: sep.join(c))
+    print(line("phase", "ms per step", "share"))
+    if args.markdown:
+        print("| --- | ---: | ---: |")
+    step_us = sum(phases.values()) or 1.0
+    for name in ("## forward", "## backward", "## optimizer"):
+        us = phases.get(name, 0.0) / args.steps
+        print(line(name[3:], f"{us / 1e3:.1f}", f"{phases.get(name, 0) / step_us:.0%}"))
+    by_op: dict[str, float] = defaultdict(float)
+    for e in ops:
+        by_op[e.key] += e.self_cpu_time_total
+    print(line("operator (self time)", "ms per step", "share"))
+    if args.markdown:
+        print("| --- | ---: | ---: |")
+    for key, us in sorted(by_op.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(line(f"`{key}`", f"{us / args.steps / 1e3:.1f}", f"{us / total:.1%}"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

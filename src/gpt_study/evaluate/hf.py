@@ -1,0 +1,346 @@
+"""Any transformers causal LM scored as gpt-study scores its own: ``gpt-study evaluate --hf``.
+
+A published model (``roneneldan/TinyStories-33M``) or a folder (``gpt-study export`` writes one)
+is read with its own tokenizer and measured on a prepared folder's split as text, with the same
+numbers as ``evaluate`` on a checkpoint (:mod:`gpt_study.evaluate.report`):
+
+* **The text** is :func:`gpt_study.data.text.split_stories`: the cleaned stories ``prepare``
+  encoded. Each story is encoded with the model's tokenizer, with no special tokens, and framed
+  by the model's markers (:func:`markers`): its end-of-sequence token after each story, and its
+  beginning-of-sequence token before each when it has one of its own; a tokenizer whose bos is
+  its eos (GPT-2's ``<|endoftext|>``) gets one eos at the very start instead, so every story is
+  read after a marker, as gpt-study's are after ``<sot>``. For a gpt-study export (bos ``<sot>``,
+  eos ``<eot>``) that is exactly the stream of the prepared folder.
+* **The walk** is :func:`gpt_study.evaluate.heldout.scored_windows` over that stream: windows of
+  the model's positions (at most 4,096; a gpt-study export's trained window; ``--window`` for
+  fewer) overlapping by one, so a story longer than the window is scored in pieces exactly as
+  gpt-study's own are.
+* **Bits per byte** divides the NLL of every target (markers included) by the split's bytes
+  (:func:`gpt_study.data.text.split_bytes`), the number ``evaluate`` divides by; NLL per token
+  is per the model's own token.
+* **Stories** are the story protocol's openings and seeds (:mod:`gpt_study.evaluate.stories`),
+  each prompt the start marker and the opening, written by transformers' ``generate`` with the
+  sampling settings given; a story ends at the model's end-of-sequence token.
+
+transformers is imported inside these functions only (an optional extra).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpt_study.config import SampleConfig
+from gpt_study.data.dataset import open_prepared
+from gpt_study.data.text import split_bytes, split_stories
+from gpt_study.evaluate.heldout import score_tokens
+from gpt_study.evaluate.report import split_result, stories_result
+from gpt_study.evaluate.stories import STORY_PROTOCOL, Stories, StoryProtocol, settings_line
+from gpt_study.generate.window import keep_size
+from gpt_study.runtime import device as runtime
+from gpt_study.runtime.errors import UserError, require
+
+INSTALL = 'pip install -e ".[export]"'
+DEFAULT_WINDOW_CAP = 4096
+"""A model with more positions is scored in windows of this many unless ``--window`` says
+otherwise: the logits of one window of 4,096 tokens over a 50k vocabulary already take 800 MB."""
+POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+EXPORT_RECORD = "gpt_study_export.json"
+"""What ``gpt-study export`` writes beside the weights (one of its ``FILES``, checked by a
+test): its ``context_size`` is the window the checkpoint was trained on, the default here too."""
+NOTE = (
+    "bits per byte divides by the UTF-8 bytes of the split's cleaned stories, as evaluate does; "
+    "NLL per token counts the model's own tokens, its end-of-story markers included"
+)
+
+
+def require_transformers() -> Any:
+    return require("transformers", "evaluate --hf", INSTALL)
+
+
+@dataclass
+class HFModel:
+    """A transformers model ready to score: eval mode, on its device, in its dtype."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    window: int  # input positions per scored window
+    start_id: int | None  # before each story (None: one eos opens the stream)
+    eos_id: int  # after each story; generation stops at it
+
+    def describe(self) -> dict[str, Any]:
+        """What the report says about the model."""
+        tok = self.tokenizer
+        return {
+            "name": self.name,
+            "class": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "vocab_size": len(tok),
+            "positions": model_positions(self.model),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "start": None if self.start_id is None else tok.convert_ids_to_tokens(self.start_id),
+            "end": tok.convert_ids_to_tokens(self.eos_id),
+        }
+
+
+def model_positions(model: Any) -> int | None:
+    """The positions a transformers model reads, from its config (None if it names none)."""
+    for key in POSITION_KEYS:
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def markers(tokenizer: Any) -> tuple[int | None, int]:
+    """(start, end) of a story for this tokenizer: its bos when it differs from its eos (else
+    None), and its eos, which it must have."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UserError(
+            "the model's tokenizer has no end-of-sequence token: a story's end cannot be marked"
+        )
+    bos = tokenizer.bos_token_id
+    return (bos if bos is not None and bos != eos else None), eos
+
+
+def load_hf(
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    window: int | None = None,
+    remote: bool = False,
+) -> HFModel:
+    """``from_pretrained(name)`` for the model and its tokenizer (a Hub name or a folder,
+    passed on unchanged), in eval mode on ``device`` in ``dtype`` (``auto``: as a checkpoint,
+    :func:`gpt_study.runtime.device.inference_dtype`); ``window`` checked against its positions."""
+    transformers = require_transformers()
+    dev = torch.device(runtime.resolve_device(device))
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    weights = {key: runtime.inference_dtype(dtype, dev)}
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # its bar per weight file: noise beside our one line of errors
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=remote)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            name, trust_remote_code=remote, **weights
+        )
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"cannot load {name} with transformers ({first}): pass a folder that "
+            "AutoModelForCausalLM loads, or a Hub name (needs internet the first time)"
+        ) from None
+    finally:
+        if shown:
+            bars.enable_progress_bar()
+    model.to(dev).eval()
+    start, eos = markers(tok)
+    return HFModel(name, model, tok, _window(model, window, trained_window(name)), start, eos)
+
+
+def trained_window(name: str) -> int | None:
+    """The window a gpt-study export was trained on (None for any other model)."""
+    try:
+        record = json.loads((Path(name) / EXPORT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    window = record.get("context_size") if isinstance(record, dict) else None
+    return window if isinstance(window, int) and window > 0 else None
+
+
+def _window(model: Any, window: int | None, trained: int | None = None) -> int:
+    """``window``, checked; by default a gpt-study export's trained window, else the model's
+    positions up to :data:`DEFAULT_WINDOW_CAP`."""
+    positions = model_positions(model)
+    if window is None:
+        if positions is None and trained is None:
+            raise UserError("the model's config names no positions: pass --window")
+        return min(trained or positions or 0, positions or DEFAULT_WINDOW_CAP, DEFAULT_WINDOW_CAP)
+    if window < 1:
+        raise UserError(f"--window {window} is out of range: use a window of at least 1 token")
+    if positions is not None and window > positions:
+        raise UserError(
+            f"--window {window} is longer than the model's {positions} positions: "
+            f"use --window {positions} or less"
+        )
+    return window
+
+
+# ------------------------------------------------------------------------ held-out text
+
+
+def story_stream(tokenizer: Any, texts: list[str], start: int | None, eos: int) -> np.ndarray:
+    """The stories as the model reads them: ``[start] ids [eos]`` each (see :func:`markers`);
+    without a start marker one eos opens the stream. int64, whatever the vocabulary size."""
+    parts: list[np.ndarray] = [] if start is not None else [np.array([eos], dtype=np.int64)]
+    head = [] if start is None else [start]
+    for i in range(0, len(texts), 1024):
+        encoded = tokenizer(texts[i : i + 1024], add_special_tokens=False, verbose=False)
+        parts += [np.array([*head, *ids, eos], dtype=np.int64) for ids in encoded["input_ids"]]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+class Logits(torch.nn.Module):
+    """A transformers causal LM as the scorer calls a model: ids (B, T) -> logits (B, T, V)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # the walk puts back this mode: the model's own
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones_like(idx)  # no padding: every window is whole
+        return self.model(input_ids=idx, attention_mask=mask, use_cache=False).logits
+
+
+LOGITS_BUDGET = 1 << 27
+"""Float32 logits per forward pass that :func:`default_batch_size` aims at (512 MB)."""
+
+
+def default_batch_size(hf: HFModel) -> int:
+    """Windows per forward pass whose float32 logits stay near :data:`LOGITS_BUDGET`: 1 for a
+    window of 2,048 over GPT-2's 50,257 tokens, 16 at most."""
+    vocab = hf.model.get_output_embeddings().weight.shape[0]
+    return max(1, min(16, LOGITS_BUDGET // (hf.window * vocab)))
+
+
+def evaluate_hf_split(
+    hf: HFModel,
+    data_folder: str | Path,
+    split: str = "valid",
+    batch_size: int = 4,
+    max_rows: int = 0,
+    progress: bool | None = False,
+) -> dict[str, Any]:
+    """The ``valid`` part of an evaluate report for ``hf`` on a prepared folder's split."""
+    data = open_prepared(data_folder)
+    stream = story_stream(hf.tokenizer, split_stories(data, split), hf.start_id, hf.eos_id)
+    unk = hf.tokenizer.unk_token_id
+    sums = score_tokens(
+        Logits(hf.model),
+        stream,
+        hf.window,
+        batch_size,
+        max_rows,
+        dtype=next(hf.model.parameters()).dtype,
+        progress=progress,
+        unk_id=None if unk in (hf.eos_id, hf.start_id) else unk,  # GPT-2's unk is its eos
+    )
+    out = split_result(sums.as_dict(), split_bytes(data, split), len(stream), split, data.folder)
+    out["note"] = NOTE
+    return out
+
+
+# ------------------------------------------------------------------------ stories
+
+
+@torch.no_grad()
+def write_hf_stories(
+    hf: HFModel, sample: SampleConfig, protocol: StoryProtocol = STORY_PROTOCOL
+) -> Stories:
+    """The protocol's stories from ``hf``: each prompt its start marker (or eos) and the
+    opening, batches seeded as the protocol says, ``generate`` with ``sample``'s settings; a
+    story is the new tokens before the first eos (:func:`generate_rows`)."""
+    tok, eos = hf.tokenizer, hf.eos_id
+    head = [eos if hf.start_id is None else hf.start_id]
+    prompts = {p: head + tok(p, add_special_tokens=False)["input_ids"] for p in protocol.openings}
+    sample = replace(sample, max_new_tokens=protocol.max_new_tokens, seed=protocol.seed)
+    texts, new_ids, finished = [], [], []
+    for seed, batch in protocol.batches():
+        torch.manual_seed(seed)
+        new, done = generate_rows(hf, sample, [prompts[p] for p in batch])
+        new_ids += new
+        finished += done
+        texts += [tok.decode(ids, skip_special_tokens=True) for ids in new]
+    text = settings_line(sample, hf.window, protocol)
+    return Stories(texts, new_ids, finished, sample, text)
+
+
+def generate_rows(
+    hf: HFModel, sample: SampleConfig, rows: list[list[int]]
+) -> tuple[list[list[int]], list[bool]]:
+    """Up to ``sample.max_new_tokens`` new tokens after each prompt of ``rows`` (before its eos),
+    and whether it ended with eos. transformers' ``generate`` writes them; a row that fills the
+    window goes on from its last :func:`~gpt_study.generate.window.keep_size` tokens, as
+    gpt-study's decoding slides, so a model of any window writes stories of the protocol's
+    length."""
+    config = _generation_config(sample, hf)
+    keep = keep_size(hf.window, None)
+    device = next(hf.model.parameters()).device
+    new: list[list[int]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    while True:
+        active = [i for i, d in enumerate(done) if not d and len(new[i]) < sample.max_new_tokens]
+        if not active:
+            return new, done
+        seqs = [rows[i] + new[i] for i in active]
+        ctx = [q if len(q) < hf.window else q[-keep:] for q in seqs]  # the whole row while it fits
+        width = max(map(len, ctx))
+        step = min(sample.max_new_tokens - len(new[active[0]]), hf.window - width)
+        pad = config.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx], device=device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx], device=device)
+        config.max_new_tokens = step
+        out = hf.model.generate(ids, attention_mask=mask, generation_config=config)
+        for i, row in zip(active, out[:, width:].tolist(), strict=True):
+            end = row.index(hf.eos_id) if hf.eos_id in row else len(row)
+            new[i] += row[:end]
+            done[i] = end < len(row)  # (a finished row is padded after its eos)
+
+
+def _generation_config(sample: SampleConfig, hf: HFModel) -> Any:
+    transformers = require_transformers()
+    pad = hf.tokenizer.pad_token_id
+    # every setting spelled out (0 and 1.0 mean off), so no default of the model's
+    # generation_config.json or of transformers' fills a gap
+    how: dict[str, Any] = {"do_sample": False, "repetition_penalty": 1.0}
+    if not sample.greedy:
+        how = {
+            "do_sample": True,
+            "temperature": sample.temperature,
+            "top_k": sample.top_k,
+            "top_p": sample.top_p,
+            "repetition_penalty": sample.repetition_penalty,
+        }
+    return transformers.GenerationConfig(
+        eos_token_id=hf.eos_id,
+        pad_token_id=hf.eos_id if pad is None else pad,
+        **how,
+    )
+
+
+def evaluate_hf_stories(
+    hf: HFModel, sample: SampleConfig, protocol: StoryProtocol = STORY_PROTOCOL
+) -> dict[str, Any]:
+    """The ``stories`` part of an evaluate report for ``hf`` (see :func:`write_hf_stories`)."""
+    written = write_hf_stories(hf, sample, protocol)
+    return stories_result(written, hf.window, protocol, eot_id=None)
+
+
+def evaluate_hf(
+    hf: HFModel,
+    data_folder: str | Path | None,
+    split: str = "valid",
+    batch_size: int | None = None,
+    max_rows: int = 0,
+    progress: bool | None = False,
+    sample: SampleConfig | None = None,
+    protocol: StoryProtocol | None = STORY_PROTOCOL,
+) -> dict[str, Any]:
+    """An evaluate report for ``hf``, in the shape of a checkpoint's (the caller adds who wrote
+    it): held-out text unless ``data_folder`` is None, stories unless ``protocol`` is None."""
+    result: dict[str, Any] = {"checkpoint": hf.name, "hf": hf.describe(), "context_size": hf.window}
+    if data_folder is not None:
+        batch = batch_size or default_batch_size(hf)
+        result["valid"] = evaluate_hf_split(hf, data_folder, split, batch, max_rows, progress)
+    if protocol is not None:
+        result["stories"] = evaluate_hf_stories(hf, sample or SampleConfig(), protocol)
+    return result
