@@ -142,6 +142,39 @@ def test_causal_attention_without_dropout_is_sdpa():
     torch.testing.assert_close(want, oracle_attention(q, k, v))
 
 
+def test_the_hand_written_attention_without_dropout_equals_the_formula():
+    """p = 0 through the hand-written kernel (what bf16 training on a CPU takes): the textbook
+    attention's values and gradients, in float64."""
+    q, k, v = qkv()
+    y = kernels._CausalAttentionDropout.apply(q, k, v, 0.0)
+    want = oracle_attention(q, k, v)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), g)
+    for got, expected in zip(grads, torch.autograd.grad(want, (q, k, v), g), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: kernels._CausalAttentionDropout.apply(q, k, v, 0.0),
+        tuple(t[:1, :2, :5, :3].detach().clone().requires_grad_() for t in (q, k, v)),
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype,grad,p,device_path,hand",
+    [
+        (torch.bfloat16, True, 0.0, True, True),  # bf16 training: the hand-written kernel
+        (torch.bfloat16, False, 0.0, True, False),  # bf16 inference: PyTorch's
+        (torch.float32, True, 0.0, True, False),  # fp32 training: PyTorch's
+        (torch.float32, True, 0.1, True, True),  # dropout: the hand-written kernel
+        (torch.bfloat16, True, 0.0, False, False),  # the path switched off (--attention sdpa)
+    ],
+)
+def test_which_attention_a_cpu_takes(dtype, grad, p, device_path, hand):
+    q = torch.randn(2, 2, 4, 8, dtype=dtype, requires_grad=grad)
+    with kernels.cpu_path(device_path):
+        assert kernels.uses_cpu_attention(q, p) is hand
+
+
 def test_causal_attention_bf16_autocast_close_to_float64():
     q, k, v = qkv(B=2, nh=4, T=32, hs=8, dtype=torch.float32)
     qb, kb, vb = (t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v))

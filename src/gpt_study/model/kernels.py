@@ -42,6 +42,7 @@ __all__ = [
     "keep_mask",
     "plain_attention",
     "use_cpu_path",
+    "uses_cpu_attention",
     "uses_cpu_dropout",
 ]
 
@@ -75,6 +76,16 @@ def cpu_path(enabled: bool) -> Iterator[None]:
 def uses_cpu_dropout(x: torch.Tensor, p: float) -> bool:
     """Whether ``x`` takes this module's dropout path: on, a CPU tensor, and 0 < p < 1."""
     return _cpu_path and x.device.type == "cpu" and 0.0 < p < 1.0
+
+
+def uses_cpu_attention(q: torch.Tensor, p: float) -> bool:
+    """Whether attention on ``q`` takes :class:`_CausalAttentionDropout`: with dropout on a CPU,
+    and without it when training in bf16 on a CPU, where PyTorch's fused CPU kernel is slowest
+    at the small head sizes this project trains (its backward, measured in docs/train.md)."""
+    if uses_cpu_dropout(q, p):
+        return True
+    training_bf16 = q.requires_grad and q.dtype == torch.bfloat16
+    return _cpu_path and q.device.type == "cpu" and p == 0.0 and training_bf16
 
 
 _INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -176,8 +187,11 @@ class _CausalAttentionDropout(torch.autograd.Function):
         scores.masked_fill_(_future(T, q.device), float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # (B*nh, T, T)
         del scores
-        keep = keep_mask(tuple(weights.shape), p, weights.dtype, q.device)  # (B*nh, T, T)
-        kept = apply_keep(weights.clone(), keep)  # (B*nh, T, T), not yet scaled
+        if p > 0:
+            keep = keep_mask(tuple(weights.shape), p, weights.dtype, q.device)  # (B*nh, T, T)
+            kept = apply_keep(weights.clone(), keep)  # (B*nh, T, T), not yet scaled
+        else:  # no dropout: the weights are what multiplies v
+            keep, kept = None, weights
         y = torch.bmm(kept, v3).mul_(keep_scale)  # (B*nh, T, hs)
         ctx.save_for_backward(q3, k3, v3, weights, kept, keep)
         ctx.scale, ctx.keep_scale = scale, keep_scale
@@ -191,7 +205,8 @@ class _CausalAttentionDropout(torch.autograd.Function):
         grad_v = torch.bmm(kept.transpose(1, 2), gy)  # (B*nh, T, hs)
         # Gradient of the weights after dropout, then through the mask: (B*nh, T, T).
         g = torch.bmm(gy, v3.transpose(1, 2))
-        apply_keep(g, keep)
+        if keep is not None:
+            apply_keep(g, keep)
         # Softmax backward, in place: w * (g - sum(w * g)) = w*g - w * sum(w*g).
         g.mul_(weights)
         g.addcmul_(weights, g.sum(dim=-1, keepdim=True), value=-1.0)
@@ -207,9 +222,10 @@ def causal_attention(
     """Causal self-attention of q, k, v (B, nh, T, hs), dropout on the weights: (B, nh, T, hs).
 
     ``F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)``, except on a
-    CPU with dropout on, where :class:`_CausalAttentionDropout` computes the same thing faster.
+    CPU where :func:`uses_cpu_attention` says :class:`_CausalAttentionDropout` computes the same
+    thing faster (with dropout, or training in bf16).
     """
-    if uses_cpu_dropout(q, dropout_p):
+    if uses_cpu_attention(q, dropout_p):
         return _CausalAttentionDropout.apply(q, k, v, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
