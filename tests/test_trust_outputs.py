@@ -200,3 +200,12 @@ def test_a_second_train_on_one_run_folder_is_refused(tiny_prepared, tmp_path, ca
     argv += ["--context_size", "16", "--batch_size", "4", "--max_steps", "1"]
     err = refused(argv, capsys, tmp_path)
     assert "is being written by" in err and f"pid {pid}" in err
+
+
+def test_a_second_export_into_one_folder_is_refused(run, tmp_path, capsys, held):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    pid = held(out)
+    err = refused(["export", "--checkpoint", str(run / "best"), "--out", str(out)], capsys, run)
+    assert "is being written by" in err and f"pid {pid}" in err
+    assert not out.exists()

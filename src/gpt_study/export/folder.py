@@ -119,6 +119,15 @@ def export_hf(
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
     check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])
+    with folder_lock(out, "--out", warn=log):  # one writer per export folder, before any work
+        check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])  # again, locked
+        result = _export(ckpt, out, log)
+    log(f"export: wrote {out} ({len(list(out.iterdir()))} files)")
+    return result
+
+
+def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportResult:
+    """Measure, write into a temp folder beside ``out``, check with transformers, publish."""
     layout = choose_layout(ckpt.config.model)
     remote = needs_remote_code(ckpt.model)
     hf_tok = hf_tokenizer(ckpt.tokenizer)
@@ -134,47 +143,39 @@ def export_hf(
             f"holds {REMOTE_FILE} ({REMOTE_CLASS}, GPT2LMHeadModel with a biased lm_head); "
             "load it (and, with transformers 5, its tokenizer) with trust_remote_code=True"
         )
-    share, where, texts = _measure(ckpt, hf_tok)
+    share, where, _ = _measure(ckpt, hf_tok)
     kind = ckpt.tokenizer.kind
     if share is None:
         say(f"{kind} tokenizer: share of stories tokenized exactly as gpt-study does {where}")
     else:
         say(f"{kind} tokenizer: ids equal to gpt-study's on {share:.2%} of {where}")
-
-    with folder_lock(out, "--out", warn=say):  # one writer per export folder
-        check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])  # again, locked
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in out.parent.iterdir():  # left by a killed export (only our own temp names)
-            if is_temp_of(stale, out):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = temp_name(out)
-        tmp.mkdir()
-        try:
-            _write_files(tmp, ckpt, layout, remote, hf_tok)
-            window = ckpt.window
-            checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, window, list(_SAMPLES))
-            if not checked.logits_diff < LOGITS_TOLERANCE:
-                raise UserError(
-                    f"transformers computes different logits from the exported folder (max abs "
-                    f"difference {checked.logits_diff:.2e}): nothing was written; please report it"
-                )
-            say(
-                f"checked with transformers {checked.version}: logits max abs difference "
-                f"{checked.logits_diff:.1e} (fp32, {checked.positions} positions); greedy "
-                f"{checked.greedy_tokens} tokens {'equal' if checked.greedy_equal else 'DIFFER'}"
+    for stale in out.parent.iterdir():  # left by a killed export (only our own temp names)
+        if is_temp_of(stale, out):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = temp_name(out)
+    tmp.mkdir()
+    try:
+        _write_files(tmp, ckpt, layout, remote, hf_tok)
+        checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, ckpt.window, list(_SAMPLES))
+        if not checked.logits_diff < LOGITS_TOLERANCE:
+            raise UserError(
+                f"transformers computes different logits from the exported folder (max abs "
+                f"difference {checked.logits_diff:.2e}): nothing was written; please report it"
             )
-            lower = ckpt.tokenizer.lowercase
-            result = ExportResult(
-                out, layout.name, remote, kind, lower, share, where, checked, lines
-            )
-            write_text_atomic(tmp / "README.md", readme(result, ckpt))
-            write_json_atomic(tmp / "gpt_study_export.json", _record(result, ckpt))
-            _publish(tmp, out)
-        except OSError as e:  # a full disk: the folder already at --out stays as it was
-            raise out_of_space(out, e) from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    say(f"wrote {out} ({len(list(out.iterdir()))} files)")
+        say(
+            f"checked with transformers {checked.version}: logits max abs difference "
+            f"{checked.logits_diff:.1e} (fp32, {checked.positions} positions); greedy "
+            f"{checked.greedy_tokens} tokens {'equal' if checked.greedy_equal else 'DIFFER'}"
+        )
+        lower = ckpt.tokenizer.lowercase
+        result = ExportResult(out, layout.name, remote, kind, lower, share, where, checked, lines)
+        write_text_atomic(tmp / "README.md", readme(result, ckpt))
+        write_json_atomic(tmp / "gpt_study_export.json", _record(result, ckpt))
+        _publish(tmp, out)
+    except OSError as e:  # a full disk: the folder already at --out stays as it was
+        raise out_of_space(out, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
