@@ -4,6 +4,17 @@
     python benchmarks/bench_train.py --ablation            # also each speed-up on its own
     python benchmarks/bench_train.py --threads 1           # a CPU shared with other work
     python benchmarks/bench_train.py --device cuda         # on a GPU: MFU against its peak
+    python benchmarks/bench_train.py --preset cpu          # the cpu preset's step, bpe 4,096
+    python benchmarks/bench_train.py --preset peer         # the peer's shape vs a nanoGPT step
+
+``--preset seed`` (the default) is what this docstring describes below. ``--preset cpu`` times
+the step ``gpt-study train --preset cpu`` runs (bf16 as ``--dtype auto`` resolves, the library's
+``LMLoss`` and ``make_optimizer``, gradient clipping at the preset's 1.0; built by
+``profile_train.py``'s ``build``/``step``) alone: tokens/s, FLOP/s and MFU. ``--preset peer``
+configures gpt-study to the peer's shape (learned positions, LayerNorm, GELU, tied embeddings, no
+biases, dropout 0.1; 4 x 128 wide, 4 heads, d_ff 512: 1,328,256 parameters at bpe 4,096, batch 32
+x 128) and times its step, the cpu preset's recipe, against ``reference.NanoStyleGPT`` of the same
+shape run as nanoGPT's train.py runs on a CPU: fp32, its unfused AdamW, clipping at 1.0.
 
 The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/v projections,
 attention as an explicit masked softmax, cross-entropy with label smoothing on the full fp32
@@ -45,7 +56,9 @@ from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
 from gpt_study.model.kernels import use_cpu_path  # noqa: E402
 from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
 from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
-from reference import ReferenceGPT, copy_from, reference_loss  # noqa: E402
+from profile_train import build  # noqa: E402
+from profile_train import step as train_step  # noqa: E402
+from reference import NanoStyleGPT, ReferenceGPT, copy_from, nano_adamw, reference_loss  # noqa: E402
 
 # The study's optimizer settings.
 ADAMW = dict(lr=2.5e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=5e-4)
@@ -111,9 +124,18 @@ def adamw(params, fused: bool):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    ap.add_argument("--batch_size", type=int, default=64)
-    ap.add_argument("--context_size", type=int, default=128)
-    ap.add_argument("--vocab_size", type=int, default=30000)
+    ap.add_argument(
+        "--preset",
+        choices=("seed", "cpu", "peer"),
+        default="seed",
+        help="seed: the study's step vs gpt-study's fast step (default); cpu: the cpu preset's "
+        "step; peer: gpt-study in the peer's shape vs a nanoGPT-style step",
+    )
+    ap.add_argument(
+        "--batch_size", type=int, default=0, help="rows per step (0: 64, or the preset's 32)"
+    )
+    ap.add_argument("--context_size", type=int, default=128, help="seed only (presets: 128)")
+    ap.add_argument("--vocab_size", type=int, default=30000, help="seed only (presets: 4,096)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -158,7 +180,7 @@ def main() -> int:
     torch.manual_seed(0)
     drop = dict(attention_drop=0.0, residual_drop=0.0, embedding_drop=0.0)
     cfg = GPTConfig(vocab_size=args.vocab_size, **(drop if args.no_dropout else {}))
-    B, T = args.batch_size, args.context_size
+    B, T = args.batch_size or 64, args.context_size
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
     y = torch.randint(0, cfg.vocab_size, (B, T), device=device)
 
@@ -184,6 +206,8 @@ def main() -> int:
     }
     print(f"machine: {name}; torch {torch.__version__}; {load()}")
     print(f"freed memory kept for reuse (glibc mallopt): {'yes' if reused else 'no'}")
+    if args.preset != "seed":
+        return preset_main(args, device, peak, n, reps)
 
     # Models: the same weights in both.
     gpt = GPT(cfg).to(device)
@@ -249,6 +273,89 @@ def main() -> int:
         steps[name] = step
         settings[name], dtype_of[name] = (True, True), "bf16"
 
+    times = time_steps(steps, settings, args, device)
+    report(times, REF, dtype_of, flops_per_token(cfg, T), B * T, peak, n, reps, args, device)
+    return 0
+
+
+# The peer's shape on gpt-study's model options (1,328,256 parameters at bpe 4,096, context 128).
+PEER = dict(
+    positions="learned",
+    norm="layernorm",
+    mlp="gelu",
+    tie_embeddings=True,
+    bias=False,
+    norm_bias=False,
+    head_bias=False,
+    attention_drop=0.1,
+    residual_drop=0.1,
+    embedding_drop=0.1,
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    d_ff=512,
+)
+
+
+def preset_main(args, device, peak, n, reps) -> int:
+    """``--preset cpu`` or ``peer``: gpt-study's step as ``gpt-study train`` runs it (alone for
+    cpu; against a nanoGPT-style fp32 step of the same shape for peer)."""
+    if device.type != "cpu":
+        print("--preset cpu and peer time CPU steps: run them with --device cpu", file=sys.stderr)
+        return 2
+    cfg, net, loss_fn, opt, dtype, x, y = build(
+        "cpu", "auto", PEER if args.preset == "peer" else None
+    )
+    B = min(args.batch_size or x.size(0), x.size(0))  # at most the preset's 32 rows
+    x, y = x[:B], y[:B]
+    T, clip, mc = x.size(1), cfg.train.optim.grad_clip, cfg.model
+    name = "gpt-study, cpu preset" if args.preset == "cpu" else "gpt-study, peer shape"
+    kind = "bf16" if dtype == torch.bfloat16 else "fp32"
+    steps = {name: lambda: train_step(net, loss_fn, opt, dtype, x, y, clip)}
+    settings, dtype_of = {name: (dtype == torch.bfloat16, True)}, {name: kind}
+    print(
+        f"model: {args.preset}, {net.num_params():,} parameters, batch {B} x context {T}, "
+        f"vocab {mc.vocab_size}; {dtype} autocast (--dtype auto), {type(opt).__name__} "
+        f"fused={opt.defaults.get('fused')}, grad clip {clip}"
+    )
+    if args.preset == "peer":
+        torch.manual_seed(0)
+        nano = NanoStyleGPT(mc)
+        nano_opt = nano_adamw(nano)
+        assert ref_params(nano) == net.num_params(), "nanoGPT-style model differs in size"
+        from torch.optim.optimizer import _default_to_fused_or_foreach  # what step() picks
+
+        foreach = _default_to_fused_or_foreach(list(nano.parameters()), False, False)[1]
+        print(
+            f"nanoGPT-style reference: {ref_params(nano):,} parameters, fp32, AdamW fused=False, "
+            f"foreach=None (torch resolves it to {foreach} on CPU tensors), grad clip 1.0"
+        )
+
+        def nano_step() -> torch.Tensor:
+            loss = nano(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(nano.parameters(), 1.0)
+            nano_opt.step()
+            nano_opt.zero_grad(set_to_none=True)
+            return loss
+
+        ref = "nanoGPT-style reference (fp32)"
+        steps = {ref: nano_step, **steps}
+        settings[ref], dtype_of[ref] = (False, True), "fp32"
+    times = time_steps(steps, settings, args, device)
+    ref = next(iter(times))
+    report(times, ref, dtype_of, flops_per_token(mc, T), B * T, peak, n, reps, args, device)
+    if args.preset == "peer":
+        med = statistics.median(times[ref]) / statistics.median(times[name])
+        best = min(times[ref]) / min(times[name])
+        print(f"{name} vs nanoGPT-style step: median {med:.2f}x, fastest {best:.2f}x")
+    return 0
+
+
+def time_steps(steps, settings, args, device) -> dict[str, list[float]]:
+    """``args.warmup`` then ``args.steps`` timed steps of each kind, in alternation, each under
+    its (bf16 attention math, CPU dropout path) settings."""
+
     def run(name: str) -> float:
         bf16_math, cpu_path = settings[name]
         allow_bf16_attention_math(bf16_math)
@@ -269,7 +376,11 @@ def main() -> int:
     for _ in range(args.steps):  # in alternation: load from other work hits every kind alike
         for name in steps:
             times[name].append(run(name))
+    return times
 
+
+def report(times, REF, dtype_of, fpt, tokens, peak, n, reps, args, device) -> None:
+    """The peaks measured again, then a table of the medians and the fastest steps' ratios."""
     # The peak again after the steps: the best of both, so a busy moment cannot lower it.
     for dt, key in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         peak[key] = max(peak[key], matmul_peak(device, dt, n, reps))
@@ -277,8 +388,6 @@ def main() -> int:
         f"measured matmul peak ({n}x{n}, best of {2 * reps}): fp32 {peak['fp32'] / 1e12:.2f} "
         f"TFLOP/s, bf16 {peak['bf16'] / 1e12:.2f} TFLOP/s; {load()}"
     )
-    fpt = flops_per_token(cfg, T)
-    tokens = B * T
     ref_t = statistics.median(times[REF])
     print(f"training FLOPs per token: {fpt / 1e6:.1f} M; {args.steps} timed steps each, medians")
     print()
@@ -306,7 +415,6 @@ def main() -> int:
         "fastest step of each, against the reference's fastest: "
         + ", ".join(f"{name} {best_ref / min(ts):.2f}x" for name, ts in times.items())
     )
-    return 0
 
 
 def load() -> str:

@@ -40,8 +40,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def build(preset: str, dtype_name: str):
-    cfg = preset_config(preset, model={"vocab_size": VOCAB[preset]})
+def build(preset: str, dtype_name: str, model: dict | None = None):
+    """The preset's config (``model`` overrides its model options), model, loss, optimizer, the
+    autocast dtype ``dtype_name`` resolves to, and one random batch of the preset's shape."""
+    cfg = preset_config(preset, model={"vocab_size": VOCAB[preset], **(model or {})})
     torch.manual_seed(0)
     net = GPT(cfg.model)
     loss_fn = LMLoss(net, cfg.train.loss.label_smoothing, cfg.train.loss.sp_weight)
@@ -53,14 +55,18 @@ def build(preset: str, dtype_name: str):
     return cfg, net, loss_fn, opt, dtype, x, y
 
 
-def step(net, loss_fn, opt, dtype, x, y) -> None:
+def step(net, loss_fn, opt, dtype, x, y, clip: float = 0.0) -> torch.Tensor:
+    """One training step as the training loop runs it; ``clip``: its ``--grad_clip``."""
     with record_function("## forward"), autocast("cpu", dtype):
         loss = loss_fn(x, y)
     with record_function("## backward"):
         loss.backward()
     with record_function("## optimizer"):
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    return loss
 
 
 def main() -> int:

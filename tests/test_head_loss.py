@@ -105,3 +105,28 @@ def test_bench_train_runs_and_reports_both_steps():
     assert "| reference (fp32, study) |" in out.stdout
     assert "| gpt-study fast step |" in out.stdout
     assert "same loss at the same weights" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "preset, rows",
+    [
+        ("peer", ["| nanoGPT-style reference (fp32) |", "| gpt-study, peer shape |"]),
+        ("cpu", ["| gpt-study, cpu preset |"]),
+    ],
+)
+def test_bench_train_presets_run_and_report(preset, rows):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    tiny = f"--preset {preset} --batch_size 2 --steps 1 --warmup 0 --peak_size 64 --threads 1"
+    out = subprocess.run(
+        [sys.executable, str(script), *tiny.split()], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for row in rows:
+        assert row in out.stdout
+    if preset == "peer":
+        assert "1,328,256 parameters" in out.stdout
+        assert "vs nanoGPT-style step: median" in out.stdout
