@@ -200,18 +200,37 @@ def run_byte(
 ) -> tuple[Tokenizer, dict[str, SplitWriter]]:
     """:func:`run_bpe` without the training: the bytes are the vocabulary, so the workers encode
     every batch from the first and the main process only routes and writes."""
+    args = (cfg, sources, hub, tmp, workers, holdout, bar, per_source)
+    return ByteTokenizer(lowercase=bool(cfg.lowercase)), _direct_pass(*args)
+
+
+def _direct_pass(
+    cfg: DataConfig,
+    sources: list[Source],
+    hub: dict[Source, Any],
+    tmp: Path,
+    workers: Workers,
+    holdout: Holdout,
+    bar: Any,
+    per_source: list[dict[str, int]],
+    extra: tuple[str, ...] = (),
+    unk_id: int | None = UNK_ID,
+) -> dict[str, SplitWriter]:
+    """The pass of a tokenizer known before the first story (``byte``, ``--tokenizer_from``):
+    the workers encode each batch (``extra``: what they need beside it), the main process routes
+    and writes the final ``.bin`` files; ``unk_id`` is the tokenizer's ``<unk>``."""
     writers = _direct_writers(tmp)
-    tasks = ((tag, (batch,)) for tag, batch in _tagged_batches(sources, hub))
+    tasks = ((tag, (batch, *extra)) for tag, batch in _tagged_batches(sources, hub))
     for (split, i), res in workers.map(tasks):
         per_source[i]["read"] += res["read"]
         per_source[i]["short"] += res["short"]
         mask = holdout.valid_mask(len(res["chars"])) if split == "train" else None
-        _write_encoded(writers, split, mask, res)
+        _write_encoded(writers, split, mask, res, unk_id)
         _progress(bar, res["read"], writers)
     for w in writers.values():
         w.close()
     _check_nonempty(cfg, writers, holdout, sources, per_source)
-    return ByteTokenizer(lowercase=bool(cfg.lowercase)), writers
+    return writers
 
 
 def given_tokenizer(cfg: DataConfig) -> tuple[DataConfig, Tokenizer]:
@@ -250,20 +269,8 @@ def run_given(
     workers encode every batch with it; ``<unk>`` counted where that tokenizer puts it."""
     tok = given_tokenizer(cfg)[1]
     tok.save(tmp / "tokenizer.json")
-    writers = _direct_writers(tmp)
-    tasks = (
-        (tag, (batch, str(tmp / "tokenizer.json"))) for tag, batch in _tagged_batches(sources, hub)
-    )
-    for (split, i), res in workers.map(tasks):
-        per_source[i]["read"] += res["read"]
-        per_source[i]["short"] += res["short"]
-        mask = holdout.valid_mask(len(res["chars"])) if split == "train" else None
-        _write_encoded(writers, split, mask, res, tok.unk_id)
-        _progress(bar, res["read"], writers)
-    for w in writers.values():
-        w.close()
-    _check_nonempty(cfg, writers, holdout, sources, per_source)
-    return tok, writers
+    args = (cfg, sources, hub, tmp, workers, holdout, bar, per_source)
+    return tok, _direct_pass(*args, extra=(str(tmp / "tokenizer.json"),), unk_id=tok.unk_id)
 
 
 def _direct_writers(tmp: Path) -> dict[str, SplitWriter]:
