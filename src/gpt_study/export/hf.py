@@ -75,7 +75,7 @@ def hf_weights(model: GPT, layout: Layout, remote: bool) -> dict[str, torch.Tens
     return to_hf_weights(ours, layout, model.config.n_layers)
 
 
-def _roles(tokenizer: Any) -> dict[str, int]:
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
     """bos, eos and pad: ``<sot>``, ``<eot>`` and ``<eot>`` where ``tokenizer`` puts them (gpt-study's
     own kinds: 1, 2, 2; an imported one: its model's own)."""
     sot = SOT_ID if tokenizer is None else tokenizer.sot_id
@@ -89,7 +89,7 @@ def hf_config(model: GPT, layout: Layout, remote: bool, tokenizer: Any = None) -
         "architectures": [REMOTE_CLASS if remote else layout.stock_class],
         "model_type": "gpt_study" if remote else layout.model_type,
         **to_hf_config(model.config, layout),
-        **_roles(tokenizer),
+        **special_token_ids(tokenizer),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     if remote:
@@ -107,7 +107,7 @@ def generation_config(sample: SampleConfig, tokenizer: Any = None) -> dict[str, 
     The seed has no place here (transformers reads the global torch generator).
     """
     out: dict[str, Any] = {
-        **_roles(tokenizer),
+        **special_token_ids(tokenizer),
         "max_new_tokens": sample.max_new_tokens,
         "do_sample": not sample.greedy,
     }

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from gpt_study.config import EOT_ID, SOT_ID, Config, SampleConfig
+from gpt_study.config import Config, SampleConfig
 from gpt_study.data.text import source_stories
+from gpt_study.export.hf import special_token_ids
 from gpt_study.generate.decode import generate_ids
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError, require
@@ -74,15 +75,11 @@ def greedy_config(transformers: Any, max_new_tokens: int, tokenizer: Any = None)
     """gpt-study's greedy decoding in transformers: argmax, no repetition penalty (the folder's
     generation_config.json carries the checkpoint's, which transformers' greedy would apply),
     the end of a story where ``tokenizer`` (default: gpt-study's own kinds) puts it."""
-    sot = SOT_ID if tokenizer is None else tokenizer.sot_id
-    eot = EOT_ID if tokenizer is None else tokenizer.eot_id
     return transformers.GenerationConfig(
         do_sample=False,
         max_new_tokens=max_new_tokens,
         repetition_penalty=1.0,
-        bos_token_id=sot,
-        eos_token_id=eot,
-        pad_token_id=eot,
+        **special_token_ids(tokenizer),
     )
 
 
