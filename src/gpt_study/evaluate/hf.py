@@ -28,7 +28,7 @@ transformers is imported inside these functions only (an optional extra).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,7 @@ def write_hf_stories(
     tok, eos = hf.tokenizer, hf.eos_id
     head = [eos if hf.start_id is None else hf.start_id]
     prompts = {p: head + tok(p, add_special_tokens=False)["input_ids"] for p in protocol.openings}
-    sample = replace(sample, max_new_tokens=protocol.max_new_tokens, seed=protocol.seed)
+    sample = protocol.decoding(sample)
     texts, new_ids, finished = [], [], []
     for seed, batch in protocol.batches():
         torch.manual_seed(seed)

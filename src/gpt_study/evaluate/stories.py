@@ -88,6 +88,11 @@ class StoryProtocol:
             (self.seed + i, ps[i : i + self.batch_size]) for i in range(0, len(ps), self.batch_size)
         ]
 
+    def decoding(self, sample: SampleConfig) -> SampleConfig:
+        """``sample``'s decoding with this protocol's cap and seed: what every writer of the
+        protocol's stories (gpt-study's and a transformers model's) decodes with."""
+        return replace(sample, max_new_tokens=self.max_new_tokens, seed=self.seed)
+
     def overridden(self, **values: Any) -> StoryProtocol:
         """This protocol with the values that are not ``None`` in place (a user's flags)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -137,7 +142,7 @@ def write_stories(
     are replaced by the protocol's, which a caller changes by passing another protocol (the
     settings line then names what departs from the standard one).
     """
-    sample = replace(sample, max_new_tokens=protocol.max_new_tokens, seed=protocol.seed)
+    sample = protocol.decoding(sample)
     texts: list[str] = []
     new_ids: list[list[int]] = []
     finished: list[bool] = []
