@@ -99,10 +99,27 @@ def real_stories(data: Path, length: int) -> tuple[float, float, float]:
 
 
 def prepare(out: Path, tokenizer: str) -> Path:
-    folder = out / f"data-{tokenizer}"
-    cmd = ["prepare", "--data", str(SAMPLE), "--out", str(folder), "--tokenizer", tokenizer]
+    extra = tokenizer.removeprefix("prepare:").split() if tokenizer.startswith("prepare:") else []
+    tok = "bpe" if extra else tokenizer
+    folder = out / ("data-" + "-".join([tok, *(x.strip("-") for x in extra)]))
+    if (folder / "meta.json").exists():  # prepared before: reuse it
+        return folder
+    cmd = ["prepare", "--data", str(SAMPLE), "--out", str(folder), "--tokenizer", tok, *extra]
     gpt_study(cmd + ["--no-progress"])
     return folder
+
+
+def arm(text: str) -> tuple[str, str, list[str]]:
+    """``--arm NAME=FLAGS``: (name, tokenizer spec, the cpu recipe's flags plus FLAGS). A tokenizer
+    spec other than ``bpe`` (``prepare:--vocab_size 8192;``) names a folder prepared with those
+    arguments."""
+    name, _, flags = text.partition("=")
+    tok, base = RECIPES["cpu"]
+    if flags.startswith("prepare:"):
+        tok, _, flags = flags.partition(";")
+    if not name or not flags.strip():
+        raise SystemExit(f'--arm {text!r}: write it as NAME="--flag value ..."')
+    return name, tok, base + flags.split()
 
 
 def gpt_study(args: list[str], log: Path | None = None) -> None:
@@ -234,9 +251,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=0, help="--epoch of every run (0: the recipe's)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (then 1 thread each)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx256=--context_size '
+        '256 --max_len 256 --batch_size 16" (repeatable; FLAGS may start with "prepare:ARGS;" to '
+        "prepare its own folder, e.g. \"prepare:--vocab_size 8192;\")",
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    todo = [(n, *NAMED[n]) for n in args.recipes]
+    todo = [(n, *NAMED[n]) for n in args.recipes] + [arm(a) for a in args.arm]
     if args.ablation:
         tok, base = RECIPES["cpu"]
         todo += [] if "cpu" in args.recipes else [("cpu", tok, base)]

@@ -109,6 +109,7 @@ TINY_MODEL = {
     "norm_bias": True,
     "head_bias": True,
     "qk_norm": False,
+    "zero_init": False,
 }
 TINY_TRAIN = {
     "data": None,
@@ -130,6 +131,7 @@ TINY_TRAIN = {
     "batch_size": 16,
     "grad_accum": 1,
     "grad_clip": 0.0,
+    "ema": 0.0,
     "epoch": 10,
     "iters_per_epoch": 200,
     "eval_iters": 20,

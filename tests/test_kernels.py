@@ -55,6 +55,24 @@ def test_keep_mask_rate_values_and_seed():
     )
 
 
+def test_random_words_have_uniform_bits_and_follow_torch_seed():
+    torch.manual_seed(5)
+    words = kernels.random_words(100_000, torch.device("cpu"))
+    assert words.dtype == torch.int64 and words.shape == (100_000,)
+    bits = torch.stack([(words >> i) & 1 for i in range(64)])  # (64, n)
+    # 1e5 draws per bit: the standard error of each bit's mean is 1.6e-3.
+    assert (bits.double().mean(dim=1) - 0.5).abs().max().item() < 0.01
+    torch.manual_seed(5)
+    assert torch.equal(kernels.random_words(100_000, torch.device("cpu")), words)
+    # The CPU draw takes exactly one word of torch's generator: what follows is as after one.
+    torch.manual_seed(5)
+    kernels.random_words(10, torch.device("cpu"))
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    torch.empty((), dtype=torch.int64).random_()
+    assert torch.equal(torch.rand(3), after)
+
+
 def test_keep_mask_odd_sizes_and_rounded_rate():
     for n in (1, 2, 3, 5, 4097):
         assert kernels.keep_mask((n,), 0.3, torch.float32).shape == (n,)

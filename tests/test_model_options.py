@@ -27,6 +27,7 @@ OPTIONS = {
     "tied": dict(tie_embeddings=True),
     "no-bias": dict(bias=False, norm_bias=False, head_bias=False),
     "qk_norm": dict(qk_norm=True),
+    "zero_init": dict(zero_init=True),
     "modern": dict(
         positions="rope",
         norm="rmsnorm",
@@ -152,3 +153,19 @@ def test_resume_is_bit_exact_with_the_modern_options(tiny_prepared, tmp_path):
     a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_init_starts_every_block_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    model = GPT(cfg_of("zero_init", embedding_drop=0.0))
+    idx = torch.randint(0, V, (2, 9))
+    emb = model.tok_emb(idx) + model.pos_emb.weight[:9]  # what the blocks pass through unchanged
+    torch.testing.assert_close(model.hidden(idx), model.ln_f(emb))
+    model(idx).logsumexp(-1).mean().backward()
+    for block in model.blocks:
+        assert block.attn.proj.weight.grad.abs().sum() > 0  # zero weights, not frozen ones
+        assert block.mlp.proj.weight.grad.abs().sum() > 0
+    # It changes only the initial weights: every export layout takes such a model.
+    from gpt_study.export.hf import choose_layout
+
+    assert choose_layout(cfg_of("zero_init")).name == choose_layout(cfg_of("study")).name

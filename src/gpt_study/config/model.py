@@ -24,6 +24,9 @@ from gpt_study.runtime.errors import UserError
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "relu2", "gelu_tanh")
+# Settings that change only the initial weights, never what trained weights compute: an export or
+# an import need not know them.
+INIT_ONLY = ("zero_init",)
 
 
 @dataclass
@@ -67,6 +70,10 @@ class GPTConfig:
     norm_bias: bool = field(default=True, metadata=doc("biases of the LayerNorms"))
     head_bias: bool = field(default=True, metadata=doc("a bias on the output layer (the study)"))
     qk_norm: bool = field(default=False, metadata=doc("RMS-normalise each head's queries and keys"))
+    zero_init: bool = field(
+        default=False,
+        metadata=doc("start each block's output projections at zero: blocks begin as identities"),
+    )
 
     RANGES: ClassVar[dict[str, Range]] = {
         "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),

@@ -87,16 +87,16 @@ class OptimConfig(Section):
     )
     muon_lr: float = field(
         default=0.02,
-        metadata=doc(
-            "--optimizer muon: Muon's peak learning rate; the schedule scales it as it scales --lr"
-        ),
+        metadata=doc("--optimizer muon: Muon's peak lr, scaled by the schedule as --lr"),
     )
-    muon_momentum: float = field(
-        default=0.95, metadata=doc("--optimizer muon: Muon's (Nesterov) momentum")
-    )
+    muon_momentum: float = field(default=0.95, metadata=doc("--optimizer muon: Nesterov momentum"))
     grad_clip: float = field(default=0.0, metadata=doc("clip the gradient norm to this (0: off)"))
+    ema: float = field(
+        default=0.0, metadata=doc("decay of a weight average that validation and best/ use; 0: off")
+    )
 
     RANGES = {
+        "ema": PROBABILITY,
         "lr": POSITIVE,
         "lr_betas": PROBABILITY,
         "eps": POSITIVE,

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from gpt_study.config import GPTConfig
+from gpt_study.config.model import INIT_ONLY
 from gpt_study.model.gpt import NORM_EPS
 from gpt_study.runtime.errors import UserError
 
@@ -111,6 +112,7 @@ class Layout:
             {o.ours for o in self.options}
             | {name for name, _, _ in self.implied}
             | set(self.tolerated)
+            | set(INIT_ONLY)
             | {k for v in self.classes.values() for k in v}
         )
 

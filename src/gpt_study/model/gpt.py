@@ -295,6 +295,10 @@ class GPT(nn.Module):
         self.ln_f = make_norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init_weights)
+        if cfg.zero_init:  # each branch adds nothing at first (modded-nanogpt's speedruns)
+            for block in self.blocks:
+                nn.init.zeros_(block.attn.proj.weight)
+                nn.init.zeros_(block.mlp.proj.weight)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight  # one matrix, read both ways
 

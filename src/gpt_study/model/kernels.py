@@ -12,8 +12,8 @@ a CPU, which is what this project's 2-core laptop does all day:
   checks for fully masked rows that a causal mask never has.
 
 So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform numbers from each
-64-bit word of PyTorch's own generator (so seeding, ``get_rng_state`` and exact resume work as
-before), a position dropped when its number falls below ``p * 65536``, which rounds ``p`` to a
+64-bit word of a generator seeded from PyTorch's own (so seeding, ``get_rng_state`` and exact
+resume work as before), a position dropped when its number falls below ``p * 65536``, which rounds ``p`` to a
 multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise AND, in place. Attention then runs as one autograd function that
 computes softmax, dropout and the product with the values in place where it can, and writes its
 own backward. ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written
@@ -29,6 +29,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +42,7 @@ __all__ = [
     "dropout",
     "keep_mask",
     "plain_attention",
+    "random_words",
     "use_cpu_path",
     "uses_cpu_attention",
     "uses_cpu_dropout",
@@ -101,21 +103,36 @@ def keep_mask(
     bitwise AND of the tensor's bits with it (:func:`apply_keep`) zeroes the dropped positions
     in place, which is several times cheaper on a CPU than ``masked_fill`` or a multiply.
 
-    It draws ``ceil(n / 4)`` 64-bit words from PyTorch's default generator of ``device`` and
-    reads them as ``n`` 16-bit integers, uniform on [-32768, 32767]: several times cheaper than
-    ``bernoulli_`` (docs/train.md, "Measurements"), from the same generator state that a seed or
-    a checkpoint restores.
+    It reads ``ceil(n / 4)`` uniform 64-bit words (:func:`random_words`) as ``n`` 16-bit
+    integers, uniform on [-32768, 32767]: several times cheaper than ``bernoulli_``
+    (docs/train.md, "Measurements").
     """
     if dtype.itemsize not in _INT_OF_WIDTH:
         raise TypeError(f"no integer type as wide as {dtype}")
     n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
+    words = random_words((n + 3) // 4, torch.device(device))
     halves = words.view(torch.int16)[:n]  # (4 * ceil(n / 4),) -> (n,)
     threshold = round(p * 65536) - 32768  # P(half < threshold) = round(p * 65536) / 65536
     keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
     torch.ge(halves, threshold, out=keep).neg_()  # 1 -> -1: all bits set where kept
     return keep.view(shape)  # (n,) -> shape
+
+
+def random_words(count: int, device: torch.device) -> torch.Tensor:
+    """``count`` int64 words, every bit uniform, drawn from PyTorch's default generator of
+    ``device``: so a seed, ``get_rng_state`` and a checkpoint's RNG state fix them.
+
+    On a CPU the generator gives one word, the seed of a numpy SFC64 generator that draws the
+    rest: numpy fills the words in about half the time of ``Tensor.random_`` (docs/train.md,
+    "Measurements"), a cost paid on every dropout mask.
+    """
+    if device.type != "cpu":
+        words = torch.empty(count, dtype=torch.int64, device=device)
+        return words.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())  # [0, 2**63)
+    rng = np.random.Generator(np.random.SFC64(seed))
+    top = 2**63 - 1
+    return torch.from_numpy(rng.integers(-top - 1, top, count, np.int64, endpoint=True))
 
 
 def apply_keep(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

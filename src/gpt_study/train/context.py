@@ -13,6 +13,7 @@ from gpt_study.data.dataset import PreparedData, RowSampler
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.device import ThreadTuner
 from gpt_study.runtime.plan import RuntimePlan
+from gpt_study.train.ema import WeightAverage
 from gpt_study.train.observe import Observer
 from gpt_study.train.optim import Optimizer
 from gpt_study.train.signals import StopSignals, exit_code
@@ -53,6 +54,7 @@ class Run:
     plan: RuntimePlan  # the device choices: device, autocast dtype, scaler, pinning, ...
     state: TrainState
     scaler: torch.amp.GradScaler | None = None  # --dtype float16
+    ema: WeightAverage | None = None  # --ema: the weights validation and best/ use
     observer: Observer | None = None  # set once logging is up
     stop: StopSignals | None = None
     tuner: ThreadTuner = field(default_factory=lambda: ThreadTuner(()))  # --threads auto

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -49,6 +50,7 @@ from gpt_study.runtime.files import check_replaceable
 from gpt_study.runtime.lock import folder_lock
 from gpt_study.runtime.plan import RuntimePlan, grad_scaler, resolve_plan
 from gpt_study.train.context import Run, TrainResult
+from gpt_study.train.ema import weight_average
 from gpt_study.train.loop import train_loop
 from gpt_study.train.observe import Observer, console_and_log
 from gpt_study.train.optim import Optimizer, load_optimizer_state, make_optimizer
@@ -163,9 +165,12 @@ def _build(
     net.trained_window = tc.window  # the sample story and any library call read this window
     optimizer = make_optimizer(net, tc, device)
     scaler = grad_scaler(plan)
-    state = _resume(net, optimizer, scaler, tc, device) if resume else TrainState()
+    state, extra = _resume(net, optimizer, scaler, tc, device) if resume else (TrainState(), {})
     if tc.init_from and not resume:  # fine-tuning: the checkpoint's weights, a fresh optimizer
         net.load_state_dict(load_checkpoint(tc.init_from, device).model.state_dict())
+    ema = weight_average(net, tc.optim.ema)  # --ema: of the weights training starts from
+    if ema is not None and resume:
+        ema.load_state_dict(extra.get("ema") or {}, str(Path(tc.save_root) / LAST))
     _check_same_data(state, data, resume)
     if not resume:
         # Dropout draws differ per rank (the weights above were drawn identically everywhere).
@@ -173,7 +178,18 @@ def _build(
     valid_model, loss_fn = _wrap(net, tc, plan, tokenizer.special_ids)
     sampler = _sampler(data, tc, state)
     return Run(
-        cfg, net, valid_model, loss_fn, optimizer, sampler, data, tokenizer, plan, state, scaler
+        cfg,
+        net,
+        valid_model,
+        loss_fn,
+        optimizer,
+        sampler,
+        data,
+        tokenizer,
+        plan,
+        state,
+        scaler,
+        ema=ema,
     )
 
 
@@ -202,9 +218,10 @@ def _resume(
     scaler: torch.amp.GradScaler | None,
     tc: TrainConfig,
     device: str,
-) -> TrainState:
+) -> tuple[TrainState, dict[str, Any]]:
     """Load ``last`` into the model, optimizer and loss scaler (a float16 run's, when it has one);
-    each process gets back its RNG state."""
+    each process gets back its RNG state. Returns the state and the rest of ``optimizer.pt``
+    (the weight average of ``--ema``)."""
     try:
         ckpt = load_checkpoint(Path(tc.save_root) / LAST, device, optimizer=True)
         state = TrainState.from_dict(ckpt.state, ckpt.path / "state.json")
@@ -231,7 +248,7 @@ def _resume(
             world,
         )
         torch.manual_seed(tc.seed + 1 + rank + state.step)
-    return state
+    return state, extra
 
 
 def _wrap(

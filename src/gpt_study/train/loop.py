@@ -22,6 +22,7 @@ from gpt_study.runtime import distributed
 from gpt_study.runtime.device import autocast, to_device
 from gpt_study.runtime.errors import UserError
 from gpt_study.train.context import Run, TrainResult
+from gpt_study.train.ema import evaluated_weights
 from gpt_study.train.observe import epoch_bar, hms
 from gpt_study.train.optim import lr_at
 from gpt_study.train.state import rng_state
@@ -110,6 +111,8 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
     else:
         r.optimizer.step()
     r.optimizer.zero_grad(set_to_none=True)
+    if r.ema is not None:
+        r.ema.update()
     loss_val = loss_sum.item() / tc.rows.grad_accum
     return loss_val, finite and math.isfinite(loss_val)
 
@@ -117,7 +120,8 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
 def end_of_epoch(r: Run, step: int) -> bool:
     """Validate (all ranks), log, write the sample story (rank 0); True if this is the best."""
     tc, state = r.cfg.train, r.state
-    v = validate(r.valid_model, r.data, tc, r.dtype, r.tokenizer)
+    with evaluated_weights(r.ema):
+        v = validate(r.valid_model, r.data, tc, r.dtype, r.tokenizer)
     # The study kept the checkpoint of lowest valid loss (smoothed, weighted): --best_by loss.
     now, best = (
         (v.loss, state.best_valid_loss)
@@ -164,7 +168,9 @@ def _sample(r: Run, step: int) -> str | None:
     ``sample_error`` attribute, a failed test in the project's own tests (tests/conftest.py).
     """
     try:
-        log.info("sample: %s", sample_story(r.net, r.tokenizer, r.cfg, r.device, r.dtype))
+        with evaluated_weights(r.ema):
+            story = sample_story(r.net, r.tokenizer, r.cfg, r.device, r.dtype)
+        log.info("sample: %s", story)
     except Exception as e:
         error = " ".join(f"{type(e).__name__}: {e}".split())  # one line
         log.warning(
@@ -200,11 +206,14 @@ def save(r: Run, is_best: bool) -> None:
         extra = {"optimizer": r.optimizer.state_dict()}
         if r.scaler:
             extra["scaler"] = r.scaler.state_dict()
+        if r.ema is not None:
+            extra["ema"] = r.ema.state_dict()
         tok = r.data.tokenizer_path
         save_checkpoint(r.save_root / LAST, r.net, r.cfg, tok, st.to_dict(), extra)
         if is_best:
             best = st.to_dict(with_rng=False)
-            save_checkpoint(r.save_root / BEST, r.net, r.cfg, tok, best)
+            with evaluated_weights(r.ema):  # what validation scored
+                save_checkpoint(r.save_root / BEST, r.net, r.cfg, tok, best)
     distributed.barrier()
 
 
