@@ -258,7 +258,7 @@ def main() -> None:
         metavar="NAME=FLAGS",
         help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx256=--context_size '
         '256 --max_len 256 --batch_size 16" (repeatable; FLAGS may start with "prepare:ARGS;" to '
-        "prepare its own folder, e.g. \"prepare:--vocab_size 8192;\")",
+        'prepare its own folder, e.g. "prepare:--vocab_size 8192;")',
     )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
