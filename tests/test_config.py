@@ -137,6 +137,7 @@ TINY_TRAIN = {
     "eval_iters": 20,
     "max_steps": 0,
     "max_time": 0.0,
+    "fit_epochs": False,
     "print_interval": 50,
     "progress": None,
     "sample_tokens": 200,
@@ -258,7 +259,8 @@ def test_flat_names_and_sections_build_the_same_config():
 # (doc(..., resume="free")), pinned here.
 DEVICE_CHOICES = ("fused_adamw", "pin_memory", "attention", "backend")  # runtime.plan's settings
 FREE_ON_RESUME = {
-    *("data", "save_root", "epoch", "max_steps", "max_time", "eval_iters", "print_interval"),
+    *("data", "save_root", "epoch", "max_steps", "max_time", "fit_epochs", "eval_iters"),
+    "print_interval",
     *("progress", "device", "compile", "batch_size", "grad_accum", "threads"),
     *DEVICE_CHOICES,  # which kernels compute the same thing
     *("wb_flag", "wb_project", "wb_name", "wb_notes", "wb_tags"),

@@ -22,7 +22,7 @@ import math
 import types
 import typing
 from dataclasses import Field, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from gpt_study.runtime.errors import UserError
 
@@ -216,3 +216,14 @@ def check_choice(f: Field[Any], value: Any) -> None:
             names = [str(a) for a in allowed]
             shown = " or ".join([", ".join(names[:-1]), names[-1]] if names[1:] else names)
             raise UserError(f"unknown --{f.name} {v!r}: use {shown}")
+
+
+class Section:
+    """A config section's own checks, run when it is built: its ``RANGES`` and its fields'
+    choices."""
+
+    RANGES: ClassVar[dict[str, Range]] = {}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
+        check_choices(self)

@@ -22,26 +22,15 @@ from gpt_study.config.fields import (
     PROBABILITY,
     SEED,
     Range,
+    Section,
     check_choices,
     check_ranges,
     doc,
     flat_fields,
     sections,
-    thread_count,
 )
+from gpt_study.config.runtime import RuntimeConfig
 from gpt_study.runtime.errors import UserError
-
-SWITCH = ["auto", "on", "off"]  # a device choice: auto (gpt_study.runtime.plan decides), forced
-
-
-class Section:
-    """A section's own checks, run when it is built: its ``RANGES`` and its fields' choices."""
-
-    RANGES: ClassVar[dict[str, Range]] = {}
-
-    def __post_init__(self) -> None:
-        check_ranges(self, self.RANGES)
-        check_choices(self)
 
 
 @dataclass
@@ -185,6 +174,14 @@ class BudgetConfig(Section):
             resume="free",
         ),
     )
+    fit_epochs: bool = field(
+        default=False,
+        metadata=doc(
+            "with --max_time: after the first epoch, set --epoch to what the time budget holds "
+            "at the speed measured, so the schedule ends inside the budget: train/budget.py",
+            resume="free",
+        ),
+    )
 
     RANGES = {
         **dict.fromkeys(("epoch", "iters_per_epoch"), AT_LEAST_1),
@@ -214,73 +211,6 @@ class ValidConfig(Section):
     )
 
     RANGES = dict.fromkeys(("eval_iters", "sample_tokens"), NON_NEGATIVE)
-
-
-@dataclass
-class RuntimeConfig(Section):
-    """Where and how fast the run executes: the device, precision, compilation, threads and the
-    device-dependent choices (``auto`` each: as gpt_study.runtime.plan decides for the device;
-    docs/train.md, "Device choices")."""
-
-    device: str = field(
-        default="auto", metadata=doc("auto, cpu, cuda, cuda:N or mps", resume="free")
-    )
-    dtype: str = field(
-        default="float32",
-        metadata=doc(
-            "float32 (the study), auto (bf16 autocast where the hardware computes it natively), "
-            "bfloat16, or float16 (autocast with a GradScaler, for GPUs without bf16)",
-            choices=["auto", "float32", "bfloat16", "float16"],
-        ),
-    )
-    compile: bool = field(default=False, metadata=doc("torch.compile the model", resume="free"))
-    fused_adamw: str = field(
-        default="auto",
-        metadata=doc(
-            "fused AdamW: auto (where torch has it), on, off", choices=SWITCH, resume="free"
-        ),
-    )
-    pin_memory: str = field(
-        default="auto",
-        metadata=doc(
-            "pinned batches: auto (on CUDA), on (a GPU's torch), off", choices=SWITCH, resume="free"
-        ),
-    )
-    attention: str = field(
-        default="auto",
-        metadata=doc(
-            "training's attention and dropout: auto (cpu_kernels, model/kernels.py, on a CPU; "
-            "PyTorch's sdpa elsewhere), sdpa or cpu_kernels",
-            choices=["auto", "sdpa", "cpu_kernels"],
-            resume="free",
-        ),
-    )
-    backend: str = field(
-        default="auto",
-        metadata=doc(
-            "torchrun backend: auto (nccl for CUDA, else gloo), gloo or nccl",
-            choices=["auto", "gloo", "nccl"],
-            resume="free",
-        ),
-    )
-    threads: int | None = field(
-        default=None,
-        metadata=doc(
-            "CPU threads for torch; auto (the default, or 0): each epoch, time a few steps with "
-            "1 thread and with all cores and keep the faster (other work sharing the cores makes "
-            "1 faster); N: pin N threads (for bit-exact resume, pin them)",
-            type=thread_count,
-            metavar="N|auto",
-            resume="free",
-        ),
-    )
-
-    RANGES = {"threads": AT_LEAST_1}
-
-    def __post_init__(self) -> None:
-        if type(self.threads) is int and self.threads == 0:
-            self.threads = None  # auto, as configs saved before it had a name store it
-        super().__post_init__()
 
 
 @dataclass

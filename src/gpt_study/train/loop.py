@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt_study.checkpoint import save_checkpoint
+from gpt_study.config import save_config
 from gpt_study.runs import BEST, LAST
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import autocast, to_device
 from gpt_study.runtime.errors import UserError
+from gpt_study.train.budget import fit_epochs
 from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.ema import evaluated_weights
 from gpt_study.train.observe import epoch_bar, hms
@@ -44,7 +46,12 @@ def train_loop(r: Run) -> TrainResult:
         r.state.elapsed_s, r.state.step = clock.elapsed(), step
         if stop in SIGNALS:
             return _save_on_signal(r, stop, window.rate)
-        save(r, is_best=end_of_epoch(r, step))
+        is_best = end_of_epoch(r, step)
+        if fit_epochs(r.cfg.train, step, clock.elapsed()) and distributed.is_main():
+            save_config(r.save_root / "config.json", r.cfg)  # the run's config: the fitted one
+        save(r, is_best)
+        if stop is None and step >= r.cfg.train.budget.epoch * r.cfg.train.budget.iters_per_epoch:
+            stop = "done"  # the fitted schedule holds just this one epoch
         r.observer.redraw()
         if stop:
             return _finish(r, stop, window.rate)
