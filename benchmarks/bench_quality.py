@@ -69,9 +69,24 @@ ABLATIONS = {
     "cpu-bias": ["--bias", "--head_bias"],
     "cpu-muon": ["--optimizer", "muon"],
 }
-# Every name --recipes takes: the recipes, and each ablation arm on its own (say, to give one arm
-# the full budget without running the rest).
-NAMED = RECIPES | {n: (RECIPES["cpu"][0], RECIPES["cpu"][1] + x) for n, x in ABLATIONS.items()}
+# --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
+# names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
+CANDIDATES = {
+    "cpu-ls0": ["--label_smoothing", "0"],  # the study's smoothing costs NLL by construction
+    "cpu-ema": ["--ema", "0.995"],
+    "cpu-zero_init": ["--zero_init"],
+    "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
+    "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "16"],
+    "cpu-bpe8192": ["prepare:--vocab_size 8192"],
+}
+# Every name --recipes takes: the recipes, and each ablation or candidate arm on its own (say, to
+# give one arm the full budget without running the rest).
+NAMED = RECIPES | {
+    n: (x[0], RECIPES["cpu"][1])
+    if x[0].startswith("prepare:")
+    else (RECIPES["cpu"][0], RECIPES["cpu"][1] + x)
+    for n, x in (ABLATIONS | CANDIDATES).items()
+}
 
 
 def real_stories(data: Path, length: int) -> tuple[float, float, float]:
@@ -246,6 +261,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per recipe")
     p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(NAMED))
     p.add_argument("--ablation", action="store_true", help="also each cpu option switched back")
+    p.add_argument("--candidates", action="store_true", help="also each candidate option added")
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument("--threads", type=int, default=0, help="--threads of every run (0: auto)")
     p.add_argument("--epochs", type=int, default=0, help="--epoch of every run (0: the recipe's)")
@@ -263,10 +279,10 @@ def main() -> None:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [(n, *NAMED[n]) for n in args.recipes] + [arm(a) for a in args.arm]
-    if args.ablation:
-        tok, base = RECIPES["cpu"]
-        todo += [] if "cpu" in args.recipes else [("cpu", tok, base)]
-        todo += [(n, *NAMED[n]) for n in ABLATIONS if n not in args.recipes]
+    for wanted, arms in ((args.ablation, ABLATIONS), (args.candidates, CANDIDATES)):
+        if wanted:
+            todo += [] if any(n == "cpu" for n, _, _ in todo) else [("cpu", *RECIPES["cpu"])]
+            todo += [(n, *NAMED[n]) for n in arms if n not in args.recipes]
     if args.parallel > 1:
         args.threads = 1
     data = {tok: prepare(args.out, tok) for tok in sorted({t for _, t, _ in todo})}

@@ -53,14 +53,38 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("arm", sorted(EXPECTED))
-def test_each_ablation_arm_switches_only_its_option(arm, tiny_prepared):
+CANDIDATES = {
+    "cpu-ls0": {"train.label_smoothing": 0.0},
+    "cpu-ema": {"train.ema": 0.995},
+    "cpu-zero_init": {"model.zero_init": True},
+    "cpu-relu2": {"model.mlp": "relu2", "model.d_ff": 768},
+    "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 16},
+    "cpu-bpe8192": {},  # the same config on a folder prepared with --vocab_size 8192
+}
+
+
+@pytest.mark.parametrize("arm", sorted(EXPECTED | CANDIDATES))
+def test_each_ablation_and_candidate_arm_switches_only_its_option(arm, tiny_prepared):
     bench = _bench()
-    assert set(bench.ABLATIONS) == set(EXPECTED)
+    assert set(bench.ABLATIONS) == set(EXPECTED) and set(bench.CANDIDATES) == set(CANDIDATES)
     tok, flags = bench.NAMED[arm]
-    assert tok == bench.RECIPES["cpu"][0]
+    want_tok = "prepare:--vocab_size 8192" if arm == "cpu-bpe8192" else "bpe"
+    assert tok == want_tok and bench.RECIPES["cpu"][0] == "bpe"
     cpu = _config(bench.RECIPES["cpu"][1], tiny_prepared)
-    assert _changed(cpu, _config(flags, tiny_prepared)) == EXPECTED[arm]
+    assert _changed(cpu, _config(flags, tiny_prepared)) == (EXPECTED | CANDIDATES)[arm]
+
+
+def test_an_arm_of_ones_own_is_the_cpu_recipe_plus_its_flags():
+    bench = _bench()
+    name, tok, flags = bench.arm("wide=--d_model 192 --n_heads 6")
+    assert (name, tok, flags) == (
+        "wide",
+        "bpe",
+        [*bench.RECIPES["cpu"][1], *"--d_model 192 --n_heads 6".split()],
+    )
+    assert bench.arm("v=prepare:--vocab_size 2048;--ema 0.9")[1] == "prepare:--vocab_size 2048"
+    with pytest.raises(SystemExit, match="NAME="):
+        bench.arm("no-flags")
 
 
 def test_seed_table_reports_mean_spread_and_difference_from_cpu():
