@@ -1,8 +1,8 @@
 """``gpt-study demo``: the whole study in one command, on the shared TinyStories sample.
 
 It runs the same commands a user would type, printing each one first, so the demo doubles as a
-tour: prepare (bpe) -> train (the ``cpu`` preset, on a schedule that fits ten minutes of two
-cores, time-boxed as well) -> plot -> evaluate -> generate. Without the shared sample it falls
+tour: prepare (bpe) -> train (the ``cpu`` preset, its schedule fitted to the time budget by
+``--fit_epochs``) -> plot -> evaluate -> generate. Without the shared sample it falls
 back to the Hugging Face Hub dataset.
 """
 
@@ -59,9 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epoch",
         type=int,
-        default=6,
-        help="epochs to train, the learning-rate schedule's length (default 6: 1,500 steps of "
-        "the cpu preset, 6 to 10 minutes on 2 cores; 0: the preset's own)",
+        default=0,
+        help="epochs to train, the learning-rate schedule's length (default 0: as many as "
+        "--minutes hold at the speed of the first epoch, train's --fit_epochs)",
     )
     parser.add_argument("--max_steps", type=int, default=0, help="cap on training steps (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue the demo's run")
@@ -82,8 +82,7 @@ def check_flags(args: argparse.Namespace, data: list[str] | None) -> None:
         raise UserError(f"--out {out} is a file, not a folder: pass a folder")
     DataConfig(data=data or [], tokenizer=args.tokenizer, out=str(out / "data"))
     train: dict[str, float] = {"max_time": args.minutes, "max_steps": args.max_steps}
-    if args.epoch:
-        train["epoch"] = args.epoch
+    train |= {"epoch": args.epoch, "fit_epochs": False} if args.epoch else {"fit_epochs": True}
     preset_config(args.preset, train=train)
     if data:
         resolve_sources(data)
@@ -105,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     _step(["prepare", *source, "--out", str(prepared), "--tokenizer", args.tokenizer])
     train = ["train", "--data", str(prepared), "--preset", args.preset, "--save_root", str(run_dir)]
     train += ["--max_time", str(args.minutes)]
-    if args.epoch:
-        train += ["--epoch", str(args.epoch)]
+    train += ["--epoch", str(args.epoch), "--no-fit_epochs"] if args.epoch else ["--fit_epochs"]
     if args.max_steps:
         train += ["--max_steps", str(args.max_steps)]
     if args.resume:
