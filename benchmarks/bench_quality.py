@@ -19,8 +19,10 @@ such), parameters and training FLOPs. One PNG draws valid bits per byte against 
 block 64, batch 12, lr 1e-3 cosine to 1e-4 over 25,000 iterations, no dropout, tied weights, no
 biases) expressed as a gpt-study config on the byte tokenizer; ``study`` the study's model and
 recipe (preset ``seed``) on bpe; ``tiny`` today's CPU preset; ``cpu`` the preset this benchmark
-chose. With ``--ablation`` each option of the ``cpu`` recipe is switched back to the study's
-choice, one at a time, at the same budget. ``--epochs`` shortens every recipe's schedule (the
+chose, on the bpe vocabulary it was measured on (``PREPARED_WITH``: 8,192 entries). With
+``--ablation`` each option of the ``cpu`` recipe is switched back (to the study's choice, or to
+bpe's default 4,096 entries), one at a time, at the same budget; with ``--candidates`` each
+option it does not use is added. ``--epochs`` shortens every recipe's schedule (the
 cosine still ends at its last step) and ``--minutes 0`` lifts the time cap, so an ablation can
 compare equal numbers of steps; ``--parallel 2`` runs two at a time, one thread each (on two cores
 that doubles the runs per hour; every run then shares the machine alike, and tokens/s shows it).
@@ -42,6 +44,7 @@ SAMPLE = ROOT.parent / "shared" / "data" / "tinystories"
 sys.path.insert(0, str(ROOT / "src"))
 
 from gpt_study.config import load_config  # noqa: E402
+from gpt_study.config.presets import PREPARED_WITH  # noqa: E402
 from gpt_study.evaluate.stories import STORY_PROTOCOL, share_text, story_metrics  # noqa: E402
 from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
 from gpt_study.runs import read_metrics  # noqa: E402
@@ -58,7 +61,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "nanogpt-cpu": ("byte", NANOGPT),
     "study": ("bpe", ["--preset", "seed", "--iters_per_epoch", "100", "--eval_iters", "10"]),
     "tiny": ("bpe", ["--preset", "tiny"]),
-    "cpu": ("bpe", ["--preset", "cpu"]),
+    "cpu": (f"prepare:--vocab_size {PREPARED_WITH['cpu']['vocab_size']}", ["--preset", "cpu"]),
 }
 # --ablation: each option of the cpu preset back to the study's choice, and Muon in AdamW's place.
 ABLATIONS = {
@@ -68,16 +71,16 @@ ABLATIONS = {
     "cpu-untied": ["--no-tie_embeddings"],
     "cpu-bias": ["--bias", "--head_bias"],
     "cpu-muon": ["--optimizer", "muon"],
+    "cpu-ls0.1": ["--label_smoothing", "0.1"],
+    "cpu-bpe4096": ["prepare:--vocab_size 4096"],
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
 CANDIDATES = {
-    "cpu-ls0": ["--label_smoothing", "0"],  # the study's smoothing costs NLL by construction
     "cpu-ema": ["--ema", "0.995"],
     "cpu-zero_init": ["--zero_init"],
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "16"],
-    "cpu-bpe8192": ["prepare:--vocab_size 8192"],
 }
 # Every name --recipes takes: the recipes, and each ablation or candidate arm on its own (say, to
 # give one arm the full budget without running the rest).
@@ -292,10 +295,12 @@ def main() -> None:
     md = table(rows)
     if seeds := seed_table(rows):
         md += "\n\n" + seeds
-    if "bpe" in data:
+    bpe_folders = [f for k, f in data.items() if k == "bpe" or k.startswith("prepare:")]
+    if bpe_folders:  # the real stories, in the cpu recipe's tokens where it ran
+        folder = data.get(RECIPES["cpu"][0], bpe_folders[0])
         bpe = [r["mean_length"] for r in rows if r["tokenizer"] == "bpe"]
         n = round(sum(bpe) / len(bpe))
-        whole, cut, ended = real_stories(data["bpe"], max(n, 4))
+        whole, cut, ended = real_stories(folder, max(n, 4))
         md += (
             f"\n\nReal valid stories (bpe): repeated 4-grams {whole:.2%} whole, {cut:.2%} cut to "
             f"{n} tokens (the bpe recipes' mean story length); {ended:.0%} end within "

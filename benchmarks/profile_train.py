@@ -1,6 +1,6 @@
 """Where a training step's time goes: torch.profiler over the step ``gpt-study train`` runs.
 
-    python benchmarks/profile_train.py --preset cpu            # the cpu preset, bpe 4,096
+    python benchmarks/profile_train.py --preset cpu            # the cpu preset, bpe 8,192
     python benchmarks/profile_train.py --preset seed --steps 3 # the study's model
     python benchmarks/profile_train.py --preset cpu --threads 1 --markdown
 
@@ -21,13 +21,14 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from gpt_study.config.presets import preset_config
+from gpt_study.config.presets import PREPARED_WITH, preset_config
 from gpt_study.model.gpt import GPT, flops_per_token
 from gpt_study.model.loss import LMLoss
 from gpt_study.runtime.device import autocast, process_settings, resolve_dtype
 from gpt_study.train.optim import make_optimizer
 
-VOCAB = {"seed": 30000, "tiny": 5229, "cpu": 4096}  # what each preset is prepared with
+# What each preset is prepared with (cpu: the bpe vocabulary it was measured on).
+VOCAB = {"seed": 30000, "tiny": 5229, "cpu": PREPARED_WITH["cpu"]["vocab_size"]}
 
 
 def _cpu_name() -> str:
@@ -50,8 +51,8 @@ def build(preset: str, dtype_name: str, model: dict | None = None):
     opt = make_optimizer(net, cfg.train, "cpu")
     dtype = resolve_dtype(dtype_name, "cpu")
     B, T = cfg.train.rows.batch_size, cfg.train.window
-    x = torch.randint(0, VOCAB[preset], (B, T))
-    y = torch.randint(0, VOCAB[preset], (B, T))
+    x = torch.randint(0, cfg.model.vocab_size, (B, T))
+    y = torch.randint(0, cfg.model.vocab_size, (B, T))
     return cfg, net, loss_fn, opt, dtype, x, y
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gpt_study.cli import main
 from gpt_study.config import DataConfig
-from gpt_study.config.presets import PRESETS, preset_config
+from gpt_study.config.presets import PREPARED_WITH, PRESETS, preset_config
 from gpt_study.data.sources import resolve_sources
 from gpt_study.runtime.errors import UserError
 
@@ -57,6 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", default="bpe", help="prepare's --tokenizer (default: bpe, lossless)"
     )
     parser.add_argument(
+        "--vocab_size",
+        type=int,
+        help="prepare's --vocab_size (default: what the preset was measured on, 8,192 bpe "
+        "entries for cpu; else the tokenizer's default)",
+    )
+    parser.add_argument(
         "--epoch",
         type=int,
         default=0,
@@ -74,13 +80,26 @@ def _step(argv: list[str]) -> None:
         raise SystemExit(code)
 
 
+def vocab_size(args: argparse.Namespace) -> int | None:
+    """``--vocab_size``, else the one the preset was measured on with this tokenizer."""
+    measured = PREPARED_WITH.get(args.preset, {})
+    if args.vocab_size or measured.get("tokenizer") != args.tokenizer:
+        return args.vocab_size
+    return measured.get("vocab_size")
+
+
 def check_flags(args: argparse.Namespace, data: list[str] | None) -> None:
     """Every flag checked by the library's own rules before the first command writes anything:
     the settings prepare and train will get, the corpus paths, the output folder."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: pass a folder")
-    DataConfig(data=data or [], tokenizer=args.tokenizer, out=str(out / "data"))
+    DataConfig(
+        data=data or [],
+        tokenizer=args.tokenizer,
+        vocab_size=vocab_size(args),
+        out=str(out / "data"),
+    )
     train: dict[str, float] = {"max_time": args.minutes, "max_steps": args.max_steps}
     train |= {"epoch": args.epoch, "fit_epochs": False} if args.epoch else {"fit_epochs": True}
     preset_config(args.preset, train=train)
@@ -101,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     prepared = out / "data"
     run_dir = out / "run"
     source = ["--data", *data] if data else []
-    _step(["prepare", *source, "--out", str(prepared), "--tokenizer", args.tokenizer])
+    vocab = ["--vocab_size", str(vocab_size(args))] if vocab_size(args) else []
+    _step(["prepare", *source, "--out", str(prepared), "--tokenizer", args.tokenizer, *vocab])
     train = ["train", "--data", str(prepared), "--preset", args.preset, "--save_root", str(run_dir)]
     train += ["--max_time", str(args.minutes)]
     train += ["--epoch", str(args.epoch), "--no-fit_epochs"] if args.epoch else ["--fit_epochs"]

@@ -69,7 +69,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     ),
     # The best measured 15-minute CPU recipe: the model options, a little dropout for a corpus
     # seen about 15 times, sp_weight 2.0 so that stories end, no label smoothing (it costs NLL by
-    # construction), and under --max_time a schedule fitted to the budget. Prepare --tokenizer bpe.
+    # construction), and under --max_time a schedule fitted to the budget. Prepared as PREPARED_WITH.
     "cpu": _small(
         model={
             "residual_drop": 0.1,
@@ -92,6 +92,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     ),
 }
+
+
+# The prepared folder a preset was measured on: prepare's --tokenizer and --vocab_size (the demo
+# and bench_quality prepare with them). A larger bpe vocabulary carries more bytes per token.
+PREPARED_WITH: dict[str, dict[str, Any]] = {"cpu": {"tokenizer": "bpe", "vocab_size": 8192}}
 
 
 def preset_config(name: str, **overrides: dict[str, Any]) -> Config:

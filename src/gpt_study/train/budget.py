@@ -34,11 +34,11 @@ def fit_epochs(tc: TrainConfig, step: int, elapsed_s: float) -> bool:
     fitted = epochs_in_budget(b.max_time * 60, first)
     log.info(
         "--fit_epochs: the first epoch took %.0f s, so --max_time %g holds %d epochs "
-        "(%d steps; the schedule said %d)",
+        "(%s steps; the schedule said %d)",
         first,
         b.max_time,
         fitted,
-        fitted * b.iters_per_epoch,
+        f"{fitted * b.iters_per_epoch:,}",
         b.epoch,
     )
     b.epoch = fitted
