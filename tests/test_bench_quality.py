@@ -80,7 +80,7 @@ def test_an_arm_of_ones_own_is_the_cpu_recipe_plus_its_flags():
     name, tok, flags = bench.arm("wide=--d_model 192 --n_heads 6")
     assert (name, tok, flags) == (
         "wide",
-        "bpe",
+        bench.RECIPES["cpu"][0],
         [*bench.RECIPES["cpu"][1], *"--d_model 192 --n_heads 6".split()],
     )
     assert bench.arm("v=prepare:--vocab_size 2048;--ema 0.9")[1] == "prepare:--vocab_size 2048"
