@@ -1,7 +1,7 @@
 """Typed configuration: one source of truth for every stage, and the one reader of a saved one.
 
 What lives here: ``model`` (:class:`GPTConfig`, the architecture), ``train`` (:class:`TrainConfig`,
-the run), ``data`` (:class:`DataConfig`, the corpus, and the special tokens), ``sample``
+the run; its ``runtime`` section in ``runtime``), ``data`` (:class:`DataConfig`, the corpus, and the special tokens), ``sample``
 (:class:`SampleConfig`, decoding), ``fields`` (each field's help, range and choices) and
 ``presets`` (named starting points). This package module bundles them as :class:`Config`, saved as
 JSON inside every checkpoint and read back by :func:`load_config` only. ``train`` is saved in its

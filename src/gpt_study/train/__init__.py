@@ -8,6 +8,8 @@ each in its own module:
 * ``loop``: optimizer steps; every epoch validation, a sample story, checkpoints (the loss
   itself is :mod:`gpt_study.model.loss`, shared with evaluation);
 * ``optim``: AdamW (or Muon with AdamW) and the schedule; ``state``: state.json and RNG states;
+* ``budget``: ``--fit_epochs``, the schedule sized to ``--max_time``; ``ema``: ``--ema``, the
+  averaged weights that validation and ``best/`` use;
 * ``validate``: validation through the held-out scorer, and the sample story;
 * ``observe``, ``metrics``, ``plot``: console and log, metrics files, loss.png, wandb;
 * ``signals``: SIGINT / SIGTERM stop after the step and save; ``context``: the run's parts.
