@@ -159,10 +159,10 @@ def run_recipe(name: str, data: Path, flags: list[str], args: argparse.Namespace
         if args.epochs:
             train += ["--epoch", str(args.epochs)]
         t0 = time.perf_counter()
-        gpt_study(train, root.with_suffix(".train.log"))
+        gpt_study(train, root.parent / f"{root.name}.train.log")
         print(f"  trained in {time.perf_counter() - t0:.0f} s", flush=True)
     if not (root / "eval.json").exists():
-        gpt_study(evaluate_args(root, args.threads), root.with_suffix(".eval.log"))
+        gpt_study(evaluate_args(root, args.threads), root.parent / f"{root.name}.eval.log")
     return summarise(name, seed, root)
 
 
