@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = out / "data"
     run_dir = out / "run"
     source = ["--data", *data] if data else []
-    vocab = ["--vocab_size", str(vocab_size(args))] if vocab_size(args) else []
+    vocab = ["--vocab_size", str(n)] if (n := vocab_size(args)) else []
     _step(["prepare", *source, "--out", str(prepared), "--tokenizer", args.tokenizer, *vocab])
     train = ["train", "--data", str(prepared), "--preset", args.preset, "--save_root", str(run_dir)]
     train += ["--max_time", str(args.minutes)]

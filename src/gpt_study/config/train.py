@@ -183,6 +183,11 @@ class BudgetConfig(Section):
         ),
     )
 
+    @property
+    def total_steps(self) -> int:
+        """The schedule's length: ``--epoch x --iters_per_epoch`` optimizer steps."""
+        return self.epoch * self.iters_per_epoch
+
     RANGES = {
         **dict.fromkeys(("epoch", "iters_per_epoch"), AT_LEAST_1),
         **dict.fromkeys(("max_steps", "max_time"), NON_NEGATIVE),

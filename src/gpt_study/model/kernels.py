@@ -13,10 +13,10 @@ a CPU, which is what this project's 2-core laptop does all day:
 
 So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform numbers from each
 64-bit word of a generator seeded from PyTorch's own (so seeding, ``get_rng_state`` and exact
-resume work as before), a position dropped when its number falls below ``p * 65536``, which rounds ``p`` to a
-multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise AND, in place. Attention then runs as one autograd function that
-computes softmax, dropout and the product with the values in place where it can, and writes its
-own backward. ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written
+resume work as before), a position dropped when its number falls below ``p * 65536``, which
+rounds ``p`` to a multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise
+AND, in place. Attention then runs as one autograd function that computes softmax, dropout and
+the product with the values in place where it can, and writes its own backward. ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written
 oracle, values and gradients (``torch.autograd.gradcheck`` in float64).
 
 On every other device, and whenever dropout is off (evaluation, generation, ``--attention_drop

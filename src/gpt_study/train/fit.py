@@ -42,7 +42,7 @@ from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
 from gpt_study.model.gpt import GPT
 from gpt_study.model.kernels import cpu_path
 from gpt_study.model.loss import LMLoss
-from gpt_study.runs import LAST, RUN_FILES, damaged_last, has_run
+from gpt_study.runs import CONFIG, LAST, RUN_FILES, damaged_last, has_run
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import resolve_device, thread_tuning
 from gpt_study.runtime.errors import UserError
@@ -114,7 +114,7 @@ def _train(cfg: Config, r: Run, resume: bool) -> TrainResult:
         StopSignals() as r.stop,
     ):
         if distributed.is_main():
-            save_config(r.save_root / "config.json", cfg)
+            save_config(r.save_root / CONFIG, cfg)
         r.observer = Observer(cfg, r.state, resume)
         _log_start(r, resume)
         try:

@@ -18,7 +18,7 @@ import torch
 
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import save_config
-from gpt_study.runs import BEST, LAST
+from gpt_study.runs import BEST, CONFIG, LAST
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import autocast, to_device
 from gpt_study.runtime.errors import UserError
@@ -48,9 +48,9 @@ def train_loop(r: Run) -> TrainResult:
             return _save_on_signal(r, stop, window.rate)
         is_best = end_of_epoch(r, step)
         if fit_epochs(r.cfg.train, step, clock.elapsed()) and distributed.is_main():
-            save_config(r.save_root / "config.json", r.cfg)  # the run's config: the fitted one
+            save_config(r.save_root / CONFIG, r.cfg)  # the run's config: the fitted one
         save(r, is_best)
-        if stop is None and step >= r.cfg.train.budget.epoch * r.cfg.train.budget.iters_per_epoch:
+        if stop is None and step >= r.cfg.train.budget.total_steps:
             stop = "done"  # the fitted schedule holds just this one epoch
         r.observer.redraw()
         if stop:
@@ -282,7 +282,7 @@ def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
 
 def _nothing_to_do(r: Run, step: int) -> TrainResult | None:
     tc = r.cfg.train
-    if step >= tc.budget.epoch * tc.budget.iters_per_epoch:
+    if step >= tc.budget.total_steps:
         log.info("the run is complete (%d steps): raise --epoch to train longer", step)
         return r.result("done")
     if tc.budget.max_steps and step >= tc.budget.max_steps:
@@ -317,7 +317,7 @@ def _log_train(r: Run, step: int, clock: _Clock, window: _LogWindow, bar: object
     log.info(
         "step %d/%d | epoch %d | loss %.4f | lr %.2e | %s tok/s | %s",
         step,
-        tc.budget.epoch * ipe,
+        tc.budget.total_steps,
         (step - 1) // ipe + 1,
         train_loss,
         lr_at(step - 1, tc),
@@ -347,7 +347,7 @@ def _stop_reason(r: Run, step: int, agreed: _Agreed) -> str | None:
         return "max_steps"
     if agreed.time_up:
         return "max_time"
-    return "done" if step >= tc.budget.epoch * tc.budget.iters_per_epoch else None
+    return "done" if step >= tc.budget.total_steps else None
 
 
 def _save_on_signal(r: Run, signalled: str, rate: float) -> TrainResult:

@@ -34,7 +34,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return lr * (step + 1) / s.warmup_steps
     if s.lr_schedule == "constant":
         return lr
-    total = cfg.budget.epoch * cfg.budget.iters_per_epoch
+    total = cfg.budget.total_steps
     span = max(1, total - s.warmup_steps)
     progress = min(1.0, (step - s.warmup_steps) / span)
     return s.min_lr + 0.5 * (lr - s.min_lr) * (1 + math.cos(math.pi * progress))
