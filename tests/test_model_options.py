@@ -168,4 +168,6 @@ def test_zero_init_starts_every_block_as_the_identity_and_learns():
     # It changes only the initial weights: every export layout takes such a model.
     from gpt_study.export.hf import choose_layout
 
-    assert choose_layout(cfg_of("zero_init")).name == choose_layout(cfg_of("study")).name
+    assert choose_layout(cfg_of("zero_init")).name == choose_layout(cfg_of("study")).name == "gpt2"
+    modern = choose_layout(cfg_of("modern", zero_init=True, qk_norm=False))
+    assert modern.name == choose_layout(cfg_of("modern", qk_norm=False)).name == "llama"
