@@ -39,7 +39,7 @@ TRAIN = dict(
 def flags(d: dict) -> list[str]:
     out = []
     for k, v in d.items():
-        out += [f"--{k}", str(v)]
+        out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
 
 
@@ -175,6 +175,36 @@ def test_grad_accumulation_under_ddp_matches_one_process(tiny_prepared, tmp_path
         # Summation order differs; Adam turns a tiny gradient difference into at most a small
         # share of one step (lr 3e-3) on near-zero gradients.
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=3e-4)
+
+
+@pytest.mark.slow
+def test_ema_under_torchrun_matches_one_process(tiny_prepared, tmp_path):
+    """--ema: every rank keeps the same average; best/ (the average) and last/ (the live
+    weights) match one process with the same global batch."""
+    root = tmp_path / "ddp"
+    run = torchrun(ddp_train(tiny_prepared, root, ema=0.9, sample_tokens=0))
+    assert run.returncode == 0, run.stdout + run.stderr
+    single_process(tiny_prepared, tmp_path / "one", ema=0.9, sample_tokens=0)
+    assert_same_weights(root / "last", tmp_path / "one" / "last")
+    assert_same_weights(root / "best", tmp_path / "one" / "best")
+    assert not torch.equal(
+        weights(root / "best")["head.weight"], weights(root / "last")["head.weight"]
+    )
+
+
+@pytest.mark.slow
+def test_fit_epochs_under_torchrun_gives_every_rank_one_schedule(tiny_prepared, tmp_path):
+    """The ranks average their first epoch's time, so they fit the same --epoch and stop
+    together; the fitted value is what the checkpoint and config.json keep."""
+    root = tmp_path / "fit"
+    run = torchrun(ddp_train(tiny_prepared, root, max_time=0.02, fit_epochs=True, sample_tokens=0))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("--fit_epochs: the first epoch took") == 1  # rank 0 alone logs
+    fitted = int(
+        run.stdout.split("--fit_epochs: the first epoch took")[1].split(" holds ")[1].split()[0]
+    )
+    saved = json.loads((root / "last" / "config.json").read_text())
+    assert saved["train"]["budget"]["epoch"] == fitted
 
 
 FAILING_WORKER = """
