@@ -19,9 +19,8 @@ such), parameters and training FLOPs. One PNG draws valid bits per byte against 
 block 64, batch 12, lr 1e-3 cosine to 1e-4 over 25,000 iterations, no dropout, tied weights, no
 biases) expressed as a gpt-study config on the byte tokenizer; ``study`` the study's model and
 recipe (preset ``seed``) on bpe; ``tiny`` today's CPU preset; ``cpu`` the preset this benchmark
-chose, on the bpe vocabulary it was measured on (``PREPARED_WITH``: 8,192 entries). With
-``--ablation`` each option of the ``cpu`` recipe is switched back (to the study's choice, or to
-bpe's default 4,096 entries), one at a time, at the same budget; with ``--candidates`` each
+chose, on the bpe vocabulary it was measured on (``PREPARED_WITH``: 4,096 entries). With
+``--ablation`` each option of the ``cpu`` recipe is switched back to the study's choice, one at a time, at the same budget; with ``--candidates`` each
 option it does not use is added. ``--epochs`` shortens every recipe's schedule (the
 cosine still ends at its last step) and ``--minutes 0`` lifts the time cap, so an ablation can
 compare equal numbers of steps; ``--parallel 2`` runs two at a time, one thread each (on two cores
@@ -72,7 +71,6 @@ ABLATIONS = {
     "cpu-bias": ["--bias", "--head_bias"],
     "cpu-muon": ["--optimizer", "muon"],
     "cpu-ls0.1": ["--label_smoothing", "0.1"],
-    "cpu-bpe4096": ["prepare:--vocab_size 4096"],
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
@@ -81,6 +79,7 @@ CANDIDATES = {
     "cpu-zero_init": ["--zero_init"],
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "16"],
+    "cpu-bpe8192": ["prepare:--vocab_size 8192"],  # more bytes per token, more parameters
 }
 # Every name --recipes takes: the recipes, and each ablation or candidate arm on its own (say, to
 # give one arm the full budget without running the rest).

@@ -4,7 +4,7 @@
     python benchmarks/bench_train.py --ablation            # also each speed-up on its own
     python benchmarks/bench_train.py --threads 1           # a CPU shared with other work
     python benchmarks/bench_train.py --device cuda         # on a GPU: MFU against its peak
-    python benchmarks/bench_train.py --preset cpu          # the cpu preset's step, bpe 8,192
+    python benchmarks/bench_train.py --preset cpu          # the cpu preset's step (its PREPARED_WITH vocab)
     python benchmarks/bench_train.py --preset peer         # the peer's shape vs a nanoGPT step
 
 ``--preset seed`` (the default) is what this docstring describes below. ``--preset cpu`` times
@@ -136,7 +136,10 @@ def main() -> int:
     )
     ap.add_argument("--context_size", type=int, default=128, help="seed only (presets: 128)")
     ap.add_argument(
-        "--vocab_size", type=int, default=30000, help="seed only (cpu: 8,192, peer: 4,096)"
+        "--vocab_size",
+        type=int,
+        default=30000,
+        help="seed only (cpu: its PREPARED_WITH, peer: 4,096)",
     )
     ap.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")

@@ -51,7 +51,6 @@ EXPECTED = {
     "cpu-bias": {"model.bias": True, "model.head_bias": True},
     "cpu-muon": {"train.optimizer": "muon"},
     "cpu-ls0.1": {"train.label_smoothing": 0.1},
-    "cpu-bpe4096": {},  # the same config on a folder prepared with --vocab_size 4096
 }
 
 
@@ -60,6 +59,7 @@ CANDIDATES = {
     "cpu-zero_init": {"model.zero_init": True},
     "cpu-relu2": {"model.mlp": "relu2", "model.d_ff": 768},
     "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 16},
+    "cpu-bpe8192": {},  # the same config on a folder prepared with --vocab_size 8192
 }
 
 
@@ -68,9 +68,9 @@ def test_each_ablation_and_candidate_arm_switches_only_its_option(arm, tiny_prep
     bench = _bench()
     assert set(bench.ABLATIONS) == set(EXPECTED) and set(bench.CANDIDATES) == set(CANDIDATES)
     tok, flags = bench.NAMED[arm]
-    cpu_tok = "prepare:--vocab_size 8192"  # the cpu recipe's folder: bpe with 8,192 entries
+    cpu_tok = "prepare:--vocab_size 4096"  # the cpu recipe's folder: bpe with 4,096 entries
     assert bench.RECIPES["cpu"][0] == cpu_tok
-    assert tok == ("prepare:--vocab_size 4096" if arm == "cpu-bpe4096" else cpu_tok)
+    assert tok == ("prepare:--vocab_size 8192" if arm == "cpu-bpe8192" else cpu_tok)
     cpu = _config(bench.RECIPES["cpu"][1], tiny_prepared)
     assert _changed(cpu, _config(flags, tiny_prepared)) == (EXPECTED | CANDIDATES)[arm]
 

@@ -59,8 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vocab_size",
         type=int,
-        help="prepare's --vocab_size (default: what the preset was measured on, 8,192 bpe "
-        "entries for cpu; else the tokenizer's default)",
+        help="prepare's --vocab_size (default: what the preset was measured on, "
+        f"{PREPARED_WITH['cpu']['vocab_size']:,} bpe entries for cpu; else the tokenizer's default)",
     )
     parser.add_argument(
         "--epoch",

@@ -95,8 +95,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # The prepared folder a preset was measured on: prepare's --tokenizer and --vocab_size (the demo
-# and bench_quality prepare with them). A larger bpe vocabulary carries more bytes per token.
-PREPARED_WITH: dict[str, dict[str, Any]] = {"cpu": {"tokenizer": "bpe", "vocab_size": 8192}}
+# and bench_quality prepare with them). 8,192 entries learned faster early but ended worse at the
+# full budget (docs/quality.md, "Round two").
+PREPARED_WITH: dict[str, dict[str, Any]] = {"cpu": {"tokenizer": "bpe", "vocab_size": 4096}}
 
 
 def preset_config(name: str, **overrides: dict[str, Any]) -> Config:
