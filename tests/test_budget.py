@@ -1,4 +1,4 @@
-"""--fit_epochs: the schedule sized to --max_time from the first epoch's measured time."""
+"""--fit_epochs: the schedule sized to --max_time from the first and second epochs' times."""
 
 from __future__ import annotations
 
@@ -15,9 +15,32 @@ from test_train import MODEL, tiny_train
 
 
 def test_epochs_in_budget_counts_whole_epochs_and_at_least_one():
-    assert budget.epochs_in_budget(900, 61) == 14
-    assert budget.epochs_in_budget(900, 60) == 15
-    assert budget.epochs_in_budget(900, 1000) == 1
+    assert budget.epochs_in_budget(900, 61, 1, 61) == 14
+    assert budget.epochs_in_budget(900, 60, 1, 60) == 15
+    assert budget.epochs_in_budget(900, 1000, 1, 1000) == 1
+    assert budget.epochs_in_budget(900, 105, 2, 45) == 19  # 795 s left hold 17 more
+    assert budget.epochs_in_budget(900, 950, 2, 45) == 2  # over budget: the epochs done
+
+
+class _Budget:
+    def __init__(self, epoch=14):
+        fields = dict(fit_epochs=True, max_time=15.0, iters_per_epoch=250, epoch=epoch)
+        self.budget = type("B", (), fields)()
+
+
+def test_the_second_epoch_refits_from_its_own_time_not_the_first_ones():
+    """A first epoch slowed by start-up (60 s, then 45 s per epoch) would leave 3 epochs of
+    the budget unused if it alone were the fit."""
+    tc, fit_once = _Budget(), budget.EpochFit()
+    assert not fit_once(tc, 100, 20.0, 20.0)  # not an epoch's end
+    assert fit_once(tc, 250, 60.0, 60.0) and tc.budget.epoch == 15
+    assert fit_once(tc, 500, 105.0, 105.0) and tc.budget.epoch == 19
+    assert not fit_once(tc, 750, 150.0, 150.0) and tc.budget.epoch == 19  # fitted twice, no more
+    # Resumed after the first fit (the checkpoint kept 15): the second epoch's time is unknown.
+    tc, resumed = _Budget(epoch=15), budget.EpochFit()
+    assert not resumed(tc, 500, 105.0, 40.0) and tc.budget.epoch == 15
+    tc.budget.fit_epochs = False
+    assert not budget.EpochFit()(tc, 250, 60.0, 60.0)
 
 
 @pytest.mark.parametrize("fitted", [3, 1])
@@ -26,15 +49,17 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
 ):
     seen = []
 
-    def fake(budget_s, first_epoch_s):
-        seen.append((budget_s, first_epoch_s))
+    def fake(budget_s, spent_s, done, epoch_s):
+        seen.append((budget_s, done, epoch_s))
         return fitted
 
     monkeypatch.setattr(budget, "epochs_in_budget", fake)
     root = tmp_path / "fit"
     kw = dict(fit_epochs=True, max_time=5.0, epoch=2, lr_schedule="cosine", min_lr=1e-4)
     result = fit(build_config("tiny", train=tiny_train(tiny_prepared, root, **kw), model=MODEL))
-    assert len(seen) == 1 and seen[0][0] == 300 and seen[0][1] > 0  # once, after epoch 1
+    # after epoch 1, and after epoch 2 where the fitted schedule reaches it
+    assert [d for _, d, _ in seen] == [1, 2][: min(fitted, 2)]
+    assert all(b == 300 and t > 0 for b, _, t in seen)
     assert result.stopped == "done" and result.step == fitted * 6
     for path in (root / "config.json", root / "last" / "config.json"):
         assert load_config(path).train.budget.epoch == fitted, path
@@ -42,7 +67,7 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
     assert lr_at(result.step, tc) == pytest.approx(1e-4)  # the cosine ends at the last step
     assert lr_at(result.step - 1, tc) > 1e-4
     again = fit(build_config(train={"save_root": str(root)}, resume=True), resume=True)
-    assert again.step == result.step and len(seen) == 1  # complete; never fitted again
+    assert again.step == result.step and len(seen) == min(fitted, 2)  # complete: not refitted
     steps = [json.loads(x)["step"] for x in (root / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == fitted * 6
 

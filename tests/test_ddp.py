@@ -199,10 +199,9 @@ def test_fit_epochs_under_torchrun_gives_every_rank_one_schedule(tiny_prepared, 
     root = tmp_path / "fit"
     run = torchrun(ddp_train(tiny_prepared, root, max_time=0.02, fit_epochs=True, sample_tokens=0))
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("--fit_epochs: the first epoch took") == 1  # rank 0 alone logs
-    fitted = int(
-        run.stdout.split("--fit_epochs: the first epoch took")[1].split(" holds ")[1].split()[0]
-    )
+    fits = [ln for ln in run.stdout.splitlines() if "--fit_epochs: epoch" in ln]
+    assert 1 <= len(fits) <= 2  # rank 0 alone logs, after epochs 1 and 2
+    fitted = int(fits[-1].split(" holds ")[1].split()[0])
     saved = json.loads((root / "last" / "config.json").read_text())
     assert saved["train"]["budget"]["epoch"] == fitted
 

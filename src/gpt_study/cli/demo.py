@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="epochs to train, the learning-rate schedule's length (default 0: as many as "
-        "--minutes hold at the speed of the first epoch, train's --fit_epochs)",
+        "--minutes hold at the speed of the first epochs, train's --fit_epochs)",
     )
     parser.add_argument("--max_steps", type=int, default=0, help="cap on training steps (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue the demo's run")

@@ -177,8 +177,9 @@ class BudgetConfig(Section):
     fit_epochs: bool = field(
         default=False,
         metadata=doc(
-            "with --max_time: after the first epoch, set --epoch to what the time budget holds "
-            "at the speed measured, so the schedule ends inside the budget: train/budget.py",
+            "with --max_time: after the first and second epochs, set --epoch to what the time "
+            "budget holds at the speed measured, so the schedule ends inside the budget: "
+            "train/budget.py",
             resume="free",
         ),
     )

@@ -22,7 +22,7 @@ from gpt_study.runs import BEST, CONFIG, LAST
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import autocast, to_device
 from gpt_study.runtime.errors import UserError
-from gpt_study.train.budget import fit_epochs
+from gpt_study.train.budget import EpochFit
 from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.ema import evaluated_weights
 from gpt_study.train.observe import epoch_bar, hms
@@ -40,6 +40,7 @@ def train_loop(r: Run) -> TrainResult:
     if finished := _nothing_to_do(r, step):
         return finished
     clock, window = _Clock(elapsed_before=r.state.elapsed_s), _LogWindow()
+    fit_epochs = EpochFit()
     while True:
         r.loss_fn.train()
         step, stop = train_epoch(r, step, clock, window)
@@ -47,7 +48,7 @@ def train_loop(r: Run) -> TrainResult:
         if stop in SIGNALS:
             return _save_on_signal(r, stop, window.rate)
         is_best = end_of_epoch(r, step)
-        if fit_epochs(r.cfg.train, step, clock.elapsed()) and distributed.is_main():
+        if fit_epochs(r.cfg.train, step, clock.elapsed(), clock.spent()) and distributed.is_main():
             save_config(r.save_root / CONFIG, r.cfg)  # the run's config: the fitted one
         save(r, is_best)
         if stop is None and step >= r.cfg.train.budget.total_steps:
@@ -236,7 +237,11 @@ class _Clock:
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.started
+        return self.elapsed_before + self.spent()
+
+    def spent(self) -> float:
+        """Seconds of this invocation."""
+        return time.perf_counter() - self.started
 
 
 @dataclass
@@ -271,7 +276,7 @@ def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
     """One small all-reduce: the mean loss over ranks (the global batch's), and flags that make
     every rank take the same branch (else one would wait forever for the others)."""
     max_time = r.cfg.train.budget.max_time
-    time_up = bool(max_time) and (time.perf_counter() - clock.started) > max_time * 60
+    time_up = bool(max_time) and clock.spent() > max_time * 60
     received = r.stop.received
     loss, bad, time_up, sigint, sigterm = distributed.all_reduce_sum(
         [loss, not finite, time_up, received == "SIGINT", received == "SIGTERM"]
