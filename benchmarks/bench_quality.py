@@ -15,16 +15,17 @@ seeds as evaluate and compare, so a recipe's ``<eot>`` share is its model's). Re
 ``<eot>``, repeated 4-grams, tokens seen and tokens/s (a slow run on a shared machine shows as
 such), parameters and training FLOPs. One PNG draws valid bits per byte against minutes for all.
 
-``nanogpt-cpu`` is nanoGPT's documented CPU recipe (byte level, 4 layers, 4 heads, width 128,
-block 64, batch 12, lr 1e-3 cosine to 1e-4 over 25,000 iterations, no dropout, tied weights, no
-biases) expressed as a gpt-study config on the byte tokenizer; ``study`` the study's model and
-recipe (preset ``seed``) on bpe; ``tiny`` today's CPU preset; ``cpu`` the preset this benchmark
-chose, on the bpe vocabulary it was measured on (``PREPARED_WITH``: 4,096 entries). With
-``--ablation`` each option of the ``cpu`` recipe is switched back to the study's choice, one at a time, at the same budget; with ``--candidates`` each
-option it does not use is added. ``--epochs`` shortens every recipe's schedule (the
-cosine still ends at its last step) and ``--minutes 0`` lifts the time cap, so an ablation can
-compare equal numbers of steps; ``--parallel 2`` runs two at a time, one thread each (on two cores
-that doubles the runs per hour; every run then shares the machine alike, and tokens/s shows it).
+``nanogpt-cpu`` is nanoGPT's documented CPU recipe (byte level, 4 layers, 4 heads, width 128, block
+64, batch 12, lr 1e-3 cosine to 1e-4 over 25,000 iterations, no dropout, tied weights, no biases)
+expressed as a gpt-study config on the byte tokenizer; ``study`` the study's model and recipe
+(preset ``seed``) on bpe; ``tiny`` today's CPU preset; ``cpu`` the preset this benchmark chose, on
+the bpe vocabulary it was measured on (``PREPARED_WITH``: 4,096 entries). With ``--ablation`` each
+option of the ``cpu`` recipe is switched back to the study's choice, one at a time, at the same
+budget; with ``--candidates`` each option it does not use is added. ``--epochs`` shortens every
+recipe's schedule (the cosine still ends at its last step) and ``--minutes 0`` lifts the time cap,
+so an ablation can compare equal numbers of steps; ``--parallel 2`` runs two at a time, one thread
+each (on two cores that doubles the runs per hour; every run then shares the machine alike, and
+tokens/s shows it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     python benchmarks/bench_train.py --ablation            # also each speed-up on its own
     python benchmarks/bench_train.py --threads 1           # a CPU shared with other work
     python benchmarks/bench_train.py --device cuda         # on a GPU: MFU against its peak
-    python benchmarks/bench_train.py --preset cpu          # the cpu preset's step (its PREPARED_WITH vocab)
+    python benchmarks/bench_train.py --preset cpu          # the cpu preset's step, PREPARED_WITH
     python benchmarks/bench_train.py --preset peer         # the peer's shape vs a nanoGPT step
 
 ``--preset seed`` (the default) is what this docstring describes below. ``--preset cpu`` times

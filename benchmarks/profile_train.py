@@ -1,6 +1,6 @@
 """Where a training step's time goes: torch.profiler over the step ``gpt-study train`` runs.
 
-    python benchmarks/profile_train.py --preset cpu            # the cpu preset (its PREPARED_WITH vocab)
+    python benchmarks/profile_train.py --preset cpu            # the cpu preset, PREPARED_WITH
     python benchmarks/profile_train.py --preset seed --steps 3 # the study's model
     python benchmarks/profile_train.py --preset cpu --threads 1 --markdown
 

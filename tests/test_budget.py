@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gpt_study.config import load_config
+from gpt_study.config import TrainConfig, load_config
 from gpt_study.train import budget
 from gpt_study.train.fit import fit
 from gpt_study.train.optim import lr_at
@@ -22,22 +22,20 @@ def test_epochs_in_budget_counts_whole_epochs_and_at_least_one():
     assert budget.epochs_in_budget(900, 950, 2, 45) == 2  # over budget: the epochs done
 
 
-class _Budget:
-    def __init__(self, epoch=14):
-        fields = dict(fit_epochs=True, max_time=15.0, iters_per_epoch=250, epoch=epoch)
-        self.budget = type("B", (), fields)()
+def _budgeted(epoch=14) -> TrainConfig:
+    return TrainConfig(fit_epochs=True, max_time=15.0, iters_per_epoch=250, epoch=epoch)
 
 
 def test_the_second_epoch_refits_from_its_own_time_not_the_first_ones():
     """A first epoch slowed by start-up (60 s, then 45 s per epoch) would leave 3 epochs of
     the budget unused if it alone were the fit."""
-    tc, fit_once = _Budget(), budget.EpochFit()
+    tc, fit_once = _budgeted(), budget.EpochFit()
     assert not fit_once(tc, 100, 20.0, 20.0)  # not an epoch's end
     assert fit_once(tc, 250, 60.0, 60.0) and tc.budget.epoch == 15
     assert fit_once(tc, 500, 105.0, 105.0) and tc.budget.epoch == 19
     assert not fit_once(tc, 750, 150.0, 150.0) and tc.budget.epoch == 19  # fitted twice, no more
     # Resumed after the first fit (the checkpoint kept 15): the second epoch's time is unknown.
-    tc, resumed = _Budget(epoch=15), budget.EpochFit()
+    tc, resumed = _budgeted(epoch=15), budget.EpochFit()
     assert not resumed(tc, 500, 105.0, 40.0) and tc.budget.epoch == 15
     tc.budget.fit_epochs = False
     assert not budget.EpochFit()(tc, 250, 60.0, 60.0)

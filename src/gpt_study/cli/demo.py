@@ -60,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--vocab_size",
         type=int,
         help="prepare's --vocab_size (default: what the preset was measured on, "
-        f"{PREPARED_WITH['cpu']['vocab_size']:,} bpe entries for cpu; else the tokenizer's default)",
+        f"{PREPARED_WITH['cpu']['vocab_size']:,} bpe entries for cpu; else the tokenizer's "
+        "default)",
     )
     parser.add_argument(
         "--epoch",

@@ -1,12 +1,12 @@
 """Typed configuration: one source of truth for every stage, and the one reader of a saved one.
 
 What lives here: ``model`` (:class:`GPTConfig`, the architecture), ``train`` (:class:`TrainConfig`,
-the run; its ``runtime`` section in ``runtime``), ``data`` (:class:`DataConfig`, the corpus, and the special tokens), ``sample``
-(:class:`SampleConfig`, decoding), ``fields`` (each field's help, range and choices) and
-``presets`` (named starting points). This package module bundles them as :class:`Config`, saved as
-JSON inside every checkpoint and read back by :func:`load_config` only. ``train`` is saved in its
-sections (``"optim": {"lr": ...}``); a ``train`` of flat names, as saved before the sections,
-still loads, so every checkpoint ever written keeps working.
+the run; its ``runtime`` section in ``runtime``), ``data`` (:class:`DataConfig`, the corpus, and
+the special tokens), ``sample`` (:class:`SampleConfig`, decoding), ``fields`` (each field's help,
+range and choices) and ``presets`` (named starting points). This package module bundles them as
+:class:`Config`, saved as JSON inside every checkpoint and read back by :func:`load_config` only.
+``train`` is saved in its sections (``"optim": {"lr": ...}``); a ``train`` of flat names, as saved
+before the sections, still loads, so every checkpoint ever written keeps working.
 
 Field names are the study's flag names (``--lr``, ``--sp_weight``, ``--d_model`` ...) and
 defaults its values, so its scripts still read true. Imports: only ``runtime.errors`` and

@@ -185,6 +185,11 @@ class BudgetConfig(Section):
     )
 
     @property
+    def max_time_s(self) -> float:
+        """``--max_time`` in seconds (0: no time budget)."""
+        return self.max_time * 60
+
+    @property
     def total_steps(self) -> int:
         """The schedule's length: ``--epoch x --iters_per_epoch`` optimizer steps."""
         return self.epoch * self.iters_per_epoch

@@ -16,8 +16,9 @@ So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform nu
 resume work as before), a position dropped when its number falls below ``p * 65536``, which
 rounds ``p`` to a multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise
 AND, in place. Attention then runs as one autograd function that computes softmax, dropout and
-the product with the values in place where it can, and writes its own backward. ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written
-oracle, values and gradients (``torch.autograd.gradcheck`` in float64).
+the product with the values in place where it can, and writes its own backward.
+``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written oracle,
+values and gradients (``torch.autograd.gradcheck`` in float64).
 
 On every other device, and whenever dropout is off (evaluation, generation, ``--attention_drop
 0``), the fused kernels run unchanged.

@@ -53,10 +53,10 @@ class EpochFit:
             t / distributed.world_size() for t in distributed.all_reduce_sum([elapsed_s, spent_s])
         )
         self.ended[done] = elapsed
-        if done - 1 not in self.ended and done > 1:
+        if done > 1 and done - 1 not in self.ended:
             return False  # resumed after the previous fit: keep it
         epoch_s = elapsed - self.ended.get(done - 1, 0.0)
-        fitted = epochs_in_budget(b.max_time * 60, spent, done, epoch_s)
+        fitted = epochs_in_budget(b.max_time_s, spent, done, epoch_s)
         log.info(
             "--fit_epochs: epoch %d took %.0f s, so --max_time %g holds %d epochs (%s steps; "
             "the schedule said %d)",

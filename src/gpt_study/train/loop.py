@@ -275,8 +275,8 @@ class _Agreed:
 def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
     """One small all-reduce: the mean loss over ranks (the global batch's), and flags that make
     every rank take the same branch (else one would wait forever for the others)."""
-    max_time = r.cfg.train.budget.max_time
-    time_up = bool(max_time) and clock.spent() > max_time * 60
+    budget_s = r.cfg.train.budget.max_time_s
+    time_up = bool(budget_s) and clock.spent() > budget_s
     received = r.stop.received
     loss, bad, time_up, sigint, sigterm = distributed.all_reduce_sum(
         [loss, not finite, time_up, received == "SIGINT", received == "SIGTERM"]
