@@ -319,6 +319,16 @@ def preset_main(args, device, peak, n, reps) -> int:
     kind = "bf16" if dtype == torch.bfloat16 else "fp32"
     steps = {name: lambda: train_step(net, loss_fn, opt, dtype, x, y, clip)}
     settings, dtype_of = {name: (dtype == torch.bfloat16, True)}, {name: kind}
+    if args.compile:  # what `gpt-study train --compile` runs: the model and loss compiled as one
+        _, net_c, loss_c, opt_c, *_ = build("cpu", "auto", PEER if args.preset == "peer" else None)
+        net_c.load_state_dict(net.state_dict())
+        loss_c = torch.compile(loss_c)
+        t = time.perf_counter()
+        compiled = f"{name} + torch.compile"
+        steps[compiled] = lambda: train_step(net_c, loss_c, opt_c, dtype, x, y, clip)
+        steps[compiled]()
+        print(f"torch.compile: first step (compiling) took {time.perf_counter() - t:.0f} s")
+        settings[compiled], dtype_of[compiled] = settings[name], kind
     print(
         f"model: {args.preset}, {net.num_params():,} parameters, batch {B} x context {T}, "
         f"vocab {mc.vocab_size}; {dtype} autocast (--dtype auto), {type(opt).__name__} "

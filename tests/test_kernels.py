@@ -274,3 +274,43 @@ def test_reuse_freed_memory_switches_mmap_off_and_back():
         assert reuse_freed_memory(False) is True
     # glibc's own way again: a block larger than any free heap space is a fresh mmap.
     assert mapped_bytes_of(512) >= 512 << 20
+
+
+@pytest.mark.parametrize(
+    "dtype,drop",
+    [
+        (torch.bfloat16, 0.0),  # bf16 training: the hand-written attention
+        (torch.bfloat16, 0.1),  # and the CPU dropout masks
+        (torch.float32, 0.1),  # fp32 with dropout: both hand-written kernels
+        (torch.float32, 0.0),  # neither: PyTorch's own, which the compiler may trace
+    ],
+)
+def test_compiled_step_runs_the_cpu_kernels_eagerly(dtype, drop):
+    """torch.compile (its graph capture; ``aot_eager`` skips code generation, which the slow
+    test in test_runtime_plan.py covers) over every branch of the CPU path: the kernels run
+    between the compiled graphs, so the same seed gives the same masks, loss and gradients."""
+    from gpt_study.model.loss import LMLoss
+
+    cfg = GPTConfig(
+        vocab_size=40, max_len=16, d_model=16, d_ff=32, n_layers=2, n_heads=2,
+        attention_drop=drop, residual_drop=drop, embedding_drop=drop,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = GPT(cfg).train()
+    x, y = torch.randint(0, 40, (4, 16)), torch.randint(0, 40, (4, 16))
+    torch._dynamo.reset()
+    runs = {}
+    for name, loss_fn in (
+        ("eager", LMLoss(net)),
+        ("compiled", torch.compile(LMLoss(net), backend="aot_eager", fullgraph=False)),
+    ):
+        net.zero_grad()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = loss_fn(x, y)
+        loss.backward()
+        runs[name] = loss.detach(), [p.grad.clone() for p in net.parameters()]
+    (la, ga), (lb, gb) = runs["eager"], runs["compiled"]
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

@@ -202,15 +202,17 @@ def test_what_cannot_run_on_the_device_is_refused_with_one_line(monkeypatch):
 
 
 @pytest.mark.slow
-def test_forced_compile_trains_on_a_cpu(tiny_prepared, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: the CPU kernels' branch
+def test_forced_compile_trains_on_a_cpu(tiny_prepared, tmp_path, dtype):
     """--compile: torch.compile of the model and the loss (about a minute of compiling here),
     with --ema on: the compiled run trains and averages what the eager one does."""
     assert resolve_plan("cpu", compile=True).compile
-    res = quick_fit(tiny_prepared, tmp_path / "compiled", compile=True, ema=0.5)
+    res = quick_fit(tiny_prepared, tmp_path / "compiled", compile=True, ema=0.5, dtype=dtype)
     assert math.isfinite(res.last_valid["valid_nll"])
-    quick_fit(tiny_prepared, tmp_path / "eager", ema=0.5)
+    quick_fit(tiny_prepared, tmp_path / "eager", ema=0.5, dtype=dtype)
+    tol = {"float32": dict(rtol=1e-3, atol=3e-4), "bfloat16": dict(rtol=0.02, atol=3e-3)}[dtype]
     for kind in ("best", "last"):  # the average, the live weights
         a = load_file(str(tmp_path / "compiled" / kind / "model.safetensors"))
         b = load_file(str(tmp_path / "eager" / kind / "model.safetensors"))
         for k in a:  # fused kernels sum in another order; Adam magnifies that near zero
-            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=3e-4)
+            torch.testing.assert_close(a[k], b[k], **tol)

@@ -163,7 +163,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or p == 0.0:
         return x
     if uses_cpu_dropout(x, p):
-        return _Dropout.apply(x, p)
+        return _eager_dropout(x, p)
     return F.dropout(x, p, training=True)
 
 
@@ -234,6 +234,20 @@ class _CausalAttentionDropout(torch.autograd.Function):
         return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None
 
 
+# Under torch.compile the two functions above run eagerly, between compiled graphs: traced, they
+# fail (they save views of their inputs), and what the compiler would put in their place, its own
+# dropout and PyTorch's fused CPU attention, made the cpu preset's compiled step about twice as
+# slow as the eager one (docs/train.md, "torch.compile").
+@torch.compiler.disable
+def _eager_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    return _Dropout.apply(x, p)
+
+
+@torch.compiler.disable
+def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    return _CausalAttentionDropout.apply(q, k, v, p)
+
+
 def causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
 ) -> torch.Tensor:
@@ -244,7 +258,7 @@ def causal_attention(
     thing faster (with dropout, or training in bf16).
     """
     if uses_cpu_attention(q, dropout_p):
-        return _CausalAttentionDropout.apply(q, k, v, dropout_p)
+        return _eager_attention(q, k, v, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
 
