@@ -1,4 +1,5 @@
-"""--fit_epochs: the schedule sized to --max_time from the first and second epochs' times."""
+"""--fit_epochs: the schedule sized to --max_time from the first and second epochs' times, then
+kept unless the mean epoch since says it overruns or wastes the budget."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ def test_epochs_in_budget_counts_whole_epochs_and_at_least_one():
     assert budget.epochs_in_budget(900, 1000, 1, 1000) == 1
     assert budget.epochs_in_budget(900, 105, 2, 45) == 19  # 795 s left hold 17 more
     assert budget.epochs_in_budget(900, 950, 2, 45) == 2  # over budget: the epochs done
+    # With a fit made before: kept while the budget holds it -1/4 to +1.5 epochs.
+    assert budget.epochs_in_budget(900, 450, 10, 45, current=19) == 19  # holds 20.0
+    assert budget.epochs_in_budget(900, 450, 10, 45, current=21) == 20  # would overrun 1 epoch
+    assert budget.epochs_in_budget(900, 450, 10, 50, current=19) == 19  # holds 19.0
+    assert budget.epochs_in_budget(900, 450, 10, 47, current=19) == 19  # holds 19.57
+    assert budget.epochs_in_budget(900, 450, 10, 40, current=19) == 21  # holds 21.25
+    assert budget.epochs_in_budget(900, 460, 10, 50, current=19) == 19  # holds 18.8: -0.2
+    assert budget.epochs_in_budget(900, 470, 10, 50, current=19) == 18  # holds 18.6: -0.4
 
 
 def _budgeted(epoch=14) -> TrainConfig:
@@ -33,7 +42,15 @@ def test_the_second_epoch_refits_from_its_own_time_not_the_first_ones():
     assert not fit_once(tc, 100, 20.0, 20.0)  # not an epoch's end
     assert fit_once(tc, 250, 60.0, 60.0) and tc.budget.epoch == 15
     assert fit_once(tc, 500, 105.0, 105.0) and tc.budget.epoch == 19
-    assert not fit_once(tc, 750, 150.0, 150.0) and tc.budget.epoch == 19  # fitted twice, no more
+    # From the third epoch, the mean of the last three (never the first): 45 s holds 19.7, so
+    # 19 stays.
+    assert not fit_once(tc, 750, 150.0, 150.0) and tc.budget.epoch == 19
+    # The machine slows (epoch 4 takes 110 s): a mean of 67 s holds 13.6, so 13 ...
+    assert fit_once(tc, 1000, 260.0, 260.0) and tc.budget.epoch == 13
+    # ... and speeds up again (20 s an epoch): the fit follows as the recent mean falls.
+    times = {e: 260.0 + 20 * (e - 4) for e in (5, 6, 7, 8)}
+    moves = [fit_once(tc, 250 * e, t, t) and tc.budget.epoch for e, t in times.items()]
+    assert moves == [15, 18, 36, False] and tc.budget.epoch == 36
     # Resumed after the first fit (the checkpoint kept 15): the second epoch's time is unknown.
     tc, resumed = _budgeted(epoch=15), budget.EpochFit()
     assert not resumed(tc, 500, 105.0, 40.0) and tc.budget.epoch == 15
@@ -47,7 +64,7 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
 ):
     seen = []
 
-    def fake(budget_s, spent_s, done, epoch_s):
+    def fake(budget_s, spent_s, done, epoch_s, current=None):
         seen.append((budget_s, done, epoch_s))
         return fitted
 
@@ -55,8 +72,8 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
     root = tmp_path / "fit"
     kw = dict(fit_epochs=True, max_time=5.0, epoch=2, lr_schedule="cosine", min_lr=1e-4)
     result = fit(build_config("tiny", train=tiny_train(tiny_prepared, root, **kw), model=MODEL))
-    # after epoch 1, and after epoch 2 where the fitted schedule reaches it
-    assert [d for _, d, _ in seen] == [1, 2][: min(fitted, 2)]
+    # after every epoch the fitted schedule reaches
+    assert [d for _, d, _ in seen] == [1, 2, 3][:fitted]
     assert all(b == 300 and t > 0 for b, _, t in seen)
     assert result.stopped == "done" and result.step == fitted * 6
     for path in (root / "config.json", root / "last" / "config.json"):
@@ -65,7 +82,7 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
     assert lr_at(result.step, tc) == pytest.approx(1e-4)  # the cosine ends at the last step
     assert lr_at(result.step - 1, tc) > 1e-4
     again = fit(build_config(train={"save_root": str(root)}, resume=True), resume=True)
-    assert again.step == result.step and len(seen) == min(fitted, 2)  # complete: not refitted
+    assert again.step == result.step and len(seen) == fitted  # complete: not refitted
     steps = [json.loads(x)["step"] for x in (root / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == fitted * 6
 

@@ -200,7 +200,7 @@ def test_fit_epochs_under_torchrun_gives_every_rank_one_schedule(tiny_prepared, 
     run = torchrun(ddp_train(tiny_prepared, root, max_time=0.02, fit_epochs=True, sample_tokens=0))
     assert run.returncode == 0, run.stdout + run.stderr
     fits = [ln for ln in run.stdout.splitlines() if "--fit_epochs: epoch" in ln]
-    assert 1 <= len(fits) <= 2  # rank 0 alone logs, after epochs 1 and 2
+    assert fits and len(fits) == len(set(fits))  # rank 0 alone logs, after each epoch it fits
     fitted = int(fits[-1].split(" holds ")[1].split()[0])
     saved = json.loads((root / "last" / "config.json").read_text())
     assert saved["train"]["budget"]["epoch"] == fitted

@@ -2,13 +2,18 @@
 
 A preset's ``--epoch`` is sized for one machine. Under ``--max_time`` a slower one is stopped with
 the cosine still high (the weights of a run cut mid-schedule score worse than those of a shorter
-schedule that ends), and a faster one stops early with time unused. With ``--fit_epochs`` the
-run times its first epoch (steps, validation and all) and sets ``--epoch`` to as many epochs as
+schedule that ends), and a faster one stops early with time unused. With ``--fit_epochs`` the run
+times its first epoch (steps, validation and all) and sets ``--epoch`` to as many epochs as
 ``--max_time`` holds at that speed; after the second epoch it fits again from the second's time,
-because the first also pays for starting up (threads, allocations, the thread tuner's first
-trials) and a fit on it alone left up to a fifth of the budget unused (docs/quality.md, "Round
-three"). The cosine then moves by about one percent. The fitted value is the run's config from
-then on: every checkpoint saves it, so a resumed run follows the same schedule.
+because the first also pays for starting up (threads, allocations, the thread tuner's first trials,
+compiling) and a fit on it alone left up to a fifth of the budget unused. From the third epoch on
+it checks the fit after every epoch against the mean of the last three (never the first), and moves
+it only when it would overrun the budget by more than a quarter of an epoch or leave more than an
+epoch and a half unused: a machine whose speed drifts during a run (measured: a 15-minute run that
+trained 817 s, another cut short by ``--max_time``; docs/quality.md, "Round three") still ends its
+cosine inside the budget, and a steady one keeps its schedule. Each move shifts the cosine by a few
+percent of its range. The fitted value is the run's config from then on: every checkpoint saves it,
+so a resumed run follows the same schedule and is never refitted.
 """
 
 from __future__ import annotations
@@ -21,51 +26,66 @@ from gpt_study.runtime import distributed
 
 log = logging.getLogger("gpt_study.train")
 
-FIT_AFTER = (1, 2)  # the epochs after which the schedule is fitted
+FIT_AFTER = (1, 2)  # the epochs after which the schedule is fitted whatever it was
+KEEP = (-0.25, 1.5)  # from then on, the overrun and the unused epochs a fit may keep
+RECENT = 3  # and the epochs (never the first) whose mean time it fits to
 
 
-def epochs_in_budget(budget_s: float, spent_s: float, done: int, epoch_s: float) -> int:
+def epochs_in_budget(
+    budget_s: float, spent_s: float, done: int, epoch_s: float, current: int | None = None
+) -> int:
     """The ``done`` epochs plus the whole epochs of ``epoch_s`` seconds that the rest of
-    ``budget_s`` holds after ``spent_s``; at least one."""
+    ``budget_s`` holds after ``spent_s``; at least one. With ``current`` (a fit made before),
+    ``current`` itself while the budget holds between ``current`` - 1/4 and ``current`` + 1.5
+    epochs (:data:`KEEP`)."""
     left = max(budget_s - spent_s, 0.0)
-    return max(1, done + int(left // max(epoch_s, 1e-9)))
+    holds = done + left / max(epoch_s, 1e-9)  # epochs, fractional
+    if current is not None and KEEP[0] <= holds - current <= KEEP[1]:
+        return current
+    return max(1, int(holds))
 
 
 @dataclass
 class EpochFit:
-    """Fits ``tc.budget.epoch`` to ``--max_time`` at the end of the epochs in :data:`FIT_AFTER`.
+    """Fits ``tc.budget.epoch`` to ``--max_time`` at the end of every epoch (see the module text).
 
-    ``ended`` keeps when each epoch ended (seconds trained, the ranks' mean), in memory: a run
-    resumed between the first and second epochs keeps the first fit, which its checkpoint saved.
+    ``ended`` keeps when each epoch ended (seconds trained, the ranks' mean), in memory: only a
+    run that started at step 0 in this invocation fits; a resumed one keeps what its checkpoint
+    saved.
     """
 
     ended: dict[int, float] = field(default_factory=dict)
 
     def __call__(self, tc: TrainConfig, step: int, elapsed_s: float, spent_s: float) -> bool:
         """At an epoch's end: ``elapsed_s`` trained in all, ``spent_s`` of them in this
-        invocation (what ``--max_time`` budgets); whether ``--epoch`` was fitted. Every rank must
+        invocation (what ``--max_time`` budgets); whether ``--epoch`` changed. Every rank must
         stop at the same step, so the ranks' times are averaged."""
         b = tc.budget
         done, rest = divmod(step, b.iters_per_epoch)
-        if not (b.fit_epochs and b.max_time > 0 and rest == 0 and done in FIT_AFTER):
+        if not (b.fit_epochs and b.max_time > 0 and rest == 0 and done >= 1):
             return False
         elapsed, spent = (
             t / distributed.world_size() for t in distributed.all_reduce_sum([elapsed_s, spent_s])
         )
         self.ended[done] = elapsed
-        if done > 1 and done - 1 not in self.ended:
-            return False  # resumed after the previous fit: keep it
-        epoch_s = elapsed - self.ended.get(done - 1, 0.0)
-        fitted = epochs_in_budget(b.max_time_s, spent, done, epoch_s)
+        if any(e not in self.ended for e in range(1, done)):
+            return False  # resumed: keep the fit the checkpoint saved
+        first = done in FIT_AFTER
+        since = done - 1 if first else max(1, done - RECENT)  # then the recent epochs' mean
+        epoch_s = (elapsed - self.ended.get(since, 0.0)) / (done - since)
+        fitted = epochs_in_budget(b.max_time_s, spent, done, epoch_s, None if first else b.epoch)
+        if fitted == b.epoch and not first:
+            return False
         log.info(
-            "--fit_epochs: epoch %d took %.0f s, so --max_time %g holds %d epochs (%s steps; "
+            "--fit_epochs: %s %.0f s, so --max_time %g holds %d epochs (%s steps; "
             "the schedule said %d)",
-            done,
+            f"epoch {done} took" if first else f"epochs 2-{done} took a mean",
             epoch_s,
             b.max_time,
             fitted,
             f"{fitted * b.iters_per_epoch:,}",
             b.epoch,
         )
+        changed = fitted != b.epoch
         b.epoch = fitted
-        return True
+        return changed or first
