@@ -79,7 +79,7 @@ class EpochFit:
         log.info(
             "--fit_epochs: %s %.0f s, so --max_time %g holds %d epochs (%s steps; "
             "the schedule said %d)",
-            f"epoch {done} took" if first else f"epochs 2-{done} took a mean",
+            f"epoch {done} took" if first else f"epochs {since + 1}-{done} took a mean",
             epoch_s,
             b.max_time,
             fitted,
