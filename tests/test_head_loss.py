@@ -130,3 +130,28 @@ def test_bench_train_presets_run_and_report(preset, rows):
     if preset == "peer":
         assert "1,328,256 parameters" in out.stdout
         assert "vs nanoGPT-style step: median" in out.stdout
+    else:  # the preset's step on the vocabulary it is prepared with, whatever that becomes
+        from gpt_study.config.presets import PREPARED_WITH, preset_config
+        from gpt_study.model.gpt import GPT
+
+        vocab = PREPARED_WITH["cpu"]["vocab_size"]
+        params = GPT(preset_config("cpu", model={"vocab_size": vocab}).model).num_params()
+        assert f"{params:,} parameters" in out.stdout and f"vocab {vocab}" in out.stdout
+
+
+@pytest.mark.parametrize("flags", [[], ["--sp_weight", "1", "--smoothing", "0.1"]])
+def test_bench_scoring_checks_the_sums_and_reports(flags):
+    """benchmarks/bench_scoring.py: held-out scoring against the plain way, same sums."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scoring.py"
+    tiny = ["--batch", "2", "--context", "8", "--vocab", "50", "--repeats", "1", *flags]
+    out = subprocess.run(
+        [sys.executable, str(script), *tiny], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    import re
+
+    assert re.search(r"reference [\d.]+ ms, _add [\d.]+ ms, [\d.]+x$", out.stdout.strip())
