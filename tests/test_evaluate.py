@@ -65,6 +65,16 @@ def test_nll_equals_a_hand_computation(n, context, batch):
     assert m["unk_rate"] == pytest.approx(unk / (n - 1))
 
 
+def test_a_hit_is_the_target_at_the_top_ties_included():
+    """The scorer's top-1 hit (``amax``, not ``argmax``): a target sharing the top logit counts."""
+    from gpt_study.evaluate.heldout import Sums, _add
+
+    logits = torch.tensor([[[0.0, 2.0, 2.0, 1.0], [3.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 5.0]]])
+    s = Sums()
+    _add(s, logits, torch.tensor([[2, 3, 3]]), 0.0, 1.0, None)  # (1, 3, 4), targets (1, 3)
+    assert (s.targets, s.correct) == (3, 2)  # the tie at id 2 and the clear top at id 3
+
+
 def test_story_metrics_on_known_sequences():
     loop = [5, 6, 7, 8] * 5  # 17 four-grams, 4 distinct: 13 repeats
     fresh = list(range(10, 20)) + [2]  # ends with <eot>: 7 four-grams, none repeated
