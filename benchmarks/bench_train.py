@@ -309,9 +309,8 @@ def preset_main(args, device, peak, n, reps) -> int:
     if device.type != "cpu":
         print("--preset cpu and peer time CPU steps: run them with --device cpu", file=sys.stderr)
         return 2
-    cfg, net, loss_fn, opt, dtype, x, y = build(
-        "cpu", "auto", PEER if args.preset == "peer" else None
-    )
+    shape = PEER if args.preset == "peer" else None  # the cpu preset's own, or the peer's
+    cfg, net, loss_fn, opt, dtype, x, y = build("cpu", "auto", shape)
     B = min(args.batch_size or x.size(0), x.size(0))  # at most the preset's 32 rows
     x, y = x[:B], y[:B]
     T, clip, mc = x.size(1), cfg.train.optim.grad_clip, cfg.model
@@ -320,7 +319,7 @@ def preset_main(args, device, peak, n, reps) -> int:
     steps = {name: lambda: train_step(net, loss_fn, opt, dtype, x, y, clip)}
     settings, dtype_of = {name: (dtype == torch.bfloat16, True)}, {name: kind}
     if args.compile:  # what `gpt-study train --compile` runs: the model and loss compiled as one
-        _, net_c, loss_c, opt_c, *_ = build("cpu", "auto", PEER if args.preset == "peer" else None)
+        _, net_c, loss_c, opt_c, *_ = build("cpu", "auto", shape)
         net_c.load_state_dict(net.state_dict())
         loss_c = torch.compile(loss_c)
         t = time.perf_counter()

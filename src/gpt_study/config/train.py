@@ -178,8 +178,8 @@ class BudgetConfig(Section):
         default=False,
         metadata=doc(
             "with --max_time: after the first and second epochs, set --epoch to what the time "
-            "budget holds at the speed measured, so the schedule ends inside the budget: "
-            "train/budget.py",
+            "budget holds at the speed measured, then refit if the speed drifts, so the schedule "
+            "ends inside the budget: train/budget.py",
             resume="free",
         ),
     )

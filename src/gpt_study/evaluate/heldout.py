@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from gpt_study.config import EOT_ID, SOT_ID, UNK_ID
 from gpt_study.data.dataset import eval_windows, iter_eval_batches
-from gpt_study.model.loss import lm_loss_terms
+from gpt_study.model.loss import lm_loss_terms, target_nll
 from gpt_study.runtime.device import autocast, to_device
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.progress import progress_bar
@@ -136,7 +136,7 @@ def _add(
     flat = logits.flatten(0, 1)  # (B*T, V)
     targets = y.flatten()  # (B*T,)
     logp = F.log_softmax(flat, dim=-1)  # (B*T, V), once: the NLL and the study's loss read it
-    nll = -logp.gather(1, targets[:, None]).squeeze(1)  # (B*T,)
+    nll = target_nll(logp, targets)  # (B*T,)
     known = targets != (-1 if unk_id is None else unk_id)
     loss, weight = lm_loss_terms(logp, targets, smoothing, sp, special_ids, log_probs=True)
     sums.targets += targets.numel()

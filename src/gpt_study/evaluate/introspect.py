@@ -36,6 +36,7 @@ from gpt_study.data.sources import END_OF_TEXT
 from gpt_study.evaluate.heldout import scored_windows
 from gpt_study.generate.text import PieceReader, pieces
 from gpt_study.model.gpt import GPT
+from gpt_study.model.loss import target_nll
 
 __all__ = [
     "PieceReader",
@@ -128,7 +129,7 @@ def score_ids(model: GPT, ids: Sequence[int], window: int, top_k: int = 5) -> Sc
     parts: list[tuple[torch.Tensor, ...]] = []
     for logits, y in scored_windows(model, np.asarray(list(ids), dtype=np.int64), window):
         logp = F.log_softmax(logits.flatten(0, 1), dim=-1)  # (B*T, V), windows in order
-        nll = -logp.gather(-1, y.reshape(-1, 1))[:, 0]  # (B*T,)
+        nll = target_nll(logp, y.reshape(-1))  # (B*T,)
         top = logp.topk(k, dim=-1)
         parts.append((nll, top.indices, top.values.exp()))
     nll = torch.cat([p[0] for p in parts]).cpu()

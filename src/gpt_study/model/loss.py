@@ -49,6 +49,11 @@ def class_weights(
     return w
 
 
+def target_nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p of each target: (N,) from log-probabilities ``logp`` (N, V) and ``targets`` (N,)."""
+    return -logp.gather(1, targets[:, None]).squeeze(1)
+
+
 def lm_loss_terms(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -68,8 +73,7 @@ def lm_loss_terms(
     """
     logp = logits.float() if log_probs else F.log_softmax(logits.float(), dim=-1)  # (N, V)
     wy = special_weights(targets, sp_weight, special_ids)  # (N,)
-    nll = -logp.gather(1, targets[:, None]).squeeze(1)  # (N,)
-    total = (1.0 - label_smoothing) * (wy * nll).sum()
+    total = (1.0 - label_smoothing) * (wy * target_nll(logp, targets)).sum()
     if label_smoothing:
         w = class_weights(logp.size(-1), sp_weight, special_ids, logp.device)  # (V,)
         total = total - (label_smoothing / logp.size(-1)) * (logp @ w).sum()

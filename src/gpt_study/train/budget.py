@@ -86,6 +86,5 @@ class EpochFit:
             f"{fitted * b.iters_per_epoch:,}",
             b.epoch,
         )
-        changed = fitted != b.epoch
         b.epoch = fitted
-        return changed or first
+        return True
