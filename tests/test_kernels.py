@@ -289,15 +289,21 @@ def test_compiled_step_runs_the_cpu_kernels_eagerly(dtype, drop):
     """torch.compile (its graph capture; ``aot_eager`` skips code generation, which the slow
     test in test_runtime_plan.py covers) over every branch of the CPU path: the kernels run
     between the compiled graphs, so the same seed gives the same masks, loss and gradients."""
-    from gpt_study.model.loss import LMLoss
-
     cfg = GPTConfig(
         vocab_size=40, max_len=16, d_model=16, d_ff=32, n_layers=2, n_heads=2,
         attention_drop=drop, residual_drop=drop, embedding_drop=drop,
     )  # fmt: skip
+    assert_compiled_step_is_eager(cfg, dtype)
+
+
+def assert_compiled_step_is_eager(cfg: GPTConfig, dtype: torch.dtype) -> None:
+    """One training step of ``cfg``'s model through ``LMLoss``, eager and compiled from the same
+    seed: the same loss and gradients (test_model_options.py runs it over every model option)."""
+    from gpt_study.model.loss import LMLoss
+
     torch.manual_seed(0)
     net = GPT(cfg).train()
-    x, y = torch.randint(0, 40, (4, 16)), torch.randint(0, 40, (4, 16))
+    x, y = torch.randint(0, cfg.vocab_size, (4, 16)), torch.randint(0, cfg.vocab_size, (4, 16))
     torch._dynamo.reset()
     runs = {}
     for name, loss_fn in (

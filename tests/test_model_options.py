@@ -171,3 +171,13 @@ def test_zero_init_starts_every_block_as_the_identity_and_learns():
     assert choose_layout(cfg_of("zero_init")).name == choose_layout(cfg_of("study")).name == "gpt2"
     modern = choose_layout(cfg_of("modern", zero_init=True, qk_norm=False))
     assert modern.name == choose_layout(cfg_of("modern", qk_norm=False)).name == "llama"
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_every_option_compiles_to_the_eager_step(name):
+    """--compile over every model option, training in bf16 with dropout on (so the CPU kernels
+    run between the compiled graphs): the same loss and gradients as the eager step."""
+    from test_kernels import assert_compiled_step_is_eager
+
+    cfg = GPTConfig(**{**BASE, **OPTIONS[name], "max_len": 16, "residual_drop": 0.1})
+    assert_compiled_step_is_eager(cfg, torch.bfloat16)
