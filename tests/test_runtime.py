@@ -95,6 +95,8 @@ def test_thread_tuning_tunes_only_auto_on_a_cpu_with_threads_to_spare():
             assert tuner.candidates == [1, 2]
             torch.set_num_threads(1)  # the tuner's choice ...
         assert torch.get_num_threads() == 2  # ... undone when the run ends
+        with thread_tuning(0, "cpu", compiled=True) as tuner:
+            assert not tuner.active  # each count would compile the step again
         for threads, device in ((3, "cpu"), (0, "cuda:0")):
             with thread_tuning(threads, device) as tuner:
                 assert not tuner.active

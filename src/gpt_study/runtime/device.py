@@ -324,15 +324,20 @@ class ThreadTuner:
 
 @contextlib.contextmanager
 def thread_tuning(
-    threads: int | None, device: str, log: Callable[[str], None] | None = None
+    threads: int | None,
+    device: str,
+    log: Callable[[str], None] | None = None,
+    compiled: bool = False,
 ) -> Iterator[ThreadTuner]:
     """The run's :class:`ThreadTuner`, and torch's thread count as it was afterwards.
 
     ``threads`` None or 0 (auto) on a CPU tunes between 1 and the threads torch has now (one
-    per core unless something set it); any other case gets a tuner that does nothing.
+    per core unless something set it); any other case gets a tuner that does nothing. So does a
+    ``compiled`` step: the compiler writes the thread count into its CPU kernels, so every count
+    tried would compile the whole step again (about as long as compiling it the first time).
     """
     before = torch.get_num_threads()
-    tune = not threads and device.split(":")[0] == "cpu" and before > 1
+    tune = not threads and device.split(":")[0] == "cpu" and before > 1 and not compiled
     try:
         yield ThreadTuner([1, before] if tune else [], log=log)
     finally:

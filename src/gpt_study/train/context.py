@@ -42,8 +42,7 @@ class Run:
     """Everything one training run holds, passed to the loop's parts."""
 
     cfg: Config
-    net: GPT  # the plain model: weights, checkpoints, the sample story
-    valid_model: torch.nn.Module  # what validation runs: net, or torch.compile(net) (--compile)
+    net: GPT  # the plain model: weights, checkpoints, validation, the sample story
     # What a training step calls, (x, y) -> loss: LMLoss(net), the model and the loss as one
     # module, compiled under --compile and wrapped in DistributedDataParallel under torchrun.
     loss_fn: torch.nn.Module

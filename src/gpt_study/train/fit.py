@@ -119,7 +119,9 @@ def _train(cfg: Config, r: Run, resume: bool) -> TrainResult:
         _log_start(r, resume)
         try:
             with (
-                thread_tuning(cfg.train.runtime.threads, r.device, log.info) as r.tuner,
+                thread_tuning(
+                    cfg.train.runtime.threads, r.device, log.info, r.plan.compile
+                ) as r.tuner,
                 cpu_path(r.plan.attention == "cpu_kernels"),
             ):
                 return train_loop(r)
@@ -175,12 +177,11 @@ def _build(
     if not resume:
         # Dropout draws differ per rank (the weights above were drawn identically everywhere).
         torch.manual_seed(tc.seed + 1 + distributed.rank())
-    valid_model, loss_fn = _wrap(net, tc, plan, tokenizer.special_ids)
+    loss_fn = _wrap(net, tc, plan, tokenizer.special_ids)
     sampler = _sampler(data, tc, state)
     return Run(
         cfg,
         net,
-        valid_model,
         loss_fn,
         optimizer,
         sampler,
@@ -253,23 +254,25 @@ def _resume(
 
 def _wrap(
     net: GPT, tc: TrainConfig, plan: RuntimePlan, special_ids: tuple[int, ...]
-) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(the model validation runs, the (x, y) -> loss module training steps run); ``sp_weight``
-    weighs the tokenizer's ``special_ids``.
+) -> torch.nn.Module:
+    """The (x, y) -> loss module training steps run; ``sp_weight`` weighs the tokenizer's
+    ``special_ids``.
 
     The model and the loss as one module, so DDP and torch.compile wrap both. LMLoss runs the
     output layer and the loss chunk by chunk without the (B, T, V) logits (loss.head_loss),
     because the output layer is most of a step (the speed-up: docs/train.md, "Measurements").
+    Only this step is compiled: validation runs the plain model, because compiling its no-grad
+    graphs (and again for a last, shorter batch) cost more time than it saved (docs/train.md,
+    "torch.compile").
     """
-    compile_, device = plan.compile, plan.device
-    valid_model: torch.nn.Module = torch.compile(net) if compile_ else net
     loss_fn: torch.nn.Module = LMLoss(net, tc.loss.label_smoothing, tc.loss.sp_weight, special_ids)
-    if compile_:
+    if plan.compile:
         loss_fn = torch.compile(loss_fn)
     if distributed.is_distributed():
+        device = plan.device
         ids = [torch.device(device).index] if device.startswith("cuda") else None
         loss_fn = DistributedDataParallel(loss_fn, device_ids=ids)
-    return valid_model, loss_fn
+    return loss_fn
 
 
 def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampler:

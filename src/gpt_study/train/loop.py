@@ -129,7 +129,7 @@ def end_of_epoch(r: Run, step: int) -> bool:
     """Validate (all ranks), log, write the sample story (rank 0); True if this is the best."""
     tc, state = r.cfg.train, r.state
     with evaluated_weights(r.ema):
-        v = validate(r.valid_model, r.data, tc, r.dtype, r.tokenizer)
+        v = validate(r.net, r.data, tc, r.dtype, r.tokenizer)
     # The study kept the checkpoint of lowest valid loss (smoothed, weighted): --best_by loss.
     now, best = (
         (v.loss, state.best_valid_loss)
