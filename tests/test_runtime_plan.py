@@ -201,6 +201,19 @@ def test_what_cannot_run_on_the_device_is_refused_with_one_line(monkeypatch):
     assert not resolve_fused_adamw("auto", "cpu")  # auto falls back to unfused, as before
 
 
+def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(monkeypatch, caplog):
+    """torch.compile needs a C++ compiler on a CPU; the cpu preset asks for it, so a machine
+    without one gets a warning and an eager run, not an error. A GPU does not need one."""
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with caplog.at_level("WARNING"):
+        assert not resolve_plan("cpu", compile=True).compile
+    assert "no C++ compiler" in caplog.text and "--no-compile" in caplog.text
+    assert plan_module.resolve_compile(True, "cuda:0")  # the check is a CPU's only
+    assert not resolve_plan("cpu", compile=False).compile
+    monkeypatch.setenv("CXX", "sh")  # any program on PATH stands for a compiler here
+    assert resolve_plan("cpu", compile=True).compile
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: the CPU kernels' branch
 def test_forced_compile_trains_on_a_cpu(tiny_prepared, tmp_path, dtype):

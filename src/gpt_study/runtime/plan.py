@@ -13,7 +13,9 @@ table.
 - pinned batches, ``--pin_memory``: ``auto`` pins on CUDA (page-locked, copied non-blocking);
 - attention and dropout, ``--attention``: ``auto`` is ``cpu_kernels`` on a CPU
   (:mod:`gpt_study.model.kernels`) and PyTorch's SDPA elsewhere;
-- ``--compile``: off unless asked;
+- ``--compile``: off unless asked (the ``cpu`` preset asks); on a CPU without the C++ compiler
+  torch.compile needs there, the run warns and trains eagerly instead of refusing, so that the
+  preset still trains on a laptop that has none;
 - the torchrun backend, ``--backend``: ``auto`` is nccl for CUDA, gloo for a CPU.
 
 The plan only decides; the attention switch is a process-wide setting of the model package, which
@@ -22,6 +24,10 @@ training applies for the duration of ``fit`` (model code never reads a device fl
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +39,8 @@ from gpt_study.runtime.errors import UserError
 SWITCH = ("auto", "on", "off")
 ATTENTION = ("auto", "sdpa", "cpu_kernels")
 BACKENDS = ("auto", "gloo", "nccl")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,25 @@ def resolve_attention(setting: str, device: str) -> str:
     return setting
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with (``$CXX``, else g++, clang++
+    on macOS, cl on Windows: what torch's inductor looks for), or None if there is none."""
+    default = {"darwin": "clang++", "win32": "cl"}.get(sys.platform, "g++")
+    return shutil.which(os.environ.get("CXX") or default)
+
+
+def resolve_compile(setting: bool, device: str) -> bool:
+    """``--compile`` as asked, except on a CPU without a C++ compiler: a warning, and eager."""
+    if not setting or _kind(device) != "cpu" or cpp_compiler() is not None:
+        return bool(setting)
+    log.warning(
+        "--compile: no C++ compiler (g++, or the one $CXX names) was found, and torch.compile "
+        "needs one on a CPU, so this run trains without compiling (install g++ to compile, or "
+        "pass --no-compile to silence this)"
+    )
+    return False
+
+
 def resolve_backend(setting: str, device: str) -> str:
     """The torchrun backend. ``auto``: nccl for CUDA, gloo otherwise; nccl needs CUDA GPUs and a
     torch built with NCCL, and is refused elsewhere."""
@@ -140,7 +167,7 @@ def resolve_plan(
         fused_adamw=resolve_fused_adamw(fused_adamw, dev),
         pin_memory=resolve_pin_memory(pin_memory, dev),
         attention=resolve_attention(attention, dev),
-        compile=bool(compile),
+        compile=resolve_compile(compile, dev),
         backend=resolve_backend(backend, dev),
     )
 
