@@ -79,7 +79,7 @@ CANDIDATES = {
     "cpu-ema": ["--ema", "0.995"],
     "cpu-zero_init": ["--zero_init"],
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
-    "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "16"],
+    "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],
     "cpu-bpe8192": ["prepare:--vocab_size 8192"],  # more bytes per token, more parameters
 }
 # Every name --recipes takes: the recipes, and each ablation or candidate arm on its own (say, to
@@ -276,7 +276,7 @@ def main() -> None:
         default=[],
         metavar="NAME=FLAGS",
         help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx256=--context_size '
-        '256 --max_len 256 --batch_size 16" (repeatable; FLAGS may start with "prepare:ARGS;" to '
+        '256 --max_len 256 --batch_size 8" (repeatable; FLAGS may start with "prepare:ARGS;" to '
         'prepare its own folder, e.g. "prepare:--vocab_size 8192;")',
     )
     args = p.parse_args()

@@ -132,7 +132,10 @@ def main() -> int:
         "step; peer: gpt-study in the peer's shape vs a nanoGPT-style step",
     )
     ap.add_argument(
-        "--batch_size", type=int, default=0, help="rows per step (0: 64, or the preset's 32)"
+        "--batch_size",
+        type=int,
+        default=0,
+        help="rows per step (0: 64 for seed, the cpu preset's own, 32 for peer)",
     )
     ap.add_argument("--context_size", type=int, default=128, help="seed only (presets: 128)")
     ap.add_argument(
@@ -301,6 +304,7 @@ PEER = dict(
     n_heads=4,
     d_ff=512,
 )
+PEER_ROWS = 32  # its batch of 32 x 128, as issue 27 measured nanoGPT's train.py
 
 
 def preset_main(args, device, peak, n, reps) -> int:
@@ -310,16 +314,16 @@ def preset_main(args, device, peak, n, reps) -> int:
         print("--preset cpu and peer time CPU steps: run them with --device cpu", file=sys.stderr)
         return 2
     shape = PEER if args.preset == "peer" else None  # the cpu preset's own, or the peer's
-    cfg, net, loss_fn, opt, dtype, x, y = build("cpu", "auto", shape)
-    B = min(args.batch_size or x.size(0), x.size(0))  # at most the preset's 32 rows
-    x, y = x[:B], y[:B]
+    rows = args.batch_size or (PEER_ROWS if args.preset == "peer" else 0)
+    cfg, net, loss_fn, opt, dtype, x, y = build("cpu", "auto", shape, rows)
+    B = x.size(0)
     T, clip, mc = x.size(1), cfg.train.optim.grad_clip, cfg.model
     name = "gpt-study, cpu preset" if args.preset == "cpu" else "gpt-study, peer shape"
     kind = "bf16" if dtype == torch.bfloat16 else "fp32"
     steps = {name: lambda: train_step(net, loss_fn, opt, dtype, x, y, clip)}
     settings, dtype_of = {name: (dtype == torch.bfloat16, True)}, {name: kind}
     if args.compile:  # what `gpt-study train --compile` runs: the model and loss compiled as one
-        _, net_c, loss_c, opt_c, *_ = build("cpu", "auto", shape)
+        _, net_c, loss_c, opt_c, *_ = build("cpu", "auto", shape, rows)
         net_c.load_state_dict(net.state_dict())
         loss_c = torch.compile(loss_c)
         t = time.perf_counter()
