@@ -28,7 +28,14 @@ class RuntimeConfig(Section):
             choices=["auto", "float32", "bfloat16", "float16"],
         ),
     )
-    compile: bool = field(default=False, metadata=doc("torch.compile the model", resume="free"))
+    compile: bool = field(
+        default=False,
+        metadata=doc(
+            "torch.compile the training step (on in the cpu preset; a CPU without a C++ "
+            "compiler trains eagerly, with a warning)",
+            resume="free",
+        ),
+    )
     fused_adamw: str = field(
         default="auto",
         metadata=doc(
