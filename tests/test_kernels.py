@@ -29,6 +29,13 @@ def oracle_attention(q, k, v, keep=None, p=0.0):
     return att @ v
 
 
+def oracle_keep(B, nh, T, p, dtype):
+    """The 0/1 mask the hand-written attention draws under the current seed, (B, nh, T, T): drawn
+    at ``key_width(T)`` columns, of which the first T are real keys."""
+    keep = kernels.keep_mask((B * nh, T, kernels.key_width(T)), p, dtype)[..., :T]
+    return (keep != 0).view(B, nh, T, T).double()  # (B*nh, T, T) -> (B, nh, T, T)
+
+
 def qkv(B=2, nh=3, T=7, hs=4, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, nh, T, hs, generator=g, dtype=dtype).requires_grad_() for _ in range(3)]
@@ -126,13 +133,14 @@ def test_dropout_module_is_nn_dropout():
     assert m.eval()(x) is x
 
 
-def test_causal_attention_matches_oracle_with_the_same_mask():
-    q, k, v = qkv()
+@pytest.mark.parametrize("T", [7, 16])  # padded to 16 keys, and not padded
+def test_causal_attention_matches_oracle_with_the_same_mask(T):
+    q, k, v = qkv(T=T)
     B, nh, T, _ = q.shape
     torch.manual_seed(11)
     y = kernels.causal_attention(q, k, v, dropout_p=0.3)
     torch.manual_seed(11)
-    keep = (kernels.keep_mask((B * nh, T, T), 0.3, q.dtype) != 0).view(B, nh, T, T).double()
+    keep = oracle_keep(B, nh, T, 0.3, q.dtype)
     assert 0 < keep.mean() < 1
     want = oracle_attention(q, k, v, keep, 0.3)
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
@@ -160,10 +168,11 @@ def test_causal_attention_without_dropout_is_sdpa():
     torch.testing.assert_close(want, oracle_attention(q, k, v))
 
 
-def test_the_hand_written_attention_without_dropout_equals_the_formula():
+@pytest.mark.parametrize("T", [7, 16])
+def test_the_hand_written_attention_without_dropout_equals_the_formula(T):
     """p = 0 through the hand-written kernel (what bf16 training on a CPU takes): the textbook
     attention's values and gradients, in float64."""
-    q, k, v = qkv()
+    q, k, v = qkv(T=T)
     y = kernels._CausalAttentionDropout.apply(q, k, v, 0.0)
     want = oracle_attention(q, k, v)
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
@@ -194,7 +203,7 @@ def test_which_attention_a_cpu_takes(dtype, grad, p, device_path, hand):
 
 
 def test_causal_attention_bf16_autocast_close_to_float64():
-    q, k, v = qkv(B=2, nh=4, T=32, hs=8, dtype=torch.float32)
+    q, k, v = qkv(B=2, nh=4, T=31, hs=8, dtype=torch.float32)
     qb, kb, vb = (t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v))
     torch.manual_seed(4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -203,7 +212,7 @@ def test_causal_attention_bf16_autocast_close_to_float64():
     g = torch.randn(y.shape)
     y.backward(g.to(torch.bfloat16))
     torch.manual_seed(4)
-    keep = (kernels.keep_mask((8, 32, 32), 0.1, torch.bfloat16) != 0).view(2, 4, 32, 32).double()
+    keep = oracle_keep(2, 4, 31, 0.1, torch.bfloat16)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (qb, kb, vb))
     want = oracle_attention(q64, k64, v64, keep, 0.1)
     want.backward(g.double())

@@ -42,6 +42,7 @@ __all__ = [
     "cpu_path",
     "dropout",
     "keep_mask",
+    "key_width",
     "plain_attention",
     "random_words",
     "use_cpu_path",
@@ -174,40 +175,62 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-_causal_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+def key_width(T: int) -> int:
+    """How many key columns the hand-written attention lays out for ``T`` positions: ``T``
+    rounded up to a multiple of 16, the extra keys zero and masked.
+
+    PyTorch's CPU softmax and elementwise kernels run bf16 rows whose length is not a multiple
+    of the vector width several times slower (the study's 127-token rows: docs/train.md,
+    "Measurements"), and the padding costs one key column. The dropout mask is drawn at this
+    width too, so a test that rebuilds the mask asks this function for its shape.
+    """
+    return -(-T // 16) * 16
 
 
-def _future(t: int, device: torch.device) -> torch.Tensor:
-    """(t, t) bool, True above the diagonal: the positions a query may not see. Cached."""
-    key = (t, device)
-    if key not in _causal_masks:
-        _causal_masks[key] = torch.ones(t, t, dtype=torch.bool, device=device).triu(1)
-    return _causal_masks[key]
+_biases: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _causal_bias(T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(T, key_width(T)): 0 where a query may look, -inf on future and padded keys. Cached.
+
+    Added by the score matmul itself (``baddbmm``): a separate ``masked_fill_`` with a
+    broadcast mask cost more than the matmul (docs/train.md, "Measurements")."""
+    key = (T, dtype, device)
+    if key not in _biases:
+        Tk = key_width(T)
+        future = torch.ones(T, Tk, dtype=torch.bool, device=device).triu(1)
+        _biases[key] = torch.zeros(T, Tk, dtype=dtype, device=device).masked_fill_(
+            future, float("-inf")
+        )
+    return _biases[key]
 
 
 class _CausalAttentionDropout(torch.autograd.Function):
     """softmax(q k^T / sqrt(hs) + causal mask), dropout, times v: forward and backward by hand.
 
-    Autograd over the same ops would keep a copy per out-of-place step; here the scores are
-    masked and the gradients formed in place, and the weights before and after dropout are
-    the only (B*nh, T, T) tensors kept for backward.
+    Autograd over the same ops would keep a copy per out-of-place step; here the mask is added
+    inside the score matmul, the dropout applied as it copies the weights, and the softmax
+    backward is PyTorch's fused kernel; the weights before and after dropout are the only
+    (B*nh, T, Tk) tensors kept for backward. Keys and values are padded to ``Tk =
+    key_width(T)`` columns (see there).
     """
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
         B, nh, T, hs = q.shape
-        scale = 1.0 / math.sqrt(hs)
+        Tk = key_width(T)
         keep_scale = 1.0 / (1.0 - p)
         q3 = q.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
-        k3 = k.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
-        v3 = v.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
-        scores = torch.bmm(q3 * scale, k3.transpose(1, 2))  # (B*nh, T, T)
-        scores.masked_fill_(_future(T, q.device), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)  # (B*nh, T, T)
+        k3 = F.pad(k.reshape(B * nh, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs), zero keys
+        v3 = F.pad(v.reshape(B * nh, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs)
+        bias = _causal_bias(T, q.dtype, q.device).expand(B * nh, T, Tk)  # (B*nh, T, Tk)
+        scale = 1.0 / math.sqrt(hs)
+        scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)  # (B*nh, T, Tk)
+        weights = torch.softmax(scores, dim=-1)  # (B*nh, T, Tk)
         del scores
         if p > 0:
-            keep = keep_mask(tuple(weights.shape), p, weights.dtype, q.device)  # (B*nh, T, T)
-            kept = apply_keep(weights.clone(), keep)  # (B*nh, T, T), not yet scaled
+            keep = keep_mask((B * nh, T, Tk), p, weights.dtype, q.device)  # (B*nh, T, Tk)
+            kept = torch.bitwise_and(weights.view(keep.dtype), keep).view(weights.dtype)
         else:  # no dropout: the weights are what multiplies v
             keep, kept = None, weights
         y = torch.bmm(kept, v3).mul_(keep_scale)  # (B*nh, T, hs)
@@ -220,18 +243,18 @@ class _CausalAttentionDropout(torch.autograd.Function):
         q3, k3, v3, weights, kept, keep = ctx.saved_tensors
         B, nh, T, hs = grad_y.shape
         gy = grad_y.reshape(B * nh, T, hs) * ctx.keep_scale  # (B*nh, T, hs)
-        grad_v = torch.bmm(kept.transpose(1, 2), gy)  # (B*nh, T, hs)
-        # Gradient of the weights after dropout, then through the mask: (B*nh, T, T).
+        grad_v = torch.bmm(kept.transpose(1, 2), gy)  # (B*nh, Tk, hs)
+        # Gradient of the weights after dropout, then through the mask: (B*nh, T, Tk).
         g = torch.bmm(gy, v3.transpose(1, 2))
         if keep is not None:
             apply_keep(g, keep)
-        # Softmax backward, in place: w * (g - sum(w * g)) = w*g - w * sum(w*g).
-        g.mul_(weights)
-        g.addcmul_(weights, g.sum(dim=-1, keepdim=True), value=-1.0)
+        g = torch._softmax_backward_data(g, weights, -1, weights.dtype)  # w * (g - sum(w*g))
         grad_q = torch.bmm(g, k3).mul_(ctx.scale)  # (B*nh, T, hs)
-        grad_k = torch.bmm(g.transpose(1, 2), q3).mul_(ctx.scale)  # (B*nh, T, hs)
-        shape = (B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs) for each
-        return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None
+        grad_k = torch.bmm(g.transpose(1, 2), q3).mul_(ctx.scale)  # (B*nh, Tk, hs)
+        # Only the first T keys are real. (A matmul over the sliced (B*nh, T, T) transposed
+        # view copies it first: slower than slicing the small results.)
+        shape = (B, nh, T, hs)  # (B*nh, T or Tk, hs) -> (B, nh, T, hs) for each
+        return grad_q.view(shape), grad_k[:, :T].reshape(shape), grad_v[:, :T].reshape(shape), None
 
 
 # Under torch.compile the two functions above run eagerly, between compiled graphs: traced, they
