@@ -80,6 +80,39 @@ def test_random_words_have_uniform_bits_and_follow_torch_seed():
     assert torch.equal(torch.rand(3), after)
 
 
+def test_cpu_draws_come_in_seeded_parts_whatever_the_threads():
+    """A draw of several parts: one word of torch's generator per part, in order, and the same
+    bits from one thread or two (the parts run in a pool; their seeds fix them)."""
+    parts = 3
+    count = 2 * kernels._PART_WORDS + 5  # three parts, the last one short
+    n = 4 * count - 3  # halves: the last word only partly used
+    was = torch.get_num_threads()
+    try:
+        got = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.manual_seed(9)
+            words = kernels.random_words(count, torch.device("cpu"))
+            keep = kernels.keep_mask((n,), 0.2, torch.float16)
+            got[threads] = (words, keep, torch.rand(2))
+    finally:
+        torch.set_num_threads(was)
+    for a, b in zip(got[1], got[2], strict=True):
+        assert torch.equal(a, b)
+    words, keep, after = got[1]
+    torch.manual_seed(9)
+    torch.empty(2 * parts, dtype=torch.int64).random_()  # the seeds of both draws' parts
+    assert torch.equal(torch.rand(2), after)
+    # Parts differ (each its own seed), and the mask reads the same kind of words.
+    first, second = (
+        words[: kernels._PART_WORDS],
+        words[kernels._PART_WORDS : 2 * kernels._PART_WORDS],
+    )
+    assert not torch.equal(first, second)
+    assert keep.shape == (n,) and set(keep.unique().tolist()) == {-1, 0}
+    assert (keep == 0).double().mean().item() == pytest.approx(0.2, abs=0.005)
+
+
 def test_keep_mask_odd_sizes_and_rounded_rate():
     for n in (1, 2, 3, 5, 4097):
         assert kernels.keep_mask((n,), 0.3, torch.float32).shape == (n,)

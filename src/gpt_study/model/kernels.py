@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -107,34 +109,89 @@ def keep_mask(
 
     It reads ``ceil(n / 4)`` uniform 64-bit words (:func:`random_words`) as ``n`` 16-bit
     integers, uniform on [-32768, 32767]: several times cheaper than ``bernoulli_``
-    (docs/train.md, "Measurements").
+    (docs/train.md, "Measurements"). On a CPU each part of the words is drawn and compared in
+    one of the threads of :func:`_run_parts`.
     """
     if dtype.itemsize not in _INT_OF_WIDTH:
         raise TypeError(f"no integer type as wide as {dtype}")
     n = math.prod(shape)
-    words = random_words((n + 3) // 4, torch.device(device))
-    halves = words.view(torch.int16)[:n]  # (4 * ceil(n / 4),) -> (n,)
     threshold = round(p * 65536) - 32768  # P(half < threshold) = round(p * 65536) / 65536
     keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
-    torch.ge(halves, threshold, out=keep).neg_()  # 1 -> -1: all bits set where kept
+    device = torch.device(device)
+    if device.type != "cpu":
+        halves = random_words((n + 3) // 4, device).view(torch.int16)[:n]  # (4 ceil(n/4),) -> (n,)
+        torch.ge(halves, threshold, out=keep).neg_()  # 1 -> -1: all bits set where kept
+        return keep.view(shape)  # (n,) -> shape
+    out = keep.numpy()
+
+    def fill(seed: int, first: int, count: int) -> None:
+        halves = _words(seed, count).view(np.int16)[: n - 4 * first]  # this part's halves
+        part = out[4 * first : 4 * first + halves.size]
+        np.greater_equal(halves, threshold, out=part, casting="unsafe")
+        np.negative(part, out=part)  # 1 -> -1: all bits set where kept
+
+    _run_parts((n + 3) // 4, fill)
     return keep.view(shape)  # (n,) -> shape
+
+
+# A CPU draw of words comes in parts of this many (2 MiB), each from its own seed: the bits
+# depend on the seed alone, whatever the number of threads that draws them.
+_PART_WORDS = 1 << 18
+_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
+
+
+def _words(seed: int, count: int) -> np.ndarray:
+    """``count`` uniform int64 words from a numpy SFC64 generator seeded with ``seed``."""
+    top = 2**63 - 1
+    return np.random.Generator(np.random.SFC64(seed)).integers(
+        -top - 1, top, count, np.int64, endpoint=True
+    )
+
+
+def _run_parts(count: int, fill: Callable[[int, int, int], None]) -> None:
+    """``fill(seed, first, n)`` for each part of ``count`` words (``first`` is the part's first
+    word), seeds drawn from PyTorch's CPU generator, one word per part, in order.
+
+    numpy fills the words in about half the time of ``Tensor.random_`` and releases the GIL, so
+    the parts run at once in ``torch.get_num_threads()`` threads (docs/train.md,
+    "Measurements"). The pool belongs to one process: a forked child makes its own.
+    """
+    global _pool
+    parts = -(-count // _PART_WORDS)
+    seeds = torch.empty(parts, dtype=torch.int64).random_().tolist()  # each in [0, 2**63)
+    jobs = [
+        (seed, i * _PART_WORDS, min(_PART_WORDS, count - i * _PART_WORDS))
+        for i, seed in enumerate(seeds)
+    ]
+    workers = min(torch.get_num_threads(), parts)
+    if workers <= 1:
+        for job in jobs:
+            fill(*job)
+        return
+    key = (os.getpid(), torch.get_num_threads())
+    if _pool is None or _pool[0] != key:
+        _pool = (key, ThreadPoolExecutor(key[1], thread_name_prefix="gpt-study-dropout"))
+    for done in [_pool[1].submit(fill, *job) for job in jobs]:
+        done.result()
 
 
 def random_words(count: int, device: torch.device) -> torch.Tensor:
     """``count`` int64 words, every bit uniform, drawn from PyTorch's default generator of
     ``device``: so a seed, ``get_rng_state`` and a checkpoint's RNG state fix them.
 
-    On a CPU the generator gives one word, the seed of a numpy SFC64 generator that draws the
-    rest: numpy fills the words in about half the time of ``Tensor.random_`` (docs/train.md,
-    "Measurements"), a cost paid on every dropout mask.
+    On a CPU the generator gives one word per part of ``_PART_WORDS`` words, the seed of a numpy
+    SFC64 generator that draws that part (:func:`_run_parts`).
     """
     if device.type != "cpu":
         words = torch.empty(count, dtype=torch.int64, device=device)
         return words.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
-    seed = int(torch.empty((), dtype=torch.int64).random_().item())  # [0, 2**63)
-    rng = np.random.Generator(np.random.SFC64(seed))
-    top = 2**63 - 1
-    return torch.from_numpy(rng.integers(-top - 1, top, count, np.int64, endpoint=True))
+    out = np.empty(count, np.int64)
+
+    def fill(seed: int, first: int, n: int) -> None:
+        out[first : first + n] = _words(seed, n)
+
+    _run_parts(count, fill)
+    return torch.from_numpy(out)
 
 
 def apply_keep(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
