@@ -12,8 +12,9 @@ the step ``gpt-study train --preset cpu`` runs (bf16 as ``--dtype auto`` resolve
 ``LMLoss`` and ``make_optimizer``, gradient clipping at the preset's 1.0; built by
 ``profile_train.py``'s ``build``/``step``) alone: tokens/s, FLOP/s and MFU. ``--preset peer``
 configures gpt-study to the peer's shape (learned positions, LayerNorm, GELU, tied embeddings, no
-biases, dropout 0.1; 4 x 128 wide, 4 heads, d_ff 512: 1,328,256 parameters at bpe 4,096, batch 32
-x 128) and times its step, the cpu preset's recipe, against ``reference.NanoStyleGPT`` of the same
+biases, dropout 0.1 where nanoGPT has it: embeddings, attention weights and both branches'
+outputs, ``--inner_drop 0``; 4 x 128 wide, 4 heads, d_ff 512: 1,328,256 parameters at bpe
+4,096, batch 32 x 128) and times its step, the cpu preset's recipe, against ``reference.NanoStyleGPT`` of the same
 shape run as nanoGPT's train.py runs on a CPU: fp32, its unfused AdamW, clipping at 1.0.
 
 The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/v projections,
@@ -299,6 +300,7 @@ PEER = dict(
     attention_drop=0.1,
     residual_drop=0.1,
     embedding_drop=0.1,
+    inner_drop=0.0,  # nanoGPT's feed-forward has no dropout inside it, only on its output
     d_model=128,
     n_layers=4,
     n_heads=4,

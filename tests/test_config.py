@@ -44,7 +44,7 @@ def test_study_defaults():
     assert t["sp_weight"] == 1.0 and t["grad_accum"] == 1 and not t["compile"]
     assert t["best_by"] == "loss"  # best_val.pt: the lowest valid loss
     m = cfg.model
-    assert m.attention_drop == m.residual_drop == m.embedding_drop == 0.1
+    assert m.attention_drop == m.residual_drop == m.embedding_drop == m.inner_dropout == 0.1
     assert preset_config("tiny").train.runtime.dtype == "auto"
 
 
@@ -208,7 +208,7 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     # by default (auto: as before)
     later = {"init_from": None, **dict.fromkeys(DEVICE_CHOICES, "auto")}
     assert flat["train"] == {**want, "threads": None, **later}
-    assert flat["model"] == model
+    assert flat["model"] == {**model, "inner_drop": None}  # came later; unset is as before
     assert load_config(_old_file(tmp_path, name, model, train)) == now
 
 
@@ -243,6 +243,14 @@ def test_a_damaged_train_section_gets_one_line(tmp_path, text, message):
     with pytest.raises(UserError) as e:
         load_config(tmp_path / "c.json")
     assert message in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_inner_drop_follows_residual_drop_until_set():
+    assert GPTConfig(residual_drop=0.3).inner_dropout == 0.3
+    assert GPTConfig(residual_drop=0.3, inner_drop=0.0).inner_dropout == 0.0
+    assert GPTConfig(inner_drop=0.2).inner_dropout == 0.2
+    with pytest.raises(UserError, match="--inner_drop 1.0 is out of range"):
+        GPTConfig(inner_drop=1.0)
 
 
 def test_flat_names_and_sections_build_the_same_config():

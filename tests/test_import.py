@@ -240,7 +240,7 @@ def test_export_then_import_gives_back_the_same_weights_and_logits(tmp_path, nam
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    drop = ("attention_drop", "residual_drop", "embedding_drop")
+    drop = ("attention_drop", "residual_drop", "embedding_drop", "inner_drop")
     ca, cb = ({k: v for k, v in vars(c.config.model).items() if k not in drop} for c in (a, b))
     assert ca == cb
     idx = torch.randint(0, a.model.config.vocab_size, (2, 32), generator=torch.Generator())
@@ -448,6 +448,7 @@ def test_init_from_refuses_another_tokenizer_and_architecture_flags(tmp_path, te
     cfg = build_config("tiny", train={**train, "data": str(prep)}, model=DROPOUT)
     assert cfg.model.mlp == "gelu_tanh" and cfg.model.tie_embeddings
     assert cfg.model.residual_drop == 0.1 and cfg.data.tokenizer == "hf"
+    assert cfg.model.inner_drop == 0.0  # GPT-2's feed-forward has no inner dropout
     (tmp_path / "runs" / "best").mkdir(parents=True)
     (tmp_path / "runs" / "best" / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="is a run folder"):

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -69,24 +70,29 @@ def test_causality():
     assert not torch.allclose(m(x)[:, 8:], m(y)[:, 8:])
 
 
-def test_mlp_training_forward_has_the_studys_two_dropouts():
+@pytest.mark.parametrize("inner_drop", [None, 0.4, 0.0])  # the study's, another rate, none
+def test_mlp_training_forward_has_the_studys_two_dropouts(inner_drop):
     """The study's ff, w2(dropout(gelu(w1(x)))), then the residual dropout on its output: the
     training forward against a hand computation with the same masks, drawn again in the same
-    order from the same seed through gpt_study.model.kernels (the CPU path the model takes)."""
+    order from the same seed through gpt_study.model.kernels (the CPU path the model takes).
+    ``inner_drop`` sets the first one's rate (unset: ``residual_drop``, as the study)."""
     from gpt_study.model import kernels
 
     torch.manual_seed(0)
     p = 0.25
-    mlp = GPT(tiny_config(residual_drop=p)).blocks[0].mlp.train()
+    q = p if inner_drop is None else inner_drop
+    mlp = GPT(tiny_config(residual_drop=p, inner_drop=inner_drop)).blocks[0].mlp.train()
     x = torch.randn(2, 5, 32)
     torch.manual_seed(7)
     got = mlp(x)
     torch.manual_seed(7)
-    inner = kernels.keep_mask((2, 5, 64), p, torch.float32) != 0  # on the d_ff activations
+    inner = torch.ones(2, 5, 64, dtype=torch.bool)
+    if q:
+        inner = kernels.keep_mask((2, 5, 64), q, torch.float32) != 0  # on the d_ff activations
     outer = kernels.keep_mask((2, 5, 32), p, torch.float32) != 0  # on the branch's output
-    h = F.gelu(x @ mlp.fc.weight.T + mlp.fc.bias) * inner / (1 - p)  # (B, T, d_ff)
+    h = F.gelu(x @ mlp.fc.weight.T + mlp.fc.bias) * inner / (1 - q)  # (B, T, d_ff)
     want = (h @ mlp.proj.weight.T + mlp.proj.bias) * outer / (1 - p)  # (B, T, C)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert not inner.all() and not outer.all()  # both dropouts did drop something
+    assert inner.all() == (q == 0) and not outer.all()  # each dropout drops where it is on
     mlp.eval()
     torch.testing.assert_close(mlp(x), mlp.proj(F.gelu(mlp.fc(x))))  # none at evaluation

@@ -46,6 +46,13 @@ class GPTConfig:
     attention_drop: float = field(default=0.1, metadata=doc("dropout on attention weights"))
     residual_drop: float = field(default=0.1, metadata=doc("dropout on each residual branch"))
     embedding_drop: float = field(default=0.1, metadata=doc("dropout after the embeddings"))
+    inner_drop: float | None = field(
+        default=None,
+        metadata=doc(
+            "dropout on the feed-forward's hidden activations (unset: --residual_drop, the "
+            "study's; 0: none, as GPT-2, nanoGPT and Llama)"
+        ),
+    )
     positions: str = field(
         default="learned",
         metadata=doc("learned (the study) or rope (rotary, relative)", choices=list(POSITIONS)),
@@ -78,7 +85,9 @@ class GPTConfig:
     RANGES: ClassVar[dict[str, Range]] = {
         "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
         **dict.fromkeys(("max_len", "d_model", "d_ff", "n_layers", "n_heads"), AT_LEAST_1),
-        **dict.fromkeys(("attention_drop", "residual_drop", "embedding_drop"), PROBABILITY),
+        **dict.fromkeys(
+            ("attention_drop", "residual_drop", "embedding_drop", "inner_drop"), PROBABILITY
+        ),
         "rope_base": POSITIVE,
     }
 
@@ -95,6 +104,11 @@ class GPTConfig:
                 f"--positions rope rotates pairs of dimensions, but a head has "
                 f"{self.d_model // self.n_heads}: pick --n_heads so that d_model / n_heads is even"
             )
+
+    @property
+    def inner_dropout(self) -> float:
+        """The feed-forward's inner dropout: ``inner_drop``, or ``residual_drop`` when unset."""
+        return self.residual_drop if self.inner_drop is None else self.inner_drop
 
     @property
     def head_dim(self) -> int:

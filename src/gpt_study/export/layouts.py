@@ -121,8 +121,6 @@ def _const(value: Any) -> Callable[[GPTConfig], Any]:
     return lambda _cfg: value
 
 
-_DROPOUTS = dict.fromkeys(("attention_drop", "residual_drop", "embedding_drop"), 0.0)
-
 _GPT2 = Layout(
     name="gpt2",
     arch="GPT-2",
@@ -185,6 +183,8 @@ _GPT2 = Layout(
     ),
     summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
     '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
+    # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one
+    tolerated={"inner_drop": 0.0},
     classes={"GPT2LMHeadModel": {"head_bias": False}, REMOTE_CLASS: {"head_bias": True}},
 )
 
@@ -248,7 +248,7 @@ _LLAMA = Layout(
     summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
     "no output bias",
     # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
-    tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "norm_bias": True},
+    tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
     classes={"LlamaForCausalLM": {}},
 )
 

@@ -220,8 +220,9 @@ class MLP(nn.Module):
 
     The study's feed-forward drops its ``d_ff`` activations with ``residual_drop`` (``w2(dropout(
     gelu(w1(x))))``) and the block then drops the branch's output again, so there are two dropouts
-    here: ``inner_drop`` before the second Linear and ``residual_drop`` after it. Neither has
-    parameters, so checkpoints and the parameter count are unchanged. ``swiglu`` computes the
+    here: ``inner_drop`` before the second Linear (``cfg.inner_dropout``: GPT-2's and nanoGPT's
+    feed-forward have none) and ``residual_drop`` after it. Neither has parameters, so
+    checkpoints and the parameter count are unchanged. ``swiglu`` computes the
     gate and the value in one matmul of width ``2 * d_ff``; ``relu2`` squares a ReLU;
     ``gelu_tanh`` is GELU's tanh approximation (GPT-2's ``gelu_new``, so published GPT-2 models
     import exactly).
@@ -232,7 +233,7 @@ class MLP(nn.Module):
         self.kind = cfg.mlp
         width = 2 * cfg.d_ff if cfg.mlp == "swiglu" else cfg.d_ff
         self.fc = nn.Linear(cfg.d_model, width, bias=cfg.bias)
-        self.inner_drop = Dropout(cfg.residual_drop)
+        self.inner_drop = Dropout(cfg.inner_dropout)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.residual_drop = Dropout(cfg.residual_drop)
 

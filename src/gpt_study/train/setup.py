@@ -41,7 +41,7 @@ log = logging.getLogger("gpt_study.train")
 # DataConfig fields that train accepts: the study's, to find the default prepared folder.
 DATA_FLAGS = ("dataset_root", "min_freq", "vocab_size", "tokenizer")
 # Model options a run that starts from a checkpoint may change: they hold no weights.
-FREE_ON_INIT = ("attention_drop", "residual_drop", "embedding_drop")
+FREE_ON_INIT = ("attention_drop", "residual_drop", "embedding_drop", "inner_drop")
 
 
 def build_config(
