@@ -505,3 +505,22 @@ def test_tokenizer_from_a_study_checkpoint_gives_its_folders_ids(tmp_path, kind)
     )
     with pytest.raises(UserError, match="was prepared with another tokenizer"):
         build_config("tiny", train={**train, "data": str(other)})
+
+
+def test_each_command_without_transformers_says_which_and_how_to_install(monkeypatch):
+    """The three commands that need transformers name themselves in one line, through the one
+    rule of runtime.errors.require."""
+    import sys
+
+    from gpt_study.evaluate import hf as evaluate_hf
+    from gpt_study.export import imports, verify
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers: ImportError
+    for fn, who in (
+        (evaluate_hf.require_transformers, "evaluate --hf"),
+        (verify.require_transformers, "export"),
+        (imports.require_transformers, "import"),
+    ):
+        with pytest.raises(UserError) as e:
+            fn()
+        assert str(e.value) == f'{who} needs transformers: pip install -e ".[export]"'

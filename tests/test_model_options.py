@@ -139,7 +139,7 @@ def tok_file(tmp_path):
 
 def test_resume_is_bit_exact_with_the_modern_options(tiny_prepared, tmp_path):
     model = {k: v for k, v in {**BASE, **OPTIONS["modern"]}.items() if k != "vocab_size"}
-    model.update(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
+    model.update(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1, inner_drop=0.3)
     train = dict(data=str(tiny_prepared), context_size=16, batch_size=4, epoch=2)
     train.update(iters_per_epoch=4, dtype="float32", sample_tokens=4, lr=3e-3)
     whole = fit(
@@ -153,6 +153,7 @@ def test_resume_is_bit_exact_with_the_modern_options(tiny_prepared, tmp_path):
     a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(tmp_path / "b" / "last").config.model.inner_dropout == 0.3
 
 
 def test_zero_init_starts_every_block_as_the_identity_and_learns():

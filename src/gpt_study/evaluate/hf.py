@@ -43,9 +43,8 @@ from gpt_study.evaluate.report import split_result, stories_result
 from gpt_study.evaluate.stories import STORY_PROTOCOL, Stories, StoryProtocol, settings_line
 from gpt_study.generate.window import keep_size
 from gpt_study.runtime import device as runtime
-from gpt_study.runtime.errors import UserError, require
+from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
 
-INSTALL = 'pip install -e ".[export]"'
 DEFAULT_WINDOW_CAP = 4096
 """A model with more positions is scored in windows of this many unless ``--window`` says
 otherwise: the logits of one window of 4,096 tokens over a 50k vocabulary already take 800 MB."""
@@ -60,7 +59,7 @@ NOTE = (
 
 
 def require_transformers() -> Any:
-    return require("transformers", "evaluate --hf", INSTALL)
+    return require("transformers", "evaluate --hf", TRANSFORMERS_INSTALL)
 
 
 @dataclass

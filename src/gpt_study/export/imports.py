@@ -32,9 +32,8 @@ from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainC
 from gpt_study.data.tokenizer import ImportedTokenizer
 from gpt_study.export.layouts import LAYOUTS, REMOTE_CLASS, Layout, from_hf_config, from_hf_weights
 from gpt_study.export.verify import LOGITS_TOLERANCE, Checked, compare, load_options
-from gpt_study.export.verify import require_transformers as _require
 from gpt_study.model.gpt import GPT
-from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
 from gpt_study.runtime.files import check_replaceable
 from gpt_study.runtime.lock import folder_lock
 
@@ -59,10 +58,8 @@ def supported() -> str:
 
 
 def require_transformers() -> Any:
-    try:
-        return _require()
-    except UserError:
-        raise UserError('import needs transformers: pip install -e ".[export]"') from None
+    """The transformers module, or a one-line error naming ``import`` and how to install it."""
+    return require("transformers", "import", TRANSFORMERS_INSTALL)
 
 
 @dataclass

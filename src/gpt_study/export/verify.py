@@ -19,7 +19,7 @@ from gpt_study.data.text import source_stories
 from gpt_study.export.hf import special_token_ids
 from gpt_study.generate.decode import generate_ids
 from gpt_study.model.gpt import GPT
-from gpt_study.runtime.errors import UserError, require
+from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
 
 __all__ = [
     "LOGITS_TOLERANCE",
@@ -33,12 +33,11 @@ __all__ = [
 ]
 
 LOGITS_TOLERANCE = 1e-4  # max abs difference of fp32 logits an export may have
-INSTALL = 'pip install -e ".[export]"'
 
 
 def require_transformers() -> Any:
     """The transformers module, or a one-line error saying how to install it."""
-    return require("transformers", "export", INSTALL)
+    return require("transformers", "export", TRANSFORMERS_INSTALL)
 
 
 @dataclass

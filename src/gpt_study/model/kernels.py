@@ -12,11 +12,12 @@ a CPU, which is what this project's 2-core laptop does all day:
   checks for fully masked rows that a causal mask never has.
 
 So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform numbers from each
-64-bit word of a generator seeded from PyTorch's own (so seeding, ``get_rng_state`` and exact
-resume work as before), a position dropped when its number falls below ``p * 65536``, which
-rounds ``p`` to a multiple of 1/65536 (0.1 becomes 0.100006); the mask is applied as a bitwise
-AND, in place. Attention then runs as one autograd function that computes softmax, dropout and
-the product with the values in place where it can, and writes its own backward.
+64-bit word of generators seeded from PyTorch's own (so seeding, ``get_rng_state`` and exact
+resume work as before; the words come in parts, drawn in parallel threads), a position dropped
+when its number falls below ``p * 65536``, which rounds ``p`` to a multiple of 1/65536 (0.1
+becomes 0.100006); the mask is applied as a bitwise AND. Attention then runs as one autograd
+function with its own backward: the causal mask added inside the score matmul, keys padded to a
+multiple of 16 (:func:`key_width`), dropout applied as the weights are copied.
 ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written oracle,
 values and gradients (``torch.autograd.gradcheck`` in float64).
 

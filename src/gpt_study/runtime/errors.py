@@ -14,6 +14,10 @@ class UserError(Exception):
     """Bad input or state that the user can correct; the message is shown as is."""
 
 
+# How to get transformers, for every command that needs it (export, import, evaluate --hf).
+TRANSFORMERS_INSTALL = 'pip install -e ".[export]"'
+
+
 def require(module: str, who: str, install: str) -> Any:
     """The optional ``module``, imported, or a one-line error: ``who`` needs it, ``install``
     gets it (the one rule for optional extras such as transformers)."""
