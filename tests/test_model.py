@@ -96,3 +96,32 @@ def test_mlp_training_forward_has_the_studys_two_dropouts(inner_drop):
     assert inner.all() == (q == 0) and not outer.all()  # each dropout drops where it is on
     mlp.eval()
     torch.testing.assert_close(mlp(x), mlp.proj(F.gelu(mlp.fc(x))))  # none at evaluation
+
+
+ACTIVATIONS = {  # each --mlp written out: fc's output (B, T, width) -> (B, T, d_ff)
+    "swiglu": lambda h: F.silu(h[..., :64]) * h[..., 64:],  # gate, then value
+    "relu2": lambda h: torch.relu(h) ** 2,
+    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
+}
+
+
+@pytest.mark.parametrize("inner_drop", [None, 0.0])
+@pytest.mark.parametrize("kind", list(ACTIVATIONS))
+def test_every_mlp_kind_drops_inside_as_inner_drop_says(kind, inner_drop):
+    """The inner dropout is one rule for every --mlp: on the d_ff activations after the
+    nonlinearity, at ``inner_drop`` (unset: ``residual_drop``)."""
+    from gpt_study.model import kernels
+
+    torch.manual_seed(0)
+    p = 0.25
+    q = p if inner_drop is None else inner_drop
+    cfg = tiny_config(residual_drop=p, inner_drop=inner_drop, mlp=kind, bias=False)
+    mlp = GPT(cfg).blocks[0].mlp.train()
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(3)
+    got = mlp(x)
+    torch.manual_seed(3)
+    inner = kernels.keep_mask((2, 5, 64), q, torch.float32) != 0 if q else 1.0
+    outer = kernels.keep_mask((2, 5, 32), p, torch.float32) != 0
+    h = ACTIVATIONS[kind](x @ mlp.fc.weight.T) * inner / (1 - q)  # (B, T, d_ff)
+    torch.testing.assert_close(got, (h @ mlp.proj.weight.T) * outer / (1 - p))
