@@ -14,8 +14,9 @@ the step ``gpt-study train --preset cpu`` runs (bf16 as ``--dtype auto`` resolve
 configures gpt-study to the peer's shape (learned positions, LayerNorm, GELU, tied embeddings, no
 biases, dropout 0.1 where nanoGPT has it: embeddings, attention weights and both branches'
 outputs, ``--inner_drop 0``; 4 x 128 wide, 4 heads, d_ff 512: 1,328,256 parameters at bpe
-4,096, batch 32 x 128) and times its step, the cpu preset's recipe, against ``reference.NanoStyleGPT`` of the same
-shape run as nanoGPT's train.py runs on a CPU: fp32, its unfused AdamW, clipping at 1.0.
+4,096, batch 32 x 128) and times its step, the cpu preset's recipe, against
+``reference.NanoStyleGPT`` of the same shape run as nanoGPT's train.py runs on a CPU: fp32, its
+unfused AdamW, clipping at 1.0.
 
 The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/v projections,
 attention as an explicit masked softmax, cross-entropy with label smoothing on the full fp32

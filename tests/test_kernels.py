@@ -130,6 +130,9 @@ def test_apply_keep_zeroes_exactly_the_dropped(dtype):
     want = torch.where(keep != 0, x, torch.zeros((), dtype=dtype))
     got = kernels.apply_keep(x.clone(), keep)
     assert torch.equal(got, want)
+    before = x.clone()
+    copied = kernels.apply_keep(x, keep, copy=True)  # the same zeros, x left as it was
+    assert torch.equal(copied, want) and copied.dtype == dtype and torch.equal(x, before)
 
 
 def test_dropout_forward_and_backward_against_the_formula():

@@ -117,8 +117,8 @@ def keep_mask(
         raise TypeError(f"no integer type as wide as {dtype}")
     n = math.prod(shape)
     threshold = round(p * 65536) - 32768  # P(half < threshold) = round(p * 65536) / 65536
-    keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
     device = torch.device(device)
+    keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
     if device.type != "cpu":
         halves = random_words((n + 3) // 4, device).view(torch.int16)[:n]  # (4 ceil(n/4),) -> (n,)
         torch.ge(halves, threshold, out=keep).neg_()  # 1 -> -1: all bits set where kept
@@ -195,8 +195,11 @@ def random_words(count: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def apply_keep(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Zero, in place, the positions of ``x`` that ``keep`` (from :func:`keep_mask`) drops."""
+def apply_keep(x: torch.Tensor, keep: torch.Tensor, copy: bool = False) -> torch.Tensor:
+    """Zero the positions of ``x`` that ``keep`` (from :func:`keep_mask`) drops: in place, or
+    with ``copy`` in a new tensor (one pass, where a clone then the in-place AND would be two)."""
+    if copy:
+        return torch.bitwise_and(x.view(keep.dtype), keep).view(x.dtype)
     x.view(keep.dtype).bitwise_and_(keep)
     return x
 
@@ -288,7 +291,7 @@ class _CausalAttentionDropout(torch.autograd.Function):
         del scores
         if p > 0:
             keep = keep_mask((B * nh, T, Tk), p, weights.dtype, q.device)  # (B*nh, T, Tk)
-            kept = torch.bitwise_and(weights.view(keep.dtype), keep).view(weights.dtype)
+            kept = apply_keep(weights, keep, copy=True)  # (B*nh, T, Tk), not yet scaled
         else:  # no dropout: the weights are what multiplies v
             keep, kept = None, weights
         y = torch.bmm(kept, v3).mul_(keep_scale)  # (B*nh, T, hs)
