@@ -57,6 +57,7 @@ from gpt_study.config import GPTConfig  # noqa: E402
 from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
 from gpt_study.model.kernels import use_cpu_path  # noqa: E402
 from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
+from gpt_study.model.masks import mask_stream  # noqa: E402
 from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
 from profile_train import build  # noqa: E402
 from profile_train import step as train_step  # noqa: E402
@@ -104,7 +105,7 @@ def fast_step(model, opt, x, y, device, bf16=True, chunked=True, hidden=None):
     hidden = hidden or model.hidden
 
     def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), mask_stream():
             if chunked:
                 loss = head_loss(model.head, hidden(x), y, LABEL_SMOOTHING)
             else:

@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from gpt_study.config.presets import PREPARED_WITH, preset_config
 from gpt_study.model.gpt import GPT, flops_per_token
 from gpt_study.model.loss import LMLoss
+from gpt_study.model.masks import mask_stream
 from gpt_study.runtime.device import autocast, process_settings, resolve_dtype
 from gpt_study.train.optim import make_optimizer
 
@@ -60,7 +61,7 @@ def build(preset: str, dtype_name: str, model: dict | None = None, rows: int = 0
 
 def step(net, loss_fn, opt, dtype, x, y, clip: float = 0.0) -> torch.Tensor:
     """One training step as the training loop runs it; ``clip``: its ``--grad_clip``."""
-    with record_function("## forward"), autocast("cpu", dtype):
+    with record_function("## forward"), autocast("cpu", dtype), mask_stream():
         loss = loss_fn(x, y)
     with record_function("## backward"):
         loss.backward()

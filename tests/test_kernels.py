@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_study.model import kernels
+from gpt_study.model import kernels, masks
 from gpt_study.model.gpt import GPT, GPTConfig
 
 
@@ -71,21 +71,22 @@ def test_random_words_have_uniform_bits_and_follow_torch_seed():
     assert (bits.double().mean(dim=1) - 0.5).abs().max().item() < 0.01
     torch.manual_seed(5)
     assert torch.equal(kernels.random_words(100_000, torch.device("cpu")), words)
-    # The CPU draw takes exactly one word of torch's generator: what follows is as after one.
-    torch.manual_seed(5)
-    kernels.random_words(10, torch.device("cpu"))
-    after = torch.rand(3)
-    torch.manual_seed(5)
-    torch.empty((), dtype=torch.int64).random_()
-    assert torch.equal(torch.rand(3), after)
+    # A CPU draw takes exactly one word of torch's generator, however many parts it spans.
+    for count in (10, 2 * masks._PART_WORDS + 5):
+        torch.manual_seed(5)
+        kernels.random_words(count, torch.device("cpu"))
+        after = torch.rand(3)
+        torch.manual_seed(5)
+        torch.empty((), dtype=torch.int64).random_()
+        assert torch.equal(torch.rand(3), after)
 
 
 def test_cpu_draws_come_in_seeded_parts_whatever_the_threads():
-    """A draw of several parts: one word of torch's generator per part, in order, and the same
-    bits from one thread or two (the parts run in a pool; their seeds fix them)."""
-    parts = 3
-    count = 2 * kernels._PART_WORDS + 5  # three parts, the last one short
-    n = 4 * count - 3  # halves: the last word only partly used
+    """A draw of several parts gives the same bits from one thread or two (the parts run in a
+    pool; the stream's seed and the part's index fix each), and a mask reads the same numbers
+    as the words of a stream started from the same generator state."""
+    count = 2 * masks._PART_WORDS + 5  # three parts, the last one short
+    n = 4 * count - 3  # numbers: the last word only partly used
     was = torch.get_num_threads()
     try:
         got = {}
@@ -93,24 +94,83 @@ def test_cpu_draws_come_in_seeded_parts_whatever_the_threads():
             torch.set_num_threads(threads)
             torch.manual_seed(9)
             words = kernels.random_words(count, torch.device("cpu"))
+            torch.manual_seed(9)
             keep = kernels.keep_mask((n,), 0.2, torch.float16)
             got[threads] = (words, keep, torch.rand(2))
     finally:
         torch.set_num_threads(was)
     for a, b in zip(got[1], got[2], strict=True):
         assert torch.equal(a, b)
-    words, keep, after = got[1]
-    torch.manual_seed(9)
-    torch.empty(2 * parts, dtype=torch.int64).random_()  # the seeds of both draws' parts
-    assert torch.equal(torch.rand(2), after)
-    # Parts differ (each its own seed), and the mask reads the same kind of words.
-    first, second = (
-        words[: kernels._PART_WORDS],
-        words[kernels._PART_WORDS : 2 * kernels._PART_WORDS],
-    )
+    words, keep, _ = got[1]
+    halves = words.view(torch.int16)[:n]
+    assert torch.equal(keep, torch.where(halves >= round(0.2 * 65536) - 32768, -1, 0).short())
+    # Parts differ (each its own seed).
+    first, second = words[: masks._PART_WORDS], words[masks._PART_WORDS : 2 * masks._PART_WORDS]
     assert not torch.equal(first, second)
-    assert keep.shape == (n,) and set(keep.unique().tolist()) == {-1, 0}
     assert (keep == 0).double().mean().item() == pytest.approx(0.2, abs=0.005)
+
+
+_ASKS = [
+    ((3, 70_000), 0.1, torch.bfloat16),
+    ((5, 1000), 0.3, torch.float32),
+    ((300_001,), 0.5, torch.float16),
+]
+
+
+def _masks_in_block(asks, seed=3):
+    torch.manual_seed(seed)
+    with masks.mask_stream():
+        keeps = [kernels.keep_mask(*ask) for ask in asks]
+    return keeps, torch.rand(2)
+
+
+def test_mask_stream_bits_do_not_depend_on_what_was_made_ahead(monkeypatch):
+    """A block's masks are the same whether its plan (the last block's asks) matched, matched in
+    part, or was empty; they are laid one after the other in one stream, which takes one word
+    of torch's generator; and a block that asks for none takes nothing."""
+    monkeypatch.setattr(masks, "_plan", [])
+    made = []
+    make = masks._make_masks
+    monkeypatch.setattr(masks, "_make_masks", lambda *a: made.append(len(a[2])) or make(*a))
+    cold, after = _masks_in_block(_ASKS)  # no plan: each mask drawn when asked
+    warm, after_warm = _masks_in_block(_ASKS)  # the plan matches: all made at the first ask
+    assert made == [1, 1, 1, 3]
+    for a, b in zip(cold, warm, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(after, after_warm)
+    torch.manual_seed(3)
+    torch.empty((), dtype=torch.int64).random_()
+    assert torch.equal(torch.rand(2), after)  # one word for the whole block
+    # The plan breaks at the second ask: the same bits as a cold block with those asks.
+    changed = [_ASKS[0], ((7, 7), 0.1, torch.float32), _ASKS[2]]
+    broken, _ = _masks_in_block(changed)
+    monkeypatch.setattr(masks, "_plan", [])
+    for a, b in zip(broken, _masks_in_block(changed)[0], strict=True):
+        assert torch.equal(a, b)
+    # Stream order: the second mask reads on where the first ended, not from a new seed.
+    torch.manual_seed(3)
+    words = kernels.random_words(-(-(210_000 + 5_000) // 4), torch.device("cpu"))
+    second = words.view(torch.int16)[210_000:215_000].view(5, 1000)
+    assert torch.equal(cold[1], torch.where(second >= round(0.3 * 65536) - 32768, -1, 0).int())
+    torch.manual_seed(4)
+    with masks.mask_stream():
+        pass
+    state = torch.get_rng_state()
+    torch.manual_seed(4)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_mask_stream_nests_and_outside_each_mask_is_its_own_stream():
+    torch.manual_seed(3)
+    with masks.mask_stream():
+        a = kernels.keep_mask(*_ASKS[0])
+        with masks.mask_stream():  # reads on from the outer block
+            b = kernels.keep_mask(*_ASKS[1])
+    block, _ = _masks_in_block(_ASKS[:2])
+    assert torch.equal(a, block[0]) and torch.equal(b, block[1])
+    torch.manual_seed(3)
+    alone = [kernels.keep_mask(*ask) for ask in _ASKS[:2]]
+    assert torch.equal(alone[0], a) and not torch.equal(alone[1], b)
 
 
 def test_keep_mask_odd_sizes_and_rounded_rate():

@@ -11,13 +11,12 @@ a CPU, which is what this project's 2-core laptop does all day:
   its unfused "math" path, which copies the 16.8M-element weight matrix several times and adds
   checks for fully masked rows that a causal mask never has.
 
-So on a CPU, with dropout on, both use :func:`keep_mask`: four 16-bit uniform numbers from each
-64-bit word of generators seeded from PyTorch's own (so seeding, ``get_rng_state`` and exact
-resume work as before; the words come in parts, drawn in parallel threads), a position dropped
-when its number falls below ``p * 65536``, which rounds ``p`` to a multiple of 1/65536 (0.1
-becomes 0.100006); the mask is applied as a bitwise AND. Attention then runs as one autograd
-function with its own backward: the causal mask added inside the score matmul, keys padded to a
-multiple of 16 (:func:`key_width`), dropout applied as the weights are copied.
+So on a CPU, with dropout on, both use :func:`~gpt_study.model.masks.keep_mask` (its module
+says how the masks are drawn: seeded from PyTorch's generator, in parallel, a whole training
+step's at once inside :func:`~gpt_study.model.masks.mask_stream`), applied as a bitwise AND.
+Attention then runs as one autograd function with its own backward: the causal mask added
+inside the score matmul, keys padded to a multiple of 16 (:func:`key_width`), dropout applied
+as the weights are copied.
 ``tests/test_kernels.py`` checks both against PyTorch's formulas and a hand-written oracle,
 values and gradients (``torch.autograd.gradcheck`` in float64).
 
@@ -29,14 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gpt_study.model.masks import apply_keep, keep_mask, mask_stream, random_words
 
 __all__ = [
     "Dropout",
@@ -46,6 +44,7 @@ __all__ = [
     "dropout",
     "keep_mask",
     "key_width",
+    "mask_stream",
     "plain_attention",
     "random_words",
     "use_cpu_path",
@@ -93,115 +92,6 @@ def uses_cpu_attention(q: torch.Tensor, p: float) -> bool:
         return True
     training_bf16 = q.requires_grad and q.dtype == torch.bfloat16
     return _cpu_path and q.device.type == "cpu" and p == 0.0 and training_bf16
-
-
-_INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def keep_mask(
-    shape: tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Which positions of a ``dtype`` tensor of ``shape`` dropout keeps, as an integer bit mask.
-
-    The mask has the integer type of ``dtype``'s width: all bits set (-1) where a position is
-    kept, 0 where it is dropped, with probability ``p`` rounded to a multiple of 1/65536. A
-    bitwise AND of the tensor's bits with it (:func:`apply_keep`) zeroes the dropped positions
-    in place, which is several times cheaper on a CPU than ``masked_fill`` or a multiply.
-
-    It reads ``ceil(n / 4)`` uniform 64-bit words (:func:`random_words`) as ``n`` 16-bit
-    integers, uniform on [-32768, 32767]: several times cheaper than ``bernoulli_``
-    (docs/train.md, "Measurements"). On a CPU each part of the words is drawn and compared in
-    one of the threads of :func:`_run_parts`.
-    """
-    if dtype.itemsize not in _INT_OF_WIDTH:
-        raise TypeError(f"no integer type as wide as {dtype}")
-    n = math.prod(shape)
-    threshold = round(p * 65536) - 32768  # P(half < threshold) = round(p * 65536) / 65536
-    device = torch.device(device)
-    keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
-    if device.type != "cpu":
-        halves = random_words((n + 3) // 4, device).view(torch.int16)[:n]  # (4 ceil(n/4),) -> (n,)
-        torch.ge(halves, threshold, out=keep).neg_()  # 1 -> -1: all bits set where kept
-        return keep.view(shape)  # (n,) -> shape
-    out = keep.numpy()
-
-    def fill(seed: int, first: int, count: int) -> None:
-        halves = _words(seed, count).view(np.int16)[: n - 4 * first]  # this part's halves
-        part = out[4 * first : 4 * first + halves.size]
-        np.greater_equal(halves, threshold, out=part, casting="unsafe")
-        np.negative(part, out=part)  # 1 -> -1: all bits set where kept
-
-    _run_parts((n + 3) // 4, fill)
-    return keep.view(shape)  # (n,) -> shape
-
-
-# A CPU draw of words comes in parts of this many (2 MiB), each from its own seed: the bits
-# depend on the seed alone, whatever the number of threads that draws them.
-_PART_WORDS = 1 << 18
-_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
-
-
-def _words(seed: int, count: int) -> np.ndarray:
-    """``count`` uniform int64 words from a numpy SFC64 generator seeded with ``seed``."""
-    top = 2**63 - 1
-    return np.random.Generator(np.random.SFC64(seed)).integers(
-        -top - 1, top, count, np.int64, endpoint=True
-    )
-
-
-def _run_parts(count: int, fill: Callable[[int, int, int], None]) -> None:
-    """``fill(seed, first, n)`` for each part of ``count`` words (``first`` is the part's first
-    word), seeds drawn from PyTorch's CPU generator, one word per part, in order.
-
-    numpy fills the words in about half the time of ``Tensor.random_`` and releases the GIL, so
-    the parts run at once in ``torch.get_num_threads()`` threads (docs/train.md,
-    "Measurements"). The pool belongs to one process: a forked child makes its own.
-    """
-    global _pool
-    parts = -(-count // _PART_WORDS)
-    seeds = torch.empty(parts, dtype=torch.int64).random_().tolist()  # each in [0, 2**63)
-    jobs = [
-        (seed, i * _PART_WORDS, min(_PART_WORDS, count - i * _PART_WORDS))
-        for i, seed in enumerate(seeds)
-    ]
-    workers = min(torch.get_num_threads(), parts)
-    if workers <= 1:
-        for job in jobs:
-            fill(*job)
-        return
-    key = (os.getpid(), torch.get_num_threads())
-    if _pool is None or _pool[0] != key:
-        _pool = (key, ThreadPoolExecutor(key[1], thread_name_prefix="gpt-study-dropout"))
-    for done in [_pool[1].submit(fill, *job) for job in jobs]:
-        done.result()
-
-
-def random_words(count: int, device: torch.device) -> torch.Tensor:
-    """``count`` int64 words, every bit uniform, drawn from PyTorch's default generator of
-    ``device``: so a seed, ``get_rng_state`` and a checkpoint's RNG state fix them.
-
-    On a CPU the generator gives one word per part of ``_PART_WORDS`` words, the seed of a numpy
-    SFC64 generator that draws that part (:func:`_run_parts`).
-    """
-    if device.type != "cpu":
-        words = torch.empty(count, dtype=torch.int64, device=device)
-        return words.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
-    out = np.empty(count, np.int64)
-
-    def fill(seed: int, first: int, n: int) -> None:
-        out[first : first + n] = _words(seed, n)
-
-    _run_parts(count, fill)
-    return torch.from_numpy(out)
-
-
-def apply_keep(x: torch.Tensor, keep: torch.Tensor, copy: bool = False) -> torch.Tensor:
-    """Zero the positions of ``x`` that ``keep`` (from :func:`keep_mask`) drops: in place, or
-    with ``copy`` in a new tensor (one pass, where a clone then the in-place AND would be two)."""
-    if copy:
-        return torch.bitwise_and(x.view(keep.dtype), keep).view(x.dtype)
-    x.view(keep.dtype).bitwise_and_(keep)
-    return x
 
 
 class _Dropout(torch.autograd.Function):

@@ -18,6 +18,7 @@ import torch
 
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import save_config
+from gpt_study.model.masks import mask_stream
 from gpt_study.runs import BEST, CONFIG, LAST
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import autocast, to_device
@@ -102,7 +103,7 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
         xb, yb = to_device(x, r.device, pin), to_device(y, r.device, pin)  # (B, T) each
         last = micro == tc.rows.grad_accum - 1
         with contextlib.nullcontext() if last or not ddp else r.loss_fn.no_sync():
-            with autocast(r.device, r.dtype):
+            with autocast(r.device, r.dtype), mask_stream():  # the step's CPU masks at once
                 loss = r.loss_fn(xb, yb)
             scaled = loss / tc.rows.grad_accum
             (r.scaler.scale(scaled) if r.scaler else scaled).backward()
