@@ -30,10 +30,39 @@ def oracle_attention(q, k, v, keep=None, p=0.0):
 
 
 def oracle_keep(B, nh, T, p, dtype):
-    """The 0/1 mask the hand-written attention draws under the current seed, (B, nh, T, T): drawn
-    at ``key_width(T)`` columns, of which the first T are real keys."""
-    keep = kernels.keep_mask((B * nh, T, kernels.key_width(T)), p, dtype)[..., :T]
-    return (keep != 0).view(B, nh, T, T).double()  # (B*nh, T, T) -> (B, nh, T, T)
+    """The 0/1 mask the hand-written attention draws under the current seed, (B, nh, T, T): one
+    mask per block of queries, each as wide as the keys its block sees (padded to 16), of which
+    the real keys are kept here; the columns a block does not hold are future keys (0)."""
+    full = torch.zeros(B * nh, T, T, dtype=torch.float64)
+    blocks = kernels.query_blocks(B * nh, T)
+    keeps = kernels.block_keeps(B * nh, T, p, dtype, torch.device("cpu"))
+    for (s, e, w), keep in zip(blocks, keeps, strict=True):
+        full[:, s:e, : min(w, T)] = (keep[..., :T] != 0).double()
+    return full.view(B, nh, T, T)  # (B*nh, T, T) -> (B, nh, T, T)
+
+
+@pytest.fixture(params=[0, 3, 16])
+def blocks(request, monkeypatch):
+    """The hand-written attention's queries in one block (0), or in blocks of 3 or 16 rows
+    whatever the size (the production rule blocks only large shapes)."""
+    if request.param:
+        monkeypatch.setattr(kernels, "_BLOCKS_FROM", 0)
+        monkeypatch.setattr(kernels, "_BLOCK_ROWS", request.param)
+    return request.param
+
+
+def test_query_blocks_cover_every_row_once_with_the_keys_it_sees(monkeypatch):
+    assert kernels.query_blocks(64, 127) == [(0, 127, 128)]  # small: one block
+    assert kernels.query_blocks(1024, 127) == [(0, 64, 64), (64, 127, 128)]  # the seed's
+    monkeypatch.setattr(kernels, "_BLOCKS_FROM", 0)
+    for rows in (3, 16, 64):
+        monkeypatch.setattr(kernels, "_BLOCK_ROWS", rows)
+        for T in (1, 7, 16, 40, 127, 128):
+            got = kernels.query_blocks(2, T)
+            assert [s for s, _, _ in got] == list(range(0, T, rows)) or rows >= T
+            assert got[0][0] == 0 and got[-1][1] == T
+            for (s, e, w), nxt in zip(got, got[1:] + [(T, T, 0)], strict=True):
+                assert e == nxt[0] and s < e and w == kernels.key_width(e) and w % 16 == 0
 
 
 def qkv(B=2, nh=3, T=7, hs=4, dtype=torch.float64, seed=0):
@@ -229,8 +258,8 @@ def test_dropout_module_is_nn_dropout():
     assert m.eval()(x) is x
 
 
-@pytest.mark.parametrize("T", [7, 16])  # padded to 16 keys, and not padded
-def test_causal_attention_matches_oracle_with_the_same_mask(T):
+@pytest.mark.parametrize("T", [7, 16, 40])  # padded to 16 keys, not padded, several widths
+def test_causal_attention_matches_oracle_with_the_same_mask(T, blocks):
     q, k, v = qkv(T=T)
     B, nh, T, _ = q.shape
     torch.manual_seed(11)
@@ -247,7 +276,7 @@ def test_causal_attention_matches_oracle_with_the_same_mask(T):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_causal_attention_gradcheck():
+def test_causal_attention_gradcheck(blocks):
     q, k, v = qkv(B=1, nh=2, T=5, hs=3)
 
     def f(q, k, v):
@@ -264,8 +293,8 @@ def test_causal_attention_without_dropout_is_sdpa():
     torch.testing.assert_close(want, oracle_attention(q, k, v))
 
 
-@pytest.mark.parametrize("T", [7, 16])
-def test_the_hand_written_attention_without_dropout_equals_the_formula(T):
+@pytest.mark.parametrize("T", [7, 16, 40])
+def test_the_hand_written_attention_without_dropout_equals_the_formula(T, blocks):
     """p = 0 through the hand-written kernel (what bf16 training on a CPU takes): the textbook
     attention's values and gradients, in float64."""
     q, k, v = qkv(T=T)
@@ -298,7 +327,7 @@ def test_which_attention_a_cpu_takes(dtype, grad, p, device_path, hand):
         assert kernels.uses_cpu_attention(q, p) is hand
 
 
-def test_causal_attention_bf16_autocast_close_to_float64():
+def test_causal_attention_bf16_autocast_close_to_float64(blocks):
     q, k, v = qkv(B=2, nh=4, T=31, hs=8, dtype=torch.float32)
     qb, kb, vb = (t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v))
     torch.manual_seed(4)

@@ -156,56 +156,102 @@ def _causal_bias(T: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return _biases[key]
 
 
+# Attention work (B*nh * T * key_width(T) scores) from which the queries go in blocks.
+_BLOCKS_FROM = 1 << 22
+_BLOCK_ROWS = 64
+
+
+def query_blocks(BH: int, T: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, key columns) of each block of queries the CPU attention computes.
+
+    Under a causal mask the queries of rows ``s:e`` see only keys ``< e``, so a block needs
+    only ``key_width(e)`` score columns: with blocks of 64 rows at T = 127 the score, softmax
+    and dropout tensors hold 75% of the full (T, key_width(T)) layout (blocks of 32, 62%, were
+    no faster). More, smaller operations cost more than that saves at small sizes, so below
+    ``_BLOCKS_FROM`` scores the queries stay one block (docs/train.md, "Measurements").
+    """
+    Tk = key_width(T)
+    if BH * T * Tk < _BLOCKS_FROM or T <= _BLOCK_ROWS:
+        return [(0, T, Tk)]
+    return [
+        (s, min(T, s + _BLOCK_ROWS), key_width(min(T, s + _BLOCK_ROWS)))
+        for s in range(0, T, _BLOCK_ROWS)
+    ]
+
+
+def block_keeps(BH: int, T: int, p: float, dtype: torch.dtype, device: torch.device) -> list:
+    """The dropout masks of the CPU attention's :func:`query_blocks`, in the order it asks for
+    them: (BH, e - s, key columns) each, or None for each block when ``p`` is 0."""
+    return [
+        keep_mask((BH, e - s, w), p, dtype, device) if p > 0 else None
+        for s, e, w in query_blocks(BH, T)
+    ]
+
+
 class _CausalAttentionDropout(torch.autograd.Function):
     """softmax(q k^T / sqrt(hs) + causal mask), dropout, times v: forward and backward by hand.
 
     Autograd over the same ops would keep a copy per out-of-place step; here the mask is added
     inside the score matmul, the dropout applied as it copies the weights, and the softmax
     backward is PyTorch's fused kernel; the weights before and after dropout are the only
-    (B*nh, T, Tk) tensors kept for backward. Keys and values are padded to ``Tk =
-    key_width(T)`` columns (see there).
+    score-sized tensors kept for backward. Keys and values are padded to ``Tk = key_width(T)``
+    columns (see there); the queries go in :func:`query_blocks`, each block against only the
+    keys it can see.
     """
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
         B, nh, T, hs = q.shape
-        Tk = key_width(T)
-        keep_scale = 1.0 / (1.0 - p)
-        q3 = q.reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
-        k3 = F.pad(k.reshape(B * nh, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs), zero keys
-        v3 = F.pad(v.reshape(B * nh, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs)
-        bias = _causal_bias(T, q.dtype, q.device).expand(B * nh, T, Tk)  # (B*nh, T, Tk)
+        BH, Tk = B * nh, key_width(T)
+        q3 = q.reshape(BH, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
+        k3 = F.pad(k.reshape(BH, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs), zero keys
+        v3 = F.pad(v.reshape(BH, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs)
+        bias = _causal_bias(T, q.dtype, q.device)  # (T, Tk)
         scale = 1.0 / math.sqrt(hs)
-        scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)  # (B*nh, T, Tk)
-        weights = torch.softmax(scores, dim=-1)  # (B*nh, T, Tk)
-        del scores
-        if p > 0:
-            keep = keep_mask((B * nh, T, Tk), p, weights.dtype, q.device)  # (B*nh, T, Tk)
-            kept = apply_keep(weights, keep, copy=True)  # (B*nh, T, Tk), not yet scaled
-        else:  # no dropout: the weights are what multiplies v
-            keep, kept = None, weights
-        y = torch.bmm(kept, v3).mul_(keep_scale)  # (B*nh, T, hs)
-        ctx.save_for_backward(q3, k3, v3, weights, kept, keep)
-        ctx.scale, ctx.keep_scale = scale, keep_scale
-        return y.view(B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs)
+        y = torch.empty(BH, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
+        saved = []
+        for (s, e, w), keep in zip(
+            query_blocks(BH, T), block_keeps(BH, T, p, q.dtype, q.device), strict=True
+        ):
+            scores = torch.baddbmm(  # (B*nh, e - s, w)
+                bias[s:e, :w].expand(BH, e - s, w),
+                q3[:, s:e],
+                k3[:, :w].transpose(1, 2),
+                alpha=scale,
+            )
+            weights = torch.softmax(scores, dim=-1)  # (B*nh, e - s, w)
+            del scores
+            kept = weights if keep is None else apply_keep(weights, keep, copy=True)  # unscaled
+            y[:, s:e] = torch.bmm(kept, v3[:, :w])  # (B*nh, e - s, hs)
+            saved += [weights, kept, keep]
+        ctx.save_for_backward(q3, k3, v3, *saved)
+        ctx.scale, ctx.keep_scale = scale, 1.0 / (1.0 - p)
+        return y.mul_(ctx.keep_scale).view(B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        q3, k3, v3, weights, kept, keep = ctx.saved_tensors
+        q3, k3, v3, *saved = ctx.saved_tensors
         B, nh, T, hs = grad_y.shape
-        gy = grad_y.reshape(B * nh, T, hs) * ctx.keep_scale  # (B*nh, T, hs)
-        grad_v = torch.bmm(kept.transpose(1, 2), gy)  # (B*nh, Tk, hs)
-        # Gradient of the weights after dropout, then through the mask: (B*nh, T, Tk).
-        g = torch.bmm(gy, v3.transpose(1, 2))
-        if keep is not None:
-            apply_keep(g, keep)
-        g = torch._softmax_backward_data(g, weights, -1, weights.dtype)  # w * (g - sum(w*g))
-        grad_q = torch.bmm(g, k3).mul_(ctx.scale)  # (B*nh, T, hs)
-        grad_k = torch.bmm(g.transpose(1, 2), q3).mul_(ctx.scale)  # (B*nh, Tk, hs)
-        # Only the first T keys are real. (A matmul over the sliced (B*nh, T, T) transposed
-        # view copies it first: slower than slicing the small results.)
-        shape = (B, nh, T, hs)  # (B*nh, T or Tk, hs) -> (B, nh, T, hs) for each
-        return grad_q.view(shape), grad_k[:, :T].reshape(shape), grad_v[:, :T].reshape(shape), None
+        BH = B * nh
+        gy = grad_y.reshape(BH, T, hs) * ctx.keep_scale  # (B*nh, T, hs)
+        grad_q = torch.empty_like(q3)  # (B*nh, T, hs)
+        # Key and value gradients sum over blocks: in fp32 (at least), rounded once at the end.
+        wide = torch.promote_types(q3.dtype, torch.float32)
+        grad_k = torch.zeros(k3.shape, dtype=wide, device=k3.device)  # (B*nh, Tk, hs)
+        grad_v = torch.zeros(v3.shape, dtype=wide, device=v3.device)  # (B*nh, Tk, hs)
+        for i, (s, e, w) in enumerate(query_blocks(BH, T)):
+            weights, kept, keep = saved[3 * i : 3 * i + 3]
+            grad_v[:, :w] += torch.bmm(kept.transpose(1, 2), gy[:, s:e])  # (B*nh, w, hs)
+            g = torch.bmm(gy[:, s:e], v3[:, :w].transpose(1, 2))  # (B*nh, e - s, w)
+            if keep is not None:
+                apply_keep(g, keep)  # through the dropout mask
+            g = torch._softmax_backward_data(g, weights, -1, weights.dtype)  # w * (g - sum(w*g))
+            grad_q[:, s:e] = torch.bmm(g, k3[:, :w])  # (B*nh, e - s, hs)
+            grad_k[:, :w] += torch.bmm(g.transpose(1, 2), q3[:, s:e])  # (B*nh, w, hs)
+        grad_q.mul_(ctx.scale)
+        grad_k = grad_k[:, :T].mul_(ctx.scale).to(k3.dtype)  # only the first T keys are real
+        shape = (B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs) for each
+        return grad_q.view(shape), grad_k.view(shape), grad_v[:, :T].to(v3.dtype).view(shape), None
 
 
 # Under torch.compile the two functions above run eagerly, between compiled graphs: traced, they
