@@ -168,21 +168,21 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[:2]
         need_b = bias is not None and ctx.needs_input_grad[2]
         with torch.autocast(dev.type, enabled=False):
-            # The bias is one more weight column on a constant-1 input feature: [h, 1] [W, b]^T.
-            # Padding that to 16 extra columns keeps the matmul kernels on their fast path.
+            # The bias is one more weight column on a constant-1 input feature: [h, 1] [W, b]^T,
+            # padded with zero columns to a multiple of 32, the width the matmul kernels run
+            # fastest (at the seed's shape 16 extra columns took 18-21 ms a chunk, 32 took 14-15).
             hc, wc = h.to(cdt), weight.to(cdt)  # (N, C), (V, C)
             if bias is not None:
-                hx = torch.zeros(N, C + 16, dtype=cdt, device=dev)  # (N, C+16) [h, 1, 0...]
+                Cx = -(-(C + 1) // 32) * 32
+                hx = torch.zeros(N, Cx, dtype=cdt, device=dev)  # (N, Cx) [h, 1, 0...]
                 hx[:, :C], hx[:, C] = hc, 1
-                wx = torch.zeros(V, C + 16, dtype=cdt, device=dev)  # (V, C+16) [W, b, 0...]
+                wx = torch.zeros(V, Cx, dtype=cdt, device=dev)  # (V, Cx) [W, b, 0...]
                 wx[:, :C], wx[:, C] = wc, bias.to(cdt)
             else:
                 hx, wx = hc, wc
-            # The kernels want both operands row-major: transposed views cost a copy per call.
-            wxt = wx.t().contiguous()  # (C', V)
             cw = torch.ones(V, device=dev)  # (V,) class weights w_c
             cw[list(ids)] = sp
-            wsum = wx.sum(0, dtype=torch.float32)  # (C',) sum_c w_c [W_c, b_c], ...
+            wsum = wx.sum(0, dtype=torch.float32)  # (Cx,) sum_c w_c [W_c, b_c], ...
             if ids:  # ... plus (sp - 1) times the rows of the weighted classes
                 wsum += (sp - 1.0) * wx[list(ids)].float().sum(0)
             wy = cw[y]  # (N,) weight of each target
@@ -194,8 +194,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             gh = torch.empty(N, C, dtype=cdt, device=dev) if need_h else None  # (N, C) p W
             # [r*h, r] (r = a / D), so that [r*h, r]^T p gives the dW and db parts of a p / D.
             r = a / D  # (N,)
-            sh = (hx.float() * r[:, None]).to(cdt) if need_w or need_b else None  # (N, C')
-            acc = None  # (C', V) fp32: [r*h, r]^T p summed over chunks
+            sh = (hx.float() * r[:, None]).to(cdt) if need_w or need_b else None  # (N, Cx)
+            acc = None  # (Cx, V) fp32: [r*h, r]^T p summed over chunks
             # The softmax overwrites the logits in place on CPU (it works row by row); elsewhere
             # it goes to a second buffer.
             zbuf = torch.empty(min(chunk, N), V, dtype=cdt, device=dev)  # (n, V)
@@ -203,19 +203,21 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             for s in range(0, N, chunk):
                 e = min(N, s + chunk)
                 ys = y[s:e, None]  # (n, 1)
-                z = torch.mm(hx[s:e], wxt, out=zbuf[: e - s])  # (n, V) logits
+                # The weights as the transposed view of (V, Cx): faster than a row-major (Cx, V)
+                # copy at the seed's shape, the same at small ones.
+                z = torch.mm(hx[s:e], wx.t(), out=zbuf[: e - s])  # (n, V) logits
                 zy[s:e] = z.gather(1, ys).squeeze(1)
                 p = torch._softmax(z, -1, False, out=pbuf[: e - s])  # (n, V)
                 py[s:e] = p.gather(1, ys).squeeze(1)
                 if sh is not None:
-                    part = sh[s:e].t().contiguous() @ p  # (C', n) @ (n, V) -> (C', V)
+                    part = sh[s:e].t().contiguous() @ p  # (Cx, n) @ (n, V) -> (Cx, V)
                     acc = part.float() if acc is None else acc.add_(part)
                 if need_h:
                     torch.mm(p, wc, out=gh[s:e])  # (n, V) @ (V, C) -> (n, C)
             nll = -py.log()  # (N,)
             bad = py == 0  # underflow in the probability: take those rows the long way
             if bool(bad.any()):
-                nll[bad] = torch.logsumexp((hx[bad] @ wxt).float(), dim=-1) - zy[bad]
+                nll[bad] = torch.logsumexp((hx[bad] @ wx.t()).float(), dim=-1) - zy[bad]
             smooth = (eps / V) * (cw.sum() * zy - zc)  # (N,)
             loss = (a * nll + smooth).sum() / D
             o = (1.0 - eps) * wy / D  # (N,) weight of the one-hot part of dz
