@@ -72,38 +72,36 @@ def qkv(B=2, nh=3, T=7, hs=4, dtype=torch.float64, seed=0):
 
 def test_keep_mask_rate_values_and_seed():
     torch.manual_seed(3)
-    keep = kernels.keep_mask((1000, 1000), 0.1, torch.bfloat16)
+    keep = masks.keep_mask((1000, 1000), 0.1, torch.bfloat16)
     assert keep.dtype == torch.int16 and keep.shape == (1000, 1000)
     assert set(keep.unique().tolist()) == {-1, 0}
     # 1e6 draws: the standard error of the rate is 3e-4.
     assert abs((keep == 0).double().mean().item() - 0.1) < 1.5e-3
     torch.manual_seed(3)
-    assert torch.equal(kernels.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep)
-    assert not torch.equal(
-        kernels.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep
-    )  # it advances
+    assert torch.equal(masks.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep)
+    assert not torch.equal(masks.keep_mask((1000, 1000), 0.1, torch.bfloat16), keep)  # it advances
     # Same draws, any float width: the mask depends on the generator, not on the dtype.
     torch.manual_seed(3)
-    wide = kernels.keep_mask((1000, 1000), 0.1, torch.float64)
+    wide = masks.keep_mask((1000, 1000), 0.1, torch.float64)
     assert wide.dtype == torch.int64 and torch.equal(wide != 0, keep != 0)
-    assert (kernels.keep_mask((10_000,), 0.5, torch.float32) == 0).float().mean().item() == (
+    assert (masks.keep_mask((10_000,), 0.5, torch.float32) == 0).float().mean().item() == (
         pytest.approx(0.5, abs=0.02)
     )
 
 
 def test_random_words_have_uniform_bits_and_follow_torch_seed():
     torch.manual_seed(5)
-    words = kernels.random_words(100_000, torch.device("cpu"))
+    words = masks.random_words(100_000, torch.device("cpu"))
     assert words.dtype == torch.int64 and words.shape == (100_000,)
     bits = torch.stack([(words >> i) & 1 for i in range(64)])  # (64, n)
     # 1e5 draws per bit: the standard error of each bit's mean is 1.6e-3.
     assert (bits.double().mean(dim=1) - 0.5).abs().max().item() < 0.01
     torch.manual_seed(5)
-    assert torch.equal(kernels.random_words(100_000, torch.device("cpu")), words)
+    assert torch.equal(masks.random_words(100_000, torch.device("cpu")), words)
     # A CPU draw takes exactly one word of torch's generator, however many parts it spans.
     for count in (10, 2 * masks._PART_WORDS + 5):
         torch.manual_seed(5)
-        kernels.random_words(count, torch.device("cpu"))
+        masks.random_words(count, torch.device("cpu"))
         after = torch.rand(3)
         torch.manual_seed(5)
         torch.empty((), dtype=torch.int64).random_()
@@ -122,9 +120,9 @@ def test_cpu_draws_come_in_seeded_parts_whatever_the_threads():
         for threads in (1, 2):
             torch.set_num_threads(threads)
             torch.manual_seed(9)
-            words = kernels.random_words(count, torch.device("cpu"))
+            words = masks.random_words(count, torch.device("cpu"))
             torch.manual_seed(9)
-            keep = kernels.keep_mask((n,), 0.2, torch.float16)
+            keep = masks.keep_mask((n,), 0.2, torch.float16)
             got[threads] = (words, keep, torch.rand(2))
     finally:
         torch.set_num_threads(was)
@@ -149,7 +147,7 @@ _ASKS = [
 def _masks_in_block(asks, seed=3):
     torch.manual_seed(seed)
     with masks.mask_stream():
-        keeps = [kernels.keep_mask(*ask) for ask in asks]
+        keeps = [masks.keep_mask(*ask) for ask in asks]
     return keeps, torch.rand(2)
 
 
@@ -178,7 +176,7 @@ def test_mask_stream_bits_do_not_depend_on_what_was_made_ahead(monkeypatch):
         assert torch.equal(a, b)
     # Stream order: the second mask reads on where the first ended, not from a new seed.
     torch.manual_seed(3)
-    words = kernels.random_words(-(-(210_000 + 5_000) // 4), torch.device("cpu"))
+    words = masks.random_words(-(-(210_000 + 5_000) // 4), torch.device("cpu"))
     second = words.view(torch.int16)[210_000:215_000].view(5, 1000)
     assert torch.equal(cold[1], torch.where(second >= round(0.3 * 65536) - 32768, -1, 0).int())
     torch.manual_seed(4)
@@ -192,22 +190,22 @@ def test_mask_stream_bits_do_not_depend_on_what_was_made_ahead(monkeypatch):
 def test_mask_stream_nests_and_outside_each_mask_is_its_own_stream():
     torch.manual_seed(3)
     with masks.mask_stream():
-        a = kernels.keep_mask(*_ASKS[0])
+        a = masks.keep_mask(*_ASKS[0])
         with masks.mask_stream():  # reads on from the outer block
-            b = kernels.keep_mask(*_ASKS[1])
+            b = masks.keep_mask(*_ASKS[1])
     block, _ = _masks_in_block(_ASKS[:2])
     assert torch.equal(a, block[0]) and torch.equal(b, block[1])
     torch.manual_seed(3)
-    alone = [kernels.keep_mask(*ask) for ask in _ASKS[:2]]
+    alone = [masks.keep_mask(*ask) for ask in _ASKS[:2]]
     assert torch.equal(alone[0], a) and not torch.equal(alone[1], b)
 
 
 def test_keep_mask_odd_sizes_and_rounded_rate():
     for n in (1, 2, 3, 5, 4097):
-        assert kernels.keep_mask((n,), 0.3, torch.float32).shape == (n,)
+        assert masks.keep_mask((n,), 0.3, torch.float32).shape == (n,)
     # p is rounded to a multiple of 1/65536: 1/65536 itself is kept exactly, not rounded to 0.
     torch.manual_seed(0)
-    keep = kernels.keep_mask((2_000_000,), 1 / 65536, torch.float32)
+    keep = masks.keep_mask((2_000_000,), 1 / 65536, torch.float32)
     assert 5 <= (keep == 0).sum().item() <= 60  # expected 30.5
 
 
@@ -215,12 +213,12 @@ def test_keep_mask_odd_sizes_and_rounded_rate():
 def test_apply_keep_zeroes_exactly_the_dropped(dtype):
     torch.manual_seed(1)
     x = torch.randn(64, 33).to(dtype)
-    keep = kernels.keep_mask(tuple(x.shape), 0.4, dtype)
+    keep = masks.keep_mask(tuple(x.shape), 0.4, dtype)
     want = torch.where(keep != 0, x, torch.zeros((), dtype=dtype))
-    got = kernels.apply_keep(x.clone(), keep)
+    got = masks.apply_keep(x.clone(), keep)
     assert torch.equal(got, want)
     before = x.clone()
-    copied = kernels.apply_keep(x, keep, copy=True)  # the same zeros, x left as it was
+    copied = masks.apply_keep(x, keep, copy=True)  # the same zeros, x left as it was
     assert torch.equal(copied, want) and copied.dtype == dtype and torch.equal(x, before)
 
 
@@ -229,7 +227,7 @@ def test_dropout_forward_and_backward_against_the_formula():
     torch.manual_seed(7)
     y = kernels.dropout(x, 0.25)
     torch.manual_seed(7)
-    keep = (kernels.keep_mask(tuple(x.shape), 0.25, x.dtype) != 0).double()
+    keep = (masks.keep_mask(tuple(x.shape), 0.25, x.dtype) != 0).double()
     torch.testing.assert_close(y, x * (1 / 0.75) * keep, rtol=0, atol=0)
     g = torch.randn_like(x)
     y.backward(g)

@@ -74,9 +74,9 @@ def test_causality():
 def test_mlp_training_forward_has_the_studys_two_dropouts(inner_drop):
     """The study's ff, w2(dropout(gelu(w1(x)))), then the residual dropout on its output: the
     training forward against a hand computation with the same masks, drawn again in the same
-    order from the same seed through gpt_study.model.kernels (the CPU path the model takes).
+    order from the same seed through gpt_study.model.masks (the CPU path the model takes).
     ``inner_drop`` sets the first one's rate (unset: ``residual_drop``, as the study)."""
-    from gpt_study.model import kernels
+    from gpt_study.model import masks
 
     torch.manual_seed(0)
     p = 0.25
@@ -88,8 +88,8 @@ def test_mlp_training_forward_has_the_studys_two_dropouts(inner_drop):
     torch.manual_seed(7)
     inner = torch.ones(2, 5, 64, dtype=torch.bool)
     if q:
-        inner = kernels.keep_mask((2, 5, 64), q, torch.float32) != 0  # on the d_ff activations
-    outer = kernels.keep_mask((2, 5, 32), p, torch.float32) != 0  # on the branch's output
+        inner = masks.keep_mask((2, 5, 64), q, torch.float32) != 0  # on the d_ff activations
+    outer = masks.keep_mask((2, 5, 32), p, torch.float32) != 0  # on the branch's output
     h = F.gelu(x @ mlp.fc.weight.T + mlp.fc.bias) * inner / (1 - q)  # (B, T, d_ff)
     want = (h @ mlp.proj.weight.T + mlp.proj.bias) * outer / (1 - p)  # (B, T, C)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -110,7 +110,7 @@ ACTIVATIONS = {  # each --mlp written out: fc's output (B, T, width) -> (B, T, d
 def test_every_mlp_kind_drops_inside_as_inner_drop_says(kind, inner_drop):
     """The inner dropout is one rule for every --mlp: on the d_ff activations after the
     nonlinearity, at ``inner_drop`` (unset: ``residual_drop``)."""
-    from gpt_study.model import kernels
+    from gpt_study.model import masks
 
     torch.manual_seed(0)
     p = 0.25
@@ -121,7 +121,7 @@ def test_every_mlp_kind_drops_inside_as_inner_drop_says(kind, inner_drop):
     torch.manual_seed(3)
     got = mlp(x)
     torch.manual_seed(3)
-    inner = kernels.keep_mask((2, 5, 64), q, torch.float32) != 0 if q else 1.0
-    outer = kernels.keep_mask((2, 5, 32), p, torch.float32) != 0
+    inner = masks.keep_mask((2, 5, 64), q, torch.float32) != 0 if q else 1.0
+    outer = masks.keep_mask((2, 5, 32), p, torch.float32) != 0
     h = ACTIVATIONS[kind](x @ mlp.fc.weight.T) * inner / (1 - q)  # (B, T, d_ff)
     torch.testing.assert_close(got, (h @ mlp.proj.weight.T) * outer / (1 - p))

@@ -34,19 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_study.model.masks import apply_keep, keep_mask, mask_stream, random_words
+from gpt_study.model.masks import apply_keep, keep_mask
 
 __all__ = [
     "Dropout",
-    "apply_keep",
+    "block_keeps",
     "causal_attention",
     "cpu_path",
     "dropout",
-    "keep_mask",
     "key_width",
-    "mask_stream",
     "plain_attention",
-    "random_words",
+    "query_blocks",
     "use_cpu_path",
     "uses_cpu_attention",
     "uses_cpu_dropout",
@@ -222,7 +220,7 @@ class _CausalAttentionDropout(torch.autograd.Function):
             weights = torch.softmax(scores, dim=-1)  # (B*nh, e - s, w)
             del scores
             kept = weights if keep is None else apply_keep(weights, keep, copy=True)  # unscaled
-            y[:, s:e] = torch.bmm(kept, v3[:, :w])  # (B*nh, e - s, hs)
+            torch.bmm(kept, v3[:, :w], out=y[:, s:e])  # (B*nh, e - s, hs)
             saved += [weights, kept, keep]
         ctx.save_for_backward(q3, k3, v3, *saved)
         ctx.scale, ctx.keep_scale = scale, 1.0 / (1.0 - p)
@@ -246,7 +244,7 @@ class _CausalAttentionDropout(torch.autograd.Function):
             if keep is not None:
                 apply_keep(g, keep)  # through the dropout mask
             g = torch._softmax_backward_data(g, weights, -1, weights.dtype)  # w * (g - sum(w*g))
-            grad_q[:, s:e] = torch.bmm(g, k3[:, :w])  # (B*nh, e - s, hs)
+            torch.bmm(g, k3[:, :w], out=grad_q[:, s:e])  # (B*nh, e - s, hs)
             grad_k[:, :w] += torch.bmm(g.transpose(1, 2), q3[:, s:e])  # (B*nh, w, hs)
         grad_q.mul_(ctx.scale)
         grad_k = grad_k[:, :T].mul_(ctx.scale).to(k3.dtype)  # only the first T keys are real

@@ -5,11 +5,11 @@ below ``p * 65536`` (so ``p`` is rounded to a multiple of 1/65536: 0.1 becomes 0
 CPU the numbers come from a *stream*: parts of ``_PART_WORDS`` 64-bit words, part ``i`` drawn
 by a numpy SFC64 generator seeded with ``(seed, i)``, where ``seed`` is one word of PyTorch's
 own generator. So a seed, ``get_rng_state`` and a checkpoint's RNG state fix every mask, and
-the bits do not depend on how many threads draw the parts or how many parts are drawn ahead.
+the bits do not depend on how many threads draw the parts or which masks were made ahead.
 
-Each mask outside :func:`mask_stream` is its own stream. Inside it, every mask of the block
-reads on from one stream, and the block's first mask draws as many parts as the last block
-used, in one go: a training step's masks are then drawn in one parallel batch instead of one
+Each mask outside :func:`mask_stream` is its own stream. Inside it, the masks of the block lie
+one after the other in one stream, and the block's first mask makes every mask the last block
+asked for: a training step's masks then cost one parallel batch of thread work instead of one
 small batch per dropout (docs/train.md, "Measurements").
 """
 
