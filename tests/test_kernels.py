@@ -131,6 +131,10 @@ def test_cpu_draws_come_in_seeded_parts_whatever_the_threads():
     words, keep, _ = got[1]
     halves = words.view(torch.int16)[:n]
     assert torch.equal(keep, torch.where(halves >= round(0.2 * 65536) - 32768, -1, 0).short())
+    # A short mask reads only a prefix of its part: the same numbers as a long one's start.
+    torch.manual_seed(9)
+    short = masks.keep_mask((10,), 0.2, torch.float16)
+    assert torch.equal(short, keep[:10])
     # Parts differ (each its own seed).
     first, second = words[: masks._PART_WORDS], words[masks._PART_WORDS : 2 * masks._PART_WORDS]
     assert not torch.equal(first, second)

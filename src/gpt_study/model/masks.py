@@ -33,9 +33,12 @@ _INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 
 
-def _part(seed: int, i: int) -> np.ndarray:
-    """Part ``i`` of the stream ``seed``: ``_PART_HALVES`` uniform int16 numbers."""
-    return np.random.SFC64((seed, i)).random_raw(_PART_WORDS).view(np.int16)
+def _part(seed: int, i: int, end: int) -> np.ndarray:
+    """The numbers of part ``i`` of the stream ``seed`` up to stream position ``end``: a prefix
+    of the part's ``_PART_HALVES`` uniform int16 numbers (its generator draws in order, so a
+    prefix is the same whatever comes after it)."""
+    words = -(-(min(end, (i + 1) * _PART_HALVES) - i * _PART_HALVES) // 4)
+    return np.random.SFC64((seed, i)).random_raw(words).view(np.int16)
 
 
 def _each_part(seed: int, start: int, end: int, use: Callable[[int, np.ndarray], None]) -> None:
@@ -51,12 +54,12 @@ def _each_part(seed: int, start: int, end: int, use: Callable[[int, np.ndarray],
     workers = min(torch.get_num_threads(), len(parts))
     if workers <= 1:
         for i in parts:
-            use(i, _part(seed, i))
+            use(i, _part(seed, i, end))
         return
     key = (os.getpid(), torch.get_num_threads())
     if _pool is None or _pool[0] != key:
         _pool = (key, ThreadPoolExecutor(key[1], thread_name_prefix="gpt-study-dropout"))
-    for done in [_pool[1].submit(lambda i: use(i, _part(seed, i)), i) for i in parts]:
+    for done in [_pool[1].submit(lambda i: use(i, _part(seed, i, end)), i) for i in parts]:
         done.result()
 
 
@@ -189,7 +192,7 @@ def random_words(count: int, device: torch.device) -> torch.Tensor:
 
     def use(i: int, part: np.ndarray) -> None:
         lo = i * _PART_HALVES
-        out[lo : lo + _PART_HALVES] = part[: out.size - lo]
+        out[lo : lo + part.size] = part
 
     _each_part(seed, 0, out.size, use)
     return torch.from_numpy(out.view(np.int64))
