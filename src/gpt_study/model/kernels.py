@@ -164,9 +164,9 @@ def query_blocks(BH: int, T: int) -> list[tuple[int, int, int]]:
 
     Under a causal mask the queries of rows ``s:e`` see only keys ``< e``, so a block needs
     only ``key_width(e)`` score columns: with blocks of 64 rows at T = 127 the score, softmax
-    and dropout tensors hold 75% of the full (T, key_width(T)) layout (blocks of 32, 62%, were
-    no faster). More, smaller operations cost more than that saves at small sizes, so below
-    ``_BLOCKS_FROM`` scores the queries stay one block (docs/train.md, "Measurements").
+    and dropout tensors hold 75% of the full (T, key_width(T)) layout. More, smaller operations
+    cost more than that saves at small sizes, so below ``_BLOCKS_FROM`` scores the queries stay
+    one block (docs/train.md, "Measurements", has the sizes and block heights measured).
     """
     Tk = key_width(T)
     if BH * T * Tk < _BLOCKS_FROM or T <= _BLOCK_ROWS:

@@ -170,7 +170,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         with torch.autocast(dev.type, enabled=False):
             # The bias is one more weight column on a constant-1 input feature: [h, 1] [W, b]^T,
             # padded with zero columns to a multiple of 32, the width the matmul kernels run
-            # fastest (at the seed's shape 16 extra columns took 18-21 ms a chunk, 32 took 14-15).
+            # fastest (docs/train.md, "Measurements").
             hc, wc = h.to(cdt), weight.to(cdt)  # (N, C), (V, C)
             if bias is not None:
                 Cx = -(-(C + 1) // 32) * 32
@@ -203,8 +203,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             for s in range(0, N, chunk):
                 e = min(N, s + chunk)
                 ys = y[s:e, None]  # (n, 1)
-                # The weights as the transposed view of (V, Cx): faster than a row-major (Cx, V)
-                # copy at the seed's shape, the same at small ones.
+                # The weights as the transposed view of (V, Cx): no row-major (Cx, V) copy, and
+                # the faster layout for the matmul at the seed's shape (docs/train.md).
                 z = torch.mm(hx[s:e], wx.t(), out=zbuf[: e - s])  # (n, V) logits
                 zy[s:e] = z.gather(1, ys).squeeze(1)
                 p = torch._softmax(z, -1, False, out=pbuf[: e - s])  # (n, V)
