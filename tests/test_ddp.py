@@ -265,3 +265,16 @@ def test_sigterm_to_torchrun_saves_and_the_job_resumes(tiny_prepared, tmp_path):
     again = torchrun(resume + ["--device", "cpu"])
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads((root / "last" / "state.json").read_text())["step"] == step + 2
+
+
+@pytest.mark.slow
+def test_compiled_step_under_torchrun_matches_one_eager_process(tiny_prepared, tmp_path):
+    """``--compile`` under torchrun (DDP over the compiled loss module): 2 ranks x 4 rows give
+    the weights of one eager process x 8 rows, within the tolerance of a different summation
+    order and of the compiler's fused kernels."""
+    root = tmp_path / "ddp"
+    run = torchrun(ddp_train(tiny_prepared, root, compile=True, sample_tokens=0), timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "compile on" in run.stdout, run.stdout
+    single_process(tiny_prepared, tmp_path / "one", sample_tokens=0)
+    assert_same_weights(root / "last", tmp_path / "one" / "last")
