@@ -130,8 +130,8 @@ def key_width(T: int) -> int:
 
     PyTorch's CPU softmax and elementwise kernels run bf16 rows whose length is not a multiple
     of the vector width several times slower (the study's 127-token rows: docs/train.md,
-    "Measurements"), and the padding costs one key column. The dropout mask is drawn at this
-    width too, so a test that rebuilds the mask asks this function for its shape.
+    "Measurements"), and the padding costs one key column. Each block of queries is laid out
+    at the width of the keys it sees (:func:`query_blocks`), its dropout mask too.
     """
     return -(-T // 16) * 16
 
@@ -186,6 +186,19 @@ def block_keeps(BH: int, T: int, p: float, dtype: torch.dtype, device: torch.dev
     ]
 
 
+def _sum_over_blocks(parts: list[torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """``scale`` times the key (or value) gradient (B*nh, Tk, hs) from each block's (B*nh, w, hs)
+    part: the last block sees every key; the others add to the keys they see. With several
+    blocks the sum is taken in fp32 (at least) and rounded once, as one matmul over all queries
+    would round it."""
+    if len(parts) == 1:
+        return parts[0] if scale == 1.0 else parts[0].mul_(scale)
+    total = parts[-1].to(torch.promote_types(parts[-1].dtype, torch.float32))
+    for part in parts[:-1]:
+        total[:, : part.size(1)] += part
+    return total.mul_(scale).to(parts[-1].dtype)
+
+
 class _CausalAttentionDropout(torch.autograd.Function):
     """softmax(q k^T / sqrt(hs) + causal mask), dropout, times v: forward and backward by hand.
 
@@ -208,8 +221,9 @@ class _CausalAttentionDropout(torch.autograd.Function):
         scale = 1.0 / math.sqrt(hs)
         y = torch.empty(BH, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
         saved = []
+        ctx.blocks = query_blocks(BH, T)
         for (s, e, w), keep in zip(
-            query_blocks(BH, T), block_keeps(BH, T, p, q.dtype, q.device), strict=True
+            ctx.blocks, block_keeps(BH, T, p, q.dtype, q.device), strict=True
         ):
             scores = torch.baddbmm(  # (B*nh, e - s, w)
                 bias[s:e, :w].expand(BH, e - s, w),
@@ -233,23 +247,21 @@ class _CausalAttentionDropout(torch.autograd.Function):
         BH = B * nh
         gy = grad_y.reshape(BH, T, hs) * ctx.keep_scale  # (B*nh, T, hs)
         grad_q = torch.empty_like(q3)  # (B*nh, T, hs)
-        # Key and value gradients sum over blocks: in fp32 (at least), rounded once at the end.
-        wide = torch.promote_types(q3.dtype, torch.float32)
-        grad_k = torch.zeros(k3.shape, dtype=wide, device=k3.device)  # (B*nh, Tk, hs)
-        grad_v = torch.zeros(v3.shape, dtype=wide, device=v3.device)  # (B*nh, Tk, hs)
-        for i, (s, e, w) in enumerate(query_blocks(BH, T)):
+        parts_k, parts_v = [], []  # (B*nh, w, hs) per block
+        for i, (s, e, w) in enumerate(ctx.blocks):
             weights, kept, keep = saved[3 * i : 3 * i + 3]
-            grad_v[:, :w] += torch.bmm(kept.transpose(1, 2), gy[:, s:e])  # (B*nh, w, hs)
+            parts_v.append(torch.bmm(kept.transpose(1, 2), gy[:, s:e]))  # (B*nh, w, hs)
             g = torch.bmm(gy[:, s:e], v3[:, :w].transpose(1, 2))  # (B*nh, e - s, w)
             if keep is not None:
                 apply_keep(g, keep)  # through the dropout mask
             g = torch._softmax_backward_data(g, weights, -1, weights.dtype)  # w * (g - sum(w*g))
             torch.bmm(g, k3[:, :w], out=grad_q[:, s:e])  # (B*nh, e - s, hs)
-            grad_k[:, :w] += torch.bmm(g.transpose(1, 2), q3[:, s:e])  # (B*nh, w, hs)
+            parts_k.append(torch.bmm(g.transpose(1, 2), q3[:, s:e]))  # (B*nh, w, hs)
         grad_q.mul_(ctx.scale)
-        grad_k = grad_k[:, :T].mul_(ctx.scale).to(k3.dtype)  # only the first T keys are real
+        grad_k = _sum_over_blocks(parts_k, ctx.scale)[:, :T]  # only the first T keys are real
+        grad_v = _sum_over_blocks(parts_v)[:, :T]
         shape = (B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs) for each
-        return grad_q.view(shape), grad_k.view(shape), grad_v[:, :T].to(v3.dtype).view(shape), None
+        return grad_q.view(shape), grad_k.reshape(shape), grad_v.reshape(shape), None
 
 
 # Under torch.compile the two functions above run eagerly, between compiled graphs: traced, they

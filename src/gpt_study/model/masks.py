@@ -33,6 +33,16 @@ _INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 
 
+def _threshold(p: float) -> int:
+    """A position is dropped when its number is below this: P = round(p * 65536) / 65536."""
+    return round(p * 65536) - 32768
+
+
+def _draw_seed() -> int:
+    """A stream's seed: one word of PyTorch's CPU generator, in [0, 2**63)."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
 def _part(seed: int, i: int, end: int) -> np.ndarray:
     """The numbers of part ``i`` of the stream ``seed`` up to stream position ``end``: a prefix
     of the part's ``_PART_HALVES`` uniform int16 numbers (its generator draws in order, so a
@@ -77,7 +87,7 @@ def _make_masks(seed: int, start: int, asks: list[_Ask]) -> list[torch.Tensor]:
     for shape, p, dtype in asks:
         n = math.prod(shape)
         keeps.append(torch.empty(shape, dtype=_INT_OF_WIDTH[dtype.itemsize]))
-        spans.append((at, at + n, round(p * 65536) - 32768, keeps[-1].numpy().reshape(-1)))
+        spans.append((at, at + n, _threshold(p), keeps[-1].numpy().reshape(-1)))
         at += n
 
     def use(i: int, part: np.ndarray) -> None:
@@ -112,7 +122,7 @@ class _Stream:
 
     def mask(self, ask: _Ask) -> torch.Tensor:
         if self.seed is None:
-            self.seed = int(torch.empty((), dtype=torch.int64).random_())  # in [0, 2**63)
+            self.seed = _draw_seed()
         k = len(self.asked)
         self.asked.append(ask)
         if k == 0 and self.plan[:1] == [ask]:
@@ -173,7 +183,7 @@ def keep_mask(
     n = math.prod(shape)
     halves = random_words((n + 3) // 4, device).view(torch.int16)[:n]  # (4 ceil(n/4),) -> (n,)
     keep = torch.empty(n, dtype=_INT_OF_WIDTH[dtype.itemsize], device=device)
-    torch.ge(halves, round(p * 65536) - 32768, out=keep)  # the rule of _make_masks
+    torch.ge(halves, _threshold(p), out=keep)
     return keep.neg_().view(shape)  # 1 -> -1: all bits set where kept; (n,) -> shape
 
 
@@ -188,7 +198,7 @@ def random_words(count: int, device: torch.device) -> torch.Tensor:
         words = torch.empty(count, dtype=torch.int64, device=device)
         return words.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
     out = np.empty(4 * count, np.int16)
-    seed = int(torch.empty((), dtype=torch.int64).random_())
+    seed = _draw_seed()
 
     def use(i: int, part: np.ndarray) -> None:
         lo = i * _PART_HALVES
