@@ -104,6 +104,13 @@ def reference_lm_loss(
     return F.cross_entropy(flat_logits, flat_targets, weight=w, label_smoothing=label_smoothing)
 
 
+# Logits per chunk: 16M elements (32 MB in bf16) stay in a CPU's last-level cache between the
+# matmul that writes them, the softmax and the two matmuls that read them (docs/train.md).
+_CHUNK_ELEMENTS = 1 << 24
+# Chunks whose weight-gradient parts the matmul sums in the compute dtype before one fp32 add.
+_GROUP = 4
+
+
 @torch.compiler.disable  # a Python loop over chunks; it runs eagerly inside compiled code
 def head_loss(
     head: torch.nn.Linear,
@@ -125,8 +132,11 @@ def head_loss(
     class-weight terms are added exactly, on small matrices), one pass over each chunk instead of
     about ten.
 
-    Under ``torch.autocast`` the matmuls run in the autocast dtype, like ``head(hidden)`` would;
-    the weight gradient is summed in fp32. With bf16 the per-token loss is exact to about 0.002
+    Under ``torch.autocast`` the matmuls run in the autocast dtype, like ``head(hidden)`` would.
+    The weight gradient of each group of ``_GROUP`` chunks is summed by the matmul itself
+    (``addmm_``: fp32 inside, rounded to the autocast dtype once per chunk), the groups in fp32:
+    in bf16 as close to exact as one bf16 matmul over all rows, the precision of every other
+    layer's weight gradient, without an fp32 pass over the (V, C) sum per chunk. With bf16 the per-token loss is exact to about 0.002
     nats (the log of a bf16 probability); the mean over a batch to about 1e-5. In fp32 it is
     exact. ``hidden`` is (B, T, C) or (N, C), ``targets`` (B, T) or (N,).
     """
@@ -137,13 +147,30 @@ def head_loss(
     dev = hidden.device.type
     cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     N = y.numel()
-    if chunk_size is None:  # logits of at most ~64M elements at a time, in equal chunks
-        n_chunks = -(-N * head.out_features // (1 << 26))
+    if chunk_size is None:  # logits of at most _CHUNK_ELEMENTS at a time, in equal chunks
+        n_chunks = -(-N * head.out_features // _CHUNK_ELEMENTS)
         chunk_size = -(-N // max(1, n_chunks))
     chunk = max(1, chunk_size)
     return _ChunkedHeadLoss.apply(
         h, head.weight, head.bias, y, sp_weight, ids, label_smoothing, cdt, chunk
     )
+
+
+def _bias_as_column(
+    h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[h, 1, 0...] (N, Cx) and [W, b, 0...] (V, Cx) in ``w``'s dtype: the bias as one more weight
+    column on a constant-1 input feature, padded with zero columns to a multiple of 32, the
+    width the matmul kernels run fastest (docs/train.md, "Measurements"). No bias: h and W."""
+    if bias is None:
+        return h, w
+    (N, C), V = h.shape, w.size(0)
+    Cx = -(-(C + 1) // 32) * 32
+    hx = torch.zeros(N, Cx, dtype=w.dtype, device=w.device)  # (N, Cx) [h, 1, 0...]
+    hx[:, :C], hx[:, C] = h, 1
+    wx = torch.zeros(V, Cx, dtype=w.dtype, device=w.device)  # (V, Cx) [W, b, 0...]
+    wx[:, :C], wx[:, C] = w, bias.to(w.dtype)
+    return hx, wx
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -168,18 +195,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[:2]
         need_b = bias is not None and ctx.needs_input_grad[2]
         with torch.autocast(dev.type, enabled=False):
-            # The bias is one more weight column on a constant-1 input feature: [h, 1] [W, b]^T,
-            # padded with zero columns to a multiple of 32, the width the matmul kernels run
-            # fastest (docs/train.md, "Measurements").
-            hc, wc = h.to(cdt), weight.to(cdt)  # (N, C), (V, C)
-            if bias is not None:
-                Cx = -(-(C + 1) // 32) * 32
-                hx = torch.zeros(N, Cx, dtype=cdt, device=dev)  # (N, Cx) [h, 1, 0...]
-                hx[:, :C], hx[:, C] = hc, 1
-                wx = torch.zeros(V, Cx, dtype=cdt, device=dev)  # (V, Cx) [W, b, 0...]
-                wx[:, :C], wx[:, C] = wc, bias.to(cdt)
-            else:
-                hx, wx = hc, wc
+            wc = weight.to(cdt)  # (V, C)
+            hx, wx = _bias_as_column(h.to(cdt), wc, bias)  # (N, Cx), (V, Cx)
             cw = torch.ones(V, device=dev)  # (V,) class weights w_c
             cw[list(ids)] = sp
             wsum = wx.sum(0, dtype=torch.float32)  # (Cx,) sum_c w_c [W_c, b_c], ...
@@ -195,12 +212,13 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             # [r*h, r] (r = a / D), so that [r*h, r]^T p gives the dW and db parts of a p / D.
             r = a / D  # (N,)
             sh = (hx.float() * r[:, None]).to(cdt) if need_w or need_b else None  # (N, Cx)
-            acc = None  # (Cx, V) fp32: [r*h, r]^T p summed over chunks
+            acc = None  # (Cx, V) fp32: [r*h, r]^T p summed over the groups of chunks
+            part = None  # (Cx, V) in cdt: the same over this group's chunks
             # The softmax overwrites the logits in place on CPU (it works row by row); elsewhere
             # it goes to a second buffer.
             zbuf = torch.empty(min(chunk, N), V, dtype=cdt, device=dev)  # (n, V)
             pbuf = zbuf if dev.type == "cpu" else torch.empty_like(zbuf)
-            for s in range(0, N, chunk):
+            for i, s in enumerate(range(0, N, chunk)):
                 e = min(N, s + chunk)
                 ys = y[s:e, None]  # (n, 1)
                 # The weights as the transposed view of (V, Cx): no row-major (Cx, V) copy, and
@@ -210,8 +228,11 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 p = torch._softmax(z, -1, False, out=pbuf[: e - s])  # (n, V)
                 py[s:e] = p.gather(1, ys).squeeze(1)
                 if sh is not None:
-                    part = sh[s:e].t().contiguous() @ p  # (Cx, n) @ (n, V) -> (Cx, V)
-                    acc = part.float() if acc is None else acc.add_(part)
+                    rows = sh[s:e].t().contiguous()  # (Cx, n)
+                    part = rows @ p if part is None else part.addmm_(rows, p)  # (Cx, V)
+                    if (i + 1) % _GROUP == 0 or e == N:
+                        acc = part.float() if acc is None else acc.add_(part)
+                        part = None
                 if need_h:
                     torch.mm(p, wc, out=gh[s:e])  # (n, V) @ (V, C) -> (n, C)
             nll = -py.log()  # (N,)
