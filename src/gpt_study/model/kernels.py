@@ -199,6 +199,18 @@ def _sum_over_blocks(parts: list[torch.Tensor], scale: float = 1.0) -> torch.Ten
     return total.mul_(scale).to(parts[-1].dtype)
 
 
+def _pad_keys(x: torch.Tensor, Tk: int) -> torch.Tensor:
+    """(B, nh, T, hs) -> (B*nh, Tk, hs) with zero rows after T, in one copy (the keys and values
+    are strided views of the q/k/v projection, so a reshape then a pad would copy twice)."""
+    B, nh, T, hs = x.shape
+    if Tk == T:
+        return x.reshape(B * nh, T, hs)
+    out = x.new_empty(B, nh, Tk, hs)  # (B, nh, Tk, hs)
+    out[:, :, :T] = x
+    out[:, :, T:] = 0
+    return out.view(B * nh, Tk, hs)  # (B, nh, Tk, hs) -> (B*nh, Tk, hs)
+
+
 class _CausalAttentionDropout(torch.autograd.Function):
     """softmax(q k^T / sqrt(hs) + causal mask), dropout, times v: forward and backward by hand.
 
@@ -215,8 +227,7 @@ class _CausalAttentionDropout(torch.autograd.Function):
         B, nh, T, hs = q.shape
         BH, Tk = B * nh, key_width(T)
         q3 = q.reshape(BH, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
-        k3 = F.pad(k.reshape(BH, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs), zero keys
-        v3 = F.pad(v.reshape(BH, T, hs), (0, 0, 0, Tk - T))  # (B*nh, Tk, hs)
+        k3, v3 = _pad_keys(k, Tk), _pad_keys(v, Tk)  # (B*nh, Tk, hs) each, zero keys after T
         bias = _causal_bias(T, q.dtype, q.device)  # (T, Tk)
         scale = 1.0 / math.sqrt(hs)
         y = torch.empty(BH, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
@@ -231,8 +242,9 @@ class _CausalAttentionDropout(torch.autograd.Function):
                 k3[:, :w].transpose(1, 2),
                 alpha=scale,
             )
-            weights = torch.softmax(scores, dim=-1)  # (B*nh, e - s, w)
-            del scores
+            # In place: PyTorch's CPU softmax works row by row, and writing into the scores
+            # spares a new score-sized tensor (docs/train.md, "Measurements").
+            weights = torch._softmax(scores, -1, False, out=scores)  # (B*nh, e - s, w)
             kept = weights if keep is None else apply_keep(weights, keep, copy=True)  # unscaled
             torch.bmm(kept, v3[:, :w], out=y[:, s:e])  # (B*nh, e - s, hs)
             saved += [weights, kept, keep]
@@ -254,7 +266,8 @@ class _CausalAttentionDropout(torch.autograd.Function):
             g = torch.bmm(gy[:, s:e], v3[:, :w].transpose(1, 2))  # (B*nh, e - s, w)
             if keep is not None:
                 apply_keep(g, keep)  # through the dropout mask
-            g = torch._softmax_backward_data(g, weights, -1, weights.dtype)  # w * (g - sum(w*g))
+            # w * (g - sum(w * g)), in place as the forward's softmax (each row read, then written)
+            g = torch._softmax_backward_data(g, weights, -1, weights.dtype, grad_input=g)
             torch.bmm(g, k3[:, :w], out=grad_q[:, s:e])  # (B*nh, e - s, hs)
             parts_k.append(torch.bmm(g.transpose(1, 2), q3[:, s:e]))  # (B*nh, w, hs)
         grad_q.mul_(ctx.scale)
