@@ -2,7 +2,8 @@
 
 What lives here: ``gpt`` (the GPT, its blocks, attention with the KV cache and the inspection flag,
 the one forward pass every caller runs), ``kernels`` (the fused attention and dropout paths a
-CPU needs, and the plain attention kept as the oracle and for reading weights) and ``loss`` (the
+CPU needs, and the plain attention kept as the oracle and for reading weights), ``norms`` (RMSNorm
+with a hand-written backward for CPU training) and ``loss`` (the
 study's objective: cross-entropy with class weights on ``<sot>``/``<eot>`` and label smoothing,
 and the chunked output layer + loss that training runs; evaluation scores with the same terms).
 Imports: only ``config.model``, ``config.fields``, ``config.data`` (the special token ids) and

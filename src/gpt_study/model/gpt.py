@@ -17,7 +17,9 @@ embeddings (Press and Wolf 2017), biases off, and RMS-normalised queries and key
 
 Attention and dropout come from :mod:`gpt_study.model.kernels`: PyTorch's fused
 ``scaled_dot_product_attention`` and ``nn.Dropout``, except for training with dropout on a CPU,
-where ops draws cheaper masks (the same computation, tested against a plain oracle).
+where ops draws cheaper masks (the same computation, tested against a plain oracle). RMSNorm
+comes from :mod:`gpt_study.model.norms`: ``nn.RMSNorm`` with a hand-written backward for CPU
+training in float32.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 
 from gpt_study.config.model import GPTConfig
 from gpt_study.model.kernels import Dropout, causal_attention, plain_attention
+from gpt_study.model.norms import RMSNorm
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "NORM_EPS"]
 
@@ -96,7 +99,7 @@ class KVCache:
 def make_norm(cfg: GPTConfig, dim: int) -> nn.Module:
     """LayerNorm (the study's, eps 1e-5) or RMSNorm (no mean, no bias: one reduction fewer)."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=NORM_EPS)
+        return RMSNorm(dim, eps=NORM_EPS)
     return nn.LayerNorm(dim, eps=NORM_EPS, bias=cfg.norm_bias)
 
 
@@ -149,8 +152,8 @@ class CausalSelfAttention(nn.Module):
         # q, k and v in one matmul: the same parameters as three d_model x d_model projections.
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
         self.attention_drop = cfg.attention_drop
         self.residual_drop = Dropout(cfg.residual_drop)
         self.keep_weights = False
