@@ -104,28 +104,25 @@ def make_norm(cfg: GPTConfig, dim: int) -> nn.Module:
 
 
 def rope_tables(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, ...]:
-    """Rotary tables (T, hs), float32, for absolute positions ``pos`` (T,): [cos, cos] and
-    [-sin, sin], the factors of ``x`` and of its halves swapped (:func:`apply_rope`).
+    """Rotary cos and sin (T, hs/2), float32, for absolute positions ``pos`` (T,).
 
     Pair ``(i, i + hs/2)`` turns by ``pos * base^(-2i/hs)``. Computed once per forward pass and
     shared by every layer (they all rotate at the same positions).
     """
     inv = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     angles = pos.to(torch.float32)[:, None] * inv[None, :]  # (T, hs/2)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # 2 x (T, hs)
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (B, nh, T, hs) by the tables of :func:`rope_tables` (Su et al. 2021).
 
     The "rotate half" layout that Hugging Face's Llama uses, so ``q . k`` depends on the
-    positions only through ``q - k``: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), written
-    as x [cos, cos] + [x2, x1] [-sin, sin] in three operations instead of seven.
+    positions only through ``q - k``.
     """
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    swapped = torch.roll(x, x.size(-1) // 2, dims=-1)  # (B, nh, T, hs): [x2, x1]
-    return torch.addcmul(x * cos, swapped, sin)  # (B, nh, T, hs)
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
 
 
 def _after_past(T: int, past: int, device: torch.device) -> torch.Tensor:
