@@ -156,20 +156,29 @@ def head_loss(
     )
 
 
+def _transposed(x: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """``x.t().contiguous()`` of a (C, V) matrix, copied ``block`` columns at a time: PyTorch
+    copies a whole transposed matrix on one thread, each block in parallel (docs/train.md)."""
+    out = x.new_empty(x.size(1), x.size(0))  # (V, C)
+    for v in range(0, x.size(1), block):
+        out[v : v + block] = x[:, v : v + block].t()
+    return out
+
+
 def _bias_as_column(
-    h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
+    h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[h, 1, 0...] (N, Cx) and [W, b, 0...] (V, Cx) in ``w``'s dtype: the bias as one more weight
+    """[h, 1, 0...] (N, Cx) and [W, b, 0...] (V, Cx) in ``dtype``: the bias as one more weight
     column on a constant-1 input feature, padded with zero columns to a multiple of 32, the
     width the matmul kernels run fastest (docs/train.md, "Measurements"). No bias: h and W."""
     if bias is None:
-        return h, w
+        return h.to(dtype), w.to(dtype)
     (N, C), V = h.shape, w.size(0)
     Cx = -(-(C + 1) // 32) * 32
-    hx = torch.zeros(N, Cx, dtype=w.dtype, device=w.device)  # (N, Cx) [h, 1, 0...]
-    hx[:, :C], hx[:, C] = h, 1
-    wx = torch.zeros(V, Cx, dtype=w.dtype, device=w.device)  # (V, Cx) [W, b, 0...]
-    wx[:, :C], wx[:, C] = w, bias.to(w.dtype)
+    hx = torch.empty(N, Cx, dtype=dtype, device=w.device)  # (N, Cx) [h, 1, 0...]
+    hx[:, :C], hx[:, C], hx[:, C + 1 :] = h, 1, 0
+    wx = torch.empty(V, Cx, dtype=dtype, device=w.device)  # (V, Cx) [W, b, 0...]
+    wx[:, :C], wx[:, C], wx[:, C + 1 :] = w, bias, 0
     return hx, wx
 
 
@@ -195,8 +204,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[:2]
         need_b = bias is not None and ctx.needs_input_grad[2]
         with torch.autocast(dev.type, enabled=False):
-            wc = weight.to(cdt)  # (V, C)
-            hx, wx = _bias_as_column(h.to(cdt), wc, bias)  # (N, Cx), (V, Cx)
+            hx, wx = _bias_as_column(h, weight, bias, cdt)  # (N, Cx), (V, Cx)
+            wc = wx[:, :C]  # (V, C) W in cdt, a view
             cw = torch.ones(V, device=dev)  # (V,) class weights w_c
             cw[list(ids)] = sp
             wsum = wx.sum(0, dtype=torch.float32)  # (Cx,) sum_c w_c [W_c, b_c], ...
@@ -251,7 +260,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             if need_w:
                 # dW = p^T (r h) - k_c * sum_i h_i on row c - o_i h_i on row y_i
                 hf = hx[:, :C].float()  # (N, C)
-                gw = acc[:C].t().contiguous()  # (V, C)
+                gw = _transposed(acc[:C])  # (C, V) -> (V, C)
                 gw.sub_(torch.outer(k, hf.sum(0))).index_add_(0, y, hf * o[:, None], alpha=-1.0)
                 gw = gw.to(weight.dtype)
             if need_b:
