@@ -456,3 +456,25 @@ def assert_compiled_step_is_eager(cfg: GPTConfig, dtype: torch.dtype) -> None:
     torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-5)
     for a, b in zip(ga, gb, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("used", [(0, 1, 2), (0, 2)])  # all three, or the keys left unused
+def test_split_heads_gradient_is_the_plain_views_gradient(used):
+    """split_heads's backward (the three gradients written into one buffer) against autograd
+    through the plain view, permute and unbind: the same projection gradient, bit for bit."""
+    torch.manual_seed(0)
+    B, T, nh, hs = 2, 5, 3, 4
+    qkv = torch.randn(B * T, 3 * nh * hs, requires_grad=True)
+    gs = [torch.randn(B, nh, T, hs) for _ in range(3)]
+
+    def grad(parts):
+        assert all(p.shape == (B, nh, T, hs) for p in parts)
+        loss = sum((parts[i] * gs[i]).sum() for i in used)
+        return torch.autograd.grad(loss, qkv)[0]
+
+    plain = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)
+    got = kernels.split_heads(qkv, B, nh)
+    assert "SplitHeads" in type(got[0].grad_fn).__name__
+    for a, b in zip(got, plain, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(grad(got), grad(plain))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt_study.config.model import GPTConfig
-from gpt_study.model.kernels import Dropout, causal_attention, plain_attention
+from gpt_study.model.kernels import Dropout, causal_attention, plain_attention, split_heads
 from gpt_study.model.norms import RMSNorm
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "NORM_EPS"]
@@ -161,11 +161,7 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """Queries, keys and values (B, nh, T, hs) of ``x`` (B*T, C), with qk-norm and the
         rotary tables ``rope`` (cos, sin) applied: what attention compares."""
-        N, C = x.shape
-        qkv = self.qkv(x).view(
-            batch, N // batch, 3, self.n_heads, C // self.n_heads
-        )  # (B, T, 3, nh, hs)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        q, k, v = split_heads(self.qkv(x), batch, self.n_heads)  # 3 x (B, nh, T, hs)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
