@@ -227,55 +227,58 @@ class _CausalAttentionDropout(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
         B, nh, T, hs = q.shape
         BH, Tk = B * nh, key_width(T)
-        q3 = q.reshape(BH, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
-        k3, v3 = _pad_keys(k, Tk), _pad_keys(v, Tk)  # (B*nh, Tk, hs) each, zero keys after T
-        bias = _causal_bias(T, q.dtype, q.device)  # (T, Tk)
-        scale = 1.0 / math.sqrt(hs)
-        y = torch.empty(BH, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
-        saved = []
         ctx.blocks = query_blocks(BH, T)
-        for (s, e, w), keep in zip(
-            ctx.blocks, block_keeps(BH, T, p, q.dtype, q.device), strict=True
-        ):
+        # Each block's queries, keys and values as contiguous (B*nh, rows, hs) tensors, made once:
+        # a matmul copies a sliced operand on every call (docs/train.md, "Measurements").
+        k3, v3 = _pad_keys(k, Tk), _pad_keys(v, Tk)  # (B*nh, Tk, hs) each, zero keys after T
+        qs = [q[:, :, s:e].reshape(BH, e - s, hs) for s, e, _ in ctx.blocks]
+        ks = [k3 if w == Tk else k3[:, :w].contiguous() for _, _, w in ctx.blocks]
+        vs = [v3 if w == Tk else v3[:, :w].contiguous() for _, _, w in ctx.blocks]
+        bias = _causal_bias(T, q.dtype, q.device)  # (T, Tk)
+        scale, keep_scale = 1.0 / math.sqrt(hs), 1.0 / (1.0 - p)
+        y = torch.empty(B, nh, T, hs, dtype=q.dtype, device=q.device)
+        saved = []
+        keeps = block_keeps(BH, T, p, q.dtype, q.device)
+        for (s, e, w), qb, kb, vb, keep in zip(ctx.blocks, qs, ks, vs, keeps, strict=True):
             scores = torch.baddbmm(  # (B*nh, e - s, w)
-                bias[s:e, :w].expand(BH, e - s, w),
-                q3[:, s:e],
-                k3[:, :w].transpose(1, 2),
-                alpha=scale,
+                bias[s:e, :w].expand(BH, e - s, w), qb, kb.transpose(1, 2), alpha=scale
             )
             # In place: PyTorch's CPU softmax works row by row, and writing into the scores
             # spares a new score-sized tensor (docs/train.md, "Measurements").
             weights = torch._softmax(scores, -1, False, out=scores)  # (B*nh, e - s, w)
             kept = weights if keep is None else apply_keep(weights, keep, copy=True)  # unscaled
-            torch.bmm(kept, v3[:, :w], out=y[:, s:e])  # (B*nh, e - s, hs)
+            yb = torch.bmm(kept, vb).view(B, nh, e - s, hs)  # (B*nh, e - s, hs) -> (B, nh, ...)
+            torch.mul(yb, keep_scale, out=y[:, :, s:e])
             saved += [weights, kept, keep]
-        ctx.save_for_backward(q3, k3, v3, *saved)
-        ctx.scale, ctx.keep_scale = scale, 1.0 / (1.0 - p)
-        return y.mul_(ctx.keep_scale).view(B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs)
+        ctx.save_for_backward(*qs, *ks, *vs, *saved)
+        ctx.scale, ctx.keep_scale = scale, keep_scale
+        return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        q3, k3, v3, *saved = ctx.saved_tensors
         B, nh, T, hs = grad_y.shape
-        BH = B * nh
-        gy = grad_y.reshape(BH, T, hs) * ctx.keep_scale  # (B*nh, T, hs)
-        grad_q = torch.empty_like(q3)  # (B*nh, T, hs)
+        BH, n = B * nh, len(ctx.blocks)
+        qs, ks, vs = (ctx.saved_tensors[i * n : (i + 1) * n] for i in range(3))
+        saved = ctx.saved_tensors[3 * n :]
+        grad_q = torch.empty(B, nh, T, hs, dtype=grad_y.dtype, device=grad_y.device)
         parts_k, parts_v = [], []  # (B*nh, w, hs) per block
-        for i, (s, e, w) in enumerate(ctx.blocks):
+        for i, (s, e, _) in enumerate(ctx.blocks):
             weights, kept, keep = saved[3 * i : 3 * i + 3]
-            parts_v.append(torch.bmm(kept.transpose(1, 2), gy[:, s:e]))  # (B*nh, w, hs)
-            g = torch.bmm(gy[:, s:e], v3[:, :w].transpose(1, 2))  # (B*nh, e - s, w)
+            gy = torch.empty(B, nh, e - s, hs, dtype=grad_y.dtype, device=grad_y.device)
+            gy = torch.mul(grad_y[:, :, s:e], ctx.keep_scale, out=gy).view(BH, e - s, hs)
+            parts_v.append(torch.bmm(kept.transpose(1, 2), gy))  # (B*nh, w, hs)
+            g = torch.bmm(gy, vs[i].transpose(1, 2))  # (B*nh, e - s, w)
             if keep is not None:
                 apply_keep(g, keep)  # through the dropout mask
             # w * (g - sum(w * g)), in place as the forward's softmax (each row read, then written)
             g = torch._softmax_backward_data(g, weights, -1, weights.dtype, grad_input=g)
-            torch.bmm(g, k3[:, :w], out=grad_q[:, s:e])  # (B*nh, e - s, hs)
-            parts_k.append(torch.bmm(g.transpose(1, 2), q3[:, s:e]))  # (B*nh, w, hs)
-        grad_q.mul_(ctx.scale)
+            gq = torch.bmm(g, ks[i]).view(B, nh, e - s, hs)  # (B*nh, e - s, hs) -> (B, nh, ...)
+            torch.mul(gq, ctx.scale, out=grad_q[:, :, s:e])
+            parts_k.append(torch.bmm(g.transpose(1, 2), qs[i]))  # (B*nh, w, hs)
         grad_k = _sum_over_blocks(parts_k, ctx.scale)[:, :T]  # only the first T keys are real
         grad_v = _sum_over_blocks(parts_v)[:, :T]
         shape = (B, nh, T, hs)  # (B*nh, T, hs) -> (B, nh, T, hs) for each
-        return grad_q.view(shape), grad_k.reshape(shape), grad_v.reshape(shape), None
+        return grad_q, grad_k.reshape(shape), grad_v.reshape(shape), None
 
 
 # Under torch.compile the two functions above run eagerly, between compiled graphs: traced, they
