@@ -295,24 +295,29 @@ def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
     return _CausalAttentionDropout.apply(q, k, v, p)
 
 
+def _heads(qkv: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """q, k, v (B, nh, T, hs) as views of ``qkv`` (B*T, 3C) laid out as ``shape`` (B, T, 3, nh,
+    hs)."""
+    return qkv.view(shape).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+
+
 class _SplitHeads(torch.autograd.Function):
-    """(N, 3C) -> q, k, v (B, nh, T, hs), views; backward writes the three gradients straight
-    into one (B, T, 3, nh, hs) buffer. Autograd through ``view``/``permute``/``unbind`` would
-    stack them and then copy the stack into that layout: two copies of the projection's
-    gradient per layer instead of one (docs/train.md, "Measurements")."""
+    """:func:`_heads`, whose backward writes the three gradients straight into one (B, T, 3, nh,
+    hs) buffer. Autograd through ``view``/``permute``/``unbind`` would stack them and then copy
+    the stack into that layout: two copies of the projection's gradient per layer instead of
+    one (docs/train.md, "Measurements")."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, batch: int, n_heads: int):  # noqa: D102
-        N, C3 = qkv.shape
-        ctx.shape = (batch, N // batch, 3, n_heads, C3 // (3 * n_heads))  # (B, T, 3, nh, hs)
-        return qkv.view(ctx.shape).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+    def forward(ctx, qkv: torch.Tensor, shape: tuple[int, ...]):  # noqa: D102
+        ctx.shape = shape
+        return _heads(qkv, shape)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):  # noqa: D102
         out = grads[0].new_empty(ctx.shape)  # (B, T, 3, nh, hs)
         for i, g in enumerate(grads):
             out[:, :, i] = g.transpose(1, 2)  # (B, nh, T, hs) -> (B, T, nh, hs)
-        return out.view(out.size(0) * out.size(1), -1), None, None  # (B*T, 3C)
+        return out.view(out.size(0) * out.size(1), -1), None  # (B*T, 3C)
 
 
 def split_heads(qkv: torch.Tensor, batch: int, n_heads: int) -> tuple[torch.Tensor, ...]:
@@ -320,11 +325,11 @@ def split_heads(qkv: torch.Tensor, batch: int, n_heads: int) -> tuple[torch.Tens
 
     Through :class:`_SplitHeads` when a gradient will flow, except under torch.compile, which
     plans the copies of the plain views itself."""
-    if torch.is_grad_enabled() and qkv.requires_grad and not torch.compiler.is_compiling():
-        return _SplitHeads.apply(qkv, batch, n_heads)
     N, C3 = qkv.shape
     shape = (batch, N // batch, 3, n_heads, C3 // (3 * n_heads))  # (B, T, 3, nh, hs)
-    return qkv.view(shape).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+    if torch.is_grad_enabled() and qkv.requires_grad and not torch.compiler.is_compiling():
+        return _SplitHeads.apply(qkv, shape)
+    return _heads(qkv, shape)
 
 
 def causal_attention(
