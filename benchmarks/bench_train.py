@@ -6,6 +6,7 @@
     python benchmarks/bench_train.py --device cuda         # on a GPU: MFU against its peak
     python benchmarks/bench_train.py --preset cpu          # the cpu preset's step, PREPARED_WITH
     python benchmarks/bench_train.py --preset peer         # the peer's shape vs a nanoGPT step
+    python benchmarks/bench_train.py --huge_pages off      # without 2 MiB pages (earlier rounds)
 
 ``--preset seed`` (the default) is what this docstring describes below. ``--preset cpu`` times
 the step ``gpt-study train --preset cpu`` runs (bf16 as ``--dtype auto`` resolves, the library's
@@ -59,6 +60,7 @@ from gpt_study.model.kernels import use_cpu_path  # noqa: E402
 from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
 from gpt_study.model.masks import mask_stream  # noqa: E402
 from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
+from gpt_study.runtime.memory import use_huge_pages  # noqa: E402
 from profile_train import build  # noqa: E402
 from profile_train import step as train_step  # noqa: E402
 from reference import NanoStyleGPT, ReferenceGPT, copy_from, nano_adamw, reference_loss  # noqa: E402
@@ -179,7 +181,21 @@ def main() -> int:
         "each to see what it is worth. Switching it between steps would let one kind's heap "
         "slow the next.",
     )
+    ap.add_argument(
+        "--huge_pages",
+        choices=("on", "off"),
+        default="on",
+        help="gpt_study.runtime.use_huge_pages (2 MiB pages for PyTorch's large CPU blocks) for "
+        "the whole process, the reference included (default: on, as the gpt-study CLI runs); "
+        "off: the earlier rounds' conditions, and the study's on a system that gives huge pages "
+        "only to programs that ask",
+    )
     args = ap.parse_args()
+    # Before anything large is allocated: PyTorch reads the setting once.
+    if args.huge_pages == "on":
+        use_huge_pages()
+    else:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -217,6 +233,7 @@ def main() -> int:
     }
     print(f"machine: {name}; torch {torch.__version__}; {load()}")
     print(f"freed memory kept for reuse (glibc mallopt): {'yes' if reused else 'no'}")
+    print(f"huge pages for large blocks (THP_MEM_ALLOC_ENABLE): {args.huge_pages}")
     if args.preset != "seed":
         return preset_main(args, device, peak, n, reps)
 

@@ -26,6 +26,7 @@ from gpt_study.model.gpt import GPT, flops_per_token
 from gpt_study.model.loss import LMLoss
 from gpt_study.model.masks import mask_stream
 from gpt_study.runtime.device import autocast, process_settings, resolve_dtype
+from gpt_study.runtime.memory import use_huge_pages
 from gpt_study.train.optim import make_optimizer
 
 # What each preset is prepared with (cpu: the bpe vocabulary it was measured on).
@@ -83,6 +84,7 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=15, help="operator rows to print")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = ap.parse_args()
+    use_huge_pages()  # as the gpt-study CLI runs; before anything large is allocated
 
     threads = args.threads or None
     cfg, net, loss_fn, opt, dtype, x, y = build(args.preset, args.dtype)

@@ -17,6 +17,7 @@ import sys
 from gpt_study import __version__
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import out_of_space
+from gpt_study.runtime.memory import use_huge_pages
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,6 +60,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    use_huge_pages()  # before the command builds anything large (see there)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):
         try:

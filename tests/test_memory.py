@@ -1,0 +1,44 @@
+"""runtime.memory: huge pages for PyTorch's large CPU blocks, asked for by the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt_study import cli
+from gpt_study.runtime.memory import use_huge_pages
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def test_use_huge_pages_asks_unless_the_user_said_no(monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    use_huge_pages()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    use_huge_pages()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+def test_the_cli_asks_before_running_a_command(monkeypatch, capsys):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert cli.main(["no-such-command"]) == 2  # asked before the command is even looked up
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+
+
+@pytest.mark.skipif(
+    not THP.exists() or "[never]" in THP.read_text(), reason="no transparent huge pages here"
+)
+def test_a_large_tensor_gets_huge_pages():
+    """In a fresh process, as the CLI runs it: a 64 MiB tensor lands on 2 MiB pages."""
+    code = (
+        "from gpt_study.runtime.memory import use_huge_pages; use_huge_pages()\n"
+        "import torch; x = torch.ones(64 << 20, dtype=torch.uint8)\n"
+        "rollup = open('/proc/self/smaps_rollup').read()\n"
+        "print(rollup.split('AnonHugePages:')[1].split()[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert int(out.stdout.split()[-1]) >= 32 << 10  # kB: most of the tensor
