@@ -18,8 +18,8 @@ def use_huge_pages() -> None:
     With ``THP_MEM_ALLOC_ENABLE=1`` PyTorch aligns CPU allocations of 2 MiB or more to 2 MiB and
     marks them for transparent huge pages (``madvise``), which Linux otherwise gives only to
     programs that ask where ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``madvise`` (a
-    common default). Fewer TLB misses made the seed's training step about 5% faster and the
-    study's own fp32 step about 20% (docs/train.md, "Measurements"). PyTorch reads the variable
+    common default). Fewer TLB misses make large-tensor steps faster (docs/train.md,
+    "Measurements", has the seed's and the study's steps). PyTorch reads the variable
     once, at the process's first large allocation, so the CLI calls this before anything is
     built; a value already in the environment (``0`` turns it off) is kept. Where the system
     has no transparent huge pages it changes nothing but the alignment.
