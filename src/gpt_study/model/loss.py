@@ -136,9 +136,9 @@ def head_loss(
     The weight gradient of each group of ``_GROUP`` chunks is summed by the matmul itself
     (``addmm_``: fp32 inside, rounded to the autocast dtype once per chunk), the groups in fp32:
     in bf16 as close to exact as one bf16 matmul over all rows, the precision of every other
-    layer's weight gradient, without an fp32 pass over the (V, C) sum per chunk. With bf16 the per-token loss is exact to about 0.002
-    nats (the log of a bf16 probability); the mean over a batch to about 1e-5. In fp32 it is
-    exact. ``hidden`` is (B, T, C) or (N, C), ``targets`` (B, T) or (N,).
+    layer's weight gradient, without an fp32 pass over the (V, C) sum per chunk. With bf16 the
+    per-token loss is exact to about 0.002 nats (the log of a bf16 probability); the mean over a
+    batch to about 1e-5. In fp32 it is exact. ``hidden`` is (B, T, C) or (N, C), ``targets`` (B, T) or (N,).
     """
     C = hidden.size(-1)
     h = hidden.reshape(-1, C)  # (N, C)
@@ -214,13 +214,14 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             wy = cw[y]  # (N,) weight of each target
             D = wy.sum()  # the mean's denominator, sum_i w_(y_i)
             a = (1.0 - eps) * wy + (eps / V) * cw.sum()  # (N,) the scale of p in dz, times D
-            zc = hx.float() @ wsum  # (N,) sum_c w_c z_ic
+            hxf = hx.float()  # (N, Cx): [h, 1, 0...] in fp32, for the small products
+            zc = hxf @ wsum  # (N,) sum_c w_c z_ic
             zy = torch.empty(N, device=dev)  # (N,) logit of the target
             py = torch.empty(N, device=dev)  # (N,) its probability
             gh = torch.empty(N, C, dtype=cdt, device=dev) if need_h else None  # (N, C) p W
             # [r*h, r] (r = a / D), so that [r*h, r]^T p gives the dW and db parts of a p / D.
             r = a / D  # (N,)
-            sh = (hx.float() * r[:, None]).to(cdt) if need_w or need_b else None  # (N, Cx)
+            sh = (hxf * r[:, None]).to(cdt) if need_w or need_b else None  # (N, Cx)
             acc = None  # (Cx, V) fp32: [r*h, r]^T p summed over the groups of chunks
             part = None  # (Cx, V) in cdt: the same over this group's chunks
             # The softmax overwrites the logits in place on CPU (it works row by row); elsewhere
@@ -259,7 +260,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 gh = gh.sub_((eps / V) * wsum[:C] / D).to(h.dtype)
             if need_w:
                 # dW = p^T (r h) - k_c * sum_i h_i on row c - o_i h_i on row y_i
-                hf = hx[:, :C].float()  # (N, C)
+                hf = hxf[:, :C]  # (N, C)
                 gw = _transposed(acc[:C])  # (C, V) -> (V, C)
                 gw.sub_(torch.outer(k, hf.sum(0))).index_add_(0, y, hf * o[:, None], alpha=-1.0)
                 gw = gw.to(weight.dtype)
