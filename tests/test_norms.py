@@ -18,14 +18,17 @@ def test_backward_matches_finite_differences_in_float64():
 
 @pytest.mark.parametrize("shape", [(64, 32), (2, 4, 16, 8)])  # the residual stream, q/k heads
 @pytest.mark.parametrize("needs", ["both", "x", "weight"])
-def test_training_path_equals_f_rms_norm(shape, needs):
+@pytest.mark.parametrize("autocast", [False, True])  # True: the cpu preset's fp32 stream in bf16
+def test_training_path_equals_f_rms_norm(shape, needs, autocast):
     torch.manual_seed(0)
     x = torch.randn(*shape, requires_grad=needs != "weight")
     w = (1 + 0.1 * torch.randn(shape[-1])).requires_grad_(needs != "x")
     g = torch.randn(*shape)
     wants = [t for t in (x, w) if t.requires_grad]
-    got = norms.rms_norm(x, w, 1e-5)
-    want = F.rms_norm(x, (shape[-1],), w, 1e-5)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        got = norms.rms_norm(x, w, 1e-5)
+        want = F.rms_norm(x, (shape[-1],), w, 1e-5)
+    assert got.dtype == want.dtype == torch.float32
     assert got.grad_fn is not None and "RMSNorm" in type(got.grad_fn).__name__  # the hand path
     torch.testing.assert_close(got, want)
     pairs = zip(
