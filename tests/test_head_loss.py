@@ -46,6 +46,46 @@ def test_head_loss_under_bf16_autocast_is_as_close_as_bf16_allows():
         assert (g - w).abs().max() < 2e-2 * w.abs().max()
 
 
+@pytest.mark.parametrize("multiple", [1, 2, 32])
+def test_head_loss_is_the_same_whatever_the_bias_column_is_padded_to(monkeypatch, multiple):
+    """Each CPU pads [h, 1] to its own multiple (column_multiple): every width gives the
+    oracle's loss and gradients, in fp32 exactly and under bf16 autocast as closely as bf16
+    allows; and the padding asked for is the padding made."""
+    from gpt_study.model import loss as L
+
+    monkeypatch.setattr(L, "column_multiple", lambda device_type: multiple)
+    head, h, y = make(V=300, C=40)
+    hx, wx = L._bias_as_column(h.reshape(-1, 40), head.weight, head.bias, torch.float32)
+    assert hx.size(1) == wx.size(1) == -(-41 // multiple) * multiple
+    want = reference_lm_loss(head(h), y, 0.1, 2.0)
+    got = head_loss(head, h, y, 0.1, 2.0, chunk_size=8)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(grads(got, head, h), grads(want, head, h), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+    with torch.autocast("cpu", torch.bfloat16):
+        want = reference_lm_loss(head(h), y, 0.1, 2.0)
+        got = head_loss(head, h, y, 0.1, 2.0, chunk_size=8)
+    assert abs(got.item() - want.item()) < 2e-3
+    for g, w in zip(grads(got, head, h), grads(want, head, h), strict=True):
+        assert (g - w).abs().max() < 2e-2 * w.abs().max()
+
+
+@pytest.mark.parametrize("amx, want", [(True, 32), (False, 2), (None, 2)])
+def test_the_bias_column_pads_to_the_matmul_units_step(monkeypatch, amx, want):
+    from gpt_study.model import loss as L
+
+    if amx is None:  # a torch without the query: no AMX assumed
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    L.column_multiple.cache_clear()
+    try:
+        assert L.column_multiple("cpu") == want
+        assert L.column_multiple("cuda") == 32
+    finally:
+        L.column_multiple.cache_clear()
+
+
 def test_bf16_weight_gradient_over_many_chunks_is_as_close_as_one_matmul_over_all_rows():
     """The chunks' weight-gradient parts are summed by the matmul in bf16 only within a group of
     chunks, the groups in fp32: 256 chunks stay as close to the fp64 gradient as one chunk (one

@@ -19,6 +19,8 @@ compare it with.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -165,16 +167,30 @@ def _transposed(x: torch.Tensor, block: int = 4096) -> torch.Tensor:
     return out
 
 
+@functools.cache
+def column_multiple(device_type: str) -> int:
+    """The multiple the bias column pads [h, 1] to: the step in which the matmul's hardware
+    takes the inner dimension. AMX multiplies bf16 tiles 32 deep, so a width off that step
+    pays a padded copy inside the kernel; AVX512-BF16 takes pairs, and padding 257 to 288 there
+    only adds work (docs/train.md, "Measurements"). GPUs keep 32 (their tensor cores want
+    multiples of 8)."""
+    if device_type != "cpu":
+        return 32
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up softly
+    return 32 if amx is not None and amx() else 2
+
+
 def _bias_as_column(
     h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[h, 1, 0...] (N, Cx) and [W, b, 0...] (V, Cx) in ``dtype``: the bias as one more weight
-    column on a constant-1 input feature, padded with zero columns to a multiple of 32, the
-    width the matmul kernels run fastest (docs/train.md, "Measurements"). No bias: h and W."""
+    column on a constant-1 input feature, padded with zero columns to a multiple of
+    :func:`column_multiple`. No bias: h and W."""
     if bias is None:
         return h.to(dtype), w.to(dtype)
     (N, C), V = h.shape, w.size(0)
-    Cx = -(-(C + 1) // 32) * 32
+    m = column_multiple(w.device.type)
+    Cx = -(-(C + 1) // m) * m
     hx = torch.empty(N, Cx, dtype=dtype, device=w.device)  # (N, Cx) [h, 1, 0...]
     hx[:, :C], hx[:, C], hx[:, C + 1 :] = h, 1, 0
     wx = torch.empty(V, Cx, dtype=dtype, device=w.device)  # (V, Cx) [W, b, 0...]
