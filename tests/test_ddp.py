@@ -278,3 +278,24 @@ def test_compiled_step_under_torchrun_matches_one_eager_process(tiny_prepared, t
     assert "compile on" in run.stdout, run.stdout
     single_process(tiny_prepared, tmp_path / "one", sample_tokens=0)
     assert_same_weights(root / "last", tmp_path / "one" / "last")
+
+
+def test_shutdown_leaves_the_group_but_keeps_it_alive_to_the_end(tmp_path, monkeypatch):
+    """A gloo group's destructor joins its workers with the GIL held and can hang if one still
+    releases its last collective's tensors; shutdown() leaves the group and retires it instead,
+    so that destructor runs only when the process ends."""
+    import torch.distributed as dist
+
+    from gpt_study.runtime import distributed
+
+    monkeypatch.setattr(distributed, "_retired", [])
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    group = dist.group.WORLD
+    assert distributed.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+    distributed.shutdown()
+    assert not dist.is_initialized()
+    assert distributed._retired == [group]
+    distributed.shutdown()  # alone again: nothing to leave
+    assert distributed._retired == [group]

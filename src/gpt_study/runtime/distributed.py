@@ -71,8 +71,22 @@ def init(device: str, backend: str = "auto") -> str:
     return device
 
 
+# Process groups that shutdown() retired, kept alive until the process ends (see there).
+_retired: list[object] = []
+
+
 def shutdown() -> None:
+    """Leave the process group, without letting its C++ destructor run now.
+
+    A gloo group's destructor joins its worker threads, and it runs wherever the last reference
+    goes: in ``destroy_process_group`` or when DDP's reducer is freed, both with the GIL held.
+    A worker that is still releasing its last collective's tensors needs the GIL for that, so
+    the join can wait forever (seen about once in 15 two-process runs on a loaded 2-core CPU).
+    Holding one reference here moves the destructor to the end of the process, when the
+    workers have long been idle.
+    """
     if is_distributed():
+        _retired.append(dist.group.WORLD)
         dist.destroy_process_group()
 
 
