@@ -192,10 +192,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     # Before anything large is allocated: PyTorch reads the setting once.
-    if args.huge_pages == "on":
-        use_huge_pages()
-    else:
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+    use_huge_pages(args.huge_pages == "on")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -20,6 +20,9 @@ def test_use_huge_pages_asks_unless_the_user_said_no(monkeypatch):
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     use_huge_pages()
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    use_huge_pages(False)  # an explicit "off" wins over the environment
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
 
 
 def test_the_cli_asks_before_running_a_command(monkeypatch, capsys):

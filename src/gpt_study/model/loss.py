@@ -140,7 +140,8 @@ def head_loss(
     in bf16 as close to exact as one bf16 matmul over all rows, the precision of every other
     layer's weight gradient, without an fp32 pass over the (V, C) sum per chunk. With bf16 the
     per-token loss is exact to about 0.002 nats (the log of a bf16 probability); the mean over a
-    batch to about 1e-5. In fp32 it is exact. ``hidden`` is (B, T, C) or (N, C), ``targets`` (B, T) or (N,).
+    batch to about 1e-5. In fp32 it is exact. ``hidden`` is (B, T, C) or (N, C), ``targets``
+    (B, T) or (N,).
     """
     C = hidden.size(-1)
     h = hidden.reshape(-1, C)  # (N, C)
@@ -172,7 +173,7 @@ def column_multiple(device_type: str) -> int:
     """The multiple the bias column pads [h, 1] to: the step in which the matmul's hardware
     takes the inner dimension. AMX multiplies bf16 tiles 32 deep, so a width off that step
     pays a padded copy inside the kernel; AVX512-BF16 takes pairs, and padding 257 to 288 there
-    only adds work (docs/train.md, "Measurements"). GPUs keep 32 (their tensor cores want
+    only adds work (docs/train.md, "Round nine"). GPUs keep 32 (their tensor cores want
     multiples of 8)."""
     if device_type != "cpu":
         return 32

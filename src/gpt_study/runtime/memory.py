@@ -12,8 +12,9 @@ import os
 __all__ = ["use_huge_pages"]
 
 
-def use_huge_pages() -> None:
-    """Ask PyTorch's CPU allocator for 2 MiB pages on its large blocks, unless the user said no.
+def use_huge_pages(enabled: bool = True) -> None:
+    """Ask PyTorch's CPU allocator for 2 MiB pages on its large blocks, unless the user said no;
+    ``enabled=False`` says no (a benchmark's ``--huge_pages off``).
 
     With ``THP_MEM_ALLOC_ENABLE=1`` PyTorch aligns CPU allocations of 2 MiB or more to 2 MiB and
     marks them for transparent huge pages (``madvise``), which Linux otherwise gives only to
@@ -24,4 +25,7 @@ def use_huge_pages() -> None:
     built; a value already in the environment (``0`` turns it off) is kept. Where the system
     has no transparent huge pages it changes nothing but the alignment.
     """
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if enabled:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    else:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
