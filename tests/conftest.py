@@ -110,3 +110,30 @@ def write_prepared(
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared folder of synthetic stories (vocabulary of ~40 words, a few thousand tokens)."""
     return write_prepared(tmp_path_factory.mktemp("prepared") / "word-tiny")
+
+
+# A test's training run: the tiny preset at a test's size (2 layers of width 32, fp32, 16-token
+# windows of 4 rows, 2 epochs of 6 steps); each test overrides what it is about.
+TINY_MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+
+
+def tiny_settings(data: Path, save_root: Path, **train) -> dict:
+    """The train settings of a test run on ``data`` into ``save_root``, with ``train`` on top."""
+    base = dict(data=str(data), save_root=str(save_root), context_size=16, batch_size=4)
+    base.update(epoch=2, iters_per_epoch=6, dtype="float32", print_interval=3)
+    return {**base, **train}
+
+
+def tiny_fit(data: Path, save_root: Path, model: dict = TINY_MODEL, **train):
+    """Train a test run (:func:`tiny_settings`) and return what ``fit`` returns."""
+    from gpt_study.train.fit import fit
+    from gpt_study.train.setup import build_config
+
+    return fit(build_config("tiny", train=tiny_settings(data, save_root, **train), model=model))
+
+
+def one_layer_run(data: Path, root: Path) -> Path:
+    """One epoch of 2 steps of a one-layer model, no sample: a checkpoint for the CLI's tests."""
+    model = {**TINY_MODEL, "n_layers": 1}
+    tiny_fit(data, root, model, epoch=1, iters_per_epoch=2, sample_tokens=0)
+    return root

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_prepared
+from conftest import tiny_fit, write_prepared
 from gpt_study.checkpoint import load_for_inference
 from gpt_study.cli import main
 from gpt_study.compare import (
@@ -32,29 +32,13 @@ from gpt_study.evaluate.report import evaluate_stories
 from gpt_study.evaluate.stories import OPENINGS, STORY_PROTOCOL, write_stories
 from gpt_study.runs import read_metrics
 from gpt_study.runtime.errors import UserError
-from gpt_study.train.fit import fit
-from gpt_study.train.setup import build_config
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
-MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 STORIES = StorySettings(openings=2, samples=2, seed=7, max_new_tokens=12)
 
 
 def train_run(data: Path, save_root: Path, **kw) -> Path:
-    t = dict(
-        data=str(data),
-        save_root=str(save_root),
-        context_size=16,
-        batch_size=4,
-        epoch=2,
-        iters_per_epoch=6,
-        dtype="float32",
-        sample_tokens=0,
-        print_interval=3,
-        warmup_steps=0,
-        eval_iters=0,
-    )
-    fit(build_config("tiny", train={**t, **kw}, model=MODEL))
+    tiny_fit(data, save_root, **{"sample_tokens": 0, "warmup_steps": 0, "eval_iters": 0, **kw})
     return save_root
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from gpt_study.data.clean import clean_text
 from gpt_study.data.tokenizer import (
+    FORMAT_VERSION,
     BPETokenizer,
     ByteTokenizer,
     ChunkSplitter,
@@ -265,3 +266,21 @@ def test_chunk_table_gathers_ids_across_growth_and_clear():
     assert table.gather([]).tolist() == []
     table.clear()
     assert list(table.index) == ["<m>"] and table.gather(["<m>", "<m>"]).tolist() == [7, 7]
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "byte"])
+def test_every_kind_saves_the_shared_header_first_and_loads_to_the_same_vocabulary(
+    kind, tmp_path, request
+):
+    """The header (kind, format, lowercase) is written once, in the base class, for every kind;
+    a saved and loaded tokenizer splits text into the same ids (its vocabulary key)."""
+    tok = (
+        ByteTokenizer(lowercase=False)
+        if kind == "byte"
+        else request.getfixturevalue(f"data_{kind}_tok")
+    )
+    tok.save(tmp_path / "tok.json")
+    saved = json.loads((tmp_path / "tok.json").read_text())
+    assert list(saved)[:3] == ["kind", "format", "lowercase"] and saved["kind"] == kind
+    assert saved["format"] == FORMAT_VERSION and saved["lowercase"] == tok.lowercase
+    assert load_tokenizer(tmp_path / "tok.json").vocabulary_key() == tok.vocabulary_key()

@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_MODEL
 from gpt_study.train.fit import fit
 from gpt_study.train.setup import build_config
 
-MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+MODEL = TINY_MODEL
 TRAIN = dict(
     context_size=16,
     epoch=1,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_MODEL, tiny_fit
 from gpt_study.cli import main
 from gpt_study.config import TrainConfig
 from gpt_study.model import kernels
@@ -30,20 +31,16 @@ from gpt_study.train.fit import fit, runtime_plan
 from gpt_study.train.optim import make_optimizer
 from gpt_study.train.setup import build_config
 
-MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+MODEL = TINY_MODEL
 NO_DROPOUT = dict(attention_drop=0.0, residual_drop=0.0, embedding_drop=0.0)
 DROPOUT = dict(attention_drop=0.25, residual_drop=0.1, embedding_drop=0.1)
 
 
 def quick_fit(data, root, model=MODEL, **train):
     """A 2-layer model trained 3 steps on a CPU (one epoch: validation and a checkpoint)."""
-    t = {
-        **dict(data=str(data), save_root=str(root), device="cpu", dtype="float32"),
-        **dict(context_size=16, batch_size=4, epoch=1, iters_per_epoch=3, sample_tokens=4),
-        **dict(lr=3e-3, warmup_steps=0, lr_schedule="constant"),
-        **train,
-    }
-    return fit(build_config("tiny", train=t, model=model))
+    fast = dict(device="cpu", epoch=1, iters_per_epoch=3, sample_tokens=4, lr=3e-3)
+    fast.update(warmup_steps=0, lr_schedule="constant")
+    return tiny_fit(data, root, model, **{**fast, **train})
 
 
 def _one_line(e: pytest.ExceptionInfo) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import synthetic_story
+from conftest import TINY_MODEL, synthetic_story, tiny_settings
 from gpt_study.cli import main
 from gpt_study.config import DataConfig, TrainConfig
 from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
@@ -27,27 +27,14 @@ from gpt_study.train.optim import MuonWithAdamW, lr_at, make_optimizer
 from gpt_study.train.setup import build_config
 from gpt_study.train.validate import validate
 
-MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+MODEL = TINY_MODEL
 DROPOUT = dict(attention_drop=0.1, residual_drop=0.1, embedding_drop=0.1)
 
 
 def tiny_train(data, save_root, **kw):
-    t = dict(
-        data=str(data),
-        save_root=str(save_root),
-        context_size=16,
-        batch_size=4,
-        epoch=2,
-        iters_per_epoch=6,
-        dtype="float32",
-        sample_tokens=8,
-        print_interval=3,
-        lr=3e-3,
-        warmup_steps=0,
-        lr_schedule="constant",
-    )
-    t.update(kw)
-    return t
+    """A test run's settings (conftest's), at a constant rate without warmup, with a sample."""
+    fast = dict(sample_tokens=8, lr=3e-3, warmup_steps=0, lr_schedule="constant")
+    return tiny_settings(data, save_root, **{**fast, **kw})
 
 
 def weights(path):

@@ -8,26 +8,12 @@ import logging
 
 import pytest
 
+from conftest import tiny_fit
 from gpt_study.train import loop as train_loop
-from gpt_study.train.fit import fit
-from gpt_study.train.setup import build_config
-
-MODEL = dict(max_len=32, d_model=32, d_ff=64, n_layers=2, n_heads=4)
 
 
 def _run(data, root):
-    train = dict(
-        data=str(data),
-        save_root=str(root),
-        context_size=16,
-        batch_size=4,
-        epoch=2,
-        iters_per_epoch=2,
-        dtype="float32",
-        sample_tokens=8,
-        print_interval=2,
-    )
-    return fit(build_config("tiny", train=train, model=MODEL))
+    return tiny_fit(data, root, iters_per_epoch=2, sample_tokens=8, print_interval=2)
 
 
 @pytest.mark.sample_may_fail

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_prepared
+from conftest import one_layer_run, write_prepared
 from gpt_study.cli import main
-from gpt_study.train.fit import fit
 from gpt_study.train.setup import build_config
 
 MODEL = ["--max_len", "32", "--d_model", "32", "--d_ff", "64", "--n_layers", "1", "--n_heads", "4"]
@@ -160,11 +159,7 @@ def test_train_vocab_size_names_the_prepared_folder(tiny_prepared, tmp_path, mon
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_prepared):
     root = tmp_path_factory.mktemp("trust") / "run"
-    model = dict(max_len=32, d_model=32, d_ff=64, n_layers=1, n_heads=4)
-    train = dict(data=str(tiny_prepared), save_root=str(root), context_size=16, batch_size=4)
-    train.update(epoch=1, iters_per_epoch=2, dtype="float32", sample_tokens=0)
-    fit(build_config("tiny", train=train, model=model))
-    return root
+    return one_layer_run(tiny_prepared, root)
 
 
 def test_generate_greedy_ignores_the_temperature(run, capsys):

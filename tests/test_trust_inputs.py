@@ -11,21 +11,16 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
+from conftest import one_layer_run
 from gpt_study.cli import main
 from gpt_study.data.tokenizer import load_tokenizer
-from gpt_study.train.fit import fit
-from gpt_study.train.setup import build_config
 from test_trust import refused
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_prepared):
     root = tmp_path_factory.mktemp("inputs") / "run"
-    model = dict(max_len=32, d_model=32, d_ff=64, n_layers=1, n_heads=4)
-    train = dict(data=str(tiny_prepared), save_root=str(root), context_size=16, batch_size=4)
-    train.update(epoch=1, iters_per_epoch=2, dtype="float32", sample_tokens=0)
-    fit(build_config("tiny", train=train, model=model))
-    return root
+    return one_layer_run(tiny_prepared, root)
 
 
 @pytest.fixture

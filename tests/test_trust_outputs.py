@@ -12,23 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_layer_run
 from gpt_study.cli import main
 from gpt_study.outputs import check_output_file, is_own_file, mark
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.lock import folder_lock, lock_path
-from gpt_study.train.fit import fit
-from gpt_study.train.setup import build_config
 from test_trust import refused
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_prepared):
     root = tmp_path_factory.mktemp("outputs") / "run"
-    model = dict(max_len=32, d_model=32, d_ff=64, n_layers=1, n_heads=4)
-    train = dict(data=str(tiny_prepared), save_root=str(root), context_size=16, batch_size=4)
-    train.update(epoch=1, iters_per_epoch=2, dtype="float32", sample_tokens=0)
-    fit(build_config("tiny", train=train, model=model))
-    return root
+    return one_layer_run(tiny_prepared, root)
 
 
 def _writers(run: Path) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ from gpt_study.config import SPECIALS, DataConfig
 from gpt_study.data.folder import SPLITS
 from gpt_study.data.prepare.ids import Holdout, SplitWriter
 from gpt_study.data.prepare.passes import (
+    Pass,
     given_tokenizer,
     run_bpe,
     run_byte,
@@ -267,8 +268,9 @@ def _run_pass(
         workers = start_workers(n_workers, kind, bool(cfg.lowercase), cfg.min_chars)
         with stories_bar(progress) as bar:
             passes = {"word": run_word, "bpe": run_bpe, "byte": run_byte, "given": run_given}
-            run = passes[kind]
-            tok, writers = run(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
+            tok, writers = passes[kind](
+                Pass(cfg, sources, hub, tmp, workers, holdout, bar, per_source)
+            )
         ok = True
     finally:
         if workers is not None:

@@ -7,7 +7,7 @@ splits.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,35 +47,58 @@ def _tagged_batches(
             yield (src.split, i), batch
 
 
-def run_word(
-    cfg: DataConfig,
-    sources: list[Source],
-    hub: dict[Source, Any],
-    tmp: Path,
-    workers: Workers,
-    holdout: Holdout,
-    bar: Any,
-    per_source: list[dict[str, int]],
-) -> tuple[Tokenizer, dict[str, SplitWriter]]:
-    ids = Ids(workers)
+@dataclasses.dataclass
+class Pass:
+    """What every pass reads and fills: the settings, the sources and their workers, the held-out
+    split, the progress bar, and the per-source counts the report gives and errors name."""
+
+    cfg: DataConfig
+    sources: list[Source]
+    hub: dict[Source, Any]
+    tmp: Path
+    workers: Workers
+    holdout: Holdout
+    bar: Any
+    per_source: list[dict[str, int]]
+
+    def results(
+        self, extra: Callable[[], tuple[Any, ...]] = tuple
+    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
+        """Each batch's worker result with its source split and held-out mask (None outside the
+        train sources), counted per source; ``extra()``: what a worker needs beside the batch,
+        asked as each task is sent (BPE's tokenizer exists only once it is trained)."""
+        tasks = ((tag, (batch, *extra())) for tag, batch in _tagged_batches(self.sources, self.hub))
+        for (split, i), res in self.workers.map(tasks):
+            self.per_source[i]["read"] += res["read"]
+            self.per_source[i]["short"] += res["short"]
+            mask = self.holdout.valid_mask(len(res["chars"])) if split == "train" else None
+            yield split, mask, res
+
+    def progress(self, read: int, writers: dict[str, SplitWriter]) -> None:
+        self.bar.update(read)
+        self.bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
+
+    def finish(self, writers: dict[str, SplitWriter]) -> None:
+        """Close the splits and refuse an empty one (:func:`_check_nonempty`)."""
+        for w in writers.values():
+            w.close()
+        _check_nonempty(self.cfg, writers, self.holdout, self.sources, self.per_source)
+
+
+def run_word(p: Pass) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    cfg, tmp = p.cfg, p.tmp
+    ids = Ids(p.workers)
     writers = {s: SplitWriter(tmp / f"{s}.ids32", np.uint32) for s in SPLITS}
-    tasks = ((tag, (batch,)) for tag, batch in _tagged_batches(sources, hub))
-    for (split, i), res in workers.map(tasks):
+    for split, mask, res in p.results():
         gids = ids.to_global(res["key"], res["new"], res["ids"])
-        lengths, chars, nbytes = res["lengths"], res["chars"], res["bytes"]
-        per_source[i]["read"] += res["read"]
-        per_source[i]["short"] += res["short"]
-        mask = holdout.valid_mask(len(lengths)) if split == "train" else None
         for part, part_ids, part_chars, part_bytes in _route(
-            split, mask, gids, lengths, chars, nbytes
+            split, mask, gids, res["lengths"], res["chars"], res["bytes"]
         ):
             if part == "train":
                 ids.count(part_ids)  # the vocabulary comes from the train split only
             writers[part].write(part_ids, part_chars, part_bytes)
-        _progress(bar, res["read"], writers)
-    for w in writers.values():
-        w.close()
-    _check_nonempty(cfg, writers, holdout, sources, per_source)
+        p.progress(res["read"], writers)
+    p.finish(writers)
 
     # The vocabulary: specials, then the most frequent train pieces (ties in code-point order).
     counts = ids.counts[: len(ids.words)]
@@ -114,16 +137,8 @@ def run_word(
     return tok, finals
 
 
-def run_bpe(
-    cfg: DataConfig,
-    sources: list[Source],
-    hub: dict[Source, Any],
-    tmp: Path,
-    workers: Workers,
-    holdout: Holdout,
-    bar: Any,
-    per_source: list[dict[str, int]],
-) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+def run_bpe(p: Pass) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+    cfg, tmp = p.cfg, p.tmp
     writers = _direct_writers(tmp)
     tok: BPETokenizer | None = None
     trained: list[str | None] = [None]  # the saved BPE, once trained: later tasks encode too
@@ -146,12 +161,8 @@ def run_bpe(
             emit(*part)
         buffered = []
 
-    tasks = ((tag, (batch, trained[0])) for tag, batch in _tagged_batches(sources, hub))
-    for (split, i), res in workers.map(tasks):
-        per_source[i]["read"] += res["read"]
-        per_source[i]["short"] += res["short"]
+    for split, mask, res in p.results(lambda: (trained[0],)):
         chars, nbytes = res["chars"], res["bytes"]
-        mask = holdout.valid_mask(len(chars)) if split == "train" else None
         if "ids" in res:  # encoded by the worker
             _write_encoded(writers, split, mask, res)
         else:
@@ -178,58 +189,33 @@ def run_bpe(
                     buffered_chars += int(part[2].sum())
             if tok is None and buffered_chars >= cfg.bpe_train_chars:
                 train_now()
-        _progress(bar, res["read"], writers)
+        p.progress(res["read"], writers)
     if tok is None:
         train_now()
-    for w in writers.values():
-        w.close()
-    _check_nonempty(cfg, writers, holdout, sources, per_source)
+    p.finish(writers)
     assert tok is not None
     return tok, writers
 
 
-def run_byte(
-    cfg: DataConfig,
-    sources: list[Source],
-    hub: dict[Source, Any],
-    tmp: Path,
-    workers: Workers,
-    holdout: Holdout,
-    bar: Any,
-    per_source: list[dict[str, int]],
-) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+def run_byte(p: Pass) -> tuple[Tokenizer, dict[str, SplitWriter]]:
     """:func:`run_bpe` without the training: the bytes are the vocabulary, so the workers encode
     every batch from the first and the main process only routes and writes."""
-    args = (cfg, sources, hub, tmp, workers, holdout, bar, per_source)
-    return ByteTokenizer(lowercase=bool(cfg.lowercase)), _direct_pass(*args)
+    return ByteTokenizer(lowercase=bool(p.cfg.lowercase)), _direct_pass(p)
 
 
 def _direct_pass(
-    cfg: DataConfig,
-    sources: list[Source],
-    hub: dict[Source, Any],
-    tmp: Path,
-    workers: Workers,
-    holdout: Holdout,
-    bar: Any,
-    per_source: list[dict[str, int]],
+    p: Pass,
     extra: tuple[str, ...] = (),
     unk_id: int | None = UNK_ID,
 ) -> dict[str, SplitWriter]:
     """The pass of a tokenizer known before the first story (``byte``, ``--tokenizer_from``):
     the workers encode each batch (``extra``: what they need beside it), the main process routes
     and writes the final ``.bin`` files; ``unk_id`` is the tokenizer's ``<unk>``."""
-    writers = _direct_writers(tmp)
-    tasks = ((tag, (batch, *extra)) for tag, batch in _tagged_batches(sources, hub))
-    for (split, i), res in workers.map(tasks):
-        per_source[i]["read"] += res["read"]
-        per_source[i]["short"] += res["short"]
-        mask = holdout.valid_mask(len(res["chars"])) if split == "train" else None
+    writers = _direct_writers(p.tmp)
+    for split, mask, res in p.results(lambda: extra):
         _write_encoded(writers, split, mask, res, unk_id)
-        _progress(bar, res["read"], writers)
-    for w in writers.values():
-        w.close()
-    _check_nonempty(cfg, writers, holdout, sources, per_source)
+        p.progress(res["read"], writers)
+    p.finish(writers)
     return writers
 
 
@@ -255,22 +241,12 @@ def given_tokenizer(cfg: DataConfig) -> tuple[DataConfig, Tokenizer]:
     return dataclasses.replace(cfg, **kind), tok
 
 
-def run_given(
-    cfg: DataConfig,
-    sources: list[Source],
-    hub: dict[Source, Any],
-    tmp: Path,
-    workers: Workers,
-    holdout: Holdout,
-    bar: Any,
-    per_source: list[dict[str, int]],
-) -> tuple[Tokenizer, dict[str, SplitWriter]]:
+def run_given(p: Pass) -> tuple[Tokenizer, dict[str, SplitWriter]]:
     """:func:`run_byte` with ``--tokenizer_from``'s tokenizer: saved into the folder first, the
     workers encode every batch with it; ``<unk>`` counted where that tokenizer puts it."""
-    tok = given_tokenizer(cfg)[1]
-    tok.save(tmp / "tokenizer.json")
-    args = (cfg, sources, hub, tmp, workers, holdout, bar, per_source)
-    return tok, _direct_pass(*args, extra=(str(tmp / "tokenizer.json"),), unk_id=tok.unk_id)
+    tok = given_tokenizer(p.cfg)[1]
+    tok.save(p.tmp / "tokenizer.json")
+    return tok, _direct_pass(p, extra=(str(p.tmp / "tokenizer.json"),), unk_id=tok.unk_id)
 
 
 def _direct_writers(tmp: Path) -> dict[str, SplitWriter]:
@@ -305,11 +281,6 @@ def _write_encoded(
     tokenizer's ``<unk>`` (None: it has none)."""
     for part in _route(split, mask, res["ids"], res["lengths"], res["chars"], res["bytes"]):
         _write(writers, *part, unk_id)
-
-
-def _progress(bar: Any, read: int, writers: dict[str, SplitWriter]) -> None:
-    bar.update(read)
-    bar.set_postfix_str(f"{writers['train'].tokens + writers['valid'].tokens:,} tokens")
 
 
 def _route(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpt_study.config import EOT_ID, SOT_ID, UNK_ID
+from gpt_study.runtime.files import write_json_atomic
 
 FORMAT_VERSION = 1
 
@@ -53,7 +54,7 @@ class Tokenizer(ABC):
     def vocabulary_key(self) -> Any:
         """What two tokenizers share when they split text into the same ids (counts aside):
         a folder prepared with one feeds a model trained with the other."""
-        d = dict(self.to_dict()) if hasattr(self, "to_dict") else {"size": self.vocab_size}
+        d = self.to_dict()
         d.pop("counts", None)
         d.pop("source", None)
         return d
@@ -74,10 +75,21 @@ class Tokenizer(ABC):
     def id_to_token(self, i: int) -> str:
         """The vocabulary entry of id ``i`` (for ``--raw`` output)."""
 
-    @abstractmethod
     def unknown_words(self, text: str) -> list[str]:
-        """Pieces of ``text`` that would become ``<unk>`` (always empty for bpe and byte)."""
+        """Pieces of ``text`` that would become ``<unk>``: none for a kind that spells any text
+        (bpe, byte); word and hf say otherwise."""
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the tokenizer is saved as: the header every kind shares, then its own
+        fields (:meth:`_fields`); :mod:`gpt_study.data.tokenizer.load` reads it back."""
+        header = {"kind": self.kind, "format": FORMAT_VERSION, "lowercase": self.lowercase}
+        return header | self._fields()
 
     @abstractmethod
+    def _fields(self) -> dict[str, Any]:
+        """What this kind saves beside the shared header: its specials and its vocabulary."""
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON, atomically."""
+        write_json_atomic(path, self.to_dict())

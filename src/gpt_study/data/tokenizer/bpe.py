@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -13,10 +12,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS
-from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
+from gpt_study.data.tokenizer.base import Tokenizer
 from gpt_study.data.tokenizer.chunks import ChunkTable
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import write_json_atomic
 
 
 class BPETokenizer(Tokenizer):
@@ -96,20 +94,11 @@ class BPETokenizer(Tokenizer):
     def id_to_token(self, i: int) -> str:
         return self.tok.id_to_token(i)
 
-    def unknown_words(self, text: str) -> list[str]:
-        return []
-
-    def to_dict(self) -> dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "lowercase": self.lowercase,
             "specials": list(SPECIALS),
             "tokenizer": json.loads(self.tok.to_str()),
         }
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
 
 
 def train_bpe(

@@ -8,15 +8,13 @@ four times as many tokens as under a 4096-entry BPE, so the model sees less of i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from gpt_study.config import BYTE_VOCAB, EOT_ID, SOT_ID, SPECIALS
-from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
-from gpt_study.runtime.files import write_json_atomic
+from gpt_study.data.tokenizer.base import Tokenizer
 
 OFFSET = len(SPECIALS)  # id of byte 0
 
@@ -96,16 +94,7 @@ class ByteTokenizer(Tokenizer):
         b = i - OFFSET
         return chr(b) if 0x21 <= b < 0x7F else f"<0x{b:02X}>"
 
-    def unknown_words(self, text: str) -> list[str]:
-        return []
-
-    def to_dict(self) -> dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "lowercase": self.lowercase,
             "specials": list(SPECIALS),
         }
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())

@@ -17,16 +17,14 @@ not used: ``encode`` adds the roles as every gpt-study kind does.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer as LibTokenizer
 
-from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
+from gpt_study.data.tokenizer.base import Tokenizer
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import write_json_atomic
 
 __all__ = ["ImportedTokenizer"]
 
@@ -103,11 +101,8 @@ class ImportedTokenizer(Tokenizer):
             text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets, strict=True) if i == self.unk_id
         ]
 
-    def to_dict(self) -> dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "lowercase": self.lowercase,
             "specials": {"<sot>": self.sot_id, "<eot>": self.eot_id, "<unk>": self.unk_id},
             "vocab_size": self._size,
             "source": self.source,
@@ -119,6 +114,3 @@ class ImportedTokenizer(Tokenizer):
         tok = LibTokenizer.from_str(json.dumps(d["tokenizer"]))
         s = d["specials"]
         return cls(tok, s["<sot>"], s["<eot>"], s["<unk>"], d["vocab_size"], d.get("source", ""))
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())

@@ -6,15 +6,13 @@ download), as the study did, and each piece maps to its id in a frequency-ranked
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS, UNK_ID
-from gpt_study.data.tokenizer.base import FORMAT_VERSION, Tokenizer
+from gpt_study.data.tokenizer.base import Tokenizer
 from gpt_study.data.tokenizer.chunks import ChunkSplitter
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import write_json_atomic
 
 # Pieces that attach to the piece before them / the piece after them when decoding `word` ids.
 _GLUE_LEFT = {
@@ -104,20 +102,14 @@ class WordTokenizer(Tokenizer):
     def unknown_words(self, text: str) -> list[str]:
         return [p for p in self.pieces(text) if p not in self.index]
 
-    def to_dict(self) -> dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "lowercase": self.lowercase,
             "specials": list(SPECIALS),
             "vocab": self.vocab,
         }
         if self.counts is not None:
             d["counts"] = self.counts  # training-split frequency of each entry, for study
         return d
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
 
 
 def build_word_vocab(
