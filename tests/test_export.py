@@ -195,6 +195,8 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
         choose_layout(GPTConfig(**{**LLAMA, "head_bias": True}))
     with pytest.raises(UserError, match="gpt2: it does not know qk_norm"):
         choose_layout(GPTConfig(qk_norm=True))
+    with pytest.raises(UserError, match="llama: it does not know residual_scalars"):
+        choose_layout(GPTConfig(**LLAMA, residual_scalars=True))
 
     @dataclasses.dataclass
     class Later(GPTConfig):  # an option added to GPTConfig that no layout has learned yet

@@ -28,6 +28,7 @@ OPTIONS = {
     "no-bias": dict(bias=False, norm_bias=False, head_bias=False),
     "qk_norm": dict(qk_norm=True),
     "zero_init": dict(zero_init=True),
+    "scalars": dict(residual_scalars=True),
     "modern": dict(
         positions="rope",
         norm="rmsnorm",
@@ -54,7 +55,8 @@ def expected_params(c: GPTConfig) -> int:
     per_layer = attn + mlp + 2 * norm
     emb = c.vocab_size * d + (c.max_len * d if c.positions == "learned" else 0)
     head = (0 if c.tie_embeddings else c.vocab_size * d) + (c.vocab_size if c.head_bias else 0)
-    return emb + c.n_layers * per_layer + norm + head
+    scalars = 2 * c.n_layers if c.residual_scalars else 0
+    return emb + c.n_layers * per_layer + norm + head + scalars
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
@@ -172,6 +174,28 @@ def test_zero_init_starts_every_block_as_the_identity_and_learns():
     assert choose_layout(cfg_of("zero_init")).name == choose_layout(cfg_of("study")).name == "gpt2"
     modern = choose_layout(cfg_of("modern", zero_init=True, qk_norm=False))
     assert modern.name == choose_layout(cfg_of("modern", qk_norm=False)).name == "llama"
+
+
+def test_residual_scalars_start_as_the_plain_model_mix_the_embeddings_in_and_learn():
+    """From 1 and 0 the scalars compute the model without them (the same weights otherwise);
+    moved, block i reads a_i x + b_i x0; both get gradients."""
+    torch.manual_seed(0)
+    model = GPT(cfg_of("scalars", embedding_drop=0.0)).eval()
+    plain = GPT(cfg_of("study", embedding_drop=0.0)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("_scale")})
+    idx = torch.randint(0, V, (2, 9))
+    torch.testing.assert_close(model(idx), plain(idx), rtol=0, atol=0)
+    with torch.no_grad():
+        model.resid_scale.copy_(torch.tensor([0.5, 2.0]))
+        model.x0_scale.copy_(torch.tensor([0.3, -1.0]))
+    x0 = model.tok_emb(idx) + model.pos_emb.weight[:9]  # (B, T, C)
+    x = x0
+    for i, block in enumerate(plain.blocks):  # the sum written out, on the plain model's blocks
+        x = block(([0.5, 2.0][i] * x + [0.3, -1.0][i] * x0).view(18, -1), 2).view(2, 9, -1)
+    torch.testing.assert_close(model(idx), plain.head(plain.ln_f(x)))
+    model.train()
+    model(idx).logsumexp(-1).mean().backward()
+    assert model.resid_scale.grad.abs().min() > 0 and model.x0_scale.grad.abs().min() > 0
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))

@@ -81,6 +81,13 @@ class GPTConfig:
         default=False,
         metadata=doc("start each block's output projections at zero: blocks begin as identities"),
     )
+    residual_scalars: bool = field(
+        default=False,
+        metadata=doc(
+            "two learned scalars per block: block i reads a_i x + b_i x0, x0 the embeddings "
+            "(a from 1, b from 0: nanochat's resid_lambdas and x0_lambdas)"
+        ),
+    )
 
     RANGES: ClassVar[dict[str, Range]] = {
         "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),

@@ -301,6 +301,12 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.mlp.proj.weight)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight  # one matrix, read both ways
+        # --residual_scalars: block i reads resid_scale[i] x + x0_scale[i] x0 (x0: the embeddings),
+        # from 1 and 0, so a new model computes what it would without them.
+        self.resid_scale = self.x0_scale = None
+        if cfg.residual_scalars:
+            self.resid_scale = nn.Parameter(torch.ones(cfg.n_layers))
+            self.x0_scale = nn.Parameter(torch.zeros(cfg.n_layers))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -350,7 +356,10 @@ class GPT(nn.Module):
         x = x.view(B * T, C)  # (B, T, C) -> (B*T, C)
         if residuals is not None:
             residuals.append(x.view(B, T, C))
-        for block in self.blocks:
+        x0 = x  # (B*T, C): the embeddings, which --residual_scalars mixes into each block's input
+        for i, block in enumerate(self.blocks):
+            if self.resid_scale is not None and self.x0_scale is not None:
+                x = self.resid_scale[i] * x + self.x0_scale[i] * x0
             x = block(x, B, rope, cache, mask)
             if residuals is not None:
                 residuals.append(x.view(B, T, C))
