@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -201,14 +202,19 @@ def test_what_cannot_run_on_the_device_is_refused_with_one_line(monkeypatch):
 def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(monkeypatch, caplog):
     """torch.compile needs a C++ compiler on a CPU; the cpu preset asks for it, so a machine
     without one gets a warning and an eager run, not an error. A GPU does not need one."""
-    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    from torch._inductor import config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-compiler-here"))
     with caplog.at_level("WARNING"):
         assert not resolve_plan("cpu", compile=True).compile
     assert "no C++ compiler" in caplog.text and "--no-compile" in caplog.text
     assert plan_module.resolve_compile(True, "cuda:0")  # the check is a CPU's only
     assert not resolve_plan("cpu", compile=False).compile
-    monkeypatch.setenv("CXX", "sh")  # any program on PATH stands for a compiler here
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "sh"))  # a program on PATH stands for one
     assert resolve_plan("cpu", compile=True).compile
+    # what inductor reads, not $CXX as it is now: torch read that once, when it was imported
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert plan_module.cpp_compiler() == shutil.which("sh")
 
 
 @pytest.mark.slow

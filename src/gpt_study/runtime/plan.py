@@ -112,10 +112,18 @@ def resolve_attention(setting: str, device: str) -> str:
 
 
 def cpp_compiler() -> str | None:
-    """The C++ compiler torch.compile would build CPU kernels with (``$CXX``, else g++, clang++
-    on macOS, cl on Windows: what torch's inductor looks for), or None if there is none."""
-    default = {"darwin": "clang++", "win32": "cl"}.get(sys.platform, "g++")
-    return shutil.which(os.environ.get("CXX") or default)
+    """The C++ compiler torch.compile would build CPU kernels with, or None if there is none.
+
+    Where inductor looks: on Windows ``$CXX`` or cl; elsewhere the names in its
+    ``config.cpp.cxx``, which read ``$CXX`` (else g++, clang++ on macOS) when torch was imported
+    and which a program may set (a None there is conda's g++, installed only when asked)."""
+    if sys.platform == "win32":
+        return shutil.which(os.environ.get("CXX") or "cl")
+    from torch._inductor import config as inductor
+
+    names = inductor.cpp.cxx if isinstance(inductor.cpp.cxx, (list, tuple)) else (inductor.cpp.cxx,)
+    found = (shutil.which(n) for n in names if n)
+    return next((path for path in found if path), None)
 
 
 def resolve_compile(setting: bool, device: str) -> bool:
