@@ -150,7 +150,12 @@ def main() -> int:
         help="seed only (cpu: its PREPARED_WITH, peer: 4,096)",
     )
     ap.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps of each kind first (a process's first two fault in its memory)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument(
         "--peak_size",
