@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_study.model.gpt import GPT, GPTConfig, KVCache
+from gpt_study.model.cache import KVCache
+from gpt_study.model.gpt import GPT, GPTConfig
 
 
 def tiny_config(**kw):

@@ -11,7 +11,8 @@ from gpt_study.checkpoint import load_checkpoint, save_checkpoint
 from gpt_study.config import GPTConfig, SampleConfig
 from gpt_study.config.presets import preset_config
 from gpt_study.generate import generate_ids, reference_generate
-from gpt_study.model.gpt import GPT, KVCache, apply_rope, rope_tables
+from gpt_study.model.cache import KVCache
+from gpt_study.model.gpt import GPT, apply_rope, rope_tables
 from gpt_study.train.fit import fit
 from gpt_study.train.setup import build_config
 

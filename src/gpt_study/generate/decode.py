@@ -18,7 +18,8 @@ from gpt_study.config import SampleConfig
 from gpt_study.generate.decode_fast import decode_row, last_logits
 from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.window import SLIDE_KEEP, keep_size, rotary, segment_start, window_size
-from gpt_study.model.gpt import GPT, KVCache
+from gpt_study.model.cache import KVCache
+from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
 
 __all__ = [

@@ -25,7 +25,8 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.window import keep_size, rotary, window_size
-from gpt_study.model.gpt import GPT, KVCache
+from gpt_study.model.cache import KVCache
+from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
 
 __all__ = ["RowDecoder", "decode_row", "last_logits"]
