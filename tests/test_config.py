@@ -208,7 +208,7 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     # by default (auto: as before)
     later = {"init_from": None, **dict.fromkeys(DEVICE_CHOICES, "auto")}
     assert flat["train"] == {**want, "threads": None, **later}
-    later_model = {"inner_drop": None, "residual_scalars": False}  # came later, as before
+    later_model = {"inner_drop": None, "residual_scalars": False, "value_embeds": False}  # later
     assert flat["model"] == {**model, **later_model}
     assert load_config(_old_file(tmp_path, name, model, train)) == now
 

@@ -80,7 +80,8 @@ def test_the_matrix_covers_every_option_value():
         if choices:
             seen = {getattr(c, f.name) for c in CONFIGS.values()}
             assert seen >= set(choices), f"{f.name}: {set(choices) - seen} not in the matrix"
-    for name in ("tie_embeddings", "bias", "norm_bias", "head_bias", "qk_norm", "residual_scalars"):
+    bools = ("tie_embeddings", "bias", "norm_bias", "head_bias", "qk_norm")
+    for name in (*bools, "residual_scalars", "value_embeds"):
         assert {getattr(c, name) for c in CONFIGS.values()} == {True, False}, name
 
 

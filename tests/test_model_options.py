@@ -30,6 +30,7 @@ OPTIONS = {
     "qk_norm": dict(qk_norm=True),
     "zero_init": dict(zero_init=True),
     "scalars": dict(residual_scalars=True),
+    "value_embeds": dict(value_embeds=True),
     "modern": dict(
         positions="rope",
         norm="rmsnorm",
@@ -57,7 +58,8 @@ def expected_params(c: GPTConfig) -> int:
     emb = c.vocab_size * d + (c.max_len * d if c.positions == "learned" else 0)
     head = (0 if c.tie_embeddings else c.vocab_size * d) + (c.vocab_size if c.head_bias else 0)
     scalars = 2 * c.n_layers if c.residual_scalars else 0
-    return emb + c.n_layers * per_layer + norm + head + scalars
+    value_embeds = c.vocab_size * d * ((c.n_layers + 1) // 2) if c.value_embeds else 0
+    return emb + c.n_layers * per_layer + norm + head + scalars + value_embeds
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
@@ -197,6 +199,29 @@ def test_residual_scalars_start_as_the_plain_model_mix_the_embeddings_in_and_lea
     model.train()
     model(idx).logsumexp(-1).mean().backward()
     assert model.resid_scale.grad.abs().min() > 0 and model.x0_scale.grad.abs().min() > 0
+
+
+def test_value_embeds_add_each_tokens_own_row_to_the_values_of_every_other_block():
+    """Block i's values are the projection's plus row ``token`` of its own table, on the last
+    block and every other one before it; with the tables at zero the model is the plain one."""
+    torch.manual_seed(0)
+    cfg = cfg_of("value_embeds", n_layers=3, embedding_drop=0.0)
+    model = GPT(cfg).eval()
+    assert sorted(model.value_embeds) == ["0", "2"] == [str(i) for i in cfg.value_embed_layers]
+    idx = torch.randint(0, V, (2, 9))
+    attn, table = model.blocks[2].attn, model.value_embeds["2"]
+    x = torch.randn(18, cfg.d_model)
+    _, _, v = attn.project(x, 2, None)  # (B, nh, T, hs)
+    _, _, v_ve = attn.project(x, 2, None, table(idx).view(18, -1))
+    rows = table.weight[idx].view(2, 9, cfg.n_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+    torch.testing.assert_close(v_ve, v + rows)
+    plain = GPT(cfg_of("study", n_layers=3, embedding_drop=0.0)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "value_embeds" not in k})
+    assert not torch.allclose(model(idx), plain(idx))
+    with torch.no_grad():
+        for t in model.value_embeds.values():
+            t.weight.zero_()
+    torch.testing.assert_close(model(idx), plain(idx), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))

@@ -89,6 +89,14 @@ class GPTConfig:
         ),
     )
 
+    value_embeds: bool = field(
+        default=False,
+        metadata=doc(
+            "value embeddings: every other block, the last included, adds a token embedding "
+            "table of its own to its attention values (modded-nanogpt, nanochat)"
+        ),
+    )
+
     RANGES: ClassVar[dict[str, Range]] = {
         "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
         **dict.fromkeys(("max_len", "d_model", "d_ff", "n_layers", "n_heads"), AT_LEAST_1),
@@ -120,3 +128,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def value_embed_layers(self) -> tuple[int, ...]:
+        """The blocks that add value embeddings (``--value_embeds``): every other one, counted
+        back from the last, as nanochat places them."""
+        if not self.value_embeds:
+            return ()
+        return tuple(range(self.n_layers - 1, -1, -2))[::-1]

@@ -12,8 +12,9 @@ With the study's defaults and a 30,000-word vocabulary that is exactly 19,672,88
 Options to study (:class:`~gpt_study.config.model.GPTConfig`, each defaulting to the study's
 choice): rotary positions instead of the learned table (Su et al. 2021), RMSNorm (Zhang and
 Sennrich 2019), SwiGLU (Shazeer 2020) or squared-ReLU (So et al. 2021) feed-forwards, tied
-embeddings (Press and Wolf 2017), biases off, and RMS-normalised queries and keys (Henry et al.
-2020; Dehghani et al. 2023).
+embeddings (Press and Wolf 2017), biases off, RMS-normalised queries and keys (Henry et al.
+2020; Dehghani et al. 2023), and two of modded-nanogpt's and nanochat's: per-layer residual
+scalars and value embeddings (docs/options.md).
 
 Attention and dropout come from :mod:`gpt_study.model.kernels`: PyTorch's fused
 ``scaled_dot_product_attention`` and ``nn.Dropout``, except for training with dropout on a CPU,
@@ -100,11 +101,18 @@ class CausalSelfAttention(nn.Module):
         self.weights: torch.Tensor | None = None  # (B, nh, T, past+T) when keep_weights is set
 
     def project(
-        self, x: torch.Tensor, batch: int, rope: tuple[torch.Tensor, ...] | None
+        self,
+        x: torch.Tensor,
+        batch: int,
+        rope: tuple[torch.Tensor, ...] | None,
+        ve: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Queries, keys and values (B, nh, T, hs) of ``x`` (B*T, C), with qk-norm and the
-        rotary tables ``rope`` (cos, sin) applied: what attention compares."""
+        rotary tables ``rope`` (cos, sin) applied, and the value embeddings ``ve`` (B*T, C) added
+        to the values: what attention compares and mixes."""
         q, k, v = split_heads(self.qkv(x), batch, self.n_heads)  # 3 x (B, nh, T, hs)
+        if ve is not None:
+            v = v + ve.view(batch, -1, self.n_heads, v.size(-1)).transpose(1, 2).to(v.dtype)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -118,11 +126,12 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, ...] | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x`` (B*T, C): the new positions of ``batch`` sequences, row by row; their keys and
         values join ``cache`` if given."""
         N, C = x.shape
-        q, k, v = self.project(x, batch, rope)
+        q, k, v = self.project(x, batch, rope, ve)
         past = 0
         if cache is not None:
             past = cache.length
@@ -214,9 +223,11 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, ...] | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` (B*T, C), the residual stream of ``batch`` sequences, row by row."""
-        x = x + self.attn(self.ln1(x), batch, rope, cache, mask)
+        """``x`` (B*T, C), the residual stream of ``batch`` sequences, row by row; ``ve`` (B*T,
+        C) the block's value embeddings of their tokens, if it has them."""
+        x = x + self.attn(self.ln1(x), batch, rope, cache, mask, ve)
         return x + self.mlp(self.ln2(x))
 
 
@@ -244,6 +255,10 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.mlp.proj.weight)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight  # one matrix, read both ways
+        # --value_embeds: a token table of its own for each of cfg.value_embed_layers
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(cfg.vocab_size, cfg.d_model) for i in cfg.value_embed_layers}
+        )
         # --residual_scalars: block i reads resid_scale[i] x + x0_scale[i] x0 (x0: the embeddings),
         # from 1 and 0, so a new model computes what it would without them.
         self.resid_scale = self.x0_scale = None
@@ -303,7 +318,9 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.resid_scale is not None and self.x0_scale is not None:
                 x = self.resid_scale[i] * x + self.x0_scale[i] * x0
-            x = block(x, B, rope, cache, mask)
+            table = self.value_embeds[str(i)] if str(i) in self.value_embeds else None
+            ve = None if table is None else table(idx).view(B * T, C)  # (B, T, C) -> (B*T, C)
+            x = block(x, B, rope, cache, mask, ve)
             if residuals is not None:
                 residuals.append(x.view(B, T, C))
         if cache is not None:
