@@ -358,7 +358,7 @@ def preset_main(args, device, peak, n, reps) -> int:
     print(
         f"model: {args.preset}, {net.num_params():,} parameters, batch {B} x context {T}, "
         f"vocab {mc.vocab_size}; {dtype} autocast (--dtype auto), {type(opt).__name__} "
-        f"fused={opt.defaults.get('fused')}, grad clip {clip}"
+        f"(AdamW fused={getattr(opt, 'adamw', opt).defaults.get('fused')}), grad clip {clip}"
     )
     if args.preset == "peer":
         torch.manual_seed(0)

@@ -187,6 +187,7 @@ CPU_MODEL = {**TINY_MODEL, "residual_drop": 0.1, "positions": "rope", "norm": "r
 CPU_MODEL.update(mlp="swiglu", tie_embeddings=True, bias=False, head_bias=False)
 CPU_TRAIN = {**TINY_TRAIN, "sp_weight": 2.0, "min_lr": 0.0001, "batch_size": 16, "grad_clip": 1.0}
 CPU_TRAIN.update(epoch=28, iters_per_epoch=250, fit_epochs=True, label_smoothing=0.0)
+CPU_TRAIN.update(optimizer="muon")  # round ten
 CPU_TRAIN.update(weight_decay=0.3, compile=True)
 
 
@@ -209,7 +210,7 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     later = {"init_from": None, **dict.fromkeys(DEVICE_CHOICES, "auto")}
     assert flat["train"] == {**want, "threads": None, **later}
     later_model = {"inner_drop": None, "residual_scalars": False, "value_embeds": False}  # later
-    assert flat["model"] == {**model, **later_model}
+    assert flat["model"] == {**later_model, **model}
     assert load_config(_old_file(tmp_path, name, model, train)) == now
 
 

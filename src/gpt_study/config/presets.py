@@ -83,6 +83,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "head_bias": False,
         },
         train={
+            "optimizer": "muon",  # 0.007 better than AdamW in the same minutes (round ten)
             "batch_size": 16,  # twice the steps of 32 rows for the same tokens: 0.004 better
             "min_lr": 1e-4,
             "grad_clip": 1.0,
