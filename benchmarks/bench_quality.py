@@ -3,7 +3,7 @@ and compare valid bits per byte on the whole valid split.
 
     python benchmarks/bench_quality.py                          # every recipe, 15 minutes each
     python benchmarks/bench_quality.py --minutes 5 --recipes tiny cpu
-    python benchmarks/bench_quality.py --recipes cpu cpu-adamw cpu-ve        # arms at full budget
+    python benchmarks/bench_quality.py --recipes cpu cpu-muon cpu-ve         # arms at full budget
     python benchmarks/bench_quality.py --recipes --ablation --seeds 1 2 --minutes 0 --epochs 2 \
         --parallel 2 --out runs/ablation     # cpu and each option back, two runs at a time
 
@@ -63,14 +63,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "tiny": ("bpe", ["--preset", "tiny"]),
     "cpu": (f"prepare:--vocab_size {PREPARED_WITH['cpu']['vocab_size']}", ["--preset", "cpu"]),
 }
-# --ablation: each option of the cpu preset back to the study's choice (AdamW in Muon's place).
+# --ablation: each option of the cpu preset back to the study's choice, and Muon in AdamW's place.
 ABLATIONS = {
     "cpu-learned": ["--positions", "learned"],
     "cpu-layernorm": ["--norm", "layernorm"],
     "cpu-gelu": ["--mlp", "gelu", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-untied": ["--no-tie_embeddings"],
     "cpu-bias": ["--bias", "--head_bias"],
-    "cpu-adamw": ["--optimizer", "adamw"],
+    "cpu-muon": ["--optimizer", "muon"],
     "cpu-ls0.1": ["--label_smoothing", "0.1"],
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md

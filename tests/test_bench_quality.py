@@ -49,7 +49,7 @@ EXPECTED = {
     "cpu-gelu": {"model.mlp": "gelu", "model.d_ff": 768},
     "cpu-untied": {"model.tie_embeddings": False},
     "cpu-bias": {"model.bias": True, "model.head_bias": True},
-    "cpu-adamw": {"train.optimizer": "adamw"},
+    "cpu-muon": {"train.optimizer": "muon"},
     "cpu-ls0.1": {"train.label_smoothing": 0.1},
 }
 

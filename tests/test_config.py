@@ -187,7 +187,6 @@ CPU_MODEL = {**TINY_MODEL, "residual_drop": 0.1, "positions": "rope", "norm": "r
 CPU_MODEL.update(mlp="swiglu", tie_embeddings=True, bias=False, head_bias=False)
 CPU_TRAIN = {**TINY_TRAIN, "sp_weight": 2.0, "min_lr": 0.0001, "batch_size": 16, "grad_clip": 1.0}
 CPU_TRAIN.update(epoch=28, iters_per_epoch=250, fit_epochs=True, label_smoothing=0.0)
-CPU_TRAIN.update(optimizer="muon")  # round ten
 CPU_TRAIN.update(weight_decay=0.3, compile=True)
 
 

@@ -469,15 +469,11 @@ def test_muon_moves_the_block_matrices_and_adamw_the_rest():
     assert len(opt.param_groups) == 3
 
 
-def test_muon_needs_a_torch_that_has_it(monkeypatch, tmp_path, capsys):
+def test_muon_needs_a_torch_that_has_it(monkeypatch):
     monkeypatch.delattr(torch.optim, "Muon")
     net = GPT(GPTConfig(vocab_size=51, **MODEL))
     with pytest.raises(UserError, match=r"torch 2.9 or later.*--optimizer adamw"):
         make_optimizer(net, TrainConfig(optimizer="muon"), "cpu")
-    out = tmp_path / "demo"  # the cpu preset trains with Muon: the demo refuses before writing
-    assert main(["demo", "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "torch 2.9 or later" in err and not out.exists()
 
 
 def test_muon_lowers_the_loss_and_resumes_bit_for_bit(tiny_prepared, tmp_path, capsys):

@@ -103,10 +103,7 @@ def check_flags(args: argparse.Namespace, data: list[str] | None) -> None:
     )
     train: dict[str, float] = {"max_time": args.minutes, "max_steps": args.max_steps}
     train |= {"epoch": args.epoch, "fit_epochs": False} if args.epoch else {"fit_epochs": True}
-    if preset_config(args.preset, train=train).train.optim.optimizer == "muon":
-        from gpt_study.train.optim import muon_class
-
-        muon_class()  # a torch without Muon is refused here, before prepare writes anything
+    preset_config(args.preset, train=train)
     if data:
         resolve_sources(data)
 

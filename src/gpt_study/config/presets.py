@@ -83,7 +83,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "head_bias": False,
         },
         train={
-            "optimizer": "muon",  # 0.007 better than AdamW in the same minutes (round ten)
+            # AdamW: Muon was 0.007 better side by side but a tie at this budget on two threads and
+            # 0.005 worse in the demo's 10 minutes (docs/quality.md, "Round ten")
             "batch_size": 16,  # twice the steps of 32 rows for the same tokens: 0.004 better
             "min_lr": 1e-4,
             "grad_clip": 1.0,

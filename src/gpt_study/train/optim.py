@@ -94,13 +94,12 @@ def muon_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def muon_class() -> type[torch.optim.Optimizer]:
-    """``torch.optim.Muon``, or the one-line refusal naming the fix: it came with torch 2.9, and
-    the ``cpu`` preset (so the demo) trains with it."""
+    """``torch.optim.Muon``, or the one-line refusal naming the fix: it came with torch 2.9."""
     muon_cls = getattr(torch.optim, "Muon", None)
     if muon_cls is None:
         raise UserError(
-            f"--optimizer muon (the cpu preset's) needs torch.optim.Muon, torch 2.9 or later, and "
-            f"this is torch {torch.__version__}: upgrade torch or pass --optimizer adamw"
+            f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later), and this is torch "
+            f"{torch.__version__}: upgrade torch or use --optimizer adamw"
         )
     return muon_cls
 
