@@ -135,4 +135,4 @@ class GPTConfig:
         back from the last, as nanochat places them."""
         if not self.value_embeds:
             return ()
-        return tuple(range(self.n_layers - 1, -1, -2))[::-1]
+        return tuple(range((self.n_layers - 1) % 2, self.n_layers, 2))

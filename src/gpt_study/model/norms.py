@@ -1,12 +1,12 @@
 """RMSNorm with a hand-written backward for CPU training (LayerNorm is PyTorch's own, fused).
 
-PyTorch 2.13 has no fused RMSNorm kernel on a CPU: ``F.rms_norm`` runs as a composite of about
-eight operations forward and fifteen backward, each a pass over the activations, slower than
-LayerNorm's fused kernel (docs/train.md, "Measurements"). :class:`_RMSNorm` computes the same
-formula in three passes forward and six backward. It runs where that is measured to pay:
-training on a CPU in float32 (the residual stream under bf16 autocast). Everywhere else (no
-gradient, other dtypes, other devices) ``F.rms_norm`` runs unchanged. ``tests/test_norms.py`` holds the two to each other,
-values and gradients, and checks the backward with ``torch.autograd.gradcheck``.
+PyTorch 2.13 has no fused RMSNorm kernel on a CPU: ``F.rms_norm`` runs as a composite of about eight
+operations forward and fifteen backward, each a pass over the activations, slower than LayerNorm's
+fused kernel (docs/train.md, "Measurements"). :class:`_RMSNorm` computes the same formula in three
+passes forward and six backward. It runs where that is measured to pay: training on a CPU in float32
+(the residual stream under bf16 autocast). Everywhere else (no gradient, other dtypes, other
+devices) ``F.rms_norm`` runs unchanged. ``tests/test_norms.py`` holds the two to each other, values
+and gradients, and checks the backward with ``torch.autograd.gradcheck``.
 """
 
 from __future__ import annotations

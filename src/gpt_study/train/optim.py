@@ -93,17 +93,6 @@ def muon_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     ]
 
 
-def muon_class() -> type[torch.optim.Optimizer]:
-    """``torch.optim.Muon``, or the one-line refusal naming the fix: it came with torch 2.9."""
-    muon_cls = getattr(torch.optim, "Muon", None)
-    if muon_cls is None:
-        raise UserError(
-            f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later), and this is torch "
-            f"{torch.__version__}: upgrade torch or use --optimizer adamw"
-        )
-    return muon_cls
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> Optimizer:
     """The optimizer ``--optimizer`` names: AdamW (:func:`make_adamw`) over every parameter, or
     :class:`MuonWithAdamW` with Muon on :func:`muon_params` and AdamW on the rest.
@@ -114,7 +103,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> Opt
     """
     if cfg.optim.optimizer == "adamw":
         return make_adamw(list(model.parameters()), cfg, device)
-    muon_cls = muon_class()
+    muon_cls = getattr(torch.optim, "Muon", None)
+    if muon_cls is None:
+        raise UserError(
+            f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later), and this is torch "
+            f"{torch.__version__}: upgrade torch or use --optimizer adamw"
+        )
     matrices = muon_params(model)
     chosen = {id(p) for p in matrices}
     muon = muon_cls(
