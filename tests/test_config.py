@@ -204,11 +204,16 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     now = preset_config(name)
     flat = json.loads(json.dumps(config_to_dict(now, flat=True)))
     want = {k: v for k, v in train.items() if k != "resume"}
-    # 0 and None are both auto; init_from (fine-tuning) and the device choices came later, off
-    # by default (auto: as before)
-    later = {"init_from": None, **dict.fromkeys(DEVICE_CHOICES, "auto")}
+    # 0 and None are both auto; init_from (fine-tuning), story_starts and the device choices came
+    # later, off by default (auto: as before)
+    later = {"init_from": None, "story_starts": 0.0, **dict.fromkeys(DEVICE_CHOICES, "auto")}
     assert flat["train"] == {**want, "threads": None, **later}
-    later_model = {"inner_drop": None, "residual_scalars": False, "value_embeds": False}  # later
+    later_model = {  # came later, off by default
+        "inner_drop": None,
+        "residual_scalars": False,
+        "value_embeds": False,
+        "logit_softcap": 0.0,
+    }
     assert flat["model"] == {**later_model, **model}
     assert load_config(_old_file(tmp_path, name, model, train)) == now
 

@@ -197,6 +197,8 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
         choose_layout(GPTConfig(qk_norm=True))
     with pytest.raises(UserError, match="llama: it does not know residual_scalars"):
         choose_layout(GPTConfig(**LLAMA, residual_scalars=True))
+    with pytest.raises(UserError, match="llama: it does not know logit_softcap"):
+        choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0))
     with pytest.raises(UserError, match="gpt2: it does not know value_embeds"):
         choose_layout(GPTConfig(value_embeds=True))
 

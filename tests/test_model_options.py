@@ -13,6 +13,7 @@ from gpt_study.config.presets import preset_config
 from gpt_study.generate import generate_ids, reference_generate
 from gpt_study.model.cache import KVCache
 from gpt_study.model.gpt import GPT, apply_rope, rope_tables
+from gpt_study.model.loss import head_loss, reference_lm_loss
 from gpt_study.train.fit import fit
 from gpt_study.train.setup import build_config
 
@@ -31,6 +32,7 @@ OPTIONS = {
     "zero_init": dict(zero_init=True),
     "scalars": dict(residual_scalars=True),
     "value_embeds": dict(value_embeds=True),
+    "softcap": dict(logit_softcap=20.0),
     "modern": dict(
         positions="rope",
         norm="rmsnorm",
@@ -222,6 +224,30 @@ def test_value_embeds_add_each_tokens_own_row_to_the_values_of_every_other_block
         for t in model.value_embeds.values():
             t.weight.zero_()
     torch.testing.assert_close(model(idx), plain(idx), rtol=0, atol=0)
+
+
+def test_logit_softcap_squashes_every_logit_and_the_loss_trains_through_it():
+    """Logits are c * tanh(z / c) of the plain model's z, inside +-c; training's head_loss is the
+    reference criterion on those capped logits, gradients included (not the chunked pass)."""
+    torch.manual_seed(0)
+    model = GPT(cfg_of("softcap", embedding_drop=0.0)).eval()
+    plain = GPT(cfg_of("study", embedding_drop=0.0)).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for m in (model, plain):
+            m.head.weight.mul_(100)  # logits well beyond the cap of 20
+    idx = torch.randint(0, V, (2, 9))
+    z = plain(idx)
+    assert z.abs().max() > 40
+    torch.testing.assert_close(model(idx), 20.0 * torch.tanh(z / 20.0))
+    assert model(idx).abs().max() <= 20.0
+    y = torch.randint(0, V, (2, 9))
+    got = head_loss(model.head, model.hidden(idx), y, 0.1, 2.0)
+    want = reference_lm_loss(20.0 * torch.tanh(plain(idx) / 20.0), y, 0.1, 2.0)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(model.head.weight.grad, plain.head.weight.grad)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_MODEL, synthetic_story, tiny_settings
 from gpt_study.cli import main
-from gpt_study.config import DataConfig, TrainConfig
+from gpt_study.config import SOT_ID, DataConfig, TrainConfig
 from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
 from gpt_study.data.prepare import prepare
 from gpt_study.model.gpt import GPT, GPTConfig
@@ -104,14 +104,43 @@ def test_seed_trains_on_study_rows_and_tiny_on_windows(tiny_prepared):
 
     seed = build_config("seed", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
     assert seed.train.rows.study_rows and seed.train.window == 15
-    sampler = _sampler(open_prepared(tiny_prepared), seed.train, TrainState())
+    sampler = _sampler(open_prepared(tiny_prepared), seed.train, TrainState(), SOT_ID)
     assert sampler.aligned and sampler.batch(0)[0].shape == (64, 15)
     tiny = build_config("tiny", train=dict(data=str(tiny_prepared), context_size=16), model=MODEL)
     assert not tiny.train.rows.study_rows and tiny.train.window == 16
-    assert _sampler(open_prepared(tiny_prepared), tiny.train, TrainState()).batch(0)[0].shape == (
+    assert _sampler(open_prepared(tiny_prepared), tiny.train, TrainState(), SOT_ID).batch(0)[
+        0
+    ].shape == (
         16,
         16,
     )
+
+
+def test_story_starts_put_that_share_of_rows_at_a_sot_and_leave_the_others_as_they_were():
+    """round(f x rows) windows of each step start at a <sot> that leaves a whole row; the other
+    rows are the plain sampler's, so f = 0 draws exactly what runs drew before the option."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 50, size=3000).astype(np.uint16)
+    sot = np.sort(rng.choice(3000, size=40, replace=False))
+    tokens[sot] = SOT_ID
+    plain = RowSampler(tokens, 16, batch_size=4, seed=7, grad_accum=2)
+    mixed = RowSampler(tokens, 16, batch_size=4, seed=7, grad_accum=2, story_starts=0.25)
+    whole = set(sot[sot < 3000 - 16].tolist())  # every <sot> with a row after it
+    assert set(mixed.starts.tolist()) == whole
+    seen = set()
+    for step in range(300):
+        a, b = plain.offsets(step), mixed.offsets(step)
+        moved = a != b
+        assert moved.sum() <= 2 and all(int(o) in whole for o in b[moved])
+        assert sum(int(o) in whole for o in b) >= 2  # round(0.25 x 8) rows at a <sot>
+        seen |= set(b[moved].tolist())
+    assert seen == whole  # every story start gets drawn
+    x, _ = mixed.batch(5, 1)
+    np.testing.assert_array_equal(x, mixed.batch(5, 1)[0])  # deterministic in (seed, step)
+    with pytest.raises(UserError, match="no <sot>"):
+        RowSampler(np.where(tokens == SOT_ID, 3, tokens), 16, 4, seed=0, story_starts=0.5)
+    with pytest.raises(UserError, match="--no-study_rows"):
+        TrainConfig(story_starts=0.5)  # the study's rows are fixed cuts of the split
 
 
 def test_row_sampler_rejects_a_stream_shorter_than_a_row():

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from gpt_study.config.fields import (
     AT_LEAST_1,
+    NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
     Range,
@@ -96,6 +97,13 @@ class GPTConfig:
             "table of its own to its attention values (modded-nanogpt, nanochat)"
         ),
     )
+    logit_softcap: float = field(
+        default=0.0,
+        metadata=doc(
+            "cap the output logits smoothly at +-c: c * tanh(z / c) (Gemma 2, modded-nanogpt); "
+            "0: off"
+        ),
+    )
 
     RANGES: ClassVar[dict[str, Range]] = {
         "vocab_size": Range(4, 65535, why="it does not fit uint16 token ids"),
@@ -104,6 +112,7 @@ class GPTConfig:
             ("attention_drop", "residual_drop", "embedding_drop", "inner_drop"), PROBABILITY
         ),
         "rope_base": POSITIVE,
+        "logit_softcap": NON_NEGATIVE,
     }
 
     def __post_init__(self) -> None:

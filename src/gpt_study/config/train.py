@@ -146,12 +146,28 @@ class RowsConfig(Section):
         ),
     )
 
-    RANGES = dict.fromkeys(("context_size", "batch_size", "grad_accum"), AT_LEAST_1)
+    story_starts: float = field(
+        default=0.0,
+        metadata=doc(
+            "share of each step's rows that start at a story's <sot> instead of at any offset "
+            "(with --no-study_rows); 0: none"
+        ),
+    )
+
+    RANGES = {
+        **dict.fromkeys(("context_size", "batch_size", "grad_accum"), AT_LEAST_1),
+        "story_starts": PROBABILITY,
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.study_rows and self.context_size < 2:
             raise UserError("--context_size must be at least 2 with --study_rows")
+        if self.study_rows and self.story_starts:
+            raise UserError(
+                "--story_starts places rows at stories' starts, but --study_rows cuts the split "
+                "into fixed rows: add --no-study_rows, or drop --story_starts"
+            )
 
 
 @dataclass

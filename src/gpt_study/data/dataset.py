@@ -15,7 +15,10 @@ Training rows (:class:`RowSampler`): each optimizer step draws ``batch_size x wo
 grad_accum`` rows uniformly at random, with replacement. ``aligned`` (the study's, ``--study_rows``):
 the stream cut into ``N = len // context_size`` rows of ``context_size`` tokens (the tail dropped),
 inputs ``row[:-1]``, targets ``row[1:]``; otherwise windows of ``context_size + 1`` tokens at any
-offset (more variety from the same text), ``context_size`` inputs. The offsets of step ``s`` come from a generator seeded by ``(seed, s)`` alone, so the data position
+offset (more variety from the same text), ``context_size`` inputs; with ``story_starts`` = f,
+round(f x rows) of each step's windows start at a ``<sot>`` instead (``--story_starts``), so the
+model sees more stories from their first token, as generation starts them. The offsets of step
+``s`` come from a generator seeded by ``(seed, s)`` alone, so the data position
 is just the step number: a resumed run draws exactly the rows it would have drawn, and the rows do
 not depend on how the global batch is split. Rank ``r`` takes its own slice of the step's rows, so
 ranks never see the same rows.
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt_study.config.data import SOT_ID
 from gpt_study.data.folder import SPLITS, Meta, redo_hint
 from gpt_study.runtime.errors import UserError
 
@@ -124,6 +128,8 @@ class RowSampler:
         world_size: int = 1,
         grad_accum: int = 1,
         aligned: bool = False,
+        story_starts: float = 0.0,
+        sot_id: int = SOT_ID,
     ) -> None:
         if aligned and (context_size < 2 or len(tokens) < context_size):
             raise UserError(
@@ -143,6 +149,16 @@ class RowSampler:
         self.world_size = world_size
         self.grad_accum = grad_accum
         self.aligned = aligned
+        self.story_starts = story_starts
+        # every <sot> that leaves a whole window after it: the starts --story_starts draws from
+        self.starts = np.zeros(0, dtype=np.int64)
+        if story_starts:
+            self.starts = np.flatnonzero(tokens[: len(tokens) - context_size] == sot_id)
+            if not len(self.starts):
+                raise UserError(
+                    f"--story_starts: the training split has no <sot> (id {sot_id}) a whole "
+                    f"row before its end: prepare the folder again, or drop --story_starts"
+                )
 
     @property
     def inputs(self) -> int:
@@ -161,7 +177,12 @@ class RowSampler:
             n_rows = len(self.tokens) // self.context_size
             return rng.integers(0, n_rows, size=self.global_rows) * self.context_size
         high = len(self.tokens) - self.context_size  # last start that leaves context + 1 tokens
-        return rng.integers(0, high, size=self.global_rows)
+        starts = rng.integers(0, high, size=self.global_rows)
+        if self.story_starts:  # drawn only then, so runs without it keep their rows
+            k = round(self.story_starts * self.global_rows)
+            rows = rng.choice(self.global_rows, size=k, replace=False)
+            starts[rows] = self.starts[rng.integers(0, len(self.starts), size=k)]
+        return starts
 
     def batch(self, step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets (batch_size, inputs) of this rank's micro-step ``micro``.

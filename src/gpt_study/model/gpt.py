@@ -231,6 +231,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class Head(nn.Linear):
+    """The output layer: logits (..., V) from final-norm states (..., d_model).
+
+    With ``softcap`` c > 0 the logits are ``c * tanh(z / c)`` (``--logit_softcap``; Gemma 2,
+    modded-nanogpt): smooth, the identity near 0, never beyond +-c. Every path that makes logits
+    (the forward, the loss, the lens, the decoders) calls this module, so the cap is in one place.
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, bias: bool, softcap: float) -> None:
+        super().__init__(d_model, vocab_size, bias=bias)
+        self.softcap = softcap
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = super().forward(h)
+        return self.softcap * torch.tanh(z / self.softcap) if self.softcap else z
+
+
 class GPT(nn.Module):
     """Decoder-only transformer language model."""
 
@@ -247,7 +264,7 @@ class GPT(nn.Module):
         self.drop = Dropout(cfg.embedding_drop)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_f = make_norm(cfg, cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
+        self.head = Head(cfg.d_model, cfg.vocab_size, cfg.head_bias, cfg.logit_softcap)
         self.apply(self._init_weights)
         if cfg.zero_init:  # each branch adds nothing at first (modded-nanogpt's speedruns)
             for block in self.blocks:

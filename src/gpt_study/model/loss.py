@@ -91,8 +91,9 @@ def reference_lm_loss(
 ) -> torch.Tensor:
     """The reference: the study's criterion on ``logits`` (B, T, V) against ``targets`` (B, T),
     in fp32, ``CrossEntropyLoss(weight=class_weights(...), label_smoothing=...)`` (see the module
-    text), on the whole logits as the study computed it. Training does not call it; the tests
-    hold :func:`head_loss` to it and ``benchmarks/bench_train.py`` times it as the unchunked row.
+    text), on the whole logits as the study computed it. Training calls it only for a head with
+    ``--logit_softcap``; the tests hold :func:`head_loss` to it and ``benchmarks/bench_train.py``
+    times it as the unchunked row.
 
     The mean is over the target weights (sum_n loss_n / sum_n w_(y_n)), so ``sp_weight`` changes
     the balance between tokens more than the scale of the loss.
@@ -141,8 +142,10 @@ def head_loss(
     layer's weight gradient, without an fp32 pass over the (V, C) sum per chunk. With bf16 the
     per-token loss is exact to about 0.002 nats (the log of a bf16 probability); the mean over a
     batch to about 1e-5. In fp32 it is exact. ``hidden`` is (B, T, C) or (N, C), ``targets``
-    (B, T) or (N,).
+    (B, T) or (N,). A head with ``--logit_softcap`` takes the reference on its whole logits.
     """
+    if getattr(head, "softcap", 0.0):  # capped logits: their gradient is not this pass's
+        return reference_lm_loss(head(hidden), targets, label_smoothing, sp_weight, special_ids)
     C = hidden.size(-1)
     h = hidden.reshape(-1, C)  # (N, C)
     y = targets.reshape(-1)  # (N,)

@@ -178,7 +178,7 @@ def _build(
         # Dropout draws differ per rank (the weights above were drawn identically everywhere).
         torch.manual_seed(tc.seed + 1 + distributed.rank())
     loss_fn = _wrap(net, tc, plan, tokenizer.special_ids)
-    sampler = _sampler(data, tc, state)
+    sampler = _sampler(data, tc, state, tokenizer.sot_id)
     return Run(
         cfg,
         net,
@@ -275,7 +275,7 @@ def _wrap(
     return loss_fn
 
 
-def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampler:
+def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState, sot_id: int) -> RowSampler:
     sampler = RowSampler(
         data.tokens("train"),
         tc.rows.context_size,
@@ -285,6 +285,8 @@ def _sampler(data: PreparedData, tc: TrainConfig, state: TrainState) -> RowSampl
         distributed.world_size(),
         tc.rows.grad_accum,
         aligned=tc.rows.study_rows,
+        story_starts=tc.rows.story_starts,
+        sot_id=sot_id,
     )
     old_rows = state.sampler.get("global_rows")
     if old_rows is not None and old_rows != sampler.global_rows:  # a new run has none
