@@ -130,16 +130,22 @@ def test_reduced_precision_against_its_own_uncached_forward(model, precision):
     each greedy token must be the uncached argmax, or tie with it within the tolerance."""
     m = copy.deepcopy(model)
     m = m.to(torch.bfloat16) if precision == "bf16" else quantize_int8(m)
-    # Of the largest logit: bf16 rounds each product; int8 also quantizes activations in the
-    # uncached pass (from 16 rows on, by design) and not in one-token steps.
+    # Of the largest logit but <eot>'s (held at -1e4 where there is a head bias): bf16 rounds
+    # each product; int8 also quantizes activations in the uncached pass (from 16 rows on, by
+    # design) and not in one-token steps.
     share = 0.02 if precision == "bf16" else 0.04
-    tol = share * float(torch.stack(reference_generate(model, PROMPT, 1)[1]).abs().max())
+    other = torch.arange(V) != EOT_ID
+    full = reference_logits(model, PROMPT, WINDOW)
+    tol = share * float(full[other].abs().max())
+    # the weights' own error, 1-3% of the largest logit here; a layer the reduced model lost
+    # (the cap of --logit_softcap, say) moves them by far more
+    assert (reference_logits(m, PROMPT, WINDOW) - full)[other].abs().max() < 2 * tol
     greedy = SampleConfig(greedy=True, max_new_tokens=N)
     got = generate_ids(m, [PROMPT], greedy, WINDOW, return_logits=True)
     seq = list(PROMPT)
     for tok, logits in zip(got.new_ids[0], got.logits[0], strict=True):
         want = reference_logits(m, seq, WINDOW)
-        assert (logits - want).abs().max() < tol
+        assert (logits - want)[other].abs().max() < tol
         assert want[tok] >= want.max() - tol
         seq.append(tok)
 

@@ -3,6 +3,8 @@ rotary cache slides without re-encoding), checkpoints of tied weights, and exact
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,10 +12,10 @@ from safetensors.torch import load_file
 from gpt_study.checkpoint import load_checkpoint, save_checkpoint
 from gpt_study.config import GPTConfig, SampleConfig
 from gpt_study.config.presets import preset_config
-from gpt_study.generate import generate_ids, reference_generate
+from gpt_study.generate import generate_ids, quantize_int8, reference_generate
 from gpt_study.model.cache import KVCache
 from gpt_study.model.gpt import GPT, apply_rope, rope_tables
-from gpt_study.model.loss import head_loss, reference_lm_loss
+from gpt_study.model.loss import LMLoss, reference_lm_loss
 from gpt_study.train.fit import fit
 from gpt_study.train.setup import build_config
 
@@ -32,7 +34,7 @@ OPTIONS = {
     "zero_init": dict(zero_init=True),
     "scalars": dict(residual_scalars=True),
     "value_embeds": dict(value_embeds=True),
-    "softcap": dict(logit_softcap=20.0),
+    "softcap": dict(logit_softcap=3.0),  # the matrix's logits reach about 5: the cap bites
     "modern": dict(
         positions="rope",
         norm="rmsnorm",
@@ -227,10 +229,11 @@ def test_value_embeds_add_each_tokens_own_row_to_the_values_of_every_other_block
 
 
 def test_logit_softcap_squashes_every_logit_and_the_loss_trains_through_it():
-    """Logits are c * tanh(z / c) of the plain model's z, inside +-c; training's head_loss is the
-    reference criterion on those capped logits, gradients included (not the chunked pass)."""
+    """Logits are c * tanh(z / c) of the plain model's z, inside +-c, also through int8 weights
+    (which swap the head); training's loss is the reference criterion on the capped logits,
+    gradients included (not the chunked pass, whose gradients are the uncapped logits')."""
     torch.manual_seed(0)
-    model = GPT(cfg_of("softcap", embedding_drop=0.0)).eval()
+    model = GPT(cfg_of("softcap", embedding_drop=0.0, logit_softcap=20.0)).eval()
     plain = GPT(cfg_of("study", embedding_drop=0.0)).eval()
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -241,8 +244,9 @@ def test_logit_softcap_squashes_every_logit_and_the_loss_trains_through_it():
     assert z.abs().max() > 40
     torch.testing.assert_close(model(idx), 20.0 * torch.tanh(z / 20.0))
     assert model(idx).abs().max() <= 20.0
+    assert quantize_int8(copy.deepcopy(model))(idx).abs().max() <= 20.0
     y = torch.randint(0, V, (2, 9))
-    got = head_loss(model.head, model.hidden(idx), y, 0.1, 2.0)
+    got = LMLoss(model, 0.1, 2.0)(idx, y)
     want = reference_lm_loss(20.0 * torch.tanh(plain(idx) / 20.0), y, 0.1, 2.0)
     torch.testing.assert_close(got, want)
     got.backward()

@@ -92,7 +92,7 @@ def trace(model: GPT, ids: Sequence[int]) -> Trace:
         for a in attns:
             a.keep_weights, a.weights = False, None
         model.train(was_training)
-    lens = model.head(model.ln_f(torch.cat(residuals)))  # (L + 1, T, V)
+    lens = model.logits(model.ln_f(torch.cat(residuals)))  # (L + 1, T, V)
     return Trace(logits=lens[-1], attention=torch.stack(weights), lens=lens)
 
 

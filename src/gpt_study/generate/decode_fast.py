@@ -35,9 +35,9 @@ __all__ = ["RowDecoder", "decode_row", "last_logits"]
 def last_logits(model: torch.nn.Module, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
     """Logits (B, V) of the last position of ``idx`` (B, T) fed after ``cache``: the output layer
     runs for that position only. Both decoding loops step the model through here."""
-    hidden = getattr(model, "hidden", None)
-    if hidden is not None and hasattr(model, "head"):
-        return model.head(hidden(idx, cache)[:, -1])  # (B, d) -> (B, V)
+    hidden, logits = getattr(model, "hidden", None), getattr(model, "logits", None)
+    if hidden is not None and logits is not None:
+        return logits(hidden(idx, cache)[:, -1])  # (B, d) -> (B, V)
     return model(idx, cache)[:, -1]
 
 

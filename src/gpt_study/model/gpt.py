@@ -231,21 +231,10 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class Head(nn.Linear):
-    """The output layer: logits (..., V) from final-norm states (..., d_model).
-
-    With ``softcap`` c > 0 the logits are ``c * tanh(z / c)`` (``--logit_softcap``; Gemma 2,
-    modded-nanogpt): smooth, the identity near 0, never beyond +-c. Every path that makes logits
-    (the forward, the loss, the lens, the decoders) calls this module, so the cap is in one place.
-    """
-
-    def __init__(self, d_model: int, vocab_size: int, bias: bool, softcap: float) -> None:
-        super().__init__(d_model, vocab_size, bias=bias)
-        self.softcap = softcap
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = super().forward(h)
-        return self.softcap * torch.tanh(z / self.softcap) if self.softcap else z
+def softcap(z: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap * tanh(z / cap)`` (``--logit_softcap``; Gemma 2, modded-nanogpt): smooth, the
+    identity near 0, never beyond +-cap. ``cap`` 0: ``z`` unchanged."""
+    return cap * torch.tanh(z / cap) if cap else z
 
 
 class GPT(nn.Module):
@@ -264,7 +253,7 @@ class GPT(nn.Module):
         self.drop = Dropout(cfg.embedding_drop)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_f = make_norm(cfg, cfg.d_model)
-        self.head = Head(cfg.d_model, cfg.vocab_size, cfg.head_bias, cfg.logit_softcap)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init_weights)
         if cfg.zero_init:  # each branch adds nothing at first (modded-nanogpt's speedruns)
             for block in self.blocks:
@@ -344,6 +333,13 @@ class GPT(nn.Module):
             cache.length += T
         return self.ln_f(x).view(B, T, C)  # (B*T, C) -> (B, T, C)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (..., vocab_size) from final-norm states ``h`` (..., d_model): the output layer,
+        then ``--logit_softcap``. Every path that makes logits calls this (the forward, the
+        lens, the decoders, a capped model's loss), so the cap holds where the head is swapped
+        (int8 weights)."""
+        return softcap(self.head(h), self.config.logit_softcap)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -351,7 +347,7 @@ class GPT(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids ``idx`` (B, T)."""
-        return self.head(self.hidden(idx, cache, mask))
+        return self.logits(self.hidden(idx, cache, mask))
 
 
 def flops_per_token(cfg: GPTConfig, context: int) -> float:

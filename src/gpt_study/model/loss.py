@@ -91,8 +91,8 @@ def reference_lm_loss(
 ) -> torch.Tensor:
     """The reference: the study's criterion on ``logits`` (B, T, V) against ``targets`` (B, T),
     in fp32, ``CrossEntropyLoss(weight=class_weights(...), label_smoothing=...)`` (see the module
-    text), on the whole logits as the study computed it. Training calls it only for a head with
-    ``--logit_softcap``; the tests hold :func:`head_loss` to it and ``benchmarks/bench_train.py``
+    text), on the whole logits as the study computed it. Training calls it only for a model with
+    ``--logit_softcap`` (:class:`LMLoss`); the tests hold :func:`head_loss` to it and ``benchmarks/bench_train.py``
     times it as the unchunked row.
 
     The mean is over the target weights (sum_n loss_n / sum_n w_(y_n)), so ``sp_weight`` changes
@@ -142,10 +142,8 @@ def head_loss(
     layer's weight gradient, without an fp32 pass over the (V, C) sum per chunk. With bf16 the
     per-token loss is exact to about 0.002 nats (the log of a bf16 probability); the mean over a
     batch to about 1e-5. In fp32 it is exact. ``hidden`` is (B, T, C) or (N, C), ``targets``
-    (B, T) or (N,). A head with ``--logit_softcap`` takes the reference on its whole logits.
+    (B, T) or (N,).
     """
-    if getattr(head, "softcap", 0.0):  # capped logits: their gradient is not this pass's
-        return reference_lm_loss(head(hidden), targets, label_smoothing, sp_weight, special_ids)
     C = hidden.size(-1)
     h = hidden.reshape(-1, C)  # (N, C)
     y = targets.reshape(-1)  # (N,)
@@ -323,6 +321,10 @@ class LMLoss(torch.nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = self.model.hidden(idx)  # (B, T, C)
+        if self.model.config.logit_softcap:  # capped logits: their gradient is not head_loss's
+            logits = self.model.logits(hidden)  # (B, T, V)
+            eps, sp, ids = self.label_smoothing, self.sp_weight, self.special_ids
+            return reference_lm_loss(logits, targets, eps, sp, ids)
         return head_loss(
             self.model.head,
             hidden,
