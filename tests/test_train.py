@@ -17,7 +17,13 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL, synthetic_story, tiny_settings
 from gpt_study.cli import main
 from gpt_study.config import SOT_ID, DataConfig, TrainConfig
-from gpt_study.data.dataset import RowSampler, eval_windows, iter_eval_batches, open_prepared
+from gpt_study.data.dataset import (
+    RowSampler,
+    eval_windows,
+    iter_eval_batches,
+    open_prepared,
+    positions_of,
+)
 from gpt_study.data.prepare import prepare
 from gpt_study.model.gpt import GPT, GPTConfig
 from gpt_study.runtime.errors import UserError
@@ -127,6 +133,7 @@ def test_story_starts_put_that_share_of_rows_at_a_sot_and_leave_the_others_as_th
     mixed = RowSampler(tokens, 16, batch_size=4, seed=7, grad_accum=2, story_starts=0.25)
     whole = set(sot[sot < 3000 - 16].tolist())  # every <sot> with a row after it
     assert set(mixed.starts.tolist()) == whole
+    np.testing.assert_array_equal(positions_of(SOT_ID, tokens, 2984, block=7), mixed.starts)
     seen = set()
     for step in range(300):
         a, b = plain.offsets(step), mixed.offsets(step)

@@ -115,6 +115,15 @@ def _check_ids(data: PreparedData) -> None:
             )
 
 
+def positions_of(token: int, tokens: np.ndarray, end: int, block: int = 1 << 24) -> np.ndarray:
+    """Where ``token`` stands in ``tokens[:end]``, read ``block`` tokens at a time: a
+    memory-mapped split larger than RAM is never compared whole."""
+    found = [
+        np.flatnonzero(tokens[i : min(i + block, end)] == token) + i for i in range(0, end, block)
+    ]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
 class RowSampler:
     """Random training windows from a token stream; deterministic in ``(seed, step)``."""
 
@@ -153,7 +162,7 @@ class RowSampler:
         # every <sot> that leaves a whole window after it: the starts --story_starts draws from
         self.starts = np.zeros(0, dtype=np.int64)
         if story_starts:
-            self.starts = np.flatnonzero(tokens[: len(tokens) - context_size] == sot_id)
+            self.starts = positions_of(sot_id, tokens, len(tokens) - context_size)
             if not len(self.starts):
                 raise UserError(
                     f"--story_starts: the training split has no <sot> (id {sot_id}) a whole "
