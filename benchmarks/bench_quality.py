@@ -72,6 +72,7 @@ ABLATIONS = {
     "cpu-bias": ["--bias", "--head_bias"],
     "cpu-muon": ["--optimizer", "muon"],
     "cpu-ls0.1": ["--label_smoothing", "0.1"],
+    "cpu-starts0": ["--story_starts", "0"],  # every row at any offset
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
@@ -81,7 +82,6 @@ CANDIDATES = {
     "cpu-scalars": ["--residual_scalars"],  # per-layer residual scalars (nanochat)
     "cpu-ve": ["--value_embeds"],  # value embeddings (modded-nanogpt, nanochat); no export
     "cpu-softcap": ["--logit_softcap", "15"],  # logit soft-capping (Gemma 2, modded-nanogpt)
-    "cpu-starts": ["--story_starts", "0.25"],  # a quarter of the rows from a story's start
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],
     "cpu-bpe8192": ["prepare:--vocab_size 8192"],  # more bytes per token, more parameters

@@ -51,6 +51,7 @@ EXPECTED = {
     "cpu-bias": {"model.bias": True, "model.head_bias": True},
     "cpu-muon": {"train.optimizer": "muon"},
     "cpu-ls0.1": {"train.label_smoothing": 0.1},
+    "cpu-starts0": {"train.story_starts": 0.0},
 }
 
 
@@ -60,7 +61,6 @@ CANDIDATES = {
     "cpu-scalars": {"model.residual_scalars": True},
     "cpu-ve": {"model.value_embeds": True},
     "cpu-softcap": {"model.logit_softcap": 15.0},
-    "cpu-starts": {"train.story_starts": 0.25},
     "cpu-relu2": {"model.mlp": "relu2", "model.d_ff": 768},
     "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 8},
     "cpu-bpe8192": {},  # the same config on a folder prepared with --vocab_size 8192
