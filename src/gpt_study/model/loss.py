@@ -14,7 +14,7 @@ perplexity and bits per byte; the study reported the former as "valid loss".
 
 Training runs :func:`head_loss` (through :class:`LMLoss`); :func:`reference_lm_loss` is the same
 criterion written plainly on whole logits, the reference that tests and ``bench_train.py``
-compare it with.
+compare it with, and what a model with ``--logit_softcap`` trains on.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def reference_lm_loss(
     """The reference: the study's criterion on ``logits`` (B, T, V) against ``targets`` (B, T),
     in fp32, ``CrossEntropyLoss(weight=class_weights(...), label_smoothing=...)`` (see the module
     text), on the whole logits as the study computed it. Training calls it only for a model with
-    ``--logit_softcap`` (:class:`LMLoss`); the tests hold :func:`head_loss` to it and ``benchmarks/bench_train.py``
-    times it as the unchunked row.
+    ``--logit_softcap`` (:class:`LMLoss`); the tests hold :func:`head_loss` to it and
+    ``benchmarks/bench_train.py`` times it as the unchunked row.
 
     The mean is over the target weights (sum_n loss_n / sum_n w_(y_n)), so ``sp_weight`` changes
     the balance between tokens more than the scale of the loss.
