@@ -28,7 +28,7 @@ import numpy as np
 
 from gpt_study.config import EOT_ID, SOT_ID
 from gpt_study.data.clean import clean_text
-from gpt_study.data.dataset import PreparedData
+from gpt_study.data.dataset import PreparedData, positions_of
 from gpt_study.data.folder import redo_hint
 from gpt_study.data.prepare.ids import Holdout
 from gpt_study.data.sources import Source, iter_stories
@@ -84,9 +84,9 @@ def split_stories(data: PreparedData, split: str = "valid") -> list[str]:
 
 def decoded_stories(data: PreparedData, split: str) -> list[str]:
     """Each ``<sot> ... <eot>`` of the split's stream decoded with the folder's tokenizer."""
-    tokens = np.asarray(data.tokens(split))
-    starts = np.flatnonzero(tokens == SOT_ID)
-    ends = np.flatnonzero(tokens == EOT_ID)
+    tokens = data.tokens(split)
+    starts = positions_of(SOT_ID, tokens, len(tokens))
+    ends = positions_of(EOT_ID, tokens, len(tokens))
     if len(starts) != len(ends) or np.any(ends <= starts):
         raise UserError(
             f"{data.folder / f'{split}.bin'} is not a run of <sot> ... <eot> stories: "
