@@ -80,7 +80,7 @@ CANDIDATES = {
     "cpu-ema": ["--ema", "0.995"],
     "cpu-zero_init": ["--zero_init"],
     "cpu-scalars": ["--residual_scalars"],  # per-layer residual scalars (nanochat)
-    "cpu-ve": ["--value_embeds"],  # value embeddings (modded-nanogpt, nanochat); no export
+    "cpu-ve": ["--value_embeds"],  # value embeddings (modded-nanogpt, nanochat); our Llama class
     "cpu-softcap": ["--logit_softcap", "15"],  # logit soft-capping (Gemma 2, modded-nanogpt)
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],

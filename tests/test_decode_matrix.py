@@ -59,7 +59,7 @@ def make_model(name: str) -> GPT:
         for pname, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
-            elif pname.startswith("blocks."):  # sub-layers as loud as the residual stream
+            elif pname.startswith(("blocks.", "value_embeds.")):  # as loud as the residual stream
                 p.mul_(10)
         if model.head.bias is not None:
             model.head.bias[EOT_ID] = -1e4  # stories run to N tokens, through the slides
@@ -210,13 +210,15 @@ def test_the_exported_model_computes_the_forward_pass(model):
     except UserError as e:  # no transformers class computes this option: refused, not wrong
         assert "no transformers layout fits" in str(e)
         return
-    remote = needs_remote_code(model)  # a head bias: the exported folder's own GPT-2 class
+    # a head bias, value embeddings: the exported folder's own class of the layout
+    remote = needs_remote_code(model, layout)
     conf = hf_config(model, layout, remote)
     conf.pop("auto_map", None)
     if remote:
-        from gpt_study.export.modeling_gpt_study import GPTStudyConfig, GPTStudyForCausalLM
+        from gpt_study.export import modeling_gpt_study as ours
 
-        hf = GPTStudyForCausalLM(GPTStudyConfig(**conf)).eval()
+        config = getattr(ours, layout.remote.config_class)(**conf)
+        hf = getattr(ours, layout.remote.model_class)(config).eval()
     else:
         hf_conf = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
         hf = transformers.AutoModelForCausalLM.from_config(hf_conf).eval()

@@ -86,6 +86,8 @@ def _checkpoint(tmp_path: Path, tok, head_bias: bool, options: dict | None = Non
         for name, p in model.named_parameters():
             if p.dim() == 1 and name != "head.bias":  # gains and biases off 1 and 0: a swap shows
                 p.add_(0.1 * torch.randn_like(p))
+            elif name.startswith("value_embeds."):  # as loud as the values: a class without shows
+                p.mul_(20)
     tok.save(tmp_path / "tok.json")
     return save_checkpoint(tmp_path / "ckpt", model, cfg, tmp_path / "tok.json", {"step": 3})
 
@@ -96,8 +98,14 @@ VARIANTS = {
     "word, zero head bias (stock GPT2LMHeadModel)": (_word, False, None),
     "bpe, llama: rope, rmsnorm, swiglu, biases": (_bpe, False, LLAMA),
     "word, llama tied, no biases": (_word, False, {**LLAMA, "tie_embeddings": True, "bias": False}),
+    "bpe, llama tied, value embeddings (our class)": (
+        _bpe,
+        False,
+        {**LLAMA, "tie_embeddings": True, "bias": False, "value_embeds": True},
+    ),
 }
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+OUR_CLASSES = {"gpt2": "GPTStudyForCausalLM", "llama": "GPTStudyLlamaForCausalLM"}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -125,7 +133,7 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
     ckpt_path, result, _ = exported
     ours = load_checkpoint(ckpt_path)
     hf, hf_tok = _load(result)
-    want_class = "GPTStudyForCausalLM" if result.remote_code else CLASSES[result.layout]
+    want_class = (OUR_CLASSES if result.remote_code else CLASSES)[result.layout]
     assert type(hf).__name__ == want_class
     assert result.layout == ("llama" if ours.model.config.positions == "rope" else "gpt2")
 
@@ -167,6 +175,7 @@ def test_folder_holds_what_the_readme_says(exported):
         ) != tied
     if result.remote_code:
         assert "auto_map" in config and "trust_remote_code=True" in readme
+        assert f"`{OUR_CLASSES[result.layout]}` in `modeling_gpt_study.py`" in readme
         assert sum("trust_remote_code=True" in line for line in lines) == 1
     else:
         assert "auto_map" not in config and config["model_type"] == result.layout
@@ -201,6 +210,7 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
         choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0))
     with pytest.raises(UserError, match="gpt2: it does not know value_embeds"):
         choose_layout(GPTConfig(value_embeds=True))
+    assert choose_layout(GPTConfig(**LLAMA, value_embeds=True)).name == "llama"  # our class
 
     @dataclasses.dataclass
     class Later(GPTConfig):  # an option added to GPTConfig that no layout has learned yet

@@ -226,6 +226,11 @@ EXPORTED = {
         {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
          "tie_embeddings": True, "bias": False},
     ),
+    "llama tied, value embeddings (our Llama class)": (
+        False,
+        {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
+         "tie_embeddings": True, "bias": False, "value_embeds": True, "n_layers": 3},
+    ),
 }  # fmt: skip
 
 
@@ -272,6 +277,12 @@ def test_an_imported_checkpoint_exports_again_with_its_own_roles(imported, tmp_p
     assert (t.sot_id, t.eot_id, t.unk_id) == (tok.sot_id, tok.eot_id, tok.unk_id)
 
 
+def _ours():
+    from gpt_study.export import modeling_gpt_study
+
+    return modeling_gpt_study
+
+
 def _saved(folder: Path, model) -> Path:
     model.save_pretrained(folder)
     return folder
@@ -301,6 +312,12 @@ REFUSED = {
         lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=300, n_positions=32, scale_attn_by_inverse_layer_idx=True, **SIZES)),
         "scale_attn_by_inverse_layer_idx True",
+    ),
+    "value embeddings in other layers": (
+        lambda: _ours().GPTStudyLlamaForCausalLM(_ours().GPTStudyLlamaConfig(
+            vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, rms_norm_eps=1e-5, value_embed_layers=[0])),
+        "value_embed_layers [0] (value embeddings in other layers; gpt-study computes [1])",
     ),
     "GPT-2 with a ReLU": (
         lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(

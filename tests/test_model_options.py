@@ -35,6 +35,16 @@ OPTIONS = {
     "scalars": dict(residual_scalars=True),
     "value_embeds": dict(value_embeds=True),
     "softcap": dict(logit_softcap=3.0),  # the matrix's logits reach about 5: the cap bites
+    # the cpu preset's shape with value embeddings: the Llama layout's class of ours exports it
+    "llama_ve": dict(
+        positions="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        tie_embeddings=True,
+        bias=False,
+        head_bias=False,
+        value_embeds=True,
+    ),
     "modern": dict(
         positions="rope",
         norm="rmsnorm",

@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 from gpt_study import __version__
 from gpt_study.checkpoint import Checkpoint, load_checkpoint
 from gpt_study.export.hf import (
-    REMOTE_CLASS,
     REMOTE_FILE,
     Layout,
     choose_layout,
@@ -129,7 +128,7 @@ def export_hf(
 def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportResult:
     """Measure, write into a temp folder beside ``out``, check with transformers, publish."""
     layout = choose_layout(ckpt.config.model)
-    remote = needs_remote_code(ckpt.model)
+    remote = needs_remote_code(ckpt.model, layout)
     hf_tok = hf_tokenizer(ckpt.tokenizer)
     lines: list[str] = []
 
@@ -137,11 +136,11 @@ def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportRe
         lines.append(line)
         log(f"export: {line}")
 
-    if remote:
+    if remote and layout.remote is not None:
         say(
-            f"the output layer has a bias, which no stock transformers class has: the folder "
-            f"holds {REMOTE_FILE} ({REMOTE_CLASS}, GPT2LMHeadModel with a biased lm_head); "
-            "load it (and, with transformers 5, its tokenizer) with trust_remote_code=True"
+            f"{layout.remote.what}, which no stock transformers class has: the folder holds "
+            f"{REMOTE_FILE} ({layout.remote.model_class}, {layout.remote.adds}); load it (and, "
+            "with transformers 5, its tokenizer) with trust_remote_code=True"
         )
     share, where, _ = _measure(ckpt, hf_tok)
     kind = ckpt.tokenizer.kind

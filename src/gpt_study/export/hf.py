@@ -2,8 +2,9 @@
 ``config.json``, ``generation_config.json`` and weights under transformers' names.
 
 Only stock transformers classes are used where one computes exactly what our model does; where
-none does (a GPT-2 whose output layer has a bias), a small class of ours is written into the
-folder beside the weights (transformers' ``auto_map``, loaded with ``trust_remote_code=True``).
+none does (a GPT-2 whose output layer has a bias, a Llama with value embeddings), the layout's
+small class of ours (:class:`~gpt_study.export.layouts.Remote`) is written into the folder beside
+the weights (transformers' ``auto_map``, loaded with ``trust_remote_code=True``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import torch
 from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
 from gpt_study.export.layouts import (
     LAYOUTS,
-    REMOTE_CLASS,
-    REMOTE_CONFIG,
     REMOTE_FILE,
     Layout,
     option_difference,
@@ -29,8 +28,6 @@ from gpt_study.runtime.errors import UserError
 
 __all__ = [
     "LAYOUTS",
-    "REMOTE_CLASS",
-    "REMOTE_CONFIG",
     "REMOTE_FILE",
     "Layout",
     "choose_layout",
@@ -59,10 +56,10 @@ def choose_layout(cfg: GPTConfig) -> Layout:
     raise UserError(f"no transformers layout fits this model ({'; '.join(why)}): not exported")
 
 
-def needs_remote_code(model: GPT) -> bool:
-    """Whether the head has a bias that a stock class would drop (not all zeros)."""
-    bias = getattr(model.head, "bias", None)
-    return bias is not None and bool(bias.detach().ne(0).any())
+def needs_remote_code(model: GPT, layout: Layout) -> bool:
+    """Whether ``model`` needs ``layout``'s class of ours: it computes something the stock
+    class would not (a head bias that is not all zeros, value embeddings)."""
+    return layout.remote is not None and layout.remote.needed(model)
 
 
 def hf_weights(model: GPT, layout: Layout, remote: bool) -> dict[str, torch.Tensor]:
@@ -85,17 +82,18 @@ def special_token_ids(tokenizer: Any) -> dict[str, int]:
 
 def hf_config(model: GPT, layout: Layout, remote: bool, tokenizer: Any = None) -> dict[str, Any]:
     """``config.json``: the layout's fields, the specials, and the class that loads it."""
+    ours = layout.remote if remote else None
     cfg: dict[str, Any] = {
-        "architectures": [REMOTE_CLASS if remote else layout.stock_class],
-        "model_type": "gpt_study" if remote else layout.model_type,
+        "architectures": [ours.model_class if ours else layout.stock_class],
+        "model_type": ours.model_type if ours else layout.model_type,
         **to_hf_config(model.config, layout),
         **special_token_ids(tokenizer),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
-    if remote:
+    if ours:
         cfg["auto_map"] = {
-            "AutoConfig": f"{REMOTE_FILE.removesuffix('.py')}.{REMOTE_CONFIG}",
-            "AutoModelForCausalLM": f"{REMOTE_FILE.removesuffix('.py')}.{REMOTE_CLASS}",
+            "AutoConfig": f"{REMOTE_FILE.removesuffix('.py')}.{ours.config_class}",
+            "AutoModelForCausalLM": f"{REMOTE_FILE.removesuffix('.py')}.{ours.model_class}",
         }
     return cfg
 

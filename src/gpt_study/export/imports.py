@@ -30,7 +30,7 @@ from gpt_study.checkpoint import FILES as CHECKPOINT_FILES
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainConfig
 from gpt_study.data.tokenizer import ImportedTokenizer
-from gpt_study.export.layouts import LAYOUTS, REMOTE_CLASS, Layout, from_hf_config, from_hf_weights
+from gpt_study.export.layouts import LAYOUTS, Layout, Remote, from_hf_config, from_hf_weights
 from gpt_study.export.verify import LOGITS_TOLERANCE, Checked, compare, load_options
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
@@ -51,9 +51,24 @@ _WHY = {
 }
 
 
+def _remotes() -> list[Remote]:
+    return [layout.remote for layout in LAYOUTS if layout.remote is not None]
+
+
+def _remote_classes() -> set[str]:
+    return {r.model_class for r in _remotes()}
+
+
+def _our_class(name: str) -> Any:
+    """A class of gpt-study's exported code, from our own copy (never a folder's)."""
+    from gpt_study.export import modeling_gpt_study
+
+    return getattr(modeling_gpt_study, name)
+
+
 def supported() -> str:
     """The classes import reads, in words."""
-    names = [c for layout in LAYOUTS for c in layout.classes if c != REMOTE_CLASS]
+    names = [c for layout in LAYOUTS for c in layout.classes if c not in _remote_classes()]
     return f"{', '.join(names)} (and folders gpt-study exported)"
 
 
@@ -85,10 +100,9 @@ def _hf_config(transformers: Any, source: str) -> Any:
     try:
         path = Path(source) / "config.json"
         raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        if raw.get("model_type") == "gpt_study":
-            from gpt_study.export.modeling_gpt_study import GPTStudyConfig
-
-            return GPTStudyConfig.from_pretrained(source)
+        ours = next((r for r in _remotes() if r.model_type == raw.get("model_type")), None)
+        if ours is not None:
+            return _our_class(ours.config_class).from_pretrained(source)
         return transformers.AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -148,10 +162,8 @@ def _tokenizer(transformers: Any, source: str, hf_cfg: Any, vocab_size: int) -> 
 def _model(transformers: Any, source: str, hf_cfg: Any, cls: str) -> Any:
     """transformers' model in fp32; gpt-study's exported class from our own copy of its code."""
     try:
-        if cls == REMOTE_CLASS:
-            from gpt_study.export.modeling_gpt_study import GPTStudyForCausalLM
-
-            return GPTStudyForCausalLM.from_pretrained(source, **load_options(transformers))
+        if cls in _remote_classes():
+            return _our_class(cls).from_pretrained(source, **load_options(transformers))
         return transformers.AutoModelForCausalLM.from_pretrained(
             source, config=hf_cfg, **load_options(transformers)
         )

@@ -15,7 +15,8 @@ not all zeros is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.p
 ``GPT2LMHeadModel`` with ``lm_head = nn.Linear(..., bias=True)``, nothing else changed. ``llama``
 (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU, no head bias, tied or not;
 ``LlamaForCausalLM`` computes them exactly (the same "rotate half" rotary pairs and inverse
-frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``).
+frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``); with value embeddings, our
+``GPTStudyLlamaForCausalLM`` (:mod:`~gpt_study.export.remote`).
 
 GPT-2 in transformers keeps its projections in ``Conv1D`` modules, whose weight is stored as
 (in, out): the transpose of ``nn.Linear``'s (out, in). Those entries are marked ``transpose``.
@@ -35,26 +36,12 @@ import torch
 
 from gpt_study.config import GPTConfig
 from gpt_study.config.model import INIT_ONLY
+from gpt_study.export.remote import GPT2_REMOTE, LLAMA_REMOTE, REMOTE_FILE, Remote
 from gpt_study.model.gpt import NORM_EPS
 from gpt_study.runtime.errors import UserError
 
-__all__ = [
-    "LAYOUTS",
-    "REMOTE_CLASS",
-    "REMOTE_CONFIG",
-    "REMOTE_FILE",
-    "Fixed",
-    "Layout",
-    "Option",
-    "from_hf_config",
-    "from_hf_weights",
-    "to_hf_config",
-    "to_hf_weights",
-]
-
-REMOTE_FILE = "modeling_gpt_study.py"
-REMOTE_CLASS = "GPTStudyForCausalLM"
-REMOTE_CONFIG = "GPTStudyConfig"
+__all__ = ["LAYOUTS", "REMOTE_FILE", "Fixed", "Layout", "Option", "Remote"]
+__all__ += ["from_hf_config", "from_hf_weights", "to_hf_config", "to_hf_weights"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +91,7 @@ class Layout:
     tolerated: dict[str, Any] = field(default_factory=dict)
     # the class names it reads, and the options each one implies besides
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    remote: Remote | None = None  # our class, for what the stock one does not compute
 
     @property
     def understood(self) -> frozenset[str]:
@@ -179,13 +167,17 @@ _GPT2 = Layout(
         ("ln_f.weight", "transformer.ln_f.weight", False),
         ("ln_f.bias", "transformer.ln_f.bias", False),
         ("head.weight", "lm_head.weight", False),
-        ("head.bias", "lm_head.bias", False),  # only GPTStudyForCausalLM has it
+        ("head.bias", "lm_head.bias", False),  # only the remote class has it
     ),
     summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
     '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
     # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one
     tolerated={"inner_drop": 0.0},
-    classes={"GPT2LMHeadModel": {"head_bias": False}, REMOTE_CLASS: {"head_bias": True}},
+    classes={
+        "GPT2LMHeadModel": {"head_bias": False},
+        GPT2_REMOTE.model_class: {"head_bias": True},
+    },
+    remote=GPT2_REMOTE,
 )
 
 _ATTN = "model.layers.{i}.self_attn."
@@ -227,6 +219,12 @@ _LLAMA = Layout(
         Fixed("rms_norm_eps", _const(NORM_EPS), "another RMSNorm eps"),
         Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
         Fixed("pretraining_tp", _const(1), "tensor-parallel slices of the projections"),
+        # our class only (None: not written): the layers that add value embeddings
+        Fixed(
+            "value_embed_layers",
+            lambda c: list(c.value_embed_layers) or None,
+            "value embeddings in other layers",
+        ),
         Fixed("initializer_range", _const(0.02), check=False),
         Fixed("use_cache", _const(True), check=False),
     ),
@@ -244,12 +242,17 @@ _LLAMA = Layout(
         ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", False),
         ("ln_f.weight", "model.norm.weight", False),
         ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
+        ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", False),  # remote only
     ),  # no head.bias: the layout implies none
     summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
     "no output bias",
     # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
     tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
-    classes={"LlamaForCausalLM": {}},
+    classes={
+        "LlamaForCausalLM": {"value_embeds": False},
+        LLAMA_REMOTE.model_class: {"value_embeds": True},
+    },
+    remote=LLAMA_REMOTE,
 )
 
 LAYOUTS: tuple[Layout, ...] = (_GPT2, _LLAMA)
@@ -281,7 +284,8 @@ def to_hf_config(cfg: GPTConfig, layout: Layout) -> dict[str, Any]:
         theirs = next((t for v, t in o.values if v == ours), ours) if o.values else ours
         _put(out, o.theirs, theirs)
     for f in layout.fixed:
-        _put(out, f.theirs, f.value(cfg))
+        if (value := f.value(cfg)) is not None:  # None: a key only some models have
+            _put(out, f.theirs, value)
     return out
 
 

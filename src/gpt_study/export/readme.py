@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpt_study.export.hf import LAYOUTS, REMOTE_CLASS, REMOTE_FILE
+from gpt_study.export.hf import LAYOUTS, REMOTE_FILE
 
 __all__ = ["readme"]
 
@@ -51,11 +51,11 @@ def readme(result: Any, ckpt: Any) -> str:
     remote = result.remote_code
     layout = next(x for x in LAYOUTS if x.name == result.layout)
     trust = ", trust_remote_code=True" if remote else ""
-    if remote:
+    if remote and layout.remote is not None:
+        ours = layout.remote
         model_text = (
-            f"The output layer has a bias, which no stock transformers class has, so the model "
-            f"class is `{REMOTE_CLASS}` in `{REMOTE_FILE}`: `GPT2LMHeadModel` with "
-            "`lm_head = nn.Linear(n_embd, vocab_size, bias=True)`, nothing else changed. "
+            f"{ours.what[0].upper()}{ours.what[1:]}, which no stock transformers class has, so "
+            f"the model class is `{ours.model_class}` in `{REMOTE_FILE}`: {ours.detail} "
             "`config.json` names it in `auto_map`; load it with `trust_remote_code=True`. "
             "transformers 5 reads `config.json` when it loads the tokenizer as well, and asks "
             "before it runs the folder's code: pass `trust_remote_code=True` there too."
