@@ -255,16 +255,20 @@ def _checkpoint(folder: Path, tmp: Path, window: int = WINDOW, **model) -> Path:
     return save_checkpoint(tmp / "ckpt", GPT(cfg.model), cfg, folder / "tokenizer.json", {})
 
 
-@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+@pytest.mark.parametrize("layout", ["gpt2", "llama", "llama_ve"])
 def test_an_exported_checkpoint_scores_the_same_both_ways(layout, folders, tmp_path, capsys):
     """The key oracle: evaluate --hf on gpt-study's export equals evaluate on the checkpoint,
-    in the window the checkpoint was trained on (GPT-2's: 48 of its 64 positions)."""
-    llama = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"} if layout == "llama" else {}
+    in the window the checkpoint was trained on (GPT-2's: 48 of its 64 positions); with value
+    embeddings, through our Llama class (--trust_remote_code)."""
+    llama = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"} if layout != "gpt2" else {}
+    if layout == "llama_ve":
+        llama["value_embeds"] = True
     window = WINDOW if llama else 48
     ckpt = _checkpoint(folders["bpe"], tmp_path, window, **llama)
     exported = export_hf(ckpt, tmp_path / "hf", log=lambda _: None)
-    assert not exported.remote_code  # a stock transformers class
+    assert exported.remote_code == (layout == "llama_ve")  # else a stock transformers class
     story = ["--max_new_tokens", "5", "--samples", "1"]
+    story += ["--trust_remote_code"] if exported.remote_code else []
     common = ["--data", str(folders["bpe"]), "--device", "cpu", *story]
     assert (
         main(["evaluate", "--checkpoint", str(ckpt), *common, "--json", str(tmp_path / "a.json")])
