@@ -82,6 +82,7 @@ CANDIDATES = {
     "cpu-scalars": ["--residual_scalars"],  # per-layer residual scalars (nanochat)
     "cpu-ve": ["--value_embeds"],  # value embeddings (modded-nanogpt, nanochat); our Llama class
     "cpu-softcap": ["--logit_softcap", "15"],  # logit soft-capping (Gemma 2, modded-nanogpt)
+    "cpu-late": ["--dropout_from", "0.25"],  # late dropout (Liu et al. 2023): none for a quarter
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],
     "cpu-bpe8192": ["prepare:--vocab_size 8192"],  # more bytes per token, more parameters

@@ -272,3 +272,22 @@ def test_every_option_compiles_to_the_eager_step(name):
 
     cfg = GPTConfig(**{**BASE, **OPTIONS[name], "max_len": 16, "residual_drop": 0.1})
     assert_compiled_step_is_eager(cfg, torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_use_dropout_off_trains_as_the_eval_forward_and_on_drops_again(name):
+    """``--dropout_from``'s switch reaches every dropout of every option: off, a training-mode
+    forward is the eval forward; on, each module is back at its configured rate."""
+    rates = dict(attention_drop=0.2, residual_drop=0.2, embedding_drop=0.2, inner_drop=0.2)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**BASE, **OPTIONS[name], **rates}))
+    idx = torch.randint(0, V, (2, 16))
+    want = model.eval()(idx)
+    model.train().use_dropout(False)
+    assert torch.equal(model(idx), want)
+    model.use_dropout(True)
+    assert not torch.allclose(model(idx), want)
+    fresh = GPT(model.config)
+    assert [getattr(m, "p", None) for m in model.modules()] == [
+        getattr(m, "p", None) for m in fresh.modules()
+    ]

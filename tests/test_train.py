@@ -29,7 +29,7 @@ from gpt_study.model.gpt import GPT, GPTConfig
 from gpt_study.runtime.errors import UserError
 from gpt_study.train import loop as train_loop
 from gpt_study.train.fit import fit
-from gpt_study.train.optim import MuonWithAdamW, lr_at, make_optimizer
+from gpt_study.train.optim import MuonWithAdamW, dropout_on, lr_at, make_optimizer
 from gpt_study.train.setup import build_config
 from gpt_study.train.validate import validate
 
@@ -356,6 +356,39 @@ def _interrupt_at(step_to_stop, signum, monkeypatch):
         return out
 
     monkeypatch.setattr(train_loop, "train_step", step)
+
+
+def test_dropout_from_trains_the_first_share_without_dropout_and_resumes_across_the_switch(
+    tiny_prepared, tmp_path
+):
+    """--dropout_from 0.5 of 12 steps: steps 0-5 as a model without dropout trains them (no
+    mask drawn, so the same generator too), the rest with every dropout, and a run stopped
+    before the switch and resumed reaches the uninterrupted weights bit for bit."""
+    assert [dropout_on(s, TrainConfig(dropout_from=0.5, epoch=2, iters_per_epoch=6)) for s in
+            (0, 5, 6, 11)] == [False, False, True, True]  # fmt: skip
+    with pytest.raises(UserError, match="--dropout_from 1.5 is out of range"):
+        TrainConfig(dropout_from=1.5)
+    late = dict(MODEL, **DROPOUT, inner_drop=0.1)
+
+    def run(name, model, **kw):
+        train = tiny_train(tiny_prepared, tmp_path / name, sample_tokens=0, **kw)
+        return fit(build_config("tiny", train=train, model=model))
+
+    assert run("whole", late, dropout_from=0.5).step == 12
+    run("none6", MODEL, max_steps=6)
+    run("late6", late, dropout_from=0.5, max_steps=6)
+    a, b = weights(tmp_path / "none6" / "last"), weights(tmp_path / "late6" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # no dropout before the switch
+    run("late4", late, dropout_from=0.5, max_steps=4)
+    resumed = build_config(
+        train={"save_root": str(tmp_path / "late4"), "max_steps": 0}, resume=True
+    )
+    assert fit(resumed, resume=True).step == 12
+    a, b = weights(tmp_path / "whole" / "last"), weights(tmp_path / "late4" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    run("none", MODEL)
+    c = weights(tmp_path / "none" / "last")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # it drops after the switch
 
 
 @pytest.mark.parametrize("how", ["max_steps", "SIGINT", "SIGTERM"])

@@ -104,7 +104,8 @@ class OptimConfig(Section):
 
 @dataclass
 class ScheduleConfig(Section):
-    """The learning-rate schedule, a pure function of the step (so a resumed run follows it)."""
+    """The learning-rate and dropout schedules, pure functions of the step (so a resumed run
+    follows them)."""
 
     lr_schedule: str = field(
         default="constant",
@@ -117,8 +118,15 @@ class ScheduleConfig(Section):
         default=0, metadata=doc("linear warmup steps for --lr_schedule cosine")
     )
     min_lr: float = field(default=0.0, metadata=doc("final learning rate of the cosine schedule"))
+    dropout_from: float = field(
+        default=0.0,
+        metadata=doc(
+            "share of the schedule's steps trained without dropout; the model's rates from "
+            "then on (late dropout, Liu et al. 2023)"
+        ),
+    )
 
-    RANGES = {"warmup_steps": NON_NEGATIVE, "min_lr": NON_NEGATIVE}
+    RANGES = {"warmup_steps": NON_NEGATIVE, "min_lr": NON_NEGATIVE, "dropout_from": PROBABILITY}
 
 
 @dataclass

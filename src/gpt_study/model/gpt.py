@@ -96,6 +96,7 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, eps=NORM_EPS) if cfg.qk_norm else None
         self.attention_drop = cfg.attention_drop
+        self.dropping = True  # False: no attention dropout in training either (GPT.use_dropout)
         self.residual_drop = Dropout(cfg.residual_drop)
         self.keep_weights = False
         self.weights: torch.Tensor | None = None  # (B, nh, T, past+T) when keep_weights is set
@@ -150,7 +151,7 @@ class CausalSelfAttention(nn.Module):
                 mask = _after_past(T, past, q.device)
             y, self.weights = plain_attention(q, k, v, mask)
             return y
-        drop = self.attention_drop if self.training else 0.0
+        drop = self.attention_drop if self.training and self.dropping else 0.0
         if mask is not None:
             # An explicit (T, past+T) mask: the uncached oracle of a slid rotary cache.
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
@@ -279,6 +280,15 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
+    def use_dropout(self, on: bool) -> None:
+        """Every dropout of the model at its configured rate (on) or off, in training too:
+        ``--dropout_from`` trains the first steps without any. No weights change."""
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.switch(on)
+            elif isinstance(m, CausalSelfAttention):
+                m.dropping = on
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once

@@ -119,7 +119,16 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` (same ``p``, repr and state) that calls :func:`dropout`."""
+    """``nn.Dropout`` (same ``p``, repr and state) that calls :func:`dropout`; ``rate`` is the
+    configured ``p``, which :meth:`switch` restores."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+        self.rate = p
+
+    def switch(self, on: bool) -> None:
+        """Drop at ``rate`` (on) or not at all (off)."""
+        self.p = self.rate if on else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)

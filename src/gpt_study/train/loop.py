@@ -27,7 +27,7 @@ from gpt_study.train.budget import EpochFit
 from gpt_study.train.context import Run, TrainResult
 from gpt_study.train.ema import evaluated_weights
 from gpt_study.train.observe import epoch_bar, hms
-from gpt_study.train.optim import lr_at
+from gpt_study.train.optim import dropout_on, lr_at
 from gpt_study.train.state import rng_state
 from gpt_study.train.validate import sample_story, validate
 
@@ -92,6 +92,7 @@ def train_step(r: Run, step: int) -> tuple[float, bool]:
     overflowed (a non-finite gradient norm is then no reason to stop).
     """
     tc = r.cfg.train
+    r.net.use_dropout(dropout_on(step, tc))
     lr = lr_at(step, tc)
     for g in r.optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)  # Muon's groups: --muon_lr / --lr

@@ -40,6 +40,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return s.min_lr + 0.5 * (lr - s.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def dropout_on(step: int, cfg: TrainConfig) -> bool:
+    """Whether optimizer step ``step`` (0-based) trains with the model's dropout:
+    ``--dropout_from f`` leaves it off for the first f of the schedule's steps (the fitted
+    schedule's, under ``--fit_epochs``)."""
+    return step >= cfg.schedule.dropout_from * cfg.budget.total_steps
+
+
 def _decay(params: list[torch.nn.Parameter], cfg: TrainConfig) -> float:
     """Weight decay of a group: ``--weight_decay`` for weight matrices and embeddings (dim >= 2),
     and for the 1-D biases and LayerNorm parameters only with ``--decay_all`` (the study)."""
