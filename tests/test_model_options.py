@@ -21,6 +21,9 @@ from gpt_study.train.setup import build_config
 
 V = 50
 BASE = dict(vocab_size=V, max_len=32, d_model=32, d_ff=48, n_layers=2, n_heads=4)
+# Llama's options, tied, no biases: the cpu preset's model
+LLAMA_TIED = dict(positions="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=True, bias=False)
+LLAMA_TIED.update(head_bias=False)
 OPTIONS = {
     "study": {},
     "rope": dict(positions="rope"),
@@ -35,25 +38,9 @@ OPTIONS = {
     "scalars": dict(residual_scalars=True),
     "value_embeds": dict(value_embeds=True),
     "softcap": dict(logit_softcap=3.0),  # the matrix's logits reach about 5: the cap bites
+    "modern": dict(LLAMA_TIED, qk_norm=True),
     # the cpu preset's shape with value embeddings: the Llama layout's class of ours exports it
-    "llama_ve": dict(
-        positions="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        tie_embeddings=True,
-        bias=False,
-        head_bias=False,
-        value_embeds=True,
-    ),
-    "modern": dict(
-        positions="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        tie_embeddings=True,
-        bias=False,
-        head_bias=False,
-        qk_norm=True,
-    ),
+    "llama_ve": dict(LLAMA_TIED, value_embeds=True),
 }
 
 
