@@ -61,6 +61,7 @@ CANDIDATES = {
     "cpu-scalars": {"model.residual_scalars": True},
     "cpu-ve": {"model.value_embeds": True},
     "cpu-softcap": {"model.logit_softcap": 15.0},
+    "cpu-late": {"train.dropout_from": 0.25},
     "cpu-relu2": {"model.mlp": "relu2", "model.d_ff": 768},
     "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 8},
     "cpu-bpe8192": {},  # the same config on a folder prepared with --vocab_size 8192

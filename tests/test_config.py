@@ -204,9 +204,10 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     now = preset_config(name)
     flat = json.loads(json.dumps(config_to_dict(now, flat=True)))
     want = {k: v for k, v in train.items() if k != "resume"}
-    # 0 and None are both auto; init_from (fine-tuning), story_starts and the device choices came
-    # later, off by default (auto: as before)
-    later = {"init_from": None, "story_starts": 0.0, **dict.fromkeys(DEVICE_CHOICES, "auto")}
+    # 0 and None are both auto; init_from (fine-tuning), story_starts, dropout_from and the device
+    # choices came later, off by default (auto: as before)
+    later = {"init_from": None, "story_starts": 0.0, "dropout_from": 0.0}
+    later.update(dict.fromkeys(DEVICE_CHOICES, "auto"))
     new = {"story_starts": 0.25} if name == "cpu" else {}  # the preset's since round eleven
     assert flat["train"] == {**want, "threads": None, **later, **new}
     later_model = {  # came later, off by default
