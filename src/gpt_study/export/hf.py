@@ -3,7 +3,7 @@
 
 Only stock transformers classes are used where one computes exactly what our model does; where
 none does (a GPT-2 whose output layer has a bias, a Llama with value embeddings), the layout's
-small class of ours (:class:`~gpt_study.export.layouts.Remote`) is written into the folder beside
+small class of ours (:class:`~gpt_study.export.remote.Remote`) is written into the folder beside
 the weights (transformers' ``auto_map``, loaded with ``trust_remote_code=True``).
 """
 
