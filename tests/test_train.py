@@ -61,6 +61,15 @@ def test_lr_schedules():
     assert lr_at(10, cos) == pytest.approx(1e-3)
     assert lr_at(60, cos) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way: the cosine's middle
     assert lr_at(110, cos) == pytest.approx(1e-4)
+    # linear: the same warmup and ends, a straight line between them (a quarter of the way down
+    # at a quarter of the decay, where the cosine is still 85% up)
+    lin = TrainConfig(
+        lr=1e-3, min_lr=1e-4, lr_schedule="linear", warmup_steps=10, epoch=2, iters_per_epoch=55
+    )
+    assert [lr_at(i, lin) for i in (0, 9, 10, 110)] == pytest.approx([1e-4, 1e-3, 1e-3, 1e-4])
+    assert lr_at(35, lin) == pytest.approx(1e-3 - 0.25 * 9e-4)
+    assert lr_at(60, lin) == pytest.approx(lr_at(60, cos))
+    assert lr_at(35, cos) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi / 4)))
     warm_const = TrainConfig(lr=1e-3, warmup_steps=4)
     assert [lr_at(i, warm_const) for i in range(5)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]

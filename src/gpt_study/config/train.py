@@ -110,14 +110,15 @@ class ScheduleConfig(Section):
     lr_schedule: str = field(
         default="constant",
         metadata=doc(
-            "constant (the study) or cosine (linear warmup, cosine decay)",
-            choices=["constant", "cosine"],
+            "constant (the study), cosine (linear warmup, cosine decay to --min_lr) or linear "
+            "(linear warmup, linear decay to --min_lr)",
+            choices=["constant", "cosine", "linear"],
         ),
     )
-    warmup_steps: int = field(
-        default=0, metadata=doc("linear warmup steps for --lr_schedule cosine")
+    warmup_steps: int = field(default=0, metadata=doc("linear warmup steps"))
+    min_lr: float = field(
+        default=0.0, metadata=doc("final learning rate of the cosine and linear schedules")
     )
-    min_lr: float = field(default=0.0, metadata=doc("final learning rate of the cosine schedule"))
     dropout_from: float = field(
         default=0.0,
         metadata=doc(
@@ -337,7 +338,7 @@ class TrainConfig:
         check_ranges(self, self.RANGES)
         check_choices(self)
         s, lr = self.schedule, self.optim.lr
-        if s.lr_schedule == "cosine" and s.min_lr > lr:
+        if s.lr_schedule != "constant" and s.min_lr > lr:
             raise UserError(f"--min_lr {s.min_lr} is above --lr {lr}: lower it")
 
     @property

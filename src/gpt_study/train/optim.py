@@ -27,7 +27,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     ``cosine``: linear warmup over ``--warmup_steps``, then a cosine from ``--lr`` down to
     ``--min_lr`` at the last step of ``--epoch x --iters_per_epoch`` (budgets such as
     ``--max_steps`` cut the run short but do not reshape the schedule, so a resumed run follows
-    the same curve).
+    the same curve). ``linear``: the same warmup, then a straight line to ``--min_lr`` at that
+    step (with ``--min_lr 0``, the decay to zero of Bergsma et al. 2025, "Straight to Zero").
     """
     s, lr = cfg.schedule, cfg.optim.lr
     if s.warmup_steps and step < s.warmup_steps:
@@ -37,7 +38,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     total = cfg.budget.total_steps
     span = max(1, total - s.warmup_steps)
     progress = min(1.0, (step - s.warmup_steps) / span)
-    return s.min_lr + 0.5 * (lr - s.min_lr) * (1 + math.cos(math.pi * progress))
+    left = 1 - progress if s.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return s.min_lr + (lr - s.min_lr) * left
 
 
 def dropout_on(step: int, cfg: TrainConfig) -> bool:
