@@ -221,11 +221,15 @@ def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(monkeypatch, ca
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: the CPU kernels' branch
 def test_forced_compile_trains_on_a_cpu(tiny_prepared, tmp_path, dtype):
     """--compile: torch.compile of the model and the loss (about a minute of compiling here),
-    with --ema on: the compiled run trains and averages what the eager one does."""
+    with --ema on and dropout switched on after two of the three steps (--dropout_from, which
+    compiles the step's graphs once more): the compiled run trains and averages what the eager
+    one does."""
     assert resolve_plan("cpu", compile=True).compile
-    res = quick_fit(tiny_prepared, tmp_path / "compiled", compile=True, ema=0.5, dtype=dtype)
+    kw = dict(ema=0.5, dtype=dtype, dropout_from=0.5)
+    model = {**MODEL, **DROPOUT}  # the switch moves these weights by 3-4e-3, over fp32's atol
+    res = quick_fit(tiny_prepared, tmp_path / "compiled", model, compile=True, **kw)
     assert math.isfinite(res.last_valid["valid_nll"])
-    quick_fit(tiny_prepared, tmp_path / "eager", ema=0.5, dtype=dtype)
+    quick_fit(tiny_prepared, tmp_path / "eager", model, **kw)
     tol = {"float32": dict(rtol=1e-3, atol=3e-4), "bfloat16": dict(rtol=0.02, atol=3e-3)}[dtype]
     for kind in ("best", "last"):  # the average, the live weights
         a = load_file(str(tmp_path / "compiled" / kind / "model.safetensors"))
