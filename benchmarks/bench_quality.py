@@ -73,6 +73,7 @@ ABLATIONS = {
     "cpu-muon": ["--optimizer", "muon"],
     "cpu-ls0.1": ["--label_smoothing", "0.1"],
     "cpu-starts0": ["--story_starts", "0"],  # every row at any offset
+    "cpu-adam98": ["--lr_betas", "0.9", "0.98", "--lr", "2e-3"],  # the study's betas, SMALL's lr
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.

@@ -52,6 +52,7 @@ EXPECTED = {
     "cpu-muon": {"train.optimizer": "muon"},
     "cpu-ls0.1": {"train.label_smoothing": 0.1},
     "cpu-starts0": {"train.story_starts": 0.0},
+    "cpu-adam98": {"train.lr_betas": (0.9, 0.98), "train.lr": 2e-3},
 }
 
 

@@ -208,7 +208,8 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     # choices came later, off by default (auto: as before)
     later = {"init_from": None, "story_starts": 0.0, "dropout_from": 0.0}
     later.update(dict.fromkeys(DEVICE_CHOICES, "auto"))
-    new = {"story_starts": 0.25} if name == "cpu" else {}  # the preset's since round eleven
+    # the preset's since round eleven (story_starts) and thirteen (the betas and lr)
+    new = {"story_starts": 0.25, "lr_betas": [0.9, 0.999], "lr": 3e-3} if name == "cpu" else {}
     assert flat["train"] == {**want, "threads": None, **later, **new}
     later_model = {  # came later, off by default
         "inner_drop": None,
@@ -217,10 +218,9 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
         "logit_softcap": 0.0,
     }
     assert flat["model"] == {**later_model, **model}
-    # a run saved before keeps what it trained with
-    before = dataclasses.replace(
-        now, train=TrainConfig(**{**now.train.flat(), "story_starts": 0.0})
-    )
+    # a run saved before keeps what it trained with (its file has lr and betas, not story_starts)
+    kept = {"story_starts": 0.0, "lr": train["lr"], "lr_betas": tuple(train["lr_betas"])}
+    before = dataclasses.replace(now, train=TrainConfig(**{**now.train.flat(), **kept}))
     assert load_config(_old_file(tmp_path, name, model, train)) == before
 
 
