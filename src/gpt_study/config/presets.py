@@ -86,9 +86,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # AdamW: Muon was 0.007 better side by side but a tie at this budget on two threads and
             # 0.005 worse in the demo's 10 minutes (docs/quality.md, "Round ten")
             "batch_size": 16,  # twice the steps of 32 rows for the same tokens: 0.004 better
-            # A second-moment average over about 700 steps instead of 35: at 2,048 tokens a step,
+            # A second-moment average over about 700 steps instead of 34: at 2,048 tokens a step,
             # the half-life in tokens that Marek et al. 2025 keep across batch sizes; it also
-            # takes a higher peak rate. Together 0.005 better side by side (quality.md, "Round thirteen")
+            # takes a higher peak rate. Together 0.005 and 0.010 better side by side (two seeds;
+            # quality.md, "Round thirteen")
             "lr_betas": (0.9, 0.999),
             "lr": 3e-3,
             "story_starts": 0.25,  # 4 of the 16 rows from a story's start: 0.007 better
