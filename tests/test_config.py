@@ -368,3 +368,12 @@ def test_threads_auto_and_0_are_one_value_in_every_command():
 
 def _required(command) -> list[str]:
     return ["--checkpoint", "x"] if command.__name__.endswith("generate") else []
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_a_decay_that_would_climb_is_refused(schedule):
+    """Every schedule that decays to --min_lr refuses a floor above the peak; constant ignores
+    --min_lr, so it keeps any."""
+    with pytest.raises(UserError, match="--min_lr 0.01 is above --lr 0.001: lower it"):
+        TrainConfig(lr=1e-3, min_lr=1e-2, lr_schedule=schedule)
+    assert TrainConfig(lr=1e-3, min_lr=1e-2, lr_schedule="constant").schedule.min_lr == 1e-2
