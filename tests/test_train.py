@@ -53,9 +53,8 @@ def weights(path):
 def test_lr_schedules():
     const = TrainConfig(lr=1e-3)
     assert lr_at(0, const) == lr_at(5000, const) == 1e-3
-    cos = TrainConfig(
-        lr=1e-3, min_lr=1e-4, lr_schedule="cosine", warmup_steps=10, epoch=2, iters_per_epoch=55
-    )
+    shape = dict(lr=1e-3, min_lr=1e-4, warmup_steps=10, epoch=2, iters_per_epoch=55)
+    cos = TrainConfig(**shape, lr_schedule="cosine")
     assert lr_at(0, cos) == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
     assert lr_at(9, cos) == pytest.approx(1e-3)
     assert lr_at(10, cos) == pytest.approx(1e-3)
@@ -63,9 +62,7 @@ def test_lr_schedules():
     assert lr_at(110, cos) == pytest.approx(1e-4)
     # linear: the same warmup and ends, a straight line between them (a quarter of the way down
     # at a quarter of the decay, where the cosine is still 85% up)
-    lin = TrainConfig(
-        lr=1e-3, min_lr=1e-4, lr_schedule="linear", warmup_steps=10, epoch=2, iters_per_epoch=55
-    )
+    lin = TrainConfig(**shape, lr_schedule="linear")
     assert [lr_at(i, lin) for i in (0, 9, 10, 110)] == pytest.approx([1e-4, 1e-3, 1e-3, 1e-4])
     assert lr_at(35, lin) == pytest.approx(1e-3 - 0.25 * 9e-4)
     assert lr_at(60, lin) == pytest.approx(lr_at(60, cos))
