@@ -58,9 +58,9 @@ def test_the_second_epoch_refits_from_its_own_time_not_the_first_ones():
     assert not budget.EpochFit()(tc, 250, 60.0, 60.0)
 
 
-@pytest.mark.parametrize("fitted", [3, 1])
+@pytest.mark.parametrize(("fitted", "schedule"), [(3, "cosine"), (1, "linear")])
 def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
-    tiny_prepared, tmp_path, monkeypatch, fitted
+    tiny_prepared, tmp_path, monkeypatch, fitted, schedule
 ):
     seen = []
 
@@ -70,7 +70,7 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
 
     monkeypatch.setattr(budget, "epochs_in_budget", fake)
     root = tmp_path / "fit"
-    kw = dict(fit_epochs=True, max_time=5.0, epoch=2, lr_schedule="cosine", min_lr=1e-4)
+    kw = dict(fit_epochs=True, max_time=5.0, epoch=2, lr_schedule=schedule, min_lr=1e-4)
     result = fit(build_config("tiny", train=tiny_train(tiny_prepared, root, **kw), model=MODEL))
     # after every epoch the fitted schedule reaches
     assert [d for _, d, _ in seen] == [1, 2, 3][:fitted]
@@ -79,7 +79,7 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
     for path in (root / "config.json", root / "last" / "config.json"):
         assert load_config(path).train.budget.epoch == fitted, path
     tc = load_config(root / "last" / "config.json").train
-    assert lr_at(result.step, tc) == pytest.approx(1e-4)  # the cosine ends at the last step
+    assert lr_at(result.step, tc) == pytest.approx(1e-4)  # the decay ends at the last step
     assert lr_at(result.step - 1, tc) > 1e-4
     again = fit(build_config(train={"save_root": str(root)}, resume=True), resume=True)
     assert again.step == result.step and len(seen) == fitted  # complete: not refitted

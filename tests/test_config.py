@@ -18,7 +18,7 @@ from gpt_study.config import (
 )
 from gpt_study.config.fields import flat_fields, free_on_resume, thread_count
 from gpt_study.config.presets import preset_config
-from gpt_study.config.train import BudgetConfig, OptimConfig
+from gpt_study.config.train import DECAY_SHAPES, BudgetConfig, OptimConfig
 from gpt_study.runtime.errors import UserError
 
 
@@ -370,7 +370,7 @@ def _required(command) -> list[str]:
     return ["--checkpoint", "x"] if command.__name__.endswith("generate") else []
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("schedule", [n for n, shape in DECAY_SHAPES.items() if shape])
 def test_a_decay_that_would_climb_is_refused(schedule):
     """Every schedule that decays to --min_lr refuses a floor above the peak; constant ignores
     --min_lr, so it keeps any."""

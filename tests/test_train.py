@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL, synthetic_story, tiny_settings
 from gpt_study.cli import main
 from gpt_study.config import SOT_ID, DataConfig, TrainConfig
+from gpt_study.config.train import DECAY_SHAPES
 from gpt_study.data.dataset import (
     RowSampler,
     eval_windows,
@@ -71,6 +72,19 @@ def test_lr_schedules():
     assert [lr_at(i, warm_const) for i in range(5)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]
     )
+
+
+@pytest.mark.parametrize("name", [n for n, shape in DECAY_SHAPES.items() if shape])
+def test_every_decay_runs_from_the_peak_down_to_the_floor(name):
+    """Each decaying schedule starts at --lr after the warmup, falls at every step and reaches
+    --min_lr at the schedule's last step, where it stays (a resumed or overrun step reads it)."""
+    cfg = TrainConfig(
+        lr=1e-3, min_lr=1e-4, warmup_steps=10, epoch=2, iters_per_epoch=55, lr_schedule=name
+    )
+    rates = [lr_at(i, cfg) for i in range(10, 111)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    assert lr_at(500, cfg) == pytest.approx(1e-4)
 
 
 def test_row_sampler_is_deterministic_and_world_size_invariant():

@@ -12,6 +12,8 @@ run computes. The flat names still work everywhere: ``--lr``, ``TrainConfig(lr=1
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -102,6 +104,16 @@ class OptimConfig(Section):
             raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
 
 
+# The learning-rate schedules by name: how much of the way from --lr down to --min_lr is left at a
+# share ``progress`` of the decay (0 to 1), or None for a schedule that does not decay. The one home
+# of the names: the flag's choices, the --min_lr check and the rate itself (train.optim.lr_at).
+DECAY_SHAPES: dict[str, Callable[[float], float] | None] = {
+    "constant": None,
+    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
+    "linear": lambda progress: 1 - progress,
+}
+
+
 @dataclass
 class ScheduleConfig(Section):
     """The learning-rate and dropout schedules, pure functions of the step (so a resumed run
@@ -112,7 +124,7 @@ class ScheduleConfig(Section):
         metadata=doc(
             "constant (the study), cosine (linear warmup, cosine decay to --min_lr) or linear "
             "(linear warmup, linear decay to --min_lr)",
-            choices=["constant", "cosine", "linear"],
+            choices=list(DECAY_SHAPES),
         ),
     )
     warmup_steps: int = field(default=0, metadata=doc("linear warmup steps"))
@@ -338,7 +350,7 @@ class TrainConfig:
         check_ranges(self, self.RANGES)
         check_choices(self)
         s, lr = self.schedule, self.optim.lr
-        if s.lr_schedule != "constant" and s.min_lr > lr:
+        if DECAY_SHAPES[s.lr_schedule] is not None and s.min_lr > lr:
             raise UserError(f"--min_lr {s.min_lr} is above --lr {lr}: lower it")
 
     @property

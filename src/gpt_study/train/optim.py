@@ -10,12 +10,12 @@ update suits a matrix that maps one hidden space to another, not a lookup table 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from gpt_study.config import TrainConfig
+from gpt_study.config.train import DECAY_SHAPES
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.plan import resolve_fused_adamw
 
@@ -33,13 +33,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     s, lr = cfg.schedule, cfg.optim.lr
     if s.warmup_steps and step < s.warmup_steps:
         return lr * (step + 1) / s.warmup_steps
-    if s.lr_schedule == "constant":
+    shape = DECAY_SHAPES[s.lr_schedule]
+    if shape is None:
         return lr
     total = cfg.budget.total_steps
     span = max(1, total - s.warmup_steps)
     progress = min(1.0, (step - s.warmup_steps) / span)
-    left = 1 - progress if s.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return s.min_lr + (lr - s.min_lr) * left
+    return s.min_lr + (lr - s.min_lr) * shape(progress)
 
 
 def dropout_on(step: int, cfg: TrainConfig) -> bool:
