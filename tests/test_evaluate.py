@@ -42,10 +42,12 @@ def stream(n=61, seed=0):
 def test_nll_equals_a_hand_computation(n, context, batch):
     model = tiny_model()
     tokens = stream(n)
-    sums = evaluate_tokens(model, tokens, context, batch_size=batch)
+    sums = evaluate_tokens(model, tokens, context, batch_size=batch, by_context=True)
     # By hand: target j is predicted from the start of its window (every `context` tokens),
-    # one position at a time, with the softmax written out in float64.
+    # one position at a time, with the softmax written out in float64; its context is the j -
+    # start tokens it sees, which sets its band (1-8 tokens, 9-16).
     nll = correct = unk = 0.0
+    bands = {"1-8": [0.0, 0]} | ({"9-16": [0.0, 0]} if context == 16 else {})
     with torch.no_grad():
         for j in range(1, n):
             start = (j - 1) // context * context
@@ -53,10 +55,17 @@ def test_nll_equals_a_hand_computation(n, context, batch):
             z = model(x)[0, -1].double()
             logp = z - torch.log(torch.exp(z - z.max()).sum()) - z.max()
             nll -= logp[int(tokens[j])].item()
+            band = bands["1-8" if j - start <= 8 else "9-16"]
+            band[0] -= logp[int(tokens[j])].item()
+            band[1] += 1
             correct += int(z.argmax()) == int(tokens[j])
             unk += int(tokens[j]) == 0
     assert sums["targets"] == n - 1
     assert sums["nll"] == pytest.approx(nll, rel=1e-5)
+    assert [b["context"] for b in sums["by_context"]] == list(bands)
+    for got in sums["by_context"]:
+        total, count = bands[got["context"]]
+        assert got["targets"] == count and got["nll"] == pytest.approx(total / count, rel=1e-5)
     assert sums["correct"] == correct and sums["unk"] == unk
     m = split_metrics(sums, n_bytes=123.0)
     assert m["nll"] == pytest.approx(nll / (n - 1), rel=1e-5)
@@ -148,18 +157,22 @@ def test_evaluate_split_reads_a_prepared_folder(tmp_path):
     assert part["bytes"] == pytest.approx(800 * 40 / 199)
 
 
-@pytest.fixture
-def run_folder(tmp_path):
+def _run_folder(tmp_path, context=8):
     tok = WordTokenizer(VOCAB)
     data = write_prepared(tmp_path / "data", tok)
     cfg = preset_config(
         "tiny",
         model={"vocab_size": len(VOCAB), "max_len": 16, "d_model": 16, "d_ff": 32, "n_layers": 1},
-        train={"context_size": 8, "data": str(data)},
+        train={"context_size": context, "data": str(data)},
     )
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "ckpt", GPT(cfg.model), cfg, data / "tokenizer.json")
     return tmp_path, ckpt, data
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    return _run_folder(tmp_path)
 
 
 def test_cli_prints_a_table_and_writes_json(run_folder, capsys):
@@ -181,6 +194,24 @@ def test_cli_prints_a_table_and_writes_json(run_folder, capsys):
         "not the story protocol: samples_per_opening 1 (protocol: 2), "
         "max_new_tokens 12 (protocol: 512), seed 5 (protocol: 1234)"
     )
+
+
+def test_cli_by_context_prints_and_saves_the_bands(tmp_path, capsys):
+    """--by_context: the NLL of each band of context, in the table and the JSON; the bands'
+    targets are the split's and their NLL averages to the split's."""
+    _, ckpt, _ = _run_folder(tmp_path, context=12)
+    out_json = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--no_stories", "--by_context"]
+    assert main([*args, "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    valid = json.loads(out_json.read_text())["valid"]
+    bands = valid["by_context"]
+    assert [b["context"] for b in bands] == ["1-8", "9-12"]
+    assert sum(b["targets"] for b in bands) == valid["tokens"] == 199
+    mean = sum(b["nll"] * b["targets"] for b in bands) / valid["tokens"]
+    assert mean == pytest.approx(valid["nll"], rel=1e-6)
+    line = next(x for x in table.splitlines() if x.startswith("NLL / token, context 9-12"))
+    assert line.endswith(f"{bands[1]['nll']:.4f} ({bands[1]['targets']:,} targets)")
 
 
 def test_cli_stories_follow_the_protocol_not_the_checkpoint(run_folder):
@@ -209,6 +240,7 @@ def test_cli_rejects_data_with_another_vocabulary(run_folder, capsys):
         (["--data", "nowhere"], "no prepared data folder at nowhere"),
         (["--json", "no/such/dir/x.json"], "its folder does not exist"),
         (["--no_valid", "--no_stories"], "nothing to do"),
+        (["--no_valid", "--by_context"], "--by_context scores the held-out text"),
     ],
 )
 def test_cli_bad_input_is_one_line(run_folder, capsys, extra, message):

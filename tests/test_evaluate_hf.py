@@ -302,6 +302,8 @@ def test_bad_input_is_one_line(gpt2, folders, tmp_path, capsys, monkeypatch):
         (["evaluate", "--hf", str(tiny)], "--hf needs --data"),
         (["evaluate", "--hf", str(tmp_path / "none"), "--data", str(folders["bpe"])], "cannot load"),
         (["evaluate", "--hf", str(tiny), "--data", str(folders["bpe"]), "--window", str(2 * WINDOW)], "positions"),
+        (["evaluate", "--hf", str(tiny), "--data", str(folders["bpe"]), "--by_context"], "--by_context is for gpt-study checkpoints"),
+        (["evaluate", "--hf", str(tiny), "--data", str(folders["bpe"]), "--quantize", "int8"], "--quantize is for gpt-study checkpoints"),
     ]  # fmt: skip
     for argv, want in cases:
         assert main(argv) == 2, argv

@@ -65,6 +65,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="read at most this many windows (0: the whole split)",
     )
+    parser.add_argument(
+        "--by_context",
+        action="store_true",
+        help="also the NLL per token by the context each target had (1-8 tokens, 9-32, ...): "
+        "what a longer window buys",
+    )
     parser.add_argument("--no_valid", action="store_true", help="skip the held-out text")
     parser.add_argument("--no_stories", action="store_true", help="skip the story metrics")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch_size must be at least 1, --max_rows at least 0")
     if args.no_valid and args.no_stories:
         raise UserError("--no_valid and --no_stories leave nothing to do: drop one of them")
+    if args.no_valid and args.by_context:
+        raise UserError("--by_context scores the held-out text: drop --no_valid")
     if args.hf is not None:
         return run_hf(args)
     if args.json:
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             args.max_rows,
             tokenizer=ckpt.tokenizer,
             progress=args.progress,
+            by_context=args.by_context,
         )
         result["valid"]["note"] = UNK_NOTE
     if not args.no_stories:
@@ -113,8 +122,9 @@ def run_hf(args: argparse.Namespace) -> int:
     """``--hf``: the same report for a transformers model, on ``--data``'s stories as text."""
     if args.data is None and not args.no_valid:
         raise UserError("--hf needs --data: a prepared folder whose stories it is scored on")
-    if args.quantize != "none":
-        raise UserError("--quantize is for gpt-study checkpoints: drop it with --hf")
+    for flag, on in (("--quantize", args.quantize != "none"), ("--by_context", args.by_context)):
+        if on:
+            raise UserError(f"{flag} is for gpt-study checkpoints: drop it with --hf")
     if args.json:
         check_output_file(args.json, "evaluate", "--json", inputs=[args.hf, args.data or "."])
     sample = sample_settings(SampleConfig(), args)  # flags checked before any loading

@@ -104,6 +104,7 @@ def score_tokens(
     sp_weight: float = 1.0,
     unk_id: int | None = UNK_ID,
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
+    by_position: torch.Tensor | None = None,
     **walk: Any,
 ) -> Sums:
     """The sums of :class:`Sums` over :func:`scored_windows` (``args`` and ``walk`` are its
@@ -111,11 +112,36 @@ def score_tokens(
     ``label_smoothing`` and ``sp_weight`` beside the plain NLL. ``unk_id`` is the id counted as
     ``<unk>`` (None: a vocabulary without one, as a transformers model's may be) and
     ``special_ids`` those ``sp_weight`` weighs: the tokenizer's (``Tokenizer.unk_id``,
-    ``Tokenizer.special_ids``)."""
+    ``Tokenizer.special_ids``). ``by_position``, a float64 (2, window) tensor, also gathers the
+    NLL (row 0) and the targets (row 1) at each position of the window (:func:`context_bands`)."""
     sums = Sums()
     for logits, y in scored_windows(model, tokens, window, *args, **walk):
-        _add(sums, logits, y, label_smoothing, sp_weight, unk_id, special_ids)
+        nll = _add(sums, logits, y, label_smoothing, sp_weight, unk_id, special_ids)
+        if by_position is not None:
+            rows, width = y.shape
+            by_position[0, :width] += nll.view(rows, width).sum(0).double().cpu()
+            by_position[1, :width] += rows
     return sums
+
+
+# Where the bands of :func:`context_bands` start: the tokens of context a target is scored with.
+BAND_STARTS = (1, 9, 33, 65, 129, 257, 513, 1025, 2049, 4097)
+
+
+def context_bands(by_position: torch.Tensor) -> list[dict[str, Any]]:
+    """NLL per token by the context each target had (1-8 tokens, 9-32, 33-64, 65-128, ...), from
+    :func:`score_tokens`' ``by_position``: the target at position p of its window is scored with
+    p + 1 tokens. A window's first targets are the hardest to guess, and a longer window scores
+    fewer of them; the bands show how much of a difference in NLL that is."""
+    width = by_position.size(1)
+    bands = []
+    for lo, nxt in zip(BAND_STARTS, (*BAND_STARTS[1:], 1 << 62), strict=True):
+        if lo > width:
+            break
+        hi = min(nxt - 1, width)
+        nll, n = by_position[:, lo - 1 : hi].sum(1).tolist()
+        bands.append({"context": f"{lo}-{hi}", "targets": int(n), "nll": nll / n if n else None})
+    return bands
 
 
 def roles(tokenizer: Any) -> dict[str, Any]:
@@ -132,7 +158,8 @@ def _add(
     sp: float,
     unk_id: int | None = UNK_ID,
     special_ids: tuple[int, ...] = (SOT_ID, EOT_ID),
-) -> None:
+) -> torch.Tensor:
+    """Add one batch to ``sums``; returns each target's NLL, (B*T,)."""
     flat = logits.flatten(0, 1)  # (B*T, V)
     targets = y.flatten()  # (B*T,)
     logp = F.log_softmax(flat, dim=-1)  # (B*T, V), once: the NLL and the study's loss read it
@@ -147,6 +174,7 @@ def _add(
     sums.correct += (flat.gather(1, targets[:, None]).squeeze(1) == flat.amax(-1)).sum().item()
     sums.loss += loss.item()
     sums.weight += weight.item()
+    return nll
 
 
 def scored_bytes(split_bytes: float, scored: float, total_targets: int) -> float:

@@ -29,7 +29,7 @@ from gpt_study.config import EOT_ID, SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.text import split_bytes
 from gpt_study.data.tokenizer import load_tokenizer
-from gpt_study.evaluate.heldout import rates, roles, score_tokens, scored_bytes
+from gpt_study.evaluate.heldout import context_bands, rates, roles, score_tokens, scored_bytes
 from gpt_study.evaluate.stories import (
     OPENINGS,
     STORY_PROTOCOL,
@@ -52,7 +52,8 @@ def evaluate_tokens(
     max_rows: int = 0,
     progress: bool | None = False,
     tokenizer: Any = None,
-) -> dict[str, float]:
+    by_context: bool = False,
+) -> dict[str, Any]:
     """Sums over a token stream (1-D array of ids): NLL in nats, correct guesses, ``<unk>`` targets
     (the id ``tokenizer`` says; default gpt-study's own kinds' 0).
 
@@ -60,14 +61,27 @@ def evaluate_tokens(
     targets that are not ``<unk>``), from the held-out scorer training validates with
     (:func:`gpt_study.evaluate.heldout.score_tokens`). Windows of ``window`` inputs overlap by one
     token, so each token after the first is a target once; ``max_rows`` > 0 spreads that many
-    windows evenly over the stream instead.
+    windows evenly over the stream instead. ``by_context`` adds ``by_context``: the NLL per
+    token by the context each target had (:func:`gpt_study.evaluate.heldout.context_bands`).
     """
     dtype = next(model.parameters()).dtype
     ids = roles(tokenizer) if tokenizer is not None else {}
+    positions = torch.zeros(2, window, dtype=torch.float64) if by_context else None
     sums = score_tokens(
-        model, tokens, window, batch_size, max_rows, dtype=dtype, progress=progress, **ids
+        model,
+        tokens,
+        window,
+        batch_size,
+        max_rows,
+        dtype=dtype,
+        progress=progress,
+        by_position=positions,
+        **ids,
     )
-    return sums.as_dict()
+    out: dict[str, Any] = sums.as_dict()
+    if positions is not None:
+        out["by_context"] = context_bands(positions)
+    return out
 
 
 def split_metrics(sums: dict[str, float], n_bytes: float) -> dict[str, float]:
@@ -96,8 +110,10 @@ def evaluate_split(
     max_rows: int = 0,
     tokenizer: Any = None,
     progress: bool | None = False,
+    by_context: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on a prepared split (see :func:`split_metrics`).
+    """Metrics of ``model`` on a prepared split (see :func:`split_metrics`; ``by_context``: see
+    :func:`evaluate_tokens`).
 
     With ``tokenizer`` given, the prepared folder must use the same vocabulary. Bits per byte
     divides by the bytes of the split's text (:func:`gpt_study.data.text.split_bytes`, recorded
@@ -108,7 +124,7 @@ def evaluate_split(
         _check_same_vocabulary(tokenizer, data.tokenizer_path, data.folder)
     tokens = data.tokens(split)
     vocab = tokenizer if tokenizer is not None else load_tokenizer(data.tokenizer_path)
-    sums = evaluate_tokens(model, tokens, window, batch_size, max_rows, progress, vocab)
+    sums = evaluate_tokens(model, tokens, window, batch_size, max_rows, progress, vocab, by_context)
     return split_result(sums, split_bytes(data, split), len(tokens), split, data.folder)
 
 
@@ -124,6 +140,8 @@ def split_result(
     out["split"] = split
     out["data"] = str(folder)
     out["bytes_estimated"] = sums["targets"] < total_targets
+    if "by_context" in sums:
+        out["by_context"] = sums["by_context"]
     return out
 
 
@@ -189,6 +207,11 @@ def format_table(result: dict[str, Any]) -> str:
             ("token accuracy", f"{v['accuracy']:.2%}"),
             ("<unk> rate", f"{v['unk_rate']:.2%}"),
             ("NLL / token without <unk> targets", f"{v['nll_known']:.4f}"),
+        ]
+        rows += [
+            (f"NLL / token, context {b['context']}", f"{b['nll']:.4f} ({b['targets']:,} targets)")
+            for b in v.get("by_context", [])
+            if b["targets"]
         ]
     if "stories" in result:
         s = result["stories"]
