@@ -142,7 +142,9 @@ def main() -> int:
         default=0,
         help="rows per step (0: 64 for seed, the cpu preset's own, 32 for peer)",
     )
-    ap.add_argument("--context_size", type=int, default=128, help="seed only (presets: 128)")
+    ap.add_argument(
+        "--context_size", type=int, default=128, help="seed only (cpu: its own, peer: 128)"
+    )
     ap.add_argument(
         "--vocab_size",
         type=int,
@@ -326,8 +328,9 @@ PEER = dict(
     n_layers=4,
     n_heads=4,
     d_ff=512,
+    max_len=128,  # its block_size, whatever the cpu preset's window becomes
 )
-PEER_ROWS = 32  # its batch of 32 x 128, as issue 27 measured nanoGPT's train.py
+PEER_ROWS = {"batch_size": 32, "context_size": 128}  # its batch of 32 x 128, as issue 27 measured
 
 
 def preset_main(args, device, peak, n, reps) -> int:
@@ -337,7 +340,8 @@ def preset_main(args, device, peak, n, reps) -> int:
         print("--preset cpu and peer time CPU steps: run them with --device cpu", file=sys.stderr)
         return 2
     shape = PEER if args.preset == "peer" else None  # the cpu preset's own, or the peer's
-    rows = args.batch_size or (PEER_ROWS if args.preset == "peer" else 0)
+    rows = dict(PEER_ROWS) if args.preset == "peer" else {}
+    rows.update({"batch_size": args.batch_size} if args.batch_size else {})
     cfg, net, loss_fn, opt, dtype, x, y = build("cpu", "auto", shape, rows)
     B = x.size(0)
     T, clip, mc = x.size(1), cfg.train.optim.grad_clip, cfg.model

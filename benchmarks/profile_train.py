@@ -43,12 +43,12 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def build(preset: str, dtype_name: str, model: dict | None = None, rows: int = 0):
-    """The preset's config (``model`` overrides its model options, ``rows`` its batch size),
-    model, loss, optimizer, the autocast dtype ``dtype_name`` resolves to, and one random batch
-    of the preset's shape."""
-    train = {"batch_size": rows} if rows else {}
-    cfg = preset_config(preset, model={"vocab_size": VOCAB[preset], **(model or {})}, train=train)
+def build(preset: str, dtype_name: str, model: dict | None = None, train: dict | None = None):
+    """The preset's config (``model`` and ``train`` override its settings), model, loss,
+    optimizer, the autocast dtype ``dtype_name`` resolves to, and one random batch of the
+    config's rows and window."""
+    model = {"vocab_size": VOCAB[preset], **(model or {})}
+    cfg = preset_config(preset, model=model, train=train or {})
     torch.manual_seed(0)
     net = GPT(cfg.model)
     loss_fn = LMLoss(net, cfg.train.loss.label_smoothing, cfg.train.loss.sp_weight)
