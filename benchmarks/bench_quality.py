@@ -74,6 +74,7 @@ ABLATIONS = {
     "cpu-ls0.1": ["--label_smoothing", "0.1"],
     "cpu-starts0": ["--story_starts", "0"],  # every row at any offset
     "cpu-adam98": ["--lr_betas", "0.9", "0.98", "--lr", "2e-3"],  # the study's betas, SMALL's lr
+    "cpu-ctx128": ["--context_size", "128", "--max_len", "128", "--batch_size", "16"],  # SMALL's
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
@@ -85,7 +86,6 @@ CANDIDATES = {
     "cpu-softcap": ["--logit_softcap", "15"],  # logit soft-capping (Gemma 2, modded-nanogpt)
     "cpu-late": ["--dropout_from", "0.25"],  # late dropout (Liu et al. 2023): none for a quarter
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
-    "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],
     "cpu-bpe8192": ["prepare:--vocab_size 8192"],  # more bytes per token, more parameters
 }
 # Every name --recipes takes: the recipes, and each ablation or candidate arm on its own (say, to

@@ -53,6 +53,7 @@ EXPECTED = {
     "cpu-ls0.1": {"train.label_smoothing": 0.1},
     "cpu-starts0": {"train.story_starts": 0.0},
     "cpu-adam98": {"train.lr_betas": (0.9, 0.98), "train.lr": 2e-3},
+    "cpu-ctx128": {"train.context_size": 128, "model.max_len": 128, "train.batch_size": 16},
 }
 
 
@@ -64,7 +65,6 @@ CANDIDATES = {
     "cpu-softcap": {"model.logit_softcap": 15.0},
     "cpu-late": {"train.dropout_from": 0.25},
     "cpu-relu2": {"model.mlp": "relu2", "model.d_ff": 768},
-    "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 8},
     "cpu-bpe8192": {},  # the same config on a folder prepared with --vocab_size 8192
 }
 
