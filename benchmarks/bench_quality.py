@@ -281,8 +281,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=FLAGS",
-        help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx256=--context_size '
-        '256 --max_len 256 --batch_size 8" (repeatable; FLAGS may start with "prepare:ARGS;" to '
+        help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx512=--context_size '
+        '512 --max_len 512 --batch_size 4" (repeatable; FLAGS may start with "prepare:ARGS;" to '
         'prepare its own folder, e.g. "prepare:--vocab_size 8192;")',
     )
     args = p.parse_args()
