@@ -72,8 +72,8 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
     root = tmp_path / "fit"
     kw = dict(fit_epochs=True, max_time=5.0, epoch=2, lr_schedule=schedule, min_lr=1e-4)
     result = fit(build_config("tiny", train=tiny_train(tiny_prepared, root, **kw), model=MODEL))
-    # after every epoch before the fitted schedule's end (none after its last)
-    assert [d for _, d, _ in seen] == ([1, 2] if fitted == 3 else [1])
+    # after every epoch the fitted schedule reaches
+    assert [d for _, d, _ in seen] == [1, 2, 3][:fitted]
     assert all(b == 300 and t > 0 for b, _, t in seen)
     assert result.stopped == "done" and result.step == fitted * 6
     for path in (root / "config.json", root / "last" / "config.json"):
@@ -82,21 +82,21 @@ def test_the_fitted_schedule_is_the_one_trained_saved_and_resumed(
     assert lr_at(result.step, tc) == pytest.approx(1e-4)  # the decay ends at the last step
     assert lr_at(result.step - 1, tc) > 1e-4
     again = fit(build_config(train={"save_root": str(root)}, resume=True), resume=True)
-    assert again.step == result.step and len(seen) == (2 if fitted == 3 else 1)  # not refitted
+    assert again.step == result.step and len(seen) == fitted  # complete: not refitted
     steps = [json.loads(x)["step"] for x in (root / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == fitted * 6
 
 
-def test_a_schedule_that_has_ended_is_not_refitted(tiny_prepared, tmp_path, monkeypatch):
-    """Time left after the fitted schedule's last epoch does not reopen it: the run ends there
-    and its saved config says the epochs it trained (a refit there once saved one more)."""
-    monkeypatch.setattr(budget, "epochs_in_budget", lambda budget_s, spent_s, done, *a: done + 1)
-    root = tmp_path / "ended"
-    kw = dict(fit_epochs=True, max_time=5.0, epoch=5, lr_schedule="cosine", min_lr=1e-4)
+def test_a_fit_that_outgrows_an_ended_schedule_is_trained(tiny_prepared, tmp_path, monkeypatch):
+    """A schedule that ends with the epoch that fits it (--epoch 1 here) is followed as fitted:
+    the run trains the epochs its saved config says (it once stopped and saved the fit)."""
+    monkeypatch.setattr(budget, "epochs_in_budget", lambda *a: 3)
+    root = tmp_path / "grown"
+    kw = dict(fit_epochs=True, max_time=5.0, epoch=1, lr_schedule="cosine", min_lr=1e-4)
     result = fit(build_config("tiny", train=tiny_train(tiny_prepared, root, **kw), model=MODEL))
-    assert result.stopped == "done" and result.step == 2 * 6  # fitted to 2 after the first epoch
+    assert result.stopped == "done" and result.step == 3 * 6
     for path in (root / "config.json", root / "last" / "config.json"):
-        assert load_config(path).train.budget.epoch == 2, path
+        assert load_config(path).train.budget.epoch == 3, path
 
 
 def test_without_a_time_budget_the_schedule_stays(tiny_prepared, tmp_path, monkeypatch):

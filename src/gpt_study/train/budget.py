@@ -64,8 +64,6 @@ class EpochFit:
         done, rest = divmod(step, b.iters_per_epoch)
         if not (b.fit_epochs and b.max_time > 0 and rest == 0 and done >= 1):
             return False
-        if step >= b.total_steps:
-            return False  # the schedule has ended: refitting would only reopen its cosine's tail
         elapsed, spent = (
             t / distributed.world_size() for t in distributed.all_reduce_sum([elapsed_s, spent_s])
         )

@@ -52,8 +52,8 @@ def train_loop(r: Run) -> TrainResult:
         if fit_epochs(r.cfg.train, step, clock.elapsed(), clock.spent()) and distributed.is_main():
             save_config(r.save_root / CONFIG, r.cfg)  # the run's config: the fitted one
         save(r, is_best)
-        if stop is None and step >= r.cfg.train.budget.total_steps:
-            stop = "done"  # the fitted schedule holds just this one epoch
+        if stop in (None, "done"):  # the schedule as fitted now: longer, shorter or the same
+            stop = "done" if step >= r.cfg.train.budget.total_steps else None
         r.observer.redraw()
         if stop:
             return _finish(r, stop, window.rate)
