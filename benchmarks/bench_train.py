@@ -330,7 +330,8 @@ PEER = dict(
     d_ff=512,
     max_len=128,  # its block_size, whatever the cpu preset's window becomes
 )
-PEER_ROWS = {"batch_size": 32, "context_size": 128}  # its batch of 32 x 128, as issue 27 measured
+# its batch of 32 rows of its block_size, as issue 27 measured nanoGPT's train.py
+PEER_ROWS = {"batch_size": 32, "context_size": PEER["max_len"]}
 
 
 def preset_main(args, device, peak, n, reps) -> int:
