@@ -15,20 +15,22 @@ from gpt_study.train.setup import build_config
 from test_train import MODEL, tiny_train
 
 
-def test_epochs_in_budget_counts_whole_epochs_and_at_least_one():
-    assert budget.epochs_in_budget(900, 61, 1, 61) == 14
+def test_epochs_in_budget_rounds_to_the_nearest_epoch_and_at_least_one():
+    assert budget.epochs_in_budget(900, 61, 1, 61) == 15  # holds 14.75: ends 15 s past it
     assert budget.epochs_in_budget(900, 60, 1, 60) == 15
+    assert budget.epochs_in_budget(900, 66, 1, 62) == 14  # holds 14.45: 28 s left over
     assert budget.epochs_in_budget(900, 1000, 1, 1000) == 1
-    assert budget.epochs_in_budget(900, 105, 2, 45) == 19  # 795 s left hold 17 more
+    assert budget.epochs_in_budget(900, 105, 2, 45) == 20  # 795 s left hold 17.67 more
     assert budget.epochs_in_budget(900, 950, 2, 45) == 2  # over budget: the epochs done
-    # With a fit made before: kept while the budget holds it -1/4 to +1.5 epochs.
-    assert budget.epochs_in_budget(900, 450, 10, 45, current=19) == 19  # holds 20.0
+    # With a fit made before: kept while the budget holds it -1/2 to +1 epochs.
+    assert budget.epochs_in_budget(900, 450, 10, 45, current=19) == 19  # holds 20.0: +1
+    assert budget.epochs_in_budget(900, 450, 10, 44, current=19) == 20  # holds 20.23: +1.23
     assert budget.epochs_in_budget(900, 450, 10, 45, current=21) == 20  # would overrun 1 epoch
     assert budget.epochs_in_budget(900, 450, 10, 50, current=19) == 19  # holds 19.0
-    assert budget.epochs_in_budget(900, 450, 10, 47, current=19) == 19  # holds 19.57
     assert budget.epochs_in_budget(900, 450, 10, 40, current=19) == 21  # holds 21.25
-    assert budget.epochs_in_budget(900, 460, 10, 50, current=19) == 19  # holds 18.8: -0.2
-    assert budget.epochs_in_budget(900, 470, 10, 50, current=19) == 18  # holds 18.6: -0.4
+    assert budget.epochs_in_budget(900, 470, 10, 50, current=19) == 19  # holds 18.6: -0.4
+    assert budget.epochs_in_budget(900, 480, 10, 50, current=19) == 18  # holds 18.4: -0.6
+    assert budget.epochs_in_budget(900, 455, 10, 50, current=20) == 19  # holds 18.9: -1.1
 
 
 def _budgeted(epoch=14) -> TrainConfig:
@@ -41,16 +43,16 @@ def test_the_second_epoch_refits_from_its_own_time_not_the_first_ones():
     tc, fit_once = _budgeted(), budget.EpochFit()
     assert not fit_once(tc, 100, 20.0, 20.0)  # not an epoch's end
     assert fit_once(tc, 250, 60.0, 60.0) and tc.budget.epoch == 15
-    assert fit_once(tc, 500, 105.0, 105.0) and tc.budget.epoch == 19
+    assert fit_once(tc, 500, 105.0, 105.0) and tc.budget.epoch == 20
     # From the third epoch, the mean of the last three (never the first): 45 s holds 19.7, so
-    # 19 stays.
-    assert not fit_once(tc, 750, 150.0, 150.0) and tc.budget.epoch == 19
-    # The machine slows (epoch 4 takes 110 s): a mean of 67 s holds 13.6, so 13 ...
-    assert fit_once(tc, 1000, 260.0, 260.0) and tc.budget.epoch == 13
+    # 20 stays.
+    assert not fit_once(tc, 750, 150.0, 150.0) and tc.budget.epoch == 20
+    # The machine slows (epoch 4 takes 110 s): a mean of 67 s holds 13.6, so 14 ...
+    assert fit_once(tc, 1000, 260.0, 260.0) and tc.budget.epoch == 14
     # ... and speeds up again (20 s an epoch): the fit follows as the recent mean falls.
     times = {e: 260.0 + 20 * (e - 4) for e in (5, 6, 7, 8)}
     moves = [fit_once(tc, 250 * e, t, t) and tc.budget.epoch for e, t in times.items()]
-    assert moves == [15, 18, 36, False] and tc.budget.epoch == 36
+    assert moves == [16, 18, 36, False] and tc.budget.epoch == 36
     # Resumed after the first fit (the checkpoint kept 15): the second epoch's time is unknown.
     tc, resumed = _budgeted(epoch=15), budget.EpochFit()
     assert not resumed(tc, 500, 105.0, 40.0) and tc.budget.epoch == 15

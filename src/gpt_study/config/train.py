@@ -214,9 +214,10 @@ class BudgetConfig(Section):
     fit_epochs: bool = field(
         default=False,
         metadata=doc(
-            "with --max_time: after the first and second epochs, set --epoch to what the time "
-            "budget holds at the speed measured, then refit if the speed drifts, so the schedule "
-            "ends inside the budget: train/budget.py",
+            "with --max_time: after the first and second epochs, set --epoch to the whole epochs "
+            "nearest to what the time budget holds at the speed measured, then refit if the speed "
+            "drifts, so the schedule ends at the budget (--max_time cuts at most its last half "
+            "epoch): train/budget.py",
             resume="free",
         ),
     )

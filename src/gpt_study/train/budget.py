@@ -3,22 +3,30 @@
 A preset's ``--epoch`` is sized for one machine. Under ``--max_time`` a slower one is stopped with
 the cosine still high (the weights of a run cut mid-schedule score worse than those of a shorter
 schedule that ends), and a faster one stops early with time unused. With ``--fit_epochs`` the run
-times its first epoch (steps, validation and all) and sets ``--epoch`` to as many epochs as
-``--max_time`` holds at that speed; after the second epoch it fits again from the second's time,
-because the first also pays for starting up (threads, allocations, the thread tuner's first trials,
-compiling) and a fit on it alone left up to a fifth of the budget unused. From the third epoch on
-it checks the fit after every epoch against the mean of the last three (never the first), and moves
-it only when it would overrun the budget by more than a quarter of an epoch or leave more than an
-epoch and a half unused: a machine whose speed drifts during a run (measured: a 15-minute run that
-trained 817 s, another cut short by ``--max_time``; docs/quality.md, "Round three") still ends its
-cosine inside the budget, and a steady one keeps its schedule. Each move shifts the cosine by a few
-percent of its range. The fitted value is the run's config from then on: every checkpoint saves it,
-so a resumed run follows the same schedule and is never refitted.
+times its first epoch (steps, validation and all) and sets ``--epoch`` to the whole epochs nearest
+to what ``--max_time`` holds at that speed; after the second epoch it fits again from the second's
+time, because the first also pays for starting up (threads, allocations, the thread tuner's first
+trials, compiling) and a fit on it alone left up to a fifth of the budget unused. From the third
+epoch on it checks the fit after every epoch against the mean of the last three (never the first),
+and moves it only when it would overrun the budget by more than half an epoch or leave more than an
+epoch unused: a machine whose speed drifts during a run (measured: a 15-minute run that trained
+817 s, another cut short by ``--max_time``; docs/quality.md, "Round three") still ends its cosine
+at the budget, and a steady one keeps its schedule. Each move shifts the cosine by a few percent of
+its range.
+
+Nearest, not fewer: a schedule of whole epochs that had to end inside the budget left 26-50 s of
+the ``cpu`` preset's 15 minutes untrained (docs/quality.md, "Round fifteen"). One that ends at most
+half an epoch past the budget is cut there by ``--max_time`` with its rate within
+``(1 - cos(pi / 2E)) / 2`` of the way from ``--min_lr`` to the peak (cosine, E epochs: 0.1% for
+the preset's 23; linear: ``1 / 2E``): the weights of the schedule's end, and no time left over.
+The fitted value is the run's config from then on: every checkpoint saves it, so a resumed run
+follows the same schedule and is never refitted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from gpt_study.config import TrainConfig
@@ -27,22 +35,22 @@ from gpt_study.runtime import distributed
 log = logging.getLogger("gpt_study.train")
 
 FIT_AFTER = (1, 2)  # the epochs after which the schedule is fitted whatever it was
-KEEP = (-0.25, 1.5)  # from then on, the overrun and the unused epochs a fit may keep
+KEEP = (-0.5, 1.0)  # from then on, the overrun and the unused epochs a fit may keep
 RECENT = 3  # and the epochs (never the first) whose mean time it fits to
 
 
 def epochs_in_budget(
     budget_s: float, spent_s: float, done: int, epoch_s: float, current: int | None = None
 ) -> int:
-    """The ``done`` epochs plus the whole epochs of ``epoch_s`` seconds that the rest of
-    ``budget_s`` holds after ``spent_s``; at least one. With ``current`` (a fit made before),
-    ``current`` itself while the budget holds between ``current`` - 1/4 and ``current`` + 1.5
-    epochs (:data:`KEEP`)."""
+    """The ``done`` epochs plus the epochs of ``epoch_s`` seconds that the rest of ``budget_s``
+    holds after ``spent_s``, rounded to the nearest whole epoch; at least one. With ``current`` (a
+    fit made before), ``current`` itself while the budget holds between ``current`` - 1/2 and
+    ``current`` + 1 epochs (:data:`KEEP`)."""
     left = max(budget_s - spent_s, 0.0)
     holds = done + left / max(epoch_s, 1e-9)  # epochs, fractional
     if current is not None and KEEP[0] <= holds - current <= KEEP[1]:
         return current
-    return max(1, int(holds))
+    return max(1, math.floor(holds + 0.5))
 
 
 @dataclass
