@@ -74,7 +74,7 @@ ABLATIONS = {
     "cpu-ls0.1": ["--label_smoothing", "0.1"],
     "cpu-starts0": ["--story_starts", "0"],  # every row at any offset
     "cpu-adam98": ["--lr_betas", "0.9", "0.98", "--lr", "2e-3"],  # the study's betas, SMALL's lr
-    "cpu-ctx128": ["--context_size", "128", "--max_len", "128", "--batch_size", "16"],  # SMALL's
+    "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],  # round 14's
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
@@ -281,8 +281,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=FLAGS",
-        help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx512=--context_size '
-        '512 --max_len 512 --batch_size 4" (repeatable; FLAGS may start with "prepare:ARGS;" to '
+        help='an arm of your own: the cpu recipe plus train flags, e.g. --arm "ctx1k=--context_size '
+        '1024 --max_len 1024 --batch_size 2" (repeatable; FLAGS may start with "prepare:ARGS;" to '
         'prepare its own folder, e.g. "prepare:--vocab_size 8192;")',
     )
     args = p.parse_args()

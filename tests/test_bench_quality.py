@@ -53,7 +53,7 @@ EXPECTED = {
     "cpu-ls0.1": {"train.label_smoothing": 0.1},
     "cpu-starts0": {"train.story_starts": 0.0},
     "cpu-adam98": {"train.lr_betas": (0.9, 0.98), "train.lr": 2e-3},
-    "cpu-ctx128": {"train.context_size": 128, "model.max_len": 128, "train.batch_size": 16},
+    "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 8},
 }
 
 

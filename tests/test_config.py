@@ -208,10 +208,10 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     # choices came later, off by default (auto: as before)
     later = {"init_from": None, "story_starts": 0.0, "dropout_from": 0.0}
     later.update(dict.fromkeys(DEVICE_CHOICES, "auto"))
-    # the preset's since round eleven (story_starts), thirteen (the betas and lr) and fourteen
-    # (8 rows of 256 tokens)
+    # the preset's since round eleven (story_starts), thirteen (the betas and lr) and fifteen
+    # (4 rows of 512 tokens)
     new = {"story_starts": 0.25, "lr_betas": [0.9, 0.999], "lr": 3e-3} if name == "cpu" else {}
-    new.update({"context_size": 256, "batch_size": 8} if name == "cpu" else {})
+    new.update({"context_size": 512, "batch_size": 4} if name == "cpu" else {})
     assert flat["train"] == {**want, "threads": None, **later, **new}
     later_model = {  # came later, off by default
         "inner_drop": None,
@@ -219,7 +219,7 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
         "value_embeds": False,
         "logit_softcap": 0.0,
     }
-    assert flat["model"] == {**later_model, **model, **({"max_len": 256} if name == "cpu" else {})}
+    assert flat["model"] == {**later_model, **model, **({"max_len": 512} if name == "cpu" else {})}
     # a run saved before keeps what it trained with (its file has lr, betas, rows and window, not
     # story_starts)
     kept = {"story_starts": 0.0, "lr_betas": tuple(train["lr_betas"])}

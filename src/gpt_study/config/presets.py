@@ -81,17 +81,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "tie_embeddings": True,
             "bias": False,
             "head_bias": False,
-            "max_len": 256,
+            "max_len": 512,
         },
         train={
             # AdamW: Muon was 0.007 better side by side but a tie at this budget on two threads and
             # 0.005 worse in the demo's 10 minutes (docs/quality.md, "Round ten")
-            # 8 rows of 256 tokens: the 2,048 tokens a step of 16 rows of 128 (twice the steps of
-            # 32 rows: 0.004 better), in windows that start cold half as often. 0.003 and 0.015
-            # better side by side at equal minutes (two seeds) for 8% fewer tokens/s (quality.md,
-            # "Round fourteen")
-            "context_size": 256,
-            "batch_size": 8,
+            # 4 rows of 512 tokens: the 2,048 tokens a step of 16 rows of 128 (twice the steps of
+            # 32 rows: 0.004 better), in windows that start cold a quarter as often. 256 tokens
+            # were 0.003 and 0.015 better than 128, and 512 0.012 and 0.004 better than 256, side
+            # by side at equal minutes (two seeds each) for 8% and 11% fewer tokens/s (quality.md,
+            # "Round fourteen" and "Round fifteen")
+            "context_size": 512,
+            "batch_size": 4,
             # A second-moment average over about 700 steps instead of 34: at 2,048 tokens a step,
             # the half-life in tokens that Marek et al. 2025 keep across batch sizes; it also
             # takes a higher peak rate. Together 0.005 and 0.010 better side by side (two seeds;
