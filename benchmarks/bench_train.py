@@ -5,6 +5,7 @@
     python benchmarks/bench_train.py --threads 1           # a CPU shared with other work
     python benchmarks/bench_train.py --device cuda         # on a GPU: MFU against its peak
     python benchmarks/bench_train.py --preset cpu          # the cpu preset's step, PREPARED_WITH
+    python benchmarks/bench_train.py --preset cpu --batch_size 8 --context_size 256  # other rows
     python benchmarks/bench_train.py --preset peer         # the peer's shape vs a nanoGPT step
     python benchmarks/bench_train.py --huge_pages off      # without 2 MiB pages (earlier rounds)
 
@@ -143,7 +144,10 @@ def main() -> int:
         help="rows per step (0: 64 for seed, the cpu preset's own, 32 for peer)",
     )
     ap.add_argument(
-        "--context_size", type=int, default=128, help="seed only (cpu: its own, peer: 128)"
+        "--context_size",
+        type=int,
+        default=0,
+        help="tokens per row (0: 128 for seed, the cpu preset's own; peer keeps its 128)",
     )
     ap.add_argument(
         "--vocab_size",
@@ -211,7 +215,7 @@ def main() -> int:
     torch.manual_seed(0)
     drop = dict(attention_drop=0.0, residual_drop=0.0, embedding_drop=0.0)
     cfg = GPTConfig(vocab_size=args.vocab_size, **(drop if args.no_dropout else {}))
-    B, T = args.batch_size or 64, args.context_size
+    B, T = args.batch_size or 64, args.context_size or 128
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
     y = torch.randint(0, cfg.vocab_size, (B, T), device=device)
 
@@ -343,6 +347,8 @@ def preset_main(args, device, peak, n, reps) -> int:
     shape = PEER if args.preset == "peer" else None  # the cpu preset's own, or the peer's
     rows = dict(PEER_ROWS) if args.preset == "peer" else {}
     rows.update({"batch_size": args.batch_size} if args.batch_size else {})
+    if args.preset == "cpu" and args.context_size:  # the preset at another window
+        rows["context_size"] = args.context_size
     cfg, net, loss_fn, opt, dtype, x, y = build("cpu", "auto", shape, rows)
     B = x.size(0)
     T, clip, mc = x.size(1), cfg.train.optim.grad_clip, cfg.model

@@ -184,6 +184,7 @@ def test_bench_train_presets_run_and_report(preset, rows):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
     tiny = f"--preset {preset} --batch_size 2 --steps 1 --warmup 0 --peak_size 64 --threads 1"
+    tiny += " --context_size 32"  # the cpu preset's rows take it; the peer keeps its own 128
     out = subprocess.run(
         [sys.executable, str(script), *tiny.split()], capture_output=True, text=True, timeout=120
     )
@@ -193,6 +194,7 @@ def test_bench_train_presets_run_and_report(preset, rows):
     if preset == "peer":
         assert "1,328,256 parameters" in out.stdout
         assert "vs nanoGPT-style step: median" in out.stdout
+        assert "batch 2 x context 128" in out.stdout
     else:  # the preset's step on the vocabulary it is prepared with, whatever that becomes
         from gpt_study.config.presets import PREPARED_WITH, preset_config
         from gpt_study.model.gpt import GPT
@@ -200,6 +202,7 @@ def test_bench_train_presets_run_and_report(preset, rows):
         vocab = PREPARED_WITH["cpu"]["vocab_size"]
         params = GPT(preset_config("cpu", model={"vocab_size": vocab}).model).num_params()
         assert f"{params:,} parameters" in out.stdout and f"vocab {vocab}" in out.stdout
+        assert "batch 2 x context 32" in out.stdout
 
 
 @pytest.mark.parametrize("flags", [[], ["--sp_weight", "1", "--smoothing", "0.1"]])
