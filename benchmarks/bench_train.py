@@ -127,6 +127,23 @@ def adamw(params, fused: bool):
     return torch.optim.AdamW(params, foreach=False, fused=False, **ADAMW)
 
 
+SEED_ONLY = ("vocab_size", "ablation", "no_dropout")  # the flags that only the seed's rows read
+
+
+def not_for_preset(args: argparse.Namespace) -> str | None:
+    """One line naming the flags that ``--preset`` would ignore, so that no figure is read as
+    the option's when the benchmark left it out."""
+    unused = [f"--{k}" for k in SEED_ONLY if args.preset != "seed" and getattr(args, k)]
+    if args.preset == "peer" and args.context_size:
+        unused.append("--context_size")  # the peer keeps nanoGPT's block of 128 tokens
+    if not unused:
+        return None
+    return (
+        f"{' and '.join(unused)}: not read by --preset {args.preset} (it times its own "
+        "settings); drop them, or use --preset seed"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -152,8 +169,8 @@ def main() -> int:
     ap.add_argument(
         "--vocab_size",
         type=int,
-        default=30000,
-        help="seed only (cpu: its PREPARED_WITH, peer: 4,096)",
+        default=0,
+        help="seed only (0: the study's 30,000; cpu: its PREPARED_WITH, peer: 4,096)",
     )
     ap.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     ap.add_argument(
@@ -202,6 +219,9 @@ def main() -> int:
         "only to programs that ask",
     )
     args = ap.parse_args()
+    if problem := not_for_preset(args):
+        print(problem, file=sys.stderr)
+        return 2
     # Before anything large is allocated: PyTorch reads the setting once.
     use_huge_pages(args.huge_pages == "on")
 
@@ -214,7 +234,7 @@ def main() -> int:
     reused = args.reuse_memory == "on" and reuse_freed_memory(True)  # off: glibc untouched
     torch.manual_seed(0)
     drop = dict(attention_drop=0.0, residual_drop=0.0, embedding_drop=0.0)
-    cfg = GPTConfig(vocab_size=args.vocab_size, **(drop if args.no_dropout else {}))
+    cfg = GPTConfig(vocab_size=args.vocab_size or 30000, **(drop if args.no_dropout else {}))
     B, T = args.batch_size or 64, args.context_size or 128
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
     y = torch.randint(0, cfg.vocab_size, (B, T), device=device)

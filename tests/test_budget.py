@@ -107,3 +107,22 @@ def test_without_a_time_budget_the_schedule_stays(tiny_prepared, tmp_path, monke
     train = tiny_train(tiny_prepared, root, fit_epochs=True, epoch=2)
     assert fit(build_config("tiny", train=train, model=MODEL)).step == 12
     assert load_config(root / "last" / "config.json").train.budget.epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "step", "done", "capped"),
+    [
+        (0, 0, False, False),
+        (0, 2_999, False, False),
+        (0, 3_000, True, False),
+        (0, 10**9, True, False),
+        (500, 499, False, False),
+        (500, 500, False, True),
+        (5_000, 3_000, True, False),
+    ],
+)
+def test_the_schedule_ends_at_its_length_and_max_steps_caps_only_when_set(
+    max_steps, step, done, capped
+):
+    b = TrainConfig(epoch=12, iters_per_epoch=250, max_steps=max_steps).budget
+    assert (b.schedule_done(step), b.at_step_cap(step)) == (done, capped)

@@ -171,6 +171,30 @@ def test_bench_train_runs_and_reports_both_steps():
 
 
 @pytest.mark.parametrize(
+    "preset, flags",
+    [
+        ("cpu", "--vocab_size 4096"),
+        ("cpu", "--ablation"),
+        ("peer", "--no_dropout"),
+        ("peer", "--context_size 64"),
+        ("peer", "--context_size 64 --vocab_size 8192"),
+    ],
+)
+def test_bench_train_refuses_flags_its_preset_would_ignore(preset, flags):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    cmd = [sys.executable, str(script), "--preset", preset, *flags.split()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"not read by --preset {preset}" in lines[0]
+    assert all(f in lines[0] for f in flags.split() if f.startswith("--"))
+
+
+@pytest.mark.parametrize(
     "preset, rows",
     [
         ("peer", ["| nanoGPT-style reference (fp32) |", "| gpt-study, peer shape |"]),
@@ -184,7 +208,7 @@ def test_bench_train_presets_run_and_report(preset, rows):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
     tiny = f"--preset {preset} --batch_size 2 --steps 1 --warmup 0 --peak_size 64 --threads 1"
-    tiny += " --context_size 32"  # the cpu preset's rows take it; the peer keeps its own 128
+    tiny += " --context_size 32" if preset == "cpu" else ""  # the peer keeps its own 128
     out = subprocess.run(
         [sys.executable, str(script), *tiny.split()], capture_output=True, text=True, timeout=120
     )

@@ -232,6 +232,14 @@ class BudgetConfig(Section):
         """The schedule's length: ``--epoch x --iters_per_epoch`` optimizer steps."""
         return self.epoch * self.iters_per_epoch
 
+    def schedule_done(self, step: int) -> bool:
+        """Whether ``step`` optimizer steps complete the schedule (as fitted so far)."""
+        return step >= self.total_steps
+
+    def at_step_cap(self, step: int) -> bool:
+        """Whether ``--max_steps`` (0: no cap) stops a run at ``step``."""
+        return bool(self.max_steps) and step >= self.max_steps
+
     RANGES = {
         **dict.fromkeys(("epoch", "iters_per_epoch"), AT_LEAST_1),
         **dict.fromkeys(("max_steps", "max_time"), NON_NEGATIVE),

@@ -53,7 +53,7 @@ def train_loop(r: Run) -> TrainResult:
             save_config(r.save_root / CONFIG, r.cfg)  # the run's config: the fitted one
         save(r, is_best)
         if stop in (None, "done"):  # the schedule as fitted now: longer, shorter or the same
-            stop = "done" if step >= r.cfg.train.budget.total_steps else None
+            stop = "done" if r.cfg.train.budget.schedule_done(step) else None
         r.observer.redraw()
         if stop:
             return _finish(r, stop, window.rate)
@@ -289,10 +289,10 @@ def _agree(r: Run, loss: float, finite: bool, clock: _Clock) -> _Agreed:
 
 def _nothing_to_do(r: Run, step: int) -> TrainResult | None:
     tc = r.cfg.train
-    if step >= tc.budget.total_steps:
+    if tc.budget.schedule_done(step):
         log.info("the run is complete (%d steps): raise --epoch to train longer", step)
         return r.result("done")
-    if tc.budget.max_steps and step >= tc.budget.max_steps:
+    if tc.budget.at_step_cap(step):
         log.info(
             "already at step %d >= --max_steps %d: pass a larger --max_steps (0: no cap)",
             step,
@@ -350,11 +350,11 @@ def _stop_reason(r: Run, step: int, agreed: _Agreed) -> str | None:
     tc = r.cfg.train
     if agreed.signal:
         return agreed.signal
-    if tc.budget.max_steps and step >= tc.budget.max_steps:
+    if tc.budget.at_step_cap(step):
         return "max_steps"
     if agreed.time_up:
         return "max_time"
-    return "done" if step >= tc.budget.total_steps else None
+    return "done" if tc.budget.schedule_done(step) else None
 
 
 def _save_on_signal(r: Run, signalled: str, rate: float) -> TrainResult:
