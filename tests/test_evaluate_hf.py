@@ -291,6 +291,35 @@ def test_an_exported_checkpoint_scores_the_same_both_ways(layout, folders, tmp_p
     assert out.count("bits per byte") == 2
 
 
+@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+def test_greedy_stories_past_the_window_are_gpt_studys_own(layout, folders, tmp_path):
+    """A transformers model re-encodes what it keeps when a story slides; gpt-study does the same
+    for learned positions, so the export of such a checkpoint writes the checkpoint's stories
+    token for token, slides and left-padded batches included. A rotary cache keeps its keys
+    instead (generate/window.py), so for Llama only the stories' first window agrees."""
+    from gpt_study.checkpoint import load_for_inference
+    from gpt_study.evaluate.stories import write_stories
+    from gpt_study.generate.text import encode_prompt
+
+    llama = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"} if layout == "llama" else {}
+    window = 24
+    ckpt = _checkpoint(folders["bpe"], tmp_path, window, **llama)
+    export_hf(ckpt, tmp_path / "hf", log=lambda _: None)
+    protocol = STORY_PROTOCOL.overridden(max_new_tokens=3 * window, samples_per_opening=1)
+    greedy = SampleConfig(greedy=True)
+    ours = load_for_inference(str(ckpt), "cpu")
+    mine = write_stories(ours.model, ours.tokenizer, greedy, ours.window, protocol)
+    theirs = write_hf_stories(load_hf(str(tmp_path / "hf"), "cpu", "float32"), greedy, protocol)
+    assert max(map(len, mine.new_ids)) > window  # some stories slide, some more than once
+    for prompt, a, b in zip(protocol.prompts(), mine.new_ids, theirs.new_ids, strict=True):
+        if llama:  # the same while the prompt and the story fit in the window
+            first = window - len(encode_prompt(ours.tokenizer, prompt, window)[0]) + 1
+            assert a[:first] == b[:first] and len(a) > first
+        else:
+            assert a == b
+    assert mine.finished == theirs.finished or llama
+
+
 # ---------------------------------------------------------------------------- the command
 
 

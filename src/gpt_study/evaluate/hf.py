@@ -41,7 +41,7 @@ from gpt_study.data.text import split_bytes, split_stories
 from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.evaluate.report import split_result, stories_result
 from gpt_study.evaluate.stories import STORY_PROTOCOL, Stories, StoryProtocol, settings_line
-from gpt_study.generate.window import keep_size
+from gpt_study.generate.window import crop_prompt, keep_size, segment_start
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
 
@@ -267,13 +267,15 @@ def generate_rows(
     hf: HFModel, sample: SampleConfig, rows: list[list[int]]
 ) -> tuple[list[list[int]], list[bool]]:
     """Up to ``sample.max_new_tokens`` new tokens after each prompt of ``rows`` (before its eos),
-    and whether it ended with eos. transformers' ``generate`` writes them; a row that fills the
-    window goes on from its last :func:`~gpt_study.generate.window.keep_size` tokens, as
-    gpt-study's decoding slides, so a model of any window writes stories of the protocol's
-    length."""
+    and whether it ended with eos. transformers' ``generate`` writes them, on the window schedule
+    of gpt-study's decoders (:func:`~gpt_study.generate.window.segment_start`): a row fills the
+    window, then goes on from its most recent ``keep_size`` tokens, re-encoded. So a model of
+    any window writes stories of the protocol's length, and the export of a checkpoint with
+    learned positions writes the checkpoint's own (a rotary cache keeps its keys instead)."""
     config = _generation_config(sample, hf)
     keep = keep_size(hf.window, None)
     device = next(hf.model.parameters()).device
+    rows = [crop_prompt(r, hf.window) for r in rows]
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     while True:
@@ -281,9 +283,9 @@ def generate_rows(
         if not active:
             return new, done
         seqs = [rows[i] + new[i] for i in active]
-        ctx = [q if len(q) < hf.window else q[-keep:] for q in seqs]  # the whole row while it fits
-        width = max(map(len, ctx))
-        step = min(sample.max_new_tokens - len(new[active[0]]), hf.window - width)
+        ctx = [q[segment_start(len(q), hf.window, keep) :] for q in seqs]
+        width = max(map(len, ctx))  # <= window; every choice of this call reads one segment
+        step = min(sample.max_new_tokens - len(new[active[0]]), hf.window - width + 1)
         pad = config.pad_token_id
         ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx], device=device)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx], device=device)

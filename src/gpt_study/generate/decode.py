@@ -17,7 +17,15 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.generate.decode_fast import decode_row, last_logits
 from gpt_study.generate.sampling import draw_state, next_token
-from gpt_study.generate.window import SLIDE_KEEP, keep_size, rotary, segment_start, window_size
+from gpt_study.generate.window import (
+    SLIDE_KEEP,
+    crop_prompt,
+    keep_size,
+    rotary,
+    segment_start,
+    segment_starts,
+    window_size,
+)
 from gpt_study.model.cache import KVCache
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
@@ -68,7 +76,7 @@ def _setup(
     """Check the prompts, cut them to the window, seed the draw and mark the tokens seen."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token (an empty prompt is <sot>)")
-    seqs = [list(p)[-window:] for p in prompts]  # (B, L_i), L_i <= window
+    seqs = [crop_prompt(p, window) for p in prompts]  # (B, L_i), L_i <= window
     B = len(seqs)
     device = next(model.parameters()).device
     generator, seen = draw_state(sample, seqs, model.config.vocab_size, device)
@@ -224,11 +232,7 @@ def _rotary_oracle(model: torch.nn.Module, seq: list[int], window: int, keep: in
     was fed (``segment_start(t + 1) .. t``)."""
     device = next(model.parameters()).device
     T = len(seq)
-    starts, s = [], 0
-    for m in range(1, T + 1):  # segment_start for every prefix, in one pass
-        if m - s > window:
-            s = m - keep
-        starts.append(s)
+    starts = segment_starts(T, window, keep)
     cols = torch.arange(T, device=device)
     lo = torch.tensor(starts, device=device)
     mask = (cols[None, :] >= lo[:, None]) & (cols[None, :] <= cols[:, None])  # (T, T)
@@ -278,7 +282,7 @@ def reference_generate(
     model.eval()
     try:
         window = None if window is None else window_size(model, window)
-        seq = list(prompt) if window is None else list(prompt)[-window:]
+        seq = list(prompt) if window is None else crop_prompt(prompt, window)
         new: list[int] = []
         logits_out: list[torch.Tensor] = []
         for _ in range(max_new_tokens):

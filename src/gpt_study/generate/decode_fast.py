@@ -24,7 +24,7 @@ import torch
 
 from gpt_study.config import SampleConfig
 from gpt_study.generate.sampling import draw_state, next_token
-from gpt_study.generate.window import keep_size, rotary, window_size
+from gpt_study.generate.window import crop_prompt, keep_size, rotary, window_size
 from gpt_study.model.cache import KVCache
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
@@ -108,7 +108,7 @@ def decode_row(
         raise UserError("every prompt needs at least one token (an empty prompt is <sot>)")
     window = window_size(model, window)
     keep = keep_size(window, keep)
-    seq = list(prompt)[-window:]
+    seq = crop_prompt(prompt, window)
     generator, seen = draw_state(
         sample, [seq], model.config.vocab_size, model.tok_emb.weight.device
     )

@@ -16,7 +16,7 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.data.clean import clean_text
 from gpt_study.generate.decode import generate_ids
-from gpt_study.generate.window import resolve_window
+from gpt_study.generate.window import crop_prompt, resolve_window
 from gpt_study.runtime.errors import UserError
 
 __all__ = [
@@ -73,7 +73,7 @@ def encode_prompt(tokenizer, prompt: str, window: int | None = None) -> tuple[li
         notes.append(f"not in the vocabulary, read as <unk>: {words}")
     if window is not None and len(ids) > window:
         notes.append(f"prompt has {len(ids)} tokens; keeping the last {window} (the window)")
-        ids = ids[-window:]
+        ids = crop_prompt(ids, window)
     return ids, notes
 
 

@@ -10,11 +10,22 @@ their tokens can be compared one for one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from gpt_study.runtime.errors import UserError
 
-__all__ = ["SLIDE_KEEP", "keep_size", "resolve_window", "rotary", "segment_start", "window_size"]
+__all__ = [
+    "SLIDE_KEEP",
+    "crop_prompt",
+    "keep_size",
+    "resolve_window",
+    "rotary",
+    "segment_start",
+    "segment_starts",
+    "window_size",
+]
 
 SLIDE_KEEP = 0.75
 """Share of the window kept (and re-encoded) when generation slides past its end."""
@@ -70,14 +81,27 @@ def keep_size(window: int, keep: int | None) -> int:
     return k
 
 
-def segment_start(n: int, window: int, keep: int) -> int:
-    """Absolute index of the first token the cached loop attends to after ``n`` tokens were fed.
+def crop_prompt(ids: Sequence[int], window: int) -> list[int]:
+    """A prompt as every decoder starts from it: its most recent ``window`` tokens."""
+    return list(ids)[-window:]
 
-    This is the sliding schedule of :func:`generate_ids`, written out so that the uncached
-    reference can follow it exactly.
-    """
-    s = 0
+
+def segment_starts(n: int, window: int, keep: int) -> list[int]:
+    """:func:`segment_start` after each of ``1 .. n`` fed tokens, in one pass."""
+    starts, s = [], 0
     for m in range(1, n + 1):
         if m - s > window:
             s = m - keep
-    return s
+        starts.append(s)
+    return starts
+
+
+def segment_start(n: int, window: int, keep: int) -> int:
+    """Absolute index of the first token the cached loop attends to after ``n`` tokens were fed
+    (the prompt, cut by :func:`crop_prompt`, and the new tokens).
+
+    This is the sliding schedule of :func:`generate_ids`, written out so that the uncached
+    reference and a transformers model's stories follow it exactly: the window fills up (the
+    next token is chosen from ``window`` tokens), then the most recent ``keep`` are kept.
+    """
+    return segment_starts(n, window, keep)[-1] if n else 0
