@@ -159,13 +159,16 @@ def test_evaluate_compare_and_the_benchmark_write_the_same_stories(runs, tmp_pat
     loaded, _ = load_runs([str(runs["a"]), str(runs["b"])])
     compared = compare_stories(loaded, StorySettings(openings=len(OPENINGS)))["runs"][0]
     ckpt = load_for_inference(str(runs["a"] / "best"))
-    written = write_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), 16)
+    written = write_stories(ckpt.model, ckpt.tokenizer, None, 16)
     assert written.sample.max_new_tokens == 512 and compared["texts"] == written.texts
     evaluated = evaluate_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), 16)
     spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     shutil.copytree(runs["a"] / "best", tmp_path / "best")
+    config = json.loads((tmp_path / "best" / "config.json").read_text())
+    config["sample"].update(temperature=1.5, top_p=1.0)  # the checkpoint's own decoding: unused
+    (tmp_path / "best" / "config.json").write_text(json.dumps(config))
     assert main(bench.evaluate_args(tmp_path, threads=1) + ["--no_valid"]) == 0
     benched = json.loads((tmp_path / "eval.json").read_text())["stories"]
     assert evaluated["examples"] == benched["examples"] == written.texts[:3]

@@ -3,6 +3,7 @@ protocol (cap, seeds, interval), the CLI."""
 
 import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.cli import main
+from gpt_study.config import SampleConfig
 from gpt_study.config.presets import preset_config
 from gpt_study.data.tokenizer import WordTokenizer
 from gpt_study.evaluate.report import evaluate_split, evaluate_tokens, split_metrics
@@ -17,6 +19,7 @@ from gpt_study.evaluate.stories import (
     OPENINGS,
     STORY_PROTOCOL,
     StoryProtocol,
+    settings_line,
     share_text,
     story_metrics,
     wilson_interval,
@@ -106,6 +109,27 @@ def test_the_story_protocol_caps_at_512_and_seeds_each_batch_from_its_offset():
     assert STORY_PROTOCOL.departures() == []
     assert three.departures() == ["samples_per_opening 3 (protocol: 2)"]
     assert StoryProtocol(openings=OPENINGS[:4]).departures() == ["4 of the openings"]
+    # the decoding is the protocol's too: every sampling setting but the cap and the seed
+    assert STORY_PROTOCOL.departures(SampleConfig(max_new_tokens=9, seed=3)) == []
+    assert STORY_PROTOCOL.decoding() == SampleConfig(max_new_tokens=512, seed=1234)
+    changed = {
+        "greedy": True,
+        "temperature": 1.0,
+        "top_k": 5,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+    }
+    for name, value in changed.items():
+        away = STORY_PROTOCOL.departures(SampleConfig(**{name: value}))
+        assert away == [f"{name} {value} (protocol: {getattr(SampleConfig(), name)})"]
+        line = settings_line(
+            STORY_PROTOCOL.decoding(SampleConfig(**{name: value})), 16, STORY_PROTOCOL
+        )
+        assert line.endswith(f"not the story protocol: {away[0]}")
+    assert settings_line(STORY_PROTOCOL.decoding(), 16, STORY_PROTOCOL).endswith(
+        "; the story protocol"
+    )
+    assert {f.name for f in fields(SampleConfig)} == {*changed, "max_new_tokens", "seed"}
 
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I, method 3.

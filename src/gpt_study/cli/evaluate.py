@@ -23,6 +23,7 @@ from gpt_study.config import SampleConfig
 from gpt_study.config.data import data_folder
 from gpt_study.evaluate.hf import evaluate_hf, load_hf
 from gpt_study.evaluate.report import UNK_NOTE, evaluate_split, evaluate_stories, format_table
+from gpt_study.evaluate.stories import PROTOCOL_SAMPLE
 from gpt_study.outputs import check_output_file, mark
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import UserError
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         )
         result["valid"]["note"] = UNK_NOTE
     if not args.no_stories:
-        sample = sample_settings(ckpt.config.sample, args)
+        sample = sample_settings(PROTOCOL_SAMPLE, args)  # the protocol's, not the checkpoint's
         protocol = story_protocol(args)
         result["stories"] = evaluate_stories(ckpt.model, ckpt.tokenizer, sample, window, protocol)
     return _report(args, result)
@@ -127,7 +128,7 @@ def run_hf(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} is for gpt-study checkpoints: drop it with --hf")
     if args.json:
         check_output_file(args.json, "evaluate", "--json", inputs=[args.hf, args.data or "."])
-    sample = sample_settings(SampleConfig(), args)  # flags checked before any loading
+    sample = sample_settings(PROTOCOL_SAMPLE, args)  # flags checked before any loading
     protocol = None if args.no_stories else story_protocol(args)
     runtime.set_threads(args.threads)
     hf = load_hf(args.hf, args.device, args.dtype, args.window, args.trust_remote_code)

@@ -1,8 +1,8 @@
 """The same openings, the same seed, every run's best checkpoint: stories side by side.
 
-Every run decodes with one set of sampling settings (the defaults of
-:class:`~gpt_study.config.SampleConfig`), not each run's own, so the runs differ only in their
-weights. Each run reads in its own training window. The stories are those of the story protocol
+Every run decodes with the protocol's sampling settings
+(:data:`~gpt_study.evaluate.stories.PROTOCOL_SAMPLE`), not each run's own, so the runs differ only
+in their weights. Each run reads in its own training window. The stories are those of the story protocol
 (:mod:`gpt_study.evaluate.stories`) with compare's flags on top: with ``--openings 16`` and the other
 flags at their defaults, the figures are those of ``gpt-study evaluate --no_valid`` on the same
 checkpoint.
@@ -16,7 +16,6 @@ from typing import Any
 
 from gpt_study.checkpoint import load_for_inference
 from gpt_study.compare.runs import RunData
-from gpt_study.config import SampleConfig
 from gpt_study.evaluate.stories import STORY_PROTOCOL, StoryProtocol, story_metrics, write_stories
 from gpt_study.runtime.errors import UserError
 
@@ -49,7 +48,7 @@ def run_stories(run: RunData, settings: StorySettings) -> dict[str, Any]:
     """Stories of ``run``'s best checkpoint, one per prompt, with :func:`story_metrics`."""
     ckpt = load_for_inference(str(run.best_checkpoint), settings.device)
     window = ckpt.window
-    written = write_stories(ckpt.model, ckpt.tokenizer, SampleConfig(), window, settings.protocol())
+    written = write_stories(ckpt.model, ckpt.tokenizer, None, window, settings.protocol())
     return {
         "run": run.name,
         "checkpoint": str(ckpt.path),

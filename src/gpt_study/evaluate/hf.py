@@ -243,7 +243,7 @@ def evaluate_hf_split(
 
 @torch.no_grad()
 def write_hf_stories(
-    hf: HFModel, sample: SampleConfig, protocol: StoryProtocol = STORY_PROTOCOL
+    hf: HFModel, sample: SampleConfig | None, protocol: StoryProtocol = STORY_PROTOCOL
 ) -> Stories:
     """The protocol's stories from ``hf``: each prompt its start marker (or eos) and the
     opening, batches seeded as the protocol says, ``generate`` with ``sample``'s settings; a
@@ -319,7 +319,7 @@ def _generation_config(sample: SampleConfig, hf: HFModel) -> Any:
 
 
 def evaluate_hf_stories(
-    hf: HFModel, sample: SampleConfig, protocol: StoryProtocol = STORY_PROTOCOL
+    hf: HFModel, sample: SampleConfig | None, protocol: StoryProtocol = STORY_PROTOCOL
 ) -> dict[str, Any]:
     """The ``stories`` part of an evaluate report for ``hf`` (see :func:`write_hf_stories`)."""
     written = write_hf_stories(hf, sample, protocol)
@@ -343,5 +343,5 @@ def evaluate_hf(
         batch = batch_size or default_batch_size(hf)
         result["valid"] = evaluate_hf_split(hf, data_folder, split, batch, max_rows, progress)
     if protocol is not None:
-        result["stories"] = evaluate_hf_stories(hf, sample or SampleConfig(), protocol)
+        result["stories"] = evaluate_hf_stories(hf, sample, protocol)
     return result

@@ -88,19 +88,29 @@ class StoryProtocol:
             (self.seed + i, ps[i : i + self.batch_size]) for i in range(0, len(ps), self.batch_size)
         ]
 
-    def decoding(self, sample: SampleConfig) -> SampleConfig:
-        """``sample``'s decoding with this protocol's cap and seed: what every writer of the
-        protocol's stories (gpt-study's and a transformers model's) decodes with."""
+    def decoding(self, sample: SampleConfig | None = None) -> SampleConfig:
+        """What every writer of the protocol's stories (gpt-study's and a transformers model's)
+        decodes with: :data:`PROTOCOL_SAMPLE`, or ``sample``'s settings where a user departs
+        from them, with this protocol's cap and seed."""
+        sample = PROTOCOL_SAMPLE if sample is None else sample
         return replace(sample, max_new_tokens=self.max_new_tokens, seed=self.seed)
 
     def overridden(self, **values: Any) -> StoryProtocol:
         """This protocol with the values that are not ``None`` in place (a user's flags)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
-    def departures(self) -> list[str]:
-        """How this protocol differs from the standard one, one phrase each (empty: it is it)."""
+    def departures(self, sample: SampleConfig | None = None) -> list[str]:
+        """How this protocol, and ``sample``'s decoding if given, differ from the standard ones,
+        one phrase each (empty: it is the story protocol)."""
         std = STORY_PROTOCOL
         out = []
+        for f in fields(SampleConfig):  # the cap and the seed are the protocol's own, below
+            mine, theirs = (
+                getattr(sample or PROTOCOL_SAMPLE, f.name),
+                getattr(PROTOCOL_SAMPLE, f.name),
+            )
+            if f.name not in ("max_new_tokens", "seed") and mine != theirs:
+                out.append(f"{f.name} {mine} (protocol: {theirs})")
         if self.openings != std.openings:
             same = self.openings == std.openings[: len(self.openings)]
             out.append(f"{len(self.openings)} {'of the' if same else 'other'} openings")
@@ -113,6 +123,11 @@ class StoryProtocol:
         """The settings for a JSON report: the openings counted, not repeated."""
         return {**asdict(self), "openings": len(self.openings)}
 
+
+PROTOCOL_SAMPLE = SampleConfig()
+"""The protocol's decoding: gpt-study's sampling defaults (temperature 0.8, top_p 0.95, CTRL
+penalty 1.1), whatever a checkpoint's own config says, so that one model has one ``<eot>`` share
+in every command."""
 
 STORY_PROTOCOL = StoryProtocol()
 """The story metrics of a model: 16 openings, 2 stories each, up to 512 new tokens, seed 1234."""
@@ -132,15 +147,15 @@ class Stories:
 def write_stories(
     model: torch.nn.Module,
     tokenizer: Any,
-    sample: SampleConfig,
+    sample: SampleConfig | None,
     window: int,
     protocol: StoryProtocol = STORY_PROTOCOL,
 ) -> Stories:
-    """The protocol's stories from ``model``, decoded with ``sample``'s settings.
+    """The protocol's stories from ``model``, decoded as :meth:`StoryProtocol.decoding` says.
 
-    ``sample`` gives the decoding (temperature, top_p, ...); its ``max_new_tokens`` and ``seed``
-    are replaced by the protocol's, which a caller changes by passing another protocol (the
-    settings line then names what departs from the standard one).
+    ``sample`` (None: the protocol's own) gives the decoding (temperature, top_p, ...); its
+    ``max_new_tokens`` and ``seed`` are replaced by the protocol's, which a caller changes by
+    passing another protocol. The settings line names whatever departs from the standard ones.
     """
     sample = protocol.decoding(sample)
     texts: list[str] = []
@@ -157,7 +172,7 @@ def write_stories(
 def settings_line(sample: SampleConfig, window: int, protocol: StoryProtocol) -> str:
     """The decoding settings and whether they are the story protocol's: the line printed beside
     the story metrics of a checkpoint and of a transformers model alike."""
-    away = protocol.departures()
+    away = protocol.departures(sample)
     note = f"not the story protocol: {', '.join(away)}" if away else "the story protocol"
     return f"{describe(sample, window)}; {note}"
 
