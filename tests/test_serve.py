@@ -117,6 +117,30 @@ def test_tokens_gives_each_token_its_probability_and_rivals(client, models):
     assert "".join(t["text"] for t in tokens[1:-1]).startswith("once upon a time")
     by_ids = client.post("/api/tokens", json={"ids": ids, "top_k": 3}).json()
     assert [t["p"] for t in by_ids["tokens"]] == [t["p"] for t in tokens]
+    # a word vocabulary's ids do not spell the text's bytes: no bits per byte rather than another
+    assert by_ids["summary"]["bytes"] is None and by_ids["summary"]["bits_per_byte"] is None
+    assert by_ids["summary"]["nll"] == s["nll"]
+
+
+@pytest.mark.parametrize("kind", ["word", "byte", "bpe"])
+def test_ids_spell_the_bytes_of_their_text_wherever_the_tokenizer_is_lossless(kind):
+    """The same stories as ids count the bytes that text counts (prepare's, evaluate's), for
+    every tokenizer that decodes exactly; for the others there is no count."""
+    from gpt_study.data.clean import clean_text
+    from gpt_study.data.text import LOSSLESS, text_bytes
+    from gpt_study.data.tokenizer import ByteTokenizer, WordTokenizer, train_bpe
+    from gpt_study.serve.views import ids_bytes
+
+    stories = [clean_text(t, kind == "word") for t in (TEXT, "Zoë's café: 3½ 🙂, then “hi”.")]
+    tok = {
+        "word": lambda: WordTokenizer(VOCAB),
+        "byte": ByteTokenizer,
+        "bpe": lambda: train_bpe(stories * 20, vocab_size=300, lowercase=False),
+    }[kind]()
+    ids = [i for story in stories for i in tok.encode(story, sot=True, eot=True)]
+    want = text_bytes(stories) if kind in LOSSLESS else None
+    assert ids_bytes(tok, ids) == want and (kind == "word") == (want is None)
+    assert ids_bytes(tok, ids[:-1]) == want  # a story not yet ended counts as far as it goes
 
 
 def test_attention_rows_are_distributions_and_the_lens_ends_at_the_model(client):

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from gpt_study.data.text import LOSSLESS
 from gpt_study.evaluate.heldout import rates
 from gpt_study.evaluate.introspect import PieceReader, pieces, query_window, score_ids, trace
 from gpt_study.serve.registry import Served
@@ -41,14 +42,20 @@ def _r(x: float) -> float:
 
 
 class Text:
-    """A text as one model reads it: its ids, and the UTF-8 bytes bits per byte divides by."""
+    """A text as one model reads it: its ids, and the UTF-8 bytes bits per byte divides by
+    (None: ids whose bytes are not known, see :func:`ids_bytes`)."""
 
-    def __init__(self, ids: list[int], n_bytes: int, stories: int) -> None:
+    def __init__(self, ids: list[int], n_bytes: int | None, stories: int) -> None:
         self.ids, self.bytes, self.stories = ids, n_bytes, stories
 
 
-def ids_bytes(tokenizer, ids: Sequence[int]) -> int:
-    """UTF-8 bytes of the stories ``ids`` spell (the text between specials, decoded)."""
+def ids_bytes(tokenizer, ids: Sequence[int]) -> int | None:
+    """UTF-8 bytes of the stories ``ids`` spell (the text between specials, decoded), where the
+    tokenizer decodes to exactly the text it encoded; None otherwise (the word tokenizer writes
+    ``could n't`` back as ``couldn't`` and every rare word as ``<unk>``), so that the same story
+    has one bits per byte whether it comes as text or as ids."""
+    if tokenizer.kind not in LOSSLESS:
+        return None
     total, run = 0, []
     for i in list(ids) + [tokenizer.eot_id]:
         if i in (tokenizer.sot_id, tokenizer.eot_id):
@@ -87,8 +94,8 @@ def _alternatives(tok, ids: torch.Tensor, probs: torch.Tensor) -> list[dict[str,
     ]
 
 
-def _summary(nll_sum: float, targets: int, n_bytes: int) -> dict[str, Any]:
-    r = rates(nll_sum, targets, n_bytes)
+def _summary(nll_sum: float, targets: int, n_bytes: int | None) -> dict[str, Any]:
+    r = rates(nll_sum, targets, n_bytes or 0)
     return {
         "targets": targets,
         "nll": _r(r.nll),

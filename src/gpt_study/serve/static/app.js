@@ -80,7 +80,9 @@ function renderTokens(container, tokens, colour, onClick) {
 function renderSummary(node, s, extra = "") {
   node.textContent =
     `${s.targets} tokens scored · NLL ${fmt(s.nll)} nats/token · perplexity ${fmt(s.ppl, 1)}` +
-    ` · ${fmt(s.bits_per_byte)} bits/byte over ${s.bytes} bytes${extra}`;
+    (s.bytes === null
+      ? " · bits/byte: send the text (this tokenizer's ids do not spell its bytes exactly)"
+      : ` · ${fmt(s.bits_per_byte)} bits/byte over ${s.bytes} bytes`) + extra;
 }
 
 // ---------- models ----------
