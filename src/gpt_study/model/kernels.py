@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_study.model.masks import apply_keep, keep_mask
+from gpt_study.model.masks import apply_keep, keep_mask, keep_scale
 
 __all__ = [
     "Dropout",
@@ -94,13 +94,13 @@ def uses_cpu_attention(q: torch.Tensor, p: float) -> bool:
 
 
 class _Dropout(torch.autograd.Function):
-    """Zero the dropped positions and scale the rest by 1 / (1 - p); the same in backward."""
+    """Zero the dropped positions and scale the rest by keep_scale(p); the same in backward."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         keep = keep_mask(tuple(x.shape), p, x.dtype, x.device)
         ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
+        ctx.scale = keep_scale(p)
         return apply_keep(x * ctx.scale, keep)
 
     @staticmethod
@@ -244,7 +244,7 @@ class _CausalAttentionDropout(torch.autograd.Function):
         ks = [k3 if w == Tk else k3[:, :w].contiguous() for _, _, w in ctx.blocks]
         vs = [v3 if w == Tk else v3[:, :w].contiguous() for _, _, w in ctx.blocks]
         bias = _causal_bias(T, q.dtype, q.device)  # (T, Tk)
-        scale, keep_scale = 1.0 / math.sqrt(hs), 1.0 / (1.0 - p)
+        scale, kept_scale = 1.0 / math.sqrt(hs), keep_scale(p)
         y = torch.empty(B, nh, T, hs, dtype=q.dtype, device=q.device)
         saved = []
         keeps = block_keeps(BH, T, p, q.dtype, q.device)
@@ -257,10 +257,10 @@ class _CausalAttentionDropout(torch.autograd.Function):
             weights = torch._softmax(scores, -1, False, out=scores)  # (B*nh, e - s, w)
             kept = weights if keep is None else apply_keep(weights, keep, copy=True)  # unscaled
             yb = torch.bmm(kept, vb).view(B, nh, e - s, hs)  # (B*nh, e - s, hs) -> (B, nh, ...)
-            torch.mul(yb, keep_scale, out=y[:, :, s:e])
+            torch.mul(yb, kept_scale, out=y[:, :, s:e])
             saved += [weights, kept, keep]
         ctx.save_for_backward(*qs, *ks, *vs, *saved)
-        ctx.scale, ctx.keep_scale = scale, keep_scale
+        ctx.scale, ctx.keep_scale = scale, kept_scale
         return y
 
     @staticmethod

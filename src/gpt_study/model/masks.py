@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["apply_keep", "keep_mask", "mask_stream", "random_words"]
+__all__ = ["apply_keep", "keep_mask", "keep_scale", "mask_stream", "random_words"]
 
 # A part of a stream: this many words (2 MiB), four 16-bit numbers each.
 _PART_WORDS = 1 << 18
@@ -36,6 +36,12 @@ _pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 def _threshold(p: float) -> int:
     """A position is dropped when its number is below this: P = round(p * 65536) / 65536."""
     return round(p * 65536) - 32768
+
+
+def keep_scale(p: float) -> float:
+    """What a kept position is multiplied by: 1 / (1 - p), torch's dropout's factor, for every
+    kernel here. (The mask drops with ``p`` rounded to 1/65536, a bias under 1e-5 of the mean.)"""
+    return 1.0 / (1.0 - p)
 
 
 def _draw_seed() -> int:
