@@ -129,7 +129,7 @@ def test_ids_spell_the_bytes_of_their_text_wherever_the_tokenizer_is_lossless(ki
     from gpt_study.data.clean import clean_text
     from gpt_study.data.text import LOSSLESS, text_bytes
     from gpt_study.data.tokenizer import ByteTokenizer, WordTokenizer, train_bpe
-    from gpt_study.serve.views import ids_bytes
+    from gpt_study.evaluate.introspect import ids_bytes
 
     stories = [clean_text(t, kind == "word") for t in (TEXT, "Zoë's café: 3½ 🙂, then “hi”.")]
     tok = {

@@ -33,11 +33,12 @@ from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
     UMASK,
     check_replaceable,
-    fsync_path,
-    is_temp_of,
+    fresh_temp_folder,
+    old_name,
     out_of_space,
+    publish_folder,
+    recover_folder,
     sha256_file,
-    temp_name,
     write_json_atomic,
 )
 
@@ -104,27 +105,15 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder at ``path`` atomically (build beside it, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    old = path.with_name(f".{path.name}.old")
-    for stale in path.parent.iterdir():  # left by a killed save (only our own temp names)
-        if is_temp_of(stale, path):
-            shutil.rmtree(stale, ignore_errors=True)
-    if not path.exists() and (old / WEIGHTS).exists():
-        os.replace(old, path)  # a save died between its two renames: finish the swap back
+    recover_folder(path, WEIGHTS)  # a save died between its two renames: finish the swap back
     check_replaceable(path, FILES, "checkpoint")
-    tmp.mkdir()
+    tmp = fresh_temp_folder(path)
     try:
         _write_files(tmp, model, config, tokenizer_file, state, optimizer_state)
+        publish_folder(tmp, path)
     except OSError as e:  # a full disk, a quota: the last good checkpoint stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise out_of_space(path, e, _size(model, optimizer_state)) from None
-    # Swap into place: the old folder survives until the new one is complete.
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -146,7 +135,6 @@ def _write_files(
     )
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
-    fsync_path(tmp)
 
 
 def _size(model: torch.nn.Module, optimizer_state: dict[str, Any] | None) -> int:
@@ -159,7 +147,7 @@ def _resolve(path: Path) -> Path:
     """``path``, or the previous copy kept while a save was interrupted between two renames."""
     if (path / WEIGHTS).exists():
         return path
-    old = path.with_name(f".{path.name}.old")
+    old = old_name(path)
     if (old / WEIGHTS).exists():
         return old
     if not path.exists():

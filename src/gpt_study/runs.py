@@ -23,6 +23,7 @@ from typing import Any
 
 from gpt_study.checkpoint import load_checkpoint
 from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import old_name
 
 CONFIG = "config.json"
 INFO_LOG = "info.log"
@@ -37,7 +38,7 @@ else."""
 
 def kept_last(save_root: Path) -> Path:
     """The copy of ``last/`` that an interrupted save keeps until the new one is complete."""
-    return save_root / f".{LAST}.old"
+    return old_name(save_root / LAST)
 
 
 def has_run(save_root: Path) -> bool:

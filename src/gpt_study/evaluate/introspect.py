@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from gpt_study.data.clean import clean_text
 from gpt_study.data.sources import END_OF_TEXT
+from gpt_study.data.text import LOSSLESS, text_bytes
 from gpt_study.evaluate.heldout import scored_windows
 from gpt_study.generate.text import PieceReader, pieces
 from gpt_study.model.gpt import GPT
@@ -42,6 +43,7 @@ __all__ = [
     "PieceReader",
     "Scores",
     "Trace",
+    "ids_bytes",
     "pieces",
     "query_window",
     "score_ids",
@@ -155,6 +157,24 @@ def text_ids(tokenizer, text: str) -> tuple[list[int], int, int]:
         if not clean:
             continue
         ids += tokenizer.encode(clean, sot=True, eot=True)
-        n_bytes += len(clean.encode("utf-8"))
+        n_bytes += text_bytes([clean])
         stories += 1
     return ids, n_bytes, stories
+
+
+def ids_bytes(tokenizer, ids: Sequence[int]) -> int | None:
+    """UTF-8 bytes of the stories ``ids`` spell (the text between specials, decoded), where the
+    tokenizer decodes to exactly the text it encoded; None otherwise (the word tokenizer writes
+    ``could n't`` back as ``couldn't`` and every rare word as ``<unk>``), so that the same story
+    has one bits per byte whether it comes as text or as ids."""
+    if tokenizer.kind not in LOSSLESS:
+        return None
+    stories, run = [], []
+    for i in list(ids) + [tokenizer.eot_id]:
+        if i in (tokenizer.sot_id, tokenizer.eot_id):
+            if run:
+                stories.append(tokenizer.decode(run, skip_specials=False))
+            run = []
+        else:
+            run.append(i)
+    return text_bytes(stories)

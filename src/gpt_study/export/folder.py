@@ -41,9 +41,10 @@ from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
     UMASK,
     check_replaceable,
-    is_temp_of,
+    fresh_temp_folder,
     out_of_space,
-    temp_name,
+    publish_folder,
+    recover_folder,
     write_json_atomic,
     write_text_atomic,
 )
@@ -93,16 +94,6 @@ def _write_files(tmp: Path, ckpt: Checkpoint, layout: Layout, remote: bool, hf_t
         shutil.copyfile(Path(__file__).with_name(REMOTE_FILE), tmp / REMOTE_FILE)
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap ``tmp`` into place; the old folder survives until the new one is complete."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _measure(ckpt: Checkpoint, hf_tok: Any) -> tuple[float | None, str, list[str]]:
     """Share of the checkpoint's held-out stories tokenized exactly as gpt-study does."""
     texts, where = held_out_texts(ckpt.config, ckpt.tokenizer.lowercase)
@@ -119,6 +110,7 @@ def export_hf(
     ckpt = load_checkpoint(checkpoint)
     check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])
     with folder_lock(out, "--out", warn=log):  # one writer per export folder, before any work
+        recover_folder(out, "config.json")  # an export died between its two renames
         check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])  # again, locked
         result = _export(ckpt, out, log)
     log(f"export: wrote {out} ({len(list(out.iterdir()))} files)")
@@ -148,11 +140,7 @@ def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportRe
         say(f"{kind} tokenizer: share of stories tokenized exactly as gpt-study does {where}")
     else:
         say(f"{kind} tokenizer: ids equal to gpt-study's on {share:.2%} of {where}")
-    for stale in out.parent.iterdir():  # left by a killed export (only our own temp names)
-        if is_temp_of(stale, out):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = temp_name(out)
-    tmp.mkdir()
+    tmp = fresh_temp_folder(out)
     try:
         _write_files(tmp, ckpt, layout, remote, hf_tok)
         checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, ckpt.window, list(_SAMPLES))
@@ -170,7 +158,7 @@ def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportRe
         result = ExportResult(out, layout.name, remote, kind, lower, share, where, checked, lines)
         write_text_atomic(tmp / "README.md", readme(result, ckpt))
         write_json_atomic(tmp / "gpt_study_export.json", _record(result, ckpt))
-        _publish(tmp, out)
+        publish_folder(tmp, out)
     except OSError as e:  # a full disk: the folder already at --out stays as it was
         raise out_of_space(out, e) from None
     finally:

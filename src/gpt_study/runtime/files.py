@@ -85,6 +85,60 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def old_name(path: Path) -> Path:
+    """Where :func:`publish_folder` keeps the folder it replaces until the new one is in place."""
+    return path.with_name(f".{path.name}.old")
+
+
+def _writer_alive(temp: Path) -> bool:
+    """Whether another live process owns the temp ``temp`` (this process's own counts as dead:
+    it is left from an attempt that failed)."""
+    pid = int(temp.name.rsplit(TMP_MARK, 1)[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def fresh_temp_folder(out: Path) -> Path:
+    """An empty hidden temp folder beside ``out`` (:func:`temp_name`) to build a folder in, after
+    removing the temp folders that killed writers of ``out`` left (a live writer's stays)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.iterdir():
+        if is_temp_of(stale, out) and not _writer_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = temp_name(out)
+    tmp.mkdir()
+    return tmp
+
+
+def recover_folder(out: Path, marker: str) -> None:
+    """Finish a swap that a killed :func:`publish_folder` left between its two renames: the
+    previous folder goes back to ``out`` (``marker``: a file every complete folder holds)."""
+    old = old_name(out)
+    if not out.exists() and (old / marker).exists():
+        os.replace(old, out)
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """Flush the finished folder ``tmp`` to disk and swap it in as ``out``: a reader sees the old
+    folder or the new one, whole; the old one survives (at :func:`old_name`) until the new one is
+    in place. The one way every folder the project writes (checkpoints, prepared data, exports)
+    is published."""
+    fsync_path(tmp)
+    old = old_name(out)
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes, read in blocks: the fingerprint that ties a checkpoint to
     its tokenizer and a run to its prepared data."""
@@ -135,7 +189,7 @@ def foreign_entries(folder: Path, own: Iterable[str]) -> list[str]:
     """Entries of ``folder`` that gpt-study did not write: neither one of ``own`` nor a temp or
     kept-old copy of one (``.<name>.tmp-<pid>``, ``.<name>.old``)."""
     names = set(own)
-    kept = {f".{n}.old" for n in names}
+    kept = {old_name(Path(n)).name for n in names}
     out = []
     for p in sorted(folder.iterdir()):
         if p.name in names or p.name in kept or any(is_temp_of(p, folder / n) for n in names):

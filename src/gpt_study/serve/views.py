@@ -7,14 +7,19 @@ Probabilities are rounded to 6 decimals: a page has no use for more and the answ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from gpt_study.data.text import LOSSLESS
 from gpt_study.evaluate.heldout import rates
-from gpt_study.evaluate.introspect import PieceReader, pieces, query_window, score_ids, trace
+from gpt_study.evaluate.introspect import (
+    PieceReader,
+    ids_bytes,
+    pieces,
+    query_window,
+    score_ids,
+    trace,
+)
 from gpt_study.serve.registry import Served
 
 __all__ = [
@@ -22,7 +27,6 @@ __all__ = [
     "Text",
     "attention_view",
     "compare_view",
-    "ids_bytes",
     "read_text",
     "same_vocabulary",
     "tokens_view",
@@ -47,24 +51,6 @@ class Text:
 
     def __init__(self, ids: list[int], n_bytes: int | None, stories: int) -> None:
         self.ids, self.bytes, self.stories = ids, n_bytes, stories
-
-
-def ids_bytes(tokenizer, ids: Sequence[int]) -> int | None:
-    """UTF-8 bytes of the stories ``ids`` spell (the text between specials, decoded), where the
-    tokenizer decodes to exactly the text it encoded; None otherwise (the word tokenizer writes
-    ``could n't`` back as ``couldn't`` and every rare word as ``<unk>``), so that the same story
-    has one bits per byte whether it comes as text or as ids."""
-    if tokenizer.kind not in LOSSLESS:
-        return None
-    total, run = 0, []
-    for i in list(ids) + [tokenizer.eot_id]:
-        if i in (tokenizer.sot_id, tokenizer.eot_id):
-            if run:
-                total += len(tokenizer.decode(run, skip_specials=False).encode("utf-8"))
-            run = []
-        else:
-            run.append(i)
-    return total
 
 
 def read_text(served: Served, text: str | None, ids: list[int] | None) -> Text:

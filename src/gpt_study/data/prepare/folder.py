@@ -39,7 +39,10 @@ from gpt_study.data.tokenizer import Tokenizer
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
     check_replaceable,
+    fresh_temp_folder,
     out_of_space,
+    publish_folder,
+    recover_folder,
     sha256_file,
     write_json_atomic,
 )
@@ -122,20 +125,6 @@ def _complete(out: Path, meta: dict[str, Any]) -> bool:
         return False
 
 
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temp folders of earlier runs that were killed (their process is gone)."""
-    if not out.parent.is_dir():
-        return
-    for p in out.parent.glob(f".{out.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)  # still running: leave it alone
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -174,30 +163,20 @@ def _check_existing(
 
 def _make_temp(out: Path) -> Path:
     """A fresh hidden temporary folder next to ``out``, named after this process."""
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        recover_folder(out, "meta.json")  # a prepare died between its two renames
+        return fresh_temp_folder(out)
     except OSError as e:
         raise UserError(
             f"cannot write to {out.parent} ({e.strerror}): pick another --out"
         ) from None
-    return tmp
 
 
 def _publish(tmp: Path, out: Path, inputs: list[Path]) -> None:
-    """Rename the finished ``tmp`` into place as ``out``; an old ``out`` (checked again: only
-    prepare's own files) is swapped out first, then deleted."""
-    if out.exists():
-        check_replaceable(out, PREPARED_FILES, "--out", inputs)
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    """Publish the finished ``tmp`` as ``out``, an old ``out`` checked again first (only
+    prepare's own files)."""
+    check_replaceable(out, PREPARED_FILES, "--out", inputs)
+    publish_folder(tmp, out)
 
 
 def _split_stats(writers: dict[str, SplitWriter]) -> dict[str, dict[str, Any]]:
