@@ -235,7 +235,9 @@ def test_stories_follow_the_protocol_past_the_window_and_end_at_the_models_eos(t
     assert not all(written.finished) and max(map(len, written.new_ids)) == n > WINDOW
     again = write_hf_stories(hf, sample, protocol)
     assert again.new_ids == written.new_ids  # the protocol's seeds make them repeatable
-    assert "not the story protocol: samples_per_opening 1" in written.settings_text
+    assert "not the story protocol: temperature 1.5 (protocol: 0.8), samples_per_opening 1" in (
+        written.settings_text
+    )
 
 
 # ---------------------------------------------------------------------------- the oracle

@@ -191,7 +191,23 @@ def test_folder_holds_what_the_readme_says(exported):
 def test_generation_config_of_greedy_settings():
     gen = generation_config(SampleConfig(greedy=True, max_new_tokens=9))
     assert gen == {"bos_token_id": SOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID,
-                   "max_new_tokens": 9, "do_sample": False}  # fmt: skip
+                   "max_new_tokens": 9, "do_sample": False, "repetition_penalty": 1.0}  # fmt: skip
+
+
+def test_every_sampling_setting_reaches_transformers_and_greedy_turns_them_off():
+    """One translation for the export's file, its check and evaluate --hf: every field of
+    SampleConfig but the cap and the seed (given apart) and greedy (do_sample) is carried."""
+    from dataclasses import fields
+
+    sample = SampleConfig(temperature=0.7, top_k=5, top_p=0.9, repetition_penalty=1.2)
+    carried = {f.name for f in fields(SampleConfig)} - {"max_new_tokens", "seed", "greedy"}
+    got = sample.for_transformers()
+    assert set(got) == carried | {"do_sample"} and got["do_sample"] is True
+    assert all(got[name] == getattr(sample, name) for name in carried)
+    assert generation_config(sample).items() >= got.items()
+    transformers.GenerationConfig(**got).validate()
+    greedy = SampleConfig(greedy=True, temperature=0.7).for_transformers()
+    assert greedy == {"do_sample": False, "repetition_penalty": 1.0}
 
 
 def test_each_model_finds_its_layout_or_one_line_why_none_fits():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gpt_study.config.fields import (
     AT_LEAST_1,
@@ -57,3 +57,23 @@ class SampleConfig:
                 f"--temperature {self.temperature} is out of range: use a value > 0 "
                 "(or --greedy for the study's argmax decoding)"
             )
+
+    def for_transformers(self) -> dict[str, Any]:
+        """These settings in the words of transformers' ``generate``: the one translation, for
+        an export's ``generation_config.json``, its check and ``evaluate --hf``'s stories.
+
+        Every setting is spelled out (top_k 0 and repetition_penalty 1.0 mean off in both), so no
+        default of a model's own ``generation_config.json`` or of transformers' fills a gap; its
+        repetition penalty is the same CTRL rule as ours, over prompt and output. Greedy is the
+        study's argmax, without the penalty. The seed has no place here: transformers draws
+        from torch's global generator.
+        """
+        if self.greedy:
+            return {"do_sample": False, "repetition_penalty": 1.0}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }

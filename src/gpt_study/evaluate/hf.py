@@ -300,21 +300,10 @@ def generate_rows(
 def _generation_config(sample: SampleConfig, hf: HFModel) -> Any:
     transformers = require_transformers()
     pad = hf.tokenizer.pad_token_id
-    # every setting spelled out (0 and 1.0 mean off), so no default of the model's
-    # generation_config.json or of transformers' fills a gap
-    how: dict[str, Any] = {"do_sample": False, "repetition_penalty": 1.0}
-    if not sample.greedy:
-        how = {
-            "do_sample": True,
-            "temperature": sample.temperature,
-            "top_k": sample.top_k,
-            "top_p": sample.top_p,
-            "repetition_penalty": sample.repetition_penalty,
-        }
     return transformers.GenerationConfig(
         eos_token_id=hf.eos_id,
         pad_token_id=hf.eos_id if pad is None else pad,
-        **how,
+        **sample.for_transformers(),
     )
 
 

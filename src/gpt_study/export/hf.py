@@ -99,21 +99,10 @@ def hf_config(model: GPT, layout: Layout, remote: bool, tokenizer: Any = None) -
 
 
 def generation_config(sample: SampleConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """``generation_config.json``: the checkpoint's decoding settings, ``<eot>`` as the end.
-
-    transformers' repetition penalty is the same CTRL rule as ours, over prompt and output.
-    The seed has no place here (transformers reads the global torch generator).
-    """
-    out: dict[str, Any] = {
+    """``generation_config.json``: the checkpoint's decoding settings
+    (:meth:`~gpt_study.config.SampleConfig.for_transformers`), ``<eot>`` as the end."""
+    return {
         **special_token_ids(tokenizer),
         "max_new_tokens": sample.max_new_tokens,
-        "do_sample": not sample.greedy,
+        **sample.for_transformers(),
     }
-    if not sample.greedy:
-        out.update(
-            temperature=sample.temperature,
-            top_k=sample.top_k,  # 0: off, in both
-            top_p=sample.top_p,
-            repetition_penalty=sample.repetition_penalty,
-        )
-    return out

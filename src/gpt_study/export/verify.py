@@ -75,9 +75,8 @@ def greedy_config(transformers: Any, max_new_tokens: int, tokenizer: Any = None)
     generation_config.json carries the checkpoint's, which transformers' greedy would apply),
     the end of a story where ``tokenizer`` (default: gpt-study's own kinds) puts it."""
     return transformers.GenerationConfig(
-        do_sample=False,
         max_new_tokens=max_new_tokens,
-        repetition_penalty=1.0,
+        **SampleConfig(greedy=True).for_transformers(),
         **special_token_ids(tokenizer),
     )
 
