@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL, synthetic_story, tiny_settings
 from gpt_study.cli import main
 from gpt_study.config import SOT_ID, DataConfig, TrainConfig
+from gpt_study.config.presets import PRESETS
 from gpt_study.config.train import DECAY_SHAPES
 from gpt_study.data.dataset import (
     RowSampler,
@@ -122,6 +123,22 @@ def test_study_rows_are_the_split_cut_into_context_size_rows():
     assert len(set(rows.offsets(0).tolist())) < 64  # with replacement: 64 draws of 62 rows
     with pytest.raises(UserError, match="context_size"):
         RowSampler(np.zeros(10, dtype=np.uint16), 16, 4, seed=0, aligned=True)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("study_rows", [False, True])
+def test_every_presets_rows_have_the_window_the_config_names(preset, study_rows, tiny_prepared):
+    """The inputs a training row gives are the window that validation and generation keep to:
+    one rule (row_inputs) for the sampler and the config, whatever the preset and row kind."""
+    from gpt_study.train.fit import _sampler
+    from gpt_study.train.state import TrainState
+
+    train = dict(data=str(tiny_prepared), context_size=16, study_rows=study_rows, batch_size=2)
+    train |= {"story_starts": 0.0} if study_rows else {}  # the study's rows have no such choice
+    cfg = build_config(preset, train=train, model={**MODEL, "max_len": 16})
+    sampler = _sampler(open_prepared(tiny_prepared), cfg.train, TrainState(), SOT_ID)
+    assert sampler.inputs == cfg.train.window == (15 if study_rows else 16)
+    assert sampler.batch(0)[0].shape == (2, cfg.train.window)
 
 
 def test_seed_trains_on_study_rows_and_tiny_on_windows(tiny_prepared):

@@ -364,11 +364,9 @@ class TrainConfig:
 
     @property
     def window(self) -> int:
-        """Input positions of a training row, the window the model learns: ``context_size - 1``
-        with ``study_rows`` (the study's 128-token rows gave 127 inputs), else ``context_size``.
+        """Input positions of a training row, the window the model learns (:func:`row_inputs`).
         Validation and generation keep to it."""
-        rows = self.rows
-        return rows.context_size - 1 if rows.study_rows else rows.context_size
+        return row_inputs(self.rows.context_size, self.rows.study_rows)
 
     def flat(self) -> dict[str, Any]:
         """Every setting by its flat name (``lr``, not ``optim.lr``), a copy: the names of the
@@ -378,6 +376,12 @@ class TrainConfig:
         for name, value in d.items():
             out.update(value if name in sections(TrainConfig) else {name: value})
         return out
+
+
+def row_inputs(context_size: int, study_rows: bool) -> int:
+    """Input tokens of a training row: ``context_size - 1`` for the study's rows (its 128-token
+    rows gave 127 inputs and their targets), else ``context_size`` (a window of one more token)."""
+    return context_size - 1 if study_rows else context_size
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from gpt_study.config.data import SOT_ID
+from gpt_study.config.train import row_inputs
 from gpt_study.data.folder import SPLITS, Meta, redo_hint
 from gpt_study.runtime.errors import UserError
 
@@ -171,8 +172,8 @@ class RowSampler:
 
     @property
     def inputs(self) -> int:
-        """Input tokens per row: ``context_size - 1`` for aligned rows, else ``context_size``."""
-        return self.context_size - 1 if self.aligned else self.context_size
+        """Input tokens per row (the one rule: :func:`gpt_study.config.train.row_inputs`)."""
+        return row_inputs(self.context_size, self.aligned)
 
     @property
     def global_rows(self) -> int:

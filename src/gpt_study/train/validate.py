@@ -15,6 +15,7 @@ import torch
 
 from gpt_study.config import Config, TrainConfig
 from gpt_study.data.dataset import PreparedData
+from gpt_study.data.text import split_bytes
 from gpt_study.evaluate.heldout import Sums, rates, roles, score_tokens, scored_bytes
 from gpt_study.generate import generate
 from gpt_study.model.gpt import GPT
@@ -88,8 +89,7 @@ def validate(
     )
     s = Sums.from_list(distributed.all_reduce_sum(mine.as_list()))
     targets = len(tokens) - 1
-    split_bytes = data.split_meta("valid").get("bytes") or 0
-    r = rates(s.nll, s.targets, scored_bytes(split_bytes, s.targets, targets))
+    r = rates(s.nll, s.targets, scored_bytes(split_bytes(data, "valid"), s.targets, targets))
     return Validation(
         loss=s.loss / max(s.weight, 1),
         nll=r.nll,
