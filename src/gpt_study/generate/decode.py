@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_study.config import SampleConfig
+from gpt_study.config import EOT_ID, SampleConfig
 from gpt_study.generate.decode_fast import decode_row, last_logits
 from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.window import (
@@ -179,7 +179,7 @@ def generate_ids(
     prompts: Sequence[Sequence[int]],
     sample: SampleConfig | None = None,
     window: int | None = None,
-    eot_id: int = 2,
+    eot_id: int = EOT_ID,
     on_token: Callable[[int, int], None] | None = None,
     keep: int | None = None,
     return_logits: bool = False,
@@ -270,7 +270,7 @@ def reference_generate(
     max_new_tokens: int,
     window: int | None = None,
     keep: int | None = None,
-    eot_id: int | None = 2,
+    eot_id: int | None = EOT_ID,
 ) -> tuple[list[int], list[torch.Tensor]]:
     """Greedy decoding the study's way: run the whole sequence again for every new token.
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gpt_study.config import SampleConfig
+from gpt_study.config import EOT_ID, SampleConfig
 from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.window import crop_prompt, keep_size, rotary, window_size
 from gpt_study.model.cache import KVCache
@@ -92,7 +92,7 @@ def decode_row(
     prompt: Sequence[int],
     sample: SampleConfig,
     window: int | None = None,
-    eot_id: int = 2,
+    eot_id: int = EOT_ID,
     keep: int | None = None,
     on_token: Callable[[int], None] | None = None,
     decoder: RowDecoder | None = None,

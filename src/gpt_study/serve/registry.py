@@ -65,7 +65,7 @@ class Served:
         return {
             "index": index,
             "name": self.name,
-            "params": sum(p.numel() for p in ck.model.parameters()),
+            "params": ck.model.num_params(),
             "tokenizer": ck.tokenizer.kind,
             "vocab_size": ck.tokenizer.vocab_size,
             "context_size": self.window,  # the study's name for the window

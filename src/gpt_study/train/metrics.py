@@ -42,8 +42,8 @@ class MetricsWriter:
             self.csv.unlink(missing_ok=True)
         else:
             self._truncate(resume_step)
-        if not self.csv.exists():
-            with open(self.csv, "w", newline="") as f:
+        if not self.csv.exists():  # the header whole or not at all; rows are appended after
+            with atomic_open(self.csv, newline="") as f:
                 csv.writer(f).writerow(CSV_COLUMNS)
 
     def _truncate(self, step: int) -> None:

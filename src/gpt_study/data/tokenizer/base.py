@@ -42,6 +42,11 @@ class Tokenizer(ABC):
         single token plays both)."""
         return tuple(sorted({self.sot_id, self.eot_id}))
 
+    def wrap(self, ids: list[int], sot: bool, eot: bool) -> list[int]:
+        """``ids`` as a story is stored, ``<sot> ... <eot>``, each marker where asked for: what
+        every kind's :meth:`encode` returns."""
+        return ([self.sot_id] if sot else []) + ids + ([self.eot_id] if eot else [])
+
     def encode_words(self, stories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Cleaned texts given as their space-separated words, each encoded as
         ``<sot> ... <eot>``, concatenated (uint16), and each story's length: what ``prepare``

@@ -42,7 +42,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
         ids = self.tok.encode(text, add_special_tokens=False).ids
-        return ([SOT_ID] if sot else []) + ids + ([EOT_ID] if eot else [])
+        return self.wrap(ids, sot, eot)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Ids of many texts at once (the library spreads them over all cores)."""

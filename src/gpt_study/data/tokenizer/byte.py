@@ -50,7 +50,7 @@ class ByteTokenizer(Tokenizer):
 
     def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
         ids = (np.frombuffer(_utf8(text), dtype=np.uint8).astype(np.int64) + OFFSET).tolist()
-        return ([SOT_ID] if sot else []) + ids + ([EOT_ID] if eot else [])
+        return self.wrap(ids, sot, eot)
 
     def encode_stories(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts each encoded as ``<sot> ... <eot>``, concatenated (uint16), and each story's

@@ -66,7 +66,7 @@ class ImportedTokenizer(Tokenizer):
 
     def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
         ids = self.tok.encode(text, add_special_tokens=False).ids
-        return ([self.sot_id] if sot else []) + ids + ([self.eot_id] if eot else [])
+        return self.wrap(ids, sot, eot)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Ids of many texts at once (the library spreads them over all cores)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gpt_study.config import EOT_ID, SOT_ID, SPECIALS, UNK_ID
+from gpt_study.config import SPECIALS, UNK_ID
 from gpt_study.data.tokenizer.base import Tokenizer
 from gpt_study.data.tokenizer.chunks import ChunkSplitter
 from gpt_study.runtime.errors import UserError
@@ -87,7 +87,7 @@ class WordTokenizer(Tokenizer):
     def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
         get = self.index.get
         ids = [get(p, UNK_ID) for p in self.pieces(text)]
-        return ([SOT_ID] if sot else []) + ids + ([EOT_ID] if eot else [])
+        return self.wrap(ids, sot, eot)
 
     def decode(self, ids: Iterable[int], skip_specials: bool = True) -> str:
         vocab = self.vocab
