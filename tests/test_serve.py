@@ -8,6 +8,7 @@ import math
 import re
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
@@ -17,6 +18,7 @@ from gpt_study.cli import main  # noqa: E402
 from gpt_study.config import SampleConfig  # noqa: E402
 from gpt_study.evaluate.introspect import score_ids  # noqa: E402
 from gpt_study.generate import generate_ids  # noqa: E402
+from gpt_study.runtime.errors import UserError  # noqa: E402
 from gpt_study.serve.app import STATIC, create_app  # noqa: E402
 from gpt_study.serve.limits import Busy, Gate, Limits  # noqa: E402
 from gpt_study.serve.registry import Models, Runs  # noqa: E402
@@ -95,6 +97,28 @@ def test_generate_uses_the_checkpoint_settings_and_seed(client):
     assert settings["temperature"] == 0.8 and settings["top_p"] == 0.95 and settings["seed"] == 3
     default = _events(client.post("/api/generate", json={"prompt": "lily"}))
     assert default[0]["settings"]["max_new_tokens"] == 40  # the checkpoint's 256, bounded
+
+
+def test_serve_reads_checkpoints_as_generate_and_evaluate_do(assets, capsys):
+    """--quantize and --window reach every served model, through the same rules as the other
+    commands: int8 linear layers, and resolve_window's check of the window."""
+    from gpt_study.generate.weights import Int8Linear
+
+    paths = [str(assets[k]) for k in ("a", "b")]
+    models = Models.load(paths, device="cpu", quantize="int8", window=8)
+    for served in models.served:
+        assert served.window == 8 and served.note is None
+        linears = [m for m in served.checkpoint.model.modules() if isinstance(m, Int8Linear)]
+        assert linears and not any(
+            type(m) is torch.nn.Linear for m in served.checkpoint.model.modules()
+        )
+        assert served.encode_prompt(TEXT)[0] == served.encode_prompt(TEXT)[0][-8:]
+    assert [s.window for s in Models.load(paths, device="cpu").served] == [16, 16]
+    with pytest.raises(UserError, match="--window 20 is longer than the 16 positions"):
+        Models.load(paths, device="cpu", window=20)  # learned positions: refused, as elsewhere
+    assert main(["serve", "--checkpoint", paths[0], "--window", "20", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--window 20" in err[0]
 
 
 def test_tokens_gives_each_token_its_probability_and_rivals(client, models):

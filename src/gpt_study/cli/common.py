@@ -36,6 +36,12 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
         required=required,
         help="checkpoint folder written by train (e.g. runs/gpt/best)",
     )
+    add_reading_args(parser)
+
+
+def add_reading_args(parser: argparse.ArgumentParser) -> None:
+    """How a command reads a checkpoint's model (every command that runs one, serve included):
+    device and dtype, ``--quantize``, ``--window`` and ``--threads``."""
     add_device_args(parser)
     parser.add_argument(
         "--quantize",

@@ -13,7 +13,7 @@ import sys
 import threading
 from dataclasses import fields
 
-from gpt_study.cli.common import add_device_args, add_threads_arg
+from gpt_study.cli.common import add_reading_args
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import UserError
 from gpt_study.serve.limits import Limits
@@ -48,8 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "to the network)",
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    add_device_args(parser)
-    add_threads_arg(parser)
+    add_reading_args(parser)  # --quantize and --window apply to every model served
     defaults = Limits()
     for f in fields(Limits):
         parser.add_argument(
@@ -98,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
     runtime.set_threads(args.threads)
     runs = Runs(args.runs)
-    models = Models.load(args.checkpoint, args.device, args.dtype)
+    models = Models.load(args.checkpoint, args.device, args.dtype, args.quantize, args.window)
+    for s in models.served:
+        if s.note is not None:
+            print(f"note: {s.name}: {s.note}", file=sys.stderr)
     if not _is_loopback(args.host):
         print(_exposure_warning(args.host, args.port), file=sys.stderr)
     loopback = args.host in ("127.0.0.1", "localhost")  # the names the page checks Host against

@@ -18,6 +18,8 @@ from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.config import config_to_dict, load_config
 from gpt_study.evaluate.introspect import text_ids
 from gpt_study.generate import encode_prompt
+from gpt_study.generate.weights import quantize_int8
+from gpt_study.generate.window import resolve_window
 from gpt_study.runs import METRICS_JSONL, read_metrics
 from gpt_study.runtime.errors import UserError
 
@@ -42,11 +44,12 @@ class Served:
 
     name: str
     checkpoint: Checkpoint
-    window: int = field(init=False)  # the positions the model was trained on
+    window: int | None = None  # the positions it reads (None: those it was trained on)
+    note: str | None = field(init=False, default=None)  # resolve_window's, for the log
     _encoding: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.window = self.checkpoint.window
+        self.window, self.note = resolve_window(self.checkpoint.model, self.window)
 
     def encode_prompt(self, prompt: str) -> tuple[list[int], list[str]]:
         """A prompt's ids as generation reads it, and any warnings (cut to the window)."""
@@ -97,10 +100,24 @@ class Models:
         self.served = served
 
     @classmethod
-    def load(cls, paths: list[str], device: str = "auto", dtype: str = "auto") -> Models:
+    def load(
+        cls,
+        paths: list[str],
+        device: str = "auto",
+        dtype: str = "auto",
+        quantize: str = "none",
+        window: int | None = None,
+    ) -> Models:
+        """Each checkpoint read as ``generate`` and ``evaluate`` read one: ``quantize`` "int8"
+        for int8 weight-only linear layers, ``window`` (None: each its trained one) checked by
+        :func:`~gpt_study.generate.window.resolve_window`."""
         resolved = [Path(p) for p in paths]
         cks = [load_for_inference(str(p), device, dtype) for p in resolved]
-        return cls([Served(n, c) for n, c in zip(_names(resolved), cks, strict=True)])
+        if quantize == "int8":
+            for ck in cks:
+                quantize_int8(ck.model)
+        names = _names(resolved)
+        return cls([Served(n, c, window) for n, c in zip(names, cks, strict=True)])
 
     def __len__(self) -> int:
         return len(self.served)
