@@ -75,6 +75,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": _small(
         model={
             "residual_drop": 0.1,
+            # dropout on the token embeddings too: 0.0055 and 0.0022 better side by side at equal
+            # minutes (two seeds; docs/quality.md, "Round sixteen")
+            "embedding_drop": 0.1,
             "positions": "rope",
             "norm": "rmsnorm",
             "mlp": "swiglu",
