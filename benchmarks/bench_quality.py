@@ -75,12 +75,12 @@ ABLATIONS = {
     "cpu-starts0": ["--story_starts", "0"],  # every row at any offset
     "cpu-adam98": ["--lr_betas", "0.9", "0.98", "--lr", "2e-3"],  # the study's betas, SMALL's lr
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],  # round 14's
-    "cpu-edrop0": ["--embedding_drop", "0"],  # no dropout on the embeddings (round fifteen's)
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
 CANDIDATES = {
     "cpu-ema": ["--ema", "0.995"],
+    "cpu-edrop": ["--embedding_drop", "0.1"],  # dropout on the embeddings too (round sixteen)
     "cpu-zero_init": ["--zero_init"],
     "cpu-scalars": ["--residual_scalars"],  # per-layer residual scalars (nanochat)
     "cpu-ve": ["--value_embeds"],  # value embeddings (modded-nanogpt, nanochat); our Llama class
