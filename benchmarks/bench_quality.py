@@ -80,7 +80,7 @@ ABLATIONS = {
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.
 CANDIDATES = {
     "cpu-ema": ["--ema", "0.995"],
-    "cpu-edrop": ["--embedding_drop", "0.1"],  # dropout on the embeddings too (round sixteen)
+    "cpu-edrop": ["--embedding_drop", "0.1"],  # on the embeddings too: pays from ~7,000 steps
     "cpu-zero_init": ["--zero_init"],
     "cpu-scalars": ["--residual_scalars"],  # per-layer residual scalars (nanochat)
     "cpu-ve": ["--value_embeds"],  # value embeddings (modded-nanogpt, nanochat); our Llama class
