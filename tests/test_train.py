@@ -363,10 +363,13 @@ def test_best_is_the_lowest_valid_loss_in_seed_and_the_lowest_nll_in_tiny(
     tiny_prepared, tmp_path, monkeypatch, preset, best_step
 ):
     """The study kept the checkpoint of lowest valid loss (smoothed, weighted); here the two
-    numbers disagree on purpose: step 6 has the lower NLL, step 12 the lower loss."""
+    numbers disagree on purpose: step 6 has the lower NLL, step 12 the lower loss. Compare's
+    table and the server's run list report the validation ``best/`` holds, by either rule."""
+    from gpt_study.compare.runs import load_runs, summarize
+    from gpt_study.serve.registry import Runs
     from gpt_study.train.validate import Validation
 
-    scripted = iter([(3.0, 2.0), (2.5, 2.2)])  # (loss, nll) at steps 6 and 12
+    scripted = iter([(3.0, 2.0), (2.5, 2.2), (2.5, 2.0)])  # (loss, nll) at steps 6, 12, 18
 
     def fake_validate(*a, **kw):
         loss, nll = next(scripted)
@@ -374,13 +377,18 @@ def test_best_is_the_lowest_valid_loss_in_seed_and_the_lowest_nll_in_tiny(
 
     monkeypatch.setattr(train_loop, "validate", fake_validate)
     root = tmp_path / preset
-    train = tiny_train(tiny_prepared, root, sample_tokens=0, batch_size=2)
+    train = tiny_train(tiny_prepared, root, sample_tokens=0, batch_size=2, epoch=3)
     fit(build_config(preset, train=train, model=MODEL))
     best = json.loads((root / "best" / "state.json").read_text())
     assert best["best_step"] == best_step == best["step"]
     assert (best["best_valid_loss"], best["best_valid_nll"]) == (
         (3.0, 2.0) if preset == "tiny" else (2.5, 2.2)
-    )
+    )  # step 18 ties the best on either number: the first stays best
+    assert json.loads((root / "last" / "state.json").read_text())["step"] == 18
+    row = summarize(load_runs([str(root)], min_runs=1)[0][0])
+    assert (row["best_step"], row["best_valid_nll"]) == (best_step, best["best_valid_nll"])
+    listed = Runs(tmp_path).summaries()
+    assert [(r["name"], r["best_valid_nll"]) for r in listed] == [(preset, best["best_valid_nll"])]
 
 
 def _interrupt_at(step_to_stop, signum, monkeypatch):

@@ -162,13 +162,14 @@ def differing_settings(runs: list[RunData]) -> dict[str, list[Any]]:
 def summarize(run: RunData) -> dict[str, Any]:
     """A run's final and best figures, straight from its metric records.
 
-    ``best`` is the validation with the lowest NLL (the one ``best/`` holds). Steps, tokens and
+    ``best`` is the validation whose checkpoint ``best/`` holds (by the run's ``--best_by``:
+    :meth:`~gpt_study.config.train.ValidConfig.best_of`, as training chose it). Steps, tokens and
     minutes come from the last record of either kind; ``tokens_per_s`` is the mean of the
     logged training rates (validation time excluded, as train prints it).
     """
     last = max(run.train + run.valid, key=lambda r: (r["step"], r.get("kind") == "valid"))
     final = run.valid[-1]
-    best = min(run.valid, key=lambda r: r["valid_nll"])
+    best = run.config.train.valid.best_of(run.valid)
     rates = [r["tokens_per_s"] for r in run.train if r.get("tokens_per_s")]
     kind, vocab = run.tokenizer
     return {

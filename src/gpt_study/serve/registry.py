@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_study.checkpoint import Checkpoint, load_for_inference
-from gpt_study.config import config_to_dict, load_config
+from gpt_study.config import Config, config_to_dict, load_config
 from gpt_study.evaluate.introspect import text_ids
 from gpt_study.generate import encode_prompt
 from gpt_study.generate.weights import quantize_int8
@@ -177,15 +177,18 @@ class Runs:
             except UserError as e:  # one damaged run never hides the others
                 out.append({"name": name, "records": 0, "problem": str(e)})
                 continue
-            valid = [r for r in records if r.get("kind") == "valid" and "valid_nll" in r]
+            valid = [r for r in records if r.get("kind") == "valid"]
             train = [r for r in records if r.get("kind") == "train"]
+            cfg = _run_config(folder)
+            # the validation best/ holds, by the run's own --best_by (unknown without its config)
+            best = cfg.train.valid.best_of(valid) if cfg is not None else None
             out.append(
                 {
                     "name": name,
                     "records": len(records),
                     "last_step": records[-1].get("step") if records else None,
                     "last_train_loss": train[-1].get("train_loss") if train else None,
-                    "best_valid_nll": min((r["valid_nll"] for r in valid), default=None),
+                    "best_valid_nll": best.get("valid_nll") if best else None,
                 }
             )
         return out
@@ -197,16 +200,21 @@ class Runs:
             choices = ", ".join(runs) or "none (start with --runs DIR)"
             raise NotFound(f"no run {name!r}: choose one of {choices}")
         folder = runs[name]
-        settings = None
-        for cfg in (folder / "config.json", folder / "best" / "config.json"):
-            if cfg.is_file():
-                try:
-                    settings = config_to_dict(load_config(cfg), flat=True)
-                except UserError:
-                    settings = None  # a config from another version: show the curves anyway
-                break
+        cfg = _run_config(folder)
         return {
             "name": name,
-            "settings": settings,
+            "settings": config_to_dict(cfg, flat=True) if cfg is not None else None,
             "records": read_metrics(folder / METRICS_JSONL),
         }
+
+
+def _run_config(folder: Path) -> Config | None:
+    """A run's config (its own, else its best checkpoint's); None where there is none or it is
+    from another version: the curves are shown anyway."""
+    for path in (folder / "config.json", folder / "best" / "config.json"):
+        if path.is_file():
+            try:
+                return load_config(path)
+            except UserError:
+                return None
+    return None

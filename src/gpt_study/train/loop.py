@@ -134,11 +134,10 @@ def end_of_epoch(r: Run, step: int) -> bool:
         v = validate(r.net, r.data, tc, r.dtype, r.tokenizer)
     # The study kept the checkpoint of lowest valid loss (smoothed, weighted): --best_by loss.
     now, best = (
-        (v.loss, state.best_valid_loss)
-        if tc.valid.best_by == "loss"
-        else (v.nll, state.best_valid_nll)
+        v.as_dict(),
+        {"valid_loss": state.best_valid_loss, "valid_nll": state.best_valid_nll},
     )
-    is_best = best is None or now < best
+    is_best = tc.valid.best_of([best, now]) is now
     if is_best:
         state.best_valid_nll, state.best_valid_loss, state.best_step = v.nll, v.loss, step
     state.last_valid = {"step": step, **v.as_dict()}
