@@ -541,3 +541,39 @@ def test_each_command_without_transformers_says_which_and_how_to_install(monkeyp
         with pytest.raises(UserError) as e:
             fn()
         assert str(e.value) == f'{who} needs transformers: pip install -e ".[export]"'
+
+
+DISAGREE = {
+    "logits": {"logits_diff": 2e-4},
+    "greedy": {"greedy_equal": False},
+    "nan": {"logits_diff": float("nan")},
+}
+
+
+@pytest.mark.parametrize("what", list(DISAGREE))
+def test_export_and_import_refuse_by_one_rule(tmp_path, capsys, monkeypatch, what):
+    """Export published a folder whose greedy tokens differed (it held the logits only, import
+    both): now each refuses every disagreement in one line and writes nothing."""
+    import dataclasses
+
+    from gpt_study.export import imports, verify
+
+    path = study_checkpoint(tmp_path, study_bpe(), False)
+    export_hf(path, tmp_path / "hf", log=lambda _: None)  # a good folder to import
+    real = verify.compare
+
+    def disagreeing(*a, **kw):
+        return dataclasses.replace(real(*a, **kw), **DISAGREE[what])
+
+    monkeypatch.setattr(verify, "compare", disagreeing)
+    monkeypatch.setattr(imports, "compare", disagreeing)
+    expected = "greedy tokens differ" if what == "greedy" else "logits max abs difference"
+    for args, out in (
+        (["export", "--checkpoint", str(path)], tmp_path / "again"),
+        (["import", "--hf", str(tmp_path / "hf")], tmp_path / "back"),
+    ):
+        capsys.readouterr()
+        assert main([*args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # export's progress lines, then it
+        assert expected in err[-1] and "Traceback" not in "".join(err), err
+        assert not out.exists()

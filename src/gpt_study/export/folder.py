@@ -31,7 +31,6 @@ from gpt_study.export.hf import (
 from gpt_study.export.readme import readme
 from gpt_study.export.tokenizer import exact_share, hf_tokenizer, tokenizer_config
 from gpt_study.export.verify import (
-    LOGITS_TOLERANCE,
     Checked,
     check_folder,
     held_out_texts,
@@ -144,15 +143,16 @@ def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportRe
     try:
         _write_files(tmp, ckpt, layout, remote, hf_tok)
         checked = check_folder(tmp, ckpt.model, ckpt.tokenizer, remote, ckpt.window, list(_SAMPLES))
-        if not checked.logits_diff < LOGITS_TOLERANCE:
+        if (why := checked.disagreement()) is not None:
             raise UserError(
-                f"transformers computes different logits from the exported folder (max abs "
-                f"difference {checked.logits_diff:.2e}): nothing was written; please report it"
+                f"transformers computes another model from the exported folder ({why}): "
+                "nothing was written; please report it"
             )
         say(
             f"checked with transformers {checked.version}: logits max abs difference "
             f"{checked.logits_diff:.1e} (fp32, {checked.positions} positions); greedy "
-            f"{checked.greedy_tokens} tokens {'equal' if checked.greedy_equal else 'DIFFER'}"
+            f"{checked.greedy_tokens} tokens equal; ids of {checked.ids_equal} of "
+            f"{checked.ids_texts} sample texts equal"
         )
         lower = ckpt.tokenizer.lowercase
         result = ExportResult(out, layout.name, remote, kind, lower, share, where, checked, lines)

@@ -31,7 +31,7 @@ from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainConfig
 from gpt_study.data.tokenizer import ImportedTokenizer
 from gpt_study.export.layouts import LAYOUTS, Layout, Remote, from_hf_config, from_hf_weights
-from gpt_study.export.verify import LOGITS_TOLERANCE, Checked, compare, load_options
+from gpt_study.export.verify import Checked, compare, load_options
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
 from gpt_study.runtime.files import check_replaceable
@@ -242,13 +242,9 @@ def _import(transformers: Any, source: str, out: Path, log: Callable[[str], None
         hf, model, tok, config.train.window, list(_SAMPLES),
         lambda t: hf_tok(t, add_special_tokens=False).input_ids == tok.encode(t),
     )  # fmt: skip
-    if not (checked.logits_diff <= LOGITS_TOLERANCE and checked.greedy_equal):
-        raise _refuse(
-            source,
-            f"gpt-study computes other logits than transformers (max abs difference "
-            f"{checked.logits_diff:.2e}, greedy tokens {'equal' if checked.greedy_equal else 'differ'}); "
-            "please report it",
-        )
+    if (why := checked.disagreement()) is not None:
+        raise _refuse(source, f"gpt-study computes another model than transformers ({why}); "
+                      "please report it")  # fmt: skip
     lines: list[str] = []
 
     def say(line: str) -> None:

@@ -52,6 +52,17 @@ class Checked:
     ids_equal: int  # texts whose token ids AutoTokenizer gives exactly as gpt-study
     ids_texts: int
 
+    def disagreement(self) -> str | None:
+        """Why the two do not compute one model, or None: the rule an export and an import are
+        both held to (logits within :data:`LOGITS_TOLERANCE`, the same greedy tokens; a NaN
+        fails). Token ids are reported, not held: a word vocabulary's spaCy splits have no
+        exact equivalent in transformers."""
+        if self.logits_diff <= LOGITS_TOLERANCE and self.greedy_equal:
+            return None
+        return f"logits max abs difference {self.logits_diff:.2e}, greedy tokens " + (
+            "equal" if self.greedy_equal else "differ"
+        )
+
 
 def load_options(transformers: Any) -> dict[str, Any]:
     """``from_pretrained``'s keyword for fp32 weights: ``dtype`` (transformers 5) or
