@@ -122,8 +122,8 @@ def _prefix(a: list[int], b: list[int]) -> int:
 def nll_table(checkpoint: str, max_rows: int = 400, prompts: int = 16, n: int = 100) -> None:
     """Valid NLL, speed and greedy agreement of fp32, bf16 and int8 weights of a trained model.
 
-    int8 is scored twice: as evaluation runs it (many rows: int8 activations too) and as a
-    decoding step multiplies (bf16 activations, int8 weights)."""
+    int8 is scored twice: with each kernel of ``Int8Linear`` (many rows: the dequantized bf16
+    matmul; a decoding step's few rows: ``torch._weight_int8pack_mm``), one computation."""
     ckpt = load_checkpoint(checkpoint)
     model, context = ckpt.model.eval(), ckpt.window
     valid = open_prepared(ckpt.config.train.data).tokens("valid")
@@ -131,8 +131,8 @@ def nll_table(checkpoint: str, max_rows: int = 400, prompts: int = 16, n: int = 
     variants = [
         ("fp32", model, 16),
         ("bf16", copy.deepcopy(model).to(torch.bfloat16).eval(), 16),
-        ("int8 (int8 activations from 16 rows, the default)", int8, 16),
-        ("int8 (bf16 activations, as each decoding step)", int8, 10**9),
+        ("int8 (dequantized from 32 rows, the default)", int8, 32),
+        ("int8 (the few-rows kernel on every block)", int8, 10**9),
     ]
     starts = [[1, 3 + i] for i in range(prompts)]  # <sot> and one of the commonest words
     greedy = SampleConfig(greedy=True, max_new_tokens=n)
@@ -146,7 +146,7 @@ def nll_table(checkpoint: str, max_rows: int = 400, prompts: int = 16, n: int = 
     )
     base = None
     for name, m, rows in variants:
-        Int8Linear.rows_for_int8_activations = rows
+        Int8Linear.rows_for_dequantized = rows
         sums = score_tokens(m, valid, context, batch_size=16, max_rows=max_rows)
         nll = sums.nll / sums.targets
         base = nll if base is None else base
@@ -161,4 +161,4 @@ def nll_table(checkpoint: str, max_rows: int = 400, prompts: int = 16, n: int = 
             f"| {name} | {weight_bytes_per_token(m) / 1e6:.1f} | {nll:.4f} | "
             f"{(nll - base) / base:+.3%} | {same}/{prompts} | {prefix / prompts:.0f} | {rate:,.0f} |"
         )
-    Int8Linear.rows_for_int8_activations = 16
+    Int8Linear.rows_for_dequantized = 32

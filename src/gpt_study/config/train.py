@@ -269,18 +269,14 @@ class ValidConfig(Section):
 
     RANGES = dict.fromkeys(("eval_iters", "sample_tokens"), NON_NEGATIVE)
 
-    @property
-    def best_key(self) -> str:
-        """The validation record's field that picks ``best/``: ``valid_loss`` or ``valid_nll``."""
-        return f"valid_{self.best_by}"
-
     def best_of(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """The validation ``best/`` holds among ``records`` (in order): the first with the lowest
-        :attr:`best_key`, so a later tie does not replace it. The one rule that training (which
-        saves ``best/``), compare and the server (which report it) all follow."""
-        key = self.best_key
-        scored = [r for r in records if r.get(key) is not None]
-        return min(scored, key=lambda r: r[key], default=None)
+        """The validation ``best/`` holds among ``records`` (in order): the first lowest
+        ``valid_loss`` or ``valid_nll`` (``--best_by``), a later tie does not replace it. The one
+        rule of training (which saves ``best/``), compare and the server (which report it)."""
+        key = f"valid_{self.best_by}"
+        return min(
+            (r for r in records if r.get(key) is not None), key=lambda r: r[key], default=None
+        )
 
 
 @dataclass

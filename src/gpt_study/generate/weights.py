@@ -6,9 +6,9 @@ model, of which the 30,000 x 256 output layer is 31 MB. :func:`quantize_int8` re
 ``nn.Linear`` by an :class:`Int8Linear` that keeps its weight as int8 with one scale per output
 row (symmetric, round to nearest: the usual "weight-only int8" of torchao and gpt-fast), a
 quarter of the bytes; activations, LayerNorms, attention and the residual stream stay as they
-were. ``torch._weight_int8pack_mm`` multiplies bf16 activations by the int8 weight directly,
-without materialising a dequantized copy. Applied from outside the model (a module swap), like
-every other precision decision: ``model/gpt.py`` knows nothing of it.
+were (each such layer multiplies its input in bf16, whatever the number of rows). Applied from
+outside the model (a module swap), like every other precision decision: ``model/gpt.py`` knows
+nothing of it.
 
 The cost is accuracy, measured rather than assumed: ``tests/test_generate_fast.py`` holds the
 held-out NLL of an int8 model within 0.5% of fp32, and ``benchmarks/bench_generate.py
@@ -26,17 +26,17 @@ __all__ = ["Int8Linear", "quantize_int8", "weight_bytes_per_token"]
 class Int8Linear(nn.Module):
     """``nn.Linear`` with an int8 weight and one scale per output row.
 
-    ``y = (x @ (q * s).T) + b`` for ``q = round(W / s)``, ``s = max|W_row| / 127``; the output
-    has the input's dtype, the bias stays fp32. A few rows (a decoding step) are memory-bound:
-    ``torch._weight_int8pack_mm`` multiplies their bf16 activations by the int8 weight directly.
-    Many rows at once (a prompt, the window re-encoded at a slide, evaluation) are compute-bound:
-    from :attr:`rows_for_int8_activations` rows on, each row of activations is quantized to int8
-    as well (one scale per row) and ``torch._int_mm`` does int8 dot products (VNNI on x86),
-    which is faster for such blocks (docs/train.md, "Measurements"); the held-out NLL of both
-    ways is measured in the tests.
+    ``y = (x @ (q * s).T) + b`` for ``q = round(W / s)``, ``s = max|W_row| / 127``, with ``x`` in
+    bf16; the output has the input's dtype, the bias stays fp32. One computation on every path
+    (a decoding step, a prompt, the window re-encoded at a slide, evaluation), so a row's numbers
+    do not depend on how many rows go with it; only the kernel follows the block's size. A few
+    rows (a decoding step) are memory-bound: ``torch._weight_int8pack_mm`` multiplies them by the
+    int8 weight directly. From :attr:`rows_for_dequantized` rows on, the weight is dequantized to
+    bf16 for one ordinary matmul, which the CPU's bf16 units run faster there (docs/export.md).
+    The two kernels differ only in the rounding of their bf16 products (tested).
     """
 
-    rows_for_int8_activations = 16
+    rows_for_dequantized = 32
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -48,28 +48,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(torch.bfloat16))
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)
-        cpu = q.device.type == "cpu"
-        self._packed_mm = cpu and hasattr(torch, "_weight_int8pack_mm")
-        self._int_mm = cpu and hasattr(torch, "_int_mm")
-
-    def _int8_activations(self, x2: torch.Tensor) -> torch.Tensor:
-        """(M, in) float -> (M, out) float: both operands int8, int32 sums, then both scales."""
-        sx = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)  # (M, 1)
-        xq = torch.round(x2 / sx).to(torch.int8)  # (M, in), |x / sx| <= 127
-        acc = torch._int_mm(xq, self.weight.t())  # (M, out) int32
-        return acc.to(x2.dtype).mul_(sx).mul_(self.scale.to(x2.dtype))
+        self._packed_mm = q.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (..., in) -> (M, in)
-        if self._int_mm and x2.size(0) >= self.rows_for_int8_activations:
-            y = self._int8_activations(x2.float()).to(x.dtype)
-            return (y if self.bias is None else y.add_(self.bias)).view(*shape[:-1], -1)
         xb = x2.to(torch.bfloat16)
-        if self._packed_mm:
+        if self._packed_mm and x2.size(0) < self.rows_for_dequantized:
             y = torch._weight_int8pack_mm(xb, self.weight, self.scale)  # (M, out), bf16
-        else:  # other devices: dequantize, then an ordinary matmul
-            y = xb @ (self.weight.to(xb.dtype) * self.scale[:, None]).t()
+        else:  # many rows, or another device: the weight dequantized to bf16, one matmul
+            y = xb @ (self.weight.to(xb.dtype) * self.scale[:, None]).t()  # (M, out), bf16
         # fp32 bias + bf16 product: one operation that also returns fp32 (type promotion)
         y = y.to(x.dtype) if self.bias is None else torch.add(self.bias.to(x.dtype), y)
         return y if x.dim() == 2 else y.view(*shape[:-1], self.out_features)  # (..., out)
