@@ -53,3 +53,25 @@ def test_demo_checks_every_flag_before_writing_anything(flags, words, capsys, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "there,flags,words",
+    [
+        ("last", [], "already holds a run: pass --resume"),  # a second demo without --resume
+        ("notes.txt", [], "holds files gpt-study did not write (notes.txt)"),
+        (None, ["--resume"], "holds no checkpoint 'last'"),
+    ],
+)
+def test_demo_checks_its_run_folder_before_prepare_writes(there, flags, words, capsys, tmp_path):
+    """The demo's run folder follows train's --save_root rule, checked before prepare writes out/data
+    (a second demo used to prepare its data again and only then stop in train)."""
+    out = tmp_path / "demo"
+    if there is not None:
+        (out / "run").mkdir(parents=True)
+        target = out / "run" / there
+        target.mkdir() if there == "last" else target.write_text("mine")
+    assert main(["demo", "--out", str(out), "--max_steps", "1", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not (out / "data").exists()

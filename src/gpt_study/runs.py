@@ -23,7 +23,7 @@ from typing import Any
 
 from gpt_study.checkpoint import load_checkpoint
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import old_name
+from gpt_study.runtime.files import check_replaceable, old_name
 
 CONFIG = "config.json"
 INFO_LOG = "info.log"
@@ -57,6 +57,21 @@ def resume_source(save_root: Path) -> Path:
         f"--resume, but {save_root} holds no checkpoint '{LAST}': "
         "drop --resume to start a run, or point --save_root at an existing run"
     )
+
+
+def check_save_root(save_root: Path, resume: bool, inputs: list[Path] | None = None) -> None:
+    """The ``--save_root`` rule, before anything is written (train's, and the demo's for its run):
+    ``--resume`` needs a run there; a new run never lands on one, nor among files gpt-study did
+    not write, nor on its ``inputs``."""
+    if resume:
+        resume_source(save_root)
+    elif has_run(save_root):
+        raise UserError(
+            f"{save_root} already holds a run: pass --resume to continue it, "
+            "or choose another --save_root"
+        )
+    else:
+        check_replaceable(save_root, RUN_FILES, "--save_root", inputs or [])
 
 
 def damaged_last(save_root: Path, error: UserError) -> UserError:

@@ -16,6 +16,7 @@ from gpt_study.cli import main
 from gpt_study.config import DataConfig
 from gpt_study.config.presets import PREPARED_WITH, PRESETS, preset_config
 from gpt_study.data.sources import resolve_sources
+from gpt_study.runs import check_save_root
 from gpt_study.runtime.errors import UserError
 
 SAMPLE = Path("shared") / "data" / "tinystories"
@@ -91,7 +92,7 @@ def vocab_size(args: argparse.Namespace) -> int | None:
 
 def check_flags(args: argparse.Namespace, data: list[str] | None) -> None:
     """Every flag checked by the library's own rules before the first command writes anything:
-    the settings prepare and train will get, the corpus paths, the output folder."""
+    the settings prepare and train will get, the corpus paths, the output folder and its run."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: pass a folder")
@@ -106,6 +107,7 @@ def check_flags(args: argparse.Namespace, data: list[str] | None) -> None:
     preset_config(args.preset, train=train)
     if data:
         resolve_sources(data)
+    check_save_root(out / "run", args.resume, [out / "data"])  # before prepare writes its folder
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,11 +42,10 @@ from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
 from gpt_study.model.gpt import GPT
 from gpt_study.model.kernels import cpu_path
 from gpt_study.model.loss import LMLoss
-from gpt_study.runs import CONFIG, LAST, RUN_FILES, damaged_last, has_run
+from gpt_study.runs import CONFIG, LAST, check_save_root, damaged_last
 from gpt_study.runtime import distributed
 from gpt_study.runtime.device import resolve_device, thread_tuning
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import check_replaceable
 from gpt_study.runtime.lock import folder_lock
 from gpt_study.runtime.plan import RuntimePlan, grad_scaler, resolve_plan
 from gpt_study.train.context import Run, TrainResult
@@ -133,15 +132,9 @@ def _open_data(cfg: Config, resume: bool) -> tuple[PreparedData, Tokenizer]:
     """The prepared folder and its tokenizer, checked against the run before anything is written."""
     tc = cfg.train
     save_root = Path(tc.save_root)
-    if not resume and has_run(save_root):
-        raise UserError(
-            f"{save_root} already holds a run: pass --resume to continue it, "
-            "or choose another --save_root"
-        )
     if not tc.data:
         raise UserError("no prepared folder in the config: build it with build_config")
-    if not resume:
-        check_replaceable(save_root, RUN_FILES, "--save_root", [Path(tc.data)])
+    check_save_root(save_root, resume, [Path(tc.data)])
     data = open_prepared(tc.data)
     if len(data.tokens("valid")) < 2:
         raise UserError(
