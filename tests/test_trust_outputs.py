@@ -32,6 +32,9 @@ def _writers(run: Path) -> dict[str, list[str]]:
         "plot": ["plot", "--save_root", str(run), "--out", "{}"],
         "evaluate": ["evaluate", "--checkpoint", str(run / "best"), "--no_stories"]
         + ["--max_rows", "1", "--json", "{}"],
+        # a transformers model: refused before it is loaded, so no folder is needed
+        "evaluate --hf": ["evaluate", "--hf", str(run.parent / "no-model"), "--no_valid"]
+        + ["--json", "{}"],
     }
 
 
@@ -69,7 +72,7 @@ WORDS = {
 }
 
 
-@pytest.mark.parametrize("writer", ["plot", "evaluate"])
+@pytest.mark.parametrize("writer", ["plot", "evaluate", "evaluate --hf"])
 @pytest.mark.parametrize("target", list(WORDS))
 def test_no_writer_writes_where_it_must_not(run, tiny_prepared, tmp_path, capsys, writer, target):
     path = _targets(run, tiny_prepared, tmp_path)[target]
@@ -79,25 +82,36 @@ def test_no_writer_writes_where_it_must_not(run, tiny_prepared, tmp_path, capsys
     assert any(w in err for w in ((words,) if isinstance(words, str) else words)), err
 
 
-@pytest.mark.parametrize("target", ["a user's file", "a checkpoint's config", "a prepared folder"])
+COMPARE_OUTS = ["a user's compare.md", "a user's compare.json", "a file", "a run's metrics"]
+COMPARE_OUTS += ["the best checkpoint", "the last checkpoint", "a prepared folder"]
+
+
+@pytest.mark.parametrize("target", COMPARE_OUTS)
 def test_compare_never_writes_its_reports_where_it_must_not(
     run, tiny_prepared, tmp_path, capsys, target
 ):
-    """compare's --out is a folder: a checkpoint, a prepared folder, or one holding a user's
-    compare.md. (A run folder may hold its reports: they are none of the run's own files.)"""
+    """compare's --out is a folder: not a file, a checkpoint, a prepared folder, or one holding
+    a user's compare.md or compare.json. (A run folder may hold its reports: they are none of
+    the run's own files.)"""
     outs = {
-        "a user's file": tmp_path / "mine",
-        "a checkpoint's config": run / "best",
+        "a user's compare.md": tmp_path / "mine",
+        "a user's compare.json": tmp_path / "mine",
+        "a file": tmp_path / "notes.txt",
+        "a run's metrics": run / "metrics.jsonl",
+        "the best checkpoint": run / "best",
+        "the last checkpoint": run / "last",
         "a prepared folder": tiny_prepared,
     }
     out = outs[target]
-    if target == "a user's file":
+    if target.startswith("a user's"):
         out.mkdir()
-        (out / "compare.md").write_text("my own notes")
+        (out / target.split()[-1]).write_text("my own notes")
+    elif target == "a file":
+        out.write_text("mine")
     other = shutil.copytree(run, tmp_path / "other", ignore=shutil.ignore_patterns("*.lock"))
     argv = ["compare", str(run), str(other), "--out", str(out)]
     err = refused(argv, capsys, run, tiny_prepared, tmp_path)
-    assert any(w in err for w in ("was not written by", "inside a")), err
+    assert any(w in err for w in ("was not written by", "inside a", "is a file")), err
 
 
 def test_each_writer_replaces_its_own_file_and_only_its_own(run, tmp_path, capsys):
@@ -204,3 +218,39 @@ def test_a_second_export_into_one_folder_is_refused(run, tmp_path, capsys, held)
     err = refused(["export", "--checkpoint", str(run / "best"), "--out", str(out)], capsys, run)
     assert "is being written by" in err and f"pid {pid}" in err
     assert not out.exists()
+
+
+FOLDER_TARGETS = {
+    "the working directory": (".", "working directory"),
+    "a folder above it": ("..", "working directory"),
+    "a folder holding a user's file": ("mine", "did not write (thesis.tex)"),
+}
+
+
+@pytest.mark.parametrize("writer", ["prepare", "train", "export", "import"])
+@pytest.mark.parametrize("target", list(FOLDER_TARGETS))
+def test_no_folder_writer_replaces_what_it_did_not_write(
+    run, tiny_prepared, tmp_path, capsys, monkeypatch, writer, target
+):
+    """Every writer of a whole folder (prepare's --out, train's --save_root, export's and
+    import's --out) refuses the working directory, a folder above it and a folder holding a
+    user's file: one line, exit 2, nothing written."""
+    if writer in ("export", "import"):
+        pytest.importorskip("transformers", reason="the export extra")
+    from test_trust import MODEL, SHORT
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("once upon a time there was a cat . the cat liked to play . " * 40)
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    (tmp_path / "work" / "here" / "mine").mkdir()
+    (tmp_path / "work" / "here" / "mine" / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(work)
+    folder, words = FOLDER_TARGETS[target]
+    argv = {
+        "prepare": ["prepare", "--data", str(corpus), "--out", folder, "--force"],
+        "train": ["train", "--data", str(tiny_prepared), "--save_root", folder, *SHORT, *MODEL],
+        "export": ["export", "--checkpoint", str(run / "best"), "--out", folder],
+        "import": ["import", "--hf", str(tmp_path / "no-model"), "--out", folder],
+    }[writer]
+    assert words in refused(argv, capsys, tmp_path, run, tiny_prepared)

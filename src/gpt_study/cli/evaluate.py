@@ -127,7 +127,9 @@ def run_hf(args: argparse.Namespace) -> int:
         if on:
             raise UserError(f"{flag} is for gpt-study checkpoints: drop it with --hf")
     if args.json:
-        check_output_file(args.json, "evaluate", "--json", inputs=[args.hf, args.data or "."])
+        check_output_file(
+            args.json, "evaluate", "--json", inputs=[args.hf, *filter(None, [args.data])]
+        )
     sample = sample_settings(PROTOCOL_SAMPLE, args)  # flags checked before any loading
     protocol = None if args.no_stories else story_protocol(args)
     runtime.set_threads(args.threads)
