@@ -11,10 +11,14 @@ import pytest
 from gpt_study.data.clean import clean_text
 from gpt_study.data.tokenizer import (
     FORMAT_VERSION,
+    KINDS,
+    LOSSLESS,
     BPETokenizer,
     ByteTokenizer,
     ChunkSplitter,
     ChunkTable,
+    ImportedTokenizer,
+    Tokenizer,
     WordTokenizer,
     build_word_vocab,
     detokenize,
@@ -268,17 +272,46 @@ def test_chunk_table_gathers_ids_across_growth_and_clear():
     assert list(table.index) == ["<m>"] and table.gather(["<m>", "<m>"]).tolist() == [7, 7]
 
 
-@pytest.mark.parametrize("kind", ["word", "bpe", "byte"])
+def _of_kind(kind: str, request) -> Tokenizer:
+    """A tokenizer of each kind (``hf``: the bpe fixture's library tokenizer, as imported)."""
+    if kind == "byte":
+        return ByteTokenizer(lowercase=False)
+    if kind == "hf":
+        bpe = request.getfixturevalue("data_bpe_tok")
+        return ImportedTokenizer(bpe.tok, sot_id=1, eot_id=2, unk_id=None, source="test")
+    return request.getfixturevalue(f"data_{kind}_tok")
+
+
+def test_the_kinds_are_the_config_choices():
+    import dataclasses
+
+    from gpt_study.config.data import DataConfig
+
+    (field,) = [f for f in dataclasses.fields(DataConfig) if f.name == "tokenizer"]
+    assert list(KINDS) == field.metadata["choices"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_kind_that_says_lossless_gives_back_every_text(kind, request):
+    """``lossless`` decides whether bits per byte may count a text from its ids: a kind that
+    claims it gives back every cleaned text exactly; the word kind loses text (spaCy's pieces,
+    <unk>); an imported tokenizer is not assumed lossless (its normalizer may change text)."""
+    tok = _of_kind(kind, request)
+    texts = [clean_text(t, tok.lowercase) for t in [*CORPUS[:5], *TRICKY[:6]]]
+    given_back = [tok.decode(tok.encode(t, sot=True, eot=True)) == t for t in texts]
+    if tok.lossless:
+        assert all(given_back) and kind in LOSSLESS
+    else:
+        assert kind not in LOSSLESS and (kind == "hf" or not all(given_back))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_every_kind_saves_the_shared_header_first_and_loads_to_the_same_vocabulary(
     kind, tmp_path, request
 ):
     """The header (kind, format, lowercase) is written once, in the base class, for every kind;
     a saved and loaded tokenizer splits text into the same ids (its vocabulary key)."""
-    tok = (
-        ByteTokenizer(lowercase=False)
-        if kind == "byte"
-        else request.getfixturevalue(f"data_{kind}_tok")
-    )
+    tok = _of_kind(kind, request)
     tok.save(tmp_path / "tok.json")
     saved = json.loads((tmp_path / "tok.json").read_text())
     assert list(saved)[:3] == ["kind", "format", "lowercase"] and saved["kind"] == kind

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from gpt_study.cli import main  # noqa: E402
 from gpt_study.config import SampleConfig  # noqa: E402
+from gpt_study.data.tokenizer import KINDS  # noqa: E402
 from gpt_study.evaluate.introspect import score_ids  # noqa: E402
 from gpt_study.generate import generate_ids  # noqa: E402
 from gpt_study.runtime.errors import UserError  # noqa: E402
@@ -146,24 +147,26 @@ def test_tokens_gives_each_token_its_probability_and_rivals(client, models):
     assert by_ids["summary"]["nll"] == s["nll"]
 
 
-@pytest.mark.parametrize("kind", ["word", "byte", "bpe"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_ids_spell_the_bytes_of_their_text_wherever_the_tokenizer_is_lossless(kind):
     """The same stories as ids count the bytes that text counts (prepare's, evaluate's), for
     every tokenizer that decodes exactly; for the others there is no count."""
     from gpt_study.data.clean import clean_text
-    from gpt_study.data.text import LOSSLESS, text_bytes
-    from gpt_study.data.tokenizer import ByteTokenizer, WordTokenizer, train_bpe
+    from gpt_study.data.text import text_bytes
+    from gpt_study.data.tokenizer import ByteTokenizer, ImportedTokenizer, WordTokenizer, train_bpe
     from gpt_study.evaluate.introspect import ids_bytes
 
     stories = [clean_text(t, kind == "word") for t in (TEXT, "Zoë's café: 3½ 🙂, then “hi”.")]
+    bpe = lambda: train_bpe(stories * 20, vocab_size=300, lowercase=False)  # noqa: E731
     tok = {
         "word": lambda: WordTokenizer(VOCAB),
         "byte": ByteTokenizer,
-        "bpe": lambda: train_bpe(stories * 20, vocab_size=300, lowercase=False),
+        "bpe": bpe,
+        "hf": lambda: ImportedTokenizer(bpe().tok, sot_id=1, eot_id=2, unk_id=None),
     }[kind]()
     ids = [i for story in stories for i in tok.encode(story, sot=True, eot=True)]
-    want = text_bytes(stories) if kind in LOSSLESS else None
-    assert ids_bytes(tok, ids) == want and (kind == "word") == (want is None)
+    want = text_bytes(stories) if tok.lossless else None
+    assert ids_bytes(tok, ids) == want and (kind in ("bpe", "byte")) == (want is not None)
     assert ids_bytes(tok, ids[:-1]) == want  # a story not yet ended counts as far as it goes
 
 

@@ -32,12 +32,9 @@ from gpt_study.data.dataset import PreparedData, positions_of
 from gpt_study.data.folder import redo_hint
 from gpt_study.data.prepare.ids import Holdout
 from gpt_study.data.sources import Source, iter_stories
-from gpt_study.data.tokenizer import load_tokenizer
+from gpt_study.data.tokenizer import LOSSLESS, load_tokenizer
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import sha256_file
-
-LOSSLESS = ("bpe", "byte")
-"""Tokenizer kinds whose ``decode(encode(text)) == text`` for every cleaned text."""
 
 
 def text_bytes(texts: Iterable[str]) -> int:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from gpt_study.data.clean import clean_text
 from gpt_study.data.sources import END_OF_TEXT
-from gpt_study.data.text import LOSSLESS, text_bytes
+from gpt_study.data.text import text_bytes
 from gpt_study.evaluate.heldout import scored_windows
 from gpt_study.generate.text import PieceReader, pieces
 from gpt_study.model.gpt import GPT
@@ -167,7 +167,7 @@ def ids_bytes(tokenizer, ids: Sequence[int]) -> int | None:
     tokenizer decodes to exactly the text it encoded; None otherwise (the word tokenizer writes
     ``could n't`` back as ``couldn't`` and every rare word as ``<unk>``), so that the same story
     has one bits per byte whether it comes as text or as ids."""
-    if tokenizer.kind not in LOSSLESS:
+    if not tokenizer.lossless:
         return None
     stories, run = [], []
     for i in list(ids) + [tokenizer.eot_id]:

@@ -38,7 +38,7 @@ from gpt_study.data.tokenizer.bpe import BPETokenizer, train_bpe
 from gpt_study.data.tokenizer.byte import BYTE_VOCAB, ByteTokenizer
 from gpt_study.data.tokenizer.chunks import ChunkSplitter, ChunkTable, spacy_tokenizer, split_chunks
 from gpt_study.data.tokenizer.imported import ImportedTokenizer
-from gpt_study.data.tokenizer.load import load_tokenizer, tokenizer_from_dict
+from gpt_study.data.tokenizer.load import KINDS, LOSSLESS, load_tokenizer, tokenizer_from_dict
 from gpt_study.data.tokenizer.word import WordTokenizer, build_word_vocab, detokenize
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
     "ChunkSplitter",
     "ChunkTable",
     "ImportedTokenizer",
+    "KINDS",
+    "LOSSLESS",
     "Tokenizer",
     "WordTokenizer",
     "build_word_vocab",

@@ -31,6 +31,9 @@ class Tokenizer(ABC):
     """
 
     kind: str  # "word", "bpe", "byte" or "hf"
+    # decode(encode(text)) == text for every cleaned text, so a text's bytes can be counted from
+    # its ids (bits per byte of ids; a prepared split's stories decoded rather than re-read)
+    lossless: bool = False
     lowercase: bool  # whether prepare lowercased the corpus (prompts must be cleaned the same way)
     unk_id: int | None = UNK_ID  # None: a vocabulary without an unknown token
     sot_id: int = SOT_ID

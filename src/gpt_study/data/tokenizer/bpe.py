@@ -24,6 +24,7 @@ class BPETokenizer(Tokenizer):
     """
 
     kind = "bpe"
+    lossless = True  # byte-level: every byte has a token
 
     def __init__(self, tok: Any, lowercase: bool = False) -> None:
         self.tok = tok

@@ -40,6 +40,7 @@ class ByteTokenizer(Tokenizer):
     """
 
     kind = "byte"
+    lossless = True
 
     def __init__(self, lowercase: bool = False) -> None:
         self.lowercase = lowercase

@@ -33,6 +33,7 @@ class ImportedTokenizer(Tokenizer):
     """A ``tokenizers`` tokenizer and the ids that play ``<sot>``, ``<eot>`` and ``<unk>``."""
 
     kind = "hf"
+    lossless = False  # a published tokenizer's normalizer may change the text: not assumed
 
     def __init__(
         self,

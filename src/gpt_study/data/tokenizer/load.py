@@ -20,6 +20,13 @@ from gpt_study.data.tokenizer.imported import ImportedTokenizer
 from gpt_study.data.tokenizer.word import WordTokenizer
 from gpt_study.runtime.errors import UserError
 
+KINDS: dict[str, type[Tokenizer]] = {
+    c.kind: c for c in (WordTokenizer, BPETokenizer, ByteTokenizer, ImportedTokenizer)
+}
+"""Every tokenizer kind (``--tokenizer``'s choices) and its class."""
+LOSSLESS = tuple(kind for kind, c in KINDS.items() if c.lossless)
+"""The kinds whose ids give back their text exactly (:attr:`Tokenizer.lossless`)."""
+
 
 def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenizer:
     kind = d.get("kind")

@@ -61,6 +61,7 @@ class WordTokenizer(Tokenizer):
     """The study's vocabulary: spaCy word pieces ranked by frequency; unseen words are ``<unk>``."""
 
     kind = "word"
+    lossless = False  # "could n't" for "couldn't", and <unk> for every rare word
 
     def __init__(
         self, vocab: list[str], lowercase: bool = True, counts: list[int] | None = None
