@@ -278,6 +278,20 @@ def test_cli_exports_and_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_every_tokenizer_kind_exports_or_is_refused_in_one_line(tmp_path, capsys):
+    """word and bpe export (VARIANTS), hf too (tests/test_import.py); byte has no transformers
+    tokenizer yet: refused before anything is written."""
+    from gpt_study.data.tokenizer import KINDS, ByteTokenizer
+
+    assert set(KINDS) == {"word", "bpe", "hf", "byte"}  # a new kind joins this test
+    ckpt = _checkpoint(tmp_path, ByteTokenizer(), head_bias=False)
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no export for a 'byte' tokenizer yet" in err[-1] and not out.exists(), err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
 def test_without_transformers_the_command_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     ckpt = _checkpoint(tmp_path, _word(), head_bias=True)
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
