@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from gpt_study.config import SampleConfig
+from gpt_study.config import GPTConfig, SampleConfig
 from gpt_study.config.presets import preset_config
 from gpt_study.generate import (
     generate_ids,
@@ -147,12 +147,22 @@ def print_table(rows: list[Row], copy_gbs: float | None) -> None:
         )
 
 
+# What the study's model code takes as settings (its sizes and dropouts), and what changes only
+# training (zero_init) or nothing in its layout (rope_base, for learned positions).
+STUDY_SETTINGS = ("vocab_size", "max_len", "d_model", "d_ff", "n_layers", "n_heads")
+STUDY_SETTINGS += ("attention_drop", "residual_drop", "embedding_drop", "inner_drop")
+STUDY_SETTINGS += ("zero_init", "rope_base")
+
+
 def study_shaped(cfg) -> bool:
-    """Whether the study's own model code (benchmarks/reference.py) can hold this config."""
-    m = cfg.model
-    return (m.positions, m.norm, m.mlp, m.tie_embeddings, m.qk_norm) == (
-        "learned", "layernorm", "gelu", False, False
-    ) and m.bias and m.norm_bias and m.head_bias  # fmt: skip
+    """Whether the study's own model code (benchmarks/reference.py) can hold this config: every
+    other option at the study's value (a new option counts against it until said otherwise)."""
+    study = GPTConfig()
+    return all(
+        getattr(cfg.model, f.name) == getattr(study, f.name)
+        for f in dataclasses.fields(GPTConfig)
+        if f.name not in STUDY_SETTINGS
+    )
 
 
 def decoding_rows(model: GPT, cfg, n: int, args: argparse.Namespace) -> list[Row]:

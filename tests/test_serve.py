@@ -421,3 +421,15 @@ def test_same_names_are_numbered(assets):
     from gpt_study.serve.registry import _names
 
     assert _names([assets["a"], assets["a"]]) == ["a/ckpt", "a/ckpt (2)"]
+
+
+def test_a_generate_request_takes_every_sampling_setting():
+    """The body's sampling fields are SampleConfig's, each optional: a setting added there
+    reaches the API (or this test says it was forgotten)."""
+    import dataclasses
+
+    from gpt_study.serve.schemas import GenerateRequest
+
+    sampling = {f.name for f in dataclasses.fields(SampleConfig)}
+    assert set(GenerateRequest.model_fields) - {"model", "prompt"} == sampling
+    assert all(GenerateRequest.model_fields[n].default is None for n in sampling)
