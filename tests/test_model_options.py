@@ -69,6 +69,26 @@ def test_parameter_count_by_formula(name):
     assert GPT(c).num_params() == expected_params(c)
 
 
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_flops_per_token_counts_every_matmul_the_model_runs(name):
+    """bench_train's MFU and bench_quality's PFLOP divide by flops_per_token: its weight part
+    must be what torch's FLOP counter sees one training step's matmuls do (forward and
+    backward), for every option; the attention part is the causal half of the (T, T) scores'
+    two products, three times over (the counter does not see our attention kernels)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gpt_study.model.gpt import flops_per_token
+
+    c = cfg_of(name)
+    B, T = 2, c.max_len
+    idx = torch.randint(0, c.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
+    model = GPT(c)
+    with FlopCounterMode(display=False) as counter:
+        model(idx).float().sum().backward()
+    attention = 3 * c.n_layers * (2 * 2 * T * c.d_model) / 2  # QK^T and AV, causal half
+    assert counter.get_total_flops() / (B * T) + attention == flops_per_token(c, T)
+
+
 def test_the_study_model_is_unchanged():
     c = preset_config("seed").model
     assert GPT(c).num_params() == expected_params(c) == 19_672_880

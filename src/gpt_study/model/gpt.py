@@ -361,7 +361,9 @@ class GPT(nn.Module):
 
 
 def flops_per_token(cfg: GPTConfig, context: int) -> float:
-    """Training FLOPs per token: 6 per matmul weight plus attention (Kaplan et al. 2020, sec. 2.1)."""
+    """Training FLOPs per token: 6 per matmul weight (the head's included, tied or not) plus the
+    attention's two products over the causal half of the scores (Kaplan et al. 2020, sec. 2.1;
+    a count of the whole square, as nanoGPT's and PaLM's, is twice this term)."""
     mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
     n = (
         cfg.n_layers * (4 * cfg.d_model**2 + mlp_matrices * cfg.d_model * cfg.d_ff)
