@@ -125,7 +125,16 @@ def test_scores_sum_to_the_held_out_scorer():
 
 
 def test_query_window_follows_the_scoring_windows():
+    """The window attention is shown in is validation's own (eval_windows), for every position
+    of texts of many lengths and windows."""
+    from gpt_study.data.dataset import eval_windows
+
     assert [query_window(p, 8) for p in (0, 7, 8, 15, 16)] == [0, 0, 8, 8, 16]
+    for window in (1, 3, 8):
+        for n in range(2, 30):
+            for start, length in eval_windows(n, window):
+                for p in range(start, start + length - 1):  # the inputs of this window
+                    assert query_window(p, window) == start, (n, window, p)
 
 
 def test_text_ids_and_pieces_read_like_the_text():

@@ -82,19 +82,6 @@ def unwrap(model: torch.nn.Module) -> GPT:
             return model  # type: ignore[return-value]
 
 
-_TIED = ("head.weight",)  # with tie_embeddings, the token embedding's matrix read backwards
-
-
-def _own_weights(model: GPT) -> dict[str, torch.Tensor]:
-    """The state dict with each tensor once: a tied output layer is stored as the embedding
-    (safetensors refuses two names for one tensor; loading ties them again)."""
-    weights = model.state_dict()
-    if model.config.tie_embeddings:
-        for k in _TIED:
-            weights.pop(k, None)
-    return weights
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -125,7 +112,7 @@ def _write_files(
     state: dict[str, Any] | None,
     optimizer_state: dict[str, Any] | None,
 ) -> None:
-    weights = {k: v.detach().cpu().contiguous() for k, v in _own_weights(unwrap(model)).items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).own_weights().items()}
     save_file(weights, str(tmp / WEIGHTS))
     os.chmod(tmp / WEIGHTS, 0o666 & ~UMASK)  # as the other files: safetensors writes it 0600
     save_config(tmp / CONFIG, config)
@@ -249,8 +236,7 @@ def load_checkpoint(
             f"config.json implies {tuple(own[wrong[0]].shape)}: the folder mixes files from "
             "different runs"
         )
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if k not in _TIED or not config.model.tie_embeddings]
+    missing, unexpected = model.load_own_weights(weights)
     if missing or unexpected:
         raise UserError(
             f"{path}: weights do not match config.json (missing {list(missing)[:3]}, "

@@ -64,11 +64,9 @@ def needs_remote_code(model: GPT, layout: Layout) -> bool:
 
 def hf_weights(model: GPT, layout: Layout, remote: bool) -> dict[str, torch.Tensor]:
     """Our weights under the layout's names; every one of ours is used exactly once."""
-    ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ours = {k: v.detach().cpu() for k, v in model.own_weights().items()}  # transformers re-ties
     if not remote:
         ours.pop("head.bias", None)  # all zeros (needs_remote_code): the stock class computes it
-    if model.config.tie_embeddings:
-        ours.pop("head.weight")  # the embedding itself, read both ways: transformers ties it again
     return to_hf_weights(ours, layout, model.config.n_layers)
 
 

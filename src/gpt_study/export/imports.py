@@ -181,8 +181,7 @@ def _our_model(hf: Any, cfg: GPTConfig, layout: Layout, source: str) -> GPT:
     except UserError as e:
         raise _refuse(source, str(e)) from None
     model = GPT(cfg)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
-    missing = [k for k in missing if not (k == "head.weight" and cfg.tie_embeddings)]
+    missing, unexpected = model.load_own_weights(ours)
     if missing or unexpected:
         raise _refuse(
             source, f"its weights lack {(missing + unexpected)[0]}, which its config implies"

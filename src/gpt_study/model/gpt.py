@@ -293,6 +293,21 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
 
+    def own_weights(self) -> dict[str, torch.Tensor]:
+        """The state dict with each tensor once: a tied output layer is the embedding read
+        backwards, stored (checkpoint, export) under the embedding's name only."""
+        weights = self.state_dict()
+        if self.config.tie_embeddings:
+            weights.pop("head.weight")
+        return weights
+
+    def load_own_weights(self, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load :meth:`own_weights`-style ``weights``; the (missing, unexpected) names, a tied
+        output layer not counted missing (loading the embedding ties it again)."""
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        tied = self.config.tie_embeddings
+        return [k for k in missing if not (tied and k == "head.weight")], list(unexpected)
+
     def hidden(
         self,
         idx: torch.Tensor,
