@@ -26,7 +26,7 @@ MAX_FUNCTION_LINES = 80
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "runtime": (),
-    "config": ("runtime.errors", "runtime.files"),
+    "config": ("runtime.errors", "runtime.files", "runtime.choices"),
     "model": ("config.model", "config.fields", "config.data", "runtime.errors"),
     "data": ("config", "runtime"),
     "checkpoint": ("config", "data", "model", "runtime"),

@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpt_study.config.fields import AT_LEAST_1, Section, doc, thread_count
-
-SWITCH = ["auto", "on", "off"]  # a device choice: auto (gpt_study.runtime.plan decides), forced
+from gpt_study.runtime.choices import ATTENTION, BACKENDS, DTYPES, SWITCH
 
 
 @dataclass
@@ -25,7 +24,7 @@ class RuntimeConfig(Section):
         metadata=doc(
             "float32 (the study), auto (bf16 autocast where the hardware computes it natively), "
             "bfloat16, or float16 (autocast with a GradScaler, for GPUs without bf16)",
-            choices=["auto", "float32", "bfloat16", "float16"],
+            choices=DTYPES,
         ),
     )
     compile: bool = field(
@@ -53,7 +52,7 @@ class RuntimeConfig(Section):
         metadata=doc(
             "training's attention and dropout: auto (cpu_kernels, model/kernels.py, on a CPU; "
             "PyTorch's sdpa elsewhere), sdpa or cpu_kernels",
-            choices=["auto", "sdpa", "cpu_kernels"],
+            choices=ATTENTION,
             resume="free",
         ),
     )
@@ -61,7 +60,7 @@ class RuntimeConfig(Section):
         default="auto",
         metadata=doc(
             "torchrun backend: auto (nccl for CUDA, else gloo), gloo or nccl",
-            choices=["auto", "gloo", "nccl"],
+            choices=BACKENDS,
             resume="free",
         ),
     )

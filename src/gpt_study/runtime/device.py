@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt_study.runtime.choices import DTYPES, SWITCH
 from gpt_study.runtime.errors import UserError
 
 
@@ -58,10 +59,10 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """Training's autocast dtype: ``auto`` picks bfloat16 where the device computes it natively
     (float16, never picked by ``auto``, is for GPUs without bf16 and trains with a GradScaler)."""
-    if name in ("float32", "bfloat16", "float16"):
-        return getattr(torch, name)
+    if name not in DTYPES:
+        raise UserError(f"unknown --dtype {name!r}: use {', '.join(DTYPES)}")
     if name != "auto":
-        raise UserError(f"unknown --dtype {name!r}: use auto, float32, bfloat16 or float16")
+        return getattr(torch, name)
     kind = device.split(":")[0]
     if kind == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -93,8 +94,8 @@ def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManag
 def resolve_pin_memory(setting: str, device: str) -> bool:
     """Whether batches are pinned (page-locked) and copied non-blocking. ``auto``: on CUDA.
     ``on`` needs pinned memory, which torch has only with a GPU (a CPU-only torch refuses)."""
-    if setting not in ("auto", "on", "off"):
-        raise UserError(f"unknown --pin_memory {setting!r}: use auto, on or off")
+    if setting not in SWITCH:
+        raise UserError(f"unknown --pin_memory {setting!r}: use {', '.join(SWITCH)}")
     if setting == "auto":
         return device.startswith("cuda")
     if setting == "on":

@@ -33,12 +33,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gpt_study.runtime.choices import ATTENTION, BACKENDS, SWITCH
 from gpt_study.runtime.device import resolve_device, resolve_dtype, resolve_pin_memory
 from gpt_study.runtime.errors import UserError
-
-SWITCH = ("auto", "on", "off")
-ATTENTION = ("auto", "sdpa", "cpu_kernels")
-BACKENDS = ("auto", "gloo", "nccl")
 
 log = logging.getLogger(__name__)
 
