@@ -357,12 +357,26 @@ def test_the_page_ships_everything_it_loads(client):
     assert client.get("/static/../app.py").status_code == 404
 
 
-def test_only_the_hosts_it_was_told(models):
-    app = create_app(models, hosts=["127.0.0.1", "localhost"])
-    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+@pytest.mark.parametrize("bind", ["127.0.0.1", "localhost", "127.0.0.2", "::1"])
+def test_a_loopback_server_answers_only_its_own_names(models, bind):
+    """Every loopback address serve may listen on gets the DNS-rebinding check (it was only the
+    literal 127.0.0.1 and localhost: 127.0.0.2 and ::1 answered any Host, without a warning)."""
+    from gpt_study.serve.limits import own_names
+
+    hosts = own_names(bind)
+    assert hosts is not None and bind.strip("[]") in hosts
+    with TestClient(create_app(models, hosts=hosts), base_url="http://127.0.0.1:8000") as c:
         assert c.get("/api/models").status_code == 200
-        assert c.get("/api/models", headers={"host": "localhost:8000"}).status_code == 200
-        assert c.get("/api/models", headers={"host": "evil.example"}).status_code == 400
+        for ok in ("localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.1"):
+            assert c.get("/api/models", headers={"host": ok}).status_code == 200, ok
+        for bad in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "[::2]:80", ""):
+            assert c.get("/api/models", headers={"host": bad}).status_code == 400, bad
+
+
+def test_a_server_reachable_from_elsewhere_answers_any_name():
+    from gpt_study.serve.limits import own_names
+
+    assert own_names("0.0.0.0") is None
 
 
 def test_cli_needs_the_extra_and_something_to_serve(monkeypatch, capsys, assets):

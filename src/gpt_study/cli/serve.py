@@ -16,7 +16,7 @@ from dataclasses import fields
 from gpt_study.cli.common import add_reading_args
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import UserError
-from gpt_study.serve.limits import Limits
+from gpt_study.serve.limits import Limits, own_names
 from gpt_study.serve.stream import GENERATION_THREAD
 
 LIMIT_HELP = {
@@ -101,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
     for s in models.served:
         if s.note is not None:
             print(f"note: {s.name}: {s.note}", file=sys.stderr)
-    if not _is_loopback(args.host):
+    hosts = own_names(args.host)  # None: reachable from elsewhere, as asked
+    if hosts is None:
         print(_exposure_warning(args.host, args.port), file=sys.stderr)
-    loopback = args.host in ("127.0.0.1", "localhost")  # the names the page checks Host against
-    app = create_app(models, runs, limits, hosts=["127.0.0.1", "localhost"] if loopback else None)
+    app = create_app(models, runs, limits, hosts=hosts)
     names = ", ".join(s.name for s in models.served) or "none"
     print(f"serving models: {names}; runs: {args.runs or 'none'}", file=sys.stderr)
     print(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
@@ -124,17 +124,6 @@ def run(args: argparse.Namespace) -> int:
             t.join(timeout=5)
     print("gpt-study serve: stopped", file=sys.stderr)
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is this machine's own (127.0.0.0/8, ::1)."""
-    import ipaddress
-
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
 def _exposure_warning(host: str, port: int) -> str:

@@ -25,12 +25,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from gpt_study import __version__
 from gpt_study.config import SampleConfig
 from gpt_study.runtime.errors import UserError
-from gpt_study.serve.limits import BodyLimit, Busy, Gate, Limits
+from gpt_study.serve.limits import BodyLimit, Busy, Gate, HostCheck, Limits
 from gpt_study.serve.registry import Models, NotFound, Runs
 from gpt_study.serve.schemas import (
     AttentionRequest,
@@ -133,9 +132,10 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``models`` and the runs under ``runs``, within ``limits``.
 
-    ``hosts``: the only ``Host`` headers answered (None: any). A server on 127.0.0.1 answers
-    only ``127.0.0.1`` and ``localhost``, so a web page elsewhere cannot reach it by pointing
-    its own domain name at 127.0.0.1 (DNS rebinding).
+    ``hosts``: the only ``Host`` names answered (None: any); ``gpt-study serve`` passes
+    :func:`~gpt_study.serve.limits.own_names` of the address it listens on, so that a server on
+    a loopback address (127.0.0.1, 127.0.0.2, ::1, localhost) cannot be reached by a web page
+    elsewhere that points its own domain name at this machine (DNS rebinding).
     """
     runs = runs or Runs(None)
     limits = limits or Limits()
@@ -174,7 +174,7 @@ def create_app(
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     if hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+        app.add_middleware(HostCheck, names=hosts)
     app.add_middleware(_Headers)
     return app
 

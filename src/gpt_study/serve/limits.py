@@ -10,12 +10,14 @@ the server buffer gigabytes. Every refusal says which bound and its value.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 from dataclasses import dataclass
 
 from gpt_study.config.fields import AT_LEAST_1, NON_NEGATIVE, check_ranges
 
-__all__ = ["BodyLimit", "Busy", "Gate", "Limits"]
+__all__ = ["BodyLimit", "Busy", "Gate", "HostCheck", "Limits", "is_loopback", "own_names"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +150,53 @@ class BodyLimit:
 
 class _TooBig(Exception):
     pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is this machine's own (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def own_names(host: str) -> list[str] | None:
+    """The ``Host`` names a server listening on ``host`` answers: where only this machine can
+    reach it, its own names (the address it listens on, ``localhost``, ``127.0.0.1``, ``::1``),
+    so that a web page elsewhere cannot reach it by pointing its own domain at this machine (DNS
+    rebinding); None (any name) for a server reachable from elsewhere, as it was asked to be."""
+    if not is_loopback(host):
+        return None
+    return sorted({host.strip("[]"), "localhost", "127.0.0.1", "::1"})
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port: ``[::1]:8000`` gives ``::1``."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: answer 400 to any ``Host`` header but ``names`` (see :func:`own_names`;
+    Starlette's own check cuts an IPv6 ``[::1]:8000`` at its first colon)."""
+
+    def __init__(self, app, names: list[str]) -> None:
+        self.app, self.names = app, {n.lower() for n in names}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_name(header).lower() not in self.names:
+                body = json.dumps({"error": f"host {header!r} is not this server's"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
