@@ -97,15 +97,14 @@ def test_greedy_loops_equal_the_uncached_forward(model):
     assert decode_row(model, PROMPT, greedy, WINDOW)[0] == want
 
 
-@pytest.mark.parametrize(
-    "sample",
-    [
-        SampleConfig(seed=3, max_new_tokens=N),  # the defaults: top-p 0.95, temperature, penalty
-        SampleConfig(seed=4, max_new_tokens=N, top_k=5, top_p=0.8, repetition_penalty=1.3),
-        SampleConfig(seed=5, max_new_tokens=N, top_p=1.0, repetition_penalty=1.0),
-    ],
-    ids=["defaults", "top-k", "plain"],
-)
+SAMPLED = [
+    SampleConfig(seed=3, max_new_tokens=N),  # the defaults: top-p 0.95, temperature, penalty
+    SampleConfig(seed=4, max_new_tokens=N, top_k=5, top_p=0.8, repetition_penalty=1.3),
+    SampleConfig(seed=5, max_new_tokens=N, top_p=1.0, repetition_penalty=1.0),
+]
+
+
+@pytest.mark.parametrize("sample", SAMPLED, ids=["defaults", "top-k", "plain"])
 def test_sampled_fast_loop_equals_the_general_loop(model, sample):
     fast = generate_ids(model, [PROMPT], sample, WINDOW, return_logits=True)
     general = generate_ids(model, [PROMPT], sample, WINDOW, return_logits=True, fast=False)
@@ -132,6 +131,22 @@ def test_a_batch_of_prompts_of_different_lengths(model, keep):
         assert row == reference_generate(model, p, N, window=WINDOW, keep=keep)[0]
     fast = generate_ids(model, [BATCH[2]], greedy, WINDOW, keep=keep)  # the batch-1 loop
     assert fast.new_ids[0] == got.new_ids[2]
+
+
+@pytest.mark.parametrize("sample", SAMPLED, ids=["defaults", "top-k", "plain"])
+def test_a_sampled_row_writes_the_story_its_prompt_gets_alone(model, sample):
+    """Row r of a sampled batch draws from seed + r: its tokens are its prompt's alone with that
+    seed (the batch-1 loop), whatever else is in the batch; a batch that starts at prompt i takes
+    seed + i, so the stories do not depend on how prompts were batched."""
+    prompts = BATCH + [PROMPT]  # the same prompt twice: two different stories
+    together = generate_ids(model, prompts, sample, WINDOW, fast=False).new_ids
+    for r, (p, row) in enumerate(zip(prompts, together, strict=True)):
+        alone = dataclasses.replace(sample, seed=sample.seed + r)
+        assert row == generate_ids(model, [p], alone, WINDOW).new_ids[0], r
+    halves = [generate_ids(model, prompts[i : i + 2], sample.from_row(i), WINDOW, fast=False)
+              for i in (0, 2)]  # fmt: skip
+    assert [row for h in halves for row in h.new_ids] == together
+    assert together[1] != together[3]  # one prompt, two rows, two draws
 
 
 def test_a_sampled_batch_draws_from_the_uncached_logits(model):

@@ -104,7 +104,9 @@ def test_the_story_protocol_caps_at_512_and_seeds_each_batch_from_its_offset():
     assert STORY_PROTOCOL.max_new_tokens == 512 and STORY_PROTOCOL.seed == 1234
     assert STORY_PROTOCOL.openings == OPENINGS and len(STORY_PROTOCOL.prompts()) == 32
     three = StoryProtocol(samples_per_opening=3)  # 48 prompts: a full batch and a part
-    assert [(seed, len(ps)) for seed, ps in three.batches()] == [(1234, 32), (1266, 16)]
+    assert [(first, len(ps)) for first, ps in three.batches()] == [(0, 32), (32, 16)]
+    seeds = [three.decoding().from_row(first).seed for first, _ in three.batches()]
+    assert seeds == [1234, 1266]  # prompt i draws from seed + i
     assert [p for _, ps in three.batches() for p in ps] == three.prompts()
     assert STORY_PROTOCOL.departures() == []
     assert three.departures() == ["samples_per_opening 3 (protocol: 2)"]

@@ -332,6 +332,21 @@ def test_cli_generates_batches_and_raw_tokens(tmp_path, tok, capsys):
     assert capsys.readouterr().out.startswith("the girl")
 
 
+def test_cli_stories_do_not_depend_on_the_batch_size(tmp_path, tok, capsys):
+    """Prompt i draws from seed + i: --batch_size changes nothing, and the same prompt given
+    again is another story (batches used to restart at the seed: prompts 1 and 17 were equal)."""
+    ckpt = _write_checkpoint(tmp_path, tok)
+    prompts = [x for _ in range(5) for x in ("--prompt", "lily liked")]
+    args = ["generate", "--checkpoint", str(ckpt), "--max_new_tokens", "12", "--seed", "7"]
+    outs = []
+    for size in ("1", "2", "16"):
+        assert main([*args, *prompts, "--batch_size", size, "--no-stream"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] == outs[2]
+    stories = [s.strip() for s in outs[0].split("### story")[1:]]
+    assert len({s.split("\n", 1)[1] for s in stories}) > 1  # not one story five times
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             ckpt.model,
             tok,
             batch,
-            sample,
+            sample.from_row(b),  # prompt i draws from seed + i, whatever --batch_size
             window=window,
             stream=(lambda row, text: write(text) if row == 0 else None) if streaming else None,
             warn=warn,

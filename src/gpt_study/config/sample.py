@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,7 +38,10 @@ class SampleConfig:
             "temperature 0.8 and top_p 0.95 was measured to stop loops (docs/generate.md)"
         ),
     )
-    seed: int | None = field(default=None, metadata=doc("seed for reproducible sampling"))
+    seed: int | None = field(
+        default=None,
+        metadata=doc("seed for reproducible sampling (prompt i draws from seed + i)"),
+    )
 
     RANGES: ClassVar[dict[str, Range]] = {
         "max_new_tokens": AT_LEAST_1,
@@ -57,6 +61,12 @@ class SampleConfig:
                 f"--temperature {self.temperature} is out of range: use a value > 0 "
                 "(or --greedy for the study's argmax decoding)"
             )
+
+    def from_row(self, first: int) -> SampleConfig:
+        """The settings of a batch whose first prompt is prompt ``first`` of many: prompt ``i``
+        draws from ``seed + i`` (row ``r`` of a batch from the batch's ``seed + r``), so a story
+        depends on its seed and its place among the prompts, never on how they were batched."""
+        return self if self.seed is None else dataclasses.replace(self, seed=self.seed + first)
 
     def for_transformers(self) -> dict[str, Any]:
         """These settings in the words of transformers' ``generate``: the one translation, for

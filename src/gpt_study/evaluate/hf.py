@@ -253,8 +253,8 @@ def write_hf_stories(
     prompts = {p: head + tok(p, add_special_tokens=False)["input_ids"] for p in protocol.openings}
     sample = protocol.decoding(sample)
     texts, new_ids, finished = [], [], []
-    for seed, batch in protocol.batches():
-        torch.manual_seed(seed)
+    for first, batch in protocol.batches():
+        torch.manual_seed(sample.from_row(first).seed)  # transformers draws from torch's own
         new, done = generate_rows(hf, sample, [prompts[p] for p in batch])
         new_ids += new
         finished += done

@@ -82,11 +82,10 @@ class StoryProtocol:
         return [p for p in self.openings for _ in range(self.samples_per_opening)]
 
     def batches(self) -> list[tuple[int, list[str]]]:
-        """``(seed, prompts)`` per batch: the seeding rule, here and nowhere else."""
+        """``(first, prompts)`` per batch: the index of its first prompt, whose seed
+        :meth:`SampleConfig.from_row <gpt_study.config.SampleConfig.from_row>` gives."""
         ps = self.prompts()
-        return [
-            (self.seed + i, ps[i : i + self.batch_size]) for i in range(0, len(ps), self.batch_size)
-        ]
+        return [(i, ps[i : i + self.batch_size]) for i in range(0, len(ps), self.batch_size)]
 
     def decoding(self, sample: SampleConfig | None = None) -> SampleConfig:
         """What every writer of the protocol's stories (gpt-study's and a transformers model's)
@@ -161,8 +160,8 @@ def write_stories(
     texts: list[str] = []
     new_ids: list[list[int]] = []
     finished: list[bool] = []
-    for seed, prompts in protocol.batches():
-        res = generate(model, tokenizer, prompts, replace(sample, seed=seed), window, warn=_quiet)
+    for first, prompts in protocol.batches():
+        res = generate(model, tokenizer, prompts, sample.from_row(first), window, warn=_quiet)
         texts += res.texts
         new_ids += res.new_ids
         finished += res.finished

@@ -16,7 +16,7 @@ import torch
 
 from gpt_study.config import EOT_ID, SampleConfig
 from gpt_study.generate.decode_fast import decode_row, last_logits
-from gpt_study.generate.sampling import draw_state, next_token
+from gpt_study.generate.sampling import RowGenerators, draw_state, next_token
 from gpt_study.generate.window import (
     SLIDE_KEEP,
     crop_prompt,
@@ -54,7 +54,7 @@ class _Loop:
 
     seqs: list[list[int]]  # (B, L_i): prompt (cut to the window), then the new tokens
     device: torch.device
-    generator: torch.Generator | None
+    generator: RowGenerators | None  # each row's own
     seen: torch.Tensor | None  # (B, V) 0/1, the tokens each row holds, for the penalty
     new: list[list[int]]
     done: list[bool]
@@ -117,11 +117,9 @@ def _choose(
     if not free:
         return
     sub = logits[free]
+    rows = [active[r] for r in free]  # their places in the batch: each draws from its own seed
     picked = next_token(
-        sub,
-        sample,
-        None if seen is None else seen[[active[r] for r in free]],
-        st.generator,
+        sub, sample, None if seen is None else seen[rows], st.generator, rows
     ).tolist()
     for j, (r, tok) in enumerate(zip(free, picked, strict=True)):
         i = active[r]

@@ -19,24 +19,49 @@ __all__ = [
     "draw_nucleus",
     "draw_state",
     "next_token",
+    "uniform",
+    "RowGenerators",
 ]
+
+
+class RowGenerators(list):
+    """One seeded generator per row: row ``r`` of a batch draws from ``seed + r`` alone, so a
+    sampled story is the one its prompt gets alone with that seed, whatever else is in the batch
+    (a batch that starts at prompt ``i`` of many takes ``seed + i``: :meth:`SampleConfig.from_row
+    <gpt_study.config.SampleConfig.from_row>`)."""
+
+
+Generators = torch.Generator | RowGenerators | None  # shared, per row, or torch's own
 
 
 def draw_state(
     sample: SampleConfig, seqs: Sequence[Sequence[int]], vocab_size: int, device: torch.device
-) -> tuple[torch.Generator | None, torch.Tensor | None]:
-    """What a decoding loop keeps between draws: the seeded generator (None: greedy, or no
-    seed) and the (B, V) 0/1 mask of the tokens each row holds, for the repetition penalty
+) -> tuple[RowGenerators | None, torch.Tensor | None]:
+    """What a decoding loop keeps between draws: the rows' seeded generators (None: greedy, or
+    no seed) and the (B, V) 0/1 mask of the tokens each row holds, for the repetition penalty
     (None when it is off). Both loops start from here, so a seed gives them the same tokens."""
     generator = None
     if sample.seed is not None and not sample.greedy:
-        generator = torch.Generator(device=device).manual_seed(sample.seed)
+        generator = RowGenerators(
+            torch.Generator(device=device).manual_seed(sample.seed + r) for r in range(len(seqs))
+        )
     seen = None
     if sample.repetition_penalty != 1.0 and not sample.greedy:
         seen = torch.zeros(len(seqs), vocab_size, device=device)  # float: no conversion per token
         for i, s in enumerate(seqs):
             seen[i, torch.tensor(list(s), device=device, dtype=torch.long)] = 1.0
     return generator, seen
+
+
+def uniform(
+    n: int, generator: Generators, rows: Sequence[int] | None, device: torch.device
+) -> torch.Tensor:
+    """(n, 1) numbers in [0, 1), the only randomness of a draw: from each row's own generator
+    (``rows``: which row of the batch each of the ``n`` is for), or from a shared one."""
+    if isinstance(generator, RowGenerators):
+        rows = range(n) if rows is None else rows
+        return torch.cat([torch.rand(1, 1, generator=generator[r], device=device) for r in rows])
+    return torch.rand(n, 1, generator=generator, device=device)
 
 
 def apply_repetition_penalty(
@@ -87,7 +112,11 @@ def candidates(
 
 
 def draw_nucleus(
-    logits: torch.Tensor, top_p: float, generator: torch.Generator | None, tries: int = 16
+    logits: torch.Tensor,
+    top_p: float,
+    generator: Generators,
+    tries: int = 16,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """One token per row of ``logits`` (B, V) from the top-``p`` nucleus, without sorting.
 
@@ -99,28 +128,34 @@ def draw_nucleus(
     near-uniform row (an untrained model) has a nucleus of most of the vocabulary. Rows still
     refused after ``tries`` draws (a tiny ``p``) take the sorted way. Returns (B,) ids.
     """
+    rows = list(range(logits.size(0))) if rows is None else list(rows)
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     cdf = torch.cumsum(probs, dim=-1)  # (B, V)
-    tok, ok = _try_nucleus(probs, cdf, top_p, generator)  # (B,), (B,)
+    tok, ok = _try_nucleus(probs, cdf, top_p, generator, rows)  # (B,), (B,)
     if bool(ok.all()):  # the usual case: every row drawn at the first try
         return tok
     out = tok.clone()  # rows drawn so far hold their draw; the others are overwritten
     todo = torch.arange(probs.size(0), device=probs.device)  # rows not yet drawn
     for _ in range(tries - 1):
         todo, probs, cdf = todo[~ok], probs[~ok], cdf[~ok]
-        tok, ok = _try_nucleus(probs, cdf, top_p, generator)
+        tok, ok = _try_nucleus(probs, cdf, top_p, generator, [rows[i] for i in todo.tolist()])
         out[todo[ok]] = tok[ok]
         if bool(ok.all()):
             return out
     todo = todo[~ok]
     if todo.numel():
         weights, ids = candidates(logits[todo], 0, top_p)  # type: ignore[misc]
-        out[todo] = ids.gather(-1, _draw(weights, generator))[:, 0]
+        pick = _draw(weights, generator, [rows[i] for i in todo.tolist()])
+        out[todo] = ids.gather(-1, pick)[:, 0]
     return out
 
 
 def _try_nucleus(
-    probs: torch.Tensor, cdf: torch.Tensor, top_p: float, generator: torch.Generator | None
+    probs: torch.Tensor,
+    cdf: torch.Tensor,
+    top_p: float,
+    generator: Generators,
+    rows: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One draw per row from ``probs`` (n, V) by its ``cdf``, and whether it is in the nucleus:
     (ids (n,), ok (n,) bool).
@@ -134,7 +169,7 @@ def _try_nucleus(
     sum of ``(p - p_tok)`` over likelier tokens plus ``p_tok`` times their count.
     """
     n, V = probs.shape
-    u = torch.rand(n, 1, generator=generator, device=probs.device)  # (n, 1)
+    u = uniform(n, generator, rows, probs.device)  # (n, 1)
     tok = torch.searchsorted(cdf, u, right=True).clamp_(max=V - 1)  # (n, 1)
     if n == 1:
         row = probs[0]  # (V,)
@@ -147,14 +182,16 @@ def _try_nucleus(
     return tok[:, 0], likelier < top_p
 
 
-def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(
+    weights: torch.Tensor, generator: Generators, rows: Sequence[int] | None = None
+) -> torch.Tensor:
     """One index per row of ``weights`` (B, K), drawn in proportion to them (inverse CDF).
 
     The non-zero weights must form a prefix of each row, as :func:`candidates` returns them (a
     whole softmax qualifies); several times cheaper than ``torch.multinomial`` on a CPU.
     """
     cdf = torch.cumsum(weights, dim=-1)  # (B, K)
-    u = torch.rand(weights.size(0), 1, generator=generator, device=weights.device)  # (B, 1)
+    u = uniform(weights.size(0), generator, rows, weights.device)  # (B, 1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first cdf > u * total
     last = (weights > 0).sum(-1, keepdim=True) - 1  # rounding can never pick past the set
     return torch.minimum(idx, last)  # (B, 1)
@@ -164,9 +201,11 @@ def next_token(
     logits: torch.Tensor,
     sample: SampleConfig,
     seen: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from ``logits`` (B, V): greedy or sampled, per ``sample``.
+    ``rows``: the batch rows these are, for :class:`RowGenerators` (default: 0 .. B-1).
 
     Greedy is the study's plain argmax and ignores every sampling setting, the repetition
     penalty included (``top_k=1`` gives an argmax that honours the penalty). Otherwise: repetition
@@ -181,8 +220,8 @@ def next_token(
     V = logits.size(-1)
     if sample.top_k <= 0 or sample.top_k >= V:
         if sample.top_p < 1.0:
-            return draw_nucleus(logits, sample.top_p, generator)  # (B,)
-        return _draw(torch.softmax(logits, dim=-1), generator)[:, 0]  # (B,)
+            return draw_nucleus(logits, sample.top_p, generator, rows=rows)  # (B,)
+        return _draw(torch.softmax(logits, dim=-1), generator, rows)[:, 0]  # (B,)
     weights, ids = candidates(logits, sample.top_k, sample.top_p)  # type: ignore[misc]  # (B, K)
-    pick = _draw(weights, generator)  # (B, 1), index into K
+    pick = _draw(weights, generator, rows)  # (B, 1), index into K
     return ids.gather(-1, pick).squeeze(-1)  # (B,)
