@@ -385,3 +385,15 @@ def test_a_decay_that_would_climb_is_refused(schedule):
     with pytest.raises(UserError, match="--min_lr 0.01 is above --lr 0.001: lower it"):
         TrainConfig(lr=1e-3, min_lr=1e-2, lr_schedule=schedule)
     assert TrainConfig(lr=1e-3, min_lr=1e-2, lr_schedule="constant").schedule.min_lr == 1e-2
+
+
+def test_a_runs_prepared_folder_is_its_recorded_data_else_prepares_name():
+    """One answer for every reader of a run's data (evaluate, compare, export's check)."""
+    from pathlib import Path
+
+    from gpt_study.config import Config, DataConfig
+    from gpt_study.config.presets import preset_config
+
+    assert Config().prepared_folder() == DataConfig().output_dir()  # an imported model's config
+    cfg = preset_config("tiny", train={"data": "/somewhere/prepared"})
+    assert cfg.prepared_folder() == Path("/somewhere/prepared")

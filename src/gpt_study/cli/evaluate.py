@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from gpt_study.cli.common import (
@@ -20,7 +19,6 @@ from gpt_study.cli.common import (
 from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
-from gpt_study.config.data import data_folder
 from gpt_study.evaluate.hf import evaluate_hf, load_hf
 from gpt_study.evaluate.report import UNK_NOTE, evaluate_split, evaluate_stories, format_table
 from gpt_study.evaluate.stories import PROTOCOL_SAMPLE
@@ -102,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_valid:
         result["valid"] = evaluate_split(
             ckpt.model,
-            args.data or data_folder(ckpt.config.train.data, asdict(ckpt.config.data)),
+            args.data or ckpt.config.prepared_folder(),
             window,
             args.split,
             args.batch_size or 16,

@@ -91,8 +91,10 @@ def compare_runs(
     settings = differing_settings(runs)
     summaries = [summarize(r) for r in runs]
     notes += comparability_notes(runs)
-    refs = references.rows(runs[0].config.train.data, stories.protocol() if stories else None)
-    notes += reference_notes(refs, {str(Path(r.config.train.data or "").resolve()) for r in runs})
+    refs = references.rows(
+        runs[0].config.prepared_folder(), stories.protocol() if stories else None
+    )
+    notes += reference_notes(refs, {str(r.config.prepared_folder().resolve()) for r in runs})
     result: dict[str, Any] = {
         "runs": summaries,
         "settings": settings,

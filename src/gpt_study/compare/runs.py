@@ -209,7 +209,7 @@ def comparability_notes(runs: list[RunData]) -> list[str]:
             f"per-token NLL and perplexity do not compare across tokenizers ({listed}): "
             "compare bits per byte"
         )
-    folders = {str(Path(r.config.train.data or "").resolve()) for r in runs}
+    folders = {str(r.config.prepared_folder().resolve()) for r in runs}
     if len(folders) > 1:
         notes.append(
             "the runs were validated on different data folders, so their figures measure "

@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt_study.config.data import BYTE_VOCAB, EOT_ID, SOT_ID, SPECIALS, UNK_ID, DataConfig
+from gpt_study.config.data import (
+    BYTE_VOCAB,
+    EOT_ID,
+    SOT_ID,
+    SPECIALS,
+    UNK_ID,
+    DataConfig,
+    data_folder,
+)
 from gpt_study.config.fields import check_choices, flat_fields, flatten, sections
 from gpt_study.config.model import GPTConfig
 from gpt_study.config.sample import SampleConfig
@@ -57,6 +65,12 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     preset: str = "seed"
+
+    def prepared_folder(self) -> Path:
+        """The prepared folder the run trains and validates on: ``train.data`` as training
+        recorded it, else where ``prepare`` puts the data settings' folder. Every reader of a
+        run's data (evaluate, compare, export's check) goes through here."""
+        return data_folder(self.train.data, asdict(self.data))
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -162,8 +162,8 @@ def held_out_texts(cfg: Config, lowercase: bool, limit: int = 2000) -> tuple[lis
     """Up to ``limit`` cleaned stories of the valid split of the checkpoint's prepared folder,
     read from its sources as ``prepare`` read them (:func:`gpt_study.data.text.source_stories`);
     or none, and why not."""
-    folder = Path(cfg.train.data) if cfg.train.data else None
-    if folder is None or not (folder / "meta.json").exists():
+    folder = cfg.prepared_folder()
+    if not (folder / "meta.json").exists():
         return [], f"not measured: the checkpoint's data folder {folder} is not there"
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
