@@ -257,3 +257,24 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys, make, 
     assert len(err.splitlines()) == 1 and message in err, err
     assert (tree(runs["a"].parent), tree(tmp_path)) == before
     assert (tmp_path / MARKDOWN).read_text() == "# my own report\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_runs_stories_load_in_the_dtype_asked(runs, tmp_path, monkeypatch, dtype):
+    """compare --dtype reaches the runs' own stories, as evaluate's does (it reached only the
+    --hf references), and a library user gets the same range check as the CLI."""
+    import gpt_study.compare.stories as compare_stories_module
+
+    seen = []
+
+    def loading(path, device="auto", dtype="auto"):
+        seen.append(dtype)
+        return load_for_inference(path, device, dtype)
+
+    monkeypatch.setattr(compare_stories_module, "load_for_inference", loading)
+    argv = ["compare", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "o"), "--dtype"]
+    assert main([*argv, dtype, "--openings", "1", "--samples", "1"]) == 0
+    assert seen == [dtype, dtype]
+    for bad in (0, len(OPENINGS) + 1):
+        with pytest.raises(UserError, match=f"--openings {bad} is out of range"):
+            StorySettings(openings=bad)

@@ -82,20 +82,19 @@ def add_reference_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.openings <= len(OPENINGS):
-        raise UserError(f"--openings {args.openings} is out of range: use 1 to {len(OPENINGS)}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads} is out of range: use auto or a count >= 1")
     protocol = story_protocol(args)  # checks the story flags' ranges
-    stories = None
-    if not args.no_stories:
-        stories = StorySettings(
-            openings=args.openings,
-            samples=protocol.samples_per_opening,
-            seed=protocol.seed,
-            max_new_tokens=protocol.max_new_tokens,
-            device=args.device,
-        )
+    stories: StorySettings | None = StorySettings(  # checked even with --no_stories
+        openings=args.openings,
+        samples=protocol.samples_per_opening,
+        seed=protocol.seed,
+        max_new_tokens=protocol.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    if args.no_stories:
+        stories = None
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     hf = HFSettings(

@@ -30,6 +30,12 @@ class StorySettings:
     seed: int = STORY_PROTOCOL.seed
     max_new_tokens: int = STORY_PROTOCOL.max_new_tokens
     device: str = "auto"
+    dtype: str = "auto"  # the weights' dtype, as evaluate's --dtype
+
+    def __post_init__(self) -> None:
+        n = len(STORY_PROTOCOL.openings)
+        if not 1 <= self.openings <= n:
+            raise UserError(f"--openings {self.openings} is out of range: use 1 to {n}")
 
     def protocol(self) -> StoryProtocol:
         return replace(
@@ -46,7 +52,7 @@ class StorySettings:
 
 def run_stories(run: RunData, settings: StorySettings) -> dict[str, Any]:
     """Stories of ``run``'s best checkpoint, one per prompt, with :func:`story_metrics`."""
-    ckpt = load_for_inference(str(run.best_checkpoint), settings.device)
+    ckpt = load_for_inference(str(run.best_checkpoint), settings.device, settings.dtype)
     window = ckpt.window
     written = write_stories(ckpt.model, ckpt.tokenizer, None, window, settings.protocol())
     return {
