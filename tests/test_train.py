@@ -712,3 +712,24 @@ def test_existing_run_and_resume_mismatches(tiny_prepared, tmp_path, capsys):
     assert "used preset tiny" in _err(resume + ["--preset", "seed"], capsys)
     other = write_prepared(tmp_path / "other", vocab_size=40)
     assert "vocabulary of 40" in _err(resume + ["--data", str(other)], capsys)
+
+
+def test_fit_applies_the_runs_process_settings_and_puts_them_back(
+    tiny_prepared, tmp_path, monkeypatch
+):
+    """A library fit trains as `gpt-study train` does (the CLI used to apply the threads and
+    speed settings around fit, a notebook's fit went without) and leaves the process as it was."""
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    seen = []
+    real = train_loop.train_step
+
+    def step(r, s):
+        seen.append(torch.get_num_threads())
+        return real(r, s)
+
+    monkeypatch.setattr(train_loop, "train_step", step)
+    train = tiny_train(tiny_prepared, tmp_path / "run", sample_tokens=0, threads=wanted)
+    fit(build_config("tiny", train=train, model=MODEL))
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before

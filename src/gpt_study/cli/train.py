@@ -8,7 +8,6 @@ import argparse
 from gpt_study.cli.flags import add_dataclass_args, dataclass_overrides
 from gpt_study.config import Config, DataConfig, GPTConfig, TrainConfig
 from gpt_study.config.presets import PRESETS
-from gpt_study.runtime import device as runtime
 from gpt_study.train.fit import fit
 from gpt_study.train.setup import DATA_FLAGS, build_config
 
@@ -51,9 +50,4 @@ def config_from_flags(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_flags(args)
-    rt = cfg.train.runtime
-    device = runtime.resolve_device(rt.device)
-    dtype = runtime.resolve_dtype(rt.dtype, device)
-    with runtime.process_settings(rt.threads, device, dtype, training=True):
-        return fit(cfg, resume=args.resume).exit_code
+    return fit(config_from_flags(args), resume=args.resume).exit_code  # fit applies the settings

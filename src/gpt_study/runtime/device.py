@@ -2,9 +2,9 @@
 
 This is the one module that decides these. Model, loss and training code receive a device name
 and a dtype and never look at the machine themselves. The process-wide settings (thread count,
-TF32 matmuls, bf16 attention math, glibc's memory reuse) are applied by the command layer through
-:func:`process_settings`, a context manager that restores them, so calling ``fit`` from a notebook
-changes nothing outside the call. The one setting a run changes while it runs, the thread count
+TF32 matmuls, bf16 attention math, glibc's memory reuse) are applied through
+:func:`process_settings`, a context manager that restores them (``fit`` holds it for its run), so
+calling ``fit`` from a notebook changes nothing outside the call. The one setting a run changes while it runs, the thread count
 under ``--threads auto`` (:class:`ThreadTuner`), is restored by :func:`thread_tuning` likewise.
 
 ``benchmarks/bench_train.py`` measures each piece of the fast step against the study's plain

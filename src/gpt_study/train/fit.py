@@ -13,8 +13,9 @@ Many processes. Under ``torchrun`` each process takes its slice of every step's 
 is wrapped in DistributedDataParallel, validation is sharded and summed, and only rank 0 logs,
 samples, plots and writes; the others wait at a barrier.
 
-``fit`` changes nothing process-wide: the command layer applies threads and the speed settings
-(:func:`gpt_study.runtime.process_settings`). Under ``--threads auto`` on a CPU the loop
+``fit`` applies the run's threads and speed settings for its own duration
+(:func:`gpt_study.runtime.process_settings`), so a notebook's ``fit`` trains as ``gpt-study
+train`` does and changes nothing process-wide once it returns. Under ``--threads auto`` on a CPU the loop
 switches torch between 1 thread and all cores, whichever trains faster each epoch
 (:class:`~gpt_study.runtime.ThreadTuner`), and ``fit`` puts the count back when it returns;
 likewise the attention path that the run's plan chose (``--attention``, the switch of
@@ -44,7 +45,7 @@ from gpt_study.model.kernels import cpu_path
 from gpt_study.model.loss import LMLoss
 from gpt_study.runs import CONFIG, LAST, check_save_root, damaged_last
 from gpt_study.runtime import distributed
-from gpt_study.runtime.device import resolve_device, thread_tuning
+from gpt_study.runtime.device import process_settings, resolve_device, thread_tuning
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.lock import folder_lock
 from gpt_study.runtime.plan import RuntimePlan, grad_scaler, resolve_plan
@@ -72,7 +73,10 @@ def fit(cfg: Config, resume: bool = False) -> TrainResult:
     save_root = Path(cfg.train.save_root)
     try:
         data, tokenizer = _open_data(cfg, resume)
-        with _run_lock(save_root):
+        with (
+            process_settings(rt.threads, plan.device, plan.dtype, training=True),
+            _run_lock(save_root),
+        ):
             r = _build(cfg, data, tokenizer, plan, resume)
             if distributed.is_main():
                 r.save_root.mkdir(parents=True, exist_ok=True)
