@@ -192,3 +192,19 @@ def test_cli_generates_with_int8_weights(tmp_path, capsys):
     assert main([*args, "--quantize", "int8", "--prompt", "once upon", "--raw"]) == 0
     raw = capsys.readouterr().out.split()
     assert raw[:3] == ["<sot>", "once", "upon"] and len(raw) <= 8
+
+
+def test_quantize_is_one_rule_for_every_reader():
+    """--quantize's values and meaning live in generate.weights: the CLI offers QUANTIZE, and a
+    library reader (serve's Models.load) refuses another value instead of serving floats."""
+    from gpt_study.generate.weights import QUANTIZE, quantize
+    from gpt_study.runtime.errors import UserError
+
+    assert QUANTIZE == ("none", "int8")
+    model = tiny_model(1)
+    assert quantize(model, "none") is model and not any(
+        isinstance(m, Int8Linear) for m in model.modules()
+    )
+    assert any(isinstance(m, Int8Linear) for m in quantize(model, "int8").modules())
+    with pytest.raises(UserError, match="unknown --quantize 'int4'"):
+        quantize(tiny_model(1), "int4")

@@ -12,7 +12,7 @@ from gpt_study.config import SampleConfig
 from gpt_study.config.fields import flat_fields, thread_count
 from gpt_study.config.train import TrainConfig
 from gpt_study.evaluate.stories import STORY_PROTOCOL, StoryProtocol
-from gpt_study.generate.weights import quantize_int8
+from gpt_study.generate.weights import QUANTIZE, quantize
 from gpt_study.generate.window import resolve_window
 from gpt_study.runtime import device as runtime
 
@@ -46,7 +46,7 @@ def add_reading_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         default="none",
-        choices=["none", "int8"],
+        choices=QUANTIZE,
         help="int8: int8 weight-only linear layers, a quarter of the bytes each token reads "
         "(batch-1 decoding about 3x faster on a CPU; held-out NLL within 0.5%%, see docs/export.md)",
     )
@@ -91,8 +91,7 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     and apply ``--quantize``."""
     runtime.set_threads(args.threads)
     ckpt = load_for_inference(args.checkpoint, args.device, args.dtype)
-    if getattr(args, "quantize", "none") == "int8":
-        quantize_int8(ckpt.model)
+    quantize(ckpt.model, getattr(args, "quantize", "none"))
     return ckpt
 
 

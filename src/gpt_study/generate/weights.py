@@ -20,7 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Int8Linear", "quantize_int8", "weight_bytes_per_token"]
+from gpt_study.runtime.errors import UserError
+
+__all__ = ["QUANTIZE", "Int8Linear", "quantize", "quantize_int8", "weight_bytes_per_token"]
+
+QUANTIZE = ("none", "int8")  # --quantize: what a reading command may do to a model's weights
 
 
 class Int8Linear(nn.Module):
@@ -74,6 +78,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         else:
             quantize_int8(child)
     return model
+
+
+def quantize(model: nn.Module, how: str) -> nn.Module:
+    """``--quantize``'s one meaning for every command that reads a model (generate, evaluate,
+    compare's stories, serve): ``none``, or ``int8`` (:func:`quantize_int8`); in place."""
+    if how not in QUANTIZE:
+        raise UserError(f"unknown --quantize {how!r}: use {', '.join(QUANTIZE)}")
+    return quantize_int8(model) if how == "int8" else model
 
 
 def weight_bytes_per_token(model: nn.Module) -> int:

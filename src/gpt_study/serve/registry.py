@@ -18,7 +18,7 @@ from gpt_study.checkpoint import Checkpoint, load_for_inference
 from gpt_study.config import Config, config_to_dict, load_config
 from gpt_study.evaluate.introspect import text_ids
 from gpt_study.generate import encode_prompt
-from gpt_study.generate.weights import quantize_int8
+from gpt_study.generate.weights import quantize as quantize_weights
 from gpt_study.generate.window import resolve_window
 from gpt_study.runs import METRICS_JSONL, read_metrics
 from gpt_study.runtime.errors import UserError
@@ -113,9 +113,8 @@ class Models:
         :func:`~gpt_study.generate.window.resolve_window`."""
         resolved = [Path(p) for p in paths]
         cks = [load_for_inference(str(p), device, dtype) for p in resolved]
-        if quantize == "int8":
-            for ck in cks:
-                quantize_int8(ck.model)
+        for ck in cks:
+            quantize_weights(ck.model, quantize)
         names = _names(resolved)
         return cls([Served(n, c, window) for n, c in zip(names, cks, strict=True)])
 
