@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from gpt_study.config import GPTConfig, SampleConfig
-from gpt_study.config.presets import preset_config
+from gpt_study.config.presets import prepared_vocab, preset_config
 from gpt_study.generate import (
     generate_ids,
     quantize_int8,
@@ -265,7 +265,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
 
-    vocab = args.vocab_size or (30000 if args.preset == "seed" else 4096)
+    vocab = args.vocab_size or prepared_vocab(args.preset)
     cfg = preset_config(args.preset, model={"vocab_size": vocab})
     torch.manual_seed(0)
     model = GPT(cfg.model).eval().to(args.device)

@@ -56,6 +56,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpt_study.config import GPTConfig  # noqa: E402
+from gpt_study.config.presets import prepared_vocab  # noqa: E402
 from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
 from gpt_study.model.kernels import use_cpu_path  # noqa: E402
 from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
@@ -234,7 +235,8 @@ def main() -> int:
     reused = args.reuse_memory == "on" and reuse_freed_memory(True)  # off: glibc untouched
     torch.manual_seed(0)
     drop = dict(attention_drop=0.0, residual_drop=0.0, embedding_drop=0.0)
-    cfg = GPTConfig(vocab_size=args.vocab_size or 30000, **(drop if args.no_dropout else {}))
+    vocab = args.vocab_size or prepared_vocab("seed")
+    cfg = GPTConfig(vocab_size=vocab, **(drop if args.no_dropout else {}))
     B, T = args.batch_size or 64, args.context_size or 128
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
     y = torch.randint(0, cfg.vocab_size, (B, T), device=device)

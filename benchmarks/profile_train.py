@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from gpt_study.config.presets import PREPARED_WITH, preset_config
+from gpt_study.config.presets import PRESETS, prepared_vocab, preset_config
 from gpt_study.model.gpt import GPT, flops_per_token
 from gpt_study.model.loss import LMLoss
 from gpt_study.model.masks import mask_stream
@@ -30,7 +30,7 @@ from gpt_study.runtime.memory import use_huge_pages
 from gpt_study.train.optim import make_optimizer
 
 # What each preset is prepared with (cpu: the bpe vocabulary it was measured on).
-VOCAB = {"seed": 30000, "tiny": 5229, "cpu": PREPARED_WITH["cpu"]["vocab_size"]}
+VOCAB = {name: prepared_vocab(name) for name in PRESETS}
 
 
 def _cpu_name() -> str:

@@ -397,3 +397,10 @@ def test_a_runs_prepared_folder_is_its_recorded_data_else_prepares_name():
     assert Config().prepared_folder() == DataConfig().output_dir()  # an imported model's config
     cfg = preset_config("tiny", train={"data": "/somewhere/prepared"})
     assert cfg.prepared_folder() == Path("/somewhere/prepared")
+
+
+def test_each_preset_is_timed_at_the_vocabulary_it_is_prepared_with():
+    from gpt_study.config.presets import PREPARED_WITH, PRESETS, prepared_vocab
+
+    assert {p: prepared_vocab(p) for p in PRESETS} == {"seed": 30000, "tiny": 30000, "cpu": 4096}
+    assert prepared_vocab("cpu") == PREPARED_WITH["cpu"]["vocab_size"]

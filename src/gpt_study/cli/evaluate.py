@@ -19,6 +19,7 @@ from gpt_study.cli.common import (
 from gpt_study.cli.common import window as window_of
 from gpt_study.cli.flags import add_dataclass_args
 from gpt_study.config import SampleConfig
+from gpt_study.data.folder import SPLITS
 from gpt_study.evaluate.hf import evaluate_hf, load_hf
 from gpt_study.evaluate.report import UNK_NOTE, evaluate_split, evaluate_stories, format_table
 from gpt_study.evaluate.stories import PROTOCOL_SAMPLE
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="prepared folder (default: the one the checkpoint was trained on; --hf needs it)",
     )
-    parser.add_argument("--split", default="valid", choices=["valid", "train"])
+    parser.add_argument("--split", default="valid", choices=list(reversed(SPLITS)))
     parser.add_argument(
         "--batch_size",
         type=int,

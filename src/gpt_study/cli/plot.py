@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from gpt_study.config import TrainConfig
 from gpt_study.train.plot import plot_run
+
+SAVE_ROOT = TrainConfig().save_root  # train's default folder, so `gpt-study plot` finds its run
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--save_root", default="runs/gpt", help="the run's folder (default: runs/gpt)"
+        "--save_root", default=SAVE_ROOT, help=f"the run's folder (default: {SAVE_ROOT})"
     )
     parser.add_argument("--out", default=None, help="PNG to write (default: <save_root>/loss.png)")
 

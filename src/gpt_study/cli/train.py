@@ -19,8 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=list(PRESETS),
         default=None,
-        help="starting config: seed (the study's, the default) or tiny (CPU-friendly); "
-        "any flag overrides it",
+        help=f"starting config: one of {', '.join(PRESETS)} (seed: the study's, the default; "
+        "docs/train.md says what each is); any flag overrides it",
     )
     parser.add_argument(
         "--resume",

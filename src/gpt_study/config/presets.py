@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpt_study.config import Config, TrainConfig, config_from_dict
+from gpt_study.config import Config, DataConfig, TrainConfig, config_from_dict
 from gpt_study.config.fields import flatten
 from gpt_study.runtime.errors import UserError
 
@@ -120,6 +120,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # and bench_quality prepare with them). 8,192 entries learned faster early but ended worse at the
 # full budget (docs/quality.md, "Round two").
 PREPARED_WITH: dict[str, dict[str, Any]] = {"cpu": {"tokenizer": "bpe", "vocab_size": 4096}}
+
+
+def prepared_vocab(name: str) -> int:
+    """The vocabulary size a preset's model has on the folder it is prepared with
+    (:data:`PREPARED_WITH`, else prepare's defaults: the study's word vocabulary of 30,000 on the
+    full corpus): what the benchmarks time it at when no prepared folder says otherwise."""
+    size = DataConfig(**PREPARED_WITH.get(name, {})).vocab_size
+    assert size is not None  # DataConfig fills in each tokenizer's default
+    return size
 
 
 def preset_config(name: str, **overrides: dict[str, Any]) -> Config:
