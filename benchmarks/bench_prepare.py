@@ -51,10 +51,13 @@ def reference_word(folder: Path, out: Path, min_chars: int = 300, vocab_size: in
     read = 0
     for split in ("train", "valid"):
         text = (folder / f"{split}.txt").read_text(encoding="utf-8")
-        raw = [s for s in text.split("<|endoftext|>") if s.strip()]
+        # a story is the text between marker lines, without their line breaks
+        raw = [s.removeprefix("\n").removesuffix("\n") for s in text.split("<|endoftext|>")]
+        raw = [s for s in raw if s.strip()]
         read += len(raw)
-        cleaned = [" ".join(ftfy.fix_text(s).split()).lower() for s in raw]
-        splits[split] = [s for s in cleaned if len(s) >= min_chars]
+        kept = [s for s in raw if len(s) >= min_chars]  # the study's filter: raw, before cleaning
+        # the study's order (its newline bug fixed): whitespace to one space, lowercase, then ftfy
+        splits[split] = [" ".join(ftfy.fix_text(" ".join(s.split()).lower()).split()) for s in kept]
     counts: Counter[str] = Counter()
     for story in splits["train"]:
         counts.update(t.text for t in tok(story))

@@ -504,3 +504,41 @@ def test_a_dead_worker_ends_in_one_line_not_a_hang(data_corpus, tmp_path, monkey
     with pytest.raises(UserError, match="worker died"):
         prep.prepare(_cfg(folder, out, workers=2), progress=False, log=lambda m: None)
     assert not out.exists()
+
+
+def test_the_benchmarks_reference_prepares_the_same_ids(tmp_path):
+    """benchmarks/bench_prepare.py times prepare against a plain version of the study's rules
+    and asserts equal ids: both must follow the one rule (the raw --min_chars filter, then
+    whitespace, lowercase, ftfy), checked here on the edge cases that once split them."""
+    import importlib.util
+
+    import numpy as np
+
+    from gpt_study.config import DataConfig
+    from gpt_study.data.prepare import prepare
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_prepare.py"
+    spec = importlib.util.spec_from_file_location("bench_prepare", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    story = "Once upon a time, Lily saw a swan. She said hello to it and smiled all day. " * 4
+    cases = [
+        story,
+        story
+        + "She asked, \u00e2\u20ac\u0153Can you help me cross the river?\u00e2\u20ac\nThe end.",
+        "x" * 299 + "\n",  # 299 raw characters: dropped, though not after cleaning's rules
+        "  " + "word " * 60,  # 302 raw characters, fewer once cleaned: kept
+        "CAF\u00c3\u2030 and &amp; " * 20,
+    ]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "valid"):
+        text = "\n<|endoftext|>\n".join(cases * 3)
+        (corpus / f"{split}.txt").write_text(text, encoding="utf-8")
+    bench.reference_word(corpus, tmp_path / "ref", min_chars=300)
+    cfg = DataConfig(data=[str(corpus)], out=str(tmp_path / "lib"), workers=1, min_freq=2)
+    prepare(cfg, progress=False, log=lambda m: None)
+    for split in ("train", "valid"):
+        a = np.fromfile(tmp_path / "ref" / f"{split}.bin", dtype=np.uint16)
+        b = np.fromfile(tmp_path / "lib" / f"{split}.bin", dtype=np.uint16)
+        assert len(a) > 100 and np.array_equal(a, b), split
