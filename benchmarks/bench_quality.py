@@ -103,11 +103,10 @@ def real_stories(data: Path, length: int) -> tuple[float, float, float]:
     """Repeated 4-grams of the real valid stories, whole and cut to ``length`` tokens, and the
     share of them that end within the story protocol's cap: what a model's stories are held to
     (a longer story repeats more, so both repeat figures are given)."""
-    import numpy as np
-
     from gpt_study.config import EOT_ID, SOT_ID
+    from gpt_study.data.dataset import open_prepared
 
-    ids = np.fromfile(data / "valid.bin", dtype=np.uint16).tolist()
+    ids = open_prepared(data).tokens("valid").tolist()
     stories, cur = [], []
     for t in ids:
         if t == SOT_ID:
@@ -118,8 +117,8 @@ def real_stories(data: Path, length: int) -> tuple[float, float, float]:
             cur.append(t)
     whole = story_metrics(stories, [True] * len(stories))["repeated_4gram"]
     cut = [st[:length] for st in stories]
-    cap = STORY_PROTOCOL.max_new_tokens
-    ended = sum(len(st) <= cap for st in stories) / max(len(stories), 1)
+    cap = STORY_PROTOCOL.max_new_tokens  # the <eot> is one of a story's new tokens
+    ended = sum(len(st) + 1 <= cap for st in stories) / max(len(stories), 1)
     return whole, story_metrics(cut, [True] * len(cut))["repeated_4gram"], ended
 
 

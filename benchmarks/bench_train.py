@@ -22,8 +22,8 @@ unfused AdamW, clipping at 1.0.
 
 The reference (benchmarks/reference.py) is the study's step: fp32, separate q/k/v projections,
 attention as an explicit masked softmax, cross-entropy with label smoothing on the full fp32
-logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-study train``
-runs: bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
+logits, and AdamW without foreach or fused kernels. The fast step is what ``gpt-study train
+--dtype auto`` runs (the ``seed`` preset keeps the study's fp32 unless asked): bf16 autocast, the model's attention (``scaled_dot_product_attention``, or on a CPU with
 dropout the cheaper masks and hand-written attention of ``gpt_study.model.kernels``), the chunked output
 layer + loss (``gpt_study.model.loss.head_loss``), fused AdamW, bf16 attention math and memory that
 stays mapped between steps (``gpt_study.runtime.device``). Both start from the same weights; the script
@@ -55,7 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpt_study.config import GPTConfig  # noqa: E402
+from gpt_study.config import GPTConfig, TrainConfig  # noqa: E402
 from gpt_study.config.presets import prepared_vocab  # noqa: E402
 from gpt_study.model.gpt import GPT, flops_per_token  # noqa: E402
 from gpt_study.model.kernels import use_cpu_path  # noqa: E402
@@ -67,9 +67,15 @@ from profile_train import build  # noqa: E402
 from profile_train import step as train_step  # noqa: E402
 from reference import NanoStyleGPT, ReferenceGPT, copy_from, nano_adamw, reference_loss  # noqa: E402
 
-# The study's optimizer settings.
-ADAMW = dict(lr=2.5e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=5e-4)
-LABEL_SMOOTHING = 0.1
+# The study's optimizer and loss settings: the config's defaults, which are the study's.
+_STUDY = TrainConfig()
+ADAMW = dict(
+    lr=_STUDY.optim.lr,
+    betas=_STUDY.optim.lr_betas,
+    eps=_STUDY.optim.eps,
+    weight_decay=_STUDY.optim.weight_decay,
+)
+LABEL_SMOOTHING = _STUDY.loss.label_smoothing
 
 
 def sync(device: torch.device) -> None:

@@ -61,7 +61,9 @@ def build(preset: str, dtype_name: str, model: dict | None = None, train: dict |
 
 
 def step(net, loss_fn, opt, dtype, x, y, clip: float = 0.0) -> torch.Tensor:
-    """One training step as the training loop runs it; ``clip``: its ``--grad_clip``."""
+    """The arithmetic of one training step (forward and loss, backward, clipping at ``clip``, the
+    optimizer) as ``train/loop.py``'s ``train_step`` does it for one micro-batch at a fixed rate:
+    the rate's schedule, gradient accumulation, EMA and a GradScaler (fp16) are left out."""
     with record_function("## forward"), autocast("cpu", dtype), mask_stream():
         loss = loss_fn(x, y)
     with record_function("## backward"):

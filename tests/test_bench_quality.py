@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +119,20 @@ def test_evaluate_is_run_with_the_story_protocol(tmp_path):
 
 
 def test_real_stories_are_held_to_the_protocols_cap(tmp_path):
+    """A story ends within the cap when its words and its <eot> fit in the protocol's new
+    tokens: cap - 1 words do, cap words do not (the model would need cap + 1)."""
+    from conftest import write_prepared
+
     cap = STORY_PROTOCOL.max_new_tokens
+    folder = write_prepared(tmp_path / "data")
     ids = []
-    for n in (10, cap, cap + 1, 20):  # two short, one at the cap, one past it
+    for n in (10, cap - 1, cap, 20):  # two short, one that just fits, one a token too long
         ids += [SOT_ID, *([7] * n), EOT_ID]
-    np.array(ids, dtype=np.uint16).tofile(tmp_path / "valid.bin")
-    _, _, ended = _bench().real_stories(tmp_path, 8)
+    np.array(ids, dtype=np.uint16).tofile(folder / "valid.bin")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["splits"]["valid"]["tokens"] = len(ids)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _, _, ended = _bench().real_stories(folder, 8)
     assert ended == 3 / 4
 
 

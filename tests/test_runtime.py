@@ -102,3 +102,22 @@ def test_thread_tuning_tunes_only_auto_on_a_cpu_with_threads_to_spare():
                 assert not tuner.active
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_install_hint_names_an_extra_the_package_has():
+    """One piece of advice for a missing extra (runtime.errors.install): each extra the code
+    names exists in pyproject.toml, so the advice works."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    named = set()
+    for path in (root / "src" / "gpt_study").rglob("*.py"):
+        named |= set(re.findall(r"""install\(['"](\w+)['"]\)""", path.read_text()))
+    assert named and named <= set(extras), named - set(extras)
+    assert named >= {"export", "serve", "parquet", "hub", "wandb"}

@@ -389,7 +389,7 @@ def test_cli_needs_the_extra_and_something_to_serve(monkeypatch, capsys, assets)
     assert main(["serve", "--checkpoint", str(assets["a"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        'gpt-study serve: error: serve needs uvicorn: install them with pip install -e ".[serve]"'
+        'gpt-study serve: error: serve needs uvicorn: pip install -e ".[serve]" in the gpt-study checkout'
     ]
     monkeypatch.setattr(importlib.util, "find_spec", real)
     assert main(["serve"]) == 2

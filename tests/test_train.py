@@ -688,7 +688,9 @@ def test_bad_inputs_get_one_line(tiny_prepared, tmp_path, capsys):
     assert "no checkpoint" in _err(base + data + ["--resume"], capsys)
     assert "--min_freq 3 but" in _err(base + data + ["--min_freq", "3"], capsys)
     if importlib.util.find_spec("wandb") is None:  # where wandb is installed it would log in
-        assert "pip install wandb" in _err(base + data + ["--wb_flag", "--epoch", "1"], capsys)
+        assert 'pip install -e ".[wandb]"' in _err(
+            base + data + ["--wb_flag", "--epoch", "1"], capsys
+        )
     assert "no metrics.jsonl" in _err(["plot", "--save_root", str(tmp_path / "none")], capsys)
     from conftest import write_prepared
 

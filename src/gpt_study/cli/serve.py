@@ -15,7 +15,7 @@ from dataclasses import fields
 
 from gpt_study.cli.common import add_reading_args
 from gpt_study.runtime import device as runtime
-from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.errors import UserError, install
 from gpt_study.serve.limits import Limits, own_names
 from gpt_study.serve.stream import GENERATION_THREAD
 
@@ -62,9 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _need_web_stack() -> None:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(
-            f'serve needs {" and ".join(missing)}: install them with pip install -e ".[serve]"'
-        )
+        raise UserError(f"serve needs {' and '.join(missing)}: {install('serve')}")
 
 
 def _check_address(host: str, port: int) -> None:

@@ -292,7 +292,7 @@ class LogConfig(Section):
     )
     wb_flag: bool = field(
         default=False,
-        metadata=doc("log to Weights & Biases (needs pip install wandb)", resume="free"),
+        metadata=doc("log to Weights & Biases (needs the wandb extra)", resume="free"),
     )
     wb_project: str = field(default="gpt_study", metadata=doc("wandb project", resume="free"))
     wb_name: str | None = field(default=None, metadata=doc("wandb run name", resume="free"))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.errors import UserError, install
 
 HUB_DATASET = "roneneldan/TinyStories"
 HUB_SPLITS = {"train": "train", "valid": "validation"}
@@ -197,7 +197,7 @@ def _parquet_stories(path: Path) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise UserError(f"reading {path} needs pyarrow: pip install 'gpt-study[parquet]'") from None
+        raise UserError(f"reading {path} needs pyarrow: {install('parquet')}") from None
     opener = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
     with opener as raw:
         try:
@@ -272,8 +272,7 @@ def load_hub_split(hub_split: str) -> Any:
         import datasets
     except ImportError:
         raise UserError(
-            f"reading {HUB_DATASET} needs the hub extra (pip install 'gpt-study[hub]'), "
-            f"or {LOCAL_HINT}"
+            f"reading {HUB_DATASET} needs the hub extra ({install('hub')}), or {LOCAL_HINT}"
         ) from None
     try:
         return datasets.load_dataset(HUB_DATASET, split=hub_split)

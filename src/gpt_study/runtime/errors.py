@@ -14,8 +14,15 @@ class UserError(Exception):
     """Bad input or state that the user can correct; the message is shown as is."""
 
 
+def install(extra: str) -> str:
+    """The one piece of advice for a missing optional extra (pyproject's
+    ``[project.optional-dependencies]``): add it to gpt-study as the README installs it, from
+    its checkout."""
+    return f'pip install -e ".[{extra}]" in the gpt-study checkout'
+
+
 # How to get transformers, for every command that needs it (export, import, evaluate --hf).
-TRANSFORMERS_INSTALL = 'pip install -e ".[export]"'
+TRANSFORMERS_INSTALL = install("export")
 
 
 def require(module: str, who: str, install: str) -> Any:

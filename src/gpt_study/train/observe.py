@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gpt_study.config import Config, TrainConfig, config_to_dict
 from gpt_study.runs import INFO_LOG, PLOT
 from gpt_study.runtime import distributed
-from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.errors import UserError, install
 from gpt_study.runtime.progress import progress_bar
 from gpt_study.train.metrics import MetricsWriter
 from gpt_study.train.plot import plot_run
@@ -65,7 +65,7 @@ def start_wandb(cfg: Config, state: TrainState) -> Any:
         import wandb
     except ImportError:
         raise UserError(
-            "--wb_flag needs Weights & Biases: pip install wandb (or drop --wb_flag)"
+            f"--wb_flag needs Weights & Biases: {install('wandb')} (or drop --wb_flag)"
         ) from None
     tc = cfg.train
     state.wandb_id = state.wandb_id or wandb.util.generate_id()
