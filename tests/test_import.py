@@ -540,7 +540,10 @@ def test_each_command_without_transformers_says_which_and_how_to_install(monkeyp
     ):
         with pytest.raises(UserError) as e:
             fn()
-        assert str(e.value) == f'{who} needs transformers: pip install -e ".[export]"'
+        assert (
+            str(e.value)
+            == f'{who} needs transformers: pip install -e ".[export]" in the gpt-study checkout'
+        )
 
 
 DISAGREE = {
