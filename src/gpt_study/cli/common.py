@@ -26,7 +26,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=_TRAIN_DTYPES,  # the same names as training's --dtype, read from its field
-        help="auto: bfloat16 on a GPU, float32 on a CPU",
+        help="auto: bfloat16 on a CUDA GPU that has it, float32 elsewhere (CPU, MPS)",
     )
 
 
