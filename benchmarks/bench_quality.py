@@ -257,7 +257,8 @@ def plot(rows: list[dict], path: Path, minutes: float) -> None:
         )
     ax.set_xlabel("minutes of training (wall clock)")
     ax.set_ylabel("valid bits per byte (during training: a share of the split)")
-    ax.set_title(f"quality per CPU-minute, {minutes:g}-minute budget; final: whole valid split")
+    budget = f"{minutes:g}-minute budget" if minutes > 0 else "equal steps, no time budget"
+    ax.set_title(f"quality per CPU-minute, {budget}; final: whole valid split")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
