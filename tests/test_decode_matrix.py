@@ -179,6 +179,7 @@ def test_reduced_precision_against_its_own_uncached_forward(model, precision):
     assert (reference_logits(m, PROMPT, WINDOW) - full)[other].abs().max() < 2 * tol
     greedy = SampleConfig(greedy=True, max_new_tokens=N)
     got = generate_ids(m, [PROMPT], greedy, WINDOW, return_logits=True)
+    assert len(got.new_ids[0]) == N  # <eot> cannot be drawn (make_model): every step is checked
     seq = list(PROMPT)
     for tok, logits in zip(got.new_ids[0], got.logits[0], strict=True):
         want = reference_logits(m, seq, WINDOW)

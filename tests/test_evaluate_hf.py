@@ -233,6 +233,8 @@ def test_stories_follow_the_protocol_past_the_window_and_end_at_the_models_eos(t
         assert hf.eos_id not in ids and len(ids) <= n
         assert done or len(ids) == n
     assert not all(written.finished) and max(map(len, written.new_ids)) == n > WINDOW
+    ended = zip(written.new_ids, written.finished, strict=True)
+    assert any(done and len(ids) < n for ids, done in ended)
     again = write_hf_stories(hf, sample, protocol)
     assert again.new_ids == written.new_ids  # the protocol's seeds make them repeatable
     assert "not the story protocol: temperature 1.5 (protocol: 0.8), samples_per_opening 1" in (
