@@ -68,6 +68,7 @@ CANDIDATES = {
     "cpu-late": {"train.dropout_from": 0.25},
     "cpu-relu2": {"model.mlp": "relu2", "model.d_ff": 768},
     "cpu-bpe8192": {},  # the same config on a folder prepared with --vocab_size 8192
+    "cpu-ff384": {"model.d_ff": 384},
 }
 
 
