@@ -135,17 +135,17 @@ class BodyLimit:
             await self._refuse(send)
 
     async def _refuse(self, send) -> None:
-        body = json.dumps(
-            {"error": f"request body over {self.max_bytes} bytes: send a shorter text"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
+        await _send_error(
+            send, 413, f"request body over {self.max_bytes} bytes: send a shorter text"
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send, status: int, error: str) -> None:
+    """An ASGI middleware's refusal: ``{"error": ...}`` as JSON with ``status``."""
+    body = json.dumps({"error": error}).encode()
+    start = {"type": "http.response.start", "status": status}
+    await send({**start, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooBig(Exception):
@@ -189,14 +189,6 @@ class HostCheck:
         if scope["type"] in ("http", "websocket"):
             header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if host_name(header).lower() not in self.names:
-                body = json.dumps({"error": f"host {header!r} is not this server's"}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await _send_error(send, 400, f"host {header!r} is not this server's")
                 return
         await self.app(scope, receive, send)
