@@ -18,8 +18,9 @@ learn, the baseline a learned vocabulary is measured against.
 
 The modules, in import order (each imports only those before it):
 
-- :mod:`.base`: the :class:`Tokenizer` interface every later stage relies on, and the format
-  version of the saved JSON.
+- :mod:`.base`: the :class:`Tokenizer` interface every later stage relies on, the format
+  version of the saved JSON, and ``LibraryTokenizer``: the encode of the kinds the ``tokenizers``
+  library holds (``bpe``, ``hf``).
 - :mod:`.chunks`: spaCy access and the per-chunk caches (:class:`ChunkSplitter` for pieces,
   :class:`ChunkTable` for ids in bulk), shared by both kinds.
 - :mod:`.word`: the ``word`` kind (:class:`WordTokenizer`, :func:`build_word_vocab`) and

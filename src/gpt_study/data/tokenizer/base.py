@@ -101,3 +101,18 @@ class Tokenizer(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON, atomically."""
         write_json_atomic(path, self.to_dict())
+
+
+class LibraryTokenizer(Tokenizer):
+    """A kind held by the ``tokenizers`` library (``tok``): the one way to encode with it, without
+    the library's own special tokens (the markers are this interface's, :meth:`wrap`)."""
+
+    tok: Any  # a tokenizers.Tokenizer
+
+    def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return self.wrap(ids, sot, eot)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Ids of many texts at once (the library spreads them over all cores)."""
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]

@@ -12,12 +12,12 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS
-from gpt_study.data.tokenizer.base import Tokenizer
+from gpt_study.data.tokenizer.base import LibraryTokenizer
 from gpt_study.data.tokenizer.chunks import ChunkTable
 from gpt_study.runtime.errors import UserError
 
 
-class BPETokenizer(Tokenizer):
+class BPETokenizer(LibraryTokenizer):
     """Byte-level BPE (the ``tokenizers`` library): ``decode(encode(text)) == text`` always.
 
     Unlike ``word``, a special's name inside a text is encoded as ordinary bytes.
@@ -40,14 +40,6 @@ class BPETokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
-
-    def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
-        return self.wrap(ids, sot, eot)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids of many texts at once (the library spreads them over all cores)."""
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def encode_stories(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts from :func:`~gpt_study.data.clean.clean_text`, each encoded as

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer as LibTokenizer
 
-from gpt_study.data.tokenizer.base import Tokenizer
+from gpt_study.data.tokenizer.base import LibraryTokenizer
 from gpt_study.runtime.errors import UserError
 
 __all__ = ["ImportedTokenizer"]
 
 
-class ImportedTokenizer(Tokenizer):
+class ImportedTokenizer(LibraryTokenizer):
     """A ``tokenizers`` tokenizer and the ids that play ``<sot>``, ``<eot>`` and ``<unk>``."""
 
     kind = "hf"
@@ -64,14 +64,6 @@ class ImportedTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self._size
-
-    def encode(self, text: str, sot: bool = False, eot: bool = False) -> list[int]:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
-        return self.wrap(ids, sot, eot)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids of many texts at once (the library spreads them over all cores)."""
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def encode_stories(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts each encoded as ``<sot> ... <eot>``, concatenated (uint16), and each story's
