@@ -89,7 +89,7 @@ def test_a_hit_is_the_target_at_the_top_ties_included():
 
 def test_story_metrics_on_known_sequences():
     loop = [5, 6, 7, 8] * 5  # 17 four-grams, 4 distinct: 13 repeats
-    fresh = list(range(10, 20)) + [2]  # ends with <eot>: 7 four-grams, none repeated
+    fresh = list(range(10, 20))  # ended (its <eot> is not a story token): 7 four-grams, fresh
     m = story_metrics([loop, fresh], [False, True])
     assert m["eot_share"] == 0.5
     assert m["mean_length"] == (20 + 10) / 2

@@ -35,6 +35,7 @@ transformers = pytest.importorskip(
 from gpt_study.evaluate.hf import (  # noqa: E402
     EXPORT_RECORD,
     evaluate_hf_split,
+    generate_rows,
     load_hf,
     story_stream,
     write_hf_stories,
@@ -242,6 +243,25 @@ def test_stories_follow_the_protocol_past_the_window_and_end_at_the_models_eos(t
     )
 
 
+def test_a_rows_story_is_the_one_its_prompt_gets_alone(tiny):
+    """Per-row seeds on the transformers path too: row r of a left-padded batch draws from
+    seed + r alone, so it writes what its prompt writes alone with that seed, past the window."""
+    hf = load_hf(str(tiny), "cpu", "float32")
+    head = [hf.eos_id if hf.start_id is None else hf.start_id]
+    texts = ["Once upon a time", "Tom", "The little dog ran to the park with a red ball"]
+    rows = [head + hf.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    sample = SampleConfig(
+        temperature=1.4, top_k=50, top_p=0.9, repetition_penalty=1.2, max_new_tokens=WINDOW + 16,
+        seed=7,
+    )  # fmt: skip
+    together, _ = generate_rows(hf, sample, rows)
+    assert max(map(len, together)) > WINDOW - len(rows[2])  # some rows slide
+    for r, row in enumerate(rows):
+        alone, _ = generate_rows(hf, sample.from_row(r), [row])
+        assert alone[0] == together[r]
+    assert together[0] != generate_rows(hf, sample.from_row(1), [rows[0]])[0][0]
+
+
 # ---------------------------------------------------------------------------- the oracle
 
 
@@ -295,12 +315,40 @@ def test_an_exported_checkpoint_scores_the_same_both_ways(layout, folders, tmp_p
     assert out.count("bits per byte") == 2
 
 
+DECODINGS = {
+    "greedy": SampleConfig(greedy=True),
+    "protocol": None,  # temperature 0.8, top_p 0.95, repetition_penalty 1.1
+    "hot": SampleConfig(temperature=1.7, top_p=1.0, repetition_penalty=1.0),
+    "top_k": SampleConfig(temperature=1.2, top_k=7, top_p=0.8),
+    "top_p": SampleConfig(temperature=1.0, top_p=0.3),
+    "penalty": SampleConfig(temperature=1.1, top_p=1.0, repetition_penalty=1.8),
+}
+
+
+def test_the_decodings_move_every_sampling_setting():
+    """The matrix below covers the whole class: each setting departs from the default in one."""
+    from dataclasses import fields
+
+    default = SampleConfig()
+    moved = {
+        f.name
+        for d in DECODINGS.values()
+        if d is not None
+        for f in fields(SampleConfig)
+        if getattr(d, f.name) != getattr(default, f.name)
+    }
+    assert moved == {f.name for f in fields(SampleConfig)} - {"max_new_tokens", "seed"}
+
+
+@pytest.mark.parametrize("decoding", DECODINGS)
 @pytest.mark.parametrize("layout", ["gpt2", "llama"])
-def test_greedy_stories_past_the_window_are_gpt_studys_own(layout, folders, tmp_path):
+def test_stories_past_the_window_are_gpt_studys_own(layout, decoding, folders, tmp_path):
     """A transformers model re-encodes what it keeps when a story slides; gpt-study does the same
     for learned positions, so the export of such a checkpoint writes the checkpoint's stories
-    token for token, slides and left-padded batches included. A rotary cache keeps its keys
-    instead (generate/window.py), so for Llama only the stories' first window agrees."""
+    token for token, slides and left-padded batches included, for every decoding: gpt-study's
+    sampler draws on both paths, each row from its own seed, and the repetition penalty counts
+    the whole row past a slide. A rotary cache keeps its keys instead (generate/window.py), so
+    for Llama only the stories' first window agrees."""
     from gpt_study.checkpoint import load_for_inference
     from gpt_study.evaluate.stories import write_stories
     from gpt_study.generate.text import encode_prompt
@@ -310,15 +358,16 @@ def test_greedy_stories_past_the_window_are_gpt_studys_own(layout, folders, tmp_
     ckpt = _checkpoint(folders["bpe"], tmp_path, window, **llama)
     export_hf(ckpt, tmp_path / "hf", log=lambda _: None)
     protocol = STORY_PROTOCOL.overridden(max_new_tokens=3 * window, samples_per_opening=1)
-    greedy = SampleConfig(greedy=True)
+    sample = DECODINGS[decoding]
     ours = load_for_inference(str(ckpt), "cpu")
-    mine = write_stories(ours.model, ours.tokenizer, greedy, ours.window, protocol)
-    theirs = write_hf_stories(load_hf(str(tmp_path / "hf"), "cpu", "float32"), greedy, protocol)
+    mine = write_stories(ours.model, ours.tokenizer, sample, ours.window, protocol)
+    theirs = write_hf_stories(load_hf(str(tmp_path / "hf"), "cpu", "float32"), sample, protocol)
     assert max(map(len, mine.new_ids)) > window  # some stories slide, some more than once
     for prompt, a, b in zip(protocol.prompts(), mine.new_ids, theirs.new_ids, strict=True):
         if llama:  # the same while the prompt and the story fit in the window
             first = window - len(encode_prompt(ours.tokenizer, prompt, window)[0]) + 1
-            assert a[:first] == b[:first] and len(a) > first
+            assert a[:first] == b[:first]
+            assert len(a) > first or a == b  # a story that ends inside its first window
         else:
             assert a == b
     assert mine.finished == theirs.finished or llama

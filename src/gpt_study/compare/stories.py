@@ -60,7 +60,7 @@ def run_stories(run: RunData, settings: StorySettings) -> dict[str, Any]:
         "checkpoint": str(ckpt.path),
         "step": ckpt.state.get("step"),
         "settings_text": written.settings_text,
-        "metrics": story_metrics(written.new_ids, written.finished, ckpt.tokenizer.eot_id),
+        "metrics": story_metrics(written.new_ids, written.finished),
         "texts": written.texts,
     }
 

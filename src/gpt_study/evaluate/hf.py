@@ -19,8 +19,9 @@ numbers as ``evaluate`` on a checkpoint (:mod:`gpt_study.evaluate.report`):
   (:func:`gpt_study.data.text.split_bytes`), the number ``evaluate`` divides by; NLL per token
   is per the model's own token.
 * **Stories** are the story protocol's openings and seeds (:mod:`gpt_study.evaluate.stories`),
-  each prompt the start marker and the opening, written by transformers' ``generate`` with the
-  sampling settings given; a story ends at the model's end-of-sequence token.
+  each prompt the start marker and the opening: transformers' ``generate`` runs the model,
+  gpt-study's sampler draws (:class:`OwnDraw`); a story ends at the model's end-of-sequence
+  token.
 
 transformers is imported inside these functions only (an optional extra).
 """
@@ -41,6 +42,7 @@ from gpt_study.data.text import split_bytes, split_stories
 from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.evaluate.report import split_result, stories_result
 from gpt_study.evaluate.stories import STORY_PROTOCOL, Stories, StoryProtocol, settings_line
+from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.window import crop_prompt, keep_size, segment_start
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
@@ -246,16 +248,16 @@ def write_hf_stories(
     hf: HFModel, sample: SampleConfig | None, protocol: StoryProtocol = STORY_PROTOCOL
 ) -> Stories:
     """The protocol's stories from ``hf``: each prompt its start marker (or eos) and the
-    opening, batches seeded as the protocol says, ``generate`` with ``sample``'s settings; a
-    story is the new tokens before the first eos (:func:`generate_rows`)."""
-    tok, eos = hf.tokenizer, hf.eos_id
-    head = [eos if hf.start_id is None else hf.start_id]
+    opening, each batch's rows seeded as the protocol says (:meth:`SampleConfig.from_row
+    <gpt_study.config.SampleConfig.from_row>`), drawn with ``sample``'s settings by
+    :func:`generate_rows`; a story is the new tokens before the first eos."""
+    tok = hf.tokenizer
+    head = [hf.eos_id if hf.start_id is None else hf.start_id]
     prompts = {p: head + tok(p, add_special_tokens=False)["input_ids"] for p in protocol.openings}
     sample = protocol.decoding(sample)
     texts, new_ids, finished = [], [], []
     for first, batch in protocol.batches():
-        torch.manual_seed(sample.from_row(first).seed)  # transformers draws from torch's own
-        new, done = generate_rows(hf, sample, [prompts[p] for p in batch])
+        new, done = generate_rows(hf, sample.from_row(first), [prompts[p] for p in batch])
         new_ids += new
         finished += done
         texts += [tok.decode(ids, skip_special_tokens=True) for ids in new]
@@ -263,19 +265,48 @@ def write_hf_stories(
     return Stories(texts, new_ids, finished, sample, text)
 
 
+class OwnDraw:
+    """A logits processor for transformers' ``generate`` that picks every row's token with
+    gpt-study's :func:`~gpt_study.generate.sampling.next_token` (the one home of greedy,
+    temperature, top-k, top-p, the repetition penalty and the per-row seeds) and leaves only
+    that token possible, so ``generate``'s greedy step takes it. transformers runs the model and
+    its cache; gpt-study draws, so a published model and a checkpoint are sampled alike.
+
+    ``rows``: which row of the whole batch each row of the current ``generate`` call is (rows
+    leave as they end); ``seen`` covers each whole row, whatever the window re-encodes."""
+
+    def __init__(
+        self, sample: SampleConfig, rows: list[list[int]], vocab: int, device: torch.device
+    ) -> None:
+        self.sample = sample
+        self.generator, self.seen = draw_state(sample, rows, vocab, device)
+        self.rows: list[int] = list(range(len(rows)))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        seen = None if self.seen is None else self.seen[self.rows]  # (B, V)
+        picked = next_token(scores, self.sample, seen, self.generator, self.rows)  # (B,)
+        if self.seen is not None:
+            self.seen[self.rows, picked] = 1.0
+        only = torch.full_like(scores, float("-inf"))  # (B, V)
+        return only.scatter_(1, picked[:, None], 0.0)
+
+
 def generate_rows(
     hf: HFModel, sample: SampleConfig, rows: list[list[int]]
 ) -> tuple[list[list[int]], list[bool]]:
     """Up to ``sample.max_new_tokens`` new tokens after each prompt of ``rows`` (before its eos),
-    and whether it ended with eos. transformers' ``generate`` writes them, on the window schedule
-    of gpt-study's decoders (:func:`~gpt_study.generate.window.segment_start`): a row fills the
-    window, then goes on from its most recent ``keep_size`` tokens, re-encoded. So a model of
-    any window writes stories of the protocol's length, and the export of a checkpoint with
-    learned positions writes the checkpoint's own (a rotary cache keeps its keys instead)."""
-    config = _generation_config(sample, hf)
+    and whether it ended with eos; row ``r`` draws from ``sample.seed + r`` (:class:`OwnDraw`).
+    transformers' ``generate`` runs the model on the window schedule of gpt-study's decoders
+    (:func:`~gpt_study.generate.window.segment_start`): a row fills the window, then goes on
+    from its most recent ``keep_size`` tokens, re-encoded. So a model of any window writes
+    stories of the protocol's length, and the export of a checkpoint with learned positions
+    writes the checkpoint's own, sampled or greedy (a rotary cache keeps its keys instead)."""
+    config = _generation_config(hf)
     keep = keep_size(hf.window, None)
     device = next(hf.model.parameters()).device
     rows = [crop_prompt(r, hf.window) for r in rows]
+    draw = OwnDraw(sample, rows, hf.model.get_output_embeddings().weight.shape[0], device)
+    processors = require_transformers().LogitsProcessorList([draw])
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     while True:
@@ -290,20 +321,25 @@ def generate_rows(
         ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx], device=device)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx], device=device)
         config.max_new_tokens = step
-        out = hf.model.generate(ids, attention_mask=mask, generation_config=config)
+        draw.rows = active
+        out = hf.model.generate(
+            ids, attention_mask=mask, generation_config=config, logits_processor=processors
+        )
         for i, row in zip(active, out[:, width:].tolist(), strict=True):
             end = row.index(hf.eos_id) if hf.eos_id in row else len(row)
             new[i] += row[:end]
             done[i] = end < len(row)  # (a finished row is padded after its eos)
 
 
-def _generation_config(sample: SampleConfig, hf: HFModel) -> Any:
+def _generation_config(hf: HFModel) -> Any:
+    """transformers' greedy step, which takes the one token :class:`OwnDraw` leaves; every
+    setting spelled out, so no default of the model's own ``generation_config.json`` fills a gap."""
     transformers = require_transformers()
     pad = hf.tokenizer.pad_token_id
     return transformers.GenerationConfig(
         eos_token_id=hf.eos_id,
         pad_token_id=hf.eos_id if pad is None else pad,
-        **sample.for_transformers(),
+        **SampleConfig(greedy=True).for_transformers(),
     )
 
 
@@ -312,7 +348,7 @@ def evaluate_hf_stories(
 ) -> dict[str, Any]:
     """The ``stories`` part of an evaluate report for ``hf`` (see :func:`write_hf_stories`)."""
     written = write_hf_stories(hf, sample, protocol)
-    return stories_result(written, hf.window, protocol, eot_id=None)
+    return stories_result(written, hf.window, protocol)
 
 
 def evaluate_hf(

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gpt_study.config import EOT_ID, SampleConfig
+from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.text import split_bytes
 from gpt_study.data.tokenizer import load_tokenizer
@@ -168,15 +168,13 @@ def evaluate_stories(
     """The protocol's stories, decoded with ``sample``'s settings, measured by
     :func:`~gpt_study.evaluate.stories.story_metrics`; the protocol sets the cap and the seeds."""
     written = write_stories(model, tokenizer, sample, window, protocol)
-    return stories_result(written, window, protocol, tokenizer.eot_id)
+    return stories_result(written, window, protocol)
 
 
-def stories_result(
-    written: Stories, window: int, protocol: StoryProtocol, eot_id: int | None = EOT_ID
-) -> dict[str, Any]:
+def stories_result(written: Stories, window: int, protocol: StoryProtocol) -> dict[str, Any]:
     """The ``stories`` part of an evaluate report: :func:`story_metrics` of the stories, their
     settings and the first few; both ``evaluate`` paths report through it."""
-    out: dict[str, Any] = story_metrics(written.new_ids, written.finished, eot_id)
+    out: dict[str, Any] = story_metrics(written.new_ids, written.finished)
     out["settings"] = {**asdict(written.sample), "context_size": window}
     out["settings_text"] = written.settings_text
     out["protocol"] = protocol.as_dict()

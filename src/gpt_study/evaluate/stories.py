@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from gpt_study.config import EOT_ID, SampleConfig
+from gpt_study.config import SampleConfig
 from gpt_study.config.fields import AT_LEAST_1, NON_NEGATIVE, Range, check_ranges
 from gpt_study.generate import describe, generate
 
@@ -57,9 +57,9 @@ class StoryProtocol:
     stories (bpe) end within 256 tokens but 99% within 512, so at 256 a model that writes stories
     as long as real ones "fails" to end one in twelve, while a story cut at 512 has failed to
     end. The prompts (each opening ``samples_per_opening`` times) are generated in batches of
-    ``batch_size``; the batch starting at prompt ``i`` is seeded with ``seed + i``
-    (:meth:`batches`), so the stories do not depend on the machine, only on the protocol and the
-    decoding settings.
+    ``batch_size``; prompt ``i`` draws from its own generator seeded ``seed + i``, whatever its
+    batch (:meth:`batches`), on gpt-study's decoders and a transformers model's alike, so the
+    stories do not depend on the machine, only on the protocol and the decoding settings.
     """
 
     openings: tuple[str, ...] = OPENINGS
@@ -134,7 +134,9 @@ STORY_PROTOCOL = StoryProtocol()
 
 @dataclass
 class Stories:
-    """What :func:`write_stories` wrote, and the settings line to print beside its metrics."""
+    """What :func:`write_stories` (or a transformers model's writer) wrote, and the settings line
+    to print beside its metrics. A story is its new tokens before its end marker, on every path;
+    ``finished`` says which ended with it."""
 
     texts: list[str]
     new_ids: list[list[int]]
@@ -163,7 +165,9 @@ def write_stories(
     for first, prompts in protocol.batches():
         res = generate(model, tokenizer, prompts, sample.from_row(first), window, warn=_quiet)
         texts += res.texts
-        new_ids += res.new_ids
+        new_ids += [
+            ids[:-1] if done else ids for ids, done in zip(res.new_ids, res.finished, strict=True)
+        ]
         finished += res.finished
     return Stories(texts, new_ids, finished, sample, settings_line(sample, window, protocol))
 
@@ -213,11 +217,9 @@ def share_text(metrics: dict[str, Any], key: str = "eot_share") -> str:
     return f"{p:.0%} ± {half * 100:.0f} (95% CI {lo * 100:.0f}-{hi:.0%})"
 
 
-def story_metrics(
-    stories: Sequence[Sequence[int]], finished: Sequence[bool], eot_id: int | None = EOT_ID
-) -> dict[str, Any]:
-    """Measurements of generated token ids (``eot_id`` excluded), one list per story; a
-    transformers model's stories come cut at its own end token (``eot_id`` None: nothing to drop).
+def story_metrics(stories: Sequence[Sequence[int]], finished: Sequence[bool]) -> dict[str, Any]:
+    """Measurements of stories' token ids (:class:`Stories`: the tokens before the end marker),
+    one list per story, and whether each ended by itself.
 
     * ``eot_share``: stories that ended with ``<eot>`` before the token limit;
       ``eot_share_se`` its standard error and ``eot_share_ci`` its Wilson 95% interval.
@@ -226,7 +228,7 @@ def story_metrics(
     * ``repeated_4gram``: 4-grams that already occurred earlier in the same story, over all
       4-grams: 0 for a story that never repeats itself, near 1 for a loop.
     """
-    bodies = [[t for t in s if t != eot_id] for s in stories]
+    bodies = [list(s) for s in stories]
     n = len(bodies)
     share = sum(finished) / max(n, 1)
     out: dict[str, Any] = {
