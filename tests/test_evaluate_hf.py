@@ -371,6 +371,9 @@ def test_stories_past_the_window_are_gpt_studys_own(layout, decoding, folders, t
         else:
             assert a == b
     assert mine.finished == theirs.finished or llama
+    if not llama:  # one text of a story on both paths: the opening and what follows it
+        assert mine.texts == theirs.texts
+        assert mine.texts[0].startswith(protocol.prompts()[0])
 
 
 # ---------------------------------------------------------------------------- the command

@@ -43,6 +43,7 @@ from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.evaluate.report import split_result, stories_result
 from gpt_study.evaluate.stories import STORY_PROTOCOL, Stories, StoryProtocol, settings_line
 from gpt_study.generate.sampling import draw_state, next_token
+from gpt_study.generate.text import without_markers
 from gpt_study.generate.window import crop_prompt, keep_size, segment_start
 from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
@@ -260,9 +261,22 @@ def write_hf_stories(
         new, done = generate_rows(hf, sample.from_row(first), [prompts[p] for p in batch])
         new_ids += new
         finished += done
-        texts += [tok.decode(ids, skip_special_tokens=True) for ids in new]
+        texts += [
+            _readable(hf, crop_prompt(prompts[p], hf.window) + ids)
+            for p, ids in zip(batch, new, strict=True)
+        ]
     text = settings_line(sample, hf.window, protocol)
     return Stories(texts, new_ids, finished, sample, text)
+
+
+def _readable(hf: HFModel, ids: list[int]) -> str:
+    """A story's text as gpt-study's own read (:func:`~gpt_study.generate.text.readable`): the
+    prompt as the model read it (cut to the window) and the story, without the story markers
+    but with every other token shown, an ``<unk>`` included."""
+    decode = hf.tokenizer.decode
+    return without_markers(
+        lambda kept: decode(kept, skip_special_tokens=False), ids, (hf.start_id, hf.eos_id)
+    )
 
 
 class OwnDraw:

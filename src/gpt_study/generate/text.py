@@ -80,8 +80,20 @@ def encode_prompt(tokenizer, prompt: str, window: int | None = None) -> tuple[li
 def readable(tokenizer, ids: Sequence[int]) -> str:
     """Text of ``ids`` without ``<sot>``/``<eot>`` but with ``<unk>`` shown where it stands, so
     a story never silently loses a word (plain ``decode`` drops every special)."""
-    drop = (tokenizer.sot_id, tokenizer.eot_id)
-    return tokenizer.decode([i for i in ids if i not in drop], skip_specials=False)
+    return without_markers(
+        lambda kept: tokenizer.decode(kept, skip_specials=False),
+        ids,
+        (tokenizer.sot_id, tokenizer.eot_id),
+    )
+
+
+def without_markers(
+    decode: Callable[[list[int]], str], ids: Sequence[int], markers: Sequence[int | None]
+) -> str:
+    """The rule of a story's text, for any tokenizer's ``decode`` that keeps specials: the story
+    markers left out, every other token shown (a transformers model's stories read the same way,
+    :mod:`gpt_study.evaluate.hf`)."""
+    return decode([i for i in ids if i not in markers])
 
 
 def common_prefix(before: str, after: str) -> int:
