@@ -88,7 +88,9 @@ CANDIDATES = {
     "cpu-late": ["--dropout_from", "0.25"],  # late dropout (Liu et al. 2023): none for a quarter
     "cpu-relu2": ["--mlp", "relu2", "--d_ff", "768"],  # the same parameters as swiglu's 512
     "cpu-bpe8192": ["prepare:--vocab_size 8192"],  # more bytes per token, more parameters
-    "cpu-ff384": ["--d_ff", "384"],  # SwiGLU at GELU's 4x parameters: 9% faster, 0.002 better
+    # SwiGLU at GELU's 4x parameters: 9% faster; 0.002 better side by side, 0.008 worse at 15
+    # minutes beside the same day's preset (docs/quality.md, rounds seventeen and eighteen)
+    "cpu-ff384": ["--d_ff", "384"],
 }
 # Every name --recipes takes: the recipes, and each ablation or candidate arm on its own (say, to
 # give one arm the full budget without running the rest).
