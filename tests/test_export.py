@@ -191,7 +191,8 @@ def test_folder_holds_what_the_readme_says(exported):
 def test_generation_config_of_greedy_settings():
     gen = generation_config(SampleConfig(greedy=True, max_new_tokens=9))
     assert gen == {"bos_token_id": SOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID,
-                   "max_new_tokens": 9, "do_sample": False, "repetition_penalty": 1.0}  # fmt: skip
+                   "max_new_tokens": 9, "do_sample": False, "temperature": 1.0, "top_k": 50,
+                   "top_p": 1.0, "repetition_penalty": 1.0}  # fmt: skip
 
 
 def test_every_sampling_setting_reaches_transformers_and_greedy_turns_them_off():
@@ -207,7 +208,10 @@ def test_every_sampling_setting_reaches_transformers_and_greedy_turns_them_off()
     assert generation_config(sample).items() >= got.items()
     transformers.GenerationConfig(**got).validate()
     greedy = SampleConfig(greedy=True, temperature=0.7).for_transformers()
-    assert greedy == {"do_sample": False, "repetition_penalty": 1.0}
+    assert set(greedy) == set(got) and greedy["do_sample"] is False  # every setting spelled out
+    # transformers' neutral values, which greedy leaves unused: it takes them without a warning
+    transformers.GenerationConfig(**greedy).validate(strict=True)
+    assert greedy["repetition_penalty"] == 1.0
 
 
 def test_each_model_finds_its_layout_or_one_line_why_none_fits():

@@ -73,13 +73,21 @@ class SampleConfig:
         an export's ``generation_config.json``, its check and ``evaluate --hf``'s stories.
 
         Every setting is spelled out (top_k 0 and repetition_penalty 1.0 mean off in both), so no
-        default of a model's own ``generation_config.json`` or of transformers' fills a gap; its
+        default of a model's own ``generation_config.json`` or of transformers' fills a gap (greedy
+        too, with the values transformers leaves unused there: else a model's sampling settings
+        fill them and transformers warns that they are ignored); its
         repetition penalty is the same CTRL rule as ours, over prompt and output. Greedy is the
         study's argmax, without the penalty. The seed has no place here: transformers draws
         from torch's global generator.
         """
-        if self.greedy:
-            return {"do_sample": False, "repetition_penalty": 1.0}
+        if self.greedy:  # transformers' own neutral values: set, so no model default fills them
+            return {
+                "do_sample": False,
+                "temperature": 1.0,
+                "top_k": 50,
+                "top_p": 1.0,
+                "repetition_penalty": 1.0,
+            }
         return {
             "do_sample": True,
             "temperature": self.temperature,
