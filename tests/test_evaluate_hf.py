@@ -325,6 +325,27 @@ DECODINGS = {
 }
 
 
+def test_a_published_models_special_tokens_are_read_one_way():
+    """import and evaluate --hf read a model's bos, eos and unk by one rule: the tokenizer's,
+    else the config's (a list: its first); an unk that is a marker is none."""
+    from types import SimpleNamespace as NS
+
+    from gpt_study.data.tokenizer.imported import published_roles
+    from gpt_study.evaluate.hf import markers
+    from gpt_study.runtime.errors import UserError
+
+    gpt2 = NS(bos_token_id=50256, eos_token_id=50256, unk_token_id=50256)
+    assert published_roles(gpt2) == (50256, 50256, None)
+    assert markers(gpt2) == (None, 50256, None)  # one eos opens the stream
+    assert markers(NS(bos_token_id=1, eos_token_id=2, unk_token_id=0)) == (1, 2, 0)
+    bare = NS(bos_token_id=None, eos_token_id=None, unk_token_id=None)
+    config = NS(bos_token_id=5, eos_token_id=[7, 8], unk_token_id=None)
+    assert published_roles(bare, config) == (5, 7, None)
+    assert markers(bare, config) == (5, 7, None)
+    with pytest.raises(UserError, match="no end-of-sequence"):
+        markers(bare)
+
+
 def test_the_decodings_move_every_sampling_setting():
     """The matrix below covers the whole class: each setting departs from the default in one."""
     from dataclasses import fields

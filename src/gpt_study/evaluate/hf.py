@@ -39,6 +39,7 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.text import split_bytes, split_stories
+from gpt_study.data.tokenizer.imported import published_roles
 from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.evaluate.report import split_result, stories_result
 from gpt_study.evaluate.stories import STORY_PROTOCOL, Stories, StoryProtocol, settings_line
@@ -75,6 +76,7 @@ class HFModel:
     window: int  # input positions per scored window
     start_id: int | None  # before each story (None: one eos opens the stream)
     eos_id: int  # after each story; generation stops at it
+    unk_id: int | None = None  # counted by the scorer (None: the tokenizer has none of its own)
 
     def describe(self) -> dict[str, Any]:
         """What the report says about the model."""
@@ -100,16 +102,16 @@ def model_positions(model: Any) -> int | None:
     return None
 
 
-def markers(tokenizer: Any) -> tuple[int | None, int]:
-    """(start, end) of a story for this tokenizer: its bos when it differs from its eos (else
-    None), and its eos, which it must have."""
-    eos = tokenizer.eos_token_id
+def markers(tokenizer: Any, config: Any = None) -> tuple[int | None, int, int | None]:
+    """(start, end, unk) of a story for this model, its special tokens read as ``import`` reads
+    them (:func:`~gpt_study.data.tokenizer.imported.published_roles`): its bos when it differs
+    from its eos (else None), its eos, which it must have, and its unknown token, if any."""
+    bos, eos, unk = published_roles(tokenizer, config)
     if eos is None:
         raise UserError(
             "the model's tokenizer has no end-of-sequence token: a story's end cannot be marked"
         )
-    bos = tokenizer.bos_token_id
-    return (bos if bos is not None and bos != eos else None), eos
+    return (bos if bos is not None and bos != eos else None), eos, unk
 
 
 def load_hf(
@@ -144,8 +146,8 @@ def load_hf(
         if shown:
             bars.enable_progress_bar()
     model.to(dev).eval()
-    start, eos = markers(tok)
-    return HFModel(name, model, tok, _window(model, window, trained_window(name)), start, eos)
+    start, eos, unk = markers(tok, model.config)
+    return HFModel(name, model, tok, _window(model, window, trained_window(name)), start, eos, unk)
 
 
 def trained_window(name: str) -> int | None:
@@ -225,7 +227,6 @@ def evaluate_hf_split(
     """The ``valid`` part of an evaluate report for ``hf`` on a prepared folder's split."""
     data = open_prepared(data_folder)
     stream = story_stream(hf.tokenizer, split_stories(data, split), hf.start_id, hf.eos_id)
-    unk = hf.tokenizer.unk_token_id
     sums = score_tokens(
         Logits(hf.model),
         stream,
@@ -234,7 +235,7 @@ def evaluate_hf_split(
         max_rows,
         dtype=next(hf.model.parameters()).dtype,
         progress=progress,
-        unk_id=None if unk in (hf.eos_id, hf.start_id) else unk,  # GPT-2's unk is its eos
+        unk_id=hf.unk_id,
     )
     out = split_result(sums.as_dict(), split_bytes(data, split), len(stream), split, data.folder)
     out["note"] = NOTE

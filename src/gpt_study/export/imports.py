@@ -30,6 +30,7 @@ from gpt_study.checkpoint import FILES as CHECKPOINT_FILES
 from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainConfig
 from gpt_study.data.tokenizer import ImportedTokenizer
+from gpt_study.data.tokenizer.imported import published_roles
 from gpt_study.export.layouts import LAYOUTS, Layout, Remote, from_hf_config, from_hf_weights
 from gpt_study.export.verify import Checked, compare, load_options
 from gpt_study.model.gpt import GPT
@@ -125,17 +126,6 @@ def _layout(source: str, hf_cfg: Any) -> tuple[Layout, str]:
     )
 
 
-def _special(hf_tok: Any, hf_cfg: Any, role: str) -> int | None:
-    """The id of the tokenizer's ``role`` token (``bos``, ``eos``, ``unk``), else the model
-    config's (``bos``, ``eos``)."""
-    i = getattr(hf_tok, f"{role}_token_id", None)
-    if i is None:
-        i = getattr(hf_cfg, f"{role}_token_id", None)
-    if isinstance(i, (list, tuple)):
-        i = i[0] if i else None
-    return int(i) if i is not None else None
-
-
 def _tokenizer(transformers: Any, source: str, hf_cfg: Any, vocab_size: int) -> tuple[Any, Any]:
     """(transformers' tokenizer, gpt-study's ``hf`` tokenizer) of ``source``'s tokenizer.json."""
     try:
@@ -145,12 +135,10 @@ def _tokenizer(transformers: Any, source: str, hf_cfg: Any, vocab_size: int) -> 
         raise _refuse(
             source, f"no tokenizer.json that the tokenizers library reads ({first})"
         ) from None
-    bos, eos, unk = (_special(hf_tok, hf_cfg, r) for r in ("bos", "eos", "unk"))
+    bos, eos, unk = published_roles(hf_tok, hf_cfg)
     if eos is None:
         raise _refuse(source, "its tokenizer names no end-of-sequence token, which ends a story")
     sot = bos if bos is not None else eos  # GPT-2's <|endoftext|> plays both
-    if unk in (sot, eos):
-        unk = None  # GPT-2 names <|endoftext|> its unknown token too: it never stands for one
     lib = LibTokenizer.from_str(hf_tok.backend_tokenizer.to_str())
     try:
         ours = ImportedTokenizer(lib, sot, eos, unk, vocab_size, source)

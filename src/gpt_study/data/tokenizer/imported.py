@@ -26,7 +26,25 @@ from tokenizers import Tokenizer as LibTokenizer
 from gpt_study.data.tokenizer.base import LibraryTokenizer
 from gpt_study.runtime.errors import UserError
 
-__all__ = ["ImportedTokenizer"]
+__all__ = ["ImportedTokenizer", "published_roles"]
+
+
+def published_roles(hf_tok: Any, hf_cfg: Any = None) -> tuple[int | None, int | None, int | None]:
+    """(bos, eos, unk) of a published model: its tokenizer's ids, else its config's (a list gives
+    its first). An unk that is also bos or eos is none: GPT-2 names
+    ``<|endoftext|>`` its unknown token too, which it never stands for. The one reading of a
+    transformers model's special tokens, for ``import`` and ``evaluate --hf`` alike."""
+
+    def role(name: str) -> int | None:
+        i = getattr(hf_tok, f"{name}_token_id", None)
+        if i is None:
+            i = getattr(hf_cfg, f"{name}_token_id", None)
+        if isinstance(i, (list, tuple)):
+            i = i[0] if i else None
+        return int(i) if i is not None else None
+
+    bos, eos, unk = role("bos"), role("eos"), role("unk")
+    return bos, eos, None if unk in (bos, eos) else unk
 
 
 class ImportedTokenizer(LibraryTokenizer):
