@@ -444,6 +444,30 @@ def test_a_fine_tuned_import_learns_uses_its_own_specials_and_resumes_bit_for_bi
     assert (tmp_path / "cmp" / "compare.json").exists()
 
 
+@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+def test_an_imported_checkpoint_scores_the_stream_evaluate_hf_scores(layout, tmp_path, texts):
+    """Your fine-tune against the published model is honest only on one stream. With distinct
+    markers (Llama's <s> and </s>) evaluate on the imported checkpoint and evaluate --hf on its
+    source read the same targets and give the same bits per byte. GPT-2's one marker for both is
+    written twice between stories by prepare and once by evaluate --hf: one target more per story
+    but the first, the difference docs/import.md names (this test says when it is gone)."""
+    folder = (llama_folder if layout == "llama" else gpt2_folder)(tmp_path / "hf", texts)
+    ckpt = import_hf(folder, tmp_path / "ckpt", log=lambda _: None).out
+    prep = tmp_path / "prep"
+    given = ["--tokenizer_from", str(ckpt), "--out", str(prep), "--workers", "1"]
+    assert main(["prepare", "--data", *_corpus(tmp_path), *given]) == 0
+    common = ["--data", str(prep), "--device", "cpu", "--dtype", "float32", "--no_stories"]
+    for flag, source, out in (("--checkpoint", ckpt, "a"), ("--hf", folder, "b")):
+        assert main(["evaluate", flag, str(source), *common, "--json", str(tmp_path / out)]) == 0
+    ours, theirs = (json.loads((tmp_path / f).read_text())["valid"] for f in ("a", "b"))
+    assert ours["bytes"] == theirs["bytes"]
+    if layout == "llama":
+        assert ours["tokens"] == theirs["tokens"]
+        assert ours["bits_per_byte"] == pytest.approx(theirs["bits_per_byte"], abs=1e-4)
+    else:
+        assert ours["tokens"] == theirs["tokens"] + 40 - 1  # the valid split's 40 stories
+
+
 def test_init_from_refuses_another_tokenizer_and_architecture_flags(tmp_path, texts, tiny_prepared):
     from gpt_study.train.setup import build_config
 
