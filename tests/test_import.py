@@ -446,11 +446,10 @@ def test_a_fine_tuned_import_learns_uses_its_own_specials_and_resumes_bit_for_bi
 
 @pytest.mark.parametrize("layout", ["llama", "gpt2"])
 def test_an_imported_checkpoint_scores_the_stream_evaluate_hf_scores(layout, tmp_path, texts):
-    """Your fine-tune against the published model is honest only on one stream. With distinct
-    markers (Llama's <s> and </s>) evaluate on the imported checkpoint and evaluate --hf on its
-    source read the same targets and give the same bits per byte. GPT-2's one marker for both is
-    written twice between stories by prepare and once by evaluate --hf: one target more per story
-    but the first, the difference docs/import.md names (this test says when it is gone)."""
+    """Your fine-tune against the published model is honest only on one stream: evaluate on the
+    imported checkpoint's prepared folder and evaluate --hf on its source read the same targets
+    and give the same bits per byte, with distinct markers (Llama's <s> and </s>) and with one
+    token for both (GPT-2's <|endoftext|>, written once between stories: join_stories)."""
     folder = (llama_folder if layout == "llama" else gpt2_folder)(tmp_path / "hf", texts)
     ckpt = import_hf(folder, tmp_path / "ckpt", log=lambda _: None).out
     prep = tmp_path / "prep"
@@ -460,12 +459,37 @@ def test_an_imported_checkpoint_scores_the_stream_evaluate_hf_scores(layout, tmp
     for flag, source, out in (("--checkpoint", ckpt, "a"), ("--hf", folder, "b")):
         assert main(["evaluate", flag, str(source), *common, "--json", str(tmp_path / out)]) == 0
     ours, theirs = (json.loads((tmp_path / f).read_text())["valid"] for f in ("a", "b"))
-    assert ours["bytes"] == theirs["bytes"]
-    if layout == "llama":
-        assert ours["tokens"] == theirs["tokens"]
-        assert ours["bits_per_byte"] == pytest.approx(theirs["bits_per_byte"], abs=1e-4)
-    else:
-        assert ours["tokens"] == theirs["tokens"] + 40 - 1  # the valid split's 40 stories
+    assert ours["bytes"] == theirs["bytes"] and ours["tokens"] == theirs["tokens"]
+    assert ours["bits_per_byte"] == pytest.approx(theirs["bits_per_byte"], abs=1e-4)
+    from gpt_study.data.dataset import open_prepared
+    from gpt_study.data.tokenizer import load_tokenizer
+    from gpt_study.evaluate.introspect import text_ids
+
+    ids = open_prepared(prep).tokens("valid")
+    marker = int(ids[0])
+    ends = int((ids == marker).sum()) if layout == "gpt2" else int((ids == 1).sum())
+    assert ends == 40 + (layout == "gpt2")  # 40 stories: one marker more than stories, or </s> each
+    pasted = (tmp_path / "valid.txt").read_text(encoding="utf-8")  # serve's pasted text: the same
+    tok = load_tokenizer(ckpt / "tokenizer.json")
+    assert text_ids(tok, pasted)[0] == ids.tolist()
+
+
+def test_a_shared_marker_is_written_once_between_stories_whatever_the_batches(tmp_path):
+    from gpt_study.data.prepare.ids import SplitWriter
+    from gpt_study.data.tokenizer.base import join_stories
+
+    m = 9
+    stories = [[m, 1, 2, m], [m, 3, m], [m, 4, 5, 6, m]]
+    flat = np.array([i for s in stories for i in s])
+    want = [m, 1, 2, m, 3, m, 4, 5, 6, m]
+    assert join_stories(flat, m).tolist() == want
+    assert join_stories(flat, None).tolist() == flat.tolist()  # distinct markers: as stored
+    writer = SplitWriter(tmp_path / "x.bin", np.uint16, m)
+    for story in stories:  # one batch each: the marker before a batch is remembered
+        writer.write(np.array(story), np.array([1]), np.array([1]))
+    writer.close()
+    assert np.fromfile(tmp_path / "x.bin", dtype=np.uint16).tolist() == want
+    assert writer.tokens == len(want) and writer.stories == 3
 
 
 def test_init_from_refuses_another_tokenizer_and_architecture_flags(tmp_path, texts, tiny_prepared):

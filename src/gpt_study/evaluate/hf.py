@@ -39,6 +39,7 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.text import split_bytes, split_stories
+from gpt_study.data.tokenizer.base import join_stories
 from gpt_study.data.tokenizer.imported import published_roles
 from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.evaluate.report import split_result, stories_result
@@ -184,12 +185,14 @@ def _window(model: Any, window: int | None, trained: int | None = None) -> int:
 def story_stream(tokenizer: Any, texts: list[str], start: int | None, eos: int) -> np.ndarray:
     """The stories as the model reads them: ``[start] ids [eos]`` each (see :func:`markers`);
     without a start marker one eos opens the stream. int64, whatever the vocabulary size."""
-    parts: list[np.ndarray] = [] if start is not None else [np.array([eos], dtype=np.int64)]
-    head = [] if start is None else [start]
+    head = eos if start is None else start
+    parts: list[np.ndarray] = []
     for i in range(0, len(texts), 1024):
         encoded = tokenizer(texts[i : i + 1024], add_special_tokens=False, verbose=False)
-        parts += [np.array([*head, *ids, eos], dtype=np.int64) for ids in encoded["input_ids"]]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        parts += [np.array([head, *ids, eos], dtype=np.int64) for ids in encoded["input_ids"]]
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return join_stories(np.concatenate(parts), eos if start is None else None)
 
 
 class Logits(torch.nn.Module):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from gpt_study.data.clean import clean_text
 from gpt_study.data.sources import END_OF_TEXT
 from gpt_study.data.text import text_bytes
+from gpt_study.data.tokenizer.base import join_stories
 from gpt_study.evaluate.heldout import scored_windows
 from gpt_study.generate.text import PieceReader, pieces
 from gpt_study.model.gpt import GPT
@@ -159,7 +160,11 @@ def text_ids(tokenizer, text: str) -> tuple[list[int], int, int]:
         ids += tokenizer.encode(clean, sot=True, eot=True)
         n_bytes += text_bytes([clean])
         stories += 1
-    return ids, n_bytes, stories
+    return (
+        join_stories(np.array(ids, dtype=np.int64), tokenizer.shared_marker).tolist(),
+        n_bytes,
+        stories,
+    )
 
 
 def ids_bytes(tokenizer, ids: Sequence[int]) -> int | None:

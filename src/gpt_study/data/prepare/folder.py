@@ -288,6 +288,7 @@ def prepare(cfg: DataConfig, progress: bool | None = None, log: Any = print) -> 
     settings = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     if cfg.tokenizer_from:  # the tokenizer's contents, not its path
         settings["tokenizer_from"] = sha256_file(Path(cfg.tokenizer_from) / "tokenizer.json")
+        settings["framing"] = 2  # a shared <sot>/<eot> once between stories (join_stories)
     fingerprint = _fingerprint(inputs, settings)
     paths = [src.path for src in sources if src.path is not None]
     if _check_existing(cfg, out, fingerprint, log, paths):  # refusals before any write

@@ -12,6 +12,7 @@ import numpy as np
 
 from gpt_study.config import EOT_ID, SOT_ID, SPECIALS
 from gpt_study.data.prepare.workers import Workers
+from gpt_study.data.tokenizer.base import join_stories
 
 
 class Ids:
@@ -60,13 +61,18 @@ class Ids:
 class SplitWriter:
     """Appends one split's token ids to a file and keeps its counts for meta.json."""
 
-    def __init__(self, path: Path, dtype: type) -> None:
+    def __init__(self, path: Path, dtype: type, marker: int | None = None) -> None:
         self.path = path
         self.dtype = dtype
         self.f = open(path, "wb")
         self.stories = self.tokens = self.chars = self.bytes = 0
+        self.marker = marker  # a token that plays both <sot> and <eot>: once between stories
+        self.last: int | None = None  # the last token written
 
     def write(self, ids: np.ndarray, chars: np.ndarray, nbytes: np.ndarray) -> None:
+        ids = join_stories(ids, self.marker, self.last)
+        if len(ids):
+            self.last = int(ids[-1])
         ids.astype(self.dtype, copy=False).tofile(self.f)
         self.tokens += len(ids)
         self.stories += len(chars)

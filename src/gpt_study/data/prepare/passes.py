@@ -207,11 +207,13 @@ def _direct_pass(
     p: Pass,
     extra: tuple[str, ...] = (),
     unk_id: int | None = UNK_ID,
+    marker: int | None = None,
 ) -> dict[str, SplitWriter]:
     """The pass of a tokenizer known before the first story (``byte``, ``--tokenizer_from``):
     the workers encode each batch (``extra``: what they need beside it), the main process routes
-    and writes the final ``.bin`` files; ``unk_id`` is the tokenizer's ``<unk>``."""
-    writers = _direct_writers(p.tmp)
+    and writes the final ``.bin`` files; ``unk_id`` is the tokenizer's ``<unk>``, ``marker`` its
+    shared one (:attr:`~gpt_study.data.tokenizer.Tokenizer.shared_marker`)."""
+    writers = _direct_writers(p.tmp, marker)
     for split, mask, res in p.results(lambda: extra):
         _write_encoded(writers, split, mask, res, unk_id)
         p.progress(res["read"], writers)
@@ -246,12 +248,13 @@ def run_given(p: Pass) -> tuple[Tokenizer, dict[str, SplitWriter]]:
     workers encode every batch with it; ``<unk>`` counted where that tokenizer puts it."""
     tok = given_tokenizer(p.cfg)[1]
     tok.save(p.tmp / "tokenizer.json")
-    return tok, _direct_pass(p, extra=(str(p.tmp / "tokenizer.json"),), unk_id=tok.unk_id)
+    extra = (str(p.tmp / "tokenizer.json"),)
+    return tok, _direct_pass(p, extra, unk_id=tok.unk_id, marker=tok.shared_marker)
 
 
-def _direct_writers(tmp: Path) -> dict[str, SplitWriter]:
+def _direct_writers(tmp: Path, marker: int | None = None) -> dict[str, SplitWriter]:
     """The final ``.bin`` files, written as ids arrive (no vocabulary to rank afterwards)."""
-    writers = {s: SplitWriter(tmp / f"{s}.bin", np.uint16) for s in SPLITS}
+    writers = {s: SplitWriter(tmp / f"{s}.bin", np.uint16, marker) for s in SPLITS}
     for w in writers.values():
         w.unk = 0  # type: ignore[attr-defined]
     return writers

@@ -45,6 +45,12 @@ class Tokenizer(ABC):
         single token plays both)."""
         return tuple(sorted({self.sot_id, self.eot_id}))
 
+    @property
+    def shared_marker(self) -> int | None:
+        """The id that plays both ``<sot>`` and ``<eot>`` (GPT-2's ``<|endoftext|>``), else None:
+        a stream of stories holds it once between them (:func:`join_stories`)."""
+        return self.sot_id if self.sot_id == self.eot_id else None
+
     def wrap(self, ids: list[int], sot: bool, eot: bool) -> list[int]:
         """``ids`` as a story is stored, ``<sot> ... <eot>``, each marker where asked for: what
         every kind's :meth:`encode` returns."""
@@ -101,6 +107,19 @@ class Tokenizer(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON, atomically."""
         write_json_atomic(path, self.to_dict())
+
+
+def join_stories(ids: np.ndarray, marker: int | None, last: int | None = None) -> np.ndarray:
+    """Stories one after another, each stored ``<sot> ... <eot>``, as a stream: where one token
+    plays both (``marker``), once between stories, the stream a model like GPT-2 was trained on
+    and ``evaluate --hf`` reads, so an imported model's folder scores as the published model does.
+    ``last``: the token before ``ids`` in the stream (a file written batch by batch). A story
+    never holds the marker inside it (typed in a text it is text), so a marker right after a
+    marker is a story's start doubling the previous story's end."""
+    if marker is None or len(ids) == 0:
+        return ids
+    before = np.concatenate(([-1 if last is None else last], ids[:-1]))  # (n,)
+    return ids[~((ids == marker) & (before == marker))]
 
 
 class LibraryTokenizer(Tokenizer):
