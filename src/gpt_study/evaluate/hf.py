@@ -9,8 +9,10 @@ numbers as ``evaluate`` on a checkpoint (:mod:`gpt_study.evaluate.report`):
   by the model's markers (:func:`markers`): its end-of-sequence token after each story, and its
   beginning-of-sequence token before each when it has one of its own; a tokenizer whose bos is
   its eos (GPT-2's ``<|endoftext|>``) gets one eos at the very start instead, so every story is
-  read after a marker, as gpt-study's are after ``<sot>``. For a gpt-study export (bos ``<sot>``,
-  eos ``<eot>``) that is exactly the stream of the prepared folder.
+  read after a marker, as gpt-study's are after ``<sot>`` (one rule frames both:
+  :func:`~gpt_study.data.tokenizer.base.join_stories`). For a gpt-study export (bos ``<sot>``,
+  eos ``<eot>``) that is exactly the stream of the prepared folder, and for a published model
+  exactly that of a folder prepared with its imported tokenizer.
 * **The walk** is :func:`gpt_study.evaluate.heldout.scored_windows` over that stream: windows of
   the model's positions (at most 4,096; a gpt-study export's trained window; ``--window`` for
   fewer) overlapping by one, so a story longer than the window is scored in pieces exactly as
