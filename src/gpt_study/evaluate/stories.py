@@ -228,21 +228,20 @@ def story_metrics(stories: Sequence[Sequence[int]], finished: Sequence[bool]) ->
     * ``repeated_4gram``: 4-grams that already occurred earlier in the same story, over all
       4-grams: 0 for a story that never repeats itself, near 1 for a loop.
     """
-    bodies = [list(s) for s in stories]
-    n = len(bodies)
+    n = len(stories)
     share = sum(finished) / max(n, 1)
     out: dict[str, Any] = {
         "stories": n,
         "eot_share": share,
         "eot_share_se": standard_error(share, n),
         "eot_share_ci": list(wilson_interval(sum(finished), n)),
-        "mean_length": sum(map(len, bodies)) / max(n, 1),
+        "mean_length": sum(map(len, stories)) / max(n, 1),
     }
     for k in (1, 2):
-        grams = [g for b in bodies for g in ngrams(b, k)]
+        grams = [g for b in stories for g in ngrams(b, k)]
         out[f"distinct_{k}"] = len(set(grams)) / len(grams) if grams else 0.0
     repeated = total = 0
-    for b in bodies:
+    for b in stories:
         grams = ngrams(b, 4)
         total += len(grams)
         repeated += len(grams) - len(set(grams))
