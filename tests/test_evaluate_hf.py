@@ -208,7 +208,8 @@ def test_every_layout_scores_stories_longer_than_its_window(tiny, folders):
     stream = story_stream(hf.tokenizer, texts, hf.start_id, hf.eos_id)
     # the markers: [bos] story [eos] each, or one eos first when bos is eos (GPT-2's)
     first = hf.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-    head = [hf.tokenizer.bos_token_id if hf.start_id is not None else hf.eos_id]
+    bos = hf.tokenizer.bos_token_id
+    head = [hf.eos_id if bos is None else bos]
     assert stream[: len(first) + 2].tolist() == [*head, *first, hf.eos_id]
     assert len(first) > 3 * WINDOW  # a story runs over several windows
     got = evaluate_hf_split(hf, folders["bpe"], batch_size=3)
@@ -247,7 +248,7 @@ def test_a_rows_story_is_the_one_its_prompt_gets_alone(tiny):
     """Per-row seeds on the transformers path too: row r of a left-padded batch draws from
     seed + r alone, so it writes what its prompt writes alone with that seed, past the window."""
     hf = load_hf(str(tiny), "cpu", "float32")
-    head = [hf.eos_id if hf.start_id is None else hf.start_id]
+    head = [hf.start_id]
     texts = ["Once upon a time", "Tom", "The little dog ran to the park with a red ball"]
     rows = [head + hf.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     sample = SampleConfig(
@@ -331,19 +332,18 @@ def test_a_published_models_special_tokens_are_read_one_way():
     from types import SimpleNamespace as NS
 
     from gpt_study.data.tokenizer.imported import published_roles
-    from gpt_study.evaluate.hf import markers
     from gpt_study.runtime.errors import UserError
 
     gpt2 = NS(bos_token_id=50256, eos_token_id=50256, unk_token_id=50256)
-    assert published_roles(gpt2) == (50256, 50256, None)
-    assert markers(gpt2) == (None, 50256, None)  # one eos opens the stream
-    assert markers(NS(bos_token_id=1, eos_token_id=2, unk_token_id=0)) == (1, 2, 0)
+    assert published_roles(gpt2) == (50256, 50256, None)  # one marker plays both
+    assert published_roles(NS(bos_token_id=1, eos_token_id=2, unk_token_id=0)) == (1, 2, 0)
+    no_bos = NS(bos_token_id=None, eos_token_id=3, unk_token_id=3)
+    assert published_roles(no_bos) == (3, 3, None)  # a story starts at the eos then
     bare = NS(bos_token_id=None, eos_token_id=None, unk_token_id=None)
     config = NS(bos_token_id=5, eos_token_id=[7, 8], unk_token_id=None)
     assert published_roles(bare, config) == (5, 7, None)
-    assert markers(bare, config) == (5, 7, None)
     with pytest.raises(UserError, match="no end-of-sequence"):
-        markers(bare)
+        published_roles(bare)
 
 
 def test_the_decodings_move_every_sampling_setting():

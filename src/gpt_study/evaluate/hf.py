@@ -6,10 +6,11 @@ numbers as ``evaluate`` on a checkpoint (:mod:`gpt_study.evaluate.report`):
 
 * **The text** is :func:`gpt_study.data.text.split_stories`: the cleaned stories ``prepare``
   encoded. Each story is encoded with the model's tokenizer, with no special tokens, and framed
-  by the model's markers (:func:`markers`): its end-of-sequence token after each story, and its
-  beginning-of-sequence token before each when it has one of its own; a tokenizer whose bos is
-  its eos (GPT-2's ``<|endoftext|>``) gets one eos at the very start instead, so every story is
-  read after a marker, as gpt-study's are after ``<sot>`` (one rule frames both:
+  by the model's markers, read as ``import`` reads them
+  (:func:`~gpt_study.data.tokenizer.imported.published_roles`): its beginning-of-sequence token
+  before each story (its eos where it has none) and its end-of-sequence token after; a marker that
+  plays both (GPT-2's ``<|endoftext|>``) is written once between stories, so every story is read
+  after a marker, as gpt-study's are after ``<sot>`` (one rule frames both:
   :func:`~gpt_study.data.tokenizer.base.join_stories`). For a gpt-study export (bos ``<sot>``,
   eos ``<eot>``) that is exactly the stream of the prepared folder, and for a published model
   exactly that of a folder prepared with its imported tokenizer.
@@ -41,7 +42,7 @@ import torch
 from gpt_study.config import SampleConfig
 from gpt_study.data.dataset import open_prepared
 from gpt_study.data.text import split_bytes, split_stories
-from gpt_study.data.tokenizer.base import join_stories
+from gpt_study.data.tokenizer.base import join_stories, shared_marker
 from gpt_study.data.tokenizer.imported import published_roles
 from gpt_study.evaluate.heldout import score_tokens
 from gpt_study.evaluate.report import split_result, stories_result
@@ -77,7 +78,7 @@ class HFModel:
     model: Any
     tokenizer: Any
     window: int  # input positions per scored window
-    start_id: int | None  # before each story (None: one eos opens the stream)
+    start_id: int  # before each story (its eos where it has no bos: then once between stories)
     eos_id: int  # after each story; generation stops at it
     unk_id: int | None = None  # counted by the scorer (None: the tokenizer has none of its own)
 
@@ -91,7 +92,7 @@ class HFModel:
             "vocab_size": len(tok),
             "positions": model_positions(self.model),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-            "start": None if self.start_id is None else tok.convert_ids_to_tokens(self.start_id),
+            "start": tok.convert_ids_to_tokens(self.start_id),
             "end": tok.convert_ids_to_tokens(self.eos_id),
         }
 
@@ -103,18 +104,6 @@ def model_positions(model: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def markers(tokenizer: Any, config: Any = None) -> tuple[int | None, int, int | None]:
-    """(start, end, unk) of a story for this model, its special tokens read as ``import`` reads
-    them (:func:`~gpt_study.data.tokenizer.imported.published_roles`): its bos when it differs
-    from its eos (else None), its eos, which it must have, and its unknown token, if any."""
-    bos, eos, unk = published_roles(tokenizer, config)
-    if eos is None:
-        raise UserError(
-            "the model's tokenizer has no end-of-sequence token: a story's end cannot be marked"
-        )
-    return (bos if bos is not None and bos != eos else None), eos, unk
 
 
 def load_hf(
@@ -149,8 +138,8 @@ def load_hf(
         if shown:
             bars.enable_progress_bar()
     model.to(dev).eval()
-    start, eos, unk = markers(tok, model.config)
-    return HFModel(name, model, tok, _window(model, window, trained_window(name)), start, eos, unk)
+    roles = published_roles(tok, model.config)
+    return HFModel(name, model, tok, _window(model, window, trained_window(name)), *roles)
 
 
 def trained_window(name: str) -> int | None:
@@ -184,17 +173,18 @@ def _window(model: Any, window: int | None, trained: int | None = None) -> int:
 # ------------------------------------------------------------------------ held-out text
 
 
-def story_stream(tokenizer: Any, texts: list[str], start: int | None, eos: int) -> np.ndarray:
-    """The stories as the model reads them: ``[start] ids [eos]`` each (see :func:`markers`);
-    without a start marker one eos opens the stream. int64, whatever the vocabulary size."""
-    head = eos if start is None else start
+def story_stream(tokenizer: Any, texts: list[str], start: int, eos: int) -> np.ndarray:
+    """The stories as the model reads them: ``[start] ids [eos]`` each (see
+    :func:`~gpt_study.data.tokenizer.imported.published_roles`), a marker that plays both written
+    once between them (:func:`~gpt_study.data.tokenizer.base.join_stories`). int64, whatever the
+    vocabulary size."""
     parts: list[np.ndarray] = []
     for i in range(0, len(texts), 1024):
         encoded = tokenizer(texts[i : i + 1024], add_special_tokens=False, verbose=False)
-        parts += [np.array([head, *ids, eos], dtype=np.int64) for ids in encoded["input_ids"]]
+        parts += [np.array([start, *ids, eos], dtype=np.int64) for ids in encoded["input_ids"]]
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    return join_stories(np.concatenate(parts), eos if start is None else None)
+    return join_stories(np.concatenate(parts), shared_marker(start, eos))
 
 
 class Logits(torch.nn.Module):
@@ -254,13 +244,14 @@ def evaluate_hf_split(
 def write_hf_stories(
     hf: HFModel, sample: SampleConfig | None, protocol: StoryProtocol = STORY_PROTOCOL
 ) -> Stories:
-    """The protocol's stories from ``hf``: each prompt its start marker (or eos) and the
+    """The protocol's stories from ``hf``: each prompt its start marker and the
     opening, each batch's rows seeded as the protocol says (:meth:`SampleConfig.from_row
     <gpt_study.config.SampleConfig.from_row>`), drawn with ``sample``'s settings by
     :func:`generate_rows`; a story is the new tokens before the first eos."""
     tok = hf.tokenizer
-    head = [hf.eos_id if hf.start_id is None else hf.start_id]
-    prompts = {p: head + tok(p, add_special_tokens=False)["input_ids"] for p in protocol.openings}
+    prompts = {
+        p: [hf.start_id] + tok(p, add_special_tokens=False)["input_ids"] for p in protocol.openings
+    }
     sample = protocol.decoding(sample)
     texts, new_ids, finished = [], [], []
     for first, batch in protocol.batches():

@@ -135,13 +135,9 @@ def _tokenizer(transformers: Any, source: str, hf_cfg: Any, vocab_size: int) -> 
         raise _refuse(
             source, f"no tokenizer.json that the tokenizers library reads ({first})"
         ) from None
-    bos, eos, unk = published_roles(hf_tok, hf_cfg)
-    if eos is None:
-        raise _refuse(source, "its tokenizer names no end-of-sequence token, which ends a story")
-    sot = bos if bos is not None else eos  # GPT-2's <|endoftext|> plays both
     lib = LibTokenizer.from_str(hf_tok.backend_tokenizer.to_str())
     try:
-        ours = ImportedTokenizer(lib, sot, eos, unk, vocab_size, source)
+        ours = ImportedTokenizer(lib, *published_roles(hf_tok, hf_cfg), vocab_size, source)
     except UserError as e:
         raise _refuse(source, str(e)) from None
     return hf_tok, ours

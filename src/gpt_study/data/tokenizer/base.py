@@ -47,9 +47,8 @@ class Tokenizer(ABC):
 
     @property
     def shared_marker(self) -> int | None:
-        """The id that plays both ``<sot>`` and ``<eot>`` (GPT-2's ``<|endoftext|>``), else None:
-        a stream of stories holds it once between them (:func:`join_stories`)."""
-        return self.sot_id if self.sot_id == self.eot_id else None
+        """See :func:`shared_marker`."""
+        return shared_marker(self.sot_id, self.eot_id)
 
     def wrap(self, ids: list[int], sot: bool, eot: bool) -> list[int]:
         """``ids`` as a story is stored, ``<sot> ... <eot>``, each marker where asked for: what
@@ -107,6 +106,12 @@ class Tokenizer(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON, atomically."""
         write_json_atomic(path, self.to_dict())
+
+
+def shared_marker(sot: int, eot: int) -> int | None:
+    """The id that plays both ``<sot>`` and ``<eot>`` (GPT-2's ``<|endoftext|>``), else None: a
+    stream of stories holds it once between them (:func:`join_stories`)."""
+    return sot if sot == eot else None
 
 
 def join_stories(ids: np.ndarray, marker: int | None, last: int | None = None) -> np.ndarray:

@@ -29,11 +29,14 @@ from gpt_study.runtime.errors import UserError
 __all__ = ["ImportedTokenizer", "published_roles"]
 
 
-def published_roles(hf_tok: Any, hf_cfg: Any = None) -> tuple[int | None, int | None, int | None]:
-    """(bos, eos, unk) of a published model: its tokenizer's ids, else its config's (a list gives
-    its first). An unk that is also bos or eos is none: GPT-2 names
-    ``<|endoftext|>`` its unknown token too, which it never stands for. The one reading of a
-    transformers model's special tokens, for ``import`` and ``evaluate --hf`` alike."""
+def published_roles(hf_tok: Any, hf_cfg: Any = None) -> tuple[int, int, int | None]:
+    """(start, end, unk) of a story for a published model: the one reading of a transformers
+    model's special tokens, for ``import`` and ``evaluate --hf`` alike. Each id is its
+    tokenizer's, else its config's (a list gives its first). A story starts at its bos, or at its
+    eos where it has no bos of its own (GPT-2's ``<|endoftext|>`` plays both: :func:`shared_marker
+    <gpt_study.data.tokenizer.base.shared_marker>`) and ends at its eos, which it must have. An
+    unk that is also bos or eos is none: GPT-2 names ``<|endoftext|>`` its unknown token too, which
+    it never stands for."""
 
     def role(name: str) -> int | None:
         i = getattr(hf_tok, f"{name}_token_id", None)
@@ -44,7 +47,12 @@ def published_roles(hf_tok: Any, hf_cfg: Any = None) -> tuple[int | None, int | 
         return int(i) if i is not None else None
 
     bos, eos, unk = role("bos"), role("eos"), role("unk")
-    return bos, eos, None if unk in (bos, eos) else unk
+    if eos is None:
+        raise UserError(
+            "the model's tokenizer names no end-of-sequence token, which ends a story: "
+            "use a model whose tokenizer or config sets eos_token_id"
+        )
+    return (eos if bos is None else bos), eos, (None if unk in (bos, eos) else unk)
 
 
 class ImportedTokenizer(LibraryTokenizer):
