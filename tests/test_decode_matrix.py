@@ -243,7 +243,7 @@ def test_the_serve_stream_writes_the_uncached_tokens(model, served):
 # A layout that learns an option (or loses one) changes this table on purpose.
 EXPORTED_AS = {"study": "gpt2", "gelu_tanh": "gpt2", "tied": "gpt2", "zero_init": "gpt2"}
 EXPORTED_AS |= {"llama_ve": "llama", "preset seed": "gpt2", "preset tiny": "gpt2"}
-EXPORTED_AS |= {"preset cpu": "llama"}
+EXPORTED_AS |= {"preset cpu": "llama", "modern": "qwen3", "no-bias": "gpt2"}  # gpt2: zero biases
 
 
 def test_exactly_the_expected_models_export():

@@ -96,6 +96,11 @@ VARIANTS = {
     "word, head bias (our class)": (_word, True, None),
     "bpe, head bias (our class)": (_bpe, True, None),
     "word, zero head bias (stock GPT2LMHeadModel)": (_word, False, None),
+    "bpe, no biases anywhere (nanoGPT's; GPT-2 with zeros)": (
+        _bpe,
+        False,
+        {"bias": False, "norm_bias": False, "head_bias": False},
+    ),
     "bpe, llama: rope, rmsnorm, swiglu, biases": (_bpe, False, LLAMA),
     "word, llama tied, no biases": (_word, False, {**LLAMA, "tie_embeddings": True, "bias": False}),
     "bpe, llama tied, value embeddings (our class)": (
@@ -103,8 +108,13 @@ VARIANTS = {
         False,
         {**LLAMA, "tie_embeddings": True, "bias": False, "value_embeds": True},
     ),
+    "bpe, qwen3: llama with each head's queries and keys normalised, no biases": (
+        _bpe,
+        False,
+        {**LLAMA, "bias": False, "qk_norm": True},
+    ),
 }
-CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 OUR_CLASSES = {"gpt2": "GPTStudyForCausalLM", "llama": "GPTStudyLlamaForCausalLM"}
 
 
@@ -135,7 +145,10 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
     hf, hf_tok = _load(result)
     want_class = (OUR_CLASSES if result.remote_code else CLASSES)[result.layout]
     assert type(hf).__name__ == want_class
-    assert result.layout == ("llama" if ours.model.config.positions == "rope" else "gpt2")
+    c = ours.model.config
+    assert result.layout == (
+        "gpt2" if c.positions == "learned" else "qwen3" if c.qk_norm else "llama"
+    )
 
     idx = torch.randint(0, ours.model.config.vocab_size, (3, 32), generator=torch.Generator())
     with torch.no_grad():
@@ -158,15 +171,24 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
 
 
 def test_folder_holds_what_the_readme_says(exported):
-    _, result, lines = exported
+    from gpt_study.checkpoint import load_checkpoint
+
+    ckpt_path, result, lines = exported
+    cfg = load_checkpoint(ckpt_path).config.model
     files = {p.name for p in result.out.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "README.md", "gpt_study_export.json"} <= files  # fmt: skip
     assert ("modeling_gpt_study.py" in files) == result.remote_code
     readme = (result.out / "README.md").read_text()
     config = json.loads((result.out / "config.json").read_text())
+    zeros = "written as zeros, which compute the same" in readme
+    assert zeros == (result.layout == "gpt2" and not (cfg.bias and cfg.norm_bias))
     if result.layout == "gpt2":
         assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
+        weights = safetensors.torch.load_file(result.out / "model.safetensors")
+        biases = [v for k, v in weights.items() if k.endswith(".bias")]
+        assert len(biases) == 6 * cfg.n_layers + 1 + cfg.head_bias  # GPT-2 always has them
+        assert all(not b.any() for b in biases) == (not cfg.bias and not cfg.norm_bias)
     else:
         assert config["hidden_act"] == "silu" and config["rms_norm_eps"] == 1e-5
         tied = config["tie_word_embeddings"]
@@ -224,6 +246,11 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
         choose_layout(GPTConfig(**{**LLAMA, "head_bias": True}))
     with pytest.raises(UserError, match="gpt2: it does not know qk_norm"):
         choose_layout(GPTConfig(qk_norm=True))
+    assert choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False)).name == "qwen3"
+    with pytest.raises(UserError, match="qwen3: biases .*: train with --no-bias"):
+        choose_layout(GPTConfig(**LLAMA, qk_norm=True))
+    with pytest.raises(UserError, match="qwen3: it does not know value_embeds"):
+        choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, value_embeds=True))
     with pytest.raises(UserError, match="llama: it does not know residual_scalars"):
         choose_layout(GPTConfig(**LLAMA, residual_scalars=True))
     with pytest.raises(UserError, match="llama: it does not know logit_softcap"):

@@ -221,6 +221,9 @@ def test_serve_writes_and_scores_with_the_imported_checkpoint(imported):
 EXPORTED = {
     "the study's model: head bias (our GPT-2 class)": (True, None),
     "tied GPT-2, tanh GELU, stock class": (False, {"tie_embeddings": True, "mlp": "gelu_tanh"}),
+    "GPT-2 without biases (nanoGPT's), written with zeros": (
+        False, {"bias": False, "norm_bias": False, "head_bias": False},
+    ),
     "llama tied, no biases": (
         False,
         {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
@@ -230,6 +233,11 @@ EXPORTED = {
         False,
         {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
          "tie_embeddings": True, "bias": False, "value_embeds": True, "n_layers": 3},
+    ),
+    "qwen3: each head's queries and keys normalised": (
+        False,
+        {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
+         "bias": False, "qk_norm": True},
     ),
 }  # fmt: skip
 
@@ -242,10 +250,15 @@ def test_export_then_import_gives_back_the_same_weights_and_logits(tmp_path, nam
     result = import_hf(tmp_path / "hf", tmp_path / "back", log=lambda _: None)
     a, b = load_checkpoint(path), load_checkpoint(result.out)
     wa, wb = a.model.state_dict(), b.model.state_dict()
-    assert wa.keys() == wb.keys()
+    for k in wb.keys() - wa.keys():  # biases GPT-2 always has: zeros, back as zero biases
+        assert k.endswith(".bias") and not wb[k].any(), k
+    options = options or {}
+    zeros = options.get("positions", "learned") == "learned" and not options.get("bias", True)
+    assert wa.keys() <= wb.keys() and (wa.keys() != wb.keys()) == zeros
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     drop = ("attention_drop", "residual_drop", "embedding_drop", "inner_drop")
+    drop += ("bias", "norm_bias") if zeros else ()  # the zeros are biases there
     ca, cb = ({k: v for k, v in vars(c.config.model).items() if k not in drop} for c in (a, b))
     assert ca == cb
     idx = torch.randint(0, a.model.config.vocab_size, (2, 32), generator=torch.Generator())
@@ -301,6 +314,20 @@ REFUSED = {
             vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
             num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5)),
         "num_key_value_heads 2 but num_attention_heads 4 (grouped-query attention",
+    ),
+    "Qwen3 with sliding windows": (
+        lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+            vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, head_dim=8, rms_norm_eps=1e-5,
+            use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+        "use_sliding_window True (sliding-window attention",
+    ),
+    "Qwen3 with attention biases": (
+        lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+            vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=4, head_dim=8, rms_norm_eps=1e-5,
+            attention_bias=True)),
+        "attention_bias True (biases on the attention's projections only",
     ),
     "Llama's default eps": (
         lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(

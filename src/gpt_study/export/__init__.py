@@ -7,13 +7,14 @@ and checks, before anything replaces ``DIR``, that transformers computes the sam
 difference under 1e-4 in fp32) and the same greedy tokens as gpt-study.
 
 ``gpt-study import --hf NAME_OR_FOLDER --out CHECKPOINT`` is the way back
-(:func:`~gpt_study.export.imports.import_hf`): a transformers GPT-2 or Llama becomes a checkpoint,
-through the same tables, checked the same way before it is written.
+(:func:`~gpt_study.export.imports.import_hf`): a transformers GPT-2, Llama or Qwen3 becomes a
+checkpoint, through the same tables, checked the same way before it is written.
 
 The modules, in import order:
 
-- :mod:`.layouts`: the layouts (one table per transformers architecture: the options it implies,
-  its ``config.json`` entries, the name of every weight), read both ways.
+- :mod:`.layouts`: what a layout is (the options it implies, its ``config.json`` entries, the
+  name of every weight) and the functions that read one both ways.
+- :mod:`.tables`: the layouts themselves, one table per transformers architecture.
 - :mod:`.hf`: the export direction (which layout a model fits, ``config.json``, the weights) and
   ``generation_config.json``.
 - :mod:`.tokenizer`: the tokenizer as a ``tokenizers`` JSON (``bpe`` exact; ``word`` the nearest
@@ -25,8 +26,8 @@ The modules, in import order:
 - :mod:`.imports`: :func:`~gpt_study.export.imports.import_hf` (imported only by its command:
   it needs transformers).
 
-``modeling_gpt_study.py`` is not imported here: it is the model class copied into folders whose
-output layer has a bias (see :mod:`.hf`).
+``modeling_gpt_study.py`` is not imported here: it holds the classes copied into folders whose
+model no stock class computes (a GPT-2 head bias, Llama's value embeddings; see :mod:`.remote`).
 """
 
 from gpt_study.export.folder import FILES, ExportResult, export_hf

@@ -16,13 +16,13 @@ import torch
 
 from gpt_study.config import EOT_ID, SOT_ID, GPTConfig, SampleConfig
 from gpt_study.export.layouts import (
-    LAYOUTS,
     REMOTE_FILE,
     Layout,
     option_difference,
     to_hf_config,
     to_hf_weights,
 )
+from gpt_study.export.tables import LAYOUTS
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
 

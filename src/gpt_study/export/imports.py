@@ -31,7 +31,8 @@ from gpt_study.checkpoint import save_checkpoint
 from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainConfig
 from gpt_study.data.tokenizer import ImportedTokenizer
 from gpt_study.data.tokenizer.imported import published_roles
-from gpt_study.export.layouts import LAYOUTS, Layout, Remote, from_hf_config, from_hf_weights
+from gpt_study.export.layouts import Layout, Remote, from_hf_config, from_hf_weights
+from gpt_study.export.tables import LAYOUTS
 from gpt_study.export.verify import Checked, compare, load_options
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require

@@ -8,15 +8,7 @@ import requires) and the name of every weight. The functions below are the two d
 that one table: :func:`to_hf_config` / :func:`from_hf_config` and :func:`to_hf_weights` /
 :func:`from_hf_weights`. Nothing else in gpt-study names a transformers key or weight.
 
-Two layouts. ``gpt2`` (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU (exact,
-or GPT-2's own tanh approximation ``gelu_new``: ``--mlp gelu_tanh``), biases, tied head or not.
-``GPT2LMHeadModel`` has no bias on its output layer and ours does, so a model whose head bias is
-not all zeros is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.py``:
-``GPT2LMHeadModel`` with ``lm_head = nn.Linear(..., bias=True)``, nothing else changed. ``llama``
-(Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU, no head bias, tied or not;
-``LlamaForCausalLM`` computes them exactly (the same "rotate half" rotary pairs and inverse
-frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``); with value embeddings, our
-``GPTStudyLlamaForCausalLM`` (:mod:`~gpt_study.export.remote`).
+The tables themselves are in :mod:`~gpt_study.export.tables`.
 
 GPT-2 in transformers keeps its projections in ``Conv1D`` modules, whose weight is stored as
 (in, out): the transpose of ``nn.Linear``'s (out, in). Those entries are marked ``transpose``.
@@ -36,11 +28,10 @@ import torch
 
 from gpt_study.config import GPTConfig
 from gpt_study.config.model import INIT_ONLY
-from gpt_study.export.remote import GPT2_REMOTE, LLAMA_REMOTE, REMOTE_FILE, Remote
-from gpt_study.model.gpt import NORM_EPS
+from gpt_study.export.remote import REMOTE_FILE, Remote
 from gpt_study.runtime.errors import UserError
 
-__all__ = ["LAYOUTS", "REMOTE_FILE", "Fixed", "Layout", "Option", "Remote"]
+__all__ = ["REMOTE_FILE", "Fixed", "Layout", "Option", "Remote"]
 __all__ += ["from_hf_config", "from_hf_weights", "to_hf_config", "to_hf_weights"]
 
 
@@ -87,11 +78,16 @@ class Layout:
     # (our name, their name(s) joined by "|", transpose), "{i}" standing for the block number
     weights: tuple[tuple[str, str, bool], ...]
     summary: str  # one sentence for the exported README
-    # options it leaves as they are on export (training only) and sets so on import
+    # options a model may hold at any value on export, as none changes what the class computes
+    # (dropouts: training only; biases under zero_filled: zeros), and import sets so
     tolerated: dict[str, Any] = field(default_factory=dict)
     # the class names it reads, and the options each one implies besides
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote: Remote | None = None  # our class, for what the stock one does not compute
+    # biases (our names, "{i}" for the block) the stock class always has: a model trained without
+    # them is written with zeros there, which compute what no bias does (import reads them back
+    # as biases that are zero)
+    zero_filled: tuple[str, ...] = ()
 
     @property
     def understood(self) -> frozenset[str]:
@@ -104,158 +100,6 @@ class Layout:
             | {k for v in self.classes.values() for k in v}
         )
 
-
-def _const(value: Any) -> Callable[[GPTConfig], Any]:
-    return lambda _cfg: value
-
-
-_GPT2 = Layout(
-    name="gpt2",
-    arch="GPT-2",
-    model_type="gpt2",
-    stock_class="GPT2LMHeadModel",
-    implied=(
-        ("positions", "learned", ""),
-        ("norm", "layernorm", ""),
-        ("bias", True, "no biases on the linears (GPT-2 has them): train with --bias --norm_bias"),
-        ("norm_bias", True, "no biases on the norms (GPT-2 has them): train with --norm_bias"),
-    ),
-    options=(
-        Option("vocab_size", "vocab_size"),
-        Option("max_len", "n_positions"),
-        Option("d_model", "n_embd"),
-        Option("n_layers", "n_layer"),
-        Option("n_heads", "n_head"),
-        Option("d_ff", "n_inner", absent=lambda c: 4 * c["n_embd"]),
-        # exact erf GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's
-        Option(
-            "mlp",
-            "activation_function",
-            (("gelu", "gelu"), ("gelu_tanh", "gelu_new"), ("gelu_tanh", "gelu_pytorch_tanh")),
-        ),
-        Option("residual_drop", "resid_pdrop"),
-        Option("embedding_drop", "embd_pdrop"),
-        Option("attention_drop", "attn_pdrop"),
-        Option("tie_embeddings", "tie_word_embeddings"),
-    ),
-    fixed=(
-        Fixed("layer_norm_epsilon", _const(NORM_EPS), "another LayerNorm eps"),
-        Fixed("scale_attn_weights", _const(True), "attention without the 1/sqrt(head_dim) scale"),
-        Fixed(
-            "scale_attn_by_inverse_layer_idx", _const(False), "attention scaled by 1/layer number"
-        ),
-        Fixed("add_cross_attention", _const(False), "cross-attention to an encoder"),
-        Fixed("reorder_and_upcast_attn", _const(False), check=False),  # the same in fp32
-        Fixed("initializer_range", _const(0.02), check=False),
-        Fixed("use_cache", _const(True), check=False),
-    ),
-    weights=(
-        ("tok_emb.weight", "transformer.wte.weight", False),
-        ("pos_emb.weight", "transformer.wpe.weight", False),
-        ("blocks.{i}.ln1.weight", "transformer.h.{i}.ln_1.weight", False),
-        ("blocks.{i}.ln1.bias", "transformer.h.{i}.ln_1.bias", False),
-        ("blocks.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", True),
-        ("blocks.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias", False),
-        ("blocks.{i}.attn.proj.weight", "transformer.h.{i}.attn.c_proj.weight", True),
-        ("blocks.{i}.attn.proj.bias", "transformer.h.{i}.attn.c_proj.bias", False),
-        ("blocks.{i}.ln2.weight", "transformer.h.{i}.ln_2.weight", False),
-        ("blocks.{i}.ln2.bias", "transformer.h.{i}.ln_2.bias", False),
-        ("blocks.{i}.mlp.fc.weight", "transformer.h.{i}.mlp.c_fc.weight", True),
-        ("blocks.{i}.mlp.fc.bias", "transformer.h.{i}.mlp.c_fc.bias", False),
-        ("blocks.{i}.mlp.proj.weight", "transformer.h.{i}.mlp.c_proj.weight", True),
-        ("blocks.{i}.mlp.proj.bias", "transformer.h.{i}.mlp.c_proj.bias", False),
-        ("ln_f.weight", "transformer.ln_f.weight", False),
-        ("ln_f.bias", "transformer.ln_f.bias", False),
-        ("head.weight", "lm_head.weight", False),
-        ("head.bias", "lm_head.bias", False),  # only the remote class has it
-    ),
-    summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
-    '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
-    # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one
-    tolerated={"inner_drop": 0.0},
-    classes={
-        "GPT2LMHeadModel": {"head_bias": False},
-        GPT2_REMOTE.model_class: {"head_bias": True},
-    },
-    remote=GPT2_REMOTE,
-)
-
-_ATTN = "model.layers.{i}.self_attn."
-_MLP = "model.layers.{i}.mlp."
-_LLAMA = Layout(
-    name="llama",
-    arch="Llama",
-    model_type="llama",
-    stock_class="LlamaForCausalLM",
-    implied=(
-        ("positions", "rope", ""),
-        ("norm", "rmsnorm", ""),
-        ("mlp", "swiglu", ""),
-        ("head_bias", False, "a head bias (Llama's lm_head has none): train with --no-head_bias"),
-    ),
-    options=(
-        Option("vocab_size", "vocab_size"),
-        Option("max_len", "max_position_embeddings"),
-        Option("d_model", "hidden_size"),
-        Option("d_ff", "intermediate_size"),
-        Option("n_layers", "num_hidden_layers"),
-        Option("n_heads", "num_attention_heads"),
-        Option(
-            "n_heads",
-            "num_key_value_heads",
-            why="grouped-query attention; gpt-study gives every head its own keys and values",
-        ),
-        # transformers 5 reads rope_parameters; 4.x read rope_theta
-        Option("rope_base", "rope_parameters.rope_theta"),
-        Option("rope_base", "rope_theta"),
-        Option("bias", "attention_bias"),
-        Option("bias", "mlp_bias"),
-        Option("attention_drop", "attention_dropout"),
-        Option("tie_embeddings", "tie_word_embeddings"),
-    ),
-    fixed=(
-        Fixed("head_dim", lambda cfg: cfg.head_dim, "heads narrower or wider than d_model/n_heads"),
-        Fixed("hidden_act", _const("silu"), "another gate activation than SiLU"),
-        Fixed("rms_norm_eps", _const(NORM_EPS), "another RMSNorm eps"),
-        Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
-        Fixed("pretraining_tp", _const(1), "tensor-parallel slices of the projections"),
-        # our class only (None: not written): the layers that add value embeddings
-        Fixed(
-            "value_embed_layers",
-            lambda c: list(c.value_embed_layers) or None,
-            "value embeddings in other layers",
-        ),
-        Fixed("initializer_range", _const(0.02), check=False),
-        Fixed("use_cache", _const(True), check=False),
-    ),
-    weights=(
-        ("tok_emb.weight", "model.embed_tokens.weight", False),
-        ("blocks.{i}.ln1.weight", "model.layers.{i}.input_layernorm.weight", False),
-        ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), False),
-        ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), False),
-        ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", False),
-        ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", False),
-        ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", False),
-        ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", False),
-        ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", False),
-        ("blocks.{i}.mlp.proj.weight", _MLP + "down_proj.weight", False),
-        ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", False),
-        ("ln_f.weight", "model.norm.weight", False),
-        ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
-        ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", False),  # remote only
-    ),  # no head.bias: the layout implies none
-    summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
-    "no output bias",
-    # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
-    tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
-    classes={
-        "LlamaForCausalLM": {"value_embeds": False},
-        LLAMA_REMOTE.model_class: {"value_embeds": True},
-    },
-    remote=LLAMA_REMOTE,
-)
-
-LAYOUTS: tuple[Layout, ...] = (_GPT2, _LLAMA)
 
 # ------------------------------------------------------------------------ config.json
 
@@ -353,8 +197,13 @@ def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], bool]]
 
 
 def to_hf_weights(ours: dict[str, torch.Tensor], layout: Layout, n_layers: int) -> dict[str, Any]:
-    """``ours`` under the layout's names; every one of ours is used exactly once."""
+    """``ours`` under the layout's names; every one of ours is used exactly once, and a bias the
+    layout always has but ours lacks (:attr:`Layout.zero_filled`) is written as zeros."""
     ours = dict(ours)
+    for key in {p.format(i=i) for p in layout.zero_filled for i in range(n_layers)}:
+        if key not in ours:  # (out,) zeros beside the (out, in) or (out,) weight it belongs to
+            weight = ours[key.removesuffix(".bias") + ".weight"]
+            ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)
     out: dict[str, torch.Tensor] = {}
     for key, names, transpose in _entries(layout, n_layers):
         if key not in ours:

@@ -67,6 +67,12 @@ def readme(result: Any, ckpt: Any) -> str:
         )
     else:
         model_text = f"The stock `{layout.stock_class}` computes it; no code of ours is needed."
+    lacks = [n for n, on in (("linears", cfg.model.bias), ("norms", cfg.model.norm_bias)) if not on]
+    if layout.zero_filled and lacks:
+        model_text += (
+            f" It was trained without biases on its {' or '.join(lacks)}; {layout.arch} always has "
+            "them, so they are written as zeros, which compute the same."
+        )
     slide = (
         "keeps its rotary cache and drops the oldest keys (a rotary key depends only on its "
         "distance to the query)"

@@ -1,0 +1,231 @@
+"""The layouts' tables: how each transformers architecture holds a gpt-study model, as data that
+:mod:`~gpt_study.export.layouts` reads both ways (export and import). The first table that fits
+a model is the one it is exported as (:func:`~gpt_study.export.hf.choose_layout`), so a layout
+that needs more options than another comes after it.
+
+Three layouts. ``gpt2`` (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU (exact,
+or GPT-2's own tanh approximation ``gelu_new``: ``--mlp gelu_tanh``), biases, tied head or not.
+``GPT2LMHeadModel`` has no bias on its output layer and ours does, so a model whose head bias is
+not all zeros is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.py``:
+``GPT2LMHeadModel`` with ``lm_head = nn.Linear(..., bias=True)``, nothing else changed. ``llama``
+(Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU, no head bias, tied or not;
+``LlamaForCausalLM`` computes them exactly (the same "rotate half" rotary pairs and inverse
+frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``); with value embeddings, our
+``GPTStudyLlamaForCausalLM`` (:mod:`~gpt_study.export.remote`).
+``qwen3`` (Qwen team 2025): Llama whose heads' queries and keys are RMS-normalised before the
+rotary positions, each with a gain of its own (``--qk_norm``: ``q_norm``, ``k_norm``), and whose
+feed-forward has no biases; ``Qwen3ForCausalLM`` with no sliding windows computes it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from gpt_study.config import GPTConfig
+from gpt_study.export.layouts import Fixed, Layout, Option
+from gpt_study.export.remote import GPT2_REMOTE, LLAMA_REMOTE
+from gpt_study.model.gpt import NORM_EPS
+
+__all__ = ["LAYOUTS"]
+
+
+def _const(value: Any) -> Callable[[GPTConfig], Any]:
+    return lambda _cfg: value
+
+
+_GPT2 = Layout(
+    name="gpt2",
+    arch="GPT-2",
+    model_type="gpt2",
+    stock_class="GPT2LMHeadModel",
+    implied=(
+        ("positions", "learned", ""),
+        ("norm", "layernorm", ""),
+    ),
+    options=(
+        Option("vocab_size", "vocab_size"),
+        Option("max_len", "n_positions"),
+        Option("d_model", "n_embd"),
+        Option("n_layers", "n_layer"),
+        Option("n_heads", "n_head"),
+        Option("d_ff", "n_inner", absent=lambda c: 4 * c["n_embd"]),
+        # exact erf GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's
+        Option(
+            "mlp",
+            "activation_function",
+            (("gelu", "gelu"), ("gelu_tanh", "gelu_new"), ("gelu_tanh", "gelu_pytorch_tanh")),
+        ),
+        Option("residual_drop", "resid_pdrop"),
+        Option("embedding_drop", "embd_pdrop"),
+        Option("attention_drop", "attn_pdrop"),
+        Option("tie_embeddings", "tie_word_embeddings"),
+    ),
+    fixed=(
+        Fixed("layer_norm_epsilon", _const(NORM_EPS), "another LayerNorm eps"),
+        Fixed("scale_attn_weights", _const(True), "attention without the 1/sqrt(head_dim) scale"),
+        Fixed(
+            "scale_attn_by_inverse_layer_idx", _const(False), "attention scaled by 1/layer number"
+        ),
+        Fixed("add_cross_attention", _const(False), "cross-attention to an encoder"),
+        Fixed("reorder_and_upcast_attn", _const(False), check=False),  # the same in fp32
+        Fixed("initializer_range", _const(0.02), check=False),
+        Fixed("use_cache", _const(True), check=False),
+    ),
+    weights=(
+        ("tok_emb.weight", "transformer.wte.weight", False),
+        ("pos_emb.weight", "transformer.wpe.weight", False),
+        ("blocks.{i}.ln1.weight", "transformer.h.{i}.ln_1.weight", False),
+        ("blocks.{i}.ln1.bias", "transformer.h.{i}.ln_1.bias", False),
+        ("blocks.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", True),
+        ("blocks.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias", False),
+        ("blocks.{i}.attn.proj.weight", "transformer.h.{i}.attn.c_proj.weight", True),
+        ("blocks.{i}.attn.proj.bias", "transformer.h.{i}.attn.c_proj.bias", False),
+        ("blocks.{i}.ln2.weight", "transformer.h.{i}.ln_2.weight", False),
+        ("blocks.{i}.ln2.bias", "transformer.h.{i}.ln_2.bias", False),
+        ("blocks.{i}.mlp.fc.weight", "transformer.h.{i}.mlp.c_fc.weight", True),
+        ("blocks.{i}.mlp.fc.bias", "transformer.h.{i}.mlp.c_fc.bias", False),
+        ("blocks.{i}.mlp.proj.weight", "transformer.h.{i}.mlp.c_proj.weight", True),
+        ("blocks.{i}.mlp.proj.bias", "transformer.h.{i}.mlp.c_proj.bias", False),
+        ("ln_f.weight", "transformer.ln_f.weight", False),
+        ("ln_f.bias", "transformer.ln_f.bias", False),
+        ("head.weight", "lm_head.weight", False),
+        ("head.bias", "lm_head.bias", False),  # only the remote class has it
+    ),
+    summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
+    '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
+    # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one. It
+    # always has biases: a model without them (nanoGPT's default) is GPT-2 with zeros there.
+    tolerated={"inner_drop": 0.0, "bias": True, "norm_bias": True},
+    zero_filled=tuple(
+        f"{w}.bias"
+        for w in (
+            "blocks.{i}.ln1",
+            "blocks.{i}.attn.qkv",
+            "blocks.{i}.attn.proj",
+            "blocks.{i}.ln2",
+            "blocks.{i}.mlp.fc",
+            "blocks.{i}.mlp.proj",
+            "ln_f",
+        )
+    ),  # fmt: skip
+    classes={
+        "GPT2LMHeadModel": {"head_bias": False},
+        GPT2_REMOTE.model_class: {"head_bias": True},
+    },
+    remote=GPT2_REMOTE,
+)
+
+_ATTN = "model.layers.{i}.self_attn."
+_MLP = "model.layers.{i}.mlp."
+_LLAMA = Layout(
+    name="llama",
+    arch="Llama",
+    model_type="llama",
+    stock_class="LlamaForCausalLM",
+    implied=(
+        ("positions", "rope", ""),
+        ("norm", "rmsnorm", ""),
+        ("mlp", "swiglu", ""),
+        ("head_bias", False, "a head bias (Llama's lm_head has none): train with --no-head_bias"),
+    ),
+    options=(
+        Option("vocab_size", "vocab_size"),
+        Option("max_len", "max_position_embeddings"),
+        Option("d_model", "hidden_size"),
+        Option("d_ff", "intermediate_size"),
+        Option("n_layers", "num_hidden_layers"),
+        Option("n_heads", "num_attention_heads"),
+        Option(
+            "n_heads",
+            "num_key_value_heads",
+            why="grouped-query attention; gpt-study gives every head its own keys and values",
+        ),
+        # transformers 5 reads rope_parameters; 4.x read rope_theta
+        Option("rope_base", "rope_parameters.rope_theta"),
+        Option("rope_base", "rope_theta"),
+        Option("bias", "attention_bias"),
+        Option("bias", "mlp_bias"),
+        Option("attention_drop", "attention_dropout"),
+        Option("tie_embeddings", "tie_word_embeddings"),
+    ),
+    fixed=(
+        Fixed("head_dim", lambda cfg: cfg.head_dim, "heads narrower or wider than d_model/n_heads"),
+        Fixed("hidden_act", _const("silu"), "another gate activation than SiLU"),
+        Fixed("rms_norm_eps", _const(NORM_EPS), "another RMSNorm eps"),
+        Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
+        Fixed("pretraining_tp", _const(1), "tensor-parallel slices of the projections"),
+        # our class only (None: not written): the layers that add value embeddings
+        Fixed(
+            "value_embed_layers",
+            lambda c: list(c.value_embed_layers) or None,
+            "value embeddings in other layers",
+        ),
+        Fixed("initializer_range", _const(0.02), check=False),
+        Fixed("use_cache", _const(True), check=False),
+    ),
+    weights=(
+        ("tok_emb.weight", "model.embed_tokens.weight", False),
+        ("blocks.{i}.ln1.weight", "model.layers.{i}.input_layernorm.weight", False),
+        ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), False),
+        ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), False),
+        ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", False),
+        ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", False),
+        ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", False),
+        ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", False),
+        ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", False),
+        ("blocks.{i}.mlp.proj.weight", _MLP + "down_proj.weight", False),
+        ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", False),
+        ("ln_f.weight", "model.norm.weight", False),
+        ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
+        ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", False),  # remote only
+    ),  # no head.bias: the layout implies none
+    summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
+    "no output bias",
+    # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
+    tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
+    classes={
+        "LlamaForCausalLM": {"value_embeds": False},
+        LLAMA_REMOTE.model_class: {"value_embeds": True},
+    },
+    remote=LLAMA_REMOTE,
+)
+
+# Llama's table with its options, checks and weights where Qwen3 has them, and the heads' norms.
+# Our --bias puts biases on the feed-forward too, which Qwen3's never has: so none at all here.
+_LLAMA_ONLY = {"mlp_bias", "attention_bias", "pretraining_tp", "value_embed_layers"}
+_QWEN3 = replace(
+    _LLAMA,
+    name="qwen3",
+    arch="Qwen3",
+    model_type="qwen3",
+    stock_class="Qwen3ForCausalLM",
+    implied=(
+        *_LLAMA.implied,
+        ("qk_norm", True, ""),
+        ("bias", False, "biases (Qwen3's feed-forward has none): train with --no-bias"),
+    ),
+    options=tuple(o for o in _LLAMA.options if o.theirs not in _LLAMA_ONLY),
+    fixed=(
+        *(f for f in _LLAMA.fixed if f.theirs not in _LLAMA_ONLY),
+        Fixed("attention_bias", _const(False), "biases on the attention's projections only"),
+        Fixed("use_sliding_window", _const(False), "sliding-window attention"),
+        Fixed(
+            "layer_types",
+            lambda c: ["full_attention"] * c.n_layers,
+            "sliding-window attention in some layers",
+        ),
+    ),
+    weights=(
+        *(w for w in _LLAMA.weights if not w[0].endswith(".bias") and "value_embeds" not in w[0]),
+        ("blocks.{i}.attn.q_norm.weight", _ATTN + "q_norm.weight", False),
+        ("blocks.{i}.attn.k_norm.weight", _ATTN + "k_norm.weight", False),
+    ),
+    summary="Qwen3 layout: rotary positions, pre-RMSNorm blocks, each head's queries and keys "
+    "RMS-normalised, SwiGLU feed-forward, no biases",
+    classes={"Qwen3ForCausalLM": {}},
+    remote=None,
+)
+
+LAYOUTS: tuple[Layout, ...] = (_GPT2, _LLAMA, _QWEN3)
