@@ -63,7 +63,7 @@ from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
 from gpt_study.model.masks import mask_stream  # noqa: E402
 from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
 from gpt_study.runtime.memory import use_huge_pages  # noqa: E402
-from profile_train import build  # noqa: E402
+from profile_train import PEER, PEER_ROWS, build  # noqa: E402
 from profile_train import step as train_step  # noqa: E402
 from reference import NanoStyleGPT, ReferenceGPT, copy_from, nano_adamw, reference_loss  # noqa: E402
 
@@ -340,30 +340,6 @@ def main() -> int:
     times = time_steps(steps, settings, args, device)
     report(times, REF, dtype_of, flops_per_token(cfg, T), B * T, peak, n, reps, args, device)
     return 0
-
-
-# The peer's shape on gpt-study's model options (1,328,256 parameters at bpe 4,096, context 128).
-PEER = dict(
-    vocab_size=4096,  # the peer's shape as issue 27 measured it: bpe 4,096
-    positions="learned",
-    norm="layernorm",
-    mlp="gelu",
-    tie_embeddings=True,
-    bias=False,
-    norm_bias=False,
-    head_bias=False,
-    attention_drop=0.1,
-    residual_drop=0.1,
-    embedding_drop=0.1,
-    inner_drop=0.0,  # nanoGPT's feed-forward has no dropout inside it, only on its output
-    d_model=128,
-    n_layers=4,
-    n_heads=4,
-    d_ff=512,
-    max_len=128,  # its block_size, whatever the cpu preset's window becomes
-)
-# its batch of 32 rows of its block_size, as issue 27 measured nanoGPT's train.py
-PEER_ROWS = {"batch_size": 32, "context_size": PEER["max_len"]}
 
 
 def preset_main(args, device, peak, n, reps) -> int:

@@ -3,6 +3,7 @@
     python benchmarks/profile_train.py --preset cpu            # the cpu preset, PREPARED_WITH
     python benchmarks/profile_train.py --preset seed --steps 3 # the study's model
     python benchmarks/profile_train.py --preset cpu --threads 1 --markdown
+    python benchmarks/profile_train.py --preset peer          # bench_train.py's peer shape
 
 It builds the preset's model, loss module (``LMLoss``) and optimizer (``make_optimizer``) with the
 library's own functions, runs warm-up steps, then profiles ``--steps`` steps on the CPU and prints
@@ -31,6 +32,31 @@ from gpt_study.train.optim import make_optimizer
 
 # What each preset is prepared with (cpu: the bpe vocabulary it was measured on).
 VOCAB = {name: prepared_vocab(name) for name in PRESETS}
+
+# The peer's shape on gpt-study's model options (1,328,256 parameters at bpe 4,096, context 128).
+PEER = dict(
+    vocab_size=4096,  # the peer's shape as issue 27 measured it: bpe 4,096
+    positions="learned",
+    norm="layernorm",
+    mlp="gelu",
+    tie_embeddings=True,
+    bias=False,
+    norm_bias=False,
+    head_bias=False,
+    attention_drop=0.1,
+    residual_drop=0.1,
+    embedding_drop=0.1,
+    inner_drop=0.0,  # nanoGPT's feed-forward has no dropout inside it, only on its output
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    d_ff=512,
+    max_len=128,  # its block_size, whatever the cpu preset's window becomes
+)
+# its batch of 32 rows of its block_size, as issue 27 measured nanoGPT's train.py
+PEER_ROWS = {"batch_size": 32, "context_size": PEER["max_len"]}
+# --preset peer: the cpu preset's build with the peer's shape and rows
+SHAPES = {"peer": ("cpu", PEER, PEER_ROWS)}
 
 
 def _cpu_name() -> str:
@@ -78,7 +104,7 @@ def step(net, loss_fn, opt, dtype, x, y, clip: float = 0.0) -> torch.Tensor:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--preset", default="cpu", choices=sorted(VOCAB))
+    ap.add_argument("--preset", default="cpu", choices=sorted([*VOCAB, *SHAPES]))
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -89,7 +115,8 @@ def main() -> int:
     use_huge_pages()  # as the gpt-study CLI runs; before anything large is allocated
 
     threads = args.threads or None
-    cfg, net, loss_fn, opt, dtype, x, y = build(args.preset, args.dtype)
+    preset, model, train = SHAPES.get(args.preset, (args.preset, None, None))
+    cfg, net, loss_fn, opt, dtype, x, y = build(preset, args.dtype, model, train)
     with process_settings(threads, "cpu", dtype, training=True):
         for _ in range(args.warmup):
             step(net, loss_fn, opt, dtype, x, y)

@@ -245,3 +245,22 @@ def test_bench_scoring_checks_the_sums_and_reports(flags):
     import re
 
     assert re.search(r"reference [\d.]+ ms, _add [\d.]+ ms, [\d.]+x$", out.stdout.strip())
+
+
+@pytest.mark.parametrize("preset, shape", [("tiny", "batch 16 x 128"), ("peer", "batch 32 x 128")])
+def test_profile_train_splits_the_step_of_each_shape(preset, shape):
+    """profile_train's peer is bench_train's: one definition of the peer's shape for both."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_train.py"
+    cmd = [sys.executable, str(script), "--preset", preset, "--steps", "1", "--warmup", "0"]
+    out = subprocess.run([*cmd, "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"preset {preset}: {shape}" in out.stdout
+    if preset == "peer":
+        assert "1,328,256 parameters" in out.stdout  # bench_train's peer, to the parameter
+    for phase in ("forward", "backward", "optimizer"):
+        assert phase in out.stdout
+    assert "`aten::mm`" in out.stdout or "aten::mm" in out.stdout
