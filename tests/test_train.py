@@ -77,15 +77,25 @@ def test_lr_schedules():
 
 @pytest.mark.parametrize("name", [n for n, shape in DECAY_SHAPES.items() if shape])
 def test_every_decay_runs_from_the_peak_down_to_the_floor(name):
-    """Each decaying schedule starts at --lr after the warmup, falls at every step and reaches
-    --min_lr at the schedule's last step, where it stays (a resumed or overrun step reads it)."""
+    """Each decaying schedule starts at --lr after the warmup, never climbs, falls at every step
+    of its last fifth and reaches --min_lr at the schedule's last step, where it stays (a resumed
+    or overrun step reads it)."""
     cfg = TrainConfig(
         lr=1e-3, min_lr=1e-4, warmup_steps=10, epoch=2, iters_per_epoch=55, lr_schedule=name
     )
     rates = [lr_at(i, cfg) for i in range(10, 111)]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
-    assert all(a > b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    assert all(a >= b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    assert all(a > b for a, b in zip(rates[-21:-1], rates[-20:], strict=True))
     assert lr_at(500, cfg) == pytest.approx(1e-4)
+
+
+def test_wsd_holds_the_peak_for_four_fifths_then_falls_as_one_minus_sqrt():
+    wsd = TrainConfig(lr=1e-3, min_lr=0.0, epoch=1, iters_per_epoch=100, lr_schedule="wsd")
+    assert [lr_at(i, wsd) for i in (0, 40, 80)] == pytest.approx([1e-3] * 3)
+    assert lr_at(85, wsd) == pytest.approx(1e-3 * (1 - math.sqrt(0.25)))  # a quarter of the way
+    assert lr_at(90, wsd) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)))
+    assert lr_at(100, wsd) == pytest.approx(0.0)
 
 
 def test_row_sampler_is_deterministic_and_world_size_invariant():

@@ -104,6 +104,8 @@ class OptimConfig(Section):
             raise UserError(f"--lr_betas takes two values, got {len(self.lr_betas)}")
 
 
+WSD_COOLDOWN = 0.2  # the share of the decay that wsd's cooldown takes
+
 # The learning-rate schedules by name: how much of the way from --lr down to --min_lr is left at a
 # share ``progress`` of the decay (0 to 1), or None for a schedule that does not decay. The one home
 # of the names: the flag's choices, the --min_lr check and the rate itself (train.optim.lr_at).
@@ -111,6 +113,10 @@ DECAY_SHAPES: dict[str, Callable[[float], float] | None] = {
     "constant": None,
     "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
     "linear": lambda progress: 1 - progress,
+    # warmup-stable-decay: the peak until the last WSD_COOLDOWN of the decay, then 1 - sqrt of
+    # the cooldown's progress (Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training
+    # Beyond Fixed Training Durations": a fifth, 1 - sqrt, matched or beat a cosine)
+    "wsd": lambda progress: 1 - math.sqrt(max(0.0, progress - 1 + WSD_COOLDOWN) / WSD_COOLDOWN),
 }
 
 
@@ -122,8 +128,9 @@ class ScheduleConfig(Section):
     lr_schedule: str = field(
         default="constant",
         metadata=doc(
-            "constant (the study), cosine (linear warmup, cosine decay to --min_lr) or linear "
-            "(linear warmup, linear decay to --min_lr)",
+            "constant (the study), cosine (linear warmup, cosine decay to --min_lr), linear "
+            "(linear warmup, linear decay to --min_lr) or wsd (linear warmup, --lr until the "
+            "last fifth of the steps, then 1 - sqrt down to --min_lr)",
             choices=list(DECAY_SHAPES),
         ),
     )

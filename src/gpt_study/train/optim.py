@@ -29,6 +29,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     ``--max_steps`` cut the run short but do not reshape the schedule, so a resumed run follows
     the same curve). ``linear``: the same warmup, then a straight line to ``--min_lr`` at that
     step (with ``--min_lr 0``, the decay to zero of Bergsma et al. 2025, "Straight to Zero").
+    ``wsd``: the same warmup, ``--lr`` until the last fifth of the decay, then 1 - sqrt down to
+    ``--min_lr`` at that step (:data:`~gpt_study.config.train.DECAY_SHAPES`).
     """
     s, lr = cfg.schedule, cfg.optim.lr
     if s.warmup_steps and step < s.warmup_steps:
