@@ -3,9 +3,9 @@
 :class:`TrainConfig` holds the run's places and seed, and one small dataclass per concern (loss,
 optim, schedule, rows, budget, valid, runtime, log), each checking its own ranges and choices, so
 each reads on its own. Field names are the study's flag names, unique across the sections, and
-defaults its values; each field's ``doc`` is its flag's help, ``RANGES`` the values it accepts,
-and ``resume="free"`` marks a setting that may change on ``--resume`` without changing what the
-run computes. The flat names still work everywhere: ``--lr``, ``TrainConfig(lr=1e-3)``,
+defaults its values; each field's ``doc`` is its flag's help, ``RANGES`` the values it accepts, and
+``resume="free"`` marks a setting that may change on ``--resume`` without changing what the run
+computes. The flat names still work everywhere: ``--lr``, ``TrainConfig(lr=1e-3)``,
 ``build_config(train={"lr": 1e-3})``, presets, and config.json files saved before the sections.
 """
 
@@ -105,7 +105,6 @@ class OptimConfig(Section):
 
 
 WSD_COOLDOWN = 0.2  # the share of the decay that wsd's cooldown takes
-
 # The learning-rate schedules by name: how much of the way from --lr down to --min_lr is left at a
 # share ``progress`` of the decay (0 to 1), or None for a schedule that does not decay. The one home
 # of the names: the flag's choices, the --min_lr check and the rate itself (train.optim.lr_at).
@@ -113,9 +112,8 @@ DECAY_SHAPES: dict[str, Callable[[float], float] | None] = {
     "constant": None,
     "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
     "linear": lambda progress: 1 - progress,
-    # warmup-stable-decay: the peak until the last WSD_COOLDOWN of the decay, then 1 - sqrt of
-    # the cooldown's progress (Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training
-    # Beyond Fixed Training Durations": a fifth, 1 - sqrt, matched or beat a cosine)
+    # warmup-stable-decay: the peak, then 1 - sqrt over the last WSD_COOLDOWN (Hägele et al. 2024,
+    # "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")
     "wsd": lambda progress: 1 - math.sqrt(max(0.0, progress - 1 + WSD_COOLDOWN) / WSD_COOLDOWN),
 }
 
@@ -128,16 +126,13 @@ class ScheduleConfig(Section):
     lr_schedule: str = field(
         default="constant",
         metadata=doc(
-            "constant (the study), cosine (linear warmup, cosine decay to --min_lr), linear "
-            "(linear warmup, linear decay to --min_lr) or wsd (linear warmup, --lr until the "
-            "last fifth of the steps, then 1 - sqrt down to --min_lr)",
+            "constant (the study); cosine, linear or wsd (--lr held to the last fifth, then 1 - "
+            "sqrt): linear warmup, then that decay to --min_lr",
             choices=list(DECAY_SHAPES),
         ),
     )
     warmup_steps: int = field(default=0, metadata=doc("linear warmup steps"))
-    min_lr: float = field(
-        default=0.0, metadata=doc("final learning rate of the cosine and linear schedules")
-    )
+    min_lr: float = field(default=0.0, metadata=doc("final learning rate of every decay"))
     dropout_from: float = field(
         default=0.0,
         metadata=doc(
@@ -332,8 +327,7 @@ class TrainConfig:
         ),
     )
     save_root: str = field(
-        default="runs/gpt",
-        metadata=doc("folder for checkpoints, logs and plots", resume="free"),
+        default="runs/gpt", metadata=doc("folder for checkpoints, logs and plots", resume="free")
     )
     seed: int = field(default=1234, metadata=doc("seed for weights, dropout and data order"))
     loss: LossConfig = field(default_factory=LossConfig)
