@@ -55,6 +55,7 @@ EXPECTED = {
     "cpu-starts0": {"train.story_starts": 0.0},
     "cpu-adam98": {"train.lr_betas": (0.9, 0.98), "train.lr": 2e-3},
     "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 8},
+    "cpu-cosine": {"train.lr_schedule": "cosine"},
 }
 
 

@@ -208,10 +208,12 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     # choices came later, off by default (auto: as before)
     later = {"init_from": None, "story_starts": 0.0, "dropout_from": 0.0}
     later.update(dict.fromkeys(DEVICE_CHOICES, "auto"))
-    # the preset's since round eleven (story_starts), thirteen (the betas and lr) and fifteen
-    # (4 rows of 512 tokens)
+    # the preset's since round eleven (story_starts), thirteen (the betas and lr), fifteen (4
+    # rows of 512 tokens) and nineteen (wsd)
     new = {"story_starts": 0.25, "lr_betas": [0.9, 0.999], "lr": 3e-3} if name == "cpu" else {}
-    new.update({"context_size": 512, "batch_size": 4} if name == "cpu" else {})
+    new.update(
+        {"context_size": 512, "batch_size": 4, "lr_schedule": "wsd"} if name == "cpu" else {}
+    )
     assert flat["train"] == {**want, "threads": None, **later, **new}
     later_model = {  # came later, off by default
         "inner_drop": None,
@@ -220,10 +222,10 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
         "logit_softcap": 0.0,
     }
     assert flat["model"] == {**later_model, **model, **({"max_len": 512} if name == "cpu" else {})}
-    # a run saved before keeps what it trained with (its file has lr, betas, rows and window, not
-    # story_starts)
+    # a run saved before keeps what it trained with (its file has lr, betas, schedule, rows and
+    # window, not story_starts)
     kept = {"story_starts": 0.0, "lr_betas": tuple(train["lr_betas"])}
-    kept.update({k: train[k] for k in ("lr", "context_size", "batch_size")})
+    kept.update({k: train[k] for k in ("lr", "context_size", "batch_size", "lr_schedule")})
     before = dataclasses.replace(
         now,
         train=TrainConfig(**{**now.train.flat(), **kept}),

@@ -10,15 +10,16 @@ trials, compiling) and a fit on it alone left up to a fifth of the budget unused
 epoch on it checks the fit after every epoch against the mean of the last three (never the first),
 and moves it only when it would overrun the budget by more than half an epoch or leave more than an
 epoch unused: a machine whose speed drifts during a run (measured: a 15-minute run that trained
-817 s, another cut short by ``--max_time``; docs/quality.md, "Round three") still ends its cosine
-at the budget, and a steady one keeps its schedule. Each move shifts the cosine by a few percent of
+817 s, another cut short by ``--max_time``; docs/quality.md, "Round three") still ends its decay
+at the budget, and a steady one keeps its schedule. Each move shifts the decay by a few percent of
 its range.
 
 Nearest, not fewer: a schedule of whole epochs that had to end inside the budget left 26-50 s of
 the ``cpu`` preset's 15 minutes untrained (docs/quality.md, "Round fifteen"). One that ends at most
 half an epoch past the budget is cut there by ``--max_time`` with its rate within
 ``(1 - cos(pi / 2E)) / 2`` of the way from ``--min_lr`` to the peak (cosine, E epochs: 0.1% for
-the preset's 23; linear: ``1 / 2E``): the weights of the schedule's end, and no time left over.
+23; linear: ``1 / 2E``; wsd, the steepest at its end: ``1 - sqrt(1 - 2.5 / E)``, 5.6% for 23):
+nearly the weights of the schedule's end, and no time left over.
 The fitted value is the run's config from then on: every checkpoint saves it, so a resumed run
 follows the same schedule and is never refitted.
 """
