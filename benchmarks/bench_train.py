@@ -63,7 +63,7 @@ from gpt_study.model.loss import head_loss, reference_lm_loss  # noqa: E402
 from gpt_study.model.masks import mask_stream  # noqa: E402
 from gpt_study.runtime.device import allow_bf16_attention_math, reuse_freed_memory  # noqa: E402
 from gpt_study.runtime.memory import use_huge_pages  # noqa: E402
-from profile_train import PEER, PEER_ROWS, build  # noqa: E402
+from profile_train import SHAPES, build  # noqa: E402
 from profile_train import step as train_step  # noqa: E402
 from reference import NanoStyleGPT, ReferenceGPT, copy_from, nano_adamw, reference_loss  # noqa: E402
 
@@ -348,8 +348,9 @@ def preset_main(args, device, peak, n, reps) -> int:
     if device.type != "cpu":
         print("--preset cpu and peer time CPU steps: run them with --device cpu", file=sys.stderr)
         return 2
-    shape = PEER if args.preset == "peer" else None  # the cpu preset's own, or the peer's
-    rows = dict(PEER_ROWS) if args.preset == "peer" else {}
+    # the cpu preset's own shape and rows, or the peer's (profile_train's SHAPES)
+    _, shape, rows = SHAPES.get(args.preset, ("cpu", None, None))
+    rows = dict(rows or {})
     rows.update({"batch_size": args.batch_size} if args.batch_size else {})
     if args.preset == "cpu" and args.context_size:  # the preset at another window
         rows["context_size"] = args.context_size
