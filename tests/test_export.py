@@ -183,6 +183,9 @@ def test_folder_holds_what_the_readme_says(exported):
     config = json.loads((result.out / "config.json").read_text())
     zeros = "written as zeros, which compute the same" in readme
     assert zeros == (result.layout == "gpt2" and not (cfg.bias and cfg.norm_bias))
+    for name in ("bias", "norm_bias"):  # the sentence names each option the model was without
+        said = type(cfg).__dataclass_fields__[name].metadata["doc"] in readme
+        assert said == (zeros and not getattr(cfg, name))
     if result.layout == "gpt2":
         assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
         weights = safetensors.torch.load_file(result.out / "model.safetensors")

@@ -79,15 +79,15 @@ class Layout:
     weights: tuple[tuple[str, str, bool], ...]
     summary: str  # one sentence for the exported README
     # options a model may hold at any value on export, as none changes what the class computes
-    # (dropouts: training only; biases under zero_filled: zeros), and import sets so
+    # (dropouts: training only), and import sets so
     tolerated: dict[str, Any] = field(default_factory=dict)
     # the class names it reads, and the options each one implies besides
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote: Remote | None = None  # our class, for what the stock one does not compute
-    # biases (our names, "{i}" for the block) the stock class always has: a model trained without
-    # them is written with zeros there, which compute what no bias does (import reads them back
-    # as biases that are zero)
-    zero_filled: tuple[str, ...] = ()
+    # bias options whose biases (our names, "{i}" for the block) the stock class always has: a
+    # model trained without them is written with zeros there, which compute what no bias does;
+    # import reads them back as biases that are zero, the option on
+    zero_filled: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def understood(self) -> frozenset[str]:
@@ -96,6 +96,7 @@ class Layout:
             {o.ours for o in self.options}
             | {name for name, _, _ in self.implied}
             | set(self.tolerated)
+            | set(self.zero_filled)
             | set(INIT_ONLY)
             | {k for v in self.classes.values() for k in v}
         )
@@ -152,6 +153,7 @@ def from_hf_config(d: dict[str, Any], layout: Layout, cls: str) -> GPTConfig:
     refused in one line naming it."""
     values: dict[str, Any] = {name: value for name, value, _ in layout.implied}
     values.update(layout.tolerated)
+    values.update(dict.fromkeys(layout.zero_filled, True))
     values.update(layout.classes[cls])
     read_from: dict[str, str] = {}
     for o in layout.options:
@@ -200,7 +202,8 @@ def to_hf_weights(ours: dict[str, torch.Tensor], layout: Layout, n_layers: int) 
     """``ours`` under the layout's names; every one of ours is used exactly once, and a bias the
     layout always has but ours lacks (:attr:`Layout.zero_filled`) is written as zeros."""
     ours = dict(ours)
-    for key in {p.format(i=i) for p in layout.zero_filled for i in range(n_layers)}:
+    patterns = {p for biases in layout.zero_filled.values() for p in biases}
+    for key in {p.format(i=i) for p in patterns for i in range(n_layers)}:
         if key not in ours:  # (out,) zeros beside the (out, in) or (out,) weight it belongs to
             weight = ours[key.removesuffix(".bias") + ".weight"]
             ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
+from gpt_study.config import GPTConfig
 from gpt_study.export.hf import LAYOUTS, REMOTE_FILE
 
 __all__ = ["readme"]
@@ -67,11 +69,12 @@ def readme(result: Any, ckpt: Any) -> str:
         )
     else:
         model_text = f"The stock `{layout.stock_class}` computes it; no code of ours is needed."
-    lacks = [n for n, on in (("linears", cfg.model.bias), ("norms", cfg.model.norm_bias)) if not on]
-    if layout.zero_filled and lacks:
+    docs = {f.name: f.metadata["doc"] for f in fields(GPTConfig)}
+    lacks = [docs[name] for name in layout.zero_filled if not getattr(cfg.model, name)]
+    if lacks:
         model_text += (
-            f" It was trained without biases on its {' or '.join(lacks)}; {layout.arch} always has "
-            "them, so they are written as zeros, which compute the same."
+            f" It was trained without {' or '.join(lacks)}; {layout.arch} always has them, so "
+            "they are written as zeros, which compute the same."
         )
     slide = (
         "keeps its rotary cache and drops the oldest keys (a rotary key depends only on its "

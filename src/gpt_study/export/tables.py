@@ -97,19 +97,13 @@ _GPT2 = Layout(
     '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
     # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one. It
     # always has biases: a model without them (nanoGPT's default) is GPT-2 with zeros there.
-    tolerated={"inner_drop": 0.0, "bias": True, "norm_bias": True},
-    zero_filled=tuple(
-        f"{w}.bias"
-        for w in (
-            "blocks.{i}.ln1",
-            "blocks.{i}.attn.qkv",
-            "blocks.{i}.attn.proj",
-            "blocks.{i}.ln2",
-            "blocks.{i}.mlp.fc",
-            "blocks.{i}.mlp.proj",
-            "ln_f",
-        )
-    ),  # fmt: skip
+    tolerated={"inner_drop": 0.0},
+    zero_filled={
+        "bias": tuple(
+            f"blocks.{{i}}.{w}.bias" for w in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+        ),
+        "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
+    },
     classes={
         "GPT2LMHeadModel": {"head_bias": False},
         GPT2_REMOTE.model_class: {"head_bias": True},
