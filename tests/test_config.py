@@ -17,8 +17,9 @@ from gpt_study.config import (
     save_config,
 )
 from gpt_study.config.fields import flat_fields, free_on_resume, thread_count
+from gpt_study.config.learning import DECAY_SHAPES, OptimConfig
 from gpt_study.config.presets import preset_config
-from gpt_study.config.train import DECAY_SHAPES, BudgetConfig, OptimConfig
+from gpt_study.config.train import BudgetConfig
 from gpt_study.runtime.errors import UserError
 
 
@@ -204,9 +205,9 @@ def test_presets_resolve_to_the_values_they_had(tmp_path, name, model, train):
     now = preset_config(name)
     flat = json.loads(json.dumps(config_to_dict(now, flat=True)))
     want = {k: v for k, v in train.items() if k != "resume"}
-    # 0 and None are both auto; init_from (fine-tuning), story_starts, dropout_from and the device
-    # choices came later, off by default (auto: as before)
-    later = {"init_from": None, "story_starts": 0.0, "dropout_from": 0.0}
+    # 0 and None are both auto; init_from (fine-tuning), story_starts, dropout_from, wsd's
+    # cooldown and the device choices came later, off by default (auto: as before)
+    later = {"init_from": None, "story_starts": 0.0, "dropout_from": 0.0, "cooldown": 0.2}
     later.update(dict.fromkeys(DEVICE_CHOICES, "auto"))
     # the preset's since round eleven (story_starts), thirteen (the betas and lr), fifteen (4
     # rows of 512 tokens) and nineteen (wsd)
@@ -312,6 +313,8 @@ OTHER = {
     "wb_notes": "other",
     "wb_tags": ["other"],
 }
+# The saved run's settings where the tiny preset's would refuse any other value.
+SAVED_WITH = {"cooldown": {"lr_schedule": "wsd"}}  # wsd's own
 
 
 def _other(f, value):
@@ -340,7 +343,8 @@ def test_a_setting_changed_on_resume_warns_unless_it_is_free(tmp_path, caplog, n
     from gpt_study.train.setup import build_config
 
     run = tmp_path / "run"
-    saved = preset_config("tiny", train={"data": str(tmp_path / "data"), "save_root": "/was/here"})
+    places = {"data": str(tmp_path / "data"), "save_root": "/was/here"}
+    saved = preset_config("tiny", train={**places, **SAVED_WITH.get(name, {})})
     (run / "last").mkdir(parents=True)
     save_config(run / "last" / "config.json", saved)
     f = flat_fields(TrainConfig)[name][1]

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL, synthetic_story, tiny_settings
 from gpt_study.cli import main
 from gpt_study.config import SOT_ID, DataConfig, TrainConfig
+from gpt_study.config.learning import DECAY_SHAPES
 from gpt_study.config.presets import PRESETS
-from gpt_study.config.train import DECAY_SHAPES
 from gpt_study.data.dataset import (
     RowSampler,
     eval_windows,
@@ -96,6 +96,29 @@ def test_wsd_holds_the_peak_for_four_fifths_then_falls_as_one_minus_sqrt():
     assert lr_at(85, wsd) == pytest.approx(1e-3 * (1 - math.sqrt(0.25)))  # a quarter of the way
     assert lr_at(90, wsd) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)))
     assert lr_at(100, wsd) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("cooldown", [0.1, 0.4, 1.0])
+def test_wsd_cooldown_moves_where_the_fall_starts_and_nothing_else(cooldown):
+    """--cooldown c: the peak until 1 - c of the decay, then the same 1 - sqrt curve stretched
+    over c (c = 1: no stable phase), to the same floor at the same step."""
+    cfg = TrainConfig(
+        lr=1e-3, min_lr=1e-4, epoch=1, iters_per_epoch=100, lr_schedule="wsd", cooldown=cooldown
+    )
+    start = round(100 * (1 - cooldown))
+    assert all(lr_at(i, cfg) == pytest.approx(1e-3) for i in range(start + 1))
+    half = start + round(50 * cooldown)  # half way through the cooldown
+    assert lr_at(half, cfg) == pytest.approx(1e-4 + 9e-4 * (1 - math.sqrt(0.5)))
+    assert lr_at(100, cfg) == pytest.approx(1e-4) and lr_at(99, cfg) > 1e-4
+
+
+@pytest.mark.parametrize("name", [n for n in DECAY_SHAPES if n != "wsd"])
+def test_cooldown_is_refused_where_it_would_change_nothing(name):
+    with pytest.raises(UserError, match=f"--cooldown shapes wsd's decay only, not {name}'s"):
+        TrainConfig(lr_schedule=name, cooldown=0.5)
+    assert TrainConfig(lr_schedule=name).schedule.cooldown == 0.2
+    with pytest.raises(UserError, match=r"--cooldown 0.0 is out of range: use a value in \(0, 1\]"):
+        TrainConfig(lr_schedule="wsd", cooldown=0.0)
 
 
 def test_row_sampler_is_deterministic_and_world_size_invariant():

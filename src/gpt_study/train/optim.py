@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from gpt_study.config import TrainConfig
-from gpt_study.config.train import DECAY_SHAPES
+from gpt_study.config.learning import DECAY_SHAPES
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.plan import resolve_fused_adamw
 
@@ -29,8 +29,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     ``--max_steps`` cut the run short but do not reshape the schedule, so a resumed run follows
     the same curve). ``linear``: the same warmup, then a straight line to ``--min_lr`` at that
     step (with ``--min_lr 0``, the decay to zero of Bergsma et al. 2025, "Straight to Zero").
-    ``wsd``: the same warmup, ``--lr`` until the last fifth of the decay, then 1 - sqrt down to
-    ``--min_lr`` at that step (:data:`~gpt_study.config.train.DECAY_SHAPES`).
+    ``wsd``: the same warmup, ``--lr`` until the last ``--cooldown`` of the decay (a fifth unless
+    told), then 1 - sqrt down to ``--min_lr`` at that step
+    (:data:`~gpt_study.config.learning.DECAY_SHAPES`).
     """
     s, lr = cfg.schedule, cfg.optim.lr
     if s.warmup_steps and step < s.warmup_steps:
@@ -41,7 +42,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     total = cfg.budget.total_steps
     span = max(1, total - s.warmup_steps)
     progress = min(1.0, (step - s.warmup_steps) / span)
-    return s.min_lr + (lr - s.min_lr) * shape(progress)
+    return s.min_lr + (lr - s.min_lr) * shape(progress, s.cooldown)
 
 
 def dropout_on(step: int, cfg: TrainConfig) -> bool:
