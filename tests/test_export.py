@@ -108,6 +108,16 @@ VARIANTS = {
         False,
         {**LLAMA, "tie_embeddings": True, "bias": False, "value_embeds": True},
     ),
+    "word, no head bias, soft-capped logits (our class, a zero head bias)": (
+        _word,
+        False,
+        {"head_bias": False, "logit_softcap": 4.0},
+    ),
+    "bpe, llama tied, soft-capped logits (our class)": (
+        _bpe,
+        False,
+        {**LLAMA, "tie_embeddings": True, "bias": False, "logit_softcap": 4.0},
+    ),
     "bpe, qwen3: llama with each head's queries and keys normalised, no biases": (
         _bpe,
         False,
@@ -181,17 +191,23 @@ def test_folder_holds_what_the_readme_says(exported):
     assert ("modeling_gpt_study.py" in files) == result.remote_code
     readme = (result.out / "README.md").read_text()
     config = json.loads((result.out / "config.json").read_text())
+    # our classes' key, only where it computes something (a stock class's config stays stock)
+    assert ("final_logit_softcapping" in config) == (cfg.logit_softcap > 0)
     zeros = "written as zeros, which compute the same" in readme
-    assert zeros == (result.layout == "gpt2" and not (cfg.bias and cfg.norm_bias))
-    for name in ("bias", "norm_bias"):  # the sentence names each option the model was without
-        said = type(cfg).__dataclass_fields__[name].metadata["doc"] in readme
-        assert said == (zeros and not getattr(cfg, name))
+    # GPT-2 always has biases on its linears and norms, and our GPT-2 class on its head
+    without = {"bias", "norm_bias", "head_bias"} if result.remote_code else {"bias", "norm_bias"}
+    without = {n for n in without if not getattr(cfg, n)} if result.layout == "gpt2" else set()
+    assert zeros == bool(without)
+    for name in ("bias", "norm_bias", "head_bias"):  # the sentence names each one it lacked
+        doc = type(cfg).__dataclass_fields__[name].metadata["doc"].split(" (")[0]
+        assert (doc in readme) == (name in without), name
     if result.layout == "gpt2":
         assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
         weights = safetensors.torch.load_file(result.out / "model.safetensors")
         biases = [v for k, v in weights.items() if k.endswith(".bias")]
-        assert len(biases) == 6 * cfg.n_layers + 1 + cfg.head_bias  # GPT-2 always has them
+        assert len(biases) == 6 * cfg.n_layers + 1 + (cfg.head_bias or result.remote_code)
         assert all(not b.any() for b in biases) == (not cfg.bias and not cfg.norm_bias)
+        assert cfg.head_bias or not weights.get("lm_head.bias", torch.zeros(1)).any()
     else:
         assert config["hidden_act"] == "silu" and config["rms_norm_eps"] == 1e-5
         tied = config["tie_word_embeddings"]
@@ -256,8 +272,10 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
         choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, value_embeds=True))
     with pytest.raises(UserError, match="llama: it does not know residual_scalars"):
         choose_layout(GPTConfig(**LLAMA, residual_scalars=True))
-    with pytest.raises(UserError, match="llama: it does not know logit_softcap"):
-        choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0))
+    assert choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0)).name == "llama"  # our class
+    assert choose_layout(GPTConfig(logit_softcap=30.0)).name == "gpt2"  # our class
+    with pytest.raises(UserError, match="qwen3: it does not know logit_softcap"):
+        choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, logit_softcap=30.0))
     with pytest.raises(UserError, match="gpt2: it does not know value_embeds"):
         choose_layout(GPTConfig(value_embeds=True))
     assert choose_layout(GPTConfig(**LLAMA, value_embeds=True)).name == "llama"  # our class

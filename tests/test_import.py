@@ -234,6 +234,14 @@ EXPORTED = {
         {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
          "tie_embeddings": True, "bias": False, "value_embeds": True, "n_layers": 3},
     ),
+    "llama tied, soft-capped logits (our Llama class, no value embeddings)": (
+        False,
+        {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
+         "tie_embeddings": True, "bias": False, "logit_softcap": 4.0},
+    ),
+    "no head bias, soft-capped logits (our GPT-2 class, a zero head bias)": (
+        False, {"head_bias": False, "logit_softcap": 4.0},
+    ),
     "qwen3: each head's queries and keys normalised": (
         False,
         {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
@@ -253,12 +261,15 @@ def test_export_then_import_gives_back_the_same_weights_and_logits(tmp_path, nam
     for k in wb.keys() - wa.keys():  # biases GPT-2 always has: zeros, back as zero biases
         assert k.endswith(".bias") and not wb[k].any(), k
     options = options or {}
-    zeros = options.get("positions", "learned") == "learned" and not options.get("bias", True)
-    assert wa.keys() <= wb.keys() and (wa.keys() != wb.keys()) == zeros
+    gpt2 = options.get("positions", "learned") == "learned"
+    # GPT-2 always has biases on its linears and norms, our GPT-2 class (a cap) on its head
+    zeros = {"bias", "norm_bias"} if gpt2 and not options.get("bias", True) else set()
+    if gpt2 and options.get("logit_softcap") and not options.get("head_bias", True):
+        zeros.add("head_bias")
+    assert wa.keys() <= wb.keys() and (wa.keys() != wb.keys()) == bool(zeros)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    drop = ("attention_drop", "residual_drop", "embedding_drop", "inner_drop")
-    drop += ("bias", "norm_bias") if zeros else ()  # the zeros are biases there
+    drop = ("attention_drop", "residual_drop", "embedding_drop", "inner_drop", *zeros)
     ca, cb = ({k: v for k, v in vars(c.config.model).items() if k not in drop} for c in (a, b))
     assert ca == cb
     idx = torch.randint(0, a.model.config.vocab_size, (2, 32), generator=torch.Generator())

@@ -41,6 +41,8 @@ OPTIONS = {
     "modern": dict(LLAMA_TIED, qk_norm=True),
     # the cpu preset's shape with value embeddings: the Llama layout's class of ours exports it
     "llama_ve": dict(LLAMA_TIED, value_embeds=True),
+    # and with capped logits, without value embeddings (the class's other reason)
+    "llama_softcap": dict(LLAMA_TIED, logit_softcap=3.0),
 }
 
 

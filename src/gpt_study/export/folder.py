@@ -128,9 +128,10 @@ def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportRe
         log(f"export: {line}")
 
     if remote and layout.remote is not None:
+        ours = layout.remote
         say(
-            f"{layout.remote.what}, which no stock transformers class has: the folder holds "
-            f"{REMOTE_FILE} ({layout.remote.model_class}, {layout.remote.adds}); load it (and, "
+            f"{ours.what(ckpt.model)}, which no stock transformers class has: the folder holds "
+            f"{REMOTE_FILE} ({ours.model_class}, {ours.stock_class} computing it); load it (and, "
             "with transformers 5, its tokenizer) with trust_remote_code=True"
         )
     share, where, _ = _measure(ckpt, hf_tok)

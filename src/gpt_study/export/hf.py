@@ -58,7 +58,7 @@ def choose_layout(cfg: GPTConfig) -> Layout:
 
 def needs_remote_code(model: GPT, layout: Layout) -> bool:
     """Whether ``model`` needs ``layout``'s class of ours: it computes something the stock
-    class would not (a head bias that is not all zeros, value embeddings)."""
+    class would not (a head bias that is not all zeros, value embeddings, capped logits)."""
     return layout.remote is not None and layout.remote.needed(model)
 
 
@@ -67,7 +67,7 @@ def hf_weights(model: GPT, layout: Layout, remote: bool) -> dict[str, torch.Tens
     ours = {k: v.detach().cpu() for k, v in model.own_weights().items()}  # transformers re-ties
     if not remote:
         ours.pop("head.bias", None)  # all zeros (needs_remote_code): the stock class computes it
-    return to_hf_weights(ours, layout, model.config.n_layers)
+    return to_hf_weights(ours, layout, model.config.n_layers, remote)
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int]:

@@ -32,7 +32,7 @@ from gpt_study.export.remote import REMOTE_FILE, Remote
 from gpt_study.runtime.errors import UserError
 
 __all__ = ["REMOTE_FILE", "Fixed", "Layout", "Option", "Remote"]
-__all__ += ["from_hf_config", "from_hf_weights", "to_hf_config", "to_hf_weights"]
+__all__ += ["from_hf_config", "from_hf_weights", "to_hf_config", "to_hf_weights", "zero_filled"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,15 @@ class Option:
     (dotted for a nested one). ``values``: (ours, theirs) pairs where the two name a value
     differently: export writes the first pair of our value, import reads any pair of theirs.
     ``absent``: the value a config without the key (or with ``None``) means, from the others.
-    ``why``: what a value that differs from another key of the same option would compute."""
+    ``why``: what a value that differs from another key of the same option would compute.
+    ``optional``: a key only our class reads, written only where it differs from ``absent``."""
 
     ours: str
     theirs: str
     values: tuple[tuple[Any, Any], ...] = ()
     absent: Callable[[dict[str, Any]], Any] | None = None
     why: str = ""
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class Layout:
     # options a model may hold at any value on export, as none changes what the class computes
     # (dropouts: training only), and import sets so
     tolerated: dict[str, Any] = field(default_factory=dict)
-    # the class names it reads, and the options each one implies besides
+    # the class names it reads, and the options each one implies whatever config.json says (a
+    # value, or a function of config.json's dict): a stock class computes none of ours
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote: Remote | None = None  # our class, for what the stock one does not compute
     # bias options whose biases (our names, "{i}" for the block) the stock class always has: a
@@ -127,7 +130,8 @@ def to_hf_config(cfg: GPTConfig, layout: Layout) -> dict[str, Any]:
     for o in layout.options:
         ours = getattr(cfg, o.ours)
         theirs = next((t for v, t in o.values if v == ours), ours) if o.values else ours
-        _put(out, o.theirs, theirs)
+        if not (o.optional and o.absent is not None and theirs == o.absent(out)):
+            _put(out, o.theirs, theirs)
     for f in layout.fixed:
         if (value := f.value(cfg)) is not None:  # None: a key only some models have
             _put(out, f.theirs, value)
@@ -154,7 +158,6 @@ def from_hf_config(d: dict[str, Any], layout: Layout, cls: str) -> GPTConfig:
     values: dict[str, Any] = {name: value for name, value, _ in layout.implied}
     values.update(layout.tolerated)
     values.update(dict.fromkeys(layout.zero_filled, True))
-    values.update(layout.classes[cls])
     read_from: dict[str, str] = {}
     for o in layout.options:
         have = _get(d, o.theirs)
@@ -178,6 +181,7 @@ def from_hf_config(d: dict[str, Any], layout: Layout, cls: str) -> GPTConfig:
                 f"--{o.ours} sets both"
             )
         values[o.ours], read_from[o.ours] = ours, o.theirs
+    values.update({k: v(d) if callable(v) else v for k, v in layout.classes[cls].items()})
     cfg = GPTConfig(**values)
     for f in layout.fixed:
         have = _get(d, f.theirs)
@@ -189,6 +193,13 @@ def from_hf_config(d: dict[str, Any], layout: Layout, cls: str) -> GPTConfig:
 # ------------------------------------------------------------------------ weights
 
 
+def zero_filled(layout: Layout, remote: bool) -> dict[str, tuple[str, ...]]:
+    """The bias options whose biases the exported class always has (the layout's, and its class
+    of ours' with ``remote``): a model without them is written with zeros there."""
+    ours = layout.remote.zero_filled if remote and layout.remote is not None else {}
+    return {**layout.zero_filled, **ours}
+
+
 def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], bool]]:
     """(our name, their names, transpose) of every weight of a model of ``n_layers`` blocks."""
     out = []
@@ -198,15 +209,18 @@ def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], bool]]
     return out
 
 
-def to_hf_weights(ours: dict[str, torch.Tensor], layout: Layout, n_layers: int) -> dict[str, Any]:
+def to_hf_weights(
+    ours: dict[str, torch.Tensor], layout: Layout, n_layers: int, remote: bool = False
+) -> dict[str, Any]:
     """``ours`` under the layout's names; every one of ours is used exactly once, and a bias the
-    layout always has but ours lacks (:attr:`Layout.zero_filled`) is written as zeros."""
+    layout's class always has but ours lacks (:attr:`Layout.zero_filled`, and with ``remote``
+    :attr:`Remote.zero_filled`) is written as zeros."""
     ours = dict(ours)
-    patterns = {p for biases in layout.zero_filled.values() for p in biases}
+    patterns = {p for biases in zero_filled(layout, remote).values() for p in biases}
     for key in {p.format(i=i) for p in patterns for i in range(n_layers)}:
         if key not in ours:  # (out,) zeros beside the (out, in) or (out,) weight it belongs to
-            weight = ours[key.removesuffix(".bias") + ".weight"]
-            ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)
+            weight = ours.get(key.removesuffix(".bias") + ".weight", ours["tok_emb.weight"])
+            ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)  # (a tied head: tok_emb)
     out: dict[str, torch.Tensor] = {}
     for key, names, transpose in _entries(layout, n_layers):
         if key not in ours:

@@ -1,8 +1,11 @@
-"""The two things gpt-study's models can have that no stock transformers class computes.
+"""What gpt-study's models can have that no stock transformers class computes.
 
 - ``GPTStudyForCausalLM``: GPT-2 with a bias on its output layer (the study's model).
 - ``GPTStudyLlamaForCausalLM``: Llama whose listed layers add a token table of their own to
   their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``).
+- Both: logits soft-capped where ``final_logit_softcapping`` is above 0 (``--logit_softcap``:
+  ``cap * tanh(logits / cap)``, Gemma 2's name for it), in ``lm_head`` so that the loss and
+  generation read the capped logits.
 
 gpt-study's ``export`` copies this file into the exported folder; its ``config.json`` names the
 classes in ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(folder,
@@ -15,30 +18,58 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
+class CappedLMHead(nn.Linear):
+    """``lm_head`` whose logits are ``cap * tanh(logits / cap)``; ``cap`` 0: the plain layer.
+    This file travels alone, so gpt-study's ``softcap`` is written here again (the export's
+    tests hold the two to the same logits)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, cap: float) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.cap = cap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(hidden)
+        return self.cap * torch.tanh(logits / self.cap) if self.cap else logits
+
+
 class GPTStudyConfig(GPT2Config):
-    """GPT-2's configuration under its own model type, so the auto classes find ours."""
+    """GPT-2's configuration under its own model type, so the auto classes find ours, plus
+    ``final_logit_softcapping``."""
 
     model_type = "gpt_study"
 
+    def __init__(self, final_logit_softcapping: float = 0.0, **kwargs) -> None:
+        self.final_logit_softcapping = final_logit_softcapping
+        super().__init__(**kwargs)
+
 
 class GPTStudyForCausalLM(GPT2LMHeadModel):
-    """``GPT2LMHeadModel`` whose ``lm_head`` has a bias, as gpt-study's ``head`` has."""
+    """``GPT2LMHeadModel`` whose ``lm_head`` has a bias, as gpt-study's ``head`` has, and caps
+    its logits where the config says."""
 
     config_class = GPTStudyConfig
 
     def __init__(self, config: GPTStudyConfig) -> None:
         super().__init__(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)
+        cap = config.final_logit_softcapping
+        self.lm_head = CappedLMHead(config.n_embd, config.vocab_size, True, cap)
         self.post_init()
 
 
 class GPTStudyLlamaConfig(LlamaConfig):
-    """Llama's configuration plus ``value_embed_layers``: the layers that have a value table."""
+    """Llama's configuration plus ``value_embed_layers`` (the layers that have a value table)
+    and ``final_logit_softcapping``."""
 
     model_type = "gpt_study_llama"
 
-    def __init__(self, value_embed_layers: list[int] | None = None, **kwargs) -> None:
-        self.value_embed_layers = list(value_embed_layers or [])
+    def __init__(
+        self,
+        value_embed_layers: list[int] | None = None,
+        final_logit_softcapping: float = 0.0,
+        **kwargs,
+    ) -> None:
+        self.value_embed_layers = list(value_embed_layers) if value_embed_layers else None
+        self.final_logit_softcapping = final_logit_softcapping
         super().__init__(**kwargs)
 
 
@@ -57,13 +88,16 @@ class ValueEmbedProjection(nn.Linear):
 
 
 class GPTStudyLlamaForCausalLM(LlamaForCausalLM):
-    """``LlamaForCausalLM`` whose ``value_embed_layers`` add value embeddings."""
+    """``LlamaForCausalLM`` whose ``value_embed_layers`` add value embeddings, and whose logits
+    are capped where the config says."""
 
     config_class = GPTStudyLlamaConfig
 
     def __init__(self, config: GPTStudyLlamaConfig) -> None:
         super().__init__(config)
-        for i in config.value_embed_layers:
+        cap = config.final_logit_softcapping
+        self.lm_head = CappedLMHead(config.hidden_size, config.vocab_size, False, cap)
+        for i in config.value_embed_layers or []:
             attn = self.model.layers[i].self_attn
             old = attn.v_proj
             attn.v_proj = ValueEmbedProjection(
@@ -72,6 +106,6 @@ class GPTStudyLlamaForCausalLM(LlamaForCausalLM):
         self.post_init()
 
     def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
-        for i in self.config.value_embed_layers:
+        for i in self.config.value_embed_layers or []:
             self.model.layers[i].self_attn.v_proj.ids = input_ids  # the new tokens only
         return super().forward(input_ids=input_ids, **kwargs)

@@ -7,6 +7,7 @@ from typing import Any
 
 from gpt_study.config import GPTConfig
 from gpt_study.export.hf import LAYOUTS, REMOTE_FILE
+from gpt_study.export.layouts import zero_filled
 
 __all__ = ["readme"]
 
@@ -54,10 +55,10 @@ def readme(result: Any, ckpt: Any) -> str:
     layout = next(x for x in LAYOUTS if x.name == result.layout)
     trust = ", trust_remote_code=True" if remote else ""
     if remote and layout.remote is not None:
-        ours = layout.remote
+        ours, what = layout.remote, layout.remote.what(ckpt.model)
         model_text = (
-            f"{ours.what[0].upper()}{ours.what[1:]}, which no stock transformers class has, so "
-            f"the model class is `{ours.model_class}` in `{REMOTE_FILE}`: {ours.detail} "
+            f"{what[0].upper()}{what[1:]}, which no stock transformers class has, so "
+            f"the model class is `{ours.model_class}` in `{REMOTE_FILE}`: {ours.detail()} "
             "`config.json` names it in `auto_map`; load it with `trust_remote_code=True`. "
             "transformers 5 reads `config.json` when it loads the tokenizer as well, and asks "
             "before it runs the folder's code: pass `trust_remote_code=True` there too."
@@ -69,12 +70,12 @@ def readme(result: Any, ckpt: Any) -> str:
         )
     else:
         model_text = f"The stock `{layout.stock_class}` computes it; no code of ours is needed."
-    docs = {f.name: f.metadata["doc"] for f in fields(GPTConfig)}
-    lacks = [docs[name] for name in layout.zero_filled if not getattr(cfg.model, name)]
+    docs = {f.name: f.metadata["doc"].split(" (")[0] for f in fields(GPTConfig)}  # its help
+    lacks = [docs[n] for n in zero_filled(layout, remote) if not getattr(cfg.model, n)]
     if lacks:
         model_text += (
-            f" It was trained without {' or '.join(lacks)}; {layout.arch} always has them, so "
-            "they are written as zeros, which compute the same."
+            f" It was trained without {' or '.join(lacks)}; the class always has them, so they "
+            "are written as zeros, which compute the same."
         )
     slide = (
         "keeps its rotary cache and drops the oldest keys (a rotary key depends only on its "

@@ -1,34 +1,56 @@
 """Classes of ours for what no stock transformers class computes, one per layout.
 
 ``export`` copies :data:`REMOTE_FILE` into a folder whose model needs its layout's class (a
-GPT-2 head bias that is not all zeros, a Llama with value embeddings) and names the class in
-``config.json``'s ``auto_map``; ``import`` reads such a folder with gpt-study's own copy of the
-file. A :class:`Remote` says which class that is and when a model needs it.
+GPT-2 head bias that is not all zeros, a Llama with value embeddings, soft-capped logits) and
+names the class in ``config.json``'s ``auto_map``; ``import`` reads such a folder with
+gpt-study's own copy of the file. A :class:`Remote` says which class that is and, feature by
+feature, when a model needs it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LLAMA_REMOTE", "GPT2_REMOTE", "REMOTE_FILE", "Remote"]
+__all__ = ["LLAMA_REMOTE", "GPT2_REMOTE", "REMOTE_FILE", "Feature", "Remote"]
 
 REMOTE_FILE = "modeling_gpt_study.py"
 
 
 @dataclass(frozen=True)
+class Feature:
+    """One thing a class of ours computes that its stock class does not."""
+
+    what: str  # what a model that needs it has, in words
+    change: str  # how the class computes it, in Markdown, for the README
+    needed: Callable[[Any], bool]  # given the GPT
+
+
+@dataclass(frozen=True)
 class Remote:
     """A class of ours in :data:`REMOTE_FILE`, for the models of a layout that its stock class
-    would compute otherwise: export writes the file into the folder when ``needed(model)``."""
+    would compute otherwise: export writes the file into the folder when :meth:`needed`."""
 
     model_class: str
     config_class: str
     model_type: str
-    what: str  # what the model has that the stock class lacks, in words
-    adds: str  # the class in words: the stock class and what it adds
-    detail: str  # the same for the README, a sentence in Markdown
-    needed: Callable[[Any], bool]  # given the GPT
+    stock_class: str
+    features: tuple[Feature, ...]
+    # as Layout.zero_filled: bias options whose biases (our names) the class always has
+    zero_filled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def needed(self, model: Any) -> bool:
+        return any(f.needed(model) for f in self.features)
+
+    def what(self, model: Any) -> str:
+        """What ``model`` has that the stock class lacks, in words."""
+        return " and ".join(f.what for f in self.features if f.needed(model))
+
+    def detail(self) -> str:
+        """The class in a Markdown sentence, for the README."""
+        changes = "; ".join(f.change for f in self.features)
+        return f"`{self.stock_class}` with {changes}; nothing else changed."
 
 
 def _biased_head(model: Any) -> bool:
@@ -37,23 +59,40 @@ def _biased_head(model: Any) -> bool:
     return bias is not None and bool(bias.detach().ne(0).any())
 
 
+# The logits capped as gpt_study.model.gpt.softcap caps them, in both classes of ours.
+SOFTCAP = Feature(
+    "the logits are soft-capped",
+    "the logits capped to `final_logit_softcapping * tanh(logits / final_logit_softcapping)` "
+    "where that is above 0 (`lm_head` computes it, so loss and generation read them)",
+    lambda model: model.config.logit_softcap > 0,
+)
 GPT2_REMOTE = Remote(
     "GPTStudyForCausalLM",
     "GPTStudyConfig",
     "gpt_study",
-    "the output layer has a bias",
-    "GPT2LMHeadModel with a biased lm_head",
-    "`GPT2LMHeadModel` with `lm_head = nn.Linear(n_embd, vocab_size, bias=True)`, nothing else "
-    "changed.",
-    _biased_head,
+    "GPT2LMHeadModel",
+    (
+        Feature(
+            "the output layer has a bias",
+            "`lm_head = nn.Linear(n_embd, vocab_size, bias=True)`",
+            _biased_head,
+        ),
+        SOFTCAP,
+    ),
+    zero_filled={"head_bias": ("head.bias",)},
 )
 LLAMA_REMOTE = Remote(
     "GPTStudyLlamaForCausalLM",
     "GPTStudyLlamaConfig",
     "gpt_study_llama",
-    "the model has value embeddings",
-    "LlamaForCausalLM whose value_embed_layers add a token table to v_proj",
-    "`LlamaForCausalLM` whose layers listed in `value_embed_layers` add the token's row of a "
-    "table of their own (`v_proj.value_embed`) to `v_proj`'s output, nothing else changed.",
-    lambda model: model.config.value_embeds,
+    "LlamaForCausalLM",
+    (
+        Feature(
+            "the model has value embeddings",
+            "the layers listed in `value_embed_layers` adding the token's row of a table of "
+            "their own (`v_proj.value_embed`) to `v_proj`'s output",
+            lambda model: model.config.value_embeds,
+        ),
+        SOFTCAP,
+    ),
 )

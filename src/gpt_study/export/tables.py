@@ -35,6 +35,9 @@ def _const(value: Any) -> Callable[[GPTConfig], Any]:
     return lambda _cfg: value
 
 
+# our classes' only option key (Gemma 2's name); a stock class computes no cap (Layout.classes)
+_SOFTCAP = Option("logit_softcap", "final_logit_softcapping", absent=lambda _d: 0.0, optional=True)
+
 _GPT2 = Layout(
     name="gpt2",
     arch="GPT-2",
@@ -61,6 +64,7 @@ _GPT2 = Layout(
         Option("embedding_drop", "embd_pdrop"),
         Option("attention_drop", "attn_pdrop"),
         Option("tie_embeddings", "tie_word_embeddings"),
+        _SOFTCAP,
     ),
     fixed=(
         Fixed("layer_norm_epsilon", _const(NORM_EPS), "another LayerNorm eps"),
@@ -105,8 +109,8 @@ _GPT2 = Layout(
         "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
     },
     classes={
-        "GPT2LMHeadModel": {"head_bias": False},
-        GPT2_REMOTE.model_class: {"head_bias": True},
+        "GPT2LMHeadModel": {"head_bias": False, "logit_softcap": 0.0},
+        GPT2_REMOTE.model_class: {"head_bias": True},  # (zeros where the model had none)
     },
     remote=GPT2_REMOTE,
 )
@@ -143,6 +147,7 @@ _LLAMA = Layout(
         Option("bias", "mlp_bias"),
         Option("attention_drop", "attention_dropout"),
         Option("tie_embeddings", "tie_word_embeddings"),
+        _SOFTCAP,
     ),
     fixed=(
         Fixed("head_dim", lambda cfg: cfg.head_dim, "heads narrower or wider than d_model/n_heads"),
@@ -180,8 +185,8 @@ _LLAMA = Layout(
     # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
     tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
     classes={
-        "LlamaForCausalLM": {"value_embeds": False},
-        LLAMA_REMOTE.model_class: {"value_embeds": True},
+        "LlamaForCausalLM": {"value_embeds": False, "logit_softcap": 0.0},
+        LLAMA_REMOTE.model_class: {"value_embeds": lambda d: bool(d.get("value_embed_layers"))},
     },
     remote=LLAMA_REMOTE,
 )
@@ -189,6 +194,7 @@ _LLAMA = Layout(
 # Llama's table with its options, checks and weights where Qwen3 has them, and the heads' norms.
 # Our --bias puts biases on the feed-forward too, which Qwen3's never has: so none at all here.
 _LLAMA_ONLY = {"mlp_bias", "attention_bias", "pretraining_tp", "value_embed_layers"}
+_LLAMA_ONLY |= {_SOFTCAP.theirs}  # our Llama class's
 _QWEN3 = replace(
     _LLAMA,
     name="qwen3",
