@@ -244,7 +244,7 @@ def test_the_serve_stream_writes_the_uncached_tokens(model, served):
 EXPORTED_AS = {"study": "gpt2", "gelu_tanh": "gpt2", "tied": "gpt2", "zero_init": "gpt2"}
 EXPORTED_AS |= {"llama_ve": "llama", "preset seed": "gpt2", "preset tiny": "gpt2"}
 EXPORTED_AS |= {"preset cpu": "llama", "modern": "qwen3", "no-bias": "gpt2"}  # gpt2: zero biases
-EXPORTED_AS |= {"softcap": "gpt2", "llama_softcap": "llama"}  # our classes cap the logits
+EXPORTED_AS |= {"softcap": "gpt2", "llama_softcap": "llama", "scalars": "gpt2"}  # our classes
 
 
 def test_exactly_the_expected_models_export():

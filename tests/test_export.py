@@ -88,6 +88,9 @@ def _checkpoint(tmp_path: Path, tok, head_bias: bool, options: dict | None = Non
                 p.add_(0.1 * torch.randn_like(p))
             elif name.startswith("value_embeds."):  # as loud as the values: a class without shows
                 p.mul_(20)
+        if cfg.model.residual_scalars:  # away from 1 and 0: a class that mixed otherwise shows
+            model.resid_scale.copy_(torch.tensor([0.7, 1.3])[: cfg.model.n_layers])
+            model.x0_scale.copy_(torch.tensor([0.5, -0.8])[: cfg.model.n_layers])
     tok.save(tmp_path / "tok.json")
     return save_checkpoint(tmp_path / "ckpt", model, cfg, tmp_path / "tok.json", {"step": 3})
 
@@ -113,11 +116,18 @@ VARIANTS = {
         False,
         {"head_bias": False, "logit_softcap": 4.0},
     ),
-    "bpe, llama tied, soft-capped logits (our class)": (
+    "bpe, llama tied, soft-capped logits, residual scalars (our class)": (
         _bpe,
         False,
-        {**LLAMA, "tie_embeddings": True, "bias": False, "logit_softcap": 4.0},
+        {
+            **LLAMA,
+            "tie_embeddings": True,
+            "bias": False,
+            "logit_softcap": 4.0,
+            "residual_scalars": True,
+        },
     ),
+    "word, head bias, residual scalars (our class)": (_word, True, {"residual_scalars": True}),
     "bpe, qwen3: llama with each head's queries and keys normalised, no biases": (
         _bpe,
         False,
@@ -270,8 +280,9 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
         choose_layout(GPTConfig(**LLAMA, qk_norm=True))
     with pytest.raises(UserError, match="qwen3: it does not know value_embeds"):
         choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, value_embeds=True))
-    with pytest.raises(UserError, match="llama: it does not know residual_scalars"):
-        choose_layout(GPTConfig(**LLAMA, residual_scalars=True))
+    assert choose_layout(GPTConfig(**LLAMA, residual_scalars=True)).name == "llama"  # our class
+    with pytest.raises(UserError, match="qwen3: it does not know residual_scalars"):
+        choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, residual_scalars=True))
     assert choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0)).name == "llama"  # our class
     assert choose_layout(GPTConfig(logit_softcap=30.0)).name == "gpt2"  # our class
     with pytest.raises(UserError, match="qwen3: it does not know logit_softcap"):

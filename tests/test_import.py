@@ -239,6 +239,14 @@ EXPORTED = {
         {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
          "tie_embeddings": True, "bias": False, "logit_softcap": 4.0},
     ),
+    "llama, residual scalars (our Llama class)": (
+        False,
+        {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
+         "residual_scalars": True},
+    ),
+    "GPT-2 tied, residual scalars (our GPT-2 class)": (
+        True, {"tie_embeddings": True, "residual_scalars": True},
+    ),
     "no head bias, soft-capped logits (our GPT-2 class, a zero head bias)": (
         False, {"head_bias": False, "logit_softcap": 4.0},
     ),

@@ -5,7 +5,8 @@
   their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``).
 - Both: logits soft-capped where ``final_logit_softcapping`` is above 0 (``--logit_softcap``:
   ``cap * tanh(logits / cap)``, Gemma 2's name for it), in ``lm_head`` so that the loss and
-  generation read the capped logits.
+  generation read the capped logits; and with ``residual_scalars`` (``--residual_scalars``)
+  layer i reads ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings.
 
 gpt-study's ``export`` copies this file into the exported folder; its ``config.json`` names the
 classes in ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(folder,
@@ -32,14 +33,42 @@ class CappedLMHead(nn.Linear):
         return self.cap * torch.tanh(logits / self.cap) if self.cap else logits
 
 
+class ResidualScalars(nn.Module):
+    """``resid_scale`` and ``x0_scale``, one of each per layer: hooks keep the embeddings (x0)
+    of the tokens in this call and mix them into each layer's input, so the stock model's
+    forward, cache and ``generate`` run unchanged."""
+
+    def __init__(self, embeddings: nn.Module, layers: nn.ModuleList) -> None:
+        super().__init__()
+        self.resid_scale = nn.Parameter(torch.ones(len(layers)))
+        self.x0_scale = nn.Parameter(torch.zeros(len(layers)))
+        self.x0: torch.Tensor | None = None
+        embeddings.register_forward_hook(self._keep)
+        for i, layer in enumerate(layers):
+            layer.register_forward_pre_hook(self._mixer(i))
+
+    def _keep(self, _module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        self.x0 = out
+
+    def _mixer(self, i: int):
+        def mix(_module: nn.Module, args: tuple) -> tuple:
+            hidden = self.resid_scale[i] * args[0] + self.x0_scale[i] * self.x0
+            return (hidden, *args[1:])
+
+        return mix
+
+
 class GPTStudyConfig(GPT2Config):
     """GPT-2's configuration under its own model type, so the auto classes find ours, plus
     ``final_logit_softcapping``."""
 
     model_type = "gpt_study"
 
-    def __init__(self, final_logit_softcapping: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self, final_logit_softcapping: float = 0.0, residual_scalars: bool = False, **kwargs
+    ) -> None:
         self.final_logit_softcapping = final_logit_softcapping
+        self.residual_scalars = residual_scalars
         super().__init__(**kwargs)
 
 
@@ -53,6 +82,8 @@ class GPTStudyForCausalLM(GPT2LMHeadModel):
         super().__init__(config)
         cap = config.final_logit_softcapping
         self.lm_head = CappedLMHead(config.n_embd, config.vocab_size, True, cap)
+        if config.residual_scalars:  # x0: the token and position embeddings, after their dropout
+            self.scalars = ResidualScalars(self.transformer.drop, self.transformer.h)
         self.post_init()
 
 
@@ -66,10 +97,12 @@ class GPTStudyLlamaConfig(LlamaConfig):
         self,
         value_embed_layers: list[int] | None = None,
         final_logit_softcapping: float = 0.0,
+        residual_scalars: bool = False,
         **kwargs,
     ) -> None:
         self.value_embed_layers = list(value_embed_layers) if value_embed_layers else None
         self.final_logit_softcapping = final_logit_softcapping
+        self.residual_scalars = residual_scalars
         super().__init__(**kwargs)
 
 
@@ -97,6 +130,8 @@ class GPTStudyLlamaForCausalLM(LlamaForCausalLM):
         super().__init__(config)
         cap = config.final_logit_softcapping
         self.lm_head = CappedLMHead(config.hidden_size, config.vocab_size, False, cap)
+        if config.residual_scalars:  # x0: the token embeddings
+            self.scalars = ResidualScalars(self.model.embed_tokens, self.model.layers)
         for i in config.value_embed_layers or []:
             attn = self.model.layers[i].self_attn
             old = attn.v_proj

@@ -1,7 +1,8 @@
 """Classes of ours for what no stock transformers class computes, one per layout.
 
 ``export`` copies :data:`REMOTE_FILE` into a folder whose model needs its layout's class (a
-GPT-2 head bias that is not all zeros, a Llama with value embeddings, soft-capped logits) and
+GPT-2 head bias that is not all zeros, a Llama with value embeddings, soft-capped logits,
+residual scalars) and
 names the class in ``config.json``'s ``auto_map``; ``import`` reads such a folder with
 gpt-study's own copy of the file. A :class:`Remote` says which class that is and, feature by
 feature, when a model needs it.
@@ -66,6 +67,13 @@ SOFTCAP = Feature(
     "where that is above 0 (`lm_head` computes it, so loss and generation read them)",
     lambda model: model.config.logit_softcap > 0,
 )
+# --residual_scalars, in both: the stock layers read the scalars' mix through hooks.
+SCALARS = Feature(
+    "the blocks have residual scalars",
+    "layer i reading `scalars.resid_scale[i] * h + scalars.x0_scale[i] * x0` (x0: the "
+    "embeddings) where `residual_scalars` is true",
+    lambda model: model.config.residual_scalars,
+)
 GPT2_REMOTE = Remote(
     "GPTStudyForCausalLM",
     "GPTStudyConfig",
@@ -78,6 +86,7 @@ GPT2_REMOTE = Remote(
             _biased_head,
         ),
         SOFTCAP,
+        SCALARS,
     ),
     zero_filled={"head_bias": ("head.bias",)},
 )
@@ -94,5 +103,6 @@ LLAMA_REMOTE = Remote(
             lambda model: model.config.value_embeds,
         ),
         SOFTCAP,
+        SCALARS,
     ),
 )

@@ -35,8 +35,14 @@ def _const(value: Any) -> Callable[[GPTConfig], Any]:
     return lambda _cfg: value
 
 
-# our classes' only option key (Gemma 2's name); a stock class computes no cap (Layout.classes)
+# our classes' options (the cap under Gemma 2's name), read from our classes only (Layout.classes)
 _SOFTCAP = Option("logit_softcap", "final_logit_softcapping", absent=lambda _d: 0.0, optional=True)
+_SCALARS = Option("residual_scalars", "residual_scalars", absent=lambda _d: False, optional=True)
+_STOCK = {"logit_softcap": 0.0, "residual_scalars": False}  # what a stock class computes
+_SCALAR_WEIGHTS = (
+    ("resid_scale", "scalars.resid_scale", False),  # our classes only
+    ("x0_scale", "scalars.x0_scale", False),
+)
 
 _GPT2 = Layout(
     name="gpt2",
@@ -65,6 +71,7 @@ _GPT2 = Layout(
         Option("attention_drop", "attn_pdrop"),
         Option("tie_embeddings", "tie_word_embeddings"),
         _SOFTCAP,
+        _SCALARS,
     ),
     fixed=(
         Fixed("layer_norm_epsilon", _const(NORM_EPS), "another LayerNorm eps"),
@@ -96,6 +103,7 @@ _GPT2 = Layout(
         ("ln_f.bias", "transformer.ln_f.bias", False),
         ("head.weight", "lm_head.weight", False),
         ("head.bias", "lm_head.bias", False),  # only the remote class has it
+        *_SCALAR_WEIGHTS,
     ),
     summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
     '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
@@ -109,7 +117,7 @@ _GPT2 = Layout(
         "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
     },
     classes={
-        "GPT2LMHeadModel": {"head_bias": False, "logit_softcap": 0.0},
+        "GPT2LMHeadModel": {"head_bias": False, **_STOCK},
         GPT2_REMOTE.model_class: {"head_bias": True},  # (zeros where the model had none)
     },
     remote=GPT2_REMOTE,
@@ -148,6 +156,7 @@ _LLAMA = Layout(
         Option("attention_drop", "attention_dropout"),
         Option("tie_embeddings", "tie_word_embeddings"),
         _SOFTCAP,
+        _SCALARS,
     ),
     fixed=(
         Fixed("head_dim", lambda cfg: cfg.head_dim, "heads narrower or wider than d_model/n_heads"),
@@ -179,13 +188,14 @@ _LLAMA = Layout(
         ("ln_f.weight", "model.norm.weight", False),
         ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
         ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", False),  # remote only
+        *_SCALAR_WEIGHTS,
     ),  # no head.bias: the layout implies none
     summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
     "no output bias",
     # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
     tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
     classes={
-        "LlamaForCausalLM": {"value_embeds": False, "logit_softcap": 0.0},
+        "LlamaForCausalLM": {"value_embeds": False, **_STOCK},
         LLAMA_REMOTE.model_class: {"value_embeds": lambda d: bool(d.get("value_embed_layers"))},
     },
     remote=LLAMA_REMOTE,
@@ -194,7 +204,8 @@ _LLAMA = Layout(
 # Llama's table with its options, checks and weights where Qwen3 has them, and the heads' norms.
 # Our --bias puts biases on the feed-forward too, which Qwen3's never has: so none at all here.
 _LLAMA_ONLY = {"mlp_bias", "attention_bias", "pretraining_tp", "value_embed_layers"}
-_LLAMA_ONLY |= {_SOFTCAP.theirs}  # our Llama class's
+_REMOTE_ONLY = {w for w in _LLAMA.weights if w[0].startswith("value_embeds.")} | {*_SCALAR_WEIGHTS}
+_LLAMA_ONLY |= {_SOFTCAP.theirs, _SCALARS.theirs}  # our Llama class's
 _QWEN3 = replace(
     _LLAMA,
     name="qwen3",
@@ -218,7 +229,7 @@ _QWEN3 = replace(
         ),
     ),
     weights=(
-        *(w for w in _LLAMA.weights if not w[0].endswith(".bias") and "value_embeds" not in w[0]),
+        *(w for w in _LLAMA.weights if not w[0].endswith(".bias") and w not in _REMOTE_ONLY),
         ("blocks.{i}.attn.q_norm.weight", _ATTN + "q_norm.weight", False),
         ("blocks.{i}.attn.k_norm.weight", _ATTN + "k_norm.weight", False),
     ),
