@@ -128,6 +128,11 @@ VARIANTS = {
         },
     ),
     "word, head bias, residual scalars (our class)": (_word, True, {"residual_scalars": True}),
+    "bpe, gpt2 tied, no head bias, value embeddings (our class)": (
+        _bpe,
+        False,
+        {"tie_embeddings": True, "head_bias": False, "value_embeds": True},
+    ),
     "bpe, qwen3: llama with each head's queries and keys normalised, no biases": (
         _bpe,
         False,
@@ -212,7 +217,8 @@ def test_folder_holds_what_the_readme_says(exported):
         doc = type(cfg).__dataclass_fields__[name].metadata["doc"].split(" (")[0]
         assert (doc in readme) == (name in without), name
     if result.layout == "gpt2":
-        assert config["activation_function"] == "gelu" and config["tie_word_embeddings"] is False
+        assert config["activation_function"] == "gelu"
+        assert config["tie_word_embeddings"] is cfg.tie_embeddings
         weights = safetensors.torch.load_file(result.out / "model.safetensors")
         biases = [v for k, v in weights.items() if k.endswith(".bias")]
         assert len(biases) == 6 * cfg.n_layers + 1 + (cfg.head_bias or result.remote_code)
@@ -287,8 +293,7 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
     assert choose_layout(GPTConfig(logit_softcap=30.0)).name == "gpt2"  # our class
     with pytest.raises(UserError, match="qwen3: it does not know logit_softcap"):
         choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, logit_softcap=30.0))
-    with pytest.raises(UserError, match="gpt2: it does not know value_embeds"):
-        choose_layout(GPTConfig(value_embeds=True))
+    assert choose_layout(GPTConfig(value_embeds=True)).name == "gpt2"  # our class
     assert choose_layout(GPTConfig(**LLAMA, value_embeds=True)).name == "llama"  # our class
 
     @dataclasses.dataclass

@@ -247,6 +247,7 @@ EXPORTED = {
     "GPT-2 tied, residual scalars (our GPT-2 class)": (
         True, {"tie_embeddings": True, "residual_scalars": True},
     ),
+    "GPT-2, value embeddings (our GPT-2 class)": (True, {"value_embeds": True, "n_layers": 3}),
     "no head bias, soft-capped logits (our GPT-2 class, a zero head bias)": (
         False, {"head_bias": False, "logit_softcap": 4.0},
     ),

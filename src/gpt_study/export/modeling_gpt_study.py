@@ -1,6 +1,7 @@
 """What gpt-study's models can have that no stock transformers class computes.
 
-- ``GPTStudyForCausalLM``: GPT-2 with a bias on its output layer (the study's model).
+- ``GPTStudyForCausalLM``: GPT-2 with a bias on its output layer (the study's model), whose
+  listed layers may add value embeddings to the values ``c_attn`` makes.
 - ``GPTStudyLlamaForCausalLM``: Llama whose listed layers add a token table of their own to
   their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``).
 - Both: logits soft-capped where ``final_logit_softcapping`` is above 0 (``--logit_softcap``:
@@ -15,8 +16,10 @@ trust_remote_code=True)`` loads them. Everything else (attention, cache, generat
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.pytorch_utils import Conv1D
 
 
 class CappedLMHead(nn.Linear):
@@ -58,15 +61,36 @@ class ResidualScalars(nn.Module):
         return mix
 
 
+class ValueEmbedQKV(Conv1D):
+    """GPT-2's ``c_attn`` ([q; k; v] from one product) plus a token table added to the values:
+    those of the tokens in :attr:`ids`."""
+
+    def __init__(self, nf: int, nx: int, vocab_size: int) -> None:
+        super().__init__(nf, nx)
+        self.value_embed = nn.Embedding(vocab_size, nx)
+        self.ids: torch.Tensor | None = None  # (B, T), set by the model before each forward
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.ids is None:
+            raise ValueError("value embeddings need input_ids (inputs_embeds has no tokens)")
+        ve = self.value_embed(self.ids).to(hidden.dtype)  # (B, T, C): after q and k
+        return super().forward(hidden) + F.pad(ve, (self.nf - ve.size(-1), 0))
+
+
 class GPTStudyConfig(GPT2Config):
     """GPT-2's configuration under its own model type, so the auto classes find ours, plus
-    ``final_logit_softcapping``."""
+    ``value_embed_layers``, ``final_logit_softcapping`` and ``residual_scalars``."""
 
     model_type = "gpt_study"
 
     def __init__(
-        self, final_logit_softcapping: float = 0.0, residual_scalars: bool = False, **kwargs
+        self,
+        value_embed_layers: list[int] | None = None,
+        final_logit_softcapping: float = 0.0,
+        residual_scalars: bool = False,
+        **kwargs,
     ) -> None:
+        self.value_embed_layers = list(value_embed_layers) if value_embed_layers else None
         self.final_logit_softcapping = final_logit_softcapping
         self.residual_scalars = residual_scalars
         super().__init__(**kwargs)
@@ -84,7 +108,15 @@ class GPTStudyForCausalLM(GPT2LMHeadModel):
         self.lm_head = CappedLMHead(config.n_embd, config.vocab_size, True, cap)
         if config.residual_scalars:  # x0: the token and position embeddings, after their dropout
             self.scalars = ResidualScalars(self.transformer.drop, self.transformer.h)
+        for i in config.value_embed_layers or []:
+            attn = self.transformer.h[i].attn
+            attn.c_attn = ValueEmbedQKV(attn.c_attn.nf, attn.c_attn.nx, config.vocab_size)
         self.post_init()
+
+    def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
+        for i in self.config.value_embed_layers or []:
+            self.transformer.h[i].attn.c_attn.ids = input_ids  # the new tokens only
+        return super().forward(input_ids=input_ids, **kwargs)
 
 
 class GPTStudyLlamaConfig(LlamaConfig):

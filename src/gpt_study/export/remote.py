@@ -67,6 +67,18 @@ SOFTCAP = Feature(
     "where that is above 0 (`lm_head` computes it, so loss and generation read them)",
     lambda model: model.config.logit_softcap > 0,
 )
+
+
+def _value_embeds(table: str, adds_to: str) -> Feature:
+    """--value_embeds, in the class whose ``table`` adds to ``adds_to``."""
+    return Feature(
+        "the model has value embeddings",
+        f"the layers listed in `value_embed_layers` adding the token's row of a table of their "
+        f"own (`{table}`) to {adds_to}",
+        lambda model: model.config.value_embeds,
+    )
+
+
 # --residual_scalars, in both: the stock layers read the scalars' mix through hooks.
 SCALARS = Feature(
     "the blocks have residual scalars",
@@ -85,6 +97,7 @@ GPT2_REMOTE = Remote(
             "`lm_head = nn.Linear(n_embd, vocab_size, bias=True)`",
             _biased_head,
         ),
+        _value_embeds("attn.c_attn.value_embed", "the values `c_attn` makes"),
         SOFTCAP,
         SCALARS,
     ),
@@ -96,12 +109,7 @@ LLAMA_REMOTE = Remote(
     "gpt_study_llama",
     "LlamaForCausalLM",
     (
-        Feature(
-            "the model has value embeddings",
-            "the layers listed in `value_embed_layers` adding the token's row of a table of "
-            "their own (`v_proj.value_embed`) to `v_proj`'s output",
-            lambda model: model.config.value_embeds,
-        ),
+        _value_embeds("v_proj.value_embed", "`v_proj`'s output"),
         SOFTCAP,
         SCALARS,
     ),

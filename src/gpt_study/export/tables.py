@@ -39,6 +39,19 @@ def _const(value: Any) -> Callable[[GPTConfig], Any]:
 _SOFTCAP = Option("logit_softcap", "final_logit_softcapping", absent=lambda _d: 0.0, optional=True)
 _SCALARS = Option("residual_scalars", "residual_scalars", absent=lambda _d: False, optional=True)
 _STOCK = {"logit_softcap": 0.0, "residual_scalars": False}  # what a stock class computes
+# our classes only (None: not written): the layers that add value embeddings, which import
+# reads as --value_embeds (and the check, as the layers that option gives)
+_VALUE_EMBED_LAYERS = Fixed(
+    "value_embed_layers",
+    lambda c: list(c.value_embed_layers) or None,
+    "value embeddings in other layers",
+)
+
+
+def _has_value_embeds(d: dict[str, Any]) -> bool:
+    return bool(d.get("value_embed_layers"))
+
+
 _SCALAR_WEIGHTS = (
     ("resid_scale", "scalars.resid_scale", False),  # our classes only
     ("x0_scale", "scalars.x0_scale", False),
@@ -83,6 +96,7 @@ _GPT2 = Layout(
         Fixed("reorder_and_upcast_attn", _const(False), check=False),  # the same in fp32
         Fixed("initializer_range", _const(0.02), check=False),
         Fixed("use_cache", _const(True), check=False),
+        _VALUE_EMBED_LAYERS,
     ),
     weights=(
         ("tok_emb.weight", "transformer.wte.weight", False),
@@ -103,6 +117,7 @@ _GPT2 = Layout(
         ("ln_f.bias", "transformer.ln_f.bias", False),
         ("head.weight", "lm_head.weight", False),
         ("head.bias", "lm_head.bias", False),  # only the remote class has it
+        ("value_embeds.{i}.weight", "transformer.h.{i}.attn.c_attn.value_embed.weight", False),
         *_SCALAR_WEIGHTS,
     ),
     summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
@@ -117,8 +132,9 @@ _GPT2 = Layout(
         "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
     },
     classes={
-        "GPT2LMHeadModel": {"head_bias": False, **_STOCK},
-        GPT2_REMOTE.model_class: {"head_bias": True},  # (zeros where the model had none)
+        "GPT2LMHeadModel": {"head_bias": False, "value_embeds": False, **_STOCK},
+        # (a zero head bias where the model had none)
+        GPT2_REMOTE.model_class: {"head_bias": True, "value_embeds": _has_value_embeds},
     },
     remote=GPT2_REMOTE,
 )
@@ -164,12 +180,7 @@ _LLAMA = Layout(
         Fixed("rms_norm_eps", _const(NORM_EPS), "another RMSNorm eps"),
         Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
         Fixed("pretraining_tp", _const(1), "tensor-parallel slices of the projections"),
-        # our class only (None: not written): the layers that add value embeddings
-        Fixed(
-            "value_embed_layers",
-            lambda c: list(c.value_embed_layers) or None,
-            "value embeddings in other layers",
-        ),
+        _VALUE_EMBED_LAYERS,
         Fixed("initializer_range", _const(0.02), check=False),
         Fixed("use_cache", _const(True), check=False),
     ),
@@ -196,7 +207,7 @@ _LLAMA = Layout(
     tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
     classes={
         "LlamaForCausalLM": {"value_embeds": False, **_STOCK},
-        LLAMA_REMOTE.model_class: {"value_embeds": lambda d: bool(d.get("value_embed_layers"))},
+        LLAMA_REMOTE.model_class: {"value_embeds": _has_value_embeds},
     },
     remote=LLAMA_REMOTE,
 )
