@@ -133,6 +133,23 @@ VARIANTS = {
         False,
         {"tie_embeddings": True, "head_bias": False, "value_embeds": True},
     ),
+    "bpe, gpt-neox: rope, layernorm, gelu, no head bias": (
+        _bpe,
+        False,
+        {"positions": "rope", "head_bias": False},
+    ),
+    "word, gpt-neox tied, relu2, no biases (zeros)": (
+        _word,
+        False,
+        {
+            "positions": "rope",
+            "mlp": "relu2",
+            "tie_embeddings": True,
+            "bias": False,
+            "norm_bias": False,
+            "head_bias": False,
+        },
+    ),
     "bpe, qwen3: llama with each head's queries and keys normalised, no biases": (
         _bpe,
         False,
@@ -140,6 +157,7 @@ VARIANTS = {
     ),
 }
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+CLASSES["gpt_neox"] = "GPTNeoXForCausalLM"
 OUR_CLASSES = {"gpt2": "GPTStudyForCausalLM", "llama": "GPTStudyLlamaForCausalLM"}
 
 
@@ -172,7 +190,13 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
     assert type(hf).__name__ == want_class
     c = ours.model.config
     assert result.layout == (
-        "gpt2" if c.positions == "learned" else "qwen3" if c.qk_norm else "llama"
+        "gpt2"
+        if c.positions == "learned"
+        else "qwen3"
+        if c.qk_norm
+        else "gpt_neox"
+        if c.norm == "layernorm"
+        else "llama"
     )
 
     idx = torch.randint(0, ours.model.config.vocab_size, (3, 32), generator=torch.Generator())
@@ -209,9 +233,10 @@ def test_folder_holds_what_the_readme_says(exported):
     # our classes' key, only where it computes something (a stock class's config stays stock)
     assert ("final_logit_softcapping" in config) == (cfg.logit_softcap > 0)
     zeros = "written as zeros, which compute the same" in readme
-    # GPT-2 always has biases on its linears and norms, and our GPT-2 class on its head
+    # GPT-2 and GPT-NeoX always have biases on their linears and norms, our GPT-2 class on its head
     without = {"bias", "norm_bias", "head_bias"} if result.remote_code else {"bias", "norm_bias"}
-    without = {n for n in without if not getattr(cfg, n)} if result.layout == "gpt2" else set()
+    always = result.layout in ("gpt2", "gpt_neox")
+    without = {n for n in without if not getattr(cfg, n)} if always else set()
     assert zeros == bool(without)
     for name in ("bias", "norm_bias", "head_bias"):  # the sentence names each one it lacked
         doc = type(cfg).__dataclass_fields__[name].metadata["doc"].split(" (")[0]
@@ -224,6 +249,15 @@ def test_folder_holds_what_the_readme_says(exported):
         assert len(biases) == 6 * cfg.n_layers + 1 + (cfg.head_bias or result.remote_code)
         assert all(not b.any() for b in biases) == (not cfg.bias and not cfg.norm_bias)
         assert cfg.head_bias or not weights.get("lm_head.bias", torch.zeros(1)).any()
+    elif result.layout == "gpt_neox":
+        assert config["hidden_act"] == {"gelu": "gelu", "relu2": "relu2"}[cfg.mlp]
+        assert config["use_parallel_residual"] is False and config["attention_bias"] is True
+        assert config["rope_parameters"]["partial_rotary_factor"] == 1.0
+        weights = safetensors.torch.load_file(result.out / "model.safetensors")
+        biases = [v for k, v in weights.items() if k.endswith(".bias")]
+        assert len(biases) == 6 * cfg.n_layers + 1  # GPT-NeoX always has them
+        assert all(not b.any() for b in biases) == (not cfg.bias and not cfg.norm_bias)
+        assert ("embed_out.weight" in weights) != cfg.tie_embeddings
     else:
         assert config["hidden_act"] == "silu" and config["rms_norm_eps"] == 1e-5
         tied = config["tie_word_embeddings"]

@@ -128,8 +128,29 @@ def llama_folder(folder: Path, texts: list[str], **config) -> Path:
     return folder
 
 
+def neox_folder(folder: Path, texts: list[str], **config) -> Path:
+    """GPT-NeoX as Pythia's tokenizer has it (<|endoftext|> at id 0: bos, eos and unk), with
+    blocks one after the other and rotary positions on whole heads unless ``config`` says."""
+    tok = _bpe(texts, [END, "<|padding|>"])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=END, eos_token=END, unk_token=END, pad_token="<|padding|>"
+    )
+    rope = {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0}
+    rope.update(config.pop("rope", {}))
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
+        rope_parameters=rope, use_parallel_residual=False, bos_token_id=0, eos_token_id=0,
+        **config,
+    )  # fmt: skip
+    _loud(transformers.GPTNeoXForCausalLM(cfg)).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
 LAYOUTS = {
     "gpt2 as published: tied, gelu_new": (gpt2_folder, {}),
+    "gpt-neox untied, exact gelu": (neox_folder, {}),
     "gpt2 untied, exact gelu": (gpt2_folder, dict(tie_word_embeddings=False, activation_function="gelu")),
     "llama tied, biases": (llama_folder, dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
     "llama untied, no biases": (llama_folder, dict(tie_word_embeddings=False)),
@@ -174,7 +195,7 @@ def test_the_checkpoint_computes_transformers_logits_and_greedy_tokens(imported)
     for text in _stories(3, skip=400):
         assert tok.encode(text) == hf_tok(text, add_special_tokens=False).input_ids
         assert tok.decode(tok.encode(text)) == text
-    if result.layout == "gpt2":
+    if result.layout in ("gpt2", "gpt_neox"):  # one <|endoftext|>: bos and eos
         end = hf_tok.convert_tokens_to_ids(END)
         assert (tok.sot_id, tok.eot_id, tok.unk_id, tok.special_ids) == (end, end, None, (end,))
         assert ckpt.config.model.mlp == ("gelu" if "exact" in name else "gelu_tanh")
@@ -248,6 +269,13 @@ EXPORTED = {
         True, {"tie_embeddings": True, "residual_scalars": True},
     ),
     "GPT-2, value embeddings (our GPT-2 class)": (True, {"value_embeds": True, "n_layers": 3}),
+    "GPT-NeoX: rope, layernorm, relu2": (
+        False, {"positions": "rope", "mlp": "relu2", "head_bias": False},
+    ),
+    "GPT-NeoX tied, no biases, written with zeros": (
+        False, {"positions": "rope", "head_bias": False, "tie_embeddings": True, "bias": False,
+                "norm_bias": False},
+    ),
     "no head bias, soft-capped logits (our GPT-2 class, a zero head bias)": (
         False, {"head_bias": False, "logit_softcap": 4.0},
     ),
@@ -271,8 +299,9 @@ def test_export_then_import_gives_back_the_same_weights_and_logits(tmp_path, nam
         assert k.endswith(".bias") and not wb[k].any(), k
     options = options or {}
     gpt2 = options.get("positions", "learned") == "learned"
-    # GPT-2 always has biases on its linears and norms, our GPT-2 class (a cap) on its head
-    zeros = {"bias", "norm_bias"} if gpt2 and not options.get("bias", True) else set()
+    always = gpt2 or options.get("norm", "layernorm") == "layernorm"  # GPT-2, GPT-NeoX
+    # these always have biases on their linears and norms, our GPT-2 class (a cap) on its head
+    zeros = {"bias", "norm_bias"} if always and not options.get("bias", True) else set()
     if gpt2 and options.get("logit_softcap") and not options.get("head_bias", True):
         zeros.add("head_bias")
     assert wa.keys() <= wb.keys() and (wa.keys() != wb.keys()) == bool(zeros)
@@ -322,6 +351,19 @@ def _saved(folder: Path, model) -> Path:
 
 
 REFUSED = {
+    "Pythia's parallel blocks": (
+        lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+            vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=4, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+            "partial_rotary_factor": 1.0})),
+        "use_parallel_residual True (attention and feed-forward side by side",
+    ),
+    "Pythia's rotary on a quarter of each head": (
+        lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+            vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=4, use_parallel_residual=False)),
+        "partial_rotary_factor 0.25 (rotary positions on part of each head",
+    ),
     "GPT-Neo": (
         lambda: transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
             vocab_size=300, max_position_embeddings=32, hidden_size=32, num_layers=2,

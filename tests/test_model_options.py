@@ -43,6 +43,8 @@ OPTIONS = {
     "llama_ve": dict(LLAMA_TIED, value_embeds=True),
     # and with capped logits, without value embeddings (the class's other reason)
     "llama_softcap": dict(LLAMA_TIED, logit_softcap=3.0),
+    # rotary positions with the study's LayerNorm and a plain MLP: GPT-NeoX (Pythia's) layout
+    "neox": dict(positions="rope", head_bias=False, mlp="relu2", tie_embeddings=True),
 }
 
 

@@ -67,7 +67,7 @@ def hf_weights(model: GPT, layout: Layout, remote: bool) -> dict[str, torch.Tens
     ours = {k: v.detach().cpu() for k, v in model.own_weights().items()}  # transformers re-ties
     if not remote:
         ours.pop("head.bias", None)  # all zeros (needs_remote_code): the stock class computes it
-    return to_hf_weights(ours, layout, model.config.n_layers, remote)
+    return to_hf_weights(ours, layout, model.config, remote)
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int]:

@@ -162,7 +162,7 @@ def _our_model(hf: Any, cfg: GPTConfig, layout: Layout, source: str) -> GPT:
     buffers = {name for name, _ in hf.named_buffers()}
     theirs = {k: v.detach().float() for k, v in hf.state_dict().items() if k not in buffers}
     try:
-        ours = from_hf_weights(theirs, layout, cfg.n_layers)
+        ours = from_hf_weights(theirs, layout, cfg)
     except UserError as e:
         raise _refuse(source, str(e)) from None
     model = GPT(cfg)

@@ -11,7 +11,7 @@ that one table: :func:`to_hf_config` / :func:`from_hf_config` and :func:`to_hf_w
 The tables themselves are in :mod:`~gpt_study.export.tables`.
 
 GPT-2 in transformers keeps its projections in ``Conv1D`` modules, whose weight is stored as
-(in, out): the transpose of ``nn.Linear``'s (out, in). Those entries are marked ``transpose``.
+(in, out): the transpose of ``nn.Linear``'s (out, in). Those entries are marked ``TRANSPOSED``.
 Llama keeps q, k and v (and the SwiGLU gate and value) apart where we fuse them in one matmul:
 an entry whose transformers name lists several names joined by ``|`` is cut along its output rows
 into that many equal parts, in order (our ``qkv`` is [q; k; v], our SwiGLU ``fc`` [gate; value]),
@@ -31,7 +31,7 @@ from gpt_study.config.model import INIT_ONLY
 from gpt_study.export.remote import REMOTE_FILE, Remote
 from gpt_study.runtime.errors import UserError
 
-__all__ = ["REMOTE_FILE", "Fixed", "Layout", "Option", "Remote"]
+__all__ = ["AS_IS", "BY_HEAD", "REMOTE_FILE", "TRANSPOSED", "Fixed", "Layout", "Option", "Remote"]
 __all__ += ["from_hf_config", "from_hf_weights", "to_hf_config", "to_hf_weights", "zero_filled"]
 
 
@@ -77,8 +77,9 @@ class Layout:
     implied: tuple[tuple[str, Any, str], ...]
     options: tuple[Option, ...]
     fixed: tuple[Fixed, ...]
-    # (our name, their name(s) joined by "|", transpose), "{i}" standing for the block number
-    weights: tuple[tuple[str, str, bool], ...]
+    # (our name, their name(s) joined by "|", how it is stored: AS_IS, TRANSPOSED or BY_HEAD),
+    # "{i}" standing for the block number
+    weights: tuple[tuple[str, str, str], ...]
     summary: str  # one sentence for the exported README
     # options a model may hold at any value on export, as none changes what the class computes
     # (dropouts: training only), and import sets so
@@ -91,6 +92,9 @@ class Layout:
     # model trained without them is written with zeros there, which compute what no bias does;
     # import reads them back as biases that are zero, the option on
     zero_filled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # weight-name prefixes a newer transformers gives its modules where the table writes the
+    # older name (which every version loads): import reads either
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def understood(self) -> frozenset[str]:
@@ -192,6 +196,28 @@ def from_hf_config(d: dict[str, Any], layout: Layout, cls: str) -> GPTConfig:
 
 # ------------------------------------------------------------------------ weights
 
+AS_IS = "as is"
+TRANSPOSED = "transposed"  # GPT-2's Conv1D: (in, out)
+BY_HEAD = "by head"  # our [q; k; v] rows as GPT-NeoX's [q_h; k_h; v_h] for each head h in turn
+
+
+def _theirs(t: torch.Tensor, how: str, n_heads: int) -> torch.Tensor:
+    """Our tensor ``t`` as the layout stores it."""
+    if how == TRANSPOSED:
+        return t.t()  # (out, in) -> (in, out)
+    if how == BY_HEAD:  # (3C, ...) -> (3, H, hd, ...) -> (H, 3, hd, ...) -> (3C, ...)
+        return t.view(3, n_heads, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+    return t
+
+
+def _ours(t: torch.Tensor, how: str, n_heads: int) -> torch.Tensor:
+    """:func:`_theirs` undone."""
+    if how == TRANSPOSED:
+        return t.t()  # (in, out) -> (out, in)
+    if how == BY_HEAD:  # (3C, ...) -> (H, 3, hd, ...) -> (3, H, hd, ...) -> (3C, ...)
+        return t.view(n_heads, 3, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+    return t
+
 
 def zero_filled(layout: Layout, remote: bool) -> dict[str, tuple[str, ...]]:
     """The bias options whose biases the exported class always has (the layout's, and its class
@@ -200,47 +226,55 @@ def zero_filled(layout: Layout, remote: bool) -> dict[str, tuple[str, ...]]:
     return {**layout.zero_filled, **ours}
 
 
-def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], bool]]:
-    """(our name, their names, transpose) of every weight of a model of ``n_layers`` blocks."""
+def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], str]]:
+    """(our name, their names, how stored) of every weight of a model of ``n_layers`` blocks."""
     out = []
-    for src, dst, transpose in layout.weights:
+    for src, dst, how in layout.weights:
         for i in range(n_layers) if "{i}" in src else [None]:
-            out.append((src.format(i=i), dst.format(i=i).split("|"), transpose))
+            out.append((src.format(i=i), dst.format(i=i).split("|"), how))
     return out
 
 
 def to_hf_weights(
-    ours: dict[str, torch.Tensor], layout: Layout, n_layers: int, remote: bool = False
+    ours: dict[str, torch.Tensor], layout: Layout, cfg: GPTConfig, remote: bool = False
 ) -> dict[str, Any]:
     """``ours`` under the layout's names; every one of ours is used exactly once, and a bias the
     layout's class always has but ours lacks (:attr:`Layout.zero_filled`, and with ``remote``
     :attr:`Remote.zero_filled`) is written as zeros."""
     ours = dict(ours)
     patterns = {p for biases in zero_filled(layout, remote).values() for p in biases}
-    for key in {p.format(i=i) for p in patterns for i in range(n_layers)}:
+    for key in {p.format(i=i) for p in patterns for i in range(cfg.n_layers)}:
         if key not in ours:  # (out,) zeros beside the (out, in) or (out,) weight it belongs to
             weight = ours.get(key.removesuffix(".bias") + ".weight", ours["tok_emb.weight"])
             ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)  # (a tied head: tok_emb)
     out: dict[str, torch.Tensor] = {}
-    for key, names, transpose in _entries(layout, n_layers):
+    for key, names, how in _entries(layout, cfg.n_layers):
         if key not in ours:
             continue
         t = ours.pop(key)
         for name, part in zip(names, t.chunk(len(names), dim=0), strict=True):
-            out[name] = (part.t() if transpose else part).contiguous()  # (out, in) -> (in, out)
+            out[name] = _theirs(part, how, cfg.n_heads).contiguous()
     if ours:
         raise UserError(f"layout {layout.name} has no place for weights {sorted(ours)[:3]}")
     return out
 
 
+def _older_name(name: str, layout: Layout) -> str:
+    """``name`` as the table writes it (:attr:`Layout.renamed`)."""
+    for new, old in layout.renamed.items():
+        if name.startswith(new):
+            return old + name.removeprefix(new)
+    return name
+
+
 def from_hf_weights(
-    theirs: dict[str, torch.Tensor], layout: Layout, n_layers: int
+    theirs: dict[str, torch.Tensor], layout: Layout, cfg: GPTConfig
 ) -> dict[str, torch.Tensor]:
     """:func:`to_hf_weights` backwards: their weights under our names (split parts joined
-    again, transposes undone); a weight the table has no place for is refused."""
-    theirs = dict(theirs)
+    again, transposes and head orders undone); a weight the table has no place for is refused."""
+    theirs = {_older_name(k, layout): v for k, v in theirs.items()}
     out: dict[str, torch.Tensor] = {}
-    for key, names, transpose in _entries(layout, n_layers):
+    for key, names, how in _entries(layout, cfg.n_layers):
         found = [n for n in names if n in theirs]
         if not found:
             continue  # a weight this model does not have (no biases, a tied head)
@@ -248,8 +282,7 @@ def from_hf_weights(
             missing = sorted(set(names) - set(found))[0]
             raise UserError(f"the weights have {found[0]} but not {missing}")
         parts = [theirs.pop(n) for n in names]
-        parts = [p.t() if transpose else p for p in parts]  # (in, out) -> (out, in)
-        out[key] = torch.cat(parts, dim=0).contiguous()
+        out[key] = torch.cat([_ours(p, how, cfg.n_heads) for p in parts], dim=0).contiguous()
     if theirs:
         raise UserError(
             f"the weights hold {', '.join(sorted(theirs)[:3])}, which no gpt-study option has"

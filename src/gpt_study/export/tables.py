@@ -3,7 +3,7 @@
 a model is the one it is exported as (:func:`~gpt_study.export.hf.choose_layout`), so a layout
 that needs more options than another comes after it.
 
-Three layouts. ``gpt2`` (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU (exact,
+Four layouts. ``gpt2`` (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU (exact,
 or GPT-2's own tanh approximation ``gelu_new``: ``--mlp gelu_tanh``), biases, tied head or not.
 ``GPT2LMHeadModel`` has no bias on its output layer and ours does, so a model whose head bias is
 not all zeros is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.py``:
@@ -15,6 +15,9 @@ frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``); with value embe
 ``qwen3`` (Qwen team 2025): Llama whose heads' queries and keys are RMS-normalised before the
 rotary positions, each with a gain of its own (``--qk_norm``: ``q_norm``, ``k_norm``), and whose
 feed-forward has no biases; ``Qwen3ForCausalLM`` with no sliding windows computes it exactly.
+``gpt_neox`` (Black et al. 2022, Pythia's): rotary positions with LayerNorm and a plain
+feed-forward, blocks one after the other and rotary on whole heads; its fused ``query_key_value``
+holds each head's q, k and v together (``BY_HEAD``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from gpt_study.config import GPTConfig
-from gpt_study.export.layouts import Fixed, Layout, Option
+from gpt_study.export.layouts import AS_IS, BY_HEAD, TRANSPOSED, Fixed, Layout, Option
 from gpt_study.export.remote import GPT2_REMOTE, LLAMA_REMOTE
 from gpt_study.model.gpt import NORM_EPS
 
@@ -53,9 +56,19 @@ def _has_value_embeds(d: dict[str, Any]) -> bool:
 
 
 _SCALAR_WEIGHTS = (
-    ("resid_scale", "scalars.resid_scale", False),  # our classes only
-    ("x0_scale", "scalars.x0_scale", False),
+    ("resid_scale", "scalars.resid_scale", AS_IS),  # our classes only
+    ("x0_scale", "scalars.x0_scale", AS_IS),
 )
+
+# exact erf GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's
+_GELUS = (("gelu", "gelu"), ("gelu_tanh", "gelu_new"), ("gelu_tanh", "gelu_pytorch_tanh"))
+# the biases of a class that always has them on its linears and norms (GPT-2, GPT-NeoX)
+_EVERY_BIAS = {
+    "bias": tuple(
+        f"blocks.{{i}}.{w}.bias" for w in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    ),
+    "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
+}
 
 _GPT2 = Layout(
     name="gpt2",
@@ -73,12 +86,7 @@ _GPT2 = Layout(
         Option("n_layers", "n_layer"),
         Option("n_heads", "n_head"),
         Option("d_ff", "n_inner", absent=lambda c: 4 * c["n_embd"]),
-        # exact erf GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's
-        Option(
-            "mlp",
-            "activation_function",
-            (("gelu", "gelu"), ("gelu_tanh", "gelu_new"), ("gelu_tanh", "gelu_pytorch_tanh")),
-        ),
+        Option("mlp", "activation_function", _GELUS),
         Option("residual_drop", "resid_pdrop"),
         Option("embedding_drop", "embd_pdrop"),
         Option("attention_drop", "attn_pdrop"),
@@ -99,25 +107,25 @@ _GPT2 = Layout(
         _VALUE_EMBED_LAYERS,
     ),
     weights=(
-        ("tok_emb.weight", "transformer.wte.weight", False),
-        ("pos_emb.weight", "transformer.wpe.weight", False),
-        ("blocks.{i}.ln1.weight", "transformer.h.{i}.ln_1.weight", False),
-        ("blocks.{i}.ln1.bias", "transformer.h.{i}.ln_1.bias", False),
-        ("blocks.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", True),
-        ("blocks.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias", False),
-        ("blocks.{i}.attn.proj.weight", "transformer.h.{i}.attn.c_proj.weight", True),
-        ("blocks.{i}.attn.proj.bias", "transformer.h.{i}.attn.c_proj.bias", False),
-        ("blocks.{i}.ln2.weight", "transformer.h.{i}.ln_2.weight", False),
-        ("blocks.{i}.ln2.bias", "transformer.h.{i}.ln_2.bias", False),
-        ("blocks.{i}.mlp.fc.weight", "transformer.h.{i}.mlp.c_fc.weight", True),
-        ("blocks.{i}.mlp.fc.bias", "transformer.h.{i}.mlp.c_fc.bias", False),
-        ("blocks.{i}.mlp.proj.weight", "transformer.h.{i}.mlp.c_proj.weight", True),
-        ("blocks.{i}.mlp.proj.bias", "transformer.h.{i}.mlp.c_proj.bias", False),
-        ("ln_f.weight", "transformer.ln_f.weight", False),
-        ("ln_f.bias", "transformer.ln_f.bias", False),
-        ("head.weight", "lm_head.weight", False),
-        ("head.bias", "lm_head.bias", False),  # only the remote class has it
-        ("value_embeds.{i}.weight", "transformer.h.{i}.attn.c_attn.value_embed.weight", False),
+        ("tok_emb.weight", "transformer.wte.weight", AS_IS),
+        ("pos_emb.weight", "transformer.wpe.weight", AS_IS),
+        ("blocks.{i}.ln1.weight", "transformer.h.{i}.ln_1.weight", AS_IS),
+        ("blocks.{i}.ln1.bias", "transformer.h.{i}.ln_1.bias", AS_IS),
+        ("blocks.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", TRANSPOSED),
+        ("blocks.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias", AS_IS),
+        ("blocks.{i}.attn.proj.weight", "transformer.h.{i}.attn.c_proj.weight", TRANSPOSED),
+        ("blocks.{i}.attn.proj.bias", "transformer.h.{i}.attn.c_proj.bias", AS_IS),
+        ("blocks.{i}.ln2.weight", "transformer.h.{i}.ln_2.weight", AS_IS),
+        ("blocks.{i}.ln2.bias", "transformer.h.{i}.ln_2.bias", AS_IS),
+        ("blocks.{i}.mlp.fc.weight", "transformer.h.{i}.mlp.c_fc.weight", TRANSPOSED),
+        ("blocks.{i}.mlp.fc.bias", "transformer.h.{i}.mlp.c_fc.bias", AS_IS),
+        ("blocks.{i}.mlp.proj.weight", "transformer.h.{i}.mlp.c_proj.weight", TRANSPOSED),
+        ("blocks.{i}.mlp.proj.bias", "transformer.h.{i}.mlp.c_proj.bias", AS_IS),
+        ("ln_f.weight", "transformer.ln_f.weight", AS_IS),
+        ("ln_f.bias", "transformer.ln_f.bias", AS_IS),
+        ("head.weight", "lm_head.weight", AS_IS),
+        ("head.bias", "lm_head.bias", AS_IS),  # only the remote class has it
+        ("value_embeds.{i}.weight", "transformer.h.{i}.attn.c_attn.value_embed.weight", AS_IS),
         *_SCALAR_WEIGHTS,
     ),
     summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
@@ -125,12 +133,7 @@ _GPT2 = Layout(
     # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one. It
     # always has biases: a model without them (nanoGPT's default) is GPT-2 with zeros there.
     tolerated={"inner_drop": 0.0},
-    zero_filled={
-        "bias": tuple(
-            f"blocks.{{i}}.{w}.bias" for w in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
-        ),
-        "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
-    },
+    zero_filled=_EVERY_BIAS,
     classes={
         "GPT2LMHeadModel": {"head_bias": False, "value_embeds": False, **_STOCK},
         # (a zero head bias where the model had none)
@@ -185,20 +188,20 @@ _LLAMA = Layout(
         Fixed("use_cache", _const(True), check=False),
     ),
     weights=(
-        ("tok_emb.weight", "model.embed_tokens.weight", False),
-        ("blocks.{i}.ln1.weight", "model.layers.{i}.input_layernorm.weight", False),
-        ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), False),
-        ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), False),
-        ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", False),
-        ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", False),
-        ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", False),
-        ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", False),
-        ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", False),
-        ("blocks.{i}.mlp.proj.weight", _MLP + "down_proj.weight", False),
-        ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", False),
-        ("ln_f.weight", "model.norm.weight", False),
-        ("head.weight", "lm_head.weight", False),  # not written when tied: transformers ties it
-        ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", False),  # remote only
+        ("tok_emb.weight", "model.embed_tokens.weight", AS_IS),
+        ("blocks.{i}.ln1.weight", "model.layers.{i}.input_layernorm.weight", AS_IS),
+        ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), AS_IS),
+        ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), AS_IS),
+        ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", AS_IS),
+        ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", AS_IS),
+        ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", AS_IS),
+        ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", AS_IS),
+        ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", AS_IS),
+        ("blocks.{i}.mlp.proj.weight", _MLP + "down_proj.weight", AS_IS),
+        ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", AS_IS),
+        ("ln_f.weight", "model.norm.weight", AS_IS),
+        ("head.weight", "lm_head.weight", AS_IS),  # not written when tied: transformers ties it
+        ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", AS_IS),  # remote only
         *_SCALAR_WEIGHTS,
     ),  # no head.bias: the layout implies none
     summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
@@ -241,8 +244,8 @@ _QWEN3 = replace(
     ),
     weights=(
         *(w for w in _LLAMA.weights if not w[0].endswith(".bias") and w not in _REMOTE_ONLY),
-        ("blocks.{i}.attn.q_norm.weight", _ATTN + "q_norm.weight", False),
-        ("blocks.{i}.attn.k_norm.weight", _ATTN + "k_norm.weight", False),
+        ("blocks.{i}.attn.q_norm.weight", _ATTN + "q_norm.weight", AS_IS),
+        ("blocks.{i}.attn.k_norm.weight", _ATTN + "k_norm.weight", AS_IS),
     ),
     summary="Qwen3 layout: rotary positions, pre-RMSNorm blocks, each head's queries and keys "
     "RMS-normalised, SwiGLU feed-forward, no biases",
@@ -250,4 +253,82 @@ _QWEN3 = replace(
     remote=None,
 )
 
-LAYOUTS: tuple[Layout, ...] = (_GPT2, _LLAMA, _QWEN3)
+_NEOX_LAYER = "gpt_neox.layers.{i}."
+_NEOX = Layout(
+    name="gpt_neox",
+    arch="GPT-NeoX",
+    model_type="gpt_neox",
+    stock_class="GPTNeoXForCausalLM",
+    implied=(
+        ("positions", "rope", ""),
+        ("norm", "layernorm", ""),
+        (
+            "head_bias",
+            False,
+            "a head bias (GPT-NeoX's embed_out has none): train with --no-head_bias",
+        ),
+    ),
+    options=(
+        Option("vocab_size", "vocab_size"),
+        Option("max_len", "max_position_embeddings"),
+        Option("d_model", "hidden_size"),
+        Option("d_ff", "intermediate_size"),
+        Option("n_layers", "num_hidden_layers"),
+        Option("n_heads", "num_attention_heads"),
+        Option("mlp", "hidden_act", (*_GELUS, ("relu2", "relu2"))),
+        Option("rope_base", "rope_parameters.rope_theta"),
+        Option("rope_base", "rope_theta"),
+        Option("residual_drop", "hidden_dropout"),
+        Option("attention_drop", "attention_dropout"),
+        Option("tie_embeddings", "tie_word_embeddings"),
+    ),
+    fixed=(
+        Fixed("layer_norm_eps", _const(NORM_EPS), "another LayerNorm eps"),
+        Fixed(
+            "use_parallel_residual",
+            _const(False),
+            "attention and feed-forward side by side on one norm's input (Pythia's parallel blocks)",
+        ),
+        Fixed(
+            "rope_parameters.partial_rotary_factor",
+            _const(1.0),
+            "rotary positions on part of each head",
+        ),
+        Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
+        Fixed(
+            "attention_bias",
+            _const(True),
+            "attention without biases and a feed-forward with them; gpt-study's --bias sets both",
+        ),
+        Fixed("initializer_range", _const(0.02), check=False),
+        Fixed("use_cache", _const(True), check=False),
+    ),
+    weights=(
+        ("tok_emb.weight", "gpt_neox.embed_in.weight", AS_IS),
+        ("blocks.{i}.ln1.weight", _NEOX_LAYER + "input_layernorm.weight", AS_IS),
+        ("blocks.{i}.ln1.bias", _NEOX_LAYER + "input_layernorm.bias", AS_IS),
+        ("blocks.{i}.attn.qkv.weight", _NEOX_LAYER + "attention.query_key_value.weight", BY_HEAD),
+        ("blocks.{i}.attn.qkv.bias", _NEOX_LAYER + "attention.query_key_value.bias", BY_HEAD),
+        ("blocks.{i}.attn.proj.weight", _NEOX_LAYER + "attention.dense.weight", AS_IS),
+        ("blocks.{i}.attn.proj.bias", _NEOX_LAYER + "attention.dense.bias", AS_IS),
+        ("blocks.{i}.ln2.weight", _NEOX_LAYER + "post_attention_layernorm.weight", AS_IS),
+        ("blocks.{i}.ln2.bias", _NEOX_LAYER + "post_attention_layernorm.bias", AS_IS),
+        ("blocks.{i}.mlp.fc.weight", _NEOX_LAYER + "mlp.dense_h_to_4h.weight", AS_IS),
+        ("blocks.{i}.mlp.fc.bias", _NEOX_LAYER + "mlp.dense_h_to_4h.bias", AS_IS),
+        ("blocks.{i}.mlp.proj.weight", _NEOX_LAYER + "mlp.dense_4h_to_h.weight", AS_IS),
+        ("blocks.{i}.mlp.proj.bias", _NEOX_LAYER + "mlp.dense_4h_to_h.bias", AS_IS),
+        ("ln_f.weight", "gpt_neox.final_layer_norm.weight", AS_IS),
+        ("ln_f.bias", "gpt_neox.final_layer_norm.bias", AS_IS),
+        ("head.weight", "embed_out.weight", AS_IS),  # not written when tied
+    ),
+    summary="GPT-NeoX layout: rotary positions on whole heads, pre-LayerNorm blocks one after "
+    "the other (no parallel residual), GELU or ReLU², no output bias",
+    # its hidden_dropout also drops the embeddings; ours are held apart and training-only
+    tolerated={"embedding_drop": 0.0, "inner_drop": 0.0},
+    zero_filled=_EVERY_BIAS,
+    renamed={"lm_head.": "embed_out."},  # transformers 5's name; 4.x and the files: embed_out
+    classes={"GPTNeoXForCausalLM": {}},
+    remote=None,
+)
+
+LAYOUTS: tuple[Layout, ...] = (_GPT2, _LLAMA, _QWEN3, _NEOX)
