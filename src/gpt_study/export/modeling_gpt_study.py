@@ -61,118 +61,125 @@ class ResidualScalars(nn.Module):
         return mix
 
 
-class ValueEmbedQKV(Conv1D):
-    """GPT-2's ``c_attn`` ([q; k; v] from one product) plus a token table added to the values:
-    those of the tokens in :attr:`ids`."""
+class ValueRows:
+    """A projection with a token table of values of its own (``--value_embeds``, as
+    ``value_embed``): its rows for the tokens in ``ids``, which the model sets before each
+    forward (the new tokens only)."""
+
+    def _add_table(self, vocab_size: int, width: int) -> None:
+        self.value_embed = nn.Embedding(vocab_size, width)
+        self.ids: torch.Tensor | None = None  # (B, T)
+
+    def rows(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.ids is None:
+            raise ValueError("value embeddings need input_ids (inputs_embeds has no tokens)")
+        return self.value_embed(self.ids).to(dtype)  # (B, T, width)
+
+
+class ValueEmbedQKV(ValueRows, Conv1D):
+    """GPT-2's ``c_attn`` ([q; k; v] from one product) with the table's rows added to v."""
 
     def __init__(self, nf: int, nx: int, vocab_size: int) -> None:
         super().__init__(nf, nx)
-        self.value_embed = nn.Embedding(vocab_size, nx)
-        self.ids: torch.Tensor | None = None  # (B, T), set by the model before each forward
+        self._add_table(vocab_size, nx)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.ids is None:
-            raise ValueError("value embeddings need input_ids (inputs_embeds has no tokens)")
-        ve = self.value_embed(self.ids).to(hidden.dtype)  # (B, T, C): after q and k
+        ve = self.rows(hidden.dtype)  # (B, T, C), padded to sit after q and k
         return super().forward(hidden) + F.pad(ve, (self.nf - ve.size(-1), 0))
+
+
+class ValueEmbedProjection(ValueRows, nn.Linear):
+    """Llama's ``v_proj`` with the table's rows added to its output."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, vocab_size: int) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self._add_table(vocab_size, out_features)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden) + self.rows(hidden.dtype)
+
+
+# Our options in both configs, with the values that compute what the stock class does.
+OUR_OPTIONS = {
+    "value_embed_layers": None,
+    "final_logit_softcapping": 0.0,
+    "residual_scalars": False,
+}
+
+
+def _take_our_options(config, kwargs: dict) -> None:
+    for name, default in OUR_OPTIONS.items():
+        setattr(config, name, kwargs.pop(name, default))
+    config.value_embed_layers = list(config.value_embed_layers or []) or None
 
 
 class GPTStudyConfig(GPT2Config):
     """GPT-2's configuration under its own model type, so the auto classes find ours, plus
-    ``value_embed_layers``, ``final_logit_softcapping`` and ``residual_scalars``."""
+    :data:`OUR_OPTIONS`."""
 
     model_type = "gpt_study"
 
-    def __init__(
-        self,
-        value_embed_layers: list[int] | None = None,
-        final_logit_softcapping: float = 0.0,
-        residual_scalars: bool = False,
-        **kwargs,
-    ) -> None:
-        self.value_embed_layers = list(value_embed_layers) if value_embed_layers else None
-        self.final_logit_softcapping = final_logit_softcapping
-        self.residual_scalars = residual_scalars
+    def __init__(self, **kwargs) -> None:
+        _take_our_options(self, kwargs)
         super().__init__(**kwargs)
 
 
-class GPTStudyForCausalLM(GPT2LMHeadModel):
-    """``GPT2LMHeadModel`` whose ``lm_head`` has a bias, as gpt-study's ``head`` has, and caps
-    its logits where the config says."""
+class GPTStudyLlamaConfig(LlamaConfig):
+    """Llama's configuration plus :data:`OUR_OPTIONS`."""
+
+    model_type = "gpt_study_llama"
+
+    def __init__(self, **kwargs) -> None:
+        _take_our_options(self, kwargs)
+        super().__init__(**kwargs)
+
+
+class OurParts:
+    """What both classes of ours add to their stock class, and how their forward feeds it."""
+
+    def _add_our_parts(self, head_in: int, head_bias: bool, embeddings, layers) -> None:
+        """The capped head, and the residual scalars where the config has them (``embeddings``:
+        the module whose output is x0)."""
+        config = self.config
+        cap = config.final_logit_softcapping
+        self.lm_head = CappedLMHead(head_in, config.vocab_size, head_bias, cap)
+        if config.residual_scalars:
+            self.scalars = ResidualScalars(embeddings, layers)
+
+    def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
+        for module in self.modules():
+            if isinstance(module, ValueRows):
+                module.ids = input_ids  # the new tokens only
+        return super().forward(input_ids=input_ids, **kwargs)
+
+
+class GPTStudyForCausalLM(OurParts, GPT2LMHeadModel):
+    """``GPT2LMHeadModel`` whose ``lm_head`` has a bias, as gpt-study's ``head`` has, with
+    :class:`OurParts`; x0 is the token and position embeddings after their dropout."""
 
     config_class = GPTStudyConfig
 
     def __init__(self, config: GPTStudyConfig) -> None:
         super().__init__(config)
-        cap = config.final_logit_softcapping
-        self.lm_head = CappedLMHead(config.n_embd, config.vocab_size, True, cap)
-        if config.residual_scalars:  # x0: the token and position embeddings, after their dropout
-            self.scalars = ResidualScalars(self.transformer.drop, self.transformer.h)
         for i in config.value_embed_layers or []:
             attn = self.transformer.h[i].attn
             attn.c_attn = ValueEmbedQKV(attn.c_attn.nf, attn.c_attn.nx, config.vocab_size)
+        self._add_our_parts(config.n_embd, True, self.transformer.drop, self.transformer.h)
         self.post_init()
 
-    def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
-        for i in self.config.value_embed_layers or []:
-            self.transformer.h[i].attn.c_attn.ids = input_ids  # the new tokens only
-        return super().forward(input_ids=input_ids, **kwargs)
 
-
-class GPTStudyLlamaConfig(LlamaConfig):
-    """Llama's configuration plus ``value_embed_layers`` (the layers that have a value table)
-    and ``final_logit_softcapping``."""
-
-    model_type = "gpt_study_llama"
-
-    def __init__(
-        self,
-        value_embed_layers: list[int] | None = None,
-        final_logit_softcapping: float = 0.0,
-        residual_scalars: bool = False,
-        **kwargs,
-    ) -> None:
-        self.value_embed_layers = list(value_embed_layers) if value_embed_layers else None
-        self.final_logit_softcapping = final_logit_softcapping
-        self.residual_scalars = residual_scalars
-        super().__init__(**kwargs)
-
-
-class ValueEmbedProjection(nn.Linear):
-    """Llama's ``v_proj`` plus a token table: the values of the tokens in :attr:`ids`."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, vocab_size: int) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.value_embed = nn.Embedding(vocab_size, out_features)
-        self.ids: torch.Tensor | None = None  # (B, T), set by the model before each forward
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.ids is None:
-            raise ValueError("value embeddings need input_ids (inputs_embeds has no tokens)")
-        return super().forward(hidden) + self.value_embed(self.ids).to(hidden.dtype)
-
-
-class GPTStudyLlamaForCausalLM(LlamaForCausalLM):
-    """``LlamaForCausalLM`` whose ``value_embed_layers`` add value embeddings, and whose logits
-    are capped where the config says."""
+class GPTStudyLlamaForCausalLM(OurParts, LlamaForCausalLM):
+    """``LlamaForCausalLM`` with :class:`OurParts`; x0 is the token embeddings."""
 
     config_class = GPTStudyLlamaConfig
 
     def __init__(self, config: GPTStudyLlamaConfig) -> None:
         super().__init__(config)
-        cap = config.final_logit_softcapping
-        self.lm_head = CappedLMHead(config.hidden_size, config.vocab_size, False, cap)
-        if config.residual_scalars:  # x0: the token embeddings
-            self.scalars = ResidualScalars(self.model.embed_tokens, self.model.layers)
         for i in config.value_embed_layers or []:
             attn = self.model.layers[i].self_attn
             old = attn.v_proj
             attn.v_proj = ValueEmbedProjection(
                 old.in_features, old.out_features, old.bias is not None, config.vocab_size
             )
+        self._add_our_parts(config.hidden_size, False, self.model.embed_tokens, self.model.layers)
         self.post_init()
-
-    def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
-        for i in self.config.value_embed_layers or []:
-            self.model.layers[i].self_attn.v_proj.ids = input_ids  # the new tokens only
-        return super().forward(input_ids=input_ids, **kwargs)

@@ -142,6 +142,17 @@ _GPT2 = Layout(
     remote=GPT2_REMOTE,
 )
 
+# the sizes under the names Llama, Qwen3 and GPT-NeoX share
+_SIZES = (
+    Option("vocab_size", "vocab_size"),
+    Option("max_len", "max_position_embeddings"),
+    Option("d_model", "hidden_size"),
+    Option("d_ff", "intermediate_size"),
+    Option("n_layers", "num_hidden_layers"),
+    Option("n_heads", "num_attention_heads"),
+)
+# transformers 5 reads rope_parameters; 4.x read rope_theta
+_ROPE_BASE = (Option("rope_base", "rope_parameters.rope_theta"), Option("rope_base", "rope_theta"))
 _ATTN = "model.layers.{i}.self_attn."
 _MLP = "model.layers.{i}.mlp."
 _LLAMA = Layout(
@@ -156,20 +167,13 @@ _LLAMA = Layout(
         ("head_bias", False, "a head bias (Llama's lm_head has none): train with --no-head_bias"),
     ),
     options=(
-        Option("vocab_size", "vocab_size"),
-        Option("max_len", "max_position_embeddings"),
-        Option("d_model", "hidden_size"),
-        Option("d_ff", "intermediate_size"),
-        Option("n_layers", "num_hidden_layers"),
-        Option("n_heads", "num_attention_heads"),
+        *_SIZES,
         Option(
             "n_heads",
             "num_key_value_heads",
             why="grouped-query attention; gpt-study gives every head its own keys and values",
         ),
-        # transformers 5 reads rope_parameters; 4.x read rope_theta
-        Option("rope_base", "rope_parameters.rope_theta"),
-        Option("rope_base", "rope_theta"),
+        *_ROPE_BASE,
         Option("bias", "attention_bias"),
         Option("bias", "mlp_bias"),
         Option("attention_drop", "attention_dropout"),
@@ -269,15 +273,9 @@ _NEOX = Layout(
         ),
     ),
     options=(
-        Option("vocab_size", "vocab_size"),
-        Option("max_len", "max_position_embeddings"),
-        Option("d_model", "hidden_size"),
-        Option("d_ff", "intermediate_size"),
-        Option("n_layers", "num_hidden_layers"),
-        Option("n_heads", "num_attention_heads"),
+        *_SIZES,
         Option("mlp", "hidden_act", (*_GELUS, ("relu2", "relu2"))),
-        Option("rope_base", "rope_parameters.rope_theta"),
-        Option("rope_base", "rope_theta"),
+        *_ROPE_BASE,
         Option("residual_drop", "hidden_dropout"),
         Option("attention_drop", "attention_dropout"),
         Option("tie_embeddings", "tie_word_embeddings"),
