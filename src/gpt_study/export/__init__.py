@@ -7,8 +7,8 @@ and checks, before anything replaces ``DIR``, that transformers computes the sam
 difference under 1e-4 in fp32) and the same greedy tokens as gpt-study.
 
 ``gpt-study import --hf NAME_OR_FOLDER --out CHECKPOINT`` is the way back
-(:func:`~gpt_study.export.imports.import_hf`): a transformers GPT-2, Llama or Qwen3 becomes a
-checkpoint, through the same tables, checked the same way before it is written.
+(:func:`~gpt_study.export.imports.import_hf`): a transformers GPT-2, Llama, Qwen3 or GPT-NeoX
+becomes a checkpoint, through the same tables, checked the same way before it is written.
 
 The modules, in import order:
 
