@@ -76,6 +76,7 @@ ABLATIONS = {
     "cpu-adam98": ["--lr_betas", "0.9", "0.98", "--lr", "2e-3"],  # the study's betas, SMALL's lr
     "cpu-ctx256": ["--context_size", "256", "--max_len", "256", "--batch_size", "8"],  # round 14's
     "cpu-cosine": ["--lr_schedule", "cosine"],  # the decay before round 19's wsd
+    "cpu-cd0.2": ["--cooldown", "0.2"],  # wsd's cooldown before round 20
 }
 # --candidates: options the cpu recipe does not use yet, each added on its own (docs/quality.md
 # names their papers). "prepare:ARGS" arms train on a folder prepared with those arguments.

@@ -56,6 +56,7 @@ EXPECTED = {
     "cpu-adam98": {"train.lr_betas": (0.9, 0.98), "train.lr": 2e-3},
     "cpu-ctx256": {"train.context_size": 256, "model.max_len": 256, "train.batch_size": 8},
     "cpu-cosine": {"train.lr_schedule": "cosine"},
+    "cpu-cd0.2": {"train.cooldown": 0.2},
 }
 
 

@@ -113,10 +113,13 @@ def test_wsd_cooldown_moves_where_the_fall_starts_and_nothing_else(cooldown):
 
 
 @pytest.mark.parametrize("name", [n for n in DECAY_SHAPES if n != "wsd"])
-def test_cooldown_is_refused_where_it_would_change_nothing(name):
-    with pytest.raises(UserError, match=f"--cooldown shapes wsd's decay only, not {name}'s"):
-        TrainConfig(lr_schedule=name, cooldown=0.5)
-    assert TrainConfig(lr_schedule=name).schedule.cooldown == 0.2
+def test_cooldown_changes_no_other_schedule(name):
+    """A preset's --cooldown stays harmless when its schedule is switched (--preset cpu
+    --lr_schedule cosine): every other schedule's rates are the same at any cooldown."""
+    shape = dict(lr=1e-3, min_lr=1e-4, warmup_steps=10, epoch=2, iters_per_epoch=55)
+    a = TrainConfig(**shape, lr_schedule=name)
+    b = TrainConfig(**shape, lr_schedule=name, cooldown=0.5)
+    assert [lr_at(i, a) for i in range(120)] == [lr_at(i, b) for i in range(120)]
     with pytest.raises(UserError, match=r"--cooldown 0.0 is out of range: use a value in \(0, 1\]"):
         TrainConfig(lr_schedule="wsd", cooldown=0.0)
 

@@ -122,8 +122,8 @@ class ScheduleConfig(Section):
     cooldown: float = field(
         default=0.2,
         metadata=doc(
-            "wsd only: the share of the decay that its 1 - sqrt cooldown takes (0.2 matched the "
-            "cosine in Hägele et al. 2024)"
+            "the share of the decay that wsd's 1 - sqrt cooldown takes (0.2 matched the cosine "
+            "in Hägele et al. 2024); the other schedules ignore it, as constant ignores --min_lr"
         ),
     )
     dropout_from: float = field(
@@ -140,15 +140,3 @@ class ScheduleConfig(Section):
         "cooldown": Range(0, 1, lo_open=True),
         "dropout_from": PROBABILITY,
     }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.lr_schedule != "wsd" and self.cooldown != _default_cooldown():
-            raise UserError(
-                f"--cooldown shapes wsd's decay only, not {self.lr_schedule}'s: add --lr_schedule "
-                "wsd or leave --cooldown out"
-            )
-
-
-def _default_cooldown() -> float:
-    return ScheduleConfig.__dataclass_fields__["cooldown"].default  # type: ignore[return-value]

@@ -102,9 +102,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr_betas": (0.9, 0.999),
             "lr": 3e-3,
             "story_starts": 0.25,  # a quarter of the rows from a story's start: 0.007 better
-            # the peak until the last fifth, then 1 - sqrt down: 0.0043 and 0.0037 better than
-            # the cosine side by side at equal steps (two seeds; quality.md, "Round nineteen")
+            # the peak, then 1 - sqrt down over the last 40%: wsd with a fifth was 0.0043 and
+            # 0.0037 better than the cosine side by side at equal steps, and 40% 0.0037 and
+            # 0.0043 better than a fifth (two seeds each; quality.md, "Round nineteen", "Round
+            # twenty"); a --max_time cut half an epoch short also costs it half as much
             "lr_schedule": "wsd",
+            "cooldown": 0.4,
             "min_lr": 1e-4,
             "grad_clip": 1.0,
             "epoch": 28,  # 7,000 steps of 2,048 tokens without --max_time
