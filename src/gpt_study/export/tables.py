@@ -276,6 +276,7 @@ _NEOX = Layout(
         *_SIZES,
         Option("mlp", "hidden_act", (*_GELUS, ("relu2", "relu2"))),
         *_ROPE_BASE,
+        Option("rope_base", "rotary_emb_base"),  # transformers 4.x's GPT-NeoX reads these two
         Option("residual_drop", "hidden_dropout"),
         Option("attention_drop", "attention_dropout"),
         Option("tie_embeddings", "tie_word_embeddings"),
@@ -292,6 +293,7 @@ _NEOX = Layout(
             _const(1.0),
             "rotary positions on part of each head",
         ),
+        Fixed("rotary_pct", _const(1.0), "rotary positions on part of each head"),
         Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
         Fixed(
             "attention_bias",
