@@ -131,7 +131,7 @@ def _export(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) -> ExportRe
         ours = layout.remote
         say(
             f"{ours.what(ckpt.model)}, which no stock transformers class has: the folder holds "
-            f"{REMOTE_FILE} ({ours.model_class}, {ours.stock_class} computing it); load it (and, "
+            f"{REMOTE_FILE} ({ours.model_class}, {layout.stock_class} computing it); load it (and, "
             "with transformers 5, its tokenizer) with trust_remote_code=True"
         )
     share, where, _ = _measure(ckpt, hf_tok)

@@ -145,11 +145,12 @@ class OurParts:
         self.lm_head = CappedLMHead(head_in, config.vocab_size, head_bias, cap)
         if config.residual_scalars:
             self.scalars = ResidualScalars(embeddings, layers)
+        # found once here (the tables are in place), not at every forward of a decoding loop
+        self.value_rows = [m for m in self.modules() if isinstance(m, ValueRows)]
 
     def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
-        for module in self.modules():
-            if isinstance(module, ValueRows):
-                module.ids = input_ids  # the new tokens only
+        for module in self.value_rows:
+            module.ids = input_ids  # the new tokens only
         return super().forward(input_ids=input_ids, **kwargs)
 
 

@@ -58,7 +58,7 @@ def readme(result: Any, ckpt: Any) -> str:
         ours, what = layout.remote, layout.remote.what(ckpt.model)
         model_text = (
             f"{what[0].upper()}{what[1:]}, which no stock transformers class has, so "
-            f"the model class is `{ours.model_class}` in `{REMOTE_FILE}`: {ours.detail()} "
+            f"the model class is `{ours.model_class}` in `{REMOTE_FILE}`: {ours.detail(layout.stock_class)} "
             "`config.json` names it in `auto_map`; load it with `trust_remote_code=True`. "
             "transformers 5 reads `config.json` when it loads the tokenizer as well, and asks "
             "before it runs the folder's code: pass `trust_remote_code=True` there too."

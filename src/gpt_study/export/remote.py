@@ -1,9 +1,8 @@
 """Classes of ours for what no stock transformers class computes, one per layout.
 
 ``export`` copies :data:`REMOTE_FILE` into a folder whose model needs its layout's class (a
-GPT-2 head bias that is not all zeros, a Llama with value embeddings, soft-capped logits,
-residual scalars) and
-names the class in ``config.json``'s ``auto_map``; ``import`` reads such a folder with
+GPT-2 head bias that is not all zeros, value embeddings, soft-capped logits, residual scalars)
+and names the class in ``config.json``'s ``auto_map``; ``import`` reads such a folder with
 gpt-study's own copy of the file. A :class:`Remote` says which class that is and, feature by
 feature, when a model needs it.
 """
@@ -36,7 +35,6 @@ class Remote:
     model_class: str
     config_class: str
     model_type: str
-    stock_class: str
     features: tuple[Feature, ...]
     # as Layout.zero_filled: bias options whose biases (our names) the class always has
     zero_filled: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -48,10 +46,11 @@ class Remote:
         """What ``model`` has that the stock class lacks, in words."""
         return " and ".join(f.what for f in self.features if f.needed(model))
 
-    def detail(self) -> str:
-        """The class in a Markdown sentence, for the README."""
+    def detail(self, stock_class: str) -> str:
+        """The class in a Markdown sentence, for the README: ``stock_class`` (its layout's) and
+        what it adds."""
         changes = "; ".join(f.change for f in self.features)
-        return f"`{self.stock_class}` with {changes}; nothing else changed."
+        return f"`{stock_class}` with {changes}; nothing else changed."
 
 
 def _biased_head(model: Any) -> bool:
@@ -90,7 +89,6 @@ GPT2_REMOTE = Remote(
     "GPTStudyForCausalLM",
     "GPTStudyConfig",
     "gpt_study",
-    "GPT2LMHeadModel",
     (
         Feature(
             "the output layer has a bias",
@@ -107,7 +105,6 @@ LLAMA_REMOTE = Remote(
     "GPTStudyLlamaForCausalLM",
     "GPTStudyLlamaConfig",
     "gpt_study_llama",
-    "LlamaForCausalLM",
     (
         _value_embeds("v_proj.value_embed", "`v_proj`'s output"),
         SOFTCAP,

@@ -19,8 +19,8 @@ the ``cpu`` preset's 15 minutes untrained (docs/quality.md, "Round fifteen"). On
 half an epoch past the budget is cut there by ``--max_time`` with its rate within
 ``(1 - cos(pi / 2E)) / 2`` of the way from ``--min_lr`` to the peak (cosine, E epochs: 0.1% for
 23; linear: ``1 / 2E``; wsd, the steepest at its end: ``1 - sqrt(1 - 1 / 2cE)`` with ``--cooldown``
-c, 5.6% for 23 at 0.2):
-nearly the weights of the schedule's end, and no time left over.
+c, 5.6% for 23 at 0.2, 2.8% at the preset's 0.4): nearly the weights of the schedule's end, and no
+time left over.
 The fitted value is the run's config from then on: every checkpoint saves it, so a resumed run
 follows the same schedule and is never refitted.
 """
