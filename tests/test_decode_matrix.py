@@ -245,7 +245,7 @@ EXPORTED_AS = {"study": "gpt2", "gelu_tanh": "gpt2", "tied": "gpt2", "zero_init"
 EXPORTED_AS |= {"llama_ve": "llama", "preset seed": "gpt2", "preset tiny": "gpt2"}
 EXPORTED_AS |= {"preset cpu": "llama", "modern": "qwen3", "no-bias": "gpt2"}  # gpt2: zero biases
 EXPORTED_AS |= {"softcap": "gpt2", "llama_softcap": "llama", "scalars": "gpt2"}  # our classes
-EXPORTED_AS |= {"value_embeds": "gpt2", "neox": "gpt_neox"}
+EXPORTED_AS |= {"value_embeds": "gpt2", "neox": "gpt_neox", "relu2": "gpt2"}
 
 
 def test_exactly_the_expected_models_export():

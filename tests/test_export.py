@@ -133,6 +133,7 @@ VARIANTS = {
         False,
         {"tie_embeddings": True, "head_bias": False, "value_embeds": True},
     ),
+    "bpe, gpt2 relu2, zero head bias (stock GPT2LMHeadModel)": (_bpe, False, {"mlp": "relu2"}),
     "bpe, gpt-neox: rope, layernorm, gelu, no head bias": (
         _bpe,
         False,
@@ -242,7 +243,7 @@ def test_folder_holds_what_the_readme_says(exported):
         doc = type(cfg).__dataclass_fields__[name].metadata["doc"].split(" (")[0]
         assert (doc in readme) == (name in without), name
     if result.layout == "gpt2":
-        assert config["activation_function"] == "gelu"
+        assert config["activation_function"] == {"gelu": "gelu", "relu2": "relu2"}[cfg.mlp]
         assert config["tie_word_embeddings"] is cfg.tie_embeddings
         weights = safetensors.torch.load_file(result.out / "model.safetensors")
         biases = [v for k, v in weights.items() if k.endswith(".bias")]

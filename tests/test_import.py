@@ -269,6 +269,7 @@ EXPORTED = {
         True, {"tie_embeddings": True, "residual_scalars": True},
     ),
     "GPT-2, value embeddings (our GPT-2 class)": (True, {"value_embeds": True, "n_layers": 3}),
+    "GPT-2, relu2, head bias (our GPT-2 class)": (True, {"mlp": "relu2"}),
     "GPT-NeoX: rope, layernorm, relu2": (
         False, {"positions": "rope", "mlp": "relu2", "head_bias": False},
     ),

@@ -4,7 +4,8 @@ a model is the one it is exported as (:func:`~gpt_study.export.hf.choose_layout`
 that needs more options than another comes after it.
 
 Four layouts. ``gpt2`` (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU (exact,
-or GPT-2's own tanh approximation ``gelu_new``: ``--mlp gelu_tanh``), biases, tied head or not.
+or GPT-2's own tanh approximation ``gelu_new``: ``--mlp gelu_tanh``) or ReLU² (transformers'
+``relu2``, which GPT-2's MLP reads as it reads the GELUs), biases, tied head or not.
 ``GPT2LMHeadModel`` has no bias on its output layer and ours does, so a model whose head bias is
 not all zeros is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.py``:
 ``GPT2LMHeadModel`` with ``lm_head = nn.Linear(..., bias=True)``, nothing else changed. ``llama``
@@ -60,8 +61,14 @@ _SCALAR_WEIGHTS = (
     ("x0_scale", "scalars.x0_scale", AS_IS),
 )
 
-# exact erf GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's
-_GELUS = (("gelu", "gelu"), ("gelu_tanh", "gelu_new"), ("gelu_tanh", "gelu_pytorch_tanh"))
+# the feed-forward activations GPT-2 and GPT-NeoX both read from transformers' ACT2FN: exact erf
+# GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's; "relu2" squares a ReLU
+_ACTIVATIONS = (
+    ("gelu", "gelu"),
+    ("gelu_tanh", "gelu_new"),
+    ("gelu_tanh", "gelu_pytorch_tanh"),
+    ("relu2", "relu2"),
+)
 # the biases of a class that always has them on its linears and norms (GPT-2, GPT-NeoX)
 _EVERY_BIAS = {
     "bias": tuple(
@@ -86,7 +93,7 @@ _GPT2 = Layout(
         Option("n_layers", "n_layer"),
         Option("n_heads", "n_head"),
         Option("d_ff", "n_inner", absent=lambda c: 4 * c["n_embd"]),
-        Option("mlp", "activation_function", _GELUS),
+        Option("mlp", "activation_function", _ACTIVATIONS),
         Option("residual_drop", "resid_pdrop"),
         Option("embedding_drop", "embd_pdrop"),
         Option("attention_drop", "attn_pdrop"),
@@ -129,7 +136,8 @@ _GPT2 = Layout(
         *_SCALAR_WEIGHTS,
     ),
     summary="GPT-2 layout: learned positions, pre-LayerNorm blocks, GELU (exact, "
-    '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`), the output layer tied or not',
+    '`activation_function: "gelu"`, or tanh\'s, `"gelu_new"`) or ReLU² (`"relu2"`), the output '
+    "layer tied or not",
     # GPT-2's feed-forward has no inner dropout: an imported model fine-tunes without one. It
     # always has biases: a model without them (nanoGPT's default) is GPT-2 with zeros there.
     tolerated={"inner_drop": 0.0},
@@ -274,7 +282,7 @@ _NEOX = Layout(
     ),
     options=(
         *_SIZES,
-        Option("mlp", "hidden_act", (*_GELUS, ("relu2", "relu2"))),
+        Option("mlp", "hidden_act", _ACTIVATIONS),
         *_ROPE_BASE,
         Option("rope_base", "rotary_emb_base"),  # transformers 4.x's GPT-NeoX reads these two
         Option("residual_drop", "hidden_dropout"),
