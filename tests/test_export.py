@@ -134,6 +134,22 @@ VARIANTS = {
         {"tie_embeddings": True, "head_bias": False, "value_embeds": True},
     ),
     "bpe, gpt2 relu2, zero head bias (stock GPT2LMHeadModel)": (_bpe, False, {"mlp": "relu2"}),
+    # --no-norm_bias changes nothing an RMSNorm computes: no zeros written, none named
+    "bpe, gpt2 rmsnorm, swiglu, head bias (our class)": (
+        _bpe,
+        True,
+        {"norm": "rmsnorm", "mlp": "swiglu", "norm_bias": False},
+    ),
+    "word, llama: layernorm without its biases (our class, zeros there)": (
+        _word,
+        False,
+        {**LLAMA, "norm": "layernorm", "norm_bias": False},
+    ),
+    "bpe, llama tied, head bias (our class)": (
+        _bpe,
+        True,
+        {**LLAMA, "tie_embeddings": True, "bias": False, "head_bias": True},
+    ),
     "bpe, gpt-neox: rope, layernorm, gelu, no head bias": (
         _bpe,
         False,
@@ -195,9 +211,9 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
         if c.positions == "learned"
         else "qwen3"
         if c.qk_norm
-        else "gpt_neox"
-        if c.norm == "layernorm"
         else "llama"
+        if c.mlp == "swiglu"
+        else "gpt_neox"
     )
 
     idx = torch.randint(0, ours.model.config.vocab_size, (3, 32), generator=torch.Generator())
@@ -234,20 +250,30 @@ def test_folder_holds_what_the_readme_says(exported):
     # our classes' key, only where it computes something (a stock class's config stays stock)
     assert ("final_logit_softcapping" in config) == (cfg.logit_softcap > 0)
     zeros = "written as zeros, which compute the same" in readme
-    # GPT-2 and GPT-NeoX always have biases on their linears and norms, our GPT-2 class on its head
-    without = {"bias", "norm_bias", "head_bias"} if result.remote_code else {"bias", "norm_bias"}
-    always = result.layout in ("gpt2", "gpt_neox")
-    without = {n for n in without if not getattr(cfg, n)} if always else set()
+    # GPT-2 and GPT-NeoX always have biases on their linears and LayerNorms, our classes on their
+    # LayerNorms (an RMSNorm has none, whatever --norm_bias says), our GPT-2 class on its head
+    always = {"bias", "norm_bias"} if result.layout in ("gpt2", "gpt_neox") else set()
+    always |= {"norm_bias"} if result.remote_code else set()
+    always |= {"head_bias"} if result.remote_code and result.layout == "gpt2" else set()
+    without = {n for n in always if not getattr(cfg, n)}
+    if cfg.norm == "rmsnorm":
+        without.discard("norm_bias")
     assert zeros == bool(without)
     for name in ("bias", "norm_bias", "head_bias"):  # the sentence names each one it lacked
         doc = type(cfg).__dataclass_fields__[name].metadata["doc"].split(" (")[0]
         assert (doc in readme) == (name in without), name
     if result.layout == "gpt2":
-        assert config["activation_function"] == {"gelu": "gelu", "relu2": "relu2"}[cfg.mlp]
+        acts = {"gelu": "gelu", "relu2": "relu2", "swiglu": "silu"}
+        assert config["activation_function"] == acts[cfg.mlp]
+        assert config.get("gated_mlp", False) == (cfg.mlp == "swiglu")
+        assert config.get("norm_type", "layer_norm") == {"layernorm": "layer_norm"}.get(
+            cfg.norm, "rms_norm"
+        )
         assert config["tie_word_embeddings"] is cfg.tie_embeddings
         weights = safetensors.torch.load_file(result.out / "model.safetensors")
         biases = [v for k, v in weights.items() if k.endswith(".bias")]
-        assert len(biases) == 6 * cfg.n_layers + 1 + (cfg.head_bias or result.remote_code)
+        norms = 2 * cfg.n_layers + 1 if cfg.norm == "layernorm" else 0  # an RMSNorm has none
+        assert len(biases) == 4 * cfg.n_layers + norms + (cfg.head_bias or result.remote_code)
         assert all(not b.any() for b in biases) == (not cfg.bias and not cfg.norm_bias)
         assert cfg.head_bias or not weights.get("lm_head.bias", torch.zeros(1)).any()
     elif result.layout == "gpt_neox":
@@ -310,10 +336,14 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
     assert choose_layout(GPTConfig()).name == "gpt2"
     assert choose_layout(GPTConfig(**LLAMA)).name == "llama"
     assert choose_layout(GPTConfig(**LLAMA, tie_embeddings=True, rope_base=500.0)).name == "llama"
-    with pytest.raises(UserError, match="gpt2: positions 'rope'.*llama: norm 'layernorm'"):
+    with pytest.raises(UserError, match="gpt2: positions 'rope'.*llama: mlp 'gelu'"):
         choose_layout(GPTConfig(positions="rope"))
-    with pytest.raises(UserError, match="llama: a head bias"):
-        choose_layout(GPTConfig(**{**LLAMA, "head_bias": True}))
+    # our classes: the other norm, a gated feed-forward, a head bias where the stock class has none
+    assert choose_layout(GPTConfig(**{**LLAMA, "head_bias": True})).name == "llama"
+    assert choose_layout(GPTConfig(**{**LLAMA, "norm": "layernorm"})).name == "llama"
+    assert choose_layout(GPTConfig(norm="rmsnorm", mlp="swiglu")).name == "gpt2"
+    with pytest.raises(UserError, match="qwen3: a head bias"):
+        choose_layout(GPTConfig(**{**LLAMA, "qk_norm": True, "bias": False, "head_bias": True}))
     with pytest.raises(UserError, match="gpt2: it does not know qk_norm"):
         choose_layout(GPTConfig(qk_norm=True))
     assert choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False)).name == "qwen3"

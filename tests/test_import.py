@@ -270,6 +270,16 @@ EXPORTED = {
     ),
     "GPT-2, value embeddings (our GPT-2 class)": (True, {"value_embeds": True, "n_layers": 3}),
     "GPT-2, relu2, head bias (our GPT-2 class)": (True, {"mlp": "relu2"}),
+    "GPT-2, rmsnorm and swiglu (our GPT-2 class)": (True, {"norm": "rmsnorm", "mlp": "swiglu"}),
+    "llama, layernorm and a head bias (our Llama class)": (
+        True,
+        {"positions": "rope", "norm": "layernorm", "mlp": "swiglu", "tie_embeddings": True},
+    ),
+    "llama, layernorm without its biases (our Llama class, zeros there)": (
+        False,
+        {"positions": "rope", "norm": "layernorm", "mlp": "swiglu", "head_bias": False,
+         "norm_bias": False},
+    ),
     "GPT-NeoX: rope, layernorm, relu2": (
         False, {"positions": "rope", "mlp": "relu2", "head_bias": False},
     ),
@@ -300,9 +310,13 @@ def test_export_then_import_gives_back_the_same_weights_and_logits(tmp_path, nam
         assert k.endswith(".bias") and not wb[k].any(), k
     options = options or {}
     gpt2 = options.get("positions", "learned") == "learned"
-    always = gpt2 or options.get("norm", "layernorm") == "layernorm"  # GPT-2, GPT-NeoX
-    # these always have biases on their linears and norms, our GPT-2 class (a cap) on its head
+    layernorm = options.get("norm", "layernorm") == "layernorm"
+    always = gpt2 or (layernorm and options.get("mlp") != "swiglu")  # GPT-2, GPT-NeoX
+    # these always have biases on their linears and LayerNorms, our Llama class on its
+    # LayerNorms, our GPT-2 class (a cap) on its head
     zeros = {"bias", "norm_bias"} if always and not options.get("bias", True) else set()
+    if layernorm and not options.get("norm_bias", True):
+        zeros.add("norm_bias")
     if gpt2 and options.get("logit_softcap") and not options.get("head_bias", True):
         zeros.add("head_bias")
     assert wa.keys() <= wb.keys() and (wa.keys() != wb.keys()) == bool(zeros)
@@ -408,6 +422,12 @@ REFUSED = {
             vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
             num_attention_heads=4, rms_norm_eps=1e-5, value_embed_layers=[0])),
         "value_embed_layers [0] (value embeddings in other layers; gpt-study computes [1])",
+    ),
+    "GPT-2 with a SiLU, no gate": (
+        lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=300, n_positions=32, activation_function="silu", **SIZES)),
+        "gated_mlp False but activation_function 'silu' (a gate on another activation than "
+        "SiLU, or SiLU without a gate)",
     ),
     "GPT-2 with a ReLU": (
         lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(

@@ -43,6 +43,8 @@ OPTIONS = {
     "llama_ve": dict(LLAMA_TIED, value_embeds=True),
     # and with capped logits, without value embeddings (the class's other reason)
     "llama_softcap": dict(LLAMA_TIED, logit_softcap=3.0),
+    # the cpu preset's shape with LayerNorms (their biases) and a head bias: our Llama class
+    "llama_ln": dict(LLAMA_TIED, norm="layernorm", head_bias=True),
     # rotary positions with the study's LayerNorm and a plain MLP: GPT-NeoX (Pythia's) layout
     "neox": dict(positions="rope", head_bias=False, mlp="relu2", tie_embeddings=True),
 }

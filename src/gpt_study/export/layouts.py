@@ -21,7 +21,7 @@ and joined again on import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ import torch
 from gpt_study.config import GPTConfig
 from gpt_study.config.model import INIT_ONLY
 from gpt_study.export.remote import REMOTE_FILE, Remote
+from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
 
 __all__ = ["AS_IS", "BY_HEAD", "REMOTE_FILE", "TRANSPOSED", "Fixed", "Layout", "Option", "Remote"]
@@ -39,7 +40,9 @@ __all__ += ["from_hf_config", "from_hf_weights", "to_hf_config", "to_hf_weights"
 class Option:
     """A gpt-study option (``ours``, a GPTConfig field) held by transformers' key ``theirs``
     (dotted for a nested one). ``values``: (ours, theirs) pairs where the two name a value
-    differently: export writes the first pair of our value, import reads any pair of theirs.
+    differently: export writes the first pair of our value, import reads any pair of theirs (a
+    value of theirs may stand for several of ours where two keys hold one option between them:
+    import takes the one both keys allow).
     ``absent``: the value a config without the key (or with ``None``) means, from the others.
     ``why``: what a value that differs from another key of the same option would compute.
     ``optional``: a key only our class reads, written only where it differs from ``absent``."""
@@ -171,12 +174,13 @@ def from_hf_config(d: dict[str, Any], layout: Layout, cls: str) -> GPTConfig:
             if o.ours in read_from:
                 continue  # another key holds it (rope_theta, read before rope_parameters)
             raise UserError(f"config.json has no {o.theirs}")
-        ours = have
-        if o.values:
-            ours = next((v for v, t in o.values if t == have), None)
-            if ours is None:
-                known = ", ".join(repr(t) for _, t in o.values)
-                raise UserError(f"{o.theirs} {have!r} (gpt-study computes {known})")
+        # our values that ``have`` may stand for (several where a key holds part of an option,
+        # as GPT-2's gated_mlp: false for every plain activation)
+        could = [v for v, t in o.values if t == have] if o.values else [have]
+        if not could:
+            known = ", ".join(repr(t) for t in dict.fromkeys(t for _, t in o.values))
+            raise UserError(f"{o.theirs} {have!r} (gpt-study computes {known})")
+        ours = values[o.ours] if o.ours in read_from and values[o.ours] in could else could[0]
         if o.ours in read_from and values[o.ours] != ours:
             first = read_from[o.ours]
             why = f" ({o.why})" if o.why else ""
@@ -219,11 +223,21 @@ def _ours(t: torch.Tensor, how: str, n_heads: int) -> torch.Tensor:
     return t
 
 
-def zero_filled(layout: Layout, remote: bool) -> dict[str, tuple[str, ...]]:
-    """The bias options whose biases the exported class always has (the layout's, and its class
-    of ours' with ``remote``): a model without them is written with zeros there."""
+def zero_filled(cfg: GPTConfig, layout: Layout, remote: bool) -> dict[str, set[str]]:
+    """The biases the exported class always has (the layout's, and its class of ours' with
+    ``remote``) that a model of ``cfg`` lacks, by bias option: they are written as zeros. Only
+    biases the model would have with the option on count (an RMSNorm has none, whatever
+    ``--norm_bias`` says): the model itself says so, built on the meta device (no memory)."""
     ours = layout.remote.zero_filled if remote and layout.remote is not None else {}
-    return {**layout.zero_filled, **ours}
+    out = {}
+    for option, biases in {**layout.zero_filled, **ours}.items():
+        if getattr(cfg, option):
+            continue
+        with torch.device("meta"):
+            could = set(GPT(replace(cfg, **{option: True})).state_dict())
+        if names := {b.format(i=i) for b in biases for i in range(cfg.n_layers)} & could:
+            out[option] = names
+    return out
 
 
 def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], str]]:
@@ -242,8 +256,7 @@ def to_hf_weights(
     layout's class always has but ours lacks (:attr:`Layout.zero_filled`, and with ``remote``
     :attr:`Remote.zero_filled`) is written as zeros."""
     ours = dict(ours)
-    patterns = {p for biases in zero_filled(layout, remote).values() for p in biases}
-    for key in {p.format(i=i) for p in patterns for i in range(cfg.n_layers)}:
+    for key in {name for names in zero_filled(cfg, layout, remote).values() for name in names}:
         if key not in ours:  # (out,) zeros beside the (out, in) or (out,) weight it belongs to
             weight = ours.get(key.removesuffix(".bias") + ".weight", ours["tok_emb.weight"])
             ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)  # (a tied head: tok_emb)

@@ -1,13 +1,18 @@
 """What gpt-study's models can have that no stock transformers class computes.
 
-- ``GPTStudyForCausalLM``: GPT-2 with a bias on its output layer (the study's model), whose
-  listed layers may add value embeddings to the values ``c_attn`` makes.
+- ``GPTStudyForCausalLM``: GPT-2 whose listed layers may add value embeddings to the values
+  ``c_attn`` makes, with RMSNorms where ``norm_type`` is ``"rms_norm"`` and a gated
+  feed-forward where ``gated_mlp`` is true (``act(gate) * value``: SwiGLU with ``"silu"``).
+- ``GPTStudyForCausalLM`` has a bias on its output layer (the study's model has one; zeros
+  where a model has none), ``GPTStudyLlamaForCausalLM`` where ``lm_head_bias`` is true.
 - ``GPTStudyLlamaForCausalLM``: Llama whose listed layers add a token table of their own to
-  their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``).
+  their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``), with
+  LayerNorms where ``norm_type`` is ``"layer_norm"``.
 - Both: logits soft-capped where ``final_logit_softcapping`` is above 0 (``--logit_softcap``:
   ``cap * tanh(logits / cap)``, Gemma 2's name for it), in ``lm_head`` so that the loss and
   generation read the capped logits; and with ``residual_scalars`` (``--residual_scalars``)
-  layer i reads ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings.
+  layer i reads ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings. The norms
+  swapped in are torch's own ``nn.LayerNorm`` and ``nn.RMSNorm``.
 
 gpt-study's ``export`` copies this file into the exported folder; its ``config.json`` names the
 classes in ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(folder,
@@ -99,11 +104,40 @@ class ValueEmbedProjection(ValueRows, nn.Linear):
         return super().forward(hidden) + self.rows(hidden.dtype)
 
 
-# Our options in both configs, with the values that compute what the stock class does.
+class Gated(nn.Module):
+    """A gated unit after a projection that makes [gate; value]: ``act(gate) * value`` (SwiGLU
+    with SiLU; Shazeer 2020)."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate, value = hidden.chunk(2, dim=-1)  # (B, T, 2 d_ff) -> 2 x (B, T, d_ff)
+        return self.act(gate) * value
+
+
+NORMS = {"layer_norm": nn.LayerNorm, "rms_norm": nn.RMSNorm}  # torch's, by norm_type
+
+
+def _swap_norms(module: nn.Module, norm_type: str, eps: float) -> None:
+    """Every LayerNorm or RMSNorm under ``module`` replaced by torch's ``norm_type`` of the same
+    width and ``eps`` (a LayerNorm with its bias)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.LayerNorm | nn.RMSNorm) or type(child).__name__.endswith("RMSNorm"):
+            setattr(module, name, NORMS[norm_type](child.weight.numel(), eps=eps))
+        else:
+            _swap_norms(child, norm_type, eps)
+
+
+# Our options in both configs, with the values that compute what the stock class does (None: the
+# stock class's norm).
 OUR_OPTIONS = {
     "value_embed_layers": None,
     "final_logit_softcapping": 0.0,
     "residual_scalars": False,
+    "norm_type": None,
+    "gated_mlp": False,
 }
 
 
@@ -125,22 +159,28 @@ class GPTStudyConfig(GPT2Config):
 
 
 class GPTStudyLlamaConfig(LlamaConfig):
-    """Llama's configuration plus :data:`OUR_OPTIONS`."""
+    """Llama's configuration plus :data:`OUR_OPTIONS` and ``lm_head_bias`` (our GPT-2 class's
+    head always has one)."""
 
     model_type = "gpt_study_llama"
 
     def __init__(self, **kwargs) -> None:
         _take_our_options(self, kwargs)
+        self.lm_head_bias = kwargs.pop("lm_head_bias", False)
         super().__init__(**kwargs)
 
 
 class OurParts:
     """What both classes of ours add to their stock class, and how their forward feeds it."""
 
-    def _add_our_parts(self, head_in: int, head_bias: bool, embeddings, layers) -> None:
-        """The capped head, and the residual scalars where the config has them (``embeddings``:
-        the module whose output is x0)."""
+    stock_norm = ""  # the norm_type of the stock class
+
+    def _add_our_parts(self, head_in: int, head_bias: bool, eps: float, embeddings, layers) -> None:
+        """The norms the config names, the capped head, and the residual scalars where the
+        config has them (``embeddings``: the module whose output is x0)."""
         config = self.config
+        if config.norm_type not in (None, self.stock_norm):
+            _swap_norms(self, config.norm_type, eps)
         cap = config.final_logit_softcapping
         self.lm_head = CappedLMHead(head_in, config.vocab_size, head_bias, cap)
         if config.residual_scalars:
@@ -156,16 +196,23 @@ class OurParts:
 
 class GPTStudyForCausalLM(OurParts, GPT2LMHeadModel):
     """``GPT2LMHeadModel`` whose ``lm_head`` has a bias, as gpt-study's ``head`` has, with
-    :class:`OurParts`; x0 is the token and position embeddings after their dropout."""
+    :class:`OurParts` and a gated feed-forward where ``gated_mlp`` is true; x0 is the token and
+    position embeddings after their dropout."""
 
     config_class = GPTStudyConfig
+    stock_norm = "layer_norm"
 
     def __init__(self, config: GPTStudyConfig) -> None:
         super().__init__(config)
         for i in config.value_embed_layers or []:
             attn = self.transformer.h[i].attn
             attn.c_attn = ValueEmbedQKV(attn.c_attn.nf, attn.c_attn.nx, config.vocab_size)
-        self._add_our_parts(config.n_embd, True, self.transformer.drop, self.transformer.h)
+        for block in self.transformer.h if config.gated_mlp else []:
+            mlp = block.mlp  # c_fc makes [gate; value]
+            mlp.c_fc = Conv1D(2 * mlp.c_fc.nf, mlp.c_fc.nx)
+            mlp.act = Gated(mlp.act)  # the activation_function's
+        eps = config.layer_norm_epsilon
+        self._add_our_parts(config.n_embd, True, eps, self.transformer.drop, self.transformer.h)
         self.post_init()
 
 
@@ -173,6 +220,7 @@ class GPTStudyLlamaForCausalLM(OurParts, LlamaForCausalLM):
     """``LlamaForCausalLM`` with :class:`OurParts`; x0 is the token embeddings."""
 
     config_class = GPTStudyLlamaConfig
+    stock_norm = "rms_norm"
 
     def __init__(self, config: GPTStudyLlamaConfig) -> None:
         super().__init__(config)
@@ -182,5 +230,6 @@ class GPTStudyLlamaForCausalLM(OurParts, LlamaForCausalLM):
             attn.v_proj = ValueEmbedProjection(
                 old.in_features, old.out_features, old.bias is not None, config.vocab_size
             )
-        self._add_our_parts(config.hidden_size, False, self.model.embed_tokens, self.model.layers)
+        head = (config.hidden_size, config.lm_head_bias, config.rms_norm_eps)
+        self._add_our_parts(*head, self.model.embed_tokens, self.model.layers)
         self.post_init()

@@ -71,7 +71,7 @@ def readme(result: Any, ckpt: Any) -> str:
     else:
         model_text = f"The stock `{layout.stock_class}` computes it; no code of ours is needed."
     docs = {f.name: f.metadata["doc"].split(" (")[0] for f in fields(GPTConfig)}  # its help
-    lacks = [docs[n] for n in zero_filled(layout, remote) if not getattr(cfg.model, n)]
+    lacks = [docs[n] for n in zero_filled(cfg.model, layout, remote)]
     if lacks:
         model_text += (
             f" It was trained without {' or '.join(lacks)}; the class always has them, so they "

@@ -1,7 +1,8 @@
 """Classes of ours for what no stock transformers class computes, one per layout.
 
 ``export`` copies :data:`REMOTE_FILE` into a folder whose model needs its layout's class (a
-GPT-2 head bias that is not all zeros, value embeddings, soft-capped logits, residual scalars)
+head bias that is not all zeros, value embeddings, the other norm, a gated feed-forward in GPT-2,
+soft-capped logits, residual scalars)
 and names the class in ``config.json``'s ``auto_map``; ``import`` reads such a folder with
 gpt-study's own copy of the file. A :class:`Remote` says which class that is and, feature by
 feature, when a model needs it.
@@ -78,6 +79,27 @@ def _value_embeds(table: str, adds_to: str) -> Feature:
     )
 
 
+# --norm where the stock class has the other norm: torch's own in each norm's place
+RMS_NORMS = Feature(
+    "the norms are RMSNorms",
+    'each LayerNorm an `nn.RMSNorm` of the same eps where `norm_type` is `"rms_norm"`',
+    lambda model: model.config.norm == "rmsnorm",
+)
+LAYER_NORMS = Feature(
+    "the norms are LayerNorms",
+    "each RMSNorm an `nn.LayerNorm` of the same eps, with a bias, where `norm_type` is "
+    '`"layer_norm"`',
+    lambda model: model.config.norm == "layernorm",
+)
+# --mlp swiglu in a class whose feed-forward is plain
+GATED = Feature(
+    "the feed-forward is gated (SwiGLU)",
+    "each feed-forward's first projection twice as wide, making [gate; value], and "
+    "`act(gate) * value` after it where `gated_mlp` is true (`act` the `activation_function`, "
+    '`"silu"`: SwiGLU)',
+    lambda model: model.config.mlp == "swiglu",
+)
+
 # --residual_scalars, in both: the stock layers read the scalars' mix through hooks.
 SCALARS = Feature(
     "the blocks have residual scalars",
@@ -92,10 +114,12 @@ GPT2_REMOTE = Remote(
     (
         Feature(
             "the output layer has a bias",
-            "`lm_head = nn.Linear(n_embd, vocab_size, bias=True)`",
+            "`lm_head = nn.Linear(n_embd, vocab_size, bias=True)` (zeros where the model has none)",
             _biased_head,
         ),
         _value_embeds("attn.c_attn.value_embed", "the values `c_attn` makes"),
+        RMS_NORMS,
+        GATED,
         SOFTCAP,
         SCALARS,
     ),
@@ -106,8 +130,15 @@ LLAMA_REMOTE = Remote(
     "GPTStudyLlamaConfig",
     "gpt_study_llama",
     (
+        Feature(  # any head bias, zeros too: the stock class's config cannot say it has one
+            "the output layer has a bias",
+            "`lm_head` with a bias where `lm_head_bias` is true",
+            lambda model: model.config.head_bias,
+        ),
         _value_embeds("v_proj.value_embed", "`v_proj`'s output"),
+        LAYER_NORMS,
         SOFTCAP,
         SCALARS,
     ),
+    zero_filled={"norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias")},
 )

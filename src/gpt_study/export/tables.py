@@ -56,6 +56,14 @@ def _has_value_embeds(d: dict[str, Any]) -> bool:
     return bool(d.get("value_embed_layers"))
 
 
+# --norm under our classes' key (absent: the stock class's own norm)
+_NORM_TYPES = (("layernorm", "layer_norm"), ("rmsnorm", "rms_norm"))
+
+
+def _norm_type(stock: str) -> Option:
+    return Option("norm", "norm_type", _NORM_TYPES, absent=lambda _d: stock, optional=True)
+
+
 _SCALAR_WEIGHTS = (
     ("resid_scale", "scalars.resid_scale", AS_IS),  # our classes only
     ("x0_scale", "scalars.x0_scale", AS_IS),
@@ -77,15 +85,16 @@ _EVERY_BIAS = {
     "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
 }
 
+# GPT-2's --mlp swiglu (our class): activation_function "silu" on half of a c_fc twice as wide,
+# gating the other half; gated_mlp false is every plain activation
+_GATED = (("swiglu", True), *((v, False) for v, _ in _ACTIVATIONS))
+
 _GPT2 = Layout(
     name="gpt2",
     arch="GPT-2",
     model_type="gpt2",
     stock_class="GPT2LMHeadModel",
-    implied=(
-        ("positions", "learned", ""),
-        ("norm", "layernorm", ""),
-    ),
+    implied=(("positions", "learned", ""),),
     options=(
         Option("vocab_size", "vocab_size"),
         Option("max_len", "n_positions"),
@@ -93,7 +102,16 @@ _GPT2 = Layout(
         Option("n_layers", "n_layer"),
         Option("n_heads", "n_head"),
         Option("d_ff", "n_inner", absent=lambda c: 4 * c["n_embd"]),
-        Option("mlp", "activation_function", _ACTIVATIONS),
+        Option("mlp", "activation_function", (*_ACTIVATIONS, ("swiglu", "silu"))),
+        Option(
+            "mlp",
+            "gated_mlp",
+            _GATED,
+            absent=lambda _d: False,
+            why="a gate on another activation than SiLU, or SiLU without a gate",
+            optional=True,
+        ),
+        _norm_type("layer_norm"),
         Option("residual_drop", "resid_pdrop"),
         Option("embedding_drop", "embd_pdrop"),
         Option("attention_drop", "attn_pdrop"),
@@ -143,7 +161,12 @@ _GPT2 = Layout(
     tolerated={"inner_drop": 0.0},
     zero_filled=_EVERY_BIAS,
     classes={
-        "GPT2LMHeadModel": {"head_bias": False, "value_embeds": False, **_STOCK},
+        "GPT2LMHeadModel": {
+            "head_bias": False,
+            "value_embeds": False,
+            "norm": "layernorm",
+            **_STOCK,
+        },
         # (a zero head bias where the model had none)
         GPT2_REMOTE.model_class: {"head_bias": True, "value_embeds": _has_value_embeds},
     },
@@ -170,9 +193,7 @@ _LLAMA = Layout(
     stock_class="LlamaForCausalLM",
     implied=(
         ("positions", "rope", ""),
-        ("norm", "rmsnorm", ""),
         ("mlp", "swiglu", ""),
-        ("head_bias", False, "a head bias (Llama's lm_head has none): train with --no-head_bias"),
     ),
     options=(
         *_SIZES,
@@ -186,6 +207,8 @@ _LLAMA = Layout(
         Option("bias", "mlp_bias"),
         Option("attention_drop", "attention_dropout"),
         Option("tie_embeddings", "tie_word_embeddings"),
+        Option("head_bias", "lm_head_bias", absent=lambda _d: False, optional=True),
+        _norm_type("rms_norm"),
         _SOFTCAP,
         _SCALARS,
     ),
@@ -202,26 +225,35 @@ _LLAMA = Layout(
     weights=(
         ("tok_emb.weight", "model.embed_tokens.weight", AS_IS),
         ("blocks.{i}.ln1.weight", "model.layers.{i}.input_layernorm.weight", AS_IS),
+        ("blocks.{i}.ln1.bias", "model.layers.{i}.input_layernorm.bias", AS_IS),  # LayerNorm's
         ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), AS_IS),
         ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), AS_IS),
         ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", AS_IS),
         ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", AS_IS),
         ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", AS_IS),
+        ("blocks.{i}.ln2.bias", "model.layers.{i}.post_attention_layernorm.bias", AS_IS),
         ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", AS_IS),
         ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", AS_IS),
         ("blocks.{i}.mlp.proj.weight", _MLP + "down_proj.weight", AS_IS),
         ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", AS_IS),
         ("ln_f.weight", "model.norm.weight", AS_IS),
+        ("ln_f.bias", "model.norm.bias", AS_IS),
         ("head.weight", "lm_head.weight", AS_IS),  # not written when tied: transformers ties it
+        ("head.bias", "lm_head.bias", AS_IS),  # our class only, as the norms' biases
         ("value_embeds.{i}.weight", _ATTN + "v_proj.value_embed.weight", AS_IS),  # remote only
         *_SCALAR_WEIGHTS,
-    ),  # no head.bias: the layout implies none
+    ),
     summary="Llama layout: rotary positions, pre-RMSNorm blocks, SwiGLU feed-forward, "
     "no output bias",
     # Llama drops only attention weights; the study's other dropouts stay in the checkpoint
     tolerated={"residual_drop": 0.0, "embedding_drop": 0.0, "inner_drop": 0.0, "norm_bias": True},
     classes={
-        "LlamaForCausalLM": {"value_embeds": False, **_STOCK},
+        "LlamaForCausalLM": {
+            "value_embeds": False,
+            "head_bias": False,
+            "norm": "rmsnorm",
+            **_STOCK,
+        },
         LLAMA_REMOTE.model_class: {"value_embeds": _has_value_embeds},
     },
     remote=LLAMA_REMOTE,
@@ -231,7 +263,7 @@ _LLAMA = Layout(
 # Our --bias puts biases on the feed-forward too, which Qwen3's never has: so none at all here.
 _LLAMA_ONLY = {"mlp_bias", "attention_bias", "pretraining_tp", "value_embed_layers"}
 _REMOTE_ONLY = {w for w in _LLAMA.weights if w[0].startswith("value_embeds.")} | {*_SCALAR_WEIGHTS}
-_LLAMA_ONLY |= {_SOFTCAP.theirs, _SCALARS.theirs}  # our Llama class's
+_LLAMA_ONLY |= {_SOFTCAP.theirs, _SCALARS.theirs, "norm_type", "lm_head_bias"}  # our class's
 _QWEN3 = replace(
     _LLAMA,
     name="qwen3",
@@ -240,6 +272,8 @@ _QWEN3 = replace(
     stock_class="Qwen3ForCausalLM",
     implied=(
         *_LLAMA.implied,
+        ("norm", "rmsnorm", ""),
+        ("head_bias", False, "a head bias (Qwen3's lm_head has none): train with --no-head_bias"),
         ("qk_norm", True, ""),
         ("bias", False, "biases (Qwen3's feed-forward has none): train with --no-bias"),
     ),
