@@ -246,7 +246,8 @@ EXPORTED_AS |= {"llama_ve": "llama", "preset seed": "gpt2", "preset tiny": "gpt2
 EXPORTED_AS |= {"preset cpu": "llama", "modern": "qwen3", "no-bias": "gpt2"}  # gpt2: zero biases
 EXPORTED_AS |= {"softcap": "gpt2", "llama_softcap": "llama", "scalars": "gpt2"}  # our classes
 EXPORTED_AS |= {"value_embeds": "gpt2", "neox": "gpt_neox", "relu2": "gpt2"}
-EXPORTED_AS |= {"rmsnorm": "gpt2", "swiglu": "gpt2", "llama_ln": "llama"}  # our classes
+EXPORTED_AS |= {"rmsnorm": "gpt2", "swiglu": "gpt2", "llama_ln": "llama", "rope": "llama"}
+EXPORTED_AS |= {"qk_norm": "gpt2"}  # every combination exports: the stock class or ours
 
 
 def test_exactly_the_expected_models_export():

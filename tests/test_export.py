@@ -8,6 +8,7 @@ of transformers' ``generate`` must equal gpt-study's.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 import sys
@@ -145,6 +146,21 @@ VARIANTS = {
         False,
         {**LLAMA, "norm": "layernorm", "norm_bias": False},
     ),
+    "word, llama tied: rmsnorm, tanh gelu without a gate (our class)": (
+        _word,
+        False,
+        {**LLAMA, "mlp": "gelu_tanh", "tie_embeddings": True, "bias": False},
+    ),
+    "bpe, gpt2 qk-norm, value embeddings (our class)": (
+        _bpe,
+        True,
+        {"qk_norm": True, "value_embeds": True},
+    ),
+    "word, llama qk-norm with biases (our class; Qwen3 has none)": (
+        _word,
+        False,
+        {**LLAMA, "qk_norm": True},
+    ),
     "bpe, llama tied, head bias (our class)": (
         _bpe,
         True,
@@ -210,10 +226,10 @@ def test_transformers_computes_our_logits_ids_and_greedy_tokens(exported):
         "gpt2"
         if c.positions == "learned"
         else "qwen3"
-        if c.qk_norm
-        else "llama"
-        if c.mlp == "swiglu"
+        if c.qk_norm and not result.remote_code
         else "gpt_neox"
+        if c.norm == "layernorm" and c.mlp != "swiglu" and not result.remote_code
+        else "llama"
     )
 
     idx = torch.randint(0, ours.model.config.vocab_size, (3, 32), generator=torch.Generator())
@@ -286,7 +302,9 @@ def test_folder_holds_what_the_readme_says(exported):
         assert all(not b.any() for b in biases) == (not cfg.bias and not cfg.norm_bias)
         assert ("embed_out.weight" in weights) != cfg.tie_embeddings
     else:
-        assert config["hidden_act"] == "silu" and config["rms_norm_eps"] == 1e-5
+        acts = {"swiglu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu2": "relu2"}
+        assert config["hidden_act"] == acts[cfg.mlp] and config["rms_norm_eps"] == 1e-5
+        assert config.get("gated_mlp", True) == (cfg.mlp == "swiglu")
         tied = config["tie_word_embeddings"]
         assert (
             "lm_head.weight" in safetensors.torch.load_file(result.out / "model.safetensors")
@@ -336,30 +354,20 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
     assert choose_layout(GPTConfig()).name == "gpt2"
     assert choose_layout(GPTConfig(**LLAMA)).name == "llama"
     assert choose_layout(GPTConfig(**LLAMA, tie_embeddings=True, rope_base=500.0)).name == "llama"
-    with pytest.raises(UserError, match="gpt2: positions 'rope'.*llama: mlp 'gelu'"):
-        choose_layout(GPTConfig(positions="rope"))
-    # our classes: the other norm, a gated feed-forward, a head bias where the stock class has none
+    # a stock class where one computes the model, before a layout whose class of ours would too
+    assert choose_layout(GPTConfig(positions="rope", head_bias=False)).name == "gpt_neox"
+    assert choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False)).name == "qwen3"
+    # our classes: the other norm, a gated or plain feed-forward, a head bias, qk-norm
+    assert choose_layout(GPTConfig(positions="rope")).name == "llama"
     assert choose_layout(GPTConfig(**{**LLAMA, "head_bias": True})).name == "llama"
     assert choose_layout(GPTConfig(**{**LLAMA, "norm": "layernorm"})).name == "llama"
-    assert choose_layout(GPTConfig(norm="rmsnorm", mlp="swiglu")).name == "gpt2"
-    with pytest.raises(UserError, match="qwen3: a head bias"):
-        choose_layout(GPTConfig(**{**LLAMA, "qk_norm": True, "bias": False, "head_bias": True}))
-    with pytest.raises(UserError, match="gpt2: it does not know qk_norm"):
-        choose_layout(GPTConfig(qk_norm=True))
-    assert choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False)).name == "qwen3"
-    with pytest.raises(UserError, match="qwen3: biases .*: train with --no-bias"):
-        choose_layout(GPTConfig(**LLAMA, qk_norm=True))
-    with pytest.raises(UserError, match="qwen3: it does not know value_embeds"):
-        choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, value_embeds=True))
-    assert choose_layout(GPTConfig(**LLAMA, residual_scalars=True)).name == "llama"  # our class
-    with pytest.raises(UserError, match="qwen3: it does not know residual_scalars"):
-        choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, residual_scalars=True))
-    assert choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0)).name == "llama"  # our class
-    assert choose_layout(GPTConfig(logit_softcap=30.0)).name == "gpt2"  # our class
-    with pytest.raises(UserError, match="qwen3: it does not know logit_softcap"):
-        choose_layout(GPTConfig(**LLAMA, qk_norm=True, bias=False, logit_softcap=30.0))
-    assert choose_layout(GPTConfig(value_embeds=True)).name == "gpt2"  # our class
-    assert choose_layout(GPTConfig(**LLAMA, value_embeds=True)).name == "llama"  # our class
+    assert choose_layout(GPTConfig(norm="rmsnorm", mlp="swiglu", qk_norm=True)).name == "gpt2"
+    assert choose_layout(GPTConfig(**LLAMA, qk_norm=True)).name == "llama"  # biases: not Qwen3
+    assert choose_layout(GPTConfig(**LLAMA, residual_scalars=True)).name == "llama"
+    assert choose_layout(GPTConfig(**LLAMA, logit_softcap=30.0)).name == "llama"
+    assert choose_layout(GPTConfig(logit_softcap=30.0)).name == "gpt2"
+    assert choose_layout(GPTConfig(value_embeds=True)).name == "gpt2"
+    assert choose_layout(GPTConfig(**LLAMA, value_embeds=True)).name == "llama"
 
     @dataclasses.dataclass
     class Later(GPTConfig):  # an option added to GPTConfig that no layout has learned yet
@@ -367,6 +375,23 @@ def test_each_model_finds_its_layout_or_one_line_why_none_fits():
 
     with pytest.raises(UserError, match="does not know soft_cap"):
         choose_layout(Later(soft_cap=30.0))
+
+
+def test_every_combination_of_model_options_finds_a_layout():
+    """Every choice of every model option, in every combination, exports: by a stock class or
+    by ours (a new option or choice joins the product, or this test fails on its field)."""
+    values = {"logit_softcap": (0.0, 3.0), "rope_base": (10000.0,)}
+    axes: dict[str, tuple] = {}
+    for f in dataclasses.fields(GPTConfig):
+        if f.metadata.get("choices"):
+            axes[f.name] = tuple(f.metadata["choices"])
+        elif f.type in (bool, "bool"):
+            axes[f.name] = (False, True)
+        elif f.name in values:
+            axes[f.name] = values[f.name]
+    assert {"positions", "norm", "mlp", "qk_norm", "value_embeds", "logit_softcap"} <= set(axes)
+    for combo in itertools.product(*axes.values()):
+        choose_layout(GPTConfig(**dict(zip(axes, combo, strict=True))))  # raises where none fits
 
 
 def test_word_pipeline_tokenizes_held_out_stories_as_spacy_does():

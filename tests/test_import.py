@@ -275,6 +275,19 @@ EXPORTED = {
         True,
         {"positions": "rope", "norm": "layernorm", "mlp": "swiglu", "tie_embeddings": True},
     ),
+    "llama, relu2 without a gate, biases (our Llama class)": (
+        False,
+        {"positions": "rope", "norm": "rmsnorm", "mlp": "relu2", "head_bias": False},
+    ),
+    "rope and the study's other options: llama, layernorm, gelu, head bias (our Llama class)": (
+        True, {"positions": "rope"},
+    ),
+    "GPT-2, qk-norm (our GPT-2 class)": (True, {"qk_norm": True}),
+    "llama, qk-norm with biases (our Llama class)": (
+        False,
+        {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "head_bias": False,
+         "qk_norm": True},
+    ),
     "llama, layernorm without its biases (our Llama class, zeros there)": (
         False,
         {"positions": "rope", "norm": "layernorm", "mlp": "swiglu", "head_bias": False,

@@ -81,8 +81,9 @@ class Layout:
     options: tuple[Option, ...]
     fixed: tuple[Fixed, ...]
     # (our name, their name(s) joined by "|", how it is stored: AS_IS, TRANSPOSED or BY_HEAD),
-    # "{i}" standing for the block number
-    weights: tuple[tuple[str, str, str], ...]
+    # "{i}" standing for the block number; a fourth element, a test of the GPTConfig, where the
+    # weight's place depends on an option (Llama's feed-forward, gated or plain)
+    weights: tuple[tuple[Any, ...], ...]
     summary: str  # one sentence for the exported README
     # options a model may hold at any value on export, as none changes what the class computes
     # (dropouts: training only), and import sets so
@@ -240,11 +241,14 @@ def zero_filled(cfg: GPTConfig, layout: Layout, remote: bool) -> dict[str, set[s
     return out
 
 
-def _entries(layout: Layout, n_layers: int) -> list[tuple[str, list[str], str]]:
-    """(our name, their names, how stored) of every weight of a model of ``n_layers`` blocks."""
+def _entries(layout: Layout, cfg: GPTConfig) -> list[tuple[str, list[str], str]]:
+    """(our name, their names, how stored) of every weight of a model of ``cfg``: an entry with a
+    fourth element is the place of that weight only where it holds for ``cfg``."""
     out = []
-    for src, dst, how in layout.weights:
-        for i in range(n_layers) if "{i}" in src else [None]:
+    for src, dst, how, *when in layout.weights:
+        if when and not when[0](cfg):
+            continue
+        for i in range(cfg.n_layers) if "{i}" in src else [None]:
             out.append((src.format(i=i), dst.format(i=i).split("|"), how))
     return out
 
@@ -261,7 +265,7 @@ def to_hf_weights(
             weight = ours.get(key.removesuffix(".bias") + ".weight", ours["tok_emb.weight"])
             ours[key] = torch.zeros(weight.size(0), dtype=weight.dtype)  # (a tied head: tok_emb)
     out: dict[str, torch.Tensor] = {}
-    for key, names, how in _entries(layout, cfg.n_layers):
+    for key, names, how in _entries(layout, cfg):
         if key not in ours:
             continue
         t = ours.pop(key)
@@ -287,7 +291,7 @@ def from_hf_weights(
     again, transposes and head orders undone); a weight the table has no place for is refused."""
     theirs = {_older_name(k, layout): v for k, v in theirs.items()}
     out: dict[str, torch.Tensor] = {}
-    for key, names, how in _entries(layout, cfg.n_layers):
+    for key, names, how in _entries(layout, cfg):
         found = [n for n in names if n in theirs]
         if not found:
             continue  # a weight this model does not have (no biases, a tied head)

@@ -7,11 +7,13 @@
   where a model has none), ``GPTStudyLlamaForCausalLM`` where ``lm_head_bias`` is true.
 - ``GPTStudyLlamaForCausalLM``: Llama whose listed layers add a token table of their own to
   their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``), with
-  LayerNorms where ``norm_type`` is ``"layer_norm"``.
+  LayerNorms where ``norm_type`` is ``"layer_norm"`` and a plain feed-forward where
+  ``gated_mlp`` is false (``down_proj(act(up_proj(x)))``, ``act`` the ``hidden_act``).
 - Both: logits soft-capped where ``final_logit_softcapping`` is above 0 (``--logit_softcap``:
   ``cap * tanh(logits / cap)``, Gemma 2's name for it), in ``lm_head`` so that the loss and
-  generation read the capped logits; and with ``residual_scalars`` (``--residual_scalars``)
-  layer i reads ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings. The norms
+  generation read the capped logits; with ``residual_scalars`` (``--residual_scalars``)
+  layer i reads ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings; and with
+  ``qk_norm`` each head's queries and keys RMS-normalised (``q_norm``, ``k_norm``: Qwen3's). The norms
   swapped in are torch's own ``nn.LayerNorm`` and ``nn.RMSNorm``.
 
 gpt-study's ``export`` copies this file into the exported folder; its ``config.json`` names the
@@ -117,6 +119,40 @@ class Gated(nn.Module):
         return self.act(gate) * value
 
 
+class PlainMLP(nn.Module):
+    """Llama's feed-forward without its gate: ``down_proj(act_fn(up_proj(x)))``."""
+
+    def __init__(self, width: int, inner: int, bias: bool, act: nn.Module) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(width, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, width, bias=bias)
+        self.act_fn = act
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(hidden)))
+
+
+def _norm_heads(proj: nn.Module, norms: tuple, head_dim: int) -> None:
+    """``qk_norm`` (Qwen3's ``q_norm`` and ``k_norm``): a hook on ``proj`` RMS-normalises each
+    head of each part of its output ([q], [k], or GPT-2's [q; k; v]) with that part's norm (None:
+    the part as it is), before the stock attention reads them."""
+
+    def hook(_module: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+        parts = out.chunk(len(norms), dim=-1)  # (B, T, H * hd) each
+        done = [
+            part if norm is None else norm(part.unflatten(-1, (-1, head_dim))).flatten(-2)
+            for part, norm in zip(parts, norms, strict=True)
+        ]  # (B, T, H, hd) normalised, back to (B, T, H * hd)
+        return torch.cat(done, dim=-1)
+
+    proj.register_forward_hook(hook)
+
+
+def _add_head_norms(attn: nn.Module, head_dim: int, eps: float) -> None:
+    attn.q_norm = nn.RMSNorm(head_dim, eps=eps)
+    attn.k_norm = nn.RMSNorm(head_dim, eps=eps)
+
+
 NORMS = {"layer_norm": nn.LayerNorm, "rms_norm": nn.RMSNorm}  # torch's, by norm_type
 
 
@@ -131,13 +167,14 @@ def _swap_norms(module: nn.Module, norm_type: str, eps: float) -> None:
 
 
 # Our options in both configs, with the values that compute what the stock class does (None: the
-# stock class's norm).
+# stock class's norm and feed-forward).
 OUR_OPTIONS = {
     "value_embed_layers": None,
     "final_logit_softcapping": 0.0,
     "residual_scalars": False,
     "norm_type": None,
-    "gated_mlp": False,
+    "gated_mlp": None,
+    "qk_norm": False,
 }
 
 
@@ -207,10 +244,14 @@ class GPTStudyForCausalLM(OurParts, GPT2LMHeadModel):
         for i in config.value_embed_layers or []:
             attn = self.transformer.h[i].attn
             attn.c_attn = ValueEmbedQKV(attn.c_attn.nf, attn.c_attn.nx, config.vocab_size)
-        for block in self.transformer.h if config.gated_mlp else []:
+        for block in self.transformer.h if config.gated_mlp is True else []:
             mlp = block.mlp  # c_fc makes [gate; value]
             mlp.c_fc = Conv1D(2 * mlp.c_fc.nf, mlp.c_fc.nx)
             mlp.act = Gated(mlp.act)  # the activation_function's
+        for block in self.transformer.h if config.qk_norm else []:
+            attn = block.attn
+            _add_head_norms(attn, attn.head_dim, config.layer_norm_epsilon)
+            _norm_heads(attn.c_attn, (attn.q_norm, attn.k_norm, None), attn.head_dim)
         eps = config.layer_norm_epsilon
         self._add_our_parts(config.n_embd, True, eps, self.transformer.drop, self.transformer.h)
         self.post_init()
@@ -230,6 +271,14 @@ class GPTStudyLlamaForCausalLM(OurParts, LlamaForCausalLM):
             attn.v_proj = ValueEmbedProjection(
                 old.in_features, old.out_features, old.bias is not None, config.vocab_size
             )
+        for layer in self.model.layers if config.gated_mlp is False else []:
+            sizes = (config.hidden_size, config.intermediate_size, config.mlp_bias)
+            layer.mlp = PlainMLP(*sizes, layer.mlp.act_fn)  # the hidden_act's, with no gate
+        for layer in self.model.layers if config.qk_norm else []:
+            attn = layer.self_attn
+            _add_head_norms(attn, attn.head_dim, config.rms_norm_eps)
+            _norm_heads(attn.q_proj, (attn.q_norm,), attn.head_dim)
+            _norm_heads(attn.k_proj, (attn.k_norm,), attn.head_dim)
         head = (config.hidden_size, config.lm_head_bias, config.rms_norm_eps)
         self._add_our_parts(*head, self.model.embed_tokens, self.model.layers)
         self.post_init()

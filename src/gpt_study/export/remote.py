@@ -100,6 +100,21 @@ GATED = Feature(
     lambda model: model.config.mlp == "swiglu",
 )
 
+PLAIN = Feature(
+    "the feed-forward has no gate",
+    "each feed-forward `down_proj(act(up_proj(x)))` (no `gate_proj`; `act` the `hidden_act`) "
+    "where `gated_mlp` is false",
+    lambda model: model.config.mlp != "swiglu",
+)
+
+# --qk_norm, in both (Qwen3's stock class has it with Llama's other options only)
+QK_NORM = Feature(
+    "each head's queries and keys are RMS-normalised",
+    "each head's queries and keys RMS-normalised by the attention's `q_norm` and `k_norm` (a "
+    "hook on the projection that makes them) where `qk_norm` is true",
+    lambda model: model.config.qk_norm,
+)
+
 # --residual_scalars, in both: the stock layers read the scalars' mix through hooks.
 SCALARS = Feature(
     "the blocks have residual scalars",
@@ -120,6 +135,7 @@ GPT2_REMOTE = Remote(
         _value_embeds("attn.c_attn.value_embed", "the values `c_attn` makes"),
         RMS_NORMS,
         GATED,
+        QK_NORM,
         SOFTCAP,
         SCALARS,
     ),
@@ -137,6 +153,8 @@ LLAMA_REMOTE = Remote(
         ),
         _value_embeds("v_proj.value_embed", "`v_proj`'s output"),
         LAYER_NORMS,
+        PLAIN,
+        QK_NORM,
         SOFTCAP,
         SCALARS,
     ),

@@ -1,24 +1,21 @@
 """The layouts' tables: how each transformers architecture holds a gpt-study model, as data that
 :mod:`~gpt_study.export.layouts` reads both ways (export and import). The first table that fits
-a model is the one it is exported as (:func:`~gpt_study.export.hf.choose_layout`), so a layout
-that needs more options than another comes after it.
+a model is the one it is exported as (:func:`~gpt_study.export.hf.choose_layout`): a layout whose
+stock class computes a model comes before one whose class of ours would compute it too.
 
 Four layouts. ``gpt2`` (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU (exact,
 or GPT-2's own tanh approximation ``gelu_new``: ``--mlp gelu_tanh``) or ReLU² (transformers'
-``relu2``, which GPT-2's MLP reads as it reads the GELUs), biases, tied head or not.
-``GPT2LMHeadModel`` has no bias on its output layer and ours does, so a model whose head bias is
-not all zeros is exported as ``GPTStudyForCausalLM`` from ``modeling_gpt_study.py``:
-``GPT2LMHeadModel`` with ``lm_head = nn.Linear(..., bias=True)``, nothing else changed. ``llama``
-(Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU, no head bias, tied or not;
-``LlamaForCausalLM`` computes them exactly (the same "rotate half" rotary pairs and inverse
-frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``); with value embeddings, our
-``GPTStudyLlamaForCausalLM`` (:mod:`~gpt_study.export.remote`).
-``qwen3`` (Qwen team 2025): Llama whose heads' queries and keys are RMS-normalised before the
-rotary positions, each with a gain of its own (``--qk_norm``: ``q_norm``, ``k_norm``), and whose
-feed-forward has no biases; ``Qwen3ForCausalLM`` with no sliding windows computes it exactly.
+``relu2``), biases, tied head or not. ``llama`` (Touvron et al. 2023): rotary positions, RMSNorm,
+SwiGLU, no head bias; ``LlamaForCausalLM`` computes them exactly (the same "rotate half" rotary
+pairs and inverse frequencies, RMSNorm eps 1e-5, ``down(silu(gate(x)) * up(x))``). ``qwen3``
+(Qwen team 2025): Llama whose heads' queries and keys are RMS-normalised before the rotary
+positions (``--qk_norm``: ``q_norm``, ``k_norm``) and whose feed-forward has no biases.
 ``gpt_neox`` (Black et al. 2022, Pythia's): rotary positions with LayerNorm and a plain
-feed-forward, blocks one after the other and rotary on whole heads; its fused ``query_key_value``
-holds each head's q, k and v together (``BY_HEAD``).
+feed-forward, blocks one after the other, rotary on whole heads; its fused ``query_key_value``
+holds each head's q, k and v together (``BY_HEAD``). Whatever a stock GPT-2 or Llama lacks (a
+head bias, the other norm, a gated or plain feed-forward, qk-norm, value embeddings, capped
+logits, residual scalars) their classes of ours add (:mod:`~gpt_study.export.remote`), so every
+combination of model options has a layout.
 """
 
 from __future__ import annotations
@@ -42,7 +39,9 @@ def _const(value: Any) -> Callable[[GPTConfig], Any]:
 # our classes' options (the cap under Gemma 2's name), read from our classes only (Layout.classes)
 _SOFTCAP = Option("logit_softcap", "final_logit_softcapping", absent=lambda _d: 0.0, optional=True)
 _SCALARS = Option("residual_scalars", "residual_scalars", absent=lambda _d: False, optional=True)
-_STOCK = {"logit_softcap": 0.0, "residual_scalars": False}  # what a stock class computes
+_QK_NORM = Option("qk_norm", "qk_norm", absent=lambda _d: False, optional=True)
+# what a stock class computes (Qwen3's qk_norm is implied by its own layout)
+_STOCK = {"logit_softcap": 0.0, "residual_scalars": False, "qk_norm": False}
 # our classes only (None: not written): the layers that add value embeddings, which import
 # reads as --value_embeds (and the check, as the layers that option gives)
 _VALUE_EMBED_LAYERS = Fixed(
@@ -85,9 +84,26 @@ _EVERY_BIAS = {
     "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
 }
 
-# GPT-2's --mlp swiglu (our class): activation_function "silu" on half of a c_fc twice as wide,
-# gating the other half; gated_mlp false is every plain activation
+# --mlp under two keys: the activation (SwiGLU's is "silu") and whether it gates (our classes'
+# gated_mlp: in GPT-2 a c_fc twice as wide making [gate; value], in Llama up_proj alone)
 _GATED = (("swiglu", True), *((v, False) for v, _ in _ACTIVATIONS))
+
+
+def _mlp(key: str, stock_gated: bool) -> tuple[Option, Option]:
+    why = "a gate on another activation than SiLU, or SiLU without a gate"
+    return (
+        Option("mlp", key, (*_ACTIVATIONS, ("swiglu", "silu"))),
+        Option("mlp", "gated_mlp", _GATED, absent=lambda _d: stock_gated, why=why, optional=True),
+    )
+
+
+def _gated(cfg: GPTConfig) -> bool:
+    return cfg.mlp == "swiglu"
+
+
+def _plain(cfg: GPTConfig) -> bool:
+    return cfg.mlp != "swiglu"
+
 
 _GPT2 = Layout(
     name="gpt2",
@@ -102,20 +118,13 @@ _GPT2 = Layout(
         Option("n_layers", "n_layer"),
         Option("n_heads", "n_head"),
         Option("d_ff", "n_inner", absent=lambda c: 4 * c["n_embd"]),
-        Option("mlp", "activation_function", (*_ACTIVATIONS, ("swiglu", "silu"))),
-        Option(
-            "mlp",
-            "gated_mlp",
-            _GATED,
-            absent=lambda _d: False,
-            why="a gate on another activation than SiLU, or SiLU without a gate",
-            optional=True,
-        ),
+        *_mlp("activation_function", stock_gated=False),
         _norm_type("layer_norm"),
         Option("residual_drop", "resid_pdrop"),
         Option("embedding_drop", "embd_pdrop"),
         Option("attention_drop", "attn_pdrop"),
         Option("tie_embeddings", "tie_word_embeddings"),
+        _QK_NORM,
         _SOFTCAP,
         _SCALARS,
     ),
@@ -146,6 +155,8 @@ _GPT2 = Layout(
         ("blocks.{i}.mlp.fc.bias", "transformer.h.{i}.mlp.c_fc.bias", AS_IS),
         ("blocks.{i}.mlp.proj.weight", "transformer.h.{i}.mlp.c_proj.weight", TRANSPOSED),
         ("blocks.{i}.mlp.proj.bias", "transformer.h.{i}.mlp.c_proj.bias", AS_IS),
+        ("blocks.{i}.attn.q_norm.weight", "transformer.h.{i}.attn.q_norm.weight", AS_IS),  # ours
+        ("blocks.{i}.attn.k_norm.weight", "transformer.h.{i}.attn.k_norm.weight", AS_IS),
         ("ln_f.weight", "transformer.ln_f.weight", AS_IS),
         ("ln_f.bias", "transformer.ln_f.bias", AS_IS),
         ("head.weight", "lm_head.weight", AS_IS),
@@ -191,10 +202,7 @@ _LLAMA = Layout(
     arch="Llama",
     model_type="llama",
     stock_class="LlamaForCausalLM",
-    implied=(
-        ("positions", "rope", ""),
-        ("mlp", "swiglu", ""),
-    ),
+    implied=(("positions", "rope", ""),),
     options=(
         *_SIZES,
         Option(
@@ -208,13 +216,14 @@ _LLAMA = Layout(
         Option("attention_drop", "attention_dropout"),
         Option("tie_embeddings", "tie_word_embeddings"),
         Option("head_bias", "lm_head_bias", absent=lambda _d: False, optional=True),
+        *_mlp("hidden_act", stock_gated=True),
         _norm_type("rms_norm"),
+        _QK_NORM,
         _SOFTCAP,
         _SCALARS,
     ),
     fixed=(
         Fixed("head_dim", lambda cfg: cfg.head_dim, "heads narrower or wider than d_model/n_heads"),
-        Fixed("hidden_act", _const("silu"), "another gate activation than SiLU"),
         Fixed("rms_norm_eps", _const(NORM_EPS), "another RMSNorm eps"),
         Fixed("rope_parameters.rope_type", _const("default"), "scaled rotary positions"),
         Fixed("pretraining_tp", _const(1), "tensor-parallel slices of the projections"),
@@ -228,12 +237,16 @@ _LLAMA = Layout(
         ("blocks.{i}.ln1.bias", "model.layers.{i}.input_layernorm.bias", AS_IS),  # LayerNorm's
         ("blocks.{i}.attn.qkv.weight", "|".join(_ATTN + f"{n}_proj.weight" for n in "qkv"), AS_IS),
         ("blocks.{i}.attn.qkv.bias", "|".join(_ATTN + f"{n}_proj.bias" for n in "qkv"), AS_IS),
+        ("blocks.{i}.attn.q_norm.weight", _ATTN + "q_norm.weight", AS_IS),  # Qwen3's, our class
+        ("blocks.{i}.attn.k_norm.weight", _ATTN + "k_norm.weight", AS_IS),
         ("blocks.{i}.attn.proj.weight", _ATTN + "o_proj.weight", AS_IS),
         ("blocks.{i}.attn.proj.bias", _ATTN + "o_proj.bias", AS_IS),
         ("blocks.{i}.ln2.weight", "model.layers.{i}.post_attention_layernorm.weight", AS_IS),
         ("blocks.{i}.ln2.bias", "model.layers.{i}.post_attention_layernorm.bias", AS_IS),
-        ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", AS_IS),
-        ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", AS_IS),
+        ("blocks.{i}.mlp.fc.weight", f"{_MLP}gate_proj.weight|{_MLP}up_proj.weight", AS_IS, _gated),
+        ("blocks.{i}.mlp.fc.bias", f"{_MLP}gate_proj.bias|{_MLP}up_proj.bias", AS_IS, _gated),
+        ("blocks.{i}.mlp.fc.weight", _MLP + "up_proj.weight", AS_IS, _plain),  # our class
+        ("blocks.{i}.mlp.fc.bias", _MLP + "up_proj.bias", AS_IS, _plain),
         ("blocks.{i}.mlp.proj.weight", _MLP + "down_proj.weight", AS_IS),
         ("blocks.{i}.mlp.proj.bias", _MLP + "down_proj.bias", AS_IS),
         ("ln_f.weight", "model.norm.weight", AS_IS),
@@ -252,6 +265,7 @@ _LLAMA = Layout(
             "value_embeds": False,
             "head_bias": False,
             "norm": "rmsnorm",
+            "mlp": "swiglu",
             **_STOCK,
         },
         LLAMA_REMOTE.model_class: {"value_embeds": _has_value_embeds},
@@ -263,7 +277,8 @@ _LLAMA = Layout(
 # Our --bias puts biases on the feed-forward too, which Qwen3's never has: so none at all here.
 _LLAMA_ONLY = {"mlp_bias", "attention_bias", "pretraining_tp", "value_embed_layers"}
 _REMOTE_ONLY = {w for w in _LLAMA.weights if w[0].startswith("value_embeds.")} | {*_SCALAR_WEIGHTS}
-_LLAMA_ONLY |= {_SOFTCAP.theirs, _SCALARS.theirs, "norm_type", "lm_head_bias"}  # our class's
+_LLAMA_ONLY |= {_SOFTCAP.theirs, _SCALARS.theirs, "norm_type", "lm_head_bias", "qk_norm"}
+_LLAMA_ONLY |= {"hidden_act", "gated_mlp"}  # Qwen3's feed-forward is SwiGLU (a check below)
 _QWEN3 = replace(
     _LLAMA,
     name="qwen3",
@@ -273,6 +288,7 @@ _QWEN3 = replace(
     implied=(
         *_LLAMA.implied,
         ("norm", "rmsnorm", ""),
+        ("mlp", "swiglu", ""),
         ("head_bias", False, "a head bias (Qwen3's lm_head has none): train with --no-head_bias"),
         ("qk_norm", True, ""),
         ("bias", False, "biases (Qwen3's feed-forward has none): train with --no-bias"),
@@ -280,6 +296,7 @@ _QWEN3 = replace(
     options=tuple(o for o in _LLAMA.options if o.theirs not in _LLAMA_ONLY),
     fixed=(
         *(f for f in _LLAMA.fixed if f.theirs not in _LLAMA_ONLY),
+        Fixed("hidden_act", _const("silu"), "another gate activation than SiLU"),
         Fixed("attention_bias", _const(False), "biases on the attention's projections only"),
         Fixed("use_sliding_window", _const(False), "sliding-window attention"),
         Fixed(
@@ -289,9 +306,8 @@ _QWEN3 = replace(
         ),
     ),
     weights=(
+        # (the entries of a plain feed-forward never hold: Qwen3 implies SwiGLU)
         *(w for w in _LLAMA.weights if not w[0].endswith(".bias") and w not in _REMOTE_ONLY),
-        ("blocks.{i}.attn.q_norm.weight", _ATTN + "q_norm.weight", AS_IS),
-        ("blocks.{i}.attn.k_norm.weight", _ATTN + "k_norm.weight", AS_IS),
     ),
     summary="Qwen3 layout: rotary positions, pre-RMSNorm blocks, each head's queries and keys "
     "RMS-normalised, SwiGLU feed-forward, no biases",
@@ -373,4 +389,6 @@ _NEOX = Layout(
     remote=None,
 )
 
-LAYOUTS: tuple[Layout, ...] = (_GPT2, _LLAMA, _QWEN3, _NEOX)
+# GPT-NeoX and Qwen3 before Llama: a model one of their stock classes computes is exported so,
+# though our Llama class would compute it too
+LAYOUTS: tuple[Layout, ...] = (_GPT2, _NEOX, _QWEN3, _LLAMA)
