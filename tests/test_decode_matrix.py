@@ -26,6 +26,7 @@ from gpt_study.generate.decode import reference_logits
 from gpt_study.generate.window import crop_prompt
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import UserError
+from hf_helpers import hf_model_of
 from serve_fixtures import VOCAB
 from test_model_options import BASE, OPTIONS
 
@@ -264,28 +265,7 @@ def test_exactly_the_expected_models_export():
 
 def test_the_exported_model_computes_the_forward_pass(model):
     transformers = pytest.importorskip("transformers", reason="the export extra")
-    from gpt_study.export.hf import choose_layout, hf_config, hf_weights, needs_remote_code
-
-    try:
-        layout = choose_layout(model.config)
-    except UserError as e:  # no transformers class computes it: refused (EXPORTED_AS), not wrong
-        assert "no transformers layout fits" in str(e)
-        return
-    # a head bias, value embeddings: the exported folder's own class of the layout
-    remote = needs_remote_code(model, layout)
-    conf = hf_config(model, layout, remote)
-    conf.pop("auto_map", None)
-    if remote:
-        from gpt_study.export import modeling_gpt_study as ours
-
-        config = getattr(ours, layout.remote.config_class)(**conf)
-        hf = getattr(ours, layout.remote.model_class)(config).eval()
-    else:
-        hf_conf = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
-        hf = transformers.AutoModelForCausalLM.from_config(hf_conf).eval()
-    missing, unexpected = hf.load_state_dict(hf_weights(model, layout, remote), strict=False)
-    assert not unexpected and all("rotary" in k or "lm_head" in k for k in missing), missing
-    hf.tie_weights()
+    hf = hf_model_of(model)  # every model exports (test_export: all combinations find a layout)
     ids = torch.tensor([PROMPT + [3 + i % 40 for i in range(20)]])
     with torch.inference_mode():
         diff = (hf(ids).logits - model(ids)).abs().max().item()

@@ -1,20 +1,19 @@
 """What gpt-study's models can have that no stock transformers class computes.
 
-- ``GPTStudyForCausalLM``: GPT-2 whose listed layers may add value embeddings to the values
-  ``c_attn`` makes, with RMSNorms where ``norm_type`` is ``"rms_norm"`` and a gated
+- ``GPTStudyForCausalLM``: GPT-2 with a bias on its output layer (the study's model has one;
+  zeros where a model has none), RMSNorms where ``norm_type`` is ``"rms_norm"`` and a gated
   feed-forward where ``gated_mlp`` is true (``act(gate) * value``: SwiGLU with ``"silu"``).
-- ``GPTStudyForCausalLM`` has a bias on its output layer (the study's model has one; zeros
-  where a model has none), ``GPTStudyLlamaForCausalLM`` where ``lm_head_bias`` is true.
-- ``GPTStudyLlamaForCausalLM``: Llama whose listed layers add a token table of their own to
-  their attention values (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``), with
-  LayerNorms where ``norm_type`` is ``"layer_norm"`` and a plain feed-forward where
-  ``gated_mlp`` is false (``down_proj(act(up_proj(x)))``, ``act`` the ``hidden_act``).
-- Both: logits soft-capped where ``final_logit_softcapping`` is above 0 (``--logit_softcap``:
-  ``cap * tanh(logits / cap)``, Gemma 2's name for it), in ``lm_head`` so that the loss and
-  generation read the capped logits; with ``residual_scalars`` (``--residual_scalars``)
-  layer i reads ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings; and with
-  ``qk_norm`` each head's queries and keys RMS-normalised (``q_norm``, ``k_norm``: Qwen3's). The norms
-  swapped in are torch's own ``nn.LayerNorm`` and ``nn.RMSNorm``.
+- ``GPTStudyLlamaForCausalLM``: Llama with LayerNorms where ``norm_type`` is ``"layer_norm"``, a
+  plain feed-forward where ``gated_mlp`` is false (``down_proj(act(up_proj(x)))``, ``act`` the
+  ``hidden_act``) and a bias on its output layer where ``lm_head_bias`` is true.
+- Both: the listed layers adding a token table of their own to their attention values
+  (``--value_embeds``: ``v = v_proj(h) + value_embed[token]``); each head's queries and keys
+  RMS-normalised where ``qk_norm`` is true (Qwen3's ``q_norm``, ``k_norm``); logits soft-capped
+  where ``final_logit_softcapping`` is above 0 (``--logit_softcap``: ``cap * tanh(logits /
+  cap)``, Gemma 2's name for it), in ``lm_head`` so that the loss and generation read the
+  capped logits; and with ``residual_scalars`` (``--residual_scalars``) layer i reads
+  ``resid_scale[i] * h + x0_scale[i] * x0``, x0 being the embeddings. The norms swapped in are
+  torch's own ``nn.LayerNorm`` and ``nn.RMSNorm``.
 
 gpt-study's ``export`` copies this file into the exported folder; its ``config.json`` names the
 classes in ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(folder,
@@ -212,12 +211,15 @@ class OurParts:
 
     stock_norm = ""  # the norm_type of the stock class
 
-    def _add_our_parts(self, head_in: int, head_bias: bool, eps: float, embeddings, layers) -> None:
-        """The norms the config names, the capped head, and the residual scalars where the
-        config has them (``embeddings``: the module whose output is x0)."""
+    def _take_norms(self, eps: float) -> None:
+        """The norms the config names, first (before the heads' own norms join)."""
+        if self.config.norm_type not in (None, self.stock_norm):
+            _swap_norms(self, self.config.norm_type, eps)
+
+    def _add_our_parts(self, head_in: int, head_bias: bool, embeddings, layers) -> None:
+        """The capped head, and the residual scalars where the config has them (``embeddings``:
+        the module whose output is x0)."""
         config = self.config
-        if config.norm_type not in (None, self.stock_norm):
-            _swap_norms(self, config.norm_type, eps)
         cap = config.final_logit_softcapping
         self.lm_head = CappedLMHead(head_in, config.vocab_size, head_bias, cap)
         if config.residual_scalars:
@@ -241,6 +243,7 @@ class GPTStudyForCausalLM(OurParts, GPT2LMHeadModel):
 
     def __init__(self, config: GPTStudyConfig) -> None:
         super().__init__(config)
+        self._take_norms(config.layer_norm_epsilon)
         for i in config.value_embed_layers or []:
             attn = self.transformer.h[i].attn
             attn.c_attn = ValueEmbedQKV(attn.c_attn.nf, attn.c_attn.nx, config.vocab_size)
@@ -252,8 +255,7 @@ class GPTStudyForCausalLM(OurParts, GPT2LMHeadModel):
             attn = block.attn
             _add_head_norms(attn, attn.head_dim, config.layer_norm_epsilon)
             _norm_heads(attn.c_attn, (attn.q_norm, attn.k_norm, None), attn.head_dim)
-        eps = config.layer_norm_epsilon
-        self._add_our_parts(config.n_embd, True, eps, self.transformer.drop, self.transformer.h)
+        self._add_our_parts(config.n_embd, True, self.transformer.drop, self.transformer.h)
         self.post_init()
 
 
@@ -265,6 +267,7 @@ class GPTStudyLlamaForCausalLM(OurParts, LlamaForCausalLM):
 
     def __init__(self, config: GPTStudyLlamaConfig) -> None:
         super().__init__(config)
+        self._take_norms(config.rms_norm_eps)
         for i in config.value_embed_layers or []:
             attn = self.model.layers[i].self_attn
             old = attn.v_proj
@@ -279,6 +282,6 @@ class GPTStudyLlamaForCausalLM(OurParts, LlamaForCausalLM):
             _add_head_norms(attn, attn.head_dim, config.rms_norm_eps)
             _norm_heads(attn.q_proj, (attn.q_norm,), attn.head_dim)
             _norm_heads(attn.k_proj, (attn.k_norm,), attn.head_dim)
-        head = (config.hidden_size, config.lm_head_bias, config.rms_norm_eps)
+        head = (config.hidden_size, config.lm_head_bias)
         self._add_our_parts(*head, self.model.embed_tokens, self.model.layers)
         self.post_init()
