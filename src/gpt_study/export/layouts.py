@@ -92,10 +92,10 @@ class Layout:
     # value, or a function of config.json's dict): a stock class computes none of ours
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote: Remote | None = None  # our class, for what the stock one does not compute
-    # bias options whose biases (our names, "{i}" for the block) the stock class always has: a
-    # model trained without them is written with zeros there, which compute what no bias does;
-    # import reads them back as biases that are zero, the option on
-    zero_filled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # bias options whose biases the stock class always has: a model trained without them is
+    # written with zeros there, which compute what no bias does; import reads them back as
+    # biases that are zero, the option on (which biases an option adds: :func:`zero_filled`)
+    zero_filled: tuple[str, ...] = ()
     # weight-name prefixes a newer transformers gives its modules where the table writes the
     # older name (which every version loads): import reads either
     renamed: dict[str, str] = field(default_factory=dict)
@@ -226,17 +226,16 @@ def _ours(t: torch.Tensor, how: str, n_heads: int) -> torch.Tensor:
 
 def zero_filled(cfg: GPTConfig, layout: Layout, remote: bool) -> dict[str, set[str]]:
     """The biases the exported class always has (the layout's, and its class of ours' with
-    ``remote``) that a model of ``cfg`` lacks, by bias option: they are written as zeros. Only
-    biases the model would have with the option on count (an RMSNorm has none, whatever
-    ``--norm_bias`` says): the model itself says so, built on the meta device (no memory)."""
-    ours = layout.remote.zero_filled if remote and layout.remote is not None else {}
+    ``remote``) that a model of ``cfg`` lacks, by bias option: they are written as zeros. The
+    model itself says which weights an option adds (built on the meta device, no memory, with
+    the option on and as it is), so an RMSNorm adds none whatever ``--norm_bias`` says."""
+    ours = layout.remote.zero_filled if remote and layout.remote is not None else ()
     out = {}
-    for option, biases in {**layout.zero_filled, **ours}.items():
-        if getattr(cfg, option):
-            continue
+    for option in (o for o in (*layout.zero_filled, *ours) if not getattr(cfg, o)):
         with torch.device("meta"):
-            could = set(GPT(replace(cfg, **{option: True})).state_dict())
-        if names := {b.format(i=i) for b in biases for i in range(cfg.n_layers)} & could:
+            names = set(GPT(replace(cfg, **{option: True})).state_dict())
+            names -= set(GPT(cfg).state_dict())
+        if names:
             out[option] = names
     return out
 

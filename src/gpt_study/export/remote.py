@@ -11,7 +11,7 @@ feature, when a model needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["LLAMA_REMOTE", "GPT2_REMOTE", "REMOTE_FILE", "Feature", "Remote"]
@@ -37,8 +37,8 @@ class Remote:
     config_class: str
     model_type: str
     features: tuple[Feature, ...]
-    # as Layout.zero_filled: bias options whose biases (our names) the class always has
-    zero_filled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # as Layout.zero_filled: bias options whose biases the class always has
+    zero_filled: tuple[str, ...] = ()
 
     def needed(self, model: Any) -> bool:
         return any(f.needed(model) for f in self.features)
@@ -139,7 +139,7 @@ GPT2_REMOTE = Remote(
         SOFTCAP,
         SCALARS,
     ),
-    zero_filled={"head_bias": ("head.bias",)},
+    zero_filled=("head_bias",),
 )
 LLAMA_REMOTE = Remote(
     "GPTStudyLlamaForCausalLM",
@@ -158,5 +158,5 @@ LLAMA_REMOTE = Remote(
         SOFTCAP,
         SCALARS,
     ),
-    zero_filled={"norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias")},
+    zero_filled=("norm_bias",),
 )

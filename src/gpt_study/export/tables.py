@@ -77,12 +77,7 @@ _ACTIVATIONS = (
     ("relu2", "relu2"),
 )
 # the biases of a class that always has them on its linears and norms (GPT-2, GPT-NeoX)
-_EVERY_BIAS = {
-    "bias": tuple(
-        f"blocks.{{i}}.{w}.bias" for w in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
-    ),
-    "norm_bias": ("blocks.{i}.ln1.bias", "blocks.{i}.ln2.bias", "ln_f.bias"),
-}
+_EVERY_BIAS = ("bias", "norm_bias")
 
 # --mlp under two keys: the activation (SwiGLU's is "silu") and whether it gates (our classes'
 # gated_mlp: in GPT-2 a c_fc twice as wide making [gate; value], in Llama up_proj alone)
