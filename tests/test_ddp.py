@@ -44,12 +44,29 @@ def flags(d: dict) -> list[str]:
     return out
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.fixture(autouse=True)
+def _own_tmpdir(tmp_path, monkeypatch):
+    """torchrun's elastic agent makes a ``torchelastic_*`` folder in the temporary directory and
+    leaves it there: each test gives it one of its own, so the suite leaves nothing in /tmp."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+
+
+def torchrun_env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
 def torchrun(args: list[str], timeout: float = 300, script: str | None = None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     target = [script] if script else ["-m", "gpt_study"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run(
-        cmd + target + args, env=env, capture_output=True, text=True, timeout=timeout
+        TORCHRUN + target + args,
+        env=torchrun_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -242,11 +259,9 @@ def test_sigterm_to_torchrun_saves_and_the_job_resumes(tiny_prepared, tmp_path):
     """A cluster's preemption: torchrun forwards SIGTERM, the ranks agree, rank 0 saves."""
     root = tmp_path / "pre"
     args = ddp_train(tiny_prepared, root, iters_per_epoch=100_000, sample_tokens=0)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     job = subprocess.Popen(
-        cmd + ["-m", "gpt_study"] + args,
-        env=env,
+        TORCHRUN + ["-m", "gpt_study"] + args,
+        env=torchrun_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
