@@ -279,3 +279,12 @@ def test_the_exported_model_computes_the_forward_pass(model):
     with torch.inference_mode():
         out = hf.generate(torch.tensor([PROMPT]), generation_config=gen)
     assert out[0, len(PROMPT) :].tolist() == want
+    # a batch that left-pads the prompt (evaluate --hf's stories): each row at its own positions,
+    # which generate() derives from the attention mask
+    longer, pad = PROMPT + [7, 8], 2
+    ids = torch.tensor([[EOT_ID] * pad + PROMPT, longer])
+    mask = torch.tensor([[0] * pad + [1] * len(PROMPT), [1] * len(longer)])
+    gen.max_new_tokens = n - pad  # the longer row's positions end at max_len
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=mask, generation_config=gen)
+    assert out[0, len(longer) :].tolist() == want[: n - pad]

@@ -227,10 +227,20 @@ class OurParts:
         # found once here (the tables are in place), not at every forward of a decoding loop
         self.value_rows = [m for m in self.modules() if isinstance(m, ValueRows)]
 
-    def forward(self, input_ids: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        # position_ids named here, as the stock forward names it: generate() derives them from
+        # a left-padded batch's attention_mask only for a forward whose signature has them
         for module in self.value_rows:
             module.ids = input_ids  # the new tokens only
-        return super().forward(input_ids=input_ids, **kwargs)
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
 
 
 class GPTStudyForCausalLM(OurParts, GPT2LMHeadModel):
