@@ -1,5 +1,6 @@
 """The inspection path: the model re-run step by step equals the fused model and an oracle."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -106,9 +107,21 @@ def test_trace_attention_equals_the_oracle():
     assert tr.attention.max() > 0.5  # sharp enough that the test could fail
 
 
-def test_trace_refuses_more_than_max_len():
-    with pytest.raises(ValueError, match="1..16 tokens"):
+def test_trace_takes_the_positions_the_forward_pass_takes():
+    """Learned positions end at max_len (the forward pass refuses more); rotary ones go on past
+    it, as generate and score_ids let them (a window longer than max_len), and trace agrees with
+    the model there."""
+    with pytest.raises(ValueError, match="exceed max_len 16"):
         trace(_model(), list(range(17)))
+    with pytest.raises(ValueError, match="at least one token"):
+        trace(_model(), [])
+    torch.manual_seed(3)
+    cfg = GPTConfig(vocab_size=V, max_len=16, d_model=32, d_ff=64, n_layers=2, n_heads=4)
+    model = GPT(dataclasses.replace(cfg, positions="rope")).eval().double()
+    ids = [SOT_ID] + [3 + i % 30 for i in range(23)]  # 24 tokens, past max_len
+    with torch.no_grad():
+        want = model(torch.tensor([ids]))[0]
+    torch.testing.assert_close(trace(model, ids).logits, want, rtol=1e-10, atol=1e-10)
 
 
 def test_scores_sum_to_the_held_out_scorer():

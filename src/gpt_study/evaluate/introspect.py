@@ -70,7 +70,7 @@ class Trace:
 
 @torch.inference_mode()
 def trace(model: GPT, ids: Sequence[int]) -> Trace:
-    """Run ``ids`` (at most ``max_len`` tokens, from position 0) keeping attention and the lens.
+    """Run ``ids`` (from position 0) keeping attention and the lens.
 
     The model's own forward pass (:meth:`gpt_study.model.GPT.hidden`), with each attention module
     asked to keep its weights (``keep_weights``: the plain formula instead of the fused kernel,
@@ -78,8 +78,10 @@ def trace(model: GPT, ids: Sequence[int]) -> Trace:
     block; no dropout, as in evaluation, whatever mode the model is in.
     """
     T = len(ids)
-    if not 1 <= T <= model.config.max_len:
-        raise ValueError(f"trace takes 1..{model.config.max_len} tokens, got {T}")
+    if T < 1:
+        raise ValueError("trace takes at least one token")
+    # How many positions the model has is the forward pass's own rule (learned positions end at
+    # max_len, rotary ones go on, as generate and score_ids let them): not repeated here.
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], device=device)  # (1, T)
     attns = [block.attn for block in model.blocks]
