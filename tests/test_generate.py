@@ -184,6 +184,26 @@ def test_top_p_below_the_likeliest_keeps_only_it():
     assert (filter_top_p(logits, 0.01) > float("-inf")).sum(dim=1).tolist() == [1, 1]
 
 
+@pytest.mark.parametrize("where", [0, 1, 2])  # the tie's place in the row: the sort's order
+@pytest.mark.parametrize("top_k", [0, 3])  # draw_nucleus, then candidates after top-k
+def test_a_tie_at_the_nucleus_edge_is_kept_whole_on_every_path(where, top_k):
+    """0.5, 0.25, 0.25 at p 0.6: the second tied token has 0.75 above it in sorted order but only
+    0.5 strictly likelier; every path keeps both (so which one survives never depends on how a
+    sort orders a tie)."""
+    probs = torch.tensor([0.25, 0.25, 0.25])
+    probs[where] = 0.5
+    logits = torch.log(probs)[None].repeat(2, 1)  # (2, 3)
+    padded = torch.cat([logits, torch.full((2, 5), -30.0)], dim=-1)  # never drawn
+    assert (filter_top_p(padded, 0.6) > float("-inf"))[:, :3].all()
+    weights, ids = candidates(padded, top_k, 0.6)
+    assert sorted(ids[0, weights[0] > 0].tolist()) == [0, 1, 2]
+    g = torch.Generator().manual_seed(0)
+    sample = SampleConfig(top_p=0.6, top_k=top_k, temperature=1.0)
+    picked = torch.stack([next_token(padded, sample, generator=g) for _ in range(600)])  # (600, 2)
+    counts = torch.bincount(picked.flatten(), minlength=8)[:3] / picked.numel()
+    torch.testing.assert_close(counts, probs, atol=0.05, rtol=0)
+
+
 @pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.999), (7, 1.0), (7, 0.5), (0, 0.3)])
 @pytest.mark.parametrize("scale", [0.5, 8.0])  # flat (nucleus wider than 256) and peaked
 def test_candidates_are_exactly_the_filtered_sets(top_k, top_p, scale):

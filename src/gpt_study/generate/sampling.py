@@ -90,8 +90,9 @@ def candidates(
     """The tokens that top-k and then top-p allow: (weights (B, K), ids (B, K)), likeliest first.
 
     Top-k keeps the ``k`` likeliest; top-p (nucleus, Holtzman et al. 2020) then keeps the
-    smallest set of likeliest tokens whose probability reaches ``p`` (the likeliest always; the
-    masking oracles in ``tests/oracles.py`` define both sets). Ranked: with top-k, only the
+    smallest set of likeliest tokens whose probability reaches ``p``, a tie at its edge whole
+    (:func:`likelier_mass`; the likeliest always; the masking oracles in ``tests/oracles.py``
+    define both sets). Ranked: with top-k, only the
     ``k`` likeliest are sorted; without it the whole vocabulary is (the slow, exact fallback of
     :func:`draw_nucleus`). Weights are probabilities, zero outside the set, and the set is a
     prefix of each row. ``None`` when neither filter is on.
@@ -106,9 +107,19 @@ def candidates(
         vals, ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
         probs = torch.softmax(vals, dim=-1)
     if top_p < 1.0:
-        before = torch.cumsum(probs, dim=-1) - probs
-        probs = probs.masked_fill(before >= top_p, 0.0)
+        probs = probs.masked_fill(likelier_mass(vals, probs) >= top_p, 0.0)
     return probs, ids
+
+
+def likelier_mass(vals: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """(B, K): what the tokens strictly likelier than each hold, for ``vals`` (B, K) sorted
+    descending and their ``probs``. The nucleus's one rule, which :func:`draw_nucleus` tests draw
+    by draw: a token is in when this is below ``p``. Tied tokens hold the same mass, so a tie at
+    the edge is kept whole, whatever order the sort left it in."""
+    before = torch.cumsum(probs, dim=-1) - probs  # (B, K): the tokens ranked above each
+    up = vals.neg().contiguous()  # (B, K), ascending
+    first = torch.searchsorted(up, up)  # (B, K): where each one's tie group starts
+    return before.gather(-1, first)
 
 
 def draw_nucleus(
