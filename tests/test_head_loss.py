@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gpt_study.model.loss import head_loss, reference_lm_loss
+from test_model_options import OPTIONS, cfg_of
 
 
 def make(bias=True, V=97, C=24, seed=0):
@@ -132,14 +133,19 @@ def test_head_loss_survives_a_target_probability_that_underflows():
     torch.testing.assert_close(got, want)
 
 
-def test_lm_loss_module_equals_model_then_lm_loss():
-    from gpt_study.model.gpt import GPT, GPTConfig
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_lm_loss_module_equals_model_then_lm_loss(option):
+    """Training's loss (hidden states, then the chunked head and loss, or the logits where they
+    are more than the head) is the criterion on the model's own logits, for every model option."""
+    from gpt_study.model.gpt import GPT
     from gpt_study.model.loss import LMLoss
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, max_len=16, d_model=32, d_ff=64, n_layers=2, n_heads=4))
+    model = GPT(cfg_of(option, embedding_drop=0.0))
     model.eval()
-    x, y = torch.randint(0, 50, (2, 2, 16))
+    with torch.no_grad():
+        model.head.weight.mul_(100)  # logits of tens: a softcap of 3 bites
+    x, y = torch.randint(0, model.config.vocab_size, (2, 2, 16))
     want = reference_lm_loss(model(x), y, 0.1, 2.0)
     want.backward()
     want_g = [p.grad.clone() for p in model.parameters()]
@@ -148,7 +154,8 @@ def test_lm_loss_module_equals_model_then_lm_loss():
     got.backward()
     torch.testing.assert_close(got, want)
     for p, g in zip(model.parameters(), want_g, strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+        # the chunked pass sums in another order; gradients here are up to about 1
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=2e-5)
 
 
 def test_bench_train_runs_and_reports_both_steps():

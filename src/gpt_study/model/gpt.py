@@ -365,6 +365,13 @@ class GPT(nn.Module):
         (int8 weights)."""
         return softcap(self.head(h), self.config.logit_softcap)
 
+    @property
+    def logits_are_the_head(self) -> bool:
+        """Whether :meth:`logits` is ``head`` alone, so that training's chunked head and loss
+        (:func:`~gpt_study.model.loss.head_loss`) may stand for it: a step added to ``logits``
+        must say so here, or it would change every path but training."""
+        return not self.config.logit_softcap
+
     def forward(
         self,
         idx: torch.Tensor,

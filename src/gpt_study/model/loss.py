@@ -321,7 +321,7 @@ class LMLoss(torch.nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = self.model.hidden(idx)  # (B, T, C)
-        if self.model.config.logit_softcap:  # capped logits: their gradient is not head_loss's
+        if not self.model.logits_are_the_head:  # e.g. capped: their gradient is not head_loss's
             logits = self.model.logits(hidden)  # (B, T, V)
             eps, sp, ids = self.label_smoothing, self.sp_weight, self.special_ids
             return reference_lm_loss(logits, targets, eps, sp, ids)
