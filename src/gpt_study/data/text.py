@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from gpt_study.config import EOT_ID, SOT_ID
 from gpt_study.data.clean import clean_text
 from gpt_study.data.dataset import PreparedData, positions_of
 from gpt_study.data.folder import redo_hint
@@ -82,14 +81,14 @@ def split_stories(data: PreparedData, split: str = "valid") -> list[str]:
 def decoded_stories(data: PreparedData, split: str) -> list[str]:
     """Each ``<sot> ... <eot>`` of the split's stream decoded with the folder's tokenizer."""
     tokens = data.tokens(split)
-    starts = positions_of(SOT_ID, tokens, len(tokens))
-    ends = positions_of(EOT_ID, tokens, len(tokens))
+    tok = load_tokenizer(data.tokenizer_path)  # its special ids, not the word vocabulary's
+    starts = positions_of(tok.sot_id, tokens, len(tokens))
+    ends = positions_of(tok.eot_id, tokens, len(tokens))
     if len(starts) != len(ends) or np.any(ends <= starts):
         raise UserError(
             f"{data.folder / f'{split}.bin'} is not a run of <sot> ... <eot> stories: "
             f"{redo_hint(data.folder)}"
         )
-    tok = load_tokenizer(data.tokenizer_path)
     return [tok.decode(tokens[s + 1 : e].tolist()) for s, e in zip(starts, ends, strict=True)]
 
 

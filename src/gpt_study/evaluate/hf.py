@@ -51,7 +51,7 @@ from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.text import without_markers
 from gpt_study.generate.window import crop_prompt, keep_size, segment_start
 from gpt_study.runtime import device as runtime
-from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
+from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require, weights_dtype
 
 DEFAULT_WINDOW_CAP = 4096
 """A model with more positions is scored in windows of this many unless ``--window`` says
@@ -118,8 +118,7 @@ def load_hf(
     :func:`gpt_study.runtime.device.inference_dtype`); ``window`` checked against its positions."""
     transformers = require_transformers()
     dev = torch.device(runtime.resolve_device(device))
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    weights = {key: runtime.inference_dtype(dtype, dev)}
+    weights = weights_dtype(transformers, runtime.inference_dtype(dtype, dev))
     bars = transformers.utils.logging
     shown = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()  # its bar per weight file: noise beside our one line of errors

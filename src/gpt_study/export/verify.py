@@ -19,7 +19,7 @@ from gpt_study.data.text import source_stories
 from gpt_study.export.hf import special_token_ids
 from gpt_study.generate.decode import generate_ids
 from gpt_study.model.gpt import GPT
-from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
+from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require, weights_dtype
 
 __all__ = [
     "LOGITS_TOLERANCE",
@@ -65,10 +65,8 @@ class Checked:
 
 
 def load_options(transformers: Any) -> dict[str, Any]:
-    """``from_pretrained``'s keyword for fp32 weights: ``dtype`` (transformers 5) or
-    ``torch_dtype`` (4.x)."""
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype" if major >= 5 else "torch_dtype": torch.float32}
+    """``from_pretrained``'s keyword for fp32 weights, as this transformers spells it."""
+    return weights_dtype(transformers, torch.float32)
 
 
 def _load(folder: Path, remote: bool) -> tuple[Any, Any]:

@@ -32,3 +32,10 @@ def require(module: str, who: str, install: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"{who} needs {module}: {install}") from None
+
+
+def weights_dtype(transformers: Any, dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s keyword for the weights' dtype: ``dtype`` from transformers 5 on,
+    ``torch_dtype`` before (which 5 warns of)."""
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype" if major >= 5 else "torch_dtype": dtype}
