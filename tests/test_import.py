@@ -148,8 +148,39 @@ def neox_folder(folder: Path, texts: list[str], **config) -> Path:
     return folder
 
 
+NEO_WINDOW = 16  # the local layers' window, half the 32 positions
+
+
+def neo_folder(folder: Path, texts: list[str], **config) -> Path:
+    """GPT-Neo as the TinyStories models are (GPT-2's tokenizer; global and local layers in turn,
+    tied, gelu_new), 8 dimensions a head (sqrt 8 is inexact in floats). Its queries are drawn
+    sqrt(head_dim) smaller than _loud's, as a model trained without the scale learns them."""
+    tok = _bpe(texts, [], END)
+    end = tok.token_to_id(END)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=END, eos_token=END, unk_token=END
+    )
+    settings = dict(attention_types=[[["global", "local"], 1]], window_size=NEO_WINDOW)
+    cfg = transformers.GPTNeoConfig(
+        vocab_size=tok.get_vocab_size(), max_position_embeddings=32, hidden_size=32,
+        num_layers=2, num_heads=4, bos_token_id=end, eos_token_id=end, **{**settings, **config},
+    )  # fmt: skip
+    model = _loud(transformers.GPTNeoForCausalLM(cfg))
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.attention.q_proj.weight.div_(8**0.5)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
 LAYOUTS = {
     "gpt2 as published: tied, gelu_new": (gpt2_folder, {}),
+    "gpt-neo as TinyStories': global and local, tied, gelu_new": (neo_folder, {}),
+    "gpt-neo global only, untied, exact gelu": (
+        neo_folder,
+        dict(attention_types=[[["global"], 2]], tie_word_embeddings=False, activation_function="gelu"),
+    ),
     "gpt-neox untied, exact gelu": (neox_folder, {}),
     "gpt2 untied, exact gelu": (gpt2_folder, dict(tie_word_embeddings=False, activation_function="gelu")),
     "llama tied, biases": (llama_folder, dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
@@ -175,16 +206,18 @@ def test_the_checkpoint_computes_transformers_logits_and_greedy_tokens(imported)
     name, folder, result, lines = imported
     ckpt = load_checkpoint(result.out)  # read back from disk, as every command reads it
     hf, model, tok = _hf(folder), ckpt.model.eval(), ckpt.tokenizer
-    idx = torch.randint(0, model.config.vocab_size, (3, 32), generator=torch.Generator())
+    T = model.config.max_len  # 32; GPT-Neo with local layers: their window (the positions kept)
+    assert T == (NEO_WINDOW if "global and local" in name else 32)
+    idx = torch.randint(0, model.config.vocab_size, (3, T), generator=torch.Generator())
     with torch.no_grad():
         theirs, ours = hf(idx).logits, model(idx)
     assert theirs.abs().max() > 10  # the tolerance means something at these magnitudes
     assert (theirs - ours).abs().max().item() <= 1e-4
     assert result.checked.logits_diff <= 1e-4 and result.checked.greedy_equal
 
-    n = 31
+    n = T - 1
     want = generate_ids(
-        model, [[tok.sot_id]], SampleConfig(greedy=True, max_new_tokens=n), 32, eot_id=tok.eot_id
+        model, [[tok.sot_id]], SampleConfig(greedy=True, max_new_tokens=n), T, eot_id=tok.eot_id
     ).new_ids[0]
     gen = transformers.GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=tok.eot_id)
     got = hf.generate(torch.tensor([[tok.sot_id]]), generation_config=gen)[0, 1:].tolist()
@@ -195,7 +228,7 @@ def test_the_checkpoint_computes_transformers_logits_and_greedy_tokens(imported)
     for text in _stories(3, skip=400):
         assert tok.encode(text) == hf_tok(text, add_special_tokens=False).input_ids
         assert tok.decode(tok.encode(text)) == text
-    if result.layout in ("gpt2", "gpt_neox"):  # one <|endoftext|>: bos and eos
+    if result.layout in ("gpt2", "gpt_neox", "gpt_neo"):  # one <|endoftext|>: bos and eos
         end = hf_tok.convert_tokens_to_ids(END)
         assert (tok.sot_id, tok.eot_id, tok.unk_id, tok.special_ids) == (end, end, None, (end,))
         assert ckpt.config.model.mlp == ("gelu" if "exact" in name else "gelu_tanh")
@@ -204,6 +237,20 @@ def test_the_checkpoint_computes_transformers_logits_and_greedy_tokens(imported)
         assert ckpt.config.model.rope_base == 500.0
     assert ckpt.state["imported"]["logits_max_abs_diff"] == result.checked.logits_diff
     assert any("logits max abs difference" in line for line in lines)
+
+
+def test_a_window_past_the_kept_positions_is_refused_in_one_line(tmp_path, texts, capsys):
+    """GPT-Neo's local layers are computed exactly only within their window: the checkpoint keeps
+    that many positions, and a longer --window is refused as for any learned positions."""
+    folder = neo_folder(tmp_path / "hf", texts)
+    lines: list[str] = []
+    ckpt = import_hf(folder, tmp_path / "ckpt", log=lines.append).out
+    assert any(f"keeps those {NEO_WINDOW} of its 32 learned positions" in line for line in lines)
+    args = ["generate", "--checkpoint", str(ckpt), "--prompt", "Once", "--window", "32"]
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"use --window {NEO_WINDOW} or less" in err[0], err
 
 
 def test_generate_runs_on_the_imported_checkpoint(imported, capsys):
@@ -392,12 +439,18 @@ REFUSED = {
             num_attention_heads=4, use_parallel_residual=False)),
         "partial_rotary_factor 0.25 (rotary positions on part of each head",
     ),
-    "GPT-Neo": (
+    "OPT": (
+        lambda: transformers.OPTForCausalLM(transformers.OPTConfig(
+            vocab_size=300, max_position_embeddings=32, hidden_size=32, num_hidden_layers=1,
+            ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32)),
+        "it is a OPTForCausalLM (no gpt-study layout computes it)",
+    ),
+    "GPT-Neo with another LayerNorm eps": (
         lambda: transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
             vocab_size=300, max_position_embeddings=32, hidden_size=32, num_layers=2,
             num_heads=4, attention_types=[[["global", "local"], 1]], bos_token_id=0,
-            eos_token_id=0)),
-        "GPTNeoForCausalLM (GPT-Neo divides no attention score",
+            eos_token_id=0, layer_norm_epsilon=1e-6)),
+        "GPTNeoForCausalLM with layer_norm_epsilon 1e-06 (another LayerNorm eps",
     ),
     "grouped-query Llama": (
         lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
@@ -459,8 +512,8 @@ def test_what_no_option_computes_is_refused_in_one_line(tmp_path, capsys, name):
     assert main(["import", "--hf", str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    if name == "GPT-Neo":
-        assert "LlamaForCausalLM" in err[0] and f"evaluate --hf {folder}" in err[0]
+    if name == "OPT":  # what it does read, and how to score this one instead
+        assert "GPTNeoForCausalLM" in err[0] and f"evaluate --hf {folder}" in err[0]
     assert not out.exists()
 
 
@@ -567,18 +620,21 @@ def test_a_fine_tuned_import_learns_uses_its_own_specials_and_resumes_bit_for_bi
     assert (tmp_path / "cmp" / "compare.json").exists()
 
 
-@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+@pytest.mark.parametrize("layout", ["llama", "gpt2", "gpt_neo"])
 def test_an_imported_checkpoint_scores_the_stream_evaluate_hf_scores(layout, tmp_path, texts):
     """Your fine-tune against the published model is honest only on one stream: evaluate on the
     imported checkpoint's prepared folder and evaluate --hf on its source read the same targets
     and give the same bits per byte, with distinct markers (Llama's <s> and </s>) and with one
-    token for both (GPT-2's <|endoftext|>, written once between stories: join_stories)."""
-    folder = (llama_folder if layout == "llama" else gpt2_folder)(tmp_path / "hf", texts)
+    token for both (GPT-2's <|endoftext|>, written once between stories: join_stories). GPT-Neo
+    with local layers is scored in windows of their width both ways (the positions it keeps)."""
+    make = {"llama": llama_folder, "gpt2": gpt2_folder, "gpt_neo": neo_folder}[layout]
+    folder = make(tmp_path / "hf", texts)
     ckpt = import_hf(folder, tmp_path / "ckpt", log=lambda _: None).out
     prep = tmp_path / "prep"
     given = ["--tokenizer_from", str(ckpt), "--out", str(prep), "--workers", "1"]
     assert main(["prepare", "--data", *_corpus(tmp_path), *given]) == 0
     common = ["--data", str(prep), "--device", "cpu", "--dtype", "float32", "--no_stories"]
+    common += ["--window", str(NEO_WINDOW)] if layout == "gpt_neo" else []
     for flag, source, out in (("--checkpoint", ckpt, "a"), ("--hf", folder, "b")):
         assert main(["evaluate", flag, str(source), *common, "--json", str(tmp_path / out)]) == 0
     ours, theirs = (json.loads((tmp_path / f).read_text())["valid"] for f in ("a", "b"))
@@ -590,8 +646,9 @@ def test_an_imported_checkpoint_scores_the_stream_evaluate_hf_scores(layout, tmp
 
     ids = open_prepared(prep).tokens("valid")
     marker = int(ids[0])
-    ends = int((ids == marker).sum()) if layout == "gpt2" else int((ids == 1).sum())
-    assert ends == 40 + (layout == "gpt2")  # 40 stories: one marker more than stories, or </s> each
+    shared = layout != "llama"  # GPT-2's tokenizer: one <|endoftext|> between stories
+    ends = int((ids == marker).sum()) if shared else int((ids == 1).sum())
+    assert ends == 40 + shared  # 40 stories: one marker more than stories, or </s> each
     pasted = (tmp_path / "valid.txt").read_text(encoding="utf-8")  # serve's pasted text: the same
     tok = load_tokenizer(ckpt / "tokenizer.json")
     assert text_ids(tok, pasted)[0] == ids.tolist()

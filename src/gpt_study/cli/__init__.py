@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("gpt_study.cli.compare", "runs side by side: curves, figures, settings, stories"),
     "serve": ("gpt_study.cli.serve", "a local web page to look inside models and runs"),
     "export": ("gpt_study.cli.export", "write a checkpoint as a folder that transformers loads"),
-    "import": ("gpt_study.cli.import_", "a transformers model (GPT-2, Llama) as a checkpoint"),
+    "import": ("gpt_study.cli.import_", "a transformers GPT-2, Llama, GPT-Neo... as a checkpoint"),
     "demo": (
         "gpt_study.cli.demo",
         "prepare, train, plot, evaluate and generate on the shared sample",

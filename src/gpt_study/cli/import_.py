@@ -13,7 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="NAME_OR_FOLDER",
         help="a transformers model: a Hub name (read from the local cache when offline) or a "
-        "folder; GPT2LMHeadModel and LlamaForCausalLM layouts (docs/import.md)",
+        "folder, of a class docs/import.md lists (another is refused in one line naming them)",
     )
     parser.add_argument(
         "--out",

@@ -32,6 +32,7 @@ from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainC
 from gpt_study.data.tokenizer import ImportedTokenizer
 from gpt_study.data.tokenizer.imported import published_roles
 from gpt_study.export.layouts import Layout, Remote, from_hf_config, from_hf_weights
+from gpt_study.export.neo import IMPORT_ONLY
 from gpt_study.export.tables import LAYOUTS
 from gpt_study.export.verify import Checked, compare, load_options
 from gpt_study.model.gpt import GPT
@@ -46,15 +47,12 @@ MAX_WINDOW = 2048
 generation and evaluation read by default; ``--window`` changes it."""
 
 _SAMPLES = ("Once upon a time, there was a little girl named Lily.", 'Tom said, "I can\'t!"')
-# Why a published layout is not one of ours, where we know it.
-_WHY = {
-    "GPTNeoForCausalLM": "GPT-Neo divides no attention score by sqrt(head_dim) and alternates "
-    "local (windowed) attention with global, which no gpt-study option computes"
-}
+# every layout import reads: export's, then those it never writes
+READ: tuple[Layout, ...] = (*LAYOUTS, *IMPORT_ONLY)
 
 
 def _remotes() -> list[Remote]:
-    return [layout.remote for layout in LAYOUTS if layout.remote is not None]
+    return [layout.remote for layout in READ if layout.remote is not None]
 
 
 def _remote_classes() -> set[str]:
@@ -70,7 +68,7 @@ def _our_class(name: str) -> Any:
 
 def supported() -> str:
     """The classes import reads, in words."""
-    names = [c for layout in LAYOUTS for c in layout.classes if c not in _remote_classes()]
+    names = [c for layout in READ for c in layout.classes if c not in _remote_classes()]
     return f"{', '.join(names)} (and folders gpt-study exported)"
 
 
@@ -115,15 +113,14 @@ def _layout(source: str, hf_cfg: Any) -> tuple[Layout, str]:
     """The layout of the model's class (its ``architectures``, else its ``model_type``)."""
     archs = list(getattr(hf_cfg, "architectures", None) or [])
     if not archs:
-        stock = {layout.model_type: layout.stock_class for layout in LAYOUTS}
+        stock = {layout.model_type: layout.stock_class for layout in READ}
         archs = [stock.get(hf_cfg.model_type, hf_cfg.model_type)]
-    for layout in LAYOUTS:
+    for layout in READ:
         if archs[0] in layout.classes:
             return layout, archs[0]
-    why = _WHY.get(archs[0], "no gpt-study layout computes it")
     raise UserError(
-        f"cannot import {source}: it is a {archs[0]} ({why}); gpt-study imports {supported()}: "
-        f"score it with `gpt-study evaluate --hf {source}` instead"
+        f"cannot import {source}: it is a {archs[0]} (no gpt-study layout computes it); "
+        f"gpt-study imports {supported()}: score it with `gpt-study evaluate --hf {source}` instead"
     )
 
 
@@ -239,6 +236,8 @@ def _import(transformers: Any, source: str, out: Path, log: Callable[[str], None
         f"{cls} as the {layout.name} layout: {model.num_params():,} parameters; tokenizer "
         f"<sot> {tok.sot_id}, <eot> {tok.eot_id}, <unk> {tok.unk_id}"
     )
+    if layout.note is not None and (note := layout.note(hf_cfg.to_dict(), cfg)):
+        say(note)
     say(
         f"checked with transformers {checked.version}: logits max abs difference "
         f"{checked.logits_diff:.1e} (fp32, {checked.positions} positions); greedy "

@@ -99,6 +99,11 @@ class Layout:
     # weight-name prefixes a newer transformers gives its modules where the table writes the
     # older name (which every version loads): import reads either
     renamed: dict[str, str] = field(default_factory=dict)
+    # an import-only layout (:data:`~gpt_study.export.tables.IMPORT_ONLY`), whose class computes
+    # our model by other means: what its weights need beyond the table (in place, after it), and
+    # the line that says so when a model is imported (given config.json's dict)
+    adapt: Callable[[dict[str, torch.Tensor], GPTConfig], None] | None = None
+    note: Callable[[dict[str, Any], GPTConfig], str | None] | None = None
 
     @property
     def understood(self) -> frozenset[str]:
@@ -303,4 +308,6 @@ def from_hf_weights(
         raise UserError(
             f"the weights hold {', '.join(sorted(theirs)[:3])}, which no gpt-study option has"
         )
+    if layout.adapt is not None:
+        layout.adapt(out, cfg)
     return out

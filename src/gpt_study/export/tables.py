@@ -29,7 +29,7 @@ from gpt_study.export.layouts import AS_IS, BY_HEAD, TRANSPOSED, Fixed, Layout, 
 from gpt_study.export.remote import GPT2_REMOTE, LLAMA_REMOTE
 from gpt_study.model.gpt import NORM_EPS
 
-__all__ = ["LAYOUTS"]
+__all__ = ["ACTIVATIONS", "LAYOUTS"]
 
 
 def _const(value: Any) -> Callable[[GPTConfig], Any]:
@@ -68,9 +68,9 @@ _SCALAR_WEIGHTS = (
     ("x0_scale", "scalars.x0_scale", AS_IS),
 )
 
-# the feed-forward activations GPT-2 and GPT-NeoX both read from transformers' ACT2FN: exact erf
+# the feed-forward activations GPT-2, GPT-NeoX and GPT-Neo read from transformers' ACT2FN: exact erf
 # GELU is F.gelu; "gelu_new" (and torch's "gelu_pytorch_tanh") is tanh's; "relu2" squares a ReLU
-_ACTIVATIONS = (
+ACTIVATIONS = (
     ("gelu", "gelu"),
     ("gelu_tanh", "gelu_new"),
     ("gelu_tanh", "gelu_pytorch_tanh"),
@@ -81,13 +81,13 @@ _EVERY_BIAS = ("bias", "norm_bias")
 
 # --mlp under two keys: the activation (SwiGLU's is "silu") and whether it gates (our classes'
 # gated_mlp: in GPT-2 a c_fc twice as wide making [gate; value], in Llama up_proj alone)
-_GATED = (("swiglu", True), *((v, False) for v, _ in _ACTIVATIONS))
+_GATED = (("swiglu", True), *((v, False) for v, _ in ACTIVATIONS))
 
 
 def _mlp(key: str, stock_gated: bool) -> tuple[Option, Option]:
     why = "a gate on another activation than SiLU, or SiLU without a gate"
     return (
-        Option("mlp", key, (*_ACTIVATIONS, ("swiglu", "silu"))),
+        Option("mlp", key, (*ACTIVATIONS, ("swiglu", "silu"))),
         Option("mlp", "gated_mlp", _GATED, absent=lambda _d: stock_gated, why=why, optional=True),
     )
 
@@ -327,7 +327,7 @@ _NEOX = Layout(
     ),
     options=(
         *_SIZES,
-        Option("mlp", "hidden_act", _ACTIVATIONS),
+        Option("mlp", "hidden_act", ACTIVATIONS),
         *_ROPE_BASE,
         Option("rope_base", "rotary_emb_base"),  # transformers 4.x's GPT-NeoX reads these two
         Option("residual_drop", "hidden_dropout"),
