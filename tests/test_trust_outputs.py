@@ -224,6 +224,14 @@ FOLDER_TARGETS = {
     "the working directory": (".", "working directory"),
     "a folder above it": ("..", "working directory"),
     "a folder holding a user's file": ("mine", "did not write (thesis.tex)"),
+    # names every tool uses, written by another: each writer knows its folders by a mark
+    # (state.json, meta.json, gpt_study_export.json, a run's config.json), not by names
+    "another tool's config.json": ("cfg", "never replaces"),
+    "another tool's tokenizer.json": ("tok", "never replaces"),
+    # a run whose best/ holds a user's file: train refuses before it trains
+    "a run folder whose best/ holds a user's file": ("runx", "never replaces"),
+    # a trained checkpoint: import replaces only what it imported
+    "a trained checkpoint": ("{best}", ""),
 }
 
 
@@ -243,14 +251,30 @@ def test_no_folder_writer_replaces_what_it_did_not_write(
     corpus.write_text("once upon a time there was a cat . the cat liked to play . " * 40)
     work = tmp_path / "work" / "here"
     work.mkdir(parents=True)
-    (tmp_path / "work" / "here" / "mine").mkdir()
-    (tmp_path / "work" / "here" / "mine" / "thesis.tex").write_text("years of work")
+    (work / "mine").mkdir()
+    (work / "mine" / "thesis.tex").write_text("years of work")
+    for name in ("cfg", "tok"):
+        (work / name).mkdir()
+    (work / "cfg" / "config.json").write_text('{"my": "settings"}')
+    (work / "tok" / "tokenizer.json").write_text('{"my": "vocabulary"}')
+    (work / "runx" / "best").mkdir(parents=True)
+    (work / "runx" / "best" / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
     folder, words = FOLDER_TARGETS[target]
+    folder = folder.format(best=run / "best")
     argv = {
         "prepare": ["prepare", "--data", str(corpus), "--out", folder, "--force"],
         "train": ["train", "--data", str(tiny_prepared), "--save_root", folder, *SHORT, *MODEL],
         "export": ["export", "--checkpoint", str(run / "best"), "--out", folder],
         "import": ["import", "--hf", str(tmp_path / "no-model"), "--out", folder],
     }[writer]
-    assert words in refused(argv, capsys, tmp_path, run, tiny_prepared)
+    err = refused(argv, capsys, tmp_path, run, tiny_prepared)
+    assert words in err
+    if target == "a trained checkpoint" and writer == "import":
+        assert "is not a checkpoint gpt-study imported" in err
+    own = {
+        "config.json": ("train", "export", "import"),
+        "tokenizer.json": ("prepare", "export", "import"),
+    }
+    if target.startswith("another tool's") and writer in own[target.split()[-1]]:
+        assert " is not a" in err  # the writer's own name, known as another's by its mark

@@ -32,6 +32,7 @@ from gpt_study.runtime import device as runtime
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
     UMASK,
+    FolderMark,
     check_replaceable,
     fresh_temp_folder,
     old_name,
@@ -50,6 +51,9 @@ WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "optimizer.pt",
 )
 FILES = (WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER)
+MARK = FolderMark(STATE, (("step", ...),), "a checkpoint gpt-study wrote")
+"""Every checkpoint's state.json has its step: how a folder is known as a checkpoint gpt-study
+wrote (``check_replaceable``)."""
 TOKENIZER_DIGEST = "tokenizer_sha256"
 """The key in state.json of the SHA-256 of the tokenizer.json the model was saved with."""
 
@@ -93,7 +97,7 @@ def save_checkpoint(
     """Write a checkpoint folder at ``path`` atomically (build beside it, then rename)."""
     path = Path(path)
     recover_folder(path, WEIGHTS)  # a save died between its two renames: finish the swap back
-    check_replaceable(path, FILES, "checkpoint")
+    check_replaceable(path, FILES, "checkpoint", mark=MARK)
     tmp = fresh_temp_folder(path)
     try:
         _write_files(tmp, model, config, tokenizer_file, state, optimizer_state)

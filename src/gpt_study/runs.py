@@ -21,9 +21,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpt_study.checkpoint import FILES as CHECKPOINT_FILES
+from gpt_study.checkpoint import MARK as CHECKPOINT_MARK
 from gpt_study.checkpoint import load_checkpoint
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import check_replaceable, old_name
+from gpt_study.runtime.files import FolderMark, check_replaceable, old_name
 
 CONFIG = "config.json"
 INFO_LOG = "info.log"
@@ -34,6 +36,9 @@ LAST, BEST = "last", "best"
 RUN_FILES = (CONFIG, INFO_LOG, METRICS_JSONL, METRICS_CSV, PLOT, LAST, BEST)
 """Everything a run writes into --save_root: a new run starts only in a folder holding nothing
 else."""
+MARK = FolderMark(CONFIG, (("model", ...), ("train", ...)), "a run folder gpt-study wrote")
+"""A run folder's config.json, with the sections of gpt-study's config: how --save_root is known as
+a run gpt-study wrote."""
 
 
 def kept_last(save_root: Path) -> Path:
@@ -71,7 +76,10 @@ def check_save_root(save_root: Path, resume: bool, inputs: list[Path] | None = N
             "or choose another --save_root"
         )
     else:
-        check_replaceable(save_root, RUN_FILES, "--save_root", inputs or [])
+        check_replaceable(save_root, RUN_FILES, "--save_root", inputs or [], mark=MARK)
+        for name in (LAST, BEST):  # what the run will replace there, checked before it trains
+            folder = save_root / name
+            check_replaceable(folder, CHECKPOINT_FILES, "--save_root", mark=CHECKPOINT_MARK)
 
 
 def damaged_last(save_root: Path, error: UserError) -> UserError:

@@ -39,6 +39,7 @@ from gpt_study.export.verify import (
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
     UMASK,
+    FolderMark,
     check_replaceable,
     fresh_temp_folder,
     out_of_space,
@@ -61,6 +62,7 @@ FILES = (
     "README.md",
     "gpt_study_export.json",
 )
+MARK = FolderMark("gpt_study_export.json", (("gpt_study_version", ...),), "a gpt-study export")
 _SAMPLES = ("once upon a time, there was a little girl named lily.", 'tom said, "i can\'t!"')
 
 
@@ -107,10 +109,10 @@ def export_hf(
     require_transformers()
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
-    check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])
+    check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)], mark=MARK)
     with folder_lock(out, "--out", warn=log):  # one writer per export folder, before any work
         recover_folder(out, "config.json")  # an export died between its two renames
-        check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)])  # again, locked
+        check_replaceable(out, FILES, "--out", inputs=[Path(ckpt.path)], mark=MARK)  # locked
         result = _export(ckpt, out, log)
     log(f"export: wrote {out} ({len(list(out.iterdir()))} files)")
     return result

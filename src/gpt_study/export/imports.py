@@ -27,7 +27,7 @@ from tokenizers import Tokenizer as LibTokenizer
 
 from gpt_study import __version__
 from gpt_study.checkpoint import FILES as CHECKPOINT_FILES
-from gpt_study.checkpoint import save_checkpoint
+from gpt_study.checkpoint import STATE, save_checkpoint
 from gpt_study.config import Config, DataConfig, GPTConfig, SampleConfig, TrainConfig
 from gpt_study.data.tokenizer import ImportedTokenizer
 from gpt_study.data.tokenizer.imported import published_roles
@@ -37,7 +37,7 @@ from gpt_study.export.tables import LAYOUTS
 from gpt_study.export.verify import Checked, compare, load_options
 from gpt_study.model.gpt import GPT
 from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
-from gpt_study.runtime.files import check_replaceable
+from gpt_study.runtime.files import FolderMark, check_replaceable
 from gpt_study.runtime.lock import folder_lock
 
 __all__ = ["MAX_WINDOW", "ImportResult", "import_hf", "supported"]
@@ -47,6 +47,8 @@ MAX_WINDOW = 2048
 generation and evaluation read by default; ``--window`` changes it."""
 
 _SAMPLES = ("Once upon a time, there was a little girl named Lily.", 'Tom said, "I can\'t!"')
+# import replaces only a checkpoint it imported, never a trained one (a run's last/ or best/)
+IMPORTED = FolderMark(STATE, (("step", ...), ("imported", ...)), "a checkpoint gpt-study imported")
 # every layout import reads: export's, then those it never writes
 READ: tuple[Layout, ...] = (*LAYOUTS, *IMPORT_ONLY)
 
@@ -208,7 +210,7 @@ def import_hf(
 
 def _import(transformers: Any, source: str, out: Path, log: Callable[[str], None]) -> ImportResult:
     local = [Path(source)] if Path(source).exists() else []
-    check_replaceable(out, CHECKPOINT_FILES, "--out", inputs=local)
+    check_replaceable(out, CHECKPOINT_FILES, "--out", inputs=local, mark=IMPORTED)
     hf_cfg = _hf_config(transformers, source)
     layout, cls = _layout(source, hf_cfg)
     try:
@@ -246,7 +248,7 @@ def _import(transformers: Any, source: str, out: Path, log: Callable[[str], None
     )
     state = {"step": 0, "imported": _record(source, layout, cls, checked)}
     with folder_lock(out, "--out", warn=say), tempfile.TemporaryDirectory() as tmp:
-        check_replaceable(out, CHECKPOINT_FILES, "--out", inputs=local)  # again, locked
+        check_replaceable(out, CHECKPOINT_FILES, "--out", inputs=local, mark=IMPORTED)  # locked
         tok.save(Path(tmp) / "tokenizer.json")
         save_checkpoint(out, model, config, Path(tmp) / "tokenizer.json", state)
     say(f"wrote {out}")

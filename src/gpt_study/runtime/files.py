@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -198,12 +199,39 @@ def foreign_entries(folder: Path, own: Iterable[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class FolderMark:
+    """How gpt-study knows a folder as one it wrote: ``file`` in it, a JSON object holding every
+    key of ``keys`` (with that value where one is given; ``...``: any). Names alone do not tell:
+    ``config.json`` or ``model.safetensors`` are every tool's names. ``what``: such a folder, in
+    words ("a checkpoint gpt-study wrote")."""
+
+    file: str
+    keys: tuple[tuple[str, Any], ...]
+    what: str
+
+    def __call__(self, folder: Path) -> bool:
+        try:
+            obj = json.loads((folder / self.file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # missing, unreadable, not JSON (UnicodeDecodeError too)
+            return False
+        return isinstance(obj, dict) and all(
+            k in obj and (v is ... or obj[k] == v) for k, v in self.keys
+        )
+
+
 def check_replaceable(
-    folder: str | os.PathLike, own: Iterable[str], flag: str, inputs: Iterable[Path] = ()
+    folder: str | os.PathLike,
+    own: Iterable[str],
+    flag: str,
+    inputs: Iterable[Path] = (),
+    *,
+    mark: FolderMark,
 ) -> None:
     """Refuse (one line, nothing changed) to replace or delete ``folder`` unless gpt-study can
     tell it wrote everything in it: not the working directory or a folder above it, not an input
-    or a folder holding one, and no entry but ``own`` (and their temp names)."""
+    or a folder holding one, no entry but ``own`` (and their temp names), and where it holds any
+    of ``own``, the writer's ``mark``."""
     folder = Path(folder)
     where = folder.resolve()
     cwd = Path.cwd().resolve()
@@ -220,12 +248,20 @@ def check_replaceable(
                 "pass a folder apart from them"
             )
     if folder.is_dir():
+        own = tuple(own)
         foreign = foreign_entries(folder, own)
         if foreign:
             shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
             raise UserError(
                 f"{folder} holds files gpt-study did not write ({shown}): it never replaces "
                 f"them; pass a new {flag}"
+            )
+        named = [n for n in own if (folder / n).exists()]
+        if named and not mark(folder):
+            shown = ", ".join(named[:3]) + (" ..." if len(named) > 3 else "")
+            raise UserError(
+                f"{folder} is not {mark.what} (it holds {shown}, but no {mark.file} of that "
+                f"kind): gpt-study never replaces it; pass a new {flag}"
             )
     elif folder.exists():
         raise UserError(f"{flag} {folder} is a file, not a folder: pass a new {flag}")

@@ -38,6 +38,7 @@ from gpt_study.data.sources import (
 from gpt_study.data.tokenizer import Tokenizer
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
+    FolderMark,
     check_replaceable,
     fresh_temp_folder,
     out_of_space,
@@ -50,6 +51,7 @@ from gpt_study.runtime.lock import folder_lock
 
 # Everything a prepared folder holds: prepare replaces a folder only if it holds nothing else.
 PREPARED_FILES = ("train.bin", "valid.bin", "tokenizer.json", "meta.json")
+MARK = FolderMark("meta.json", (("package", "gpt-study"),), "a folder gpt-study prepared")
 DIGESTED = PREPARED_FILES[:3]  # what the folder's fingerprint for a run covers
 
 # Settings that change the output; the rest (--out, --workers, --force) do not.
@@ -141,7 +143,7 @@ def _check_existing(
     the working directory (even with ``--force``), or is a prepared folder of other inputs or
     settings and ``--force`` is off.
     """
-    check_replaceable(out, PREPARED_FILES, "--out", inputs)
+    check_replaceable(out, PREPARED_FILES, "--out", inputs, mark=MARK)
     if not out.exists() or not any(out.iterdir()):
         return False
     meta = _existing_meta(out)
@@ -175,7 +177,7 @@ def _make_temp(out: Path) -> Path:
 def _publish(tmp: Path, out: Path, inputs: list[Path]) -> None:
     """Publish the finished ``tmp`` as ``out``, an old ``out`` checked again first (only
     prepare's own files)."""
-    check_replaceable(out, PREPARED_FILES, "--out", inputs)
+    check_replaceable(out, PREPARED_FILES, "--out", inputs, mark=MARK)
     publish_folder(tmp, out)
 
 
