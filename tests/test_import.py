@@ -808,3 +808,55 @@ def test_export_and_import_refuse_by_one_rule(tmp_path, capsys, monkeypatch, wha
         err = capsys.readouterr().err.strip().splitlines()  # export's progress lines, then it
         assert expected in err[-1] and "Traceback" not in "".join(err), err
         assert not out.exists()
+
+
+def _damage(folder: Path, how: str, texts: list[str], tmp: Path) -> str:
+    """A transformers folder damaged one way, or a path that is none; returns what --hf gets."""
+    if how in ("a missing local folder", "a file"):
+        (tmp / "notes.txt").write_text("mine")
+        return str(tmp / ("nope" if how == "a missing local folder" else "notes.txt"))
+    if how == "a gpt-study checkpoint, not a transformers folder":
+        (tmp / "study").mkdir()
+        return str(study_checkpoint(tmp / "study", study_bpe(), True, None))
+    gpt2_folder(folder, texts)
+    if how == "truncated weights":
+        with open(folder / "model.safetensors", "r+b") as f:
+            f.truncate(500)
+    else:  # another vocabulary size than the weights'
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 5000}))
+    return str(folder)
+
+
+DAMAGED = {
+    "truncated weights": "deserializing header",
+    "a config of another vocabulary size": "other sizes than its config.json says",
+    "a gpt-study checkpoint, not a transformers folder": "transformers",  # its reading, named
+    "a missing local folder": "no such folder",
+    "a file": "is a file",
+}
+
+
+@pytest.mark.parametrize("reader", ["import", "evaluate --hf", "compare --hf"])
+@pytest.mark.parametrize("how", list(DAMAGED))
+def test_every_reader_of_a_transformers_folder_refuses_damage_in_one_line(
+    tmp_path, texts, tiny_prepared, capsys, reader, how
+):
+    """import, evaluate --hf and compare --hf load a transformers folder one way: a damaged or
+    foreign one (or a path that is none, which must not go to the Hub) is one line, exit 2."""
+    from conftest import one_layer_run
+
+    source = _damage(tmp_path / "hf", how, texts, tmp_path)
+    argv = {
+        "import": ["import", "--hf", source, "--out", str(tmp_path / "ckpt")],
+        "evaluate --hf": ["evaluate", "--hf", source, "--data", str(tiny_prepared)],
+        "compare --hf": [],
+    }[reader]
+    if reader == "compare --hf":
+        run = str(one_layer_run(tiny_prepared, tmp_path / "run"))
+        argv = ["compare", run, "--no_stories", "--out", str(tmp_path / "cmp"), "--hf", source]
+    capsys.readouterr()  # save_pretrained's bars
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and DAMAGED[how] in err[0], err
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "cmp").exists()

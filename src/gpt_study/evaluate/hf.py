@@ -51,7 +51,16 @@ from gpt_study.generate.sampling import draw_state, next_token
 from gpt_study.generate.text import without_markers
 from gpt_study.generate.window import crop_prompt, keep_size, segment_start
 from gpt_study.runtime import device as runtime
-from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require, weights_dtype
+from gpt_study.runtime.errors import (
+    TRANSFORMERS_INSTALL,
+    UserError,
+    check_hf_source,
+    muted,
+    read_error_line,
+    read_errors,
+    require,
+    weights_dtype,
+)
 
 DEFAULT_WINDOW_CAP = 4096
 """A model with more positions is scored in windows of this many unless ``--window`` says
@@ -117,25 +126,21 @@ def load_hf(
     passed on unchanged), in eval mode on ``device`` in ``dtype`` (``auto``: as a checkpoint,
     :func:`gpt_study.runtime.device.inference_dtype`); ``window`` checked against its positions."""
     transformers = require_transformers()
+    check_hf_source(name)
     dev = torch.device(runtime.resolve_device(device))
     weights = weights_dtype(transformers, runtime.inference_dtype(dtype, dev))
-    bars = transformers.utils.logging
-    shown = bars.is_progress_bar_enabled()
-    bars.disable_progress_bar()  # its bar per weight file: noise beside our one line of errors
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=remote)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            name, trust_remote_code=remote, **weights
-        )
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        with muted(transformers):  # its bars and load reports: noise beside our one line
+            tok = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=remote)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                name, trust_remote_code=remote, **weights
+            )
+    except read_errors() as e:
+        first = read_error_line(e)
         raise UserError(
             f"cannot load {name} with transformers ({first}): pass a folder that "
             "AutoModelForCausalLM loads, or a Hub name (needs internet the first time)"
         ) from None
-    finally:
-        if shown:
-            bars.enable_progress_bar()
     model.to(dev).eval()
     roles = published_roles(tok, model.config)
     return HFModel(name, model, tok, _window(model, window, trained_window(name)), *roles)

@@ -14,11 +14,10 @@ greedy tokens, else nothing is written. The checkpoint goes through
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,15 @@ from gpt_study.export.neo import IMPORT_ONLY
 from gpt_study.export.tables import LAYOUTS
 from gpt_study.export.verify import Checked, compare, load_options
 from gpt_study.model.gpt import GPT
-from gpt_study.runtime.errors import TRANSFORMERS_INSTALL, UserError, require
+from gpt_study.runtime.errors import (
+    TRANSFORMERS_INSTALL,
+    UserError,
+    check_hf_source,
+    muted,
+    read_error_line,
+    read_errors,
+    require,
+)
 from gpt_study.runtime.files import FolderMark, check_replaceable
 from gpt_study.runtime.lock import folder_lock
 
@@ -106,8 +113,8 @@ def _hf_config(transformers: Any, source: str) -> Any:
         if ours is not None:
             return _our_class(ours.config_class).from_pretrained(source)
         return transformers.AutoConfig.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except read_errors() as e:
+        first = read_error_line(e)
         raise _refuse(source, f"transformers cannot read its config ({first})") from None
 
 
@@ -130,8 +137,8 @@ def _tokenizer(transformers: Any, source: str, hf_cfg: Any, vocab_size: int) -> 
     """(transformers' tokenizer, gpt-study's ``hf`` tokenizer) of ``source``'s tokenizer.json."""
     try:
         hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except read_errors() as e:
+        first = read_error_line(e)
         raise _refuse(
             source, f"no tokenizer.json that the tokenizers library reads ({first})"
         ) from None
@@ -151,8 +158,8 @@ def _model(transformers: Any, source: str, hf_cfg: Any, cls: str) -> Any:
         return transformers.AutoModelForCausalLM.from_pretrained(
             source, config=hf_cfg, **load_options(transformers)
         )
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except read_errors() as e:
+        first = read_error_line(e)
         raise _refuse(source, f"transformers cannot load its weights ({first})") from None
 
 
@@ -182,35 +189,20 @@ def _config(cfg: GPTConfig, source: str, tok: ImportedTokenizer) -> Config:
     return Config(model=cfg, train=train, sample=SampleConfig(), data=data, preset="import")
 
 
-@contextlib.contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    """transformers' warnings and progress bars off while it loads: the command's lines (and
-    its one-line refusals) are the only output."""
-    logging = transformers.utils.logging
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()
-
-
 def import_hf(
     source: str | os.PathLike, out: str | os.PathLike, log: Callable[[str], None] = print
 ) -> ImportResult:
     """Import ``source`` (a Hub name or a folder) as a checkpoint at ``out`` (see the module
     docstring)."""
     transformers = require_transformers()
-    with _quiet(transformers):
+    with muted(transformers):
         return _import(transformers, str(source), Path(out), log)
 
 
 def _import(transformers: Any, source: str, out: Path, log: Callable[[str], None]) -> ImportResult:
     local = [Path(source)] if Path(source).exists() else []
     check_replaceable(out, CHECKPOINT_FILES, "--out", inputs=local, mark=IMPORTED)
+    check_hf_source(source)
     hf_cfg = _hf_config(transformers, source)
     layout, cls = _layout(source, hf_cfg)
     try:

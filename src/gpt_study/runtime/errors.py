@@ -6,7 +6,10 @@ so every message should name the problem *and* the fix.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -39,3 +42,58 @@ def weights_dtype(transformers: Any, dtype: Any) -> dict[str, Any]:
     ``torch_dtype`` before (which 5 warns of)."""
     major = int(transformers.__version__.split(".")[0])
     return {"dtype" if major >= 5 else "torch_dtype": dtype}
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What a library raises on a damaged or foreign file it reads (a transformers folder, a
+    safetensors header, a tokenizer's JSON, weights of other sizes than the config's): its
+    caller reports each in one line (:func:`read_error_line`)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
+
+
+def read_error_line(e: BaseException) -> str:
+    """The first line of ``e``, or what it means where that line points elsewhere."""
+    text = str(e).strip()
+    if "ignore_mismatched_sizes" in text:  # transformers' report went to its muted log
+        return "its weights have other sizes than its config.json says"
+    if isinstance(e, KeyError):  # a JSON file of another shape than the reader expects
+        return f"a file of it lacks the key {text}: is it a transformers folder?"
+    return (text.splitlines() or [type(e).__name__])[0]
+
+
+@contextlib.contextmanager
+def muted(transformers: Any) -> Iterator[None]:
+    """transformers' warnings, load reports and progress bars off while it loads: the command's
+    lines (and its one-line refusals) are the only output (import, evaluate --hf)."""
+    logging = transformers.utils.logging
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def check_hf_source(name: str) -> None:
+    """``--hf NAME``: a name that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, or
+    ``a/b`` where ``a`` is a folder here) must be a folder, refused in one line before
+    transformers takes it for a Hub name and tries the network for half a minute."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(
+                f"--hf {name} is a file: pass the folder transformers saved (config.json, "
+                "weights, tokenizer) or a Hub name"
+            )
+        return
+    parts = Path(name).parts
+    local = name.startswith((".", "/", "~")) or len(parts) > 2
+    if local or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        raise UserError(
+            f"--hf {name}: no such folder: check the path, or pass a Hub name (owner/model)"
+        )
