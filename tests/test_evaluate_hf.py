@@ -406,7 +406,7 @@ def test_bad_input_is_one_line(gpt2, folders, tmp_path, capsys, monkeypatch):
         (["evaluate", "--data", str(folders["bpe"])], "--checkpoint"),
         (["evaluate", "--hf", str(tiny), "--checkpoint", "x"], "--checkpoint"),
         (["evaluate", "--hf", str(tiny)], "--hf needs --data"),
-        (["evaluate", "--hf", str(tmp_path / "none"), "--data", str(folders["bpe"])], "cannot load"),
+        (["evaluate", "--hf", str(tmp_path / "none"), "--data", str(folders["bpe"])], "no such folder"),
         (["evaluate", "--hf", str(tiny), "--data", str(folders["bpe"]), "--window", str(2 * WINDOW)], "positions"),
         (["evaluate", "--hf", str(tiny), "--data", str(folders["bpe"]), "--by_context"], "--by_context is for gpt-study checkpoints"),
         (["evaluate", "--hf", str(tiny), "--data", str(folders["bpe"]), "--quantize", "int8"], "--quantize is for gpt-study checkpoints"),

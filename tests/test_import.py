@@ -529,7 +529,7 @@ def test_cli_imports_replaces_its_own_and_refuses_in_one_line(tmp_path, texts, c
     cases = [
         (str(folder), str(out), "did not write (notes.txt)"),
         (str(folder), str(folder), "holds the input"),
-        (str(tmp_path / "nowhere"), str(tmp_path / "x"), "cannot import"),
+        (str(tmp_path / "nowhere"), str(tmp_path / "x"), "no such folder"),
     ]
     for source, target, message in cases:
         assert main(["import", "--hf", source, "--out", target]) == 2
