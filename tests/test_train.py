@@ -750,6 +750,11 @@ def test_existing_run_and_resume_mismatches(tiny_prepared, tmp_path, capsys):
     assert "used preset tiny" in _err(resume + ["--preset", "seed"], capsys)
     other = write_prepared(tmp_path / "other", vocab_size=40)
     assert "vocabulary of 40" in _err(resume + ["--data", str(other)], capsys)
+    # another checkpoint's weights: the resume would ignore them and its config would say them
+    before = (root / "config.json").read_text()
+    err = _err(resume + ["--init_from", str(root / "best")], capsys)
+    assert "continues from its own last/" in err
+    assert (root / "config.json").read_text() == before
 
 
 def test_fit_applies_the_runs_process_settings_and_puts_them_back(

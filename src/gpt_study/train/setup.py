@@ -33,7 +33,7 @@ from gpt_study.config.fields import flat_fields, flatten, free_on_resume
 from gpt_study.config.presets import preset_config
 from gpt_study.data.dataset import PreparedData, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
-from gpt_study.runs import CONFIG, damaged_last, resume_source
+from gpt_study.runs import CONFIG, LAST, damaged_last, resume_source
 from gpt_study.runtime.errors import UserError
 
 log = logging.getLogger("gpt_study.train")
@@ -158,6 +158,13 @@ def _resumed_config(
                 f"--{k} {v} differs from the checkpoint's {getattr(cfg.model, k)}: the "
                 "architecture cannot change on --resume; drop the flag or start a new run"
             )
+    init = train_ov.get("init_from")
+    if init and init != cfg.train.init_from:  # the run's own weights come from its last/
+        raise UserError(
+            f"--init_from {init} with --resume: a resumed run continues from its own "
+            f"{LAST}/, not from another checkpoint's weights; drop --init_from, or start a new "
+            "run (a new --save_root) from it"
+        )
     d = config_to_dict(cfg)
     d["train"] = train = cfg.train.flat()
     names = flat_fields(TrainConfig)
