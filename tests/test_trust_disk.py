@@ -94,3 +94,36 @@ def test_a_full_disk_while_preparing_leaves_no_temp_folder(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no space left on the disk" in err and str(out) in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.EROFS])
+def test_a_folder_it_may_not_write_is_named_with_the_way_out(tmp_path, code):
+    """A permission or read-only file system that no command foresaw: the line names the file
+    the user asked for (not the hidden temp name the write went to) and how to get past it."""
+    from gpt_study.runtime.files import os_error_line, temp_name
+
+    target = tmp_path / "ro" / "e.json"
+    line = os_error_line(OSError(code, os.strerror(code), str(temp_name(target))))
+    assert line.startswith(f"cannot write {target} (") and ".tmp-" not in line
+    assert f"change the permissions of {target.parent}" in line
+    full = os_error_line(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)))
+    assert "no space left" in full and ".tmp-" not in full
+    assert os_error_line(OSError(errno.EIO, "I/O error", "x")) == "I/O error: x"
+
+
+def test_every_command_reports_an_unforeseen_permission_error_in_one_line(
+    tiny_prepared, tmp_path, capsys, monkeypatch
+):
+    """The CLI's one handler: here plot's atomic rename refused, as a read-only folder would."""
+    from conftest import one_layer_run
+
+    run = one_layer_run(tiny_prepared, tmp_path / "run")
+    out = tmp_path / "x.png"
+
+    def refuse(src, dst):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(src))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    assert main(["plot", "--save_root", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write {out} (" in err[0], err

@@ -10,13 +10,12 @@ Problems the user can fix (:class:`~gpt_study.runtime.errors.UserError`) print o
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 
 from gpt_study import __version__
 from gpt_study.runtime.errors import UserError
-from gpt_study.runtime.files import out_of_space
+from gpt_study.runtime.files import os_error_line
 from gpt_study.runtime.memory import use_huge_pages
 
 # command -> (module, one-line description)
@@ -89,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt-study {name}: error: {one_line}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk or a permission the library did not foresee: one line
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename
-        line = out_of_space(e.filename, e) if full else f"{e.strerror or e}: {e.filename or '?'}"
-        print(f"gpt-study {name}: error: {line}", file=sys.stderr)
+        print(f"gpt-study {name}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpt-study {name}: interrupted", file=sys.stderr)

@@ -174,6 +174,29 @@ def out_of_space(path: str | os.PathLike, error: OSError, need: int | None = Non
     return UserError(f"writing {path} failed ({error.strerror or error}){kept}")
 
 
+def target_of(path: str | os.PathLike) -> Path:
+    """``path`` itself, or the file a temp name (:func:`temp_name`) was made for."""
+    path = Path(path)
+    name, mark, pid = path.name.rpartition(TMP_MARK)
+    if mark and name.startswith(".") and pid.isdigit():
+        return path.with_name(name[1:])
+    return path
+
+
+def os_error_line(error: OSError) -> str:
+    """The one line for a failed read or write that no command foresaw: a full disk (with what is
+    free), a folder it may not write (named as the target, not a temp name), or the error."""
+    if error.filename and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(out_of_space(target_of(error.filename), error))
+    if error.filename and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = target_of(error.filename)
+        return (
+            f"cannot write {where} ({error.strerror}): pick a folder you may write to, or "
+            f"change the permissions of {where.parent}"
+        )
+    return f"{error.strerror or error}: {error.filename or '?'}"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
