@@ -16,7 +16,7 @@ from gpt_study.config import (
     load_config,
     save_config,
 )
-from gpt_study.config.fields import flat_fields, free_on_resume, thread_count
+from gpt_study.config.fields import fixed_on_resume, flat_fields, free_on_resume, thread_count
 from gpt_study.config.learning import DECAY_SHAPES, OptimConfig
 from gpt_study.config.presets import preset_config
 from gpt_study.config.train import BudgetConfig
@@ -347,6 +347,10 @@ def test_a_setting_changed_on_resume_warns_unless_it_is_free(tmp_path, caplog, n
     save_config(run / "last" / "config.json", saved)
     f = flat_fields(TrainConfig)[name][1]
     new = str(run) if name == "save_root" else _other(f, saved.train.flat()[name])
+    if fixed_on_resume(f):  # how the run started (init_from): refused, not applied
+        with pytest.raises(UserError, match=f"--{name} .* with --resume"):
+            build_config(train={"save_root": str(run), name: new}, resume=True)
+        return
     with caplog.at_level("WARNING", logger="gpt_study.train"):
         cfg = build_config(train={"save_root": str(run), name: new}, resume=True)
     assert cfg.train.flat()[name] == new and cfg.train.flat()[name] != saved.train.flat()[name]

@@ -139,8 +139,9 @@ def test_resume_on_a_folder_prepared_again_from_another_corpus_is_refused(tmp_pa
         (lambda d: {**d, "sample": {**d["sample"], "top_p": [1]}}, "--top_p [1] is not"),
         (lambda d: {**d, "train": {**d["train"], "lr_schedule": "wavy"}}, "unknown --lr_schedule"),
         (lambda d: {**d, "train": {**d["train"], "dtype": "fp8"}}, "unknown --dtype 'fp8'"),
+        (lambda d: {**d, "bogus": {}}, "a gpt-study config holds only model, train"),
     ],
-    ids=["list", "null", "string", "section", "list-for-number", "schedule", "dtype"],
+    ids=["list", "null", "string", "section", "list-for-number", "schedule", "dtype", "unknown"],
 )
 def test_a_config_json_of_the_wrong_shape_is_one_line_naming_it(copy, capsys, edit, words):
     d = json.loads((copy / "config.json").read_text())
@@ -160,3 +161,36 @@ def test_a_prompt_file_that_is_not_utf8_is_one_line(run, tmp_path, capsys):
     argv = ["generate", "--checkpoint", str(run / "best"), "--prompt_file", str(prompts)]
     err = refused(argv, capsys, tmp_path)
     assert "is not UTF-8 text" in err
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate", "export", "serve"])
+@pytest.mark.parametrize("missing", ["tokenizer.json", "config.json"])
+def test_a_checkpoint_missing_a_file_names_it_and_the_fix(copy, capsys, command, missing):
+    (copy / missing).unlink()
+    argv = {
+        "generate": ["generate", "--checkpoint", str(copy), "--prompt", "a"],
+        "evaluate": ["evaluate", "--checkpoint", str(copy), "--no_stories"],
+        "export": ["export", "--checkpoint", str(copy), "--out", str(copy.parent / "hf")],
+        "serve": ["serve", "--checkpoint", str(copy), "--port", "0"],
+    }[command]
+    if command in ("export", "serve"):
+        pytest.importorskip("transformers" if command == "export" else "fastapi")
+    err = refused(argv, capsys, copy.parent)
+    assert f"not a complete checkpoint (no {missing})" in err, err
+
+
+def test_flags_and_files_are_named_as_the_user_gave_them(run, tmp_path, capsys):
+    """The flag a message names is one the command has; a damaged file is called damaged; a file
+    given for a folder is told how to become one."""
+    err = refused(["evaluate", "--checkpoint", str(run / "best"), "--samples", "0"], capsys, run)
+    assert "--samples 0 is out of range" in err
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text("not a record\n")
+    err = refused(["plot", "--save_root", str(metrics.parent)], capsys, tmp_path)
+    assert "it is damaged or not a run's metrics" in err
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("once upon a time")
+    argv = ["train", "--preset", "tiny", "--data", str(corpus), "--save_root", str(tmp_path / "x")]
+    err = refused(argv, capsys, tmp_path)
+    assert f"{corpus} is a file, not a prepared folder" in err and "--out <a new folder>" in err

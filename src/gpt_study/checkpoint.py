@@ -220,6 +220,12 @@ def load_checkpoint(
 ) -> Checkpoint:
     """The one function that reads a checkpoint; checks weights, config and tokenizer agree."""
     path = _resolve(Path(path))
+    for name in (CONFIG, TOKENIZER):  # every reader below needs both
+        if not (path / name).is_file():
+            raise UserError(
+                f"{path} is not a complete checkpoint (no {name}): copy back the run's own "
+                f"{name}, or use another checkpoint"
+            )
     config = load_config(path / CONFIG)
     state = _read_state(path / STATE)
     _check_tokenizer(path, state.pop(TOKENIZER_DIGEST, None))

@@ -109,7 +109,10 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
         raise UserError(f"{where} is not a table of settings: the file is damaged")
     unknown = sorted(set(d) - set(parts) - {"preset"})
     if unknown:
-        raise UserError(f"unknown section(s) {', '.join(unknown)} in {where}")
+        raise UserError(
+            f"unknown section(s) {', '.join(unknown)} in {where}: a gpt-study config holds only "
+            f"{', '.join(parts)} and preset; remove them, or pass a config gpt-study wrote"
+        )
     kw = {k: _from_dict(cls, d.get(k, {}), f"{where} [{k}]") for k, cls in parts.items()}
     return Config(**kw, preset=d.get("preset", "seed"))
 

@@ -29,8 +29,9 @@ from gpt_study.runtime.errors import UserError
 
 def doc(text: str, **kw: Any) -> dict[str, Any]:
     """Field metadata: ``text`` becomes the flag's ``--help``; ``kw`` are extra argparse options,
-    except ``choices`` (refused by :func:`check_choice`), ``cli=False`` (no flag) and
-    ``resume="free"`` (may change on ``--resume``: :func:`free_on_resume`)."""
+    except ``choices`` (refused by :func:`check_choice`), ``cli=False`` (no flag),
+    ``resume="free"`` (may change on ``--resume``: :func:`free_on_resume`) and ``resume="fixed"``
+    (may not: :func:`fixed_on_resume`)."""
     return {"doc": text, **kw}
 
 
@@ -39,6 +40,12 @@ def free_on_resume(f: Field[Any]) -> bool:
     something else: its ``doc(..., resume="free")`` says so, beside the field, so that a new
     field is not free until someone decides it is."""
     return f.metadata.get("resume") == "free"
+
+
+def fixed_on_resume(f: Field[Any]) -> bool:
+    """Whether setting ``f`` says how a run starts, so that ``--resume`` (which continues from the
+    run's own ``last/``) cannot apply a new value: refused, not warned of."""
+    return f.metadata.get("resume") == "fixed"
 
 
 def thread_count(text: str) -> int | None:
@@ -128,14 +135,15 @@ PROBABILITY = Range(0, 1, hi_open=True)  # dropout, smoothing, betas: 1 would be
 SEED = Range(0, 2**64 - 1, why="torch's generators take 64-bit seeds")
 
 
-def check_ranges(obj: Any, table: dict[str, Range]) -> None:
+def check_ranges(obj: Any, table: dict[str, Range], flags: dict[str, str] | None = None) -> None:
     """Refuse the first field of ``obj`` whose value has another type than its annotation says
     (:func:`check_types`), then the first whose value (or any element of a tuple/list value) is
     outside its range in ``table``; ``None`` means "not set" and passes where the field allows
-    it."""
+    it. The message names the field's flag: ``--<field>``, or ``flags``' name for it."""
     check_types(obj)
-    for name, allowed in table.items():
-        value = getattr(obj, name)
+    for field, allowed in table.items():
+        value = getattr(obj, field)
+        name = (flags or {}).get(field, field)
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if v is None:

@@ -212,7 +212,8 @@ class TrainConfig:
         metadata=doc(
             "a checkpoint whose weights the run starts from (fine-tuning; gpt-study's own or one "
             "gpt-study import wrote): the model options are its, the optimizer starts fresh, and "
-            "--data must be prepared with its tokenizer (prepare --tokenizer_from CHECKPOINT)"
+            "--data must be prepared with its tokenizer (prepare --tokenizer_from CHECKPOINT)",
+            resume="fixed",
         ),
     )
     save_root: str = field(

@@ -71,6 +71,11 @@ def open_prepared(folder: str | os.PathLike) -> PreparedData:
     """Open and sanity-check a prepared folder; a clear error says how to make one."""
     folder = Path(folder)
     hint = f"run `gpt-study prepare --data <your corpus> --out {folder}` first"
+    if folder.is_file():
+        raise UserError(
+            f"{folder} is a file, not a prepared folder: run `gpt-study prepare --data {folder} "
+            "--out <a new folder>` and pass that folder"
+        )
     if not folder.is_dir():
         raise UserError(f"no prepared data folder at {folder}: {hint}")
     meta_path = folder / "meta.json"

@@ -76,7 +76,7 @@ class StoryProtocol:
     }
 
     def __post_init__(self) -> None:
-        check_ranges(self, self.RANGES)
+        check_ranges(self, self.RANGES, {"samples_per_opening": "samples"})  # evaluate's flag
 
     def prompts(self) -> list[str]:
         return [p for p in self.openings for _ in range(self.samples_per_opening)]

@@ -37,6 +37,11 @@ def plot_run(save_root: str | os.PathLike, out: str | os.PathLike | None = None)
     records = read_metrics(path)
     train = [r for r in records if r.get("kind") == "train"]
     valid = [r for r in records if r.get("kind") == "valid"]
+    if not train and not valid and b"\n" in path.read_bytes():  # whole lines, none a record
+        raise UserError(
+            f"{path} holds no training records, only other text: it is damaged or not a run's "
+            "metrics; point --save_root at a folder `gpt-study train` wrote"
+        )
     if not train and not valid:
         raise UserError(f"{path} holds no records yet: train for at least --print_interval steps")
 

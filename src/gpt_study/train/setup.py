@@ -29,7 +29,7 @@ from gpt_study.config import (
     load_config,
 )
 from gpt_study.config.data import data_folder
-from gpt_study.config.fields import flat_fields, flatten, free_on_resume
+from gpt_study.config.fields import fixed_on_resume, flat_fields, flatten, free_on_resume
 from gpt_study.config.presets import preset_config
 from gpt_study.data.dataset import PreparedData, open_prepared
 from gpt_study.data.tokenizer import Tokenizer, load_tokenizer
@@ -158,19 +158,18 @@ def _resumed_config(
                 f"--{k} {v} differs from the checkpoint's {getattr(cfg.model, k)}: the "
                 "architecture cannot change on --resume; drop the flag or start a new run"
             )
-    init = train_ov.get("init_from")
-    if init and init != cfg.train.init_from:  # the run's own weights come from its last/
-        raise UserError(
-            f"--init_from {init} with --resume: a resumed run continues from its own "
-            f"{LAST}/, not from another checkpoint's weights; drop --init_from, or start a new "
-            "run (a new --save_root) from it"
-        )
     d = config_to_dict(cfg)
     d["train"] = train = cfg.train.flat()
     names = flat_fields(TrainConfig)
     for k, v in train_ov.items():
         old = train.get(k)
         changed = k in names and old != (tuple(v) if isinstance(old, tuple) else v)
+        if changed and fixed_on_resume(names[k][1]):
+            raise UserError(
+                f"--{k} {v} with --resume: the run started with {old}, and a resumed run "
+                f"continues from its own {LAST}/; drop --{k}, or start a new run (a new "
+                "--save_root) with it"
+            )
         if changed and not free_on_resume(names[k][1]):
             log.warning("--%s %s replaces %s: the resumed run is no longer the same run", k, v, old)
         train[k] = v  # an unknown name is refused below, with the others
