@@ -234,6 +234,16 @@ def test_byte_refuses_another_vocab_size(data_corpus, tmp_path, capsys):
     assert DataConfig(tokenizer="byte").output_dir().name == "byte-259"
 
 
+def test_bpe_refuses_a_vocab_size_below_its_bytes(data_corpus, tmp_path, capsys):
+    """A byte-level BPE always holds 256 bytes and 3 specials: --vocab_size 10 gave 259 quietly."""
+    folder, _, _ = data_corpus
+    code = _cli("--data", folder, "--out", tmp_path / "o", "--tokenizer", "bpe", "--vocab_size", 10)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "use --vocab_size 259 or more" in err, err
+    assert not (tmp_path / "o").exists()
+    assert DataConfig(tokenizer="bpe", vocab_size=259).vocab_size == 259
+
+
 def test_one_file_holds_out_a_deterministic_valid_split(tmp_path, monkeypatch):
     monkeypatch.setattr(prep_workers, "BATCH_STORIES", 7)
     monkeypatch.setattr(prep_workers, "WARMUP_CHARS", 1000)

@@ -112,6 +112,11 @@ class DataConfig:
                 f"--vocab_size {self.vocab_size} with --tokenizer byte: its vocabulary is always "
                 f"{BYTE_VOCAB} (256 bytes and 3 specials); drop --vocab_size"
             )
+        if self.tokenizer == "bpe" and self.vocab_size is not None and self.vocab_size < BYTE_VOCAB:
+            raise UserError(
+                f"--vocab_size {self.vocab_size} with --tokenizer bpe: a byte-level BPE holds at "
+                f"least its 256 bytes and 3 specials; use --vocab_size {BYTE_VOCAB} or more"
+            )
         if self.tokenizer_from:
             return  # its kind, size and lowercasing are the tokenizer's: prepare reads them there
         if self.vocab_size is None:  # hf: none to default to (its tokenizer is a checkpoint's)
