@@ -52,6 +52,24 @@ def test_round_trip(tiny_prepared, tmp_path):
     assert load_checkpoint(tmp_path / "c").optimizer_state is None  # only loaded when asked
 
 
+def test_a_library_save_without_a_state_is_known_as_its_own_and_replaced(tiny_prepared, tmp_path):
+    """A checkpoint is known by its state.json's step (``check_replaceable``'s mark): one saved
+    without a state gets step 0, so the next save over it is allowed; another tool's folder of
+    the same names is not replaced."""
+    model, cfg = make()
+    tok = tiny_prepared / "tokenizer.json"
+    save_checkpoint(tmp_path / "c", model, cfg, tok)
+    assert load_checkpoint(tmp_path / "c").state == {"step": 0}
+    save_checkpoint(tmp_path / "c", model, cfg, tok, {"step": 3})
+    assert load_checkpoint(tmp_path / "c").state["step"] == 3
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(UserError, match="is not a checkpoint gpt-study wrote"):
+        save_checkpoint(theirs, model, cfg, tok)
+    assert (theirs / "config.json").read_text() == '{"model_type": "gpt2"}'
+
+
 def test_a_save_that_dies_leaves_the_previous_checkpoint(tiny_prepared, tmp_path, monkeypatch):
     tok = tiny_prepared / "tokenizer.json"
     first, cfg = make(seed=0)

@@ -121,9 +121,8 @@ def _write_files(
     os.chmod(tmp / WEIGHTS, 0o666 & ~UMASK)  # as the other files: safetensors writes it 0600
     save_config(tmp / CONFIG, config)
     shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
-    write_json_atomic(
-        tmp / STATE, {**(state or {}), TOKENIZER_DIGEST: sha256_file(tmp / TOKENIZER)}
-    )
+    digest = sha256_file(tmp / TOKENIZER)  # and a step, which MARK knows a checkpoint by
+    write_json_atomic(tmp / STATE, {"step": 0, **(state or {}), TOKENIZER_DIGEST: digest})
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
 
