@@ -104,7 +104,7 @@ def test_a_folder_it_may_not_write_is_named_with_the_way_out(tmp_path, code):
 
     target = tmp_path / "ro" / "e.json"
     line = os_error_line(OSError(code, os.strerror(code), str(temp_name(target))))
-    assert line.startswith(f"cannot write {target} (") and ".tmp-" not in line
+    assert line.startswith(f"cannot write to {target} (") and ".tmp-" not in line
     assert f"change the permissions of {target.parent}" in line
     full = os_error_line(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)))
     assert "no space left" in full and ".tmp-" not in full
@@ -126,4 +126,4 @@ def test_every_command_reports_an_unforeseen_permission_error_in_one_line(
     monkeypatch.setattr(os, "replace", refuse)
     assert main(["plot", "--save_root", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"cannot write {out} (" in err[0], err
+    assert len(err) == 1 and f"cannot write to {out} (" in err[0], err

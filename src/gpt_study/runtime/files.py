@@ -183,17 +183,25 @@ def target_of(path: str | os.PathLike) -> Path:
     return path
 
 
+def cannot_write(where: str | os.PathLike, error: OSError, flag: str | None = None) -> str:
+    """The one line for a place gpt-study may not write: ``where``, why, and the way out (another
+    ``flag`` where the caller knows which flag named it)."""
+    where = Path(where)
+    way = (
+        f"pick another {flag}"
+        if flag
+        else (f"pick a folder you may write to, or change the permissions of {where.parent}")
+    )
+    return f"cannot write to {where} ({error.strerror or error}): {way}"
+
+
 def os_error_line(error: OSError) -> str:
     """The one line for a failed read or write that no command foresaw: a full disk (with what is
     free), a folder it may not write (named as the target, not a temp name), or the error."""
     if error.filename and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return str(out_of_space(target_of(error.filename), error))
     if error.filename and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        where = target_of(error.filename)
-        return (
-            f"cannot write {where} ({error.strerror}): pick a folder you may write to, or "
-            f"change the permissions of {where.parent}"
-        )
+        return cannot_write(target_of(error.filename), error)
     return f"{error.strerror or error}: {error.filename or '?'}"
 
 

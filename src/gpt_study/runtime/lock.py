@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gpt_study.runtime.errors import UserError
+from gpt_study.runtime.files import cannot_write
 
 try:
     import fcntl
@@ -59,9 +60,7 @@ def _acquire(path: Path, folder: str | os.PathLike, flag: str) -> IO[str]:
             path.parent.mkdir(parents=True, exist_ok=True)
             f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
         except OSError as e:
-            raise UserError(
-                f"cannot write to {path.parent} ({e.strerror}): pick another {flag}"
-            ) from None
+            raise UserError(cannot_write(path.parent, e, flag)) from None
         if fcntl is None:
             return f
         try:

@@ -39,6 +39,7 @@ from gpt_study.data.tokenizer import Tokenizer
 from gpt_study.runtime.errors import UserError
 from gpt_study.runtime.files import (
     FolderMark,
+    cannot_write,
     check_replaceable,
     fresh_temp_folder,
     out_of_space,
@@ -169,9 +170,7 @@ def _make_temp(out: Path) -> Path:
         recover_folder(out, "meta.json")  # a prepare died between its two renames
         return fresh_temp_folder(out)
     except OSError as e:
-        raise UserError(
-            f"cannot write to {out.parent} ({e.strerror}): pick another --out"
-        ) from None
+        raise UserError(cannot_write(out.parent, e, "--out")) from None
 
 
 def _publish(tmp: Path, out: Path, inputs: list[Path]) -> None:
