@@ -134,12 +134,13 @@ def _size(model: torch.nn.Module, optimizer_state: dict[str, Any] | None) -> int
 
 
 def _resolve(path: Path) -> Path:
-    """``path``, or the previous copy kept while a save was interrupted between two renames."""
+    """``path``, or the previous copy kept while a save was interrupted between two renames:
+    a complete checkpoint (:func:`_complete`)."""
     if (path / WEIGHTS).exists():
-        return path
+        return _complete(path)
     old = old_name(path)
     if (old / WEIGHTS).exists():
-        return old
+        return _complete(old)
     if not path.exists():
         raise UserError(
             f"no checkpoint at {path}: train one with `gpt-study train`, or check the path"
@@ -200,6 +201,18 @@ def _read_optimizer(file: Path, device: str | torch.device) -> dict[str, Any]:
         raise _damaged(file, e) from None
 
 
+def _complete(path: Path) -> Path:
+    """``path``, refused in one line unless it holds the files every reader of a checkpoint needs
+    beside its weights."""
+    for name in (CONFIG, TOKENIZER):
+        if not (path / name).is_file():
+            raise UserError(
+                f"{path} is not a complete checkpoint (no {name}): copy back the run's own "
+                f"{name}, or use another checkpoint"
+            )
+    return path
+
+
 def _check_tokenizer(path: Path, want: str | None) -> None:
     """The tokenizer.json beside the weights must be the one they were saved with (``want``, its
     SHA-256 from state.json): another of the same size would decode every id into the wrong
@@ -219,12 +232,6 @@ def load_checkpoint(
 ) -> Checkpoint:
     """The one function that reads a checkpoint; checks weights, config and tokenizer agree."""
     path = _resolve(Path(path))
-    for name in (CONFIG, TOKENIZER):  # every reader below needs both
-        if not (path / name).is_file():
-            raise UserError(
-                f"{path} is not a complete checkpoint (no {name}): copy back the run's own "
-                f"{name}, or use another checkpoint"
-            )
     config = load_config(path / CONFIG)
     state = _read_state(path / STATE)
     _check_tokenizer(path, state.pop(TOKENIZER_DIGEST, None))
